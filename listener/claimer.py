@@ -1,0 +1,178 @@
+"""The claim loop: claims jobs in batches sized to free capacity and starts them.
+
+Invariants:
+- Never holds more jobs than ``concurrency``, nor more than ``tenant_concurrency`` of
+  one tenant: the claim asks only for free slots, per tenant, in the SQL itself.
+- Claims only kinds in the registry.
+- Claims again at once while the last claim came back full (a backlog); otherwise
+  waits for a wake (NOTIFY, promotion, reconnect) or the poll interval.
+- After ``stop()`` no new claim starts. Running jobs get ``drain_timeout`` seconds to
+  finish; the rest are cancelled, and the service puts them back.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+
+import anyio
+import asyncpg
+from anyio.abc import TaskGroup, TaskStatus
+
+from listener.completer import Completer
+from listener.db import is_transient
+from listener.executor import Executor
+from listener.jobs import Job
+from listener.logs import get_logger
+from listener.queries import QUERIES
+from listener.redact import redact
+from listener.wake import Wake
+
+
+class Claimer:
+    """Claims and dispatches jobs for one worker process."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        worker_id: uuid.UUID,
+        kinds: Sequence[str],
+        executor: Executor,
+        completer: Completer,
+        wake: Wake,
+        *,
+        concurrency: int,
+        tenant_concurrency: int,
+        claim_batch: int,
+        poll_interval: float,
+        drain_timeout: float,
+    ) -> None:
+        self._pool = pool
+        self._worker_id = worker_id
+        self._kinds = list(kinds)
+        self._executor = executor
+        self._completer = completer
+        self._wake = wake
+        self._concurrency = concurrency
+        self._tenant_concurrency = tenant_concurrency
+        self._claim_batch = claim_batch
+        self._poll_interval = poll_interval
+        self._drain_timeout = drain_timeout
+        self._log = get_logger("claimer")
+        self._running: Counter[str] = Counter()
+        self._in_flight = 0
+        self._slot_freed = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._stop = anyio.Event()
+        self._stop_now = anyio.Event()
+        # Start the round-robin at a random tenant so workers do not all begin together.
+        self._cursor = random.choice(string.ascii_letters)
+        self.claimed = 0
+        self.claims = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs this worker is running now."""
+        return self._in_flight
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming; with ``now`` skip the rest of the drain."""
+        self._stop.set()
+        if now:
+            self._stop_now.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Claim until stopped, then drain. Returns when no job of ours is running."""
+        async with anyio.create_task_group() as jobs:
+            task_status.started()
+            async with anyio.create_task_group() as loop:
+                loop.start_soon(self._claim_loop, jobs)
+                await self._stop.wait()
+                loop.cancel_scope.cancel()
+            if self._in_flight:
+                self._log.info("draining", running=self._in_flight, timeout=self._drain_timeout)
+                with anyio.move_on_after(self._drain_timeout):
+                    async with anyio.create_task_group() as waiters:
+                        waiters.start_soon(self._cancel_on, self._stop_now, waiters)
+                        await self._idle.wait()
+                        waiters.cancel_scope.cancel()
+            if self._in_flight:
+                self._log.warning("drain timeout: putting back running jobs",
+                                  running=self._in_flight)
+            jobs.cancel_scope.cancel()
+
+    @staticmethod
+    async def _cancel_on(event: anyio.Event, group: TaskGroup) -> None:
+        await event.wait()
+        group.cancel_scope.cancel()
+
+    async def _claim_loop(self, jobs: TaskGroup) -> None:
+        while True:
+            free = self._concurrency - self._in_flight
+            if free <= 0:
+                await self._slot_freed.wait()
+                self._slot_freed = anyio.Event()
+                continue
+            want = min(free, self._claim_batch)
+            claimed = await self._claim(want)
+            for job in claimed:
+                self._start(jobs, job)
+            if claimed and len(claimed) >= want:
+                continue  # a backlog: claim again as soon as there is room
+            await self._wake.wait(self._poll_interval)
+
+    async def _claim(self, want: int) -> list[Job]:
+        busy = list(self._running.items())
+        try:
+            rows = await self._pool.fetch(
+                QUERIES["job_claim"],
+                self._worker_id,
+                self._kinds,
+                want,
+                self._tenant_concurrency,
+                [tenant for tenant, _ in busy],
+                [count for _, count in busy],
+                self._cursor,
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._log.warning("claim failed; will retry", error=redact(str(exc)))
+            await anyio.sleep(min(self._poll_interval, 1.0))
+            return []
+        self.claims += 1
+        jobs = [Job.from_record(row) for row in rows]
+        if jobs:
+            self._cursor = self._next_cursor(self._cursor, {job.tenant_id for job in jobs})
+            self.claimed += len(jobs)
+        return jobs
+
+    @staticmethod
+    def _next_cursor(cursor: str, served: set[str]) -> str:
+        """The last tenant served in walk order (after the cursor, then wrapped), so
+        the next claim starts with the tenant after it."""
+        wrapped = [t for t in served if t <= cursor]
+        return max(wrapped) if wrapped else max(served)
+
+    def _start(self, jobs: TaskGroup, job: Job) -> None:
+        self._in_flight += 1
+        self._running[job.tenant_id] += 1
+        self._idle = anyio.Event()
+        jobs.start_soon(self._execute, job, name=f"job-{job.id}")
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            outcome = await self._executor.execute(job)
+            self._completer.submit(outcome)
+        finally:
+            self._in_flight -= 1
+            self._running[job.tenant_id] -= 1
+            if self._running[job.tenant_id] <= 0:
+                del self._running[job.tenant_id]
+            self._slot_freed.set()
+            if self._in_flight == 0:
+                self._idle.set()

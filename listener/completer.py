@@ -1,0 +1,144 @@
+"""Writes job outcomes in batches, fenced, retrying transient database errors.
+
+Invariants:
+- ``submit`` never blocks and never loses an outcome: it goes into a buffer, and the
+  run loop writes whatever has gathered in one ``job_finish_many`` statement. While a
+  write is in flight, new outcomes gather for the next one, so batches grow with load
+  and an idle worker writes at once.
+- Writes are fenced on (worker, job id, attempt): an outcome for a job this worker no
+  longer holds changes nothing and is counted in ``fenced_off``.
+- A transient error (lost connection, deadlock, shutdown...) keeps the batch and retries
+  it with backoff; handlers are never re-run because of it. A batch the database refuses
+  for another reason is split, so one bad row cannot block the others; a row refused on
+  its own is recorded as failed with the database's message.
+- ``run`` returns only after ``close()`` and once the buffer is empty, so the service
+  can put back held jobs knowing every finished outcome is stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+
+from listener.db import is_transient
+from listener.jobs import Outcome
+from listener.logs import get_logger
+from listener.queries import QUERIES
+from listener.redact import redact
+
+
+class Completer:
+    """Buffers outcomes and writes them in fenced batches."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        worker_id: uuid.UUID,
+        *,
+        max_batch: int = 1000,
+        on_scheduled: Callable[[], None] | None = None,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self._pool = pool
+        self._worker_id = worker_id
+        self._max_batch = max_batch
+        self._on_scheduled = on_scheduled
+        self._max_backoff = max_backoff
+        self._buffer: list[Outcome] = []
+        self._pending = anyio.Event()
+        self._closed = False
+        self._log = get_logger("completer")
+        self.written = 0
+        self.fenced_off = 0
+
+    def submit(self, outcome: Outcome) -> None:
+        """Queue an outcome for writing."""
+        self._buffer.append(outcome)
+        self._pending.set()
+
+    def close(self) -> None:
+        """Finish: write what is buffered, then let ``run`` return."""
+        self._closed = True
+        self._pending.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Write batches until closed and drained. Shielded: a cancel of the service
+        does not drop outcomes that are already buffered."""
+        task_status.started()
+        while True:
+            await self._pending.wait()
+            self._pending = anyio.Event()
+            while self._buffer:
+                batch = self._buffer[: self._max_batch]
+                del self._buffer[: self._max_batch]
+                with anyio.CancelScope(shield=True):
+                    await self._write_with_retry(batch)
+            if self._closed and not self._buffer:
+                return
+
+    async def _write_with_retry(self, batch: list[Outcome]) -> None:
+        backoff = 0.05
+        reported = False
+        while True:
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if not reported:
+                    self._log.warning(
+                        "cannot record job outcomes yet; retrying",
+                        jobs=len(batch), error=redact(f"{type(exc).__name__}: {exc}"),
+                    )
+                    reported = True
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+            else:
+                if reported:
+                    self._log.info("job outcomes recorded after retrying", jobs=len(batch))
+                return
+
+    async def _write(self, batch: Sequence[Outcome]) -> None:
+        try:
+            changed = await self._execute(batch)
+        except asyncpg.PostgresError as exc:
+            if is_transient(exc):
+                raise
+            await self._isolate(batch, exc)
+            return
+        self.written += len(changed)
+        self.fenced_off += len(batch) - len(changed)
+        if self._on_scheduled is not None and any(o.status == "scheduled" for o in batch):
+            self._on_scheduled()
+
+    async def _isolate(self, batch: Sequence[Outcome], exc: asyncpg.PostgresError) -> None:
+        if len(batch) > 1:
+            mid = len(batch) // 2
+            await self._write(batch[:mid])
+            await self._write(batch[mid:])
+            return
+        (outcome,) = batch
+        message = redact(f"the database refused this job's outcome: {exc}")
+        self._log.error("job outcome refused", job_id=outcome.job_id, error=message)
+        failed = Outcome(outcome.job_id, outcome.attempt, "failed", error=message)
+        changed = await self._execute([failed])
+        self.written += len(changed)
+
+    async def _execute(self, batch: Sequence[Outcome]) -> list[Any]:
+        rows: list[Any] = await self._pool.fetch(
+            QUERIES["job_finish_many"],
+            self._worker_id,
+            [o.job_id for o in batch],
+            [o.attempt for o in batch],
+            [o.status for o in batch],
+            [o.refund for o in batch],
+            [o.delay for o in batch],
+            [o.result for o in batch],
+            [o.error for o in batch],
+        )
+        return rows

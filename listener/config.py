@@ -1,0 +1,164 @@
+"""Settings: one validated object built from flags > environment > TOML file > defaults.
+
+Invariants:
+- Every setting has one name; its environment variable is ``PGWAKE_`` + the upper-case
+  name, its TOML key is the name, its flag is ``--`` + the name with dashes.
+- Invalid settings raise :class:`ConfigError` naming the setting and the problem, before
+  anything connects to a database.
+- The DSN is a ``SecretStr``: printing settings never shows it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from listener.errors import ConfigError
+
+ENV_PREFIX = "PGWAKE_"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded PostgreSQL keeps its data when no DSN is given."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pgwake" / "pgdata"
+
+
+class Settings(BaseModel):
+    """Everything the worker and the CLI can be configured with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dsn: SecretStr | None = Field(
+        default=None,
+        description="libpq URL of the central database; unset: an embedded PostgreSQL.",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Data directory of the embedded PostgreSQL (used only without a DSN).",
+    )
+    handlers: list[str] = Field(
+        default_factory=list, description="Extra handler modules to import."
+    )
+    kinds: list[str] = Field(
+        default_factory=list,
+        description="Only claim these kinds (default: every kind that has a handler).",
+    )
+    concurrency: int = Field(default=32, ge=1, le=10_000, description="Jobs run at once.")
+    tenant_concurrency: int = Field(
+        default=8, ge=1, le=10_000, description="Jobs of one tenant run at once in this worker."
+    )
+    claim_batch: int = Field(
+        default=100, ge=1, le=10_000, description="Most jobs claimed in one statement."
+    )
+    poll_interval: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between claims when no NOTIFY arrives."
+    )
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,
+        description="On SIGTERM, seconds to let running jobs finish before putting them back.",
+    )
+    retry_base: float = Field(
+        default=1.0, gt=0, le=86_400, description="Backoff before the first retry, seconds."
+    )
+    retry_cap: float = Field(
+        default=3600.0, gt=0, le=30 * 86_400, description="Longest backoff, seconds."
+    )
+    heartbeat_interval: float = Field(
+        default=2.0, gt=0, le=600, description="Seconds between worker heartbeats."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON lines otherwise."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.tenant_concurrency > self.concurrency:
+            raise ValueError(
+                f"tenant_concurrency ({self.tenant_concurrency}) cannot exceed "
+                f"concurrency ({self.concurrency})"
+            )
+        if self.retry_base > self.retry_cap:
+            raise ValueError(
+                f"retry_base ({self.retry_base}) cannot exceed retry_cap ({self.retry_cap})"
+            )
+        if self.dsn is not None and not self.dsn.get_secret_value().startswith(
+            ("postgres://", "postgresql://")
+        ):
+            raise ValueError("dsn must be a libpq URL starting with postgresql://")
+        return self
+
+
+_LIST_FIELDS = frozenset({"handlers", "kinds"})
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None or raw == "":
+            continue
+        if name in _LIST_FIELDS:
+            values[name] = [part.strip() for part in raw.split(",") if part.strip()]
+        else:
+            values[name] = raw
+    return values
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    section = data.get("pgwake", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [pgwake] must be a table")
+    return section
+
+
+def _describe(exc: ValidationError, sources: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        where = sources.get(loc)
+        origin = f" (from {where})" if where else ""
+        lines.append(f"{loc}{origin}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge the sources (flags win over env, env over the file) and validate."""
+    env = os.environ if env is None else env
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if config_file is not None:
+        layers.append((str(config_file), _from_file(config_file)))
+    layers.append(("environment", _from_env(env)))
+    layers.append(("command line", {k: v for k, v in (flags or {}).items() if v is not None}))
+    for origin, values in layers:
+        for key, value in values.items():
+            merged[key] = value
+            sources[key] = origin
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None

@@ -1,0 +1,107 @@
+"""Connections to the central database.
+
+Invariants:
+- Every connection pgwake opens decodes json/jsonb to Python objects and back, so
+  payloads and results cross the boundary as dicts, never as JSON strings.
+- The LISTEN connection is separate from the pool (see notifier.py); pool connections
+  are only borrowed for one statement or one short transaction.
+- Errors that say nothing about the data (serialization failure, deadlock, shutdown,
+  lost connection) are *transient*: bookkeeping writes are retried on them, handlers
+  are never re-run because of them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import asyncpg
+
+from listener.errors import DatabaseUnavailableError
+from listener.redact import display_dsn, redact
+
+# SQLSTATEs worth retrying a bookkeeping statement on.
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+        "53300",  # too_many_connections
+        "08000",  # connection_exception
+        "08003",  # connection_does_not_exist
+        "08006",  # connection_failure
+        "08001",  # sqlclient_unable_to_establish_sqlconnection
+        "08004",  # sqlserver_rejected_establishment_of_sqlconnection
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors after which the same statement may well succeed."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+    return isinstance(
+        exc,
+        (
+            asyncpg.InterfaceError,
+            ConnectionError,
+            OSError,
+            TimeoutError,
+        ),
+    )
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection setup: JSON codecs."""
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename,
+            schema="pg_catalog",
+            encoder=json.dumps,
+            decoder=json.loads,
+            format="text",
+        )
+
+
+def _connect_kwargs() -> dict[str, Any]:
+    # application_name lets a DBA tell pgwake's sessions apart in pg_stat_activity.
+    return {"server_settings": {"application_name": f"pgwake@{socket.gethostname()}"}}
+
+
+def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"cannot connect to {display_dsn(dsn)}: {type(exc).__name__}: {redact(str(exc))}"
+    )
+
+
+async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """Open one connection with pgwake's setup; raise a clear error when unreachable."""
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            dsn, timeout=timeout, **_connect_kwargs()
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise _unavailable(dsn, exc) from None
+    await init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, size: int, timeout: float = 10.0) -> asyncpg.Pool:
+    """A small pool for claims, acks and maintenance."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=size,
+            init=init_connection,
+            timeout=timeout,
+            **_connect_kwargs(),
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise _unavailable(dsn, exc) from None
+    assert pool is not None
+    return pool

@@ -1,0 +1,130 @@
+"""Runs one attempt of one job and maps how it ended to an :class:`Outcome`.
+
+Invariants:
+- Exactly one outcome per attempt that ends on its own (return, raise, timeout); an
+  attempt cancelled from outside (shutdown after the drain timeout) produces none, and
+  the job is put back by the service.
+- The handler is never re-run inside the process: a retry is a new attempt, claimed
+  again from the database after its backoff.
+- Invalid payloads, unknown kinds, ``PermanentError`` and results that are not JSON fail
+  the job at once; other exceptions and timeouts retry until ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+import anyio
+import structlog
+from pydantic import ValidationError
+
+from listener.context import JobContext
+from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
+from listener.jobs import Job, Outcome
+from listener.redact import redact
+from listener.registry import Registry
+from listener.retry import Backoff
+
+# last_error keeps the message and the end of the traceback, not megabytes of it.
+MAX_ERROR_CHARS = 8000
+# Results larger than this fail the job with a clear error instead of bloating the row.
+MAX_RESULT_BYTES = 1_048_576
+
+
+def _describe(exc: BaseException, *, with_traceback: bool) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if with_traceback:
+        tb = "".join(traceback.format_exception(exc)).rstrip()
+        text = f"{text}\n{tb}"
+    text = redact(text)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS // 2] + "\n...\n" + text[-MAX_ERROR_CHARS // 2 :]
+    return text
+
+
+def _check_result(result: Any) -> str | None:
+    """None when ``result`` can be stored as JSON, else why not."""
+    try:
+        encoded = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"the handler's result is not JSON: {exc}"
+    if "\\u0000" in encoded:
+        return "the handler's result contains a NUL character, which jsonb cannot store"
+    if len(encoded) > MAX_RESULT_BYTES:
+        return (
+            f"the handler's result is {len(encoded)} bytes of JSON, "
+            f"more than the {MAX_RESULT_BYTES} allowed"
+        )
+    return None
+
+
+class Executor:
+    """Runs jobs with the registry's handlers."""
+
+    def __init__(self, registry: Registry, backoff: Backoff) -> None:
+        self._registry = registry
+        self._backoff = backoff
+        self._log = structlog.get_logger().bind(logger="executor")
+
+    def _failure(self, job: Job, error: str, delay: float | None = None) -> Outcome:
+        """A failed attempt: retried after a backoff unless attempts are used up."""
+        if job.attempt >= job.max_attempts:
+            return Outcome(job.id, job.attempt, "failed", error=error)
+        wait = self._backoff.delay(job.attempt) if delay is None else delay
+        status = "scheduled" if wait > 0 else "queued"
+        return Outcome(job.id, job.attempt, status, delay=wait, error=error)
+
+    async def execute(self, job: Job) -> Outcome:
+        """Run ``job`` once and return how it ended."""
+        log = self._log.bind(job_id=job.id, tenant=job.tenant_id, kind=job.kind,
+                             attempt=job.attempt)
+        with structlog.contextvars.bound_contextvars(
+            job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
+        ):
+            outcome = await self._run(job, log)
+        if outcome.status == "failed":
+            log.warning("job failed", error=(outcome.error or "").split("\n", 1)[0])
+        elif outcome.status in ("queued", "scheduled") and outcome.refund == 0:
+            log.info("job will retry", delay=outcome.delay,
+                     error=(outcome.error or "").split("\n", 1)[0])
+        return outcome
+
+    async def _run(self, job: Job, log: Any) -> Outcome:
+        handler = self._registry.get(job.kind)
+        if handler is None:
+            error = ConfigurationError(f"no handler for kind {job.kind!r} in this worker")
+            return Outcome(job.id, job.attempt, "failed", error=_describe(error,
+                                                                          with_traceback=False))
+        try:
+            payload = handler.parse_payload(job.payload)
+        except ValidationError as exc:
+            return Outcome(
+                job.id, job.attempt, "failed",
+                error=redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS],
+            )
+        ctx = JobContext(job=job, log=log)
+        timed_out = False
+        try:
+            with anyio.move_on_after(job.timeout) as scope:
+                result = await handler.fn(payload, ctx)
+            timed_out = scope.cancelled_caught
+        except Snooze as exc:
+            status = "scheduled" if exc.delay > 0 else "queued"
+            return Outcome(job.id, job.attempt, status, refund=1, delay=exc.delay)
+        except Cancel as exc:
+            return Outcome(job.id, job.attempt, "cancelled", error=f"cancelled: {exc}")
+        except Retry as exc:
+            return self._failure(job, _describe(exc, with_traceback=False), exc.delay)
+        except PermanentError as exc:
+            return Outcome(job.id, job.attempt, "failed",
+                           error=_describe(exc, with_traceback=True))
+        except Exception as exc:  # noqa: BLE001 - any other exception is a job failure
+            return self._failure(job, _describe(exc, with_traceback=True))
+        if timed_out:
+            return self._failure(job, f"TimeoutError: job timed out after {job.timeout:g}s")
+        problem = _check_result(result)
+        if problem is not None:
+            return Outcome(job.id, job.attempt, "failed", error=problem)
+        return Outcome(job.id, job.attempt, "succeeded", result=result)

@@ -1,0 +1,69 @@
+"""Value objects for jobs inside the worker: a claimed job, and the outcome of a run.
+
+Invariants:
+- A ``Job`` is what the claim returned; ``attempt`` is the attempt this worker holds.
+  Together with the worker id it is the lease that fences every later write.
+- An ``Outcome`` is written once, by the completer, fenced on (worker, id, attempt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+import asyncpg
+
+STATUSES: Final = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
+
+OutcomeStatus = Literal["succeeded", "failed", "cancelled", "queued", "scheduled"]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job this worker has claimed and holds."""
+
+    id: int
+    tenant_id: str
+    kind: str
+    payload: dict[str, Any]
+    priority: int
+    attempt: int
+    max_attempts: int
+    timeout: float
+    created_at: datetime
+    run_at: datetime
+
+    @classmethod
+    def from_record(cls, row: asyncpg.Record) -> Job:
+        """Build from a row of the ``job_claim`` query."""
+        return cls(
+            id=row["id"],
+            tenant_id=row["tenant_id"],
+            kind=row["kind"],
+            payload=row["payload"],
+            priority=row["priority"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            timeout=row["timeout_seconds"],
+            created_at=row["created_at"],
+            run_at=row["run_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt of a job ended, as the completer will write it.
+
+    ``status`` is the job's next status; ``refund`` gives the attempt back (snooze,
+    shutdown); ``delay`` (seconds) moves run_at, ``None`` keeps it.
+    """
+
+    job_id: int
+    attempt: int
+    status: OutcomeStatus
+    refund: int = 0
+    delay: float | None = None
+    result: Any = None
+    error: str | None = None

@@ -1,0 +1,64 @@
+"""Maintenance: promote delayed and retrying jobs to queued when they are due.
+
+Invariants:
+- A scheduled job becomes queued within a few milliseconds of its run_at: the loop
+  sleeps until the earliest due time (never longer than the poll interval) and is woken
+  by every NOTIFY, since a new insert may be due sooner.
+- Promotion is batched and uses SKIP LOCKED, so several workers may run it at once.
+- After promoting, every worker is woken with one NOTIFY.
+"""
+
+from __future__ import annotations
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+
+from listener.db import is_transient
+from listener.logs import get_logger
+from listener.queries import QUERIES
+from listener.redact import redact
+from listener.wake import Wake
+
+
+class Promoter:
+    """Moves due scheduled jobs to queued."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, wake: Wake, *, poll_interval: float, batch: int = 1000
+    ) -> None:
+        self._pool = pool
+        self._wake = wake
+        self._poll_interval = poll_interval
+        self._batch = batch
+        self._log = get_logger("maintenance")
+        self.promoted = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Promote forever."""
+        task_status.started()
+        while True:
+            try:
+                wait = await self._promote_due()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._log.warning("promotion failed; will retry", error=redact(str(exc)))
+                wait = min(self._poll_interval, 1.0)
+            if wait > 0:
+                await self._wake.wait(wait)
+
+    async def _promote_due(self) -> float:
+        """Promote what is due; return seconds until the next job is due."""
+        async with self._pool.acquire() as conn:
+            while True:
+                promoted: int = await conn.fetchval(QUERIES["job_promote_due"], self._batch)
+                if promoted:
+                    self.promoted += promoted
+                    await conn.execute(QUERIES["workers_wake"])
+                if promoted < self._batch:
+                    break
+            seconds: float | None = await conn.fetchval(QUERIES["job_next_due"])
+        if seconds is None:
+            return self._poll_interval
+        return min(seconds, self._poll_interval)

@@ -1,0 +1,110 @@
+"""The one LISTEN connection: turns NOTIFY on ``pgwake_jobs`` into wake-ups.
+
+Invariants:
+- NOTIFY is only a hint. Every loop that waits on a wake also polls, so a lost
+  notification delays work by at most one poll interval.
+- After any reconnect the listener re-LISTENs and wakes everyone at once ("reconnect"),
+  so jobs inserted while it was away do not wait for the next poll.
+- State changes (listening / lost) are logged once each, not once per retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+
+from listener import db
+from listener.errors import DatabaseUnavailableError
+from listener.logs import get_logger
+from listener.queries import QUERIES
+from listener.wake import Wake
+
+CHANNEL = "pgwake_jobs"
+
+
+class Listener:
+    """Keeps a LISTEN connection open and sets the wakes on every notification."""
+
+    def __init__(
+        self,
+        dsn: str,
+        wakes: Sequence[Wake],
+        *,
+        probe_interval: float = 5.0,
+        probe_timeout: float = 5.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self._wakes = list(wakes)
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._max_backoff = max_backoff
+        self._log = get_logger("listener")
+        self.listening = False
+        self._state = "starting"
+        self.notifications = 0
+        self.reconnects = 0
+
+    def _wake_all(self, source: str) -> None:
+        for wake in self._wakes:
+            wake.set(source)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self.notifications += 1
+        self._wake_all("notify")
+
+    def _set_down(self, error: str) -> None:
+        if self._state != "down":
+            self._log.warning("listener disconnected; reconnecting", error=error)
+        self._state = "down"
+        self.listening = False
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen forever, reconnecting with backoff; started() once first listening."""
+        started = False
+        backoff = 0.05
+        while True:
+            try:
+                conn = await db.connect(self._dsn, timeout=self._probe_timeout)
+            except DatabaseUnavailableError as exc:
+                if not started:
+                    raise
+                self._set_down(str(exc))
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            backoff = 0.05
+            try:
+                await self._serve(conn, first=not started, task_status=task_status)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self._set_down(f"{type(exc).__name__}: {exc}")
+            finally:
+                conn.terminate()
+            started = True
+
+    async def _serve(
+        self, conn: asyncpg.Connection, *, first: bool, task_status: TaskStatus[None]
+    ) -> None:
+        lost = anyio.Event()
+        conn.add_termination_listener(lambda _c: lost.set())
+        await conn.add_listener(CHANNEL, self._on_notify)
+        self.listening = True
+        self._state = "listening"
+        if first:
+            task_status.started()
+        else:
+            self.reconnects += 1
+            self._log.info("listener reconnected")
+            self._wake_all("reconnect")
+        while not lost.is_set():
+            with anyio.move_on_after(self._probe_interval):
+                await lost.wait()
+            if lost.is_set():
+                break
+            with anyio.fail_after(self._probe_timeout):
+                await conn.fetchval(QUERIES["listener_probe"])
+        raise ConnectionError("LISTEN connection closed")

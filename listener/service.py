@@ -1,0 +1,153 @@
+"""The composition root: builds the worker from settings and runs it. Nothing else
+constructs the world.
+
+Lifecycle invariants:
+- Start: pool, schema check, worker registered, LISTEN established, then claiming.
+  ``READY=1`` is sent (and ``ready`` set) only once the worker listens and can claim.
+- Stop (``stop()``, SIGTERM/SIGINT in the CLI): claiming stops at once; running jobs get
+  the drain timeout; outcomes already produced are all written; whatever this worker
+  still holds is put back to ``queued`` with its attempt given back; the worker row is
+  removed. No job is left ``running`` by a clean stop.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+
+from listener import db
+from listener.claimer import Claimer
+from listener.completer import Completer
+from listener.config import Settings
+from listener.errors import ConfigError
+from listener.executor import Executor
+from listener.heartbeat import Heartbeat
+from listener.logs import get_logger
+from listener.maintenance import Promoter
+from listener.migrate import check_schema
+from listener.notifier import Listener
+from listener.queries import QUERIES
+from listener.redact import display_dsn
+from listener.registry import Registry
+from listener.retry import Backoff
+from listener.sdnotify import Notifier as SdNotifier
+from listener.wake import Wake
+
+POOL_SIZE = 4  # claims, outcome writes, promotion, heartbeat: one statement each at a time
+
+
+class Service:
+    """One worker process's services, wired together."""
+
+    def __init__(self, settings: Settings, registry: Registry, dsn: str) -> None:
+        self.settings = settings
+        self.registry = registry.restricted_to(settings.kinds) if settings.kinds else registry
+        if not self.registry.kinds():
+            raise ConfigError("no handlers registered: nothing to run")
+        self.dsn = dsn
+        self.worker_id = uuid.uuid4()
+        self.ready = anyio.Event()
+        self.stopped = anyio.Event()
+        self.claim_wake = Wake()
+        self.promote_wake = Wake()
+        self.sd = SdNotifier()
+        self.listener = Listener(dsn, [self.claim_wake, self.promote_wake])
+        self._log = get_logger("service").bind(worker_id=str(self.worker_id))
+        self._stopping = False
+        # Built in run(), once the pool exists.
+        self.claimer: Claimer | None = None
+        self.completer: Completer | None = None
+
+    def stop(self, *, now: bool = False) -> None:
+        """Begin a graceful stop; ``now`` cuts the drain short."""
+        if not self._stopping:
+            self._stopping = True
+            self._log.info("stopping: no new claims; draining", drain_timeout=
+                           self.settings.drain_timeout)
+            self.sd.stopping("draining")
+        if self.claimer is not None:
+            self.claimer.stop(now=now)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until stopped; returns after a clean drain."""
+        s = self.settings
+        pool = await db.create_pool(self.dsn, size=POOL_SIZE)
+        try:
+            async with pool.acquire() as conn:
+                await check_schema(conn)
+            kinds = self.registry.kinds()
+            heartbeat = Heartbeat(pool, self.worker_id, kinds, s.concurrency,
+                                  interval=s.heartbeat_interval)
+            await heartbeat.register()
+            try:
+                await self._serve(pool, heartbeat, kinds, task_status)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._release(pool, heartbeat)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+            self.stopped.set()
+
+    async def _serve(
+        self,
+        pool: asyncpg.Pool,
+        heartbeat: Heartbeat,
+        kinds: list[str],
+        task_status: TaskStatus[None],
+    ) -> None:
+        s = self.settings
+        completer = Completer(pool, self.worker_id,
+                              on_scheduled=lambda: self.promote_wake.set("retry"))
+        executor = Executor(self.registry, Backoff(base=s.retry_base, cap=s.retry_cap))
+        claimer = Claimer(
+            pool, self.worker_id, kinds, executor, completer, self.claim_wake,
+            concurrency=s.concurrency, tenant_concurrency=s.tenant_concurrency,
+            claim_batch=s.claim_batch, poll_interval=s.poll_interval,
+            drain_timeout=s.drain_timeout,
+        )
+        self.completer, self.claimer = completer, claimer
+        promoter = Promoter(pool, self.promote_wake, poll_interval=s.poll_interval)
+
+        async def claim_then_close() -> None:
+            try:
+                await claimer.run()
+            finally:
+                completer.close()
+
+        async with anyio.create_task_group() as background:
+            await background.start(self.listener.run)
+            await background.start(promoter.run)
+            await background.start(heartbeat.run)
+            background.start_soon(self.sd.watchdog_loop)
+            async with anyio.create_task_group() as work:
+                await work.start(completer.run)
+                work.start_soon(claim_then_close)
+                if self._stopping:
+                    claimer.stop()
+                self._log.info(
+                    "worker ready", kinds=kinds, concurrency=s.concurrency,
+                    tenant_concurrency=s.tenant_concurrency, dsn=display_dsn(self.dsn),
+                )
+                self.sd.ready(f"listening; {len(kinds)} kinds, concurrency {s.concurrency}")
+                self.ready.set()
+                task_status.started()
+            background.cancel_scope.cancel()
+
+    async def _release(self, pool: asyncpg.Pool, heartbeat: Heartbeat) -> None:
+        """Put back whatever this worker still holds, then deregister."""
+        try:
+            put_back = await pool.fetch(
+                QUERIES["job_put_back_held"], self.worker_id,
+                "put back: the worker stopped before the job finished",
+            )
+            if put_back:
+                self._log.warning("put back unfinished jobs", jobs=[r["id"] for r in put_back])
+            await heartbeat.deregister()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._log.error("could not put back held jobs; they will be recovered",
+                            error=str(exc))
+        self._log.info("worker stopped")

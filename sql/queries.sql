@@ -1,0 +1,275 @@
+-- Every runtime query pgwake runs, as named blocks.
+--
+-- Format: a `-- name: noun_verb` line, then comment lines saying what the query does and
+-- what its positional parameters $1..$n are, then the statement. listener/queries.py
+-- loads this file once; tests PREPARE every block against the migrated schema.
+
+-- name: schema_version
+-- The highest applied migration. Fails with undefined_table (42P01) or
+-- invalid_schema_name (3F000) when pgwake was never migrated here.
+-- No parameters.
+SELECT coalesce(max(version), 0) AS version FROM pgwake.schema_migrations;
+
+-- name: migration_lock
+-- Serialises `pgwake migrate` runs (session advisory lock, released by migration_unlock).
+-- $1 the lock key.
+SELECT pg_advisory_lock($1);
+
+-- name: migration_unlock
+-- Releases migration_lock.
+-- $1 the lock key.
+SELECT pg_advisory_unlock($1);
+
+-- name: migration_create_schema
+-- First step of every migrate run (idempotent DDL; not preparable).
+-- No parameters.
+CREATE SCHEMA IF NOT EXISTS pgwake;
+
+-- name: migration_create_table
+-- Second step of every migrate run: the table recording applied migrations.
+-- No parameters.
+CREATE TABLE IF NOT EXISTS pgwake.schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_applied
+-- The migrations recorded as applied.
+-- No parameters.
+SELECT version, name, checksum FROM pgwake.schema_migrations ORDER BY version;
+
+-- name: migration_record
+-- Records one applied migration (inside the migration's own transaction).
+-- $1 version, $2 name, $3 sha256 of the file.
+INSERT INTO pgwake.schema_migrations (version, name, checksum) VALUES ($1, $2, $3);
+
+-- name: worker_register
+-- Registers a worker process.
+-- $1 worker id, $2 hostname, $3 pid, $4 kinds it handles, $5 its concurrency.
+INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency)
+VALUES ($1, $2, $3, $4, $5);
+
+-- name: worker_heartbeat
+-- One heartbeat for a worker and all the jobs it holds. Returns the row when the worker
+-- is still registered, nothing when it was removed.
+-- $1 worker id.
+UPDATE pgwake.workers SET heartbeat_at = now() WHERE id = $1 RETURNING id;
+
+-- name: worker_deregister
+-- Removes a worker on clean exit (after its jobs were finished or put back).
+-- $1 worker id.
+DELETE FROM pgwake.workers WHERE id = $1;
+
+-- name: job_claim
+-- Claims up to $3 ready jobs for worker $1, round-robin across tenants.
+--
+-- Tenants with ready jobs are walked in tenant_id order starting just after the cursor
+-- $7 and wrapping around (a loose index scan on jobs_ready_idx: one index probe per
+-- tenant, whatever the backlog). From each tenant the claim takes its best jobs
+-- (priority, then age), at most its free local slots; the rows are then interleaved
+-- (every tenant's first job, then every tenant's second, ...) so a tenant with one
+-- job is served in the same claim as a tenant with 100,000. Rows are locked with
+-- FOR UPDATE SKIP LOCKED, so concurrent claimers never take the same job.
+--
+-- $1 worker id (uuid)
+-- $2 kinds this worker has handlers for (text[])
+-- $3 how many jobs to claim at most (int)
+-- $4 per-tenant cap inside this worker (int)
+-- $5 tenants that already have jobs running in this worker (text[])
+-- $6 how many each of those has running, same order as $5 (int[])
+-- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
+-- Returns the claimed jobs, already marked running with attempts incremented.
+WITH RECURSIVE
+local_running AS (
+    SELECT b.tenant_id, b.running
+      FROM unnest($5::text[], $6::int[]) AS b(tenant_id, running)
+),
+-- Tenants after the cursor, in order: each step finds the next tenant_id that has a
+-- queued job with one probe of jobs_ready_idx.
+after_cursor (tenant_id, step) AS (
+    (SELECT j.tenant_id, 1
+       FROM pgwake.jobs AS j
+      WHERE j.status = 'queued' AND j.tenant_id > $7::text
+      ORDER BY j.tenant_id
+      LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id
+              FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.tenant_id > a.tenant_id
+             ORDER BY j.tenant_id
+             LIMIT 1),
+           a.step + 1
+      FROM after_cursor AS a
+     WHERE a.tenant_id IS NOT NULL
+),
+-- The wrap-around: tenants from the beginning up to and including the cursor.
+before_cursor (tenant_id, step) AS (
+    (SELECT j.tenant_id, 1
+       FROM pgwake.jobs AS j
+      WHERE j.status = 'queued' AND j.tenant_id <= $7::text
+      ORDER BY j.tenant_id
+      LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id
+              FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
+             ORDER BY j.tenant_id
+             LIMIT 1),
+           b.step + 1
+      FROM before_cursor AS b
+     WHERE b.tenant_id IS NOT NULL
+),
+-- At most $3 tenants that still have a free local slot, in round-robin order. The walk
+-- is lazy: it stops as soon as enough tenants are found.
+tenants AS MATERIALIZED (
+    SELECT w.tenant_id,
+           row_number() OVER (ORDER BY w.lap, w.step) AS pos,
+           $4::int - coalesce(r.running, 0) AS free
+      FROM (
+            (SELECT tenant_id, 1 AS lap, step FROM after_cursor
+              WHERE tenant_id IS NOT NULL
+                AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+              LIMIT $3::int)
+            UNION ALL
+            (SELECT tenant_id, 2 AS lap, step FROM before_cursor
+              WHERE tenant_id IS NOT NULL
+                AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+              LIMIT $3::int)
+           ) AS w
+      LEFT JOIN local_running AS r ON r.tenant_id = w.tenant_id
+     ORDER BY w.lap, w.step
+     LIMIT $3::int
+),
+-- Each tenant's best ready jobs of our kinds, at most its free slots, locked.
+candidates AS (
+    SELECT c.id, t.pos, c.rn
+      FROM tenants AS t
+     CROSS JOIN LATERAL (
+            SELECT j.id, row_number() OVER () AS rn
+              FROM (SELECT j.id
+                      FROM pgwake.jobs AS j
+                     WHERE j.tenant_id = t.tenant_id
+                       AND j.status = 'queued'
+                       AND j.run_at <= now()
+                       AND j.kind = ANY ($2::text[])
+                     ORDER BY j.priority DESC, j.run_at, j.id
+                     LIMIT least(t.free, $3::int)
+                       FOR UPDATE SKIP LOCKED) AS j
+           ) AS c
+),
+-- Interleave tenants: every tenant's first job before any tenant's second.
+chosen AS (
+    SELECT id FROM candidates ORDER BY rn, pos LIMIT $3::int
+)
+UPDATE pgwake.jobs AS j
+   SET status = 'running',
+       claimed_by = $1,
+       attempts = j.attempts + 1,
+       started_at = now()
+  FROM chosen
+ WHERE j.id = chosen.id
+RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+          extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at;
+
+-- name: job_finish_many
+-- Records the outcome of jobs this worker ran, in one statement. Fenced: a row changes
+-- only while it is still running, held by this worker, in the same attempt; whatever a
+-- worker that lost the job writes later changes nothing.
+-- $1 worker id
+-- $2 job ids (bigint[])
+-- $3 the attempt each outcome belongs to (int[])
+-- $4 new status: succeeded, failed, cancelled, queued or scheduled (text[])
+-- $5 attempts to give back: 1 for a snooze or a put-back, else 0 (int[])
+-- $6 delay in seconds before the job runs again, NULL to keep run_at (float8[])
+-- $7 result (jsonb[]), $8 error text (text[]; NULL keeps the previous error)
+-- Returns the ids that were changed.
+UPDATE pgwake.jobs AS j
+   SET status = u.status,
+       attempts = greatest(j.attempts - u.refund, 0),
+       run_at = CASE WHEN u.delay IS NULL THEN j.run_at
+                     ELSE now() + make_interval(secs => u.delay) END,
+       finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+       claimed_by = NULL,
+       result = u.result,
+       last_error = coalesce(u.error, j.last_error)
+  FROM unnest($2::bigint[], $3::int[], $4::text[], $5::int[], $6::float8[], $7::jsonb[],
+              $8::text[]) AS u(id, attempt, status, refund, delay, result, error)
+ WHERE j.id = u.id
+   AND j.status = 'running'
+   AND j.claimed_by = $1
+   AND j.attempts = u.attempt
+RETURNING j.id;
+
+-- name: job_put_back_held
+-- On shutdown, after the drain: every job this worker still holds goes back to the
+-- queue with its attempt given back, so nothing is lost and nothing is left running.
+-- $1 worker id, $2 the reason kept in last_error.
+-- Returns the ids put back.
+UPDATE pgwake.jobs
+   SET status = 'queued',
+       claimed_by = NULL,
+       attempts = greatest(attempts - 1, 0),
+       last_error = $2
+ WHERE claimed_by = $1 AND status = 'running'
+RETURNING id;
+
+-- name: job_promote_due
+-- Moves up to $1 scheduled jobs whose run_at has come to queued. Safe to run from
+-- several workers at once (SKIP LOCKED). Returns how many were promoted.
+-- $1 batch size.
+WITH due AS (
+    SELECT id
+      FROM pgwake.jobs
+     WHERE status = 'scheduled' AND run_at <= now()
+     ORDER BY run_at
+     LIMIT $1::int
+       FOR UPDATE SKIP LOCKED
+), promoted AS (
+    UPDATE pgwake.jobs AS j SET status = 'queued' FROM due WHERE j.id = due.id RETURNING 1
+)
+SELECT count(*)::int AS promoted FROM promoted;
+
+-- name: job_next_due
+-- Seconds until the earliest scheduled job is due (0 when one is already due), or NULL
+-- when none is scheduled.
+-- No parameters.
+SELECT greatest(extract(epoch FROM (min(run_at) - now())), 0)::float8 AS seconds
+  FROM pgwake.jobs
+ WHERE status = 'scheduled';
+
+-- name: workers_wake
+-- Wakes every listening worker (after promoting jobs, for example).
+-- No parameters.
+SELECT pg_notify('pgwake_jobs', '');
+
+-- name: listener_probe
+-- Round trip on the LISTEN connection, to notice a dead server or a half-open socket.
+-- No parameters.
+SELECT 1;
+
+-- name: job_enqueue
+-- Enqueues one job (the CLI's `pgwake enqueue`; applications use a plain INSERT).
+-- $1 tenant, $2 kind, $3 payload (jsonb), $4 priority, $5 seconds from now until it may
+-- run (float8), $6 max attempts (NULL for the default), $7 unique key, $8 timeout in
+-- seconds (NULL for the default).
+-- Returns the new job's id and status, or nothing when the unique key is taken.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
+                         timeout)
+VALUES ($1, $2, $3::jsonb, $4, now() + make_interval(secs => $5::float8),
+        coalesce($6::int, 20), $7,
+        coalesce(make_interval(secs => $8::float8), interval '15 minutes'))
+ON CONFLICT (tenant_id, kind, unique_key)
+   WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
+   DO NOTHING
+RETURNING id, status;
+
+-- name: job_get
+-- One job by id, every column.
+-- $1 job id.
+SELECT id, tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
+       extract(epoch FROM timeout)::float8 AS timeout_seconds, status, attempts, claimed_by,
+       created_at, started_at, finished_at, last_error, result, progress
+  FROM pgwake.jobs
+ WHERE id = $1;
