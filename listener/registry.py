@@ -50,7 +50,13 @@ def _payload_model(fn: HandlerFn) -> type[BaseModel] | None:
             f"handler {fn.__qualname__} must take exactly (payload, ctx), "
             f"it takes {len(params)} parameters"
         )
-    hints = typing.get_type_hints(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as exc:
+        raise ConfigError(
+            f"cannot resolve the payload annotation of handler {fn.__qualname__} ({exc}); "
+            "define the model at module level or pass it with @handler(kind, payload=Model)"
+        ) from None
     annotation = hints.get(params[0].name)
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
         return annotation
@@ -63,8 +69,10 @@ class Registry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
 
-    def register(self, kind: str, fn: HandlerFn) -> Handler:
-        """Register ``fn`` for ``kind``."""
+    def register(
+        self, kind: str, fn: HandlerFn, *, payload: type[BaseModel] | None = None
+    ) -> Handler:
+        """Register ``fn`` for ``kind``; ``payload`` overrides the annotated model."""
         if not kind.strip():
             raise ConfigError("a handler kind must not be empty")
         if kind in self._handlers:
@@ -74,15 +82,18 @@ class Registry:
             )
         if not inspect.iscoroutinefunction(fn):
             raise ConfigError(f"handler for {kind!r} must be an async function")
-        handler = Handler(kind=kind, fn=fn, payload_model=_payload_model(fn))
+        model = payload if payload is not None else _payload_model(fn)
+        handler = Handler(kind=kind, fn=fn, payload_model=model)
         self._handlers[kind] = handler
         return handler
 
-    def handler(self, kind: str) -> Callable[[F], F]:
+    def handler(
+        self, kind: str, *, payload: type[BaseModel] | None = None
+    ) -> Callable[[F], F]:
         """Decorator form of :meth:`register`."""
 
         def decorate(fn: F) -> F:
-            self.register(kind, fn)
+            self.register(kind, fn, payload=payload)
             return fn
 
         return decorate

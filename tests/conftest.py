@@ -1,0 +1,205 @@
+"""Test fixtures: a real PostgreSQL, a migrated template, a fresh database per test.
+
+Which server: ``PGWAKE_TEST_DSN`` if set; else the server at ``PGWAKE_TEST_PROBE``
+(default 127.0.0.1:5432) if it answers; else an embedded PostgreSQL started for the
+session. Each test gets ``CREATE DATABASE ... TEMPLATE`` of a database migrated once,
+and it is dropped ``WITH (FORCE)`` afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+
+from listener import db
+from listener.config import load_settings
+from listener.migrate import migrate
+from listener.registry import Registry
+from listener.service import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def _probe(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` pointing at database ``name`` instead."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """DSN of the server the whole session uses (see the module docstring)."""
+    explicit = os.environ.get("PGWAKE_TEST_DSN")
+    if explicit:
+        yield explicit
+        return
+    probe = os.environ.get("PGWAKE_TEST_PROBE", "127.0.0.1:5432")
+    if _probe(probe):
+        host, _, port = probe.rpartition(":")
+        yield f"postgresql://postgres@{host}:{port}/postgres"
+        return
+    from listener.embedded import embedded_postgres
+
+    # A short path: the unix socket lives in the data directory (108-byte limit).
+    base = Path(tempfile.mkdtemp(prefix="pgwt-", dir="/tmp"))  # noqa: S108
+    print(f"\npgwake tests: no server at {probe}; embedded PostgreSQL in {base}", file=sys.stderr)
+    with embedded_postgres(base / "data") as dsn:
+        yield dsn
+
+
+async def _admin(server_dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(server_dsn)
+
+
+@pytest.fixture(scope="session")
+async def template_db(server_dsn: str) -> AsyncIterator[str]:
+    """A database migrated once; tests clone it."""
+    name = f"pgwake_tpl_{os.getpid()}"
+    admin = await _admin(server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await db.connect(with_database(server_dsn, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield name
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database (not migrated)."""
+    name = f"pgwake_t_{uuid.uuid4().hex[:12]}"
+    admin = await _admin(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(server_dsn, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh migrated database for one test."""
+    name = f"pgwake_t_{uuid.uuid4().hex[:12]}"
+    admin = await _admin(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield with_database(server_dsn, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test database (JSON codecs on)."""
+    connection = await db.connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.02
+) -> T:
+    """Poll ``check`` until it returns a truthy value; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s; last value: {last!r}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    dsn: str, registry: Registry, **overrides: Any
+) -> AsyncIterator[Service]:
+    """An in-process worker, ready (listening) on entry, stopped cleanly on exit."""
+    settings = load_settings(overrides, env={})
+    service = Service(settings, registry, dsn)
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+        try:
+            yield service
+        finally:
+            service.stop()
+    assert service.stopped.is_set()
+
+
+def spawn_worker(dsn: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A worker in its own process (``python -m listener run``), DSN passed by env."""
+    full_env = {
+        **os.environ,
+        "PGWAKE_DSN": dsn,
+        "PYTHONPATH": str(ROOT),
+        "PGWAKE_LOG_FORMAT": "json",
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "listener", "run", *args],
+        env=full_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_process(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[int, str]:
+    """SIGTERM ``proc``, wait, return (exit code, output); SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"process did not stop within {timeout}s:\n{out}")
+    return proc.returncode, out
+
+
+async def wait_ready(conn: asyncpg.Connection, count: int = 1, timeout: float = 30.0) -> None:
+    """Wait until ``count`` workers have registered."""
+
+    async def registered() -> bool:
+        n = await conn.fetchval("SELECT count(*) FROM pgwake.workers")
+        return bool(n >= count)
+
+    await eventually(registered, timeout=timeout)

@@ -1,0 +1,48 @@
+"""Handlers that record their runs in the database, for multi-process tests.
+
+``record`` inserts (job_id, attempt, pid) into ``test_executions``, whose primary key on
+job_id makes a second execution of the same job fail loudly. The table is created by
+the test; the DSN comes from PGWAKE_DSN, as for the worker itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anyio
+import asyncpg
+from pydantic import BaseModel
+
+from listener.api import JobContext, handler
+
+_pool: asyncpg.Pool | None = None
+_lock = anyio.Lock()
+
+
+async def _get_pool() -> asyncpg.Pool:
+    global _pool  # noqa: PLW0603 - one pool per worker process
+    async with _lock:
+        if _pool is None:
+            _pool = await asyncpg.create_pool(os.environ["PGWAKE_DSN"], min_size=1, max_size=4)
+    assert _pool is not None
+    return _pool
+
+
+class RecordPayload(BaseModel):
+    """Optional sleep before recording, to keep jobs in flight."""
+
+    sleep: float = 0.0
+
+
+@handler("record")
+async def record(payload: RecordPayload, ctx: JobContext) -> dict[str, Any]:
+    """Record this execution; a duplicate raises (primary key)."""
+    if payload.sleep:
+        await anyio.sleep(payload.sleep)
+    pool = await _get_pool()
+    await pool.execute(
+        "INSERT INTO test_executions (job_id, attempt, pid) VALUES ($1, $2, $3)",
+        ctx.job.id, ctx.attempt, os.getpid(),
+    )
+    return {"pid": os.getpid()}

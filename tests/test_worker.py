@@ -1,0 +1,307 @@
+"""The worker end to end, in process: wake on NOTIFY, outcomes, retries, timeouts, limits."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+from pydantic import BaseModel
+
+from listener.api import Cancel, JobContext, PermanentError, Registry, Retry, Snooze
+from tests.conftest import eventually, running_worker
+
+
+class Typed(BaseModel):
+    count: int
+
+
+async def job_row(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
+    return await conn.fetchrow("SELECT * FROM pgwake.jobs WHERE id = $1", job_id)
+
+
+async def insert(conn: asyncpg.Connection, kind: str, payload: str = "{}", **cols: Any) -> int:
+    """Insert one job; ``payload`` is JSON text, other columns are given as Python values."""
+    names = ["kind", "payload", *cols]
+    values = [kind, json.loads(payload), *cols.values()]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    sql = f"INSERT INTO pgwake.jobs ({', '.join(names)}) VALUES ({placeholders}) RETURNING id"
+    return await conn.fetchval(sql, *values)
+
+
+async def status_of(conn: asyncpg.Connection, job_id: int, *statuses: str) -> bool:
+    return await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", job_id) in statuses
+
+
+async def test_insert_from_plain_connection_wakes_idle_worker(dsn: str) -> None:
+    """A plain asyncpg INSERT (no pgwake code) wakes a worker whose poll is an hour."""
+    registry = Registry()
+    ran = anyio.Event()
+
+    @registry.handler("hello")
+    async def hello(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        ran.set()
+        return {"greeting": f"hello {payload['name']}"}
+
+    async with running_worker(dsn, registry, poll_interval=3600) as service:
+        # The first claim at start found nothing; from here only a NOTIFY can wake it.
+        await eventually(lambda: _claims_done(service))
+        plain = await asyncpg.connect(dsn)
+        try:
+            job_id = await plain.fetchval(
+                "INSERT INTO pgwake.jobs (tenant_id, kind, payload) "
+                "VALUES ('acme', 'hello', '{\"name\": \"ada\"}') RETURNING id"
+            )
+            with anyio.fail_after(10):
+                await ran.wait()
+            await eventually(lambda: _succeeded(plain, job_id))
+            result = await plain.fetchval("SELECT result::text FROM pgwake.jobs WHERE id=$1",
+                                          job_id)
+        finally:
+            await plain.close()
+        assert result == '{"greeting": "hello ada"}'
+        assert service.listener.notifications >= 1
+
+
+async def _claims_done(service: Any) -> bool:
+    return service.claimer is not None and service.claimer.claims >= 1
+
+
+async def _succeeded(conn: asyncpg.Connection, job_id: int) -> bool:
+    return await status_of(conn, job_id, "succeeded")
+
+
+async def test_handler_failure_retries_with_growing_delays_then_fails(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry = Registry()
+    starts: list[float] = []
+
+    @registry.handler("flaky")
+    async def flaky(payload: dict[str, Any], ctx: JobContext) -> None:
+        starts.append(time.monotonic())
+        raise RuntimeError(f"boom on attempt {ctx.attempt}")
+
+    job_id = await insert(conn, "flaky", max_attempts=5)
+    async with running_worker(dsn, registry, retry_base=0.05, retry_cap=10, poll_interval=3600):
+        await eventually(lambda: status_of(conn, job_id, "failed"), timeout=30)
+    row = await job_row(conn, job_id)
+    assert row["attempts"] == 5
+    assert len(starts) == 5
+    assert row["last_error"].startswith("RuntimeError: boom on attempt 5")
+    assert "Traceback" in row["last_error"]
+    assert row["finished_at"] is not None
+    assert row["claimed_by"] is None
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # Backoff doubles with +-25% jitter: each wait is at least 1.2x the one before.
+    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:], strict=False)), gaps
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "message"),
+    [
+        ("permanent", "{}", "PermanentError: card declined"),
+        ("typed", '{"count": "many"}', "invalid payload for 'typed'"),
+        ("typed", '{"wrong": 1}', "invalid payload for 'typed'"),
+    ],
+)
+async def test_permanent_error_and_invalid_payload_fail_after_one_attempt(
+    dsn: str, conn: asyncpg.Connection, kind: str, payload: str, message: str
+) -> None:
+    registry = Registry()
+    calls: list[int] = []
+
+    @registry.handler("permanent")
+    async def permanent(payload: dict[str, Any], ctx: JobContext) -> None:
+        calls.append(ctx.job.id)
+        raise PermanentError("card declined")
+
+    @registry.handler("typed")
+    async def typed(payload: Typed, ctx: JobContext) -> int:
+        calls.append(ctx.job.id)
+        return payload.count
+
+    job_id = await insert(conn, kind, payload, max_attempts=10)
+    async with running_worker(dsn, registry, retry_base=0.01):
+        await eventually(lambda: status_of(conn, job_id, "failed"))
+    row = await job_row(conn, job_id)
+    assert row["attempts"] == 1
+    assert message in row["last_error"]
+    assert calls == ([job_id] if kind == "permanent" else [])
+
+
+async def test_timeout_cancels_the_handler_and_retries(dsn: str, conn: asyncpg.Connection) -> None:
+    registry = Registry()
+    attempts: list[int] = []
+    finished: list[int] = []
+
+    @registry.handler("slow")
+    async def slow(payload: dict[str, Any], ctx: JobContext) -> None:
+        attempts.append(ctx.attempt)
+        await anyio.sleep(30)
+        finished.append(ctx.attempt)
+
+    job_id = await insert(conn, "slow", max_attempts=2, timeout=timedelta(milliseconds=200))
+    async with running_worker(dsn, registry, retry_base=0.01, poll_interval=3600):
+        await eventually(lambda: status_of(conn, job_id, "failed"), timeout=20)
+    row = await job_row(conn, job_id)
+    assert attempts == [1, 2]
+    assert finished == []
+    assert row["attempts"] == 2
+    assert row["last_error"] == "TimeoutError: job timed out after 0.2s"
+
+
+async def test_snooze_cancel_retry_outcomes(dsn: str, conn: asyncpg.Connection) -> None:
+    registry = Registry()
+    seen: list[tuple[str, int]] = []
+
+    @registry.handler("snoozy")
+    async def snoozy(payload: dict[str, Any], ctx: JobContext) -> str:
+        seen.append(("snoozy", ctx.attempt))
+        if len([s for s in seen if s[0] == "snoozy"]) < 3:
+            raise Snooze(0.05)
+        return "awake"
+
+    @registry.handler("cancelme")
+    async def cancelme(payload: dict[str, Any], ctx: JobContext) -> None:
+        raise Cancel("customer deleted")
+
+    @registry.handler("retrynow")
+    async def retrynow(payload: dict[str, Any], ctx: JobContext) -> str:
+        if ctx.attempt == 1:
+            raise Retry("not yet", delay=0)
+        return f"done on {ctx.attempt}"
+
+    snooze_id = await insert(conn, "snoozy", max_attempts=1)
+    cancel_id = await insert(conn, "cancelme")
+    retry_id = await insert(conn, "retrynow")
+    async with running_worker(dsn, registry, poll_interval=3600):
+        await eventually(lambda: status_of(conn, snooze_id, "succeeded"))
+        await eventually(lambda: status_of(conn, cancel_id, "cancelled"))
+        await eventually(lambda: status_of(conn, retry_id, "succeeded"))
+    snoozed = await job_row(conn, snooze_id)
+    # Snoozes give their attempt back: three runs, max_attempts 1, still succeeded.
+    assert [s for s in seen if s[0] == "snoozy"] == [("snoozy", 1)] * 3
+    assert snoozed["attempts"] == 1
+    assert snoozed["result"] == "awake"
+    cancelled = await job_row(conn, cancel_id)
+    assert cancelled["last_error"] == "cancelled: customer deleted"
+    assert cancelled["attempts"] == 1
+    retried = await job_row(conn, retry_id)
+    assert retried["result"] == "done on 2"
+
+
+async def test_result_that_is_not_json_fails_without_retry(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry = Registry()
+
+    @registry.handler("badresult")
+    async def badresult(payload: dict[str, Any], ctx: JobContext) -> object:
+        return {"when": object()}
+
+    job_id = await insert(conn, "badresult", max_attempts=5)
+    async with running_worker(dsn, registry):
+        await eventually(lambda: status_of(conn, job_id, "failed"))
+    row = await job_row(conn, job_id)
+    assert row["attempts"] == 1
+    assert row["last_error"].startswith("the handler's result is not JSON")
+
+
+async def test_only_kinds_with_handlers_are_claimed(dsn: str, conn: asyncpg.Connection) -> None:
+    registry = Registry()
+
+    @registry.handler("known")
+    async def known(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    unknown_id = await insert(conn, "nobody.handles.this")
+    known_id = await insert(conn, "known")
+    async with running_worker(dsn, registry):
+        await eventually(lambda: status_of(conn, known_id, "succeeded"))
+    row = await job_row(conn, unknown_id)
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
+
+
+async def test_global_and_per_tenant_limits_inside_the_process(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry = Registry()
+    running: dict[str, int] = {}
+    peak_total = 0
+    peak_tenant: dict[str, int] = {}
+
+    @registry.handler("work")
+    async def work(payload: dict[str, Any], ctx: JobContext) -> None:
+        nonlocal peak_total
+        running[ctx.tenant] = running.get(ctx.tenant, 0) + 1
+        peak_total = max(peak_total, sum(running.values()))
+        peak_tenant[ctx.tenant] = max(peak_tenant.get(ctx.tenant, 0), running[ctx.tenant])
+        await anyio.sleep(0.02)
+        running[ctx.tenant] -= 1
+
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT 't' || (i % 3), 'work' FROM generate_series(1, 150) AS i"
+    )
+    async with running_worker(dsn, registry, concurrency=5, tenant_concurrency=2):
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 150 FROM pgwake.jobs WHERE status = 'succeeded'"
+            ),
+            timeout=30,
+        )
+    assert peak_total == 5
+    assert peak_tenant == {"t0": 2, "t1": 2, "t2": 2}
+
+
+async def test_delayed_job_is_scheduled_then_runs(dsn: str, conn: asyncpg.Connection) -> None:
+    registry = Registry()
+
+    @registry.handler("later")
+    async def later(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    job_id = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (kind, run_at) VALUES ('later', now() + interval '1 second') "
+        "RETURNING id"
+    )
+    assert await status_of(conn, job_id, "scheduled")
+    async with running_worker(dsn, registry, poll_interval=3600):
+        await eventually(lambda: status_of(conn, job_id, "succeeded"), timeout=10)
+    row = await job_row(conn, job_id)
+    assert row["started_at"] >= row["run_at"]
+
+
+async def test_stop_drains_running_jobs_and_puts_back_the_rest(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry = Registry()
+    started = anyio.Event()
+
+    @registry.handler("quick")
+    async def quick(payload: dict[str, Any], ctx: JobContext) -> str:
+        started.set()
+        await anyio.sleep(0.2)
+        return "ok"
+
+    @registry.handler("forever")
+    async def forever(payload: dict[str, Any], ctx: JobContext) -> None:
+        await anyio.sleep(3600)
+
+    quick_id = await insert(conn, "quick")
+    forever_id = await insert(conn, "forever")
+    async with running_worker(dsn, registry, drain_timeout=1.0) as service:
+        await eventually(lambda: status_of(conn, forever_id, "running"))
+        with anyio.fail_after(10):
+            await started.wait()
+    assert service.stopped.is_set()
+    assert await status_of(conn, quick_id, "succeeded")
+    row = await job_row(conn, forever_id)
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
+    assert "put back" in row["last_error"]
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.workers") == 0
