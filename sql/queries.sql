@@ -264,12 +264,3 @@ ON CONFLICT (tenant_id, kind, unique_key)
    WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
    DO NOTHING
 RETURNING id, status;
-
--- name: job_get
--- One job by id, every column.
--- $1 job id.
-SELECT id, tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
-       extract(epoch FROM timeout)::float8 AS timeout_seconds, status, attempts, claimed_by,
-       created_at, started_at, finished_at, last_error, result, progress
-  FROM pgwake.jobs
- WHERE id = $1;

@@ -182,9 +182,12 @@ def spawn_worker(dsn: str, *args: str, env: dict[str, str] | None = None) -> sub
     )
 
 
-def stop_process(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[int, str]:
-    """SIGTERM ``proc``, wait, return (exit code, output); SIGKILL if it hangs."""
-    if proc.poll() is None:
+def stop_process(
+    proc: subprocess.Popen[str], timeout: float = 30.0, *, terminate: bool = True
+) -> tuple[int, str]:
+    """SIGTERM ``proc`` (unless ``terminate`` is false), wait, return (exit code, output);
+    SIGKILL and fail if it does not exit in time."""
+    if terminate and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
         out, _ = proc.communicate(timeout=timeout)

@@ -1,0 +1,132 @@
+"""Migrations, schema.sql and the named queries."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import asyncpg
+import pytest
+
+from listener import db
+from listener.errors import SchemaMismatchError
+from listener.migrate import check_schema, latest_version, load_migrations, migrate
+from listener.queries import QUERIES, parse, sql_dir
+from tests.conftest import ROOT
+
+# A catalog snapshot that tells two schemas apart: columns, constraints, indexes,
+# triggers, functions, table options.
+CATALOG = """
+SELECT 'column' AS what, c.table_name || '.' || c.column_name AS name,
+       concat_ws(' ', c.data_type, c.is_nullable, c.column_default, c.is_identity) AS def
+  FROM information_schema.columns c WHERE c.table_schema = 'pgwake'
+UNION ALL
+SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE connamespace = 'pgwake'::regnamespace
+UNION ALL
+SELECT 'index', indexname, indexdef FROM pg_indexes WHERE schemaname = 'pgwake'
+UNION ALL
+SELECT 'trigger', tgname, pg_get_triggerdef(t.oid)
+  FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+ WHERE r.relnamespace = 'pgwake'::regnamespace AND NOT t.tgisinternal
+UNION ALL
+SELECT 'function', p.proname, pg_get_functiondef(p.oid)
+  FROM pg_proc p WHERE p.pronamespace = 'pgwake'::regnamespace
+UNION ALL
+SELECT 'options', relname, coalesce(array_to_string(reloptions, ','), '')
+  FROM pg_class WHERE relnamespace = 'pgwake'::regnamespace AND relkind = 'r'
+ORDER BY 1, 2
+"""
+
+
+async def test_migrations_produce_exactly_schema_sql(
+    server_dsn: str, dsn: str, empty_dsn: str
+) -> None:
+    from_migrations = await db.connect(dsn)
+    from_schema = await db.connect(empty_dsn)
+    try:
+        await from_schema.execute((sql_dir() / "schema.sql").read_text())
+        migrated = [tuple(r) for r in await from_migrations.fetch(CATALOG)]
+        declared = [tuple(r) for r in await from_schema.fetch(CATALOG)]
+    finally:
+        await from_migrations.close()
+        await from_schema.close()
+    assert migrated, "the catalog query found nothing"
+    assert migrated == declared
+
+
+async def test_migrate_is_idempotent_and_safe_concurrently(empty_dsn: str) -> None:
+    conns = [await db.connect(empty_dsn) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+        applied = sorted(len(r) for r in results)
+        assert applied == [0, 0, latest_version()]
+        assert await migrate(conns[0]) == []
+        rows = await conns[0].fetch("SELECT version, name FROM pgwake.schema_migrations")
+        assert [(r["version"], r["name"]) for r in rows] == [
+            (m.version, m.name) for m in load_migrations()
+        ]
+        assert await check_schema(conns[0]) == latest_version()
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_worker_refuses_an_unmigrated_database(empty_dsn: str) -> None:
+    conn = await db.connect(empty_dsn)
+    try:
+        with pytest.raises(SchemaMismatchError, match=r"run `pgwake migrate`"):
+            await check_schema(conn)
+    finally:
+        await conn.close()
+
+
+async def test_worker_refuses_a_newer_schema(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO pgwake.schema_migrations (version, name, checksum) "
+        "VALUES (9999, 'from_the_future', 'x')"
+    )
+    with pytest.raises(SchemaMismatchError, match="newer than this pgwake knows.*upgrade pgwake"):
+        await check_schema(conn)
+    with pytest.raises(SchemaMismatchError, match="upgrade pgwake"):
+        await migrate(conn)
+
+
+async def test_a_changed_migration_is_refused(conn: asyncpg.Connection) -> None:
+    await conn.execute("UPDATE pgwake.schema_migrations SET checksum = 'edited' WHERE version = 1")
+    with pytest.raises(SchemaMismatchError, match="changed after it was applied"):
+        await migrate(conn)
+
+
+async def test_every_named_query_prepares(conn: asyncpg.Connection) -> None:
+    ddl = {"migration_create_schema", "migration_create_table"}
+    for name, sql in QUERIES.items():
+        if name in ddl:
+            await conn.execute(sql)  # idempotent DDL cannot be PREPAREd; run it instead
+            continue
+        try:
+            await conn.prepare(sql)
+        except asyncpg.PostgresError as exc:  # pragma: no cover - the failure message
+            pytest.fail(f"query {name!r} does not prepare: {exc}")
+
+
+def test_code_and_queries_file_name_the_same_queries() -> None:
+    used: set[str] = set()
+    for path in (ROOT / "listener").rglob("*.py"):
+        used |= set(re.findall(r'QUERIES\["([a-z0-9_]+)"\]', path.read_text()))
+    assert used == set(QUERIES)
+
+
+def test_parse_rejects_duplicates_and_empty_blocks() -> None:
+    assert parse("-- name: a\nSELECT 1;\n-- name: b\nSELECT 2;") == {
+        "a": "SELECT 1;", "b": "SELECT 2;",
+    }
+    with pytest.raises(ValueError, match="twice"):
+        parse("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")
+    with pytest.raises(ValueError, match="empty"):
+        parse("-- name: a\n\n-- name: b\nSELECT 2;")
+
+
+def test_migration_files_are_numbered_without_gaps() -> None:
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))

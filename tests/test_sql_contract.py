@@ -1,0 +1,290 @@
+"""The SQL contract apps rely on: defaults, constraints, the trigger, the claim."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from listener import db
+from listener.queries import QUERIES
+
+
+async def test_plain_insert_gets_defaults(conn: asyncpg.Connection) -> None:
+    row = await conn.fetchrow(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, payload) "
+        "VALUES ('acme', 'email.send', '{\"to\": \"a@b.c\"}') RETURNING *"
+    )
+    assert row["status"] == "queued"
+    assert row["priority"] == 0
+    assert row["max_attempts"] == 20
+    assert row["timeout"] == timedelta(minutes=15)
+    assert row["attempts"] == 0
+    assert row["unique_key"] is None
+    assert row["claimed_by"] is None
+    assert row["payload"] == {"to": "a@b.c"}
+    only_kind = await conn.fetchrow("INSERT INTO pgwake.jobs (kind) VALUES ('x') RETURNING *")
+    assert only_kind["tenant_id"] == "default"
+    assert only_kind["payload"] == {}
+
+
+BAD_ROWS = [
+    ("'[1, 2]'", "'k'", "jobs_payload_must_be_json_object", {}),
+    ("'\"text\"'", "'k'", "jobs_payload_must_be_json_object", {}),
+    ("'null'", "'k'", "jobs_payload_must_be_json_object", {}),
+    ("'{}'", "''", "jobs_kind_not_empty", {}),
+    ("'{}'", "'   '", "jobs_kind_not_empty", {}),
+    ("jsonb_build_object('blob', repeat('x', 1100000))", "'k'", "jobs_payload_at_most_1mib", {}),
+    ("'{}'", "'k'", "jobs_priority_between_minus_1000_and_1000", {"priority": "5000"}),
+    ("'{}'", "'k'", "jobs_timeout_positive_at_most_7_days", {"timeout": "'-1 second'"}),
+    ("'{}'", "'k'", "jobs_timeout_positive_at_most_7_days", {"timeout": "'0'"}),
+    ("'{}'", "'k'", "jobs_timeout_positive_at_most_7_days", {"timeout": "'30 days'"}),
+    ("'{}'", "'k'", "jobs_max_attempts_between_1_and_1000", {"max_attempts": "0"}),
+    ("'{}'", "'k'", "jobs_tenant_id_not_empty", {"tenant_id": "''"}),
+    ("'{}'", "'k'", "jobs_unique_key_not_empty", {"unique_key": "''"}),
+]
+
+
+@pytest.mark.parametrize(("payload", "kind", "constraint", "extra"), BAD_ROWS)
+async def test_bad_rows_are_refused_and_nothing_changes(
+    conn: asyncpg.Connection, payload: str, kind: str, constraint: str, extra: dict[str, str]
+) -> None:
+    await conn.execute("INSERT INTO pgwake.jobs (kind) VALUES ('good')")
+    before = await conn.fetch("SELECT * FROM pgwake.jobs ORDER BY id")
+    cols = ", ".join(["kind", "payload", *extra])
+    vals = ", ".join([kind, payload, *extra.values()])
+    # Sent in one statement with a good row: the whole INSERT is refused.
+    sql = f"INSERT INTO pgwake.jobs ({cols}) VALUES ({vals})"
+    with pytest.raises(asyncpg.CheckViolationError) as info:
+        await conn.execute(sql)
+    assert info.value.constraint_name == constraint
+    assert constraint in str(info.value)
+    assert await conn.fetch("SELECT * FROM pgwake.jobs ORDER BY id") == before
+
+
+async def test_null_kind_is_refused(conn: asyncpg.Connection) -> None:
+    with pytest.raises(asyncpg.NotNullViolationError, match="kind"):
+        await conn.execute("INSERT INTO pgwake.jobs (payload) VALUES ('{}')")
+
+
+async def test_ten_thousand_row_insert_sends_exactly_one_notification(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    received: list[tuple[str, str]] = []
+    sentinel = asyncio.Event()
+
+    def on_notify(_c: object, _pid: int, channel: str, payload: str) -> None:
+        received.append((channel, payload))
+        if channel == "test_sentinel":
+            sentinel.set()
+
+    listener = await asyncpg.connect(dsn)
+    try:
+        await listener.add_listener("pgwake_jobs", on_notify)
+        await listener.add_listener("test_sentinel", on_notify)
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind, payload) "
+            "SELECT 't' || (i % 10), 'noop', jsonb_build_object('i', i) "
+            "FROM generate_series(1, 10000) AS i"
+        )
+        # Notifications arrive in commit order: once the sentinel (sent after the
+        # insert committed) is here, every notification of the insert is here too.
+        await conn.execute("SELECT pg_notify('test_sentinel', '')")
+        await asyncio.wait_for(sentinel.wait(), 10)
+    finally:
+        await listener.close()
+    assert received == [("pgwake_jobs", ""), ("test_sentinel", "")]
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 10000
+
+
+async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:
+    triggers = await conn.fetch(
+        "SELECT tgname, tgtype FROM pg_trigger "
+        "WHERE tgrelid = 'pgwake.jobs'::regclass AND NOT tgisinternal"
+    )
+    assert [t["tgname"] for t in triggers] == ["jobs_notify_after_insert"]
+    # tgtype bits: 1 = row-level (must be off), 4 = INSERT, 8 = DELETE, 16 = UPDATE.
+    tgtype = triggers[0]["tgtype"]
+    assert tgtype & 1 == 0
+    assert tgtype & 4
+    assert tgtype & (8 | 16) == 0
+
+
+async def test_future_run_at_is_scheduled_and_now_is_queued(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (kind, run_at) VALUES "
+        "('a', now() + interval '1 hour'), ('b', now() - interval '1 hour'), ('c', now())"
+    )
+    statuses = dict(await conn.fetch("SELECT kind, status FROM pgwake.jobs"))
+    assert statuses == {"a": "scheduled", "b": "queued", "c": "queued"}
+
+
+async def test_unique_key_refuses_duplicates_while_active(conn: asyncpg.Connection) -> None:
+    insert = (
+        "INSERT INTO pgwake.jobs (tenant_id, kind, unique_key) VALUES ($1, 'sync', $2) "
+        "ON CONFLICT (tenant_id, kind, unique_key) "
+        "WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running') "
+        "DO NOTHING RETURNING id"
+    )
+    first = await conn.fetchval(insert, "acme", "daily")
+    assert first is not None
+    assert await conn.fetchval(insert, "acme", "daily") is None
+    assert await conn.fetchval(insert, "other", "daily") is not None
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind, unique_key) VALUES ('acme', 'sync', 'daily')"
+        )
+    await conn.execute(
+        "UPDATE pgwake.jobs SET status = 'succeeded', finished_at = now() WHERE id = $1", first
+    )
+    assert await conn.fetchval(insert, "acme", "daily") is not None
+
+
+async def test_cancel_job_function(conn: asyncpg.Connection) -> None:
+    job_id = await conn.fetchval("INSERT INTO pgwake.jobs (kind) VALUES ('x') RETURNING id")
+    assert await conn.fetchval("SELECT pgwake.cancel_job($1)", job_id) is True
+    assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id=$1", job_id) == "cancelled"
+    assert await conn.fetchval("SELECT pgwake.cancel_job($1)", job_id) is False
+
+
+async def claim(
+    conn: asyncpg.Connection, worker: uuid.UUID, limit: int, *, kinds: list[str] | None = None,
+    tenant_cap: int = 1000, busy: dict[str, int] | None = None, cursor: str = "",
+) -> list[asyncpg.Record]:
+    busy = busy or {}
+    return await conn.fetch(
+        QUERIES["job_claim"], worker, kinds or ["k"], limit, tenant_cap,
+        list(busy), list(busy.values()), cursor,
+    )
+
+
+async def register(conn: asyncpg.Connection) -> uuid.UUID:
+    worker = uuid.uuid4()
+    await conn.execute(QUERIES["worker_register"], worker, "test", 1, ["k"], 10)
+    return worker
+
+
+async def test_claim_interleaves_tenants(conn: asyncpg.Connection) -> None:
+    """A tenant with one job is served in the same claim as one with 1,000."""
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) SELECT 'big', 'k' FROM generate_series(1, 1000)"
+    )
+    small = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('small', 'k') RETURNING id"
+    )
+    worker = await register(conn)
+    rows = await claim(conn, worker, 10, cursor="")
+    assert len(rows) == 10
+    assert small in [r["id"] for r in rows]
+    assert all(r["attempts"] == 1 for r in rows)
+
+
+async def test_claim_orders_by_priority_then_age_within_a_tenant(
+    conn: asyncpg.Connection,
+) -> None:
+    ids = {}
+    for name, priority in [("low", -5), ("old", 0), ("new", 0), ("high", 10)]:
+        ids[name] = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, priority, payload) VALUES ('k', $1, $2) RETURNING id",
+            priority, {"name": name},
+        )
+    worker = await register(conn)
+    order = []
+    for _ in range(4):
+        (row,) = await claim(conn, worker, 1)
+        order.append(row["payload"]["name"])
+    assert order == ["high", "old", "new", "low"]
+
+
+async def test_claim_respects_local_tenant_cap_and_kinds(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT t, k FROM unnest(ARRAY['a', 'b']) AS t, unnest(ARRAY['k', 'other']) AS k, "
+        "generate_series(1, 5)"
+    )
+    worker = await register(conn)
+    rows = await claim(conn, worker, 100, tenant_cap=3, busy={"a": 2})
+    by_tenant: dict[str, int] = {}
+    for row in rows:
+        assert row["kind"] == "k"
+        by_tenant[row["tenant_id"]] = by_tenant.get(row["tenant_id"], 0) + 1
+    assert by_tenant == {"a": 1, "b": 3}
+    assert await claim(conn, worker, 100, tenant_cap=3, busy={"a": 3, "b": 3}) == []
+
+
+async def test_claim_round_robin_cursor_wraps(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT t, 'k' FROM unnest(ARRAY['a', 'b', 'c', 'd']) AS t, generate_series(1, 3)"
+    )
+    worker = await register(conn)
+    assert [r["tenant_id"] for r in await claim(conn, worker, 2, cursor="b")] == ["c", "d"]
+    got = sorted(r["tenant_id"] for r in await claim(conn, worker, 3, cursor="c"))
+    assert got == ["a", "b", "d"]
+
+
+async def test_two_claimers_racing_never_share_a_job(dsn: str, conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT 't' || (i % 7), 'k' FROM generate_series(1, 2000) AS i"
+    )
+    workers = [await register(conn) for _ in range(4)]
+    conns = [await db.connect(dsn) for _ in workers]
+    claimed: dict[uuid.UUID, list[int]] = {w: [] for w in workers}
+
+    async def drain(worker: uuid.UUID, c: asyncpg.Connection) -> None:
+        while rows := await claim(c, worker, 25, cursor=""):
+            claimed[worker].extend(r["id"] for r in rows)
+
+    try:
+        await asyncio.gather(*(drain(w, c) for w, c in zip(workers, conns, strict=True)))
+    finally:
+        for c in conns:
+            await c.close()
+    all_ids = [i for ids in claimed.values() for i in ids]
+    assert len(all_ids) == 2000
+    assert len(set(all_ids)) == 2000
+    assert sum(1 for ids in claimed.values() if ids) >= 2
+    holders = await conn.fetch(
+        "SELECT claimed_by, count(*) FROM pgwake.jobs WHERE status = 'running' GROUP BY 1"
+    )
+    assert {h["claimed_by"]: h["count"] for h in holders} == {
+        w: len(ids) for w, ids in claimed.items() if ids
+    }
+
+
+async def test_late_completion_from_a_worker_that_lost_the_job_changes_nothing(
+    conn: asyncpg.Connection,
+) -> None:
+    job_id = await conn.fetchval("INSERT INTO pgwake.jobs (kind) VALUES ('k') RETURNING id")
+    old, new = await register(conn), await register(conn)
+    (first,) = await claim(conn, old, 1)
+    # The job is taken away from `old` (as recovery will do) and claimed by `new`.
+    await conn.execute(
+        "UPDATE pgwake.jobs SET status = 'queued', claimed_by = NULL WHERE id = $1", job_id
+    )
+    (second,) = await claim(conn, new, 1)
+    assert second["attempts"] == 2
+    finish = QUERIES["job_finish_many"]
+    late = await conn.fetch(
+        finish, old, [job_id], [first["attempts"]], ["succeeded"], [0], [None],
+        [json.loads('{"stale": true}')], [None],
+    )
+    assert late == []
+    # Even with the right attempt number, another worker's id is refused.
+    assert await conn.fetch(
+        finish, old, [job_id], [2], ["failed"], [0], [None], [None], ["zombie"]
+    ) == []
+    row = await conn.fetchrow("SELECT * FROM pgwake.jobs WHERE id = $1", job_id)
+    assert (row["status"], row["claimed_by"], row["result"], row["last_error"]) == (
+        "running", new, None, None,
+    )
+    done = await conn.fetch(
+        finish, new, [job_id], [2], ["succeeded"], [0], [None], [{"ok": 1}], [None]
+    )
+    assert [r["id"] for r in done] == [job_id]
+    assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id=$1", job_id) == "succeeded"
