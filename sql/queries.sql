@@ -256,10 +256,11 @@ SELECT 1;
 -- seconds (NULL for the default).
 -- Returns the new job's id and status, or nothing when the unique key is taken.
 INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
-                         timeout)
+                         timeout, status)
 VALUES ($1, $2, $3::jsonb, $4, now() + make_interval(secs => $5::float8),
         coalesce($6::int, 20), $7,
-        coalesce(make_interval(secs => $8::float8), interval '15 minutes'))
+        coalesce(make_interval(secs => $8::float8), interval '15 minutes'),
+        CASE WHEN $5::float8 > 0 THEN 'scheduled' ELSE 'queued' END)
 ON CONFLICT (tenant_id, kind, unique_key)
    WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
    DO NOTHING

@@ -1,0 +1,129 @@
+"""The ``pgwake`` command line, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import ROOT
+
+
+def pgwake(*args: str, dsn: str | None = None, env: dict[str, str] | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
+    if dsn is not None:
+        base["PGWAKE_DSN"] = dsn
+    return subprocess.run(
+        [sys.executable, "-m", "listener", *args],
+        env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+async def test_migrate_then_again(empty_dsn: str) -> None:
+    first = pgwake("migrate", dsn=empty_dsn)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_initial" in first.stdout
+    second = pgwake("migrate", dsn=empty_dsn)
+    assert second.returncode == 0, second.stderr
+    assert "applied" not in second.stdout
+    assert "schema is at version 0001" in second.stdout
+
+
+async def test_enqueue(dsn: str, conn: asyncpg.Connection) -> None:
+    done = pgwake("enqueue", "echo", "--tenant", "acme", "--payload", '{"a": 1}',
+                  "--priority", "5", "--max-attempts", "3", "--timeout", "60", "--json", dsn=dsn)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["enqueued"] is True
+    assert out["status"] == "queued"
+    row = await conn.fetchrow("SELECT * FROM pgwake.jobs WHERE id = $1", out["id"])
+    assert (row["tenant_id"], row["kind"], row["payload"], row["priority"],
+            row["max_attempts"], row["timeout"].total_seconds()) == (
+        "acme", "echo", {"a": 1}, 5, 3, 60.0)
+
+
+async def test_enqueue_defaults_match_a_plain_insert(dsn: str, conn: asyncpg.Connection) -> None:
+    done = pgwake("enqueue", "noop", "--json", dsn=dsn)
+    assert done.returncode == 0, done.stderr
+    via_cli = await conn.fetchrow(
+        "SELECT tenant_id, payload, priority, max_attempts, timeout, status FROM pgwake.jobs "
+        "WHERE id = $1", json.loads(done.stdout)["id"])
+    via_sql = await conn.fetchrow(
+        "INSERT INTO pgwake.jobs (kind) VALUES ('noop') "
+        "RETURNING tenant_id, payload, priority, max_attempts, timeout, status")
+    assert via_cli == via_sql
+
+
+async def test_enqueue_delay_and_unique_key(dsn: str, conn: asyncpg.Connection) -> None:
+    first = pgwake("enqueue", "noop", "--delay", "3600", "--unique-key", "nightly", dsn=dsn)
+    assert first.returncode == 0, first.stderr
+    assert "(scheduled)" in first.stdout
+    again = pgwake("enqueue", "noop", "--unique-key", "nightly", dsn=dsn)
+    assert again.returncode == 1
+    assert "unique key 'nightly' is taken" in again.stdout
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["enqueue", "echo", "--payload", "{not json"], 2, "--payload is not valid JSON"),
+        (["enqueue", "echo", "--payload", "[1, 2]"], 2, "--payload must be a JSON object"),
+        (["enqueue", "", "--payload", "{}"], 1, "jobs_kind_not_empty"),
+        (["enqueue", "echo", "--priority", "9999"], 1,
+         "jobs_priority_between_minus_1000_and_1000"),
+        (["enqueue", "echo", "--priority", "high"], 2, "Invalid value for '--priority'"),
+        (["enqueue"], 2, "Missing argument 'kind'"),
+        (["run", "--concurrency", "0"], 3, "concurrency (from command line)"),
+        (["run", "--concurrency", "4", "--tenant-concurrency", "8"], 3,
+         "cannot exceed concurrency"),
+        (["run", "--handlers", "no_such_module_xyz"], 3, "cannot import handler module"),
+        (["run", "--kinds", "nope"], 3, "no handler for kind(s) nope"),
+        (["run", "--log-format", "xml"], 3, "log_format"),
+        (["run", "--no-such-flag"], 2, "No such option"),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+async def test_bad_arguments_exit_non_zero_with_a_message(
+    dsn: str, conn: asyncpg.Connection, args: list[str], code: int, message: str
+) -> None:
+    done = pgwake(*args, dsn=dsn)
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert message in done.stderr + done.stdout
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 0
+
+
+def test_unreachable_database_exit_4_without_the_password() -> None:
+    done = pgwake("run", dsn="postgresql://app:hunter2secret@127.0.0.1:1/nowhere")
+    assert done.returncode == 4
+    assert "cannot connect to postgresql://app:***@127.0.0.1:1/nowhere" in done.stderr
+    assert "hunter2secret" not in done.stderr + done.stdout
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    bad = tmp_path / "pgwake.toml"
+    bad.write_text("[pgwake]\nconcurrency = 'lots'\n")
+    done = pgwake("run", "--config", str(bad))
+    assert done.returncode == 3
+    assert f"concurrency (from {bad})" in done.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[pgwake\n")
+    done = pgwake("run", "--config", str(broken))
+    assert done.returncode == 3
+    assert "is not valid TOML" in done.stderr
+    done = pgwake("run", "--config", str(tmp_path / "missing.toml"))
+    assert done.returncode == 3
+    assert "does not exist" in done.stderr
+
+
+def test_version() -> None:
+    done = pgwake("version")
+    assert done.returncode == 0
+    assert done.stdout.startswith("pgwake 0.1.0 (schema 0001)")

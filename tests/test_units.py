@@ -1,0 +1,201 @@
+"""Pieces without a database: settings, registry, backoff, redaction, wake, sd_notify."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+from pydantic import BaseModel
+
+from listener.api import JobContext, Registry
+from listener.config import load_settings
+from listener.errors import ConfigError
+from listener.redact import redact
+from listener.retry import Backoff
+from listener.sdnotify import Notifier
+from listener.wake import Wake
+from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
+
+
+def test_settings_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "pgwake.toml"
+    config.write_text(
+        "[pgwake]\nconcurrency = 10\ntenant_concurrency = 3\npoll_interval = 7.5\n"
+        "handlers = ['a.b']\n"
+    )
+    env = {"PGWAKE_CONCURRENCY": "20", "PGWAKE_KINDS": "echo, sleep"}
+    settings = load_settings({"concurrency": 30}, env=env, config_file=config)
+    assert settings.concurrency == 30
+    assert settings.tenant_concurrency == 3
+    assert settings.poll_interval == 7.5
+    assert settings.kinds == ["echo", "sleep"]
+    assert settings.handlers == ["a.b"]
+    assert load_settings({}, env=env, config_file=config).concurrency == 20
+    assert load_settings({}, env={}, config_file=config).concurrency == 10
+
+
+def test_settings_file_from_env_and_secret_dsn(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("dsn = 'postgresql://u:s3cret@db/x'\n")
+    settings = load_settings({}, env={"PGWAKE_CONFIG": str(config)})
+    assert settings.dsn is not None
+    assert settings.dsn.get_secret_value() == "postgresql://u:s3cret@db/x"
+    assert "s3cret" not in repr(settings)
+    assert "s3cret" not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"concurrency": -1}, "concurrency (from command line): Input should be greater"),
+        ({"poll_interval": 0}, "poll_interval (from command line)"),
+        ({"dsn": "mysql://x"}, "dsn must be a libpq URL"),
+        ({"concurrency": 2, "tenant_concurrency": 3}, "cannot exceed concurrency"),
+        ({"retry_base": 10, "retry_cap": 1}, "retry_base (10.0) cannot exceed retry_cap"),
+        ({"unknown_setting": 1}, "unknown_setting (from command line): Extra inputs"),
+    ],
+)
+def test_bad_settings_name_the_problem(flags: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match="invalid configuration") as info:
+        load_settings(flags, env={})
+    assert message in str(info.value)
+
+
+def test_bad_env_value_names_its_source() -> None:
+    with pytest.raises(ConfigError, match=r"drain_timeout \(from environment\)"):
+        load_settings({}, env={"PGWAKE_DRAIN_TIMEOUT": "soon"})
+
+
+class Pay(BaseModel):
+    n: int
+
+
+def test_registry_rules() -> None:
+    registry = Registry()
+
+    @registry.handler("typed")
+    async def typed(payload: Pay, ctx: JobContext) -> int:
+        return payload.n
+
+    @registry.handler("raw")
+    async def raw(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    typed_handler = registry.get("typed")
+    raw_handler = registry.get("raw")
+    assert typed_handler is not None
+    assert raw_handler is not None
+    assert typed_handler.payload_model is Pay
+    assert raw_handler.payload_model is None
+    assert registry.kinds() == ["raw", "typed"]
+    with pytest.raises(ConfigError, match="already handled by"):
+        registry.register("typed", raw)
+
+    def sync(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="must be an async function"):
+        registry.register("sync", sync)  # type: ignore[arg-type]
+
+    async def one_arg(payload: dict[str, Any]) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match=r"must take exactly \(payload, ctx\)"):
+        registry.register("one", one_arg)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no handler for kind"):
+        registry.restricted_to(["typed", "ghost"])
+    assert registry.restricted_to(["typed"]).kinds() == ["typed"]
+
+
+def test_backoff_grows_with_jitter_and_respects_the_cap() -> None:
+    backoff = Backoff(base=1.0, cap=100.0, rng=random.Random(7))
+    for _ in range(200):
+        delays = [backoff.delay(n) for n in range(1, 8)]
+        assert all(b > a for a, b in zip(delays, delays[1:], strict=False)), delays
+        assert 0.75 <= delays[0] <= 1.25
+        assert all(d <= 100.0 for d in delays)
+    assert backoff.delay(200) == 100.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql://app:hunter2@db:5432/x", "postgresql://app:***@db:5432/x"),
+        ("failed: postgres://u:p%40ss@h/d?x=1 went away", "failed: postgres://u:***@h/d?x=1 went away"),
+        ("host=db password=hunter2 user=app", "host=db password=*** user=app"),
+        ("PASSWORD = 'a b c' dbname=x", "PASSWORD = *** dbname=x"),
+        ("postgresql://app@db/x", "postgresql://app@db/x"),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+async def test_wake_remembers_a_set_without_a_waiter() -> None:
+    wake = Wake()
+    assert await wake.wait(0.01) == "poll"
+    wake.set("notify")
+    wake.set("reconnect")
+    assert await wake.wait(10) == "notify"
+    assert await wake.wait(0.01) == "poll"
+
+
+async def test_sd_notify_ready_watchdog_status_stopping_from_the_worker(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    messages: list[tuple[float, str]] = []
+
+    async def read_all() -> list[tuple[float, str]]:
+        while True:
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                return messages
+            messages.append((time.monotonic(), data.decode()))
+
+    worker = spawn_worker(dsn, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    try:
+        await wait_ready(conn)
+        await eventually(lambda: _has(read_all, "READY=1"))
+        start = time.monotonic()
+        await anyio.sleep(1.2)
+        await read_all()
+    finally:
+        code, out = stop_process(worker)
+    await read_all()
+    sock.close()
+    assert code == 0, out
+    texts = [m for _, m in messages]
+    ready = next(m for m in texts if m.startswith("READY=1"))
+    assert "STATUS=listening" in ready
+    pings = [t for t, m in messages if m == "WATCHDOG=1" and t >= start]
+    # Half of 0.4 s: about 6 pings in 1.2 s; allow slack for a busy machine.
+    assert 3 <= len(pings) <= 9, pings
+    assert any(m.startswith("STOPPING=1") for m in texts)
+    assert texts.index(ready) < next(i for i, m in enumerate(texts) if m.startswith("STOPPING"))
+
+
+async def _has(read: Any, prefix: str) -> bool:
+    return any(m.startswith(prefix) for _, m in await read())
+
+
+def test_notifier_is_silent_without_systemd() -> None:
+    notifier = Notifier(env={})
+    assert not notifier.enabled
+    assert notifier.watchdog_interval is None
+    notifier.ready("x")  # no socket: nothing to send, nothing raised
+    watchdog = Notifier(env={"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "2000000"})
+    assert watchdog.enabled
+    assert watchdog.watchdog_interval == 1.0
+    other_pid = Notifier(env={"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"})
+    assert other_pid.watchdog_interval is None
