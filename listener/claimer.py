@@ -101,8 +101,9 @@ class Claimer:
                         await self._idle.wait()
                         waiters.cancel_scope.cancel()
             if self._in_flight:
-                self._log.warning("drain timeout: putting back running jobs",
-                                  running=self._in_flight)
+                self._log.warning(
+                    "drain timeout: putting back running jobs", running=self._in_flight
+                )
             jobs.cancel_scope.cancel()
 
     @staticmethod

@@ -53,8 +53,9 @@ ConfigOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Embedded PostgreSQL data directory (no DSN only).",
-                 show_default=False),
+    typer.Option(
+        "--data-dir", help="Embedded PostgreSQL data directory (no DSN only).", show_default=False
+    ),
 ]
 
 
@@ -82,8 +83,9 @@ def _database(settings: Settings, *, announce: bool) -> Iterator[tuple[str, bool
     from listener.embedded import embedded_postgres  # noqa: PLC0415 - only without a DSN
 
     if announce:
-        typer.echo(f"pgwake: no DSN given; using the embedded PostgreSQL in {settings.data_dir}",
-                   err=True)
+        typer.echo(
+            f"pgwake: no DSN given; using the embedded PostgreSQL in {settings.data_dir}", err=True
+        )
     with embedded_postgres(settings.data_dir) as dsn:
         yield dsn, True
 
@@ -167,8 +169,9 @@ def run_cmd(
     data_dir: DataDirOpt = None,
     handlers: Annotated[
         list[str] | None,
-        typer.Option("--handlers", help="Handler module to import (repeatable).",
-                     show_default=False),
+        typer.Option(
+            "--handlers", help="Handler module to import (repeatable).", show_default=False
+        ),
     ] = None,
     kinds: Annotated[
         list[str] | None,
@@ -193,11 +196,21 @@ def run_cmd(
 ) -> None:
     """Run the worker until SIGTERM/SIGINT (a second signal skips the drain)."""
     settings = _settings(
-        dsn=dsn, config=config, data_dir=data_dir, handlers=handlers or None,
-        kinds=kinds or None, concurrency=concurrency, tenant_concurrency=tenant_concurrency,
-        claim_batch=claim_batch, poll_interval=poll_interval, drain_timeout=drain_timeout,
-        retry_base=retry_base, retry_cap=retry_cap, heartbeat_interval=heartbeat_interval,
-        log_format=log_format, log_level=log_level,
+        dsn=dsn,
+        config=config,
+        data_dir=data_dir,
+        handlers=handlers or None,
+        kinds=kinds or None,
+        concurrency=concurrency,
+        tenant_concurrency=tenant_concurrency,
+        claim_batch=claim_batch,
+        poll_interval=poll_interval,
+        drain_timeout=drain_timeout,
+        retry_base=retry_base,
+        retry_cap=retry_cap,
+        heartbeat_interval=heartbeat_interval,
+        log_format=log_format,
+        log_level=log_level,
     )
     logs.configure(settings.log_format, settings.log_level)
     _guard(load_modules, [BUILTIN_HANDLERS, *settings.handlers])
@@ -240,7 +253,7 @@ def enqueue_cmd(
     except json.JSONDecodeError as exc:
         raise _fail(f"--payload is not valid JSON: {exc}", 2) from None
     if not isinstance(body, dict):
-        raise _fail("--payload must be a JSON object, like '{\"to\": \"a@b.c\"}'", 2)
+        raise _fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
     settings = _settings(dsn=dsn, config=config, data_dir=data_dir)
     logs.configure(settings.log_format, settings.log_level)
     args = (tenant, kind, body, priority, delay, max_attempts, unique_key, timeout)

@@ -93,7 +93,8 @@ class Completer:
                 if not reported:
                     self._log.warning(
                         "cannot record job outcomes yet; retrying",
-                        jobs=len(batch), error=redact(f"{type(exc).__name__}: {exc}"),
+                        jobs=len(batch),
+                        error=redact(f"{type(exc).__name__}: {exc}"),
                     )
                     reported = True
                 await anyio.sleep(backoff)

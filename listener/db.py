@@ -81,9 +81,7 @@ def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailableError:
 async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
     """Open one connection with pgwake's setup; raise a clear error when unreachable."""
     try:
-        conn: asyncpg.Connection = await asyncpg.connect(
-            dsn, timeout=timeout, **_connect_kwargs()
-        )
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=timeout, **_connect_kwargs())
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise _unavailable(dsn, exc) from None
     await init_connection(conn)

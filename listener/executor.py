@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from listener.context import JobContext
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
-from listener.jobs import Job, Outcome
+from listener.jobs import Job, Outcome, OutcomeStatus
 from listener.redact import redact
 from listener.registry import Registry
 from listener.retry import Backoff
@@ -60,6 +60,11 @@ def _check_result(result: Any) -> str | None:
     return None
 
 
+def _requeue_status(delay: float) -> OutcomeStatus:
+    """A job that runs again later is scheduled; one that may run now is queued."""
+    return "scheduled" if delay > 0 else "queued"
+
+
 class Executor:
     """Runs jobs with the registry's handlers."""
 
@@ -73,13 +78,13 @@ class Executor:
         if job.attempt >= job.max_attempts:
             return Outcome(job.id, job.attempt, "failed", error=error)
         wait = self._backoff.delay(job.attempt) if delay is None else delay
-        status = "scheduled" if wait > 0 else "queued"
-        return Outcome(job.id, job.attempt, status, delay=wait, error=error)
+        return Outcome(job.id, job.attempt, _requeue_status(wait), delay=wait, error=error)
 
     async def execute(self, job: Job) -> Outcome:
         """Run ``job`` once and return how it ended."""
-        log = self._log.bind(job_id=job.id, tenant=job.tenant_id, kind=job.kind,
-                             attempt=job.attempt)
+        log = self._log.bind(
+            job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
+        )
         with structlog.contextvars.bound_contextvars(
             job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
         ):
@@ -87,21 +92,25 @@ class Executor:
         if outcome.status == "failed":
             log.warning("job failed", error=(outcome.error or "").split("\n", 1)[0])
         elif outcome.status in ("queued", "scheduled") and outcome.refund == 0:
-            log.info("job will retry", delay=outcome.delay,
-                     error=(outcome.error or "").split("\n", 1)[0])
+            log.info(
+                "job will retry", delay=outcome.delay, error=(outcome.error or "").split("\n", 1)[0]
+            )
         return outcome
 
-    async def _run(self, job: Job, log: Any) -> Outcome:
+    async def _run(self, job: Job, log: Any) -> Outcome:  # noqa: PLR0911 - one return per outcome
         handler = self._registry.get(job.kind)
         if handler is None:
             error = ConfigurationError(f"no handler for kind {job.kind!r} in this worker")
-            return Outcome(job.id, job.attempt, "failed", error=_describe(error,
-                                                                          with_traceback=False))
+            return Outcome(
+                job.id, job.attempt, "failed", error=_describe(error, with_traceback=False)
+            )
         try:
             payload = handler.parse_payload(job.payload)
         except ValidationError as exc:
             return Outcome(
-                job.id, job.attempt, "failed",
+                job.id,
+                job.attempt,
+                "failed",
                 error=redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS],
             )
         ctx = JobContext(job=job, log=log)
@@ -111,15 +120,15 @@ class Executor:
                 result = await handler.fn(payload, ctx)
             timed_out = scope.cancelled_caught
         except Snooze as exc:
-            status = "scheduled" if exc.delay > 0 else "queued"
-            return Outcome(job.id, job.attempt, status, refund=1, delay=exc.delay)
+            return Outcome(
+                job.id, job.attempt, _requeue_status(exc.delay), refund=1, delay=exc.delay
+            )
         except Cancel as exc:
             return Outcome(job.id, job.attempt, "cancelled", error=f"cancelled: {exc}")
         except Retry as exc:
             return self._failure(job, _describe(exc, with_traceback=False), exc.delay)
         except PermanentError as exc:
-            return Outcome(job.id, job.attempt, "failed",
-                           error=_describe(exc, with_traceback=True))
+            return Outcome(job.id, job.attempt, "failed", error=_describe(exc, with_traceback=True))
         except Exception as exc:  # noqa: BLE001 - any other exception is a job failure
             return self._failure(job, _describe(exc, with_traceback=True))
         if timed_out:

@@ -21,6 +21,9 @@ import asyncpg
 from listener.errors import SchemaMismatchError
 from listener.queries import QUERIES, sql_dir
 
+# A plain connection or one borrowed from a pool.
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
 # Key of the advisory lock that serialises migrations ("pgwake" as a number).
 MIGRATION_LOCK_KEY = 0x7067_7761_6B65
 
@@ -66,7 +69,7 @@ def latest_version() -> int:
     return len(load_migrations())
 
 
-async def schema_version(conn: asyncpg.Connection) -> int:
+async def schema_version(conn: Conn) -> int:
     """The version applied in the database (0 when never migrated)."""
     try:
         version: int = await conn.fetchval(QUERIES["schema_version"])
@@ -115,7 +118,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         await conn.execute(QUERIES["migration_unlock"], MIGRATION_LOCK_KEY)
 
 
-async def check_schema(conn: asyncpg.Connection) -> int:
+async def check_schema(conn: Conn) -> int:
     """Raise :class:`SchemaMismatchError` unless the database is at our version."""
     have = await schema_version(conn)
     want = latest_version()

@@ -11,7 +11,6 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import asyncpg
@@ -53,7 +52,7 @@ class Listener:
         for wake in self._wakes:
             wake.set(source)
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         self.notifications += 1
         self._wake_all("notify")
 

@@ -87,9 +87,7 @@ class Registry:
         self._handlers[kind] = handler
         return handler
 
-    def handler(
-        self, kind: str, *, payload: type[BaseModel] | None = None
-    ) -> Callable[[F], F]:
+    def handler(self, kind: str, *, payload: type[BaseModel] | None = None) -> Callable[[F], F]:
         """Decorator form of :meth:`register`."""
 
         def decorate(fn: F) -> F:

@@ -65,8 +65,9 @@ class Service:
         """Begin a graceful stop; ``now`` cuts the drain short."""
         if not self._stopping:
             self._stopping = True
-            self._log.info("stopping: no new claims; draining", drain_timeout=
-                           self.settings.drain_timeout)
+            self._log.info(
+                "stopping: no new claims; draining", drain_timeout=self.settings.drain_timeout
+            )
             self.sd.stopping("draining")
         if self.claimer is not None:
             self.claimer.stop(now=now)
@@ -79,8 +80,9 @@ class Service:
             async with pool.acquire() as conn:
                 await check_schema(conn)
             kinds = self.registry.kinds()
-            heartbeat = Heartbeat(pool, self.worker_id, kinds, s.concurrency,
-                                  interval=s.heartbeat_interval)
+            heartbeat = Heartbeat(
+                pool, self.worker_id, kinds, s.concurrency, interval=s.heartbeat_interval
+            )
             await heartbeat.register()
             try:
                 await self._serve(pool, heartbeat, kinds, task_status)
@@ -100,13 +102,21 @@ class Service:
         task_status: TaskStatus[None],
     ) -> None:
         s = self.settings
-        completer = Completer(pool, self.worker_id,
-                              on_scheduled=lambda: self.promote_wake.set("retry"))
+        completer = Completer(
+            pool, self.worker_id, on_scheduled=lambda: self.promote_wake.set("retry")
+        )
         executor = Executor(self.registry, Backoff(base=s.retry_base, cap=s.retry_cap))
         claimer = Claimer(
-            pool, self.worker_id, kinds, executor, completer, self.claim_wake,
-            concurrency=s.concurrency, tenant_concurrency=s.tenant_concurrency,
-            claim_batch=s.claim_batch, poll_interval=s.poll_interval,
+            pool,
+            self.worker_id,
+            kinds,
+            executor,
+            completer,
+            self.claim_wake,
+            concurrency=s.concurrency,
+            tenant_concurrency=s.tenant_concurrency,
+            claim_batch=s.claim_batch,
+            poll_interval=s.poll_interval,
             drain_timeout=s.drain_timeout,
         )
         self.completer, self.claimer = completer, claimer
@@ -129,8 +139,11 @@ class Service:
                 if self._stopping:
                     claimer.stop()
                 self._log.info(
-                    "worker ready", kinds=kinds, concurrency=s.concurrency,
-                    tenant_concurrency=s.tenant_concurrency, dsn=display_dsn(self.dsn),
+                    "worker ready",
+                    kinds=kinds,
+                    concurrency=s.concurrency,
+                    tenant_concurrency=s.tenant_concurrency,
+                    dsn=display_dsn(self.dsn),
                 )
                 self.sd.ready(f"listening; {len(kinds)} kinds, concurrency {s.concurrency}")
                 self.ready.set()
@@ -141,13 +154,13 @@ class Service:
         """Put back whatever this worker still holds, then deregister."""
         try:
             put_back = await pool.fetch(
-                QUERIES["job_put_back_held"], self.worker_id,
+                QUERIES["job_put_back_held"],
+                self.worker_id,
                 "put back: the worker stopped before the job finished",
             )
             if put_back:
                 self._log.warning("put back unfinished jobs", jobs=[r["id"] for r in put_back])
             await heartbeat.deregister()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            self._log.error("could not put back held jobs; they will be recovered",
-                            error=str(exc))
+            self._log.error("could not put back held jobs; they will be recovered", error=str(exc))
         self._log.info("worker stopped")

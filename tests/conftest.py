@@ -67,7 +67,7 @@ def server_dsn() -> Iterator[str]:
     from listener.embedded import embedded_postgres
 
     # A short path: the unix socket lives in the data directory (108-byte limit).
-    base = Path(tempfile.mkdtemp(prefix="pgwt-", dir="/tmp"))  # noqa: S108
+    base = Path(tempfile.mkdtemp(prefix="pgwt-", dir="/tmp"))
     print(f"\npgwake tests: no server at {probe}; embedded PostgreSQL in {base}", file=sys.stderr)
     with embedded_postgres(base / "data") as dsn:
         yield dsn
@@ -148,9 +148,7 @@ async def eventually(
 
 
 @contextlib.asynccontextmanager
-async def running_worker(
-    dsn: str, registry: Registry, **overrides: Any
-) -> AsyncIterator[Service]:
+async def running_worker(dsn: str, registry: Registry, **overrides: Any) -> AsyncIterator[Service]:
     """An in-process worker, ready (listening) on entry, stopped cleanly on exit."""
     settings = load_settings(overrides, env={})
     service = Service(settings, registry, dsn)

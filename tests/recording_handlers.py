@@ -43,6 +43,8 @@ async def record(payload: RecordPayload, ctx: JobContext) -> dict[str, Any]:
     pool = await _get_pool()
     await pool.execute(
         "INSERT INTO test_executions (job_id, attempt, pid) VALUES ($1, $2, $3)",
-        ctx.job.id, ctx.attempt, os.getpid(),
+        ctx.job.id,
+        ctx.attempt,
+        os.getpid(),
     )
     return {"pid": os.getpid()}

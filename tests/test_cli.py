@@ -14,15 +14,20 @@ import pytest
 from tests.conftest import ROOT
 
 
-def pgwake(*args: str, dsn: str | None = None, env: dict[str, str] | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def pgwake(
+    *args: str, dsn: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
     if dsn is not None:
         base["PGWAKE_DSN"] = dsn
     return subprocess.run(
         [sys.executable, "-m", "listener", *args],
         env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -37,16 +42,35 @@ async def test_migrate_then_again(empty_dsn: str) -> None:
 
 
 async def test_enqueue(dsn: str, conn: asyncpg.Connection) -> None:
-    done = pgwake("enqueue", "echo", "--tenant", "acme", "--payload", '{"a": 1}',
-                  "--priority", "5", "--max-attempts", "3", "--timeout", "60", "--json", dsn=dsn)
+    done = pgwake(
+        "enqueue",
+        "echo",
+        "--tenant",
+        "acme",
+        "--payload",
+        '{"a": 1}',
+        "--priority",
+        "5",
+        "--max-attempts",
+        "3",
+        "--timeout",
+        "60",
+        "--json",
+        dsn=dsn,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["enqueued"] is True
     assert out["status"] == "queued"
     row = await conn.fetchrow("SELECT * FROM pgwake.jobs WHERE id = $1", out["id"])
-    assert (row["tenant_id"], row["kind"], row["payload"], row["priority"],
-            row["max_attempts"], row["timeout"].total_seconds()) == (
-        "acme", "echo", {"a": 1}, 5, 3, 60.0)
+    assert (
+        row["tenant_id"],
+        row["kind"],
+        row["payload"],
+        row["priority"],
+        row["max_attempts"],
+        row["timeout"].total_seconds(),
+    ) == ("acme", "echo", {"a": 1}, 5, 3, 60.0)
 
 
 async def test_enqueue_defaults_match_a_plain_insert(dsn: str, conn: asyncpg.Connection) -> None:
@@ -54,10 +78,13 @@ async def test_enqueue_defaults_match_a_plain_insert(dsn: str, conn: asyncpg.Con
     assert done.returncode == 0, done.stderr
     via_cli = await conn.fetchrow(
         "SELECT tenant_id, payload, priority, max_attempts, timeout, status FROM pgwake.jobs "
-        "WHERE id = $1", json.loads(done.stdout)["id"])
+        "WHERE id = $1",
+        json.loads(done.stdout)["id"],
+    )
     via_sql = await conn.fetchrow(
         "INSERT INTO pgwake.jobs (kind) VALUES ('noop') "
-        "RETURNING tenant_id, payload, priority, max_attempts, timeout, status")
+        "RETURNING tenant_id, payload, priority, max_attempts, timeout, status"
+    )
     assert via_cli == via_sql
 
 
@@ -77,13 +104,15 @@ async def test_enqueue_delay_and_unique_key(dsn: str, conn: asyncpg.Connection) 
         (["enqueue", "echo", "--payload", "{not json"], 2, "--payload is not valid JSON"),
         (["enqueue", "echo", "--payload", "[1, 2]"], 2, "--payload must be a JSON object"),
         (["enqueue", "", "--payload", "{}"], 1, "jobs_kind_not_empty"),
-        (["enqueue", "echo", "--priority", "9999"], 1,
-         "jobs_priority_between_minus_1000_and_1000"),
+        (["enqueue", "echo", "--priority", "9999"], 1, "jobs_priority_between_minus_1000_and_1000"),
         (["enqueue", "echo", "--priority", "high"], 2, "Invalid value for '--priority'"),
         (["enqueue"], 2, "Missing argument 'kind'"),
         (["run", "--concurrency", "0"], 3, "concurrency (from command line)"),
-        (["run", "--concurrency", "4", "--tenant-concurrency", "8"], 3,
-         "cannot exceed concurrency"),
+        (
+            ["run", "--concurrency", "4", "--tenant-concurrency", "8"],
+            3,
+            "cannot exceed concurrency",
+        ),
         (["run", "--handlers", "no_such_module_xyz"], 3, "cannot import handler module"),
         (["run", "--kinds", "nope"], 3, "no handler for kind(s) nope"),
         (["run", "--log-format", "xml"], 3, "log_format"),

@@ -27,20 +27,33 @@ def clean_env() -> dict[str, str]:
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     # Short path: the server's unix socket lives in it.
-    base = Path(tempfile.mkdtemp(prefix="pgwe-", dir="/tmp"))  # noqa: S108
+    base = Path(tempfile.mkdtemp(prefix="pgwe-", dir="/tmp"))
     yield base / "pgdata"
     shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_run_without_dsn_starts_uses_and_stops_an_embedded_server(data_dir: Path) -> None:
     worker = subprocess.Popen(
-        [sys.executable, "-m", "listener", "run", "--data-dir", str(data_dir),
-         "--log-format", "json"],
-        env=clean_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "listener",
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--log-format",
+            "json",
+        ],
+        env=clean_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     socket_dsn = f"postgresql://postgres@/postgres?host={data_dir}"
     conn: asyncpg.Connection | None = None
     try:
+
         async def connected() -> asyncpg.Connection | None:
             try:
                 return await asyncpg.connect(socket_dsn)
@@ -58,9 +71,24 @@ async def test_run_without_dsn_starts_uses_and_stops_an_embedded_server(data_dir
         await eventually(registered, timeout=60)
         # A second pgwake process without a DSN joins the same embedded server.
         enqueue = subprocess.run(
-            [sys.executable, "-m", "listener", "enqueue", "echo", "--data-dir", str(data_dir),
-             "--payload", '{"hello": "embedded"}', "--json"],
-            env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+            [
+                sys.executable,
+                "-m",
+                "listener",
+                "enqueue",
+                "echo",
+                "--data-dir",
+                str(data_dir),
+                "--payload",
+                '{"hello": "embedded"}',
+                "--json",
+            ],
+            env=clean_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert enqueue.returncode == 0, enqueue.stderr
         job_id = json.loads(enqueue.stdout)["id"]
@@ -96,10 +124,23 @@ def test_suite_falls_back_to_embedded_when_no_server_answers() -> None:
     env = clean_env()
     env["PGWAKE_TEST_PROBE"] = "127.0.0.1:1"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s",
-         "tests/test_sql_contract.py::test_ten_thousand_row_insert_sends_exactly_one_notification",
-         "tests/test_worker.py::test_insert_from_plain_connection_wakes_idle_worker"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-s",
+            "tests/test_sql_contract.py::test_ten_thousand_row_insert_sends_exactly_one_notification",
+            "tests/test_worker.py::test_insert_from_plain_connection_wakes_idle_worker",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no server at 127.0.0.1:1; embedded PostgreSQL in" in done.stderr + done.stdout

@@ -86,7 +86,7 @@ async def test_worker_refuses_a_newer_schema(conn: asyncpg.Connection) -> None:
         "INSERT INTO pgwake.schema_migrations (version, name, checksum) "
         "VALUES (9999, 'from_the_future', 'x')"
     )
-    with pytest.raises(SchemaMismatchError, match="newer than this pgwake knows.*upgrade pgwake"):
+    with pytest.raises(SchemaMismatchError, match=r"newer than this pgwake knows.*upgrade pgwake"):
         await check_schema(conn)
     with pytest.raises(SchemaMismatchError, match="upgrade pgwake"):
         await migrate(conn)
@@ -119,7 +119,8 @@ def test_code_and_queries_file_name_the_same_queries() -> None:
 
 def test_parse_rejects_duplicates_and_empty_blocks() -> None:
     assert parse("-- name: a\nSELECT 1;\n-- name: b\nSELECT 2;") == {
-        "a": "SELECT 1;", "b": "SELECT 2;",
+        "a": "SELECT 1;",
+        "b": "SELECT 2;",
     }
     with pytest.raises(ValueError, match="twice"):
         parse("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")

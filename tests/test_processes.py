@@ -23,8 +23,17 @@ async def test_four_processes_run_every_job_exactly_once(
 ) -> None:
     await create_executions_table(conn)
     workers = [
-        spawn_worker(dsn, "--handlers", RECORDING, "--concurrency", "16",
-                     "--tenant-concurrency", "16", "--poll-interval", "60")
+        spawn_worker(
+            dsn,
+            "--handlers",
+            RECORDING,
+            "--concurrency",
+            "16",
+            "--tenant-concurrency",
+            "16",
+            "--poll-interval",
+            "60",
+        )
         for _ in range(4)
     ]
     try:
@@ -35,16 +44,21 @@ async def test_four_processes_run_every_job_exactly_once(
         )
 
         async def all_finished() -> bool:
-            return bool(await conn.fetchval(
-                "SELECT count(*) = 5000 FROM pgwake.jobs WHERE status IN ('succeeded', 'failed')"
-            ))
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) = 5000 FROM pgwake.jobs "
+                    "WHERE status IN ('succeeded', 'failed')"
+                )
+            )
 
         await eventually(all_finished, timeout=120, interval=0.2)
     finally:
         outputs = [stop_process(w) for w in workers]
     for code, out in outputs:
         assert code == 0, out
-    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'succeeded'") == 5000
+    assert (
+        await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'succeeded'") == 5000
+    )
     assert await conn.fetchval("SELECT max(attempts) FROM pgwake.jobs") == 1
     assert await conn.fetchval("SELECT count(*) FROM test_executions") == 5000
     assert await conn.fetchval("SELECT count(DISTINCT job_id) FROM test_executions") == 5000
@@ -63,9 +77,9 @@ async def test_sigterm_finishes_in_flight_jobs_and_exits_zero(
             "INSERT INTO pgwake.jobs (kind, payload) "
             "SELECT 'record', '{\"sleep\": 1.0}' FROM generate_series(1, 5)"
         )
-        await eventually(lambda: conn.fetchval(
-            "SELECT count(*) = 5 FROM pgwake.jobs WHERE status = 'running'"
-        ))
+        await eventually(
+            lambda: conn.fetchval("SELECT count(*) = 5 FROM pgwake.jobs WHERE status = 'running'")
+        )
     finally:
         code, out = stop_process(worker)
     assert code == 0, out
@@ -87,9 +101,9 @@ async def test_sigterm_after_drain_timeout_puts_jobs_back(
             "INSERT INTO pgwake.jobs (kind, payload) "
             "SELECT 'sleep', '{\"seconds\": 600}' FROM generate_series(1, 3)"
         )
-        await eventually(lambda: conn.fetchval(
-            "SELECT count(*) = 3 FROM pgwake.jobs WHERE status = 'running'"
-        ))
+        await eventually(
+            lambda: conn.fetchval("SELECT count(*) = 3 FROM pgwake.jobs WHERE status = 'running'")
+        )
     finally:
         code, out = stop_process(worker)
     assert code == 0, out

@@ -152,13 +152,25 @@ async def test_cancel_job_function(conn: asyncpg.Connection) -> None:
 
 
 async def claim(
-    conn: asyncpg.Connection, worker: uuid.UUID, limit: int, *, kinds: list[str] | None = None,
-    tenant_cap: int = 1000, busy: dict[str, int] | None = None, cursor: str = "",
+    conn: asyncpg.Connection,
+    worker: uuid.UUID,
+    limit: int,
+    *,
+    kinds: list[str] | None = None,
+    tenant_cap: int = 1000,
+    busy: dict[str, int] | None = None,
+    cursor: str = "",
 ) -> list[asyncpg.Record]:
     busy = busy or {}
     return await conn.fetch(
-        QUERIES["job_claim"], worker, kinds or ["k"], limit, tenant_cap,
-        list(busy), list(busy.values()), cursor,
+        QUERIES["job_claim"],
+        worker,
+        kinds or ["k"],
+        limit,
+        tenant_cap,
+        list(busy),
+        list(busy.values()),
+        cursor,
     )
 
 
@@ -190,7 +202,8 @@ async def test_claim_orders_by_priority_then_age_within_a_tenant(
     for name, priority in [("low", -5), ("old", 0), ("new", 0), ("high", 10)]:
         ids[name] = await conn.fetchval(
             "INSERT INTO pgwake.jobs (kind, priority, payload) VALUES ('k', $1, $2) RETURNING id",
-            priority, {"name": name},
+            priority,
+            {"name": name},
         )
     worker = await register(conn)
     order = []
@@ -271,17 +284,28 @@ async def test_late_completion_from_a_worker_that_lost_the_job_changes_nothing(
     assert second["attempts"] == 2
     finish = QUERIES["job_finish_many"]
     late = await conn.fetch(
-        finish, old, [job_id], [first["attempts"]], ["succeeded"], [0], [None],
-        [json.loads('{"stale": true}')], [None],
+        finish,
+        old,
+        [job_id],
+        [first["attempts"]],
+        ["succeeded"],
+        [0],
+        [None],
+        [json.loads('{"stale": true}')],
+        [None],
     )
     assert late == []
     # Even with the right attempt number, another worker's id is refused.
-    assert await conn.fetch(
-        finish, old, [job_id], [2], ["failed"], [0], [None], [None], ["zombie"]
-    ) == []
+    assert (
+        await conn.fetch(finish, old, [job_id], [2], ["failed"], [0], [None], [None], ["zombie"])
+        == []
+    )
     row = await conn.fetchrow("SELECT * FROM pgwake.jobs WHERE id = $1", job_id)
     assert (row["status"], row["claimed_by"], row["result"], row["last_error"]) == (
-        "running", new, None, None,
+        "running",
+        new,
+        None,
+        None,
     )
     done = await conn.fetch(
         finish, new, [job_id], [2], ["succeeded"], [0], [None], [{"ok": 1}], [None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import time
@@ -117,7 +118,7 @@ def test_backoff_grows_with_jitter_and_respects_the_cap() -> None:
     backoff = Backoff(base=1.0, cap=100.0, rng=random.Random(7))
     for _ in range(200):
         delays = [backoff.delay(n) for n in range(1, 8)]
-        assert all(b > a for a, b in zip(delays, delays[1:], strict=False)), delays
+        assert all(b > a for a, b in itertools.pairwise(delays)), delays
         assert 0.75 <= delays[0] <= 1.25
         assert all(d <= 100.0 for d in delays)
     assert backoff.delay(200) == 100.0
@@ -127,7 +128,10 @@ def test_backoff_grows_with_jitter_and_respects_the_cap() -> None:
     ("text", "expected"),
     [
         ("postgresql://app:hunter2@db:5432/x", "postgresql://app:***@db:5432/x"),
-        ("failed: postgres://u:p%40ss@h/d?x=1 went away", "failed: postgres://u:***@h/d?x=1 went away"),
+        (
+            "failed: postgres://u:p%40ss@h/d?x=1 went away",
+            "failed: postgres://u:***@h/d?x=1 went away",
+        ),
         ("host=db password=hunter2 user=app", "host=db password=*** user=app"),
         ("PASSWORD = 'a b c' dbname=x", "PASSWORD = *** dbname=x"),
         ("postgresql://app@db/x", "postgresql://app@db/x"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from datetime import timedelta
@@ -59,8 +60,9 @@ async def test_insert_from_plain_connection_wakes_idle_worker(dsn: str) -> None:
             with anyio.fail_after(10):
                 await ran.wait()
             await eventually(lambda: _succeeded(plain, job_id))
-            result = await plain.fetchval("SELECT result::text FROM pgwake.jobs WHERE id=$1",
-                                          job_id)
+            result = await plain.fetchval(
+                "SELECT result::text FROM pgwake.jobs WHERE id=$1", job_id
+            )
         finally:
             await plain.close()
         assert result == '{"greeting": "hello ada"}'
@@ -96,9 +98,9 @@ async def test_handler_failure_retries_with_growing_delays_then_fails(
     assert "Traceback" in row["last_error"]
     assert row["finished_at"] is not None
     assert row["claimed_by"] is None
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     # Backoff doubles with +-25% jitter: each wait is at least 1.2x the one before.
-    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:], strict=False)), gaps
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
 
 
 @pytest.mark.parametrize(
