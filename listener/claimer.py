@@ -2,10 +2,13 @@
 
 Invariants:
 - Never holds more jobs than ``concurrency``, nor more than ``tenant_concurrency`` of
-  one tenant: the claim asks only for free slots, per tenant, in the SQL itself.
+  one tenant: the claim asks only for free slots, per tenant, in the SQL itself. A slot
+  is free again only once the job's outcome is stored.
 - Claims only kinds in the registry.
-- Claims again at once while the last claim came back full (a backlog); otherwise
-  waits for a wake (NOTIFY, promotion, reconnect) or the poll interval.
+- Claims again as soon as there is room while the last claim came back full (a
+  backlog), batching freed slots for a couple of milliseconds so a claim is not one
+  round trip per finished job; otherwise waits for a wake (NOTIFY, promotion,
+  reconnect) or the poll interval.
 - After ``stop()`` no new claim starts. Running jobs get ``drain_timeout`` seconds to
   finish; the rest are cancelled, and the service puts them back.
 """
@@ -61,6 +64,9 @@ class Claimer:
         self._claim_batch = claim_batch
         self._poll_interval = poll_interval
         self._drain_timeout = drain_timeout
+        # In a backlog, claim again once this many slots are free (or refill_wait passed).
+        self._refill = max(1, min(claim_batch, concurrency) // 2)
+        self._refill_wait = 0.002
         self._log = get_logger("claimer")
         self._running: Counter[str] = Counter()
         self._in_flight = 0
@@ -112,19 +118,32 @@ class Claimer:
         group.cancel_scope.cancel()
 
     async def _claim_loop(self, jobs: TaskGroup) -> None:
+        backlog = False
         while True:
             free = self._concurrency - self._in_flight
-            if free <= 0:
-                await self._slot_freed.wait()
-                self._slot_freed = anyio.Event()
+            if free <= 0 or (backlog and free < self._refill):
+                # Full, or a backlog with only a few free slots: wait for slots to
+                # free (briefly, when some are free already) so one claim fills many,
+                # instead of one round trip per finished job.
+                await self._wait_for_slots(self._refill_wait if free > 0 else None)
                 continue
             want = min(free, self._claim_batch)
             claimed = await self._claim(want)
             for job in claimed:
                 self._start(jobs, job)
-            if claimed and len(claimed) >= want:
-                continue  # a backlog: claim again as soon as there is room
-            await self._wake.wait(self._poll_interval)
+            backlog = bool(claimed) and len(claimed) >= want
+            if not backlog:
+                await self._wake.wait(self._poll_interval)
+
+    async def _wait_for_slots(self, timeout: float | None) -> None:
+        """Wait until a slot frees and either ``refill`` are free or ``timeout`` passed."""
+        with anyio.move_on_after(timeout):
+            while self._concurrency - self._in_flight < self._refill:
+                await self._slot_freed.wait()
+                self._slot_freed = anyio.Event()
+        if self._concurrency - self._in_flight <= 0:
+            await self._slot_freed.wait()
+            self._slot_freed = anyio.Event()
 
     async def _claim(self, want: int) -> list[Job]:
         busy = list(self._running.items())
@@ -168,7 +187,9 @@ class Claimer:
     async def _execute(self, job: Job) -> None:
         try:
             outcome = await self._executor.execute(job)
-            self._completer.submit(outcome)
+            # The slot stays taken until the outcome is stored: the job is still
+            # `running` in the database until then, and counts against the limits.
+            await self._completer.submit(outcome).wait()
         finally:
             self._in_flight -= 1
             self._running[job.tenant_id] -= 1

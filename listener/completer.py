@@ -2,7 +2,9 @@
 
 Invariants:
 - ``submit`` never blocks and never loses an outcome: it goes into a buffer, and the
-  run loop writes whatever has gathered in one ``job_finish_many`` statement. While a
+  run loop writes whatever has gathered in one ``job_finish_many`` statement. The event
+  ``submit`` returns is set once the outcome is stored, so callers can hold the job's
+  slot until then. While a
   write is in flight, new outcomes gather for the next one, so batches grow with load
   and an idle worker writes at once.
 - Writes are fenced on (worker, job id, attempt): an outcome for a job this worker no
@@ -51,15 +53,18 @@ class Completer:
         self._max_backoff = max_backoff
         self._buffer: list[Outcome] = []
         self._pending = anyio.Event()
+        self._stored = anyio.Event()
         self._closed = False
         self._log = get_logger("completer")
         self.written = 0
         self.fenced_off = 0
 
-    def submit(self, outcome: Outcome) -> None:
-        """Queue an outcome for writing."""
+    def submit(self, outcome: Outcome) -> anyio.Event:
+        """Queue an outcome for writing; the event is set once it is stored (or fenced
+        off)."""
         self._buffer.append(outcome)
         self._pending.set()
+        return self._stored
 
     def close(self) -> None:
         """Finish: write what is buffered, then let ``run`` return."""
@@ -74,10 +79,12 @@ class Completer:
             await self._pending.wait()
             self._pending = anyio.Event()
             while self._buffer:
-                batch = self._buffer[: self._max_batch]
-                del self._buffer[: self._max_batch]
+                batch, self._buffer = self._buffer, []
+                stored, self._stored = self._stored, anyio.Event()
                 with anyio.CancelScope(shield=True):
-                    await self._write_with_retry(batch)
+                    for start in range(0, len(batch), self._max_batch):
+                        await self._write_with_retry(batch[start : start + self._max_batch])
+                stored.set()
             if self._closed and not self._buffer:
                 return
 

@@ -197,9 +197,11 @@ UPDATE pgwake.jobs AS j
   FROM unnest($2::bigint[], $3::int[], $4::text[], $5::int[], $6::float8[], $7::jsonb[],
               $8::text[]) AS u(id, attempt, status, refund, delay, result, error)
  WHERE j.id = u.id
-   AND j.status = 'running'
-   AND j.claimed_by = $1
-   AND j.attempts = u.attempt
+   -- The fence. Wrapped in IS TRUE on purpose: as plain conditions they let the planner
+   -- drive the update from jobs_running_idx (it often believes one row is running) and
+   -- rescan the unnest() for every running job, O(running x batch). This way each
+   -- outcome is one primary-key probe.
+   AND (j.status = 'running' AND j.claimed_by = $1 AND j.attempts = u.attempt) IS TRUE
 RETURNING j.id;
 
 -- name: job_put_back_held
@@ -235,7 +237,9 @@ SELECT count(*)::int AS promoted FROM promoted;
 -- Seconds until the earliest scheduled job is due (0 when one is already due), or NULL
 -- when none is scheduled.
 -- No parameters.
-SELECT greatest(extract(epoch FROM (min(run_at) - now())), 0)::float8 AS seconds
+SELECT CASE WHEN min(run_at) IS NOT NULL
+            THEN greatest(extract(epoch FROM (min(run_at) - now())), 0)::float8
+       END AS seconds
   FROM pgwake.jobs
  WHERE status = 'scheduled';
 
