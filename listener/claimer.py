@@ -192,6 +192,10 @@ class Claimer:
             await self._completer.submit(outcome).wait()
         finally:
             self._in_flight -= 1
+            if self._running[job.tenant_id] >= self._tenant_concurrency:
+                # The tenant was at its cap, so the last claim may have skipped its
+                # jobs: claim again now rather than at the next poll.
+                self._wake.set("slot")
             self._running[job.tenant_id] -= 1
             if self._running[job.tenant_id] <= 0:
                 del self._running[job.tenant_id]

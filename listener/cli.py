@@ -75,10 +75,11 @@ def _settings(**flags: Any) -> Settings:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings, *, announce: bool) -> Iterator[tuple[str, bool]]:
-    """Yield (dsn, embedded): the configured DSN, or an embedded server's."""
+def _database(settings: Settings, *, announce: bool) -> Iterator[str]:
+    """Yield the configured DSN, or that of the embedded server, started (or joined) and
+    migrated for the occasion, and stopped after when no other pgwake process uses it."""
     if settings.dsn is not None:
-        yield settings.dsn.get_secret_value(), False
+        yield settings.dsn.get_secret_value()
         return
     from listener.embedded import embedded_postgres  # noqa: PLC0415 - only without a DSN
 
@@ -87,7 +88,8 @@ def _database(settings: Settings, *, announce: bool) -> Iterator[tuple[str, bool
             f"pgwake: no DSN given; using the embedded PostgreSQL in {settings.data_dir}", err=True
         )
     with embedded_postgres(settings.data_dir) as dsn:
-        yield dsn, True
+        _guard(_run_async, _migrate, dsn)  # zero-config: always at this pgwake's schema
+        yield dsn
 
 
 def _run_async(fn: Any, *args: Any) -> Any:
@@ -134,7 +136,7 @@ def migrate_cmd(dsn: DsnOpt = None, config: ConfigOpt = None, data_dir: DataDirO
     """Apply pending schema migrations (safe to run concurrently; idempotent)."""
     settings = _settings(dsn=dsn, config=config, data_dir=data_dir)
     logs.configure(settings.log_format, settings.log_level)
-    with _database(settings, announce=True) as (url, _embedded):
+    with _database(settings, announce=True) as url:
         applied = _guard(_run_async, _migrate, url)
     if applied:
         for name in applied:
@@ -142,11 +144,9 @@ def migrate_cmd(dsn: DsnOpt = None, config: ConfigOpt = None, data_dir: DataDirO
     typer.echo(f"schema is at version {latest_version():04d}")
 
 
-async def _serve(settings: Settings, dsn: str, embedded: bool) -> None:
+async def _serve(settings: Settings, dsn: str) -> None:
     from listener.service import Service  # noqa: PLC0415 - keeps `pgwake --help` fast
 
-    if embedded:
-        await _migrate(dsn)
     service = Service(settings, DEFAULT_REGISTRY, dsn)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as tg:
@@ -214,8 +214,10 @@ def run_cmd(
     )
     logs.configure(settings.log_format, settings.log_level)
     _guard(load_modules, [BUILTIN_HANDLERS, *settings.handlers])
-    with _database(settings, announce=True) as (url, embedded):
-        _guard(_run_async, _serve, settings, url, embedded)
+    if settings.kinds:
+        _guard(DEFAULT_REGISTRY.restricted_to, settings.kinds)  # fail before connecting
+    with _database(settings, announce=True) as url:
+        _guard(_run_async, _serve, settings, url)
 
 
 async def _enqueue(dsn: str, args: tuple[Any, ...]) -> Any:
@@ -257,7 +259,7 @@ def enqueue_cmd(
     settings = _settings(dsn=dsn, config=config, data_dir=data_dir)
     logs.configure(settings.log_format, settings.log_level)
     args = (tenant, kind, body, priority, delay, max_attempts, unique_key, timeout)
-    with _database(settings, announce=False) as (url, _embedded):
+    with _database(settings, announce=False) as url:
         try:
             row = _guard(_run_async, _enqueue, url, args)
         except asyncpg.PostgresError as exc:

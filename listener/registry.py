@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -123,7 +125,12 @@ DEFAULT_REGISTRY = Registry()
 
 
 def load_modules(modules: Iterable[str]) -> None:
-    """Import handler modules so their ``@handler`` decorators register."""
+    """Import handler modules so their ``@handler`` decorators register. The current
+    directory is importable, as for ``python -m``, so ``--handlers my_app.jobs`` finds
+    ``./my_app/jobs.py``."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     for name in modules:
         try:
             importlib.import_module(name)

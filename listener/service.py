@@ -30,7 +30,7 @@ from listener.maintenance import Promoter
 from listener.migrate import check_schema
 from listener.notifier import Listener
 from listener.queries import QUERIES
-from listener.redact import display_dsn
+from listener.redact import display_dsn, redact
 from listener.registry import Registry
 from listener.retry import Backoff
 from listener.sdnotify import Notifier as SdNotifier
@@ -162,5 +162,8 @@ class Service:
                 self._log.warning("put back unfinished jobs", jobs=[r["id"] for r in put_back])
             await heartbeat.deregister()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            self._log.error("could not put back held jobs; they will be recovered", error=str(exc))
+            self._log.error(
+                "could not put back held jobs; they stay running in the database",
+                error=redact(str(exc)),
+            )
         self._log.info("worker stopped")
