@@ -120,14 +120,15 @@ class Claimer:
     async def _claim_loop(self, jobs: TaskGroup) -> None:
         backlog = False
         while True:
-            free = self._concurrency - self._in_flight
-            if free <= 0 or (backlog and free < self._refill):
-                # Full, or a backlog with only a few free slots: wait for slots to
-                # free (briefly, when some are free already) so one claim fills many,
-                # instead of one round trip per finished job.
-                await self._wait_for_slots(self._refill_wait if free > 0 else None)
+            if self._concurrency - self._in_flight <= 0:
+                await self._wait_for_slots(1, None)
                 continue
-            want = min(free, self._claim_batch)
+            if backlog:
+                # A backlog with only a few free slots: give other running jobs a
+                # couple of milliseconds to finish, so one claim fills many slots
+                # instead of one round trip per finished job.
+                await self._wait_for_slots(self._refill, self._refill_wait)
+            want = min(self._concurrency - self._in_flight, self._claim_batch)
             claimed = await self._claim(want)
             for job in claimed:
                 self._start(jobs, job)
@@ -135,15 +136,12 @@ class Claimer:
             if not backlog:
                 await self._wake.wait(self._poll_interval)
 
-    async def _wait_for_slots(self, timeout: float | None) -> None:
-        """Wait until a slot frees and either ``refill`` are free or ``timeout`` passed."""
+    async def _wait_for_slots(self, wanted: int, timeout: float | None) -> None:
+        """Wait until ``wanted`` slots are free or ``timeout`` seconds passed."""
         with anyio.move_on_after(timeout):
-            while self._concurrency - self._in_flight < self._refill:
+            while self._concurrency - self._in_flight < wanted:
                 await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
-        if self._concurrency - self._in_flight <= 0:
-            await self._slot_freed.wait()
-            self._slot_freed = anyio.Event()
 
     async def _claim(self, want: int) -> list[Job]:
         busy = list(self._running.items())

@@ -96,30 +96,33 @@ async def template_db(server_dsn: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-@pytest.fixture
-async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
-    """A fresh, empty database (not migrated)."""
+@contextlib.asynccontextmanager
+async def fresh_database(server_dsn: str, template: str | None) -> AsyncIterator[str]:
+    """Create a uniquely named database (a copy of ``template`` when given), yield its
+    DSN, drop it afterwards."""
     name = f"pgwake_t_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
     admin = await _admin(server_dsn)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
         yield with_database(server_dsn, name)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database (not migrated)."""
+    async with fresh_database(server_dsn, None) as url:
+        yield url
 
 
 @pytest.fixture
 async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
     """A fresh migrated database for one test."""
-    name = f"pgwake_t_{uuid.uuid4().hex[:12]}"
-    admin = await _admin(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        yield with_database(server_dsn, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(server_dsn, template_db) as url:
+        yield url
 
 
 @pytest.fixture

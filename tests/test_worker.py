@@ -307,3 +307,32 @@ async def test_stop_drains_running_jobs_and_puts_back_the_rest(
     assert (row["status"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
     assert "put back" in row["last_error"]
     assert await conn.fetchval("SELECT count(*) FROM pgwake.workers") == 0
+
+
+async def test_a_single_free_slot_is_used_during_a_backlog(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """After a full claim, one slot freed while the others stay busy is still claimed
+    (the refill wait is brief, not a condition)."""
+    registry = Registry()
+    release = anyio.Event()
+
+    @registry.handler("hold")
+    async def hold(payload: dict[str, Any], ctx: JobContext) -> None:
+        await release.wait()
+
+    @registry.handler("quick")
+    async def quick(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    for _ in range(3):
+        await insert(conn, "hold", priority=10)
+    await insert(conn, "quick", priority=5)
+    last = await insert(conn, "quick", priority=0)
+    async with running_worker(
+        dsn, registry, concurrency=4, tenant_concurrency=4, claim_batch=4, poll_interval=3600
+    ):
+        try:
+            await eventually(lambda: status_of(conn, last, "succeeded"), timeout=10)
+        finally:
+            release.set()
