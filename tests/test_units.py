@@ -203,3 +203,44 @@ def test_notifier_is_silent_without_systemd() -> None:
     assert watchdog.watchdog_interval == 1.0
     other_pid = Notifier(env={"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"})
     assert other_pid.watchdog_interval is None
+
+
+async def test_executor_fails_unknown_kinds_and_configuration_errors_without_retry() -> None:
+    from datetime import UTC, datetime
+
+    from listener.errors import ConfigurationError
+    from listener.executor import Executor
+    from listener.jobs import Job
+
+    registry = Registry()
+
+    @registry.handler("misconfigured")
+    async def misconfigured(payload: dict[str, Any], ctx: JobContext) -> None:
+        raise ConfigurationError("SMTP_HOST is not set")
+
+    now = datetime.now(UTC)
+    executor = Executor(registry, Backoff(base=1.0))
+
+    def job(kind: str) -> Job:
+        return Job(
+            id=1,
+            tenant_id="t",
+            kind=kind,
+            payload={},
+            priority=0,
+            attempt=1,
+            max_attempts=5,
+            timeout=10.0,
+            created_at=now,
+            run_at=now,
+        )
+
+    unknown = await executor.execute(job("nobody.handles"))
+    assert (unknown.status, unknown.delay) == ("failed", None)
+    assert (
+        unknown.error == "ConfigurationError: no handler for kind 'nobody.handles' in this worker"
+    )
+    broken = await executor.execute(job("misconfigured"))
+    assert broken.status == "failed"
+    assert broken.error is not None
+    assert broken.error.startswith("ConfigurationError: SMTP_HOST is not set")
