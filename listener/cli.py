@@ -22,6 +22,7 @@ import typer
 from listener import __version__, db, logs
 from listener.config import Settings, load_settings
 from listener.errors import PgwakeError
+from listener.keys_cli import keys_app
 from listener.migrate import latest_version, migrate
 from listener.proctitle import scrub_argv
 from listener.queries import QUERIES
@@ -37,6 +38,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(keys_app, name="keys")
 
 DsnOpt = Annotated[
     str | None,

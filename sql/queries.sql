@@ -63,15 +63,18 @@ UPDATE pgwake.workers SET heartbeat_at = now() WHERE id = $1 RETURNING id;
 DELETE FROM pgwake.workers WHERE id = $1;
 
 -- name: job_claim
--- Claims up to $3 ready jobs for worker $1, round-robin across tenants.
+-- Claims up to $3 ready jobs for worker $1, fairly across tenants.
 --
 -- Tenants with ready jobs are walked in tenant_id order starting just after the cursor
 -- $7 and wrapping around (a loose index scan on jobs_ready_idx: one index probe per
--- tenant, whatever the backlog). From each tenant the claim takes its best jobs
--- (priority, then age), at most its free local slots; the rows are then interleaved
--- (every tenant's first job, then every tenant's second, ...) so a tenant with one
--- job is served in the same claim as a tenant with 100,000. Rows are locked with
--- FOR UPDATE SKIP LOCKED, so concurrent claimers never take the same job.
+-- tenant, whatever the backlog); paused tenants are passed over. Each tenant gets at
+-- most its free slots: the local cap $4 minus what it runs in this worker, and for a
+-- tenant with max_concurrency its free fleet-wide slots (pgwake.tenant_free_slots,
+-- serialised per tenant by an advisory lock). Its best jobs (priority, then age) are
+-- locked with FOR UPDATE SKIP LOCKED, so concurrent claimers never take the same job,
+-- and the rows are interleaved by weight: every tenant's first job(s) before any
+-- tenant's next, so a tenant with one job is served in the same claim as a tenant with
+-- 100,000.
 --
 -- $1 worker id (uuid)
 -- $2 kinds this worker has handlers for (text[])
@@ -121,31 +124,47 @@ before_cursor (tenant_id, step) AS (
       FROM before_cursor AS b
      WHERE b.tenant_id IS NOT NULL
 ),
--- At most $3 tenants that still have a free local slot, in round-robin order. The walk
--- is lazy: it stops as soon as enough tenants are found.
-tenants AS MATERIALIZED (
-    SELECT w.tenant_id,
-           row_number() OVER (ORDER BY w.lap, w.step) AS pos,
-           $4::int - coalesce(r.running, 0) AS free
+-- At most $3 tenants, in round-robin order, that are not paused and still have a free
+-- local slot. The walk is lazy: it stops as soon as enough tenants are found.
+walk AS MATERIALIZED (
+    SELECT w.tenant_id, w.lap, w.step
       FROM (
-            (SELECT tenant_id, 1 AS lap, step FROM after_cursor
+            (SELECT tenant_id, 1 AS lap, step FROM after_cursor AS c
               WHERE tenant_id IS NOT NULL
                 AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+                AND NOT EXISTS (SELECT 1 FROM pgwake.tenants AS p
+                                 WHERE p.tenant_id = c.tenant_id AND p.paused)
               LIMIT $3::int)
             UNION ALL
-            (SELECT tenant_id, 2 AS lap, step FROM before_cursor
+            (SELECT tenant_id, 2 AS lap, step FROM before_cursor AS c
               WHERE tenant_id IS NOT NULL
                 AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+                AND NOT EXISTS (SELECT 1 FROM pgwake.tenants AS p
+                                 WHERE p.tenant_id = c.tenant_id AND p.paused)
               LIMIT $3::int)
            ) AS w
-      LEFT JOIN local_running AS r ON r.tenant_id = w.tenant_id
      ORDER BY w.lap, w.step
      LIMIT $3::int
 ),
+-- Free slots per walked tenant: local, and fleet-wide for capped tenants. Computed only
+-- for the tenants the walk kept (the advisory lock is never taken for others).
+slots AS MATERIALIZED (
+    SELECT w.tenant_id,
+           row_number() OVER (ORDER BY w.lap, w.step) AS pos,
+           coalesce(s.weight, 1) AS weight,
+           CASE WHEN s.max_concurrency IS NULL
+                THEN $4::int - coalesce(r.running, 0)
+                ELSE least($4::int - coalesce(r.running, 0),
+                           pgwake.tenant_free_slots(w.tenant_id, s.max_concurrency))
+           END AS free
+      FROM walk AS w
+      LEFT JOIN local_running AS r ON r.tenant_id = w.tenant_id
+      LEFT JOIN pgwake.tenants AS s ON s.tenant_id = w.tenant_id
+),
 -- Each tenant's best ready jobs of our kinds, at most its free slots, locked.
 candidates AS (
-    SELECT c.id, t.pos, c.rn
-      FROM tenants AS t
+    SELECT c.id, t.pos, (c.rn - 1) / t.weight AS round
+      FROM slots AS t
      CROSS JOIN LATERAL (
             SELECT j.id, row_number() OVER () AS rn
               FROM (SELECT j.id
@@ -158,10 +177,11 @@ candidates AS (
                      LIMIT least(t.free, $3::int)
                        FOR UPDATE SKIP LOCKED) AS j
            ) AS c
+     WHERE t.free > 0
 ),
--- Interleave tenants: every tenant's first job before any tenant's second.
+-- Interleave tenants by weight: every tenant's first round before any tenant's second.
 chosen AS (
-    SELECT id FROM candidates ORDER BY rn, pos LIMIT $3::int
+    SELECT id FROM candidates ORDER BY round, pos LIMIT $3::int
 )
 UPDATE pgwake.jobs AS j
    SET status = 'running',
@@ -184,7 +204,10 @@ RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_at
 -- $5 attempts to give back: 1 for a snooze or a put-back, else 0 (int[])
 -- $6 delay in seconds before the job runs again, NULL to keep run_at (float8[])
 -- $7 result (jsonb[]), $8 error text (text[]; NULL keeps the previous error)
--- Returns the ids that were changed.
+-- Returns the ids that were changed. When a finished job belongs to a tenant with a
+-- fleet-wide cap, it also wakes every worker (one NOTIFY): a slot of that tenant is
+-- free now, and whichever worker is idle may take it.
+WITH finished AS (
 UPDATE pgwake.jobs AS j
    SET status = u.status,
        attempts = greatest(j.attempts - u.refund, 0),
@@ -202,7 +225,16 @@ UPDATE pgwake.jobs AS j
    -- rescan the unnest() for every running job, O(running x batch). This way each
    -- outcome is one primary-key probe.
    AND (j.status = 'running' AND j.claimed_by = $1 AND j.attempts = u.attempt) IS TRUE
-RETURNING j.id;
+RETURNING j.id, j.tenant_id
+),
+capped_slot_freed AS (
+    SELECT pg_notify('pgwake_jobs', '')
+     WHERE EXISTS (SELECT 1
+                     FROM finished AS f
+                     JOIN pgwake.tenants AS t ON t.tenant_id = f.tenant_id
+                    WHERE t.max_concurrency IS NOT NULL)
+)
+SELECT f.id FROM finished AS f WHERE (SELECT count(*) FROM capped_slot_freed) >= 0;
 
 -- name: job_put_back_held
 -- On shutdown, after the drain: every job this worker still holds goes back to the

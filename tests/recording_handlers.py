@@ -48,3 +48,24 @@ async def record(payload: RecordPayload, ctx: JobContext) -> dict[str, Any]:
         os.getpid(),
     )
     return {"pid": os.getpid()}
+
+
+class TrackPayload(BaseModel):
+    """How long to hold the job."""
+
+    sleep: float = 0.05
+
+
+@handler("track")
+async def track(payload: TrackPayload, ctx: JobContext) -> None:
+    """Record when this run started and ended (database clock) in ``test_runs``."""
+    pool = await _get_pool()
+    run_id = await pool.fetchval(
+        "INSERT INTO test_runs (job_id, tenant_id, pid, started_at) "
+        "VALUES ($1, $2, $3, clock_timestamp()) RETURNING id",
+        ctx.job.id,
+        ctx.tenant,
+        os.getpid(),
+    )
+    await anyio.sleep(payload.sleep)
+    await pool.execute("UPDATE test_runs SET ended_at = clock_timestamp() WHERE id = $1", run_id)

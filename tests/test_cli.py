@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from listener.migrate import latest_version
 from tests.conftest import ROOT
 
 
@@ -38,7 +39,7 @@ async def test_migrate_then_again(empty_dsn: str) -> None:
     second = pgwake("migrate", dsn=empty_dsn)
     assert second.returncode == 0, second.stderr
     assert "applied" not in second.stdout
-    assert "schema is at version 0001" in second.stdout
+    assert f"schema is at version {latest_version():04d}" in second.stdout
 
 
 async def test_enqueue(dsn: str, conn: asyncpg.Connection) -> None:
@@ -155,4 +156,4 @@ def test_bad_config_file(tmp_path: Path) -> None:
 def test_version() -> None:
     done = pgwake("version")
     assert done.returncode == 0
-    assert done.stdout.startswith("pgwake 0.1.0 (schema 0001)")
+    assert done.stdout.startswith(f"pgwake 0.1.0 (schema {latest_version():04d})")
