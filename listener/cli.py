@@ -7,26 +7,31 @@ Errors print one line to stderr naming the problem; secrets are never printed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
-import asyncpg
 import typer
 
-from listener import __version__, db, logs
-from listener.config import Settings, load_settings
-from listener.errors import PgwakeError
+from listener import __version__, logs
+from listener.cli_support import (
+    ConfigOpt,
+    DataDirOpt,
+    DsnOpt,
+    database,
+    fail,
+    guard,
+    migrate_dsn,
+    run_async,
+    settings_from,
+    with_connection,
+)
+from listener.config import Settings
 from listener.keys_cli import keys_app
-from listener.migrate import latest_version, migrate
-from listener.proctitle import scrub_argv
+from listener.migrate import latest_version
 from listener.queries import QUERIES
-from listener.redact import redact
 from listener.registry import DEFAULT_REGISTRY, load_modules
 
 BUILTIN_HANDLERS = "handlers.builtin"
@@ -41,106 +46,14 @@ app = typer.Typer(
 
 app.add_typer(keys_app, name="keys")
 
-DsnOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dsn",
-        help="libpq URL of the database (prefer PGWAKE_DSN: argv is visible to other users). "
-        "Without one, an embedded PostgreSQL is used.",
-        show_default=False,
-    ),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", help="TOML config file (also PGWAKE_CONFIG).", show_default=False),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Embedded PostgreSQL data directory (no DSN only).", show_default=False
-    ),
-]
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"pgwake: error: {redact(message)}", err=True)
-    return typer.Exit(code)
-
-
-def _settings(**flags: Any) -> Settings:
-    config = flags.pop("config", None)
-    if flags.get("dsn") is not None:
-        scrub_argv()
-    try:
-        return load_settings(flags, config_file=config)
-    except PgwakeError as exc:
-        raise _fail(str(exc), exc.exit_code) from None
-
-
-@contextlib.contextmanager
-def _database(settings: Settings, *, announce: bool) -> Iterator[str]:
-    """Yield the configured DSN, or that of the embedded server, started (or joined) and
-    migrated for the occasion, and stopped after when no other pgwake process uses it."""
-    if settings.dsn is not None:
-        yield settings.dsn.get_secret_value()
-        return
-    from listener.embedded import embedded_postgres  # noqa: PLC0415 - only without a DSN
-
-    if announce:
-        typer.echo(
-            f"pgwake: no DSN given; using the embedded PostgreSQL in {settings.data_dir}", err=True
-        )
-    with embedded_postgres(settings.data_dir) as dsn:
-        _guard(_run_async, _migrate, dsn)  # zero-config: always at this pgwake's schema
-        yield dsn
-
-
-def _run_async(fn: Any, *args: Any) -> Any:
-    try:
-        import uvloop  # noqa: F401, PLC0415 - optional speed-up
-    except ImportError:
-        return anyio.run(fn, *args)
-    return anyio.run(fn, *args, backend_options={"use_uvloop": True})
-
-
-def _pgwake_error(exc: BaseException) -> PgwakeError | None:
-    """The PgwakeError in ``exc``, looking inside task-group exception groups."""
-    if isinstance(exc, PgwakeError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _pgwake_error(inner)
-            if found is not None:
-                return found
-    return None
-
-
-def _guard(fn: Any, *args: Any) -> Any:
-    """Run ``fn`` and turn pgwake errors into a message and an exit code."""
-    try:
-        return fn(*args)
-    except (PgwakeError, BaseExceptionGroup) as exc:
-        found = _pgwake_error(exc)
-        if found is None:
-            raise
-        raise _fail(str(found), found.exit_code) from None
-
-
-async def _migrate(dsn: str) -> list[str]:
-    conn = await db.connect(dsn)
-    try:
-        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
-    finally:
-        await conn.close()
-
 
 @app.command("migrate")
 def migrate_cmd(dsn: DsnOpt = None, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Apply pending schema migrations (safe to run concurrently; idempotent)."""
-    settings = _settings(dsn=dsn, config=config, data_dir=data_dir)
+    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
     logs.configure(settings.log_format, settings.log_level)
-    with _database(settings, announce=True) as url:
-        applied = _guard(_run_async, _migrate, url)
+    with database(settings, announce=True) as url:
+        applied = guard(run_async, migrate_dsn, url)
     if applied:
         for name in applied:
             typer.echo(f"applied {name}")
@@ -198,7 +111,7 @@ def run_cmd(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Run the worker until SIGTERM/SIGINT (a second signal skips the drain)."""
-    settings = _settings(
+    settings = settings_from(
         dsn=dsn,
         config=config,
         data_dir=data_dir,
@@ -216,19 +129,11 @@ def run_cmd(
         log_level=log_level,
     )
     logs.configure(settings.log_format, settings.log_level)
-    _guard(load_modules, [BUILTIN_HANDLERS, *settings.handlers])
+    guard(load_modules, [BUILTIN_HANDLERS, *settings.handlers])
     if settings.kinds:
-        _guard(DEFAULT_REGISTRY.restricted_to, settings.kinds)  # fail before connecting
-    with _database(settings, announce=True) as url:
-        _guard(_run_async, _serve, settings, url)
-
-
-async def _enqueue(dsn: str, args: tuple[Any, ...]) -> Any:
-    conn = await db.connect(dsn)
-    try:
-        return await conn.fetchrow(QUERIES["job_enqueue"], *args)
-    finally:
-        await conn.close()
+        guard(DEFAULT_REGISTRY.restricted_to, settings.kinds)  # fail before connecting
+    with database(settings, announce=True) as url:
+        guard(run_async, _serve, settings, url)
 
 
 @app.command("enqueue")
@@ -256,17 +161,16 @@ def enqueue_cmd(
     try:
         body = json.loads(payload)
     except json.JSONDecodeError as exc:
-        raise _fail(f"--payload is not valid JSON: {exc}", 2) from None
+        raise fail(f"--payload is not valid JSON: {exc}", 2) from None
     if not isinstance(body, dict):
-        raise _fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
-    settings = _settings(dsn=dsn, config=config, data_dir=data_dir)
+        raise fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
+    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
     logs.configure(settings.log_format, settings.log_level)
     args = (tenant, kind, body, priority, delay, max_attempts, unique_key, timeout)
-    with _database(settings, announce=False) as url:
-        try:
-            row = _guard(_run_async, _enqueue, url, args)
-        except asyncpg.PostgresError as exc:
-            raise _fail(f"the database refused the job: {exc}", 1) from None
+    with database(settings, announce=False) as url:
+        row = with_connection(
+            url, lambda conn: conn.fetchrow(QUERIES["job_enqueue"], *args), what="job"
+        )
     if row is None:
         message = {"enqueued": False, "reason": "unique_key is taken by an active job"}
         if as_json:
