@@ -33,6 +33,7 @@ from listener.keys_cli import keys_app
 from listener.migrate import latest_version
 from listener.queries import QUERIES
 from listener.registry import DEFAULT_REGISTRY, load_modules
+from listener.tenants_cli import tenants_app
 
 BUILTIN_HANDLERS = "handlers.builtin"
 
@@ -45,6 +46,7 @@ app = typer.Typer(
 )
 
 app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
 
 
 @app.command("migrate")

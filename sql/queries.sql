@@ -301,3 +301,74 @@ ON CONFLICT (tenant_id, kind, unique_key)
    WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
    DO NOTHING
 RETURNING id, status;
+
+-- name: tenant_list
+-- Every tenant with settings, with its queued and running job counts; of its own
+-- database only whether it has one and the id of the key that encrypted the DSN.
+-- No parameters.
+SELECT t.tenant_id, t.max_concurrency, t.weight, t.paused,
+       t.db_dsn_encrypted IS NOT NULL AS has_database,
+       split_part(t.db_dsn_encrypted, ':', 3) AS database_key, t.created_at, t.updated_at,
+       (SELECT count(*) FROM pgwake.jobs AS j
+         WHERE j.tenant_id = t.tenant_id AND j.status = 'queued') AS queued,
+       (SELECT count(*) FROM pgwake.jobs AS j
+         WHERE j.tenant_id = t.tenant_id AND j.status = 'running') AS running
+  FROM pgwake.tenants AS t
+ ORDER BY t.tenant_id;
+
+-- name: tenant_get
+-- One tenant's settings (the DSN only as ciphertext).
+-- $1 tenant id.
+SELECT tenant_id, max_concurrency, weight, paused, db_dsn_encrypted, created_at, updated_at
+  FROM pgwake.tenants
+ WHERE tenant_id = $1;
+
+-- name: tenant_add
+-- Adds a tenant; returns nothing when it exists already.
+-- $1 tenant id, $2 max concurrency (NULL: no fleet-wide cap), $3 weight, $4 paused,
+-- $5 encrypted DSN (NULL: no database of its own).
+INSERT INTO pgwake.tenants (tenant_id, max_concurrency, weight, paused, db_dsn_encrypted)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant_id) DO NOTHING
+RETURNING tenant_id;
+
+-- name: tenant_update
+-- Changes a tenant's settings; returns nothing when the tenant does not exist.
+-- $1 tenant id; $2 whether to set max_concurrency, $3 its new value (NULL: no cap);
+-- $4 new weight (NULL: keep); $5 whether to set the DSN, $6 the new ciphertext (NULL:
+-- no database of its own).
+UPDATE pgwake.tenants
+   SET max_concurrency = CASE WHEN $2::bool THEN $3::int ELSE max_concurrency END,
+       weight = coalesce($4::int, weight),
+       db_dsn_encrypted = CASE WHEN $5::bool THEN $6::text ELSE db_dsn_encrypted END,
+       updated_at = now()
+ WHERE tenant_id = $1
+RETURNING tenant_id;
+
+-- name: tenant_set_paused
+-- Pauses or resumes a tenant (creating its row with defaults when it has none). A
+-- paused tenant is skipped by the very next claim of every worker.
+-- $1 tenant id, $2 paused.
+INSERT INTO pgwake.tenants (tenant_id, paused) VALUES ($1, $2)
+ON CONFLICT (tenant_id) DO UPDATE SET paused = excluded.paused, updated_at = now()
+RETURNING tenant_id;
+
+-- name: tenant_remove
+-- Removes a tenant's settings (its jobs stay, and run with the defaults).
+-- $1 tenant id.
+DELETE FROM pgwake.tenants WHERE tenant_id = $1 RETURNING tenant_id;
+
+-- name: tenant_dsns
+-- Every encrypted tenant DSN, for key rotation.
+-- No parameters.
+SELECT tenant_id, db_dsn_encrypted FROM pgwake.tenants
+ WHERE db_dsn_encrypted IS NOT NULL
+ ORDER BY tenant_id;
+
+-- name: tenant_dsn_replace
+-- Replaces an encrypted DSN only if it is still the one read (compare-and-set), so a
+-- rotation never overwrites a DSN changed meanwhile.
+-- $1 tenant id, $2 the ciphertext read, $3 the new ciphertext.
+UPDATE pgwake.tenants SET db_dsn_encrypted = $3, updated_at = now()
+ WHERE tenant_id = $1 AND db_dsn_encrypted = $2
+RETURNING tenant_id;

@@ -16,8 +16,13 @@ from tests.conftest import ROOT
 
 
 def pgwake(
-    *args: str, dsn: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str,
+    dsn: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    stdin: str = "",
 ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a process; only the PGWAKE_ variables given here are set."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
     if dsn is not None:
         base["PGWAKE_DSN"] = dsn
@@ -27,6 +32,7 @@ def pgwake(
         cwd=ROOT,
         capture_output=True,
         text=True,
+        input=stdin,
         timeout=timeout,
         check=False,
     )
