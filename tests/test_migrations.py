@@ -33,8 +33,17 @@ UNION ALL
 SELECT 'function', p.proname, pg_get_functiondef(p.oid)
   FROM pg_proc p WHERE p.pronamespace = 'pgwake'::regnamespace
 UNION ALL
-SELECT 'options', relname, coalesce(array_to_string(reloptions, ','), '')
+SELECT 'options', relname,
+       coalesce(array_to_string(reloptions, ','), '') || ' rls=' || relrowsecurity::text
   FROM pg_class WHERE relnamespace = 'pgwake'::regnamespace AND relkind = 'r'
+UNION ALL
+SELECT 'policy', tablename || '.' || policyname,
+       concat_ws(' ', cmd, roles::text, qual, with_check)
+  FROM pg_policies WHERE schemaname = 'pgwake'
+UNION ALL
+SELECT 'function-options', p.proname,
+       concat_ws(' ', p.prosecdef::text, array_to_string(p.proconfig, ','))
+  FROM pg_proc p WHERE p.pronamespace = 'pgwake'::regnamespace
 ORDER BY 1, 2
 """
 
