@@ -52,6 +52,7 @@ class Claimer:
         claim_batch: int,
         poll_interval: float,
         drain_timeout: float,
+        fifo: bool = False,
     ) -> None:
         self._pool = pool
         self._worker_id = worker_id
@@ -64,6 +65,8 @@ class Claimer:
         self._claim_batch = claim_batch
         self._poll_interval = poll_interval
         self._drain_timeout = drain_timeout
+        # fifo: the unfair global-order claim, only for comparison benchmarks.
+        self._fifo = fifo
         # In a backlog, claim again once this many slots are free (or refill_wait passed).
         self._refill = max(1, min(claim_batch, concurrency) // 2)
         self._refill_wait = 0.002
@@ -145,17 +148,24 @@ class Claimer:
 
     async def _claim(self, want: int) -> list[Job]:
         busy = list(self._running.items())
-        try:
-            rows = await self._pool.fetch(
+        args: tuple[object, ...]
+        if self._fifo:
+            query, args = QUERIES["job_claim_fifo"], (self._worker_id, self._kinds, want)
+        else:
+            query, args = (
                 QUERIES["job_claim"],
-                self._worker_id,
-                self._kinds,
-                want,
-                self._tenant_concurrency,
-                [tenant for tenant, _ in busy],
-                [count for _, count in busy],
-                self._cursor,
+                (
+                    self._worker_id,
+                    self._kinds,
+                    want,
+                    self._tenant_concurrency,
+                    [tenant for tenant, _ in busy],
+                    [count for _, count in busy],
+                    self._cursor,
+                ),
             )
+        try:
+            rows = await self._pool.fetch(query, *args)
         except Exception as exc:
             if not is_transient(exc):
                 raise

@@ -186,6 +186,54 @@ def enqueue_cmd(
         typer.echo(f"enqueued job {row['id']} ({row['status']})")
 
 
+BENCH_WORKLOADS = ("fairness",)
+
+
+@app.command("bench")
+def bench_cmd(
+    workloads: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help=f"Workloads to run: {', '.join(BENCH_WORKLOADS)} (default: all).",
+            show_default=False,
+        ),
+    ] = None,
+    big_jobs: Annotated[int, typer.Option(min=1, help="fairness: jobs of tenant big.")] = 20_000,
+    small_jobs: Annotated[int, typer.Option(min=1, help="fairness: jobs of tenant small.")] = 100,
+    small_interval: Annotated[
+        float, typer.Option(min=0.0, help="fairness: seconds between small's jobs.")
+    ] = 0.1,
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker concurrency.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    dsn: DsnOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run benchmark workloads in a database of their own and print the figures."""
+    from listener import bench  # noqa: PLC0415 - only for this command
+
+    chosen = workloads or list(BENCH_WORKLOADS)
+    unknown = [w for w in chosen if w not in BENCH_WORKLOADS]
+    if unknown:
+        raise fail(
+            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(BENCH_WORKLOADS)}", 2
+        )
+    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
+    logs.configure(settings.log_format, "warning")
+    with database(settings, announce=False) as url:
+        runs = guard(
+            run_async,
+            lambda: bench.fairness(
+                url,
+                big_jobs=big_jobs,
+                small_jobs=small_jobs,
+                small_interval=small_interval,
+                concurrency=concurrency,
+            ),
+        )
+    typer.echo(bench.as_json(runs) if as_json else bench.render_fairness(runs))
+
+
 @app.command("version")
 def version_cmd() -> None:
     """Print pgwake's version and the schema version it needs."""

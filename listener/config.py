@@ -74,6 +74,26 @@ class Settings(BaseModel):
     heartbeat_interval: float = Field(
         default=2.0, gt=0, le=600, description="Seconds between worker heartbeats."
     )
+    tenant_db_max_connections: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Most connections open to tenants' own databases, all tenants together.",
+    )
+    tenant_db_per_tenant: int = Field(
+        default=5, ge=1, le=1000, description="Most connections open to one tenant's database."
+    )
+    tenant_db_idle_ttl: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds an unused tenant database pool stays open.",
+    )
+    claim_order: Literal["fair", "fifo"] = Field(
+        default="fair",
+        description="fair: round-robin across tenants (default). fifo: global priority and "
+        "age order, without tenant caps or weights; only for comparison benchmarks.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON lines otherwise."
     )

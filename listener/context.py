@@ -6,10 +6,17 @@ tenant, kind and attempt bound, so every line a handler logs names its job.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from listener.errors import ConfigurationError
 from listener.jobs import Job
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    from listener.tenants import TenantDatabases
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +25,7 @@ class JobContext:
 
     job: Job
     log: Any  # a structlog BoundLogger with job_id, tenant, kind and attempt bound
+    databases: TenantDatabases | None = None
 
     @property
     def tenant(self) -> str:
@@ -33,3 +41,16 @@ class JobContext:
     def is_last_attempt(self) -> bool:
         """True when a failure now fails the job for good."""
         return self.job.attempt >= self.job.max_attempts
+
+    def tenant_db(self) -> AbstractAsyncContextManager[PoolConnectionProxy]:
+        """A connection to this tenant's own database::
+
+            async with ctx.tenant_db() as conn:
+                await conn.execute("INSERT INTO orders ...")
+
+        Hold it only as long as needed, and never ask for a second one while holding one.
+        A tenant without a database of its own fails the job (ConfigurationError).
+        """
+        if self.databases is None:
+            raise ConfigurationError("this worker does not serve tenant databases")
+        return self.databases.connection(self.job.tenant_id)

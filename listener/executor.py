@@ -26,6 +26,7 @@ from listener.jobs import Job, Outcome, OutcomeStatus
 from listener.redact import redact
 from listener.registry import Registry
 from listener.retry import Backoff
+from listener.tenants import TenantDatabases
 
 # last_error keeps the message and the end of the traceback, not megabytes of it.
 MAX_ERROR_CHARS = 8000
@@ -68,9 +69,12 @@ def _requeue_status(delay: float) -> OutcomeStatus:
 class Executor:
     """Runs jobs with the registry's handlers."""
 
-    def __init__(self, registry: Registry, backoff: Backoff) -> None:
+    def __init__(
+        self, registry: Registry, backoff: Backoff, databases: TenantDatabases | None = None
+    ) -> None:
         self._registry = registry
         self._backoff = backoff
+        self._databases = databases
         self._log = structlog.get_logger().bind(logger="executor")
 
     def _failure(self, job: Job, error: str, delay: float | None = None) -> Outcome:
@@ -113,7 +117,7 @@ class Executor:
                 "failed",
                 error=redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS],
             )
-        ctx = JobContext(job=job, log=log)
+        ctx = JobContext(job=job, log=log, databases=self._databases)
         timed_out = False
         try:
             with anyio.move_on_after(job.timeout) as scope:

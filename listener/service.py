@@ -22,6 +22,7 @@ from listener import db
 from listener.claimer import Claimer
 from listener.completer import Completer
 from listener.config import Settings
+from listener.crypto import load_keyring
 from listener.errors import ConfigError
 from listener.executor import Executor
 from listener.heartbeat import Heartbeat
@@ -34,6 +35,8 @@ from listener.redact import display_dsn, redact
 from listener.registry import Registry
 from listener.retry import Backoff
 from listener.sdnotify import Notifier as SdNotifier
+from listener.tenant_pools import TenantPools
+from listener.tenants import TenantDatabases
 from listener.wake import Wake
 
 POOL_SIZE = 4  # claims, outcome writes, promotion, heartbeat: one statement each at a time
@@ -48,6 +51,8 @@ class Service:
         if not self.registry.kinds():
             raise ConfigError("no handlers registered: nothing to run")
         self.dsn = dsn
+        # Keys for tenants' database DSNs; a bad key configuration stops the start.
+        self.keyring = load_keyring()
         self.worker_id = uuid.uuid4()
         self.ready = anyio.Event()
         self.stopped = anyio.Event()
@@ -105,7 +110,13 @@ class Service:
         completer = Completer(
             pool, self.worker_id, on_scheduled=lambda: self.promote_wake.set("retry")
         )
-        executor = Executor(self.registry, Backoff(base=s.retry_base, cap=s.retry_cap))
+        tenant_pools = TenantPools(
+            max_connections=s.tenant_db_max_connections,
+            per_tenant=s.tenant_db_per_tenant,
+            idle_ttl=s.tenant_db_idle_ttl,
+        )
+        databases = TenantDatabases(pool, self.keyring, tenant_pools)
+        executor = Executor(self.registry, Backoff(base=s.retry_base, cap=s.retry_cap), databases)
         claimer = Claimer(
             pool,
             self.worker_id,
@@ -118,6 +129,7 @@ class Service:
             claim_batch=s.claim_batch,
             poll_interval=s.poll_interval,
             drain_timeout=s.drain_timeout,
+            fifo=s.claim_order == "fifo",
         )
         self.completer, self.claimer = completer, claimer
         promoter = Promoter(pool, self.promote_wake, poll_interval=s.poll_interval)
@@ -132,6 +144,7 @@ class Service:
             await background.start(self.listener.run)
             await background.start(promoter.run)
             await background.start(heartbeat.run)
+            await background.start(tenant_pools.run)
             background.start_soon(self.sd.watchdog_loop)
             async with anyio.create_task_group() as work:
                 await work.start(completer.run)

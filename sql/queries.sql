@@ -193,6 +193,41 @@ UPDATE pgwake.jobs AS j
 RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
           extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at;
 
+-- name: job_claim_fifo
+-- The unfair claim, for comparison benchmarks only (claim_order = "fifo"): up to $3
+-- ready jobs in global priority and age order, whatever their tenant. It skips paused
+-- tenants but applies no tenant caps or weights, and it needs the index
+-- jobs_fifo_idx (priority DESC, run_at, id) WHERE status = 'queued', which
+-- `pgwake bench` creates in its own database; the schema does not have it.
+-- $1 worker id, $2 kinds (text[]), $3 how many jobs at most.
+WITH chosen AS (
+    SELECT j.id
+      FROM pgwake.jobs AS j
+     WHERE j.status = 'queued'
+       AND j.run_at <= now()
+       AND j.kind = ANY ($2::text[])
+       AND NOT EXISTS (SELECT 1 FROM pgwake.tenants AS p
+                        WHERE p.tenant_id = j.tenant_id AND p.paused)
+     ORDER BY j.priority DESC, j.run_at, j.id
+     LIMIT $3::int
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE pgwake.jobs AS j
+   SET status = 'running',
+       claimed_by = $1,
+       attempts = j.attempts + 1,
+       started_at = now()
+  FROM chosen
+ WHERE j.id = chosen.id
+RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+          extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at;
+
+-- name: bench_create_fifo_index
+-- The index job_claim_fifo needs; created only in benchmark databases.
+-- No parameters.
+CREATE INDEX IF NOT EXISTS jobs_fifo_idx ON pgwake.jobs (priority DESC, run_at, id)
+    WHERE status = 'queued';
+
 -- name: job_finish_many
 -- Records the outcome of jobs this worker ran, in one statement. Fenced: a row changes
 -- only while it is still running, held by this worker, in the same attempt; whatever a
@@ -372,3 +407,31 @@ SELECT tenant_id, db_dsn_encrypted FROM pgwake.tenants
 UPDATE pgwake.tenants SET db_dsn_encrypted = $3, updated_at = now()
  WHERE tenant_id = $1 AND db_dsn_encrypted = $2
 RETURNING tenant_id;
+
+-- name: bench_workers_registered
+-- How many workers are registered (benchmarks wait for theirs).
+-- No parameters.
+SELECT count(*) FROM pgwake.workers;
+
+-- name: bench_enqueue_many
+-- Enqueues $3 jobs of kind $2 for tenant $1 with payload $4, in one statement.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload)
+SELECT $1, $2, $4::jsonb FROM generate_series(1, $3::int);
+
+-- name: bench_finished
+-- How many jobs have finished (succeeded or failed).
+-- No parameters.
+SELECT count(*) FROM pgwake.jobs WHERE status IN ('succeeded', 'failed');
+
+-- name: bench_job_times
+-- Per job: tenant, insert time, claim time, finish time, and the wait between insert
+-- and claim in milliseconds (database clock on both ends).
+-- No parameters.
+SELECT tenant_id, created_at, started_at, finished_at,
+       1000 * extract(epoch FROM started_at - created_at)::float8 AS wait_ms
+  FROM pgwake.jobs;
+
+-- name: tenant_dsn_get
+-- A tenant's encrypted own-database DSN (NULL or no row: it has none).
+-- $1 tenant id.
+SELECT db_dsn_encrypted FROM pgwake.tenants WHERE tenant_id = $1;

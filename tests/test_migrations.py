@@ -108,7 +108,7 @@ async def test_a_changed_migration_is_refused(conn: asyncpg.Connection) -> None:
 
 
 async def test_every_named_query_prepares(conn: asyncpg.Connection) -> None:
-    ddl = {"migration_create_schema", "migration_create_table"}
+    ddl = {"migration_create_schema", "migration_create_table", "bench_create_fifo_index"}
     for name, sql in QUERIES.items():
         if name in ddl:
             await conn.execute(sql)  # idempotent DDL cannot be PREPAREd; run it instead

@@ -1,0 +1,244 @@
+"""``pgwake bench``: workloads that measure what users care about.
+
+Invariants:
+- A benchmark never touches real jobs: it creates its own database on the server
+  (``pgwake_bench_<random>``), migrates it, and drops it afterwards, also on failure.
+- Workers run as real ``pgwake run`` processes, configured only through the
+  environment, exactly as a user runs them.
+- Latencies come from the database clock on both ends (``created_at`` at insert,
+  ``started_at`` at claim), so producer and worker clocks cannot skew them.
+
+Workloads:
+- ``fairness``: tenant ``big`` enqueues N jobs that each sleep 1 ms in one statement;
+  then tenant ``small`` enqueues one job every 100 ms. Reports small's enqueue-to-start
+  p50/p99 (all of them, and those enqueued while big was still draining) and big's
+  drain time, for the fair claim, the FIFO claim, and small alone on an idle queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+
+from listener import db
+from listener.errors import PgwakeError
+from listener.migrate import migrate
+from listener.queries import QUERIES
+
+SLEEP_1MS = {"seconds": 0.001}
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (``pct`` in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _with_database(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+@contextlib.asynccontextmanager
+async def bench_database(server_dsn: str) -> AsyncIterator[str]:
+    """A fresh migrated database for one benchmark run; dropped afterwards."""
+    name = f"pgwake_bench_{uuid.uuid4().hex[:10]}"
+    admin = await db.connect(server_dsn)
+    try:
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.InsufficientPrivilegeError:
+            raise PgwakeError(
+                "pgwake bench needs a role that may CREATE DATABASE: it runs in a database of "
+                "its own so that it never touches real jobs"
+            ) from None
+        url = _with_database(server_dsn, name)
+        try:
+            conn = await db.connect(url)
+            try:
+                await migrate(conn)
+                await conn.execute(QUERIES["bench_create_fifo_index"])
+            finally:
+                await conn.close()
+            yield url
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def worker_processes(
+    dsn: str, count: int = 1, **settings: Any
+) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+    """``count`` real worker processes on ``dsn``, registered on entry, stopped on exit."""
+    env = {**os.environ, "PGWAKE_DSN": dsn, "PGWAKE_LOG_LEVEL": "warning"}
+    for key, value in settings.items():
+        env[f"PGWAKE_{key.upper()}"] = str(value)
+    procs = [
+        subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; it runs on its own
+            [sys.executable, "-m", "listener", "run"], env=env, stdout=subprocess.DEVNULL
+        )
+        for _ in range(count)
+    ]
+    try:
+        conn = await db.connect(dsn)
+        try:
+            deadline = time.monotonic() + 60
+            while await conn.fetchval(QUERIES["bench_workers_registered"]) < count:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise PgwakeError("benchmark workers did not start")
+                await anyio.sleep(0.05)
+        finally:
+            await conn.close()
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _wait_all_finished(conn: asyncpg.Connection, total: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while await conn.fetchval(QUERIES["bench_finished"]) < total:
+        if time.monotonic() > deadline:
+            raise PgwakeError(f"benchmark jobs did not finish within {timeout:.0f}s")
+        await anyio.sleep(0.05)
+
+
+@dataclass(frozen=True, slots=True)
+class FairnessRun:
+    """One run of the fairness workload."""
+
+    mode: str
+    small_jobs: int
+    small_p50_ms: float
+    small_p99_ms: float
+    small_max_ms: float
+    small_during_drain: int
+    small_during_drain_p50_ms: float | None
+    small_during_drain_p99_ms: float | None
+    big_jobs: int
+    big_drain_s: float | None
+
+
+async def fairness_run(
+    server_dsn: str,
+    mode: str,
+    *,
+    big_jobs: int,
+    small_jobs: int,
+    small_interval: float,
+    concurrency: int,
+) -> FairnessRun:
+    """One fairness run: ``mode`` is fair, fifo or idle (small alone)."""
+    async with bench_database(server_dsn) as dsn:
+        order = "fifo" if mode == "fifo" else "fair"
+        async with worker_processes(
+            dsn,
+            concurrency=concurrency,
+            tenant_concurrency=concurrency,
+            claim_batch=concurrency,
+            claim_order=order,
+        ):
+            conn = await db.connect(dsn)
+            try:
+                if mode != "idle":
+                    await conn.execute(
+                        QUERIES["bench_enqueue_many"], "big", "sleep", big_jobs, SLEEP_1MS
+                    )
+                start = time.monotonic()
+                for i in range(small_jobs):
+                    await anyio.sleep(max(0.0, start + i * small_interval - time.monotonic()))
+                    await conn.execute(
+                        QUERIES["bench_enqueue_many"], "small", "sleep", 1, SLEEP_1MS
+                    )
+                total = small_jobs + (0 if mode == "idle" else big_jobs)
+                await _wait_all_finished(conn, total, timeout=600)
+                rows = await conn.fetch(QUERIES["bench_job_times"])
+            finally:
+                await conn.close()
+    small = [r for r in rows if r["tenant_id"] == "small"]
+    big = [r for r in rows if r["tenant_id"] == "big"]
+    waits = [r["wait_ms"] for r in small]
+    big_drain: float | None = None
+    during: list[float] = []
+    if big:
+        big_end = max(r["finished_at"] for r in big)
+        big_drain = (big_end - min(r["created_at"] for r in big)).total_seconds()
+        during = [r["wait_ms"] for r in small if r["created_at"] < big_end]
+    return FairnessRun(
+        mode=mode,
+        small_jobs=len(small),
+        small_p50_ms=round(percentile(waits, 50), 2),
+        small_p99_ms=round(percentile(waits, 99), 2),
+        small_max_ms=round(max(waits), 2),
+        small_during_drain=len(during),
+        small_during_drain_p50_ms=round(percentile(during, 50), 2) if during else None,
+        small_during_drain_p99_ms=round(percentile(during, 99), 2) if during else None,
+        big_jobs=len(big),
+        big_drain_s=round(big_drain, 3) if big_drain is not None else None,
+    )
+
+
+async def fairness(
+    server_dsn: str, *, big_jobs: int, small_jobs: int, small_interval: float, concurrency: int
+) -> list[FairnessRun]:
+    """The fairness workload in its three modes."""
+    return [
+        await fairness_run(
+            server_dsn,
+            mode,
+            big_jobs=big_jobs,
+            small_jobs=small_jobs,
+            small_interval=small_interval,
+            concurrency=concurrency,
+        )
+        for mode in ("idle", "fair", "fifo")
+    ]
+
+
+def render_fairness(runs: Sequence[FairnessRun]) -> str:
+    """The runs as a table."""
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    header = (
+        f"{'mode':<6} {'small p50 ms':>12} {'small p99 ms':>12} {'max ms':>8} "
+        f"{'during drain p50/p99 ms':>24} {'big drain s':>11}"
+    )
+    lines = [header]
+    for run in runs:
+        during = f"{fmt(run.small_during_drain_p50_ms)}/{fmt(run.small_during_drain_p99_ms)}"
+        during = f"{during} (n={run.small_during_drain})"
+        lines.append(
+            f"{run.mode:<6} {run.small_p50_ms:>12g} {run.small_p99_ms:>12g} "
+            f"{run.small_max_ms:>8g} {during:>24} {fmt(run.big_drain_s):>11}"
+        )
+    return "\n".join(lines)
+
+
+def as_json(runs: Sequence[FairnessRun]) -> str:
+    """The runs as JSON."""
+    return json.dumps({"fairness": [asdict(r) for r in runs]})

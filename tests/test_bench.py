@@ -1,0 +1,51 @@
+"""``pgwake bench`` works (a tiny run; the figures themselves are not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from tests.test_cli import pgwake
+
+
+async def test_bench_fairness_smoke(server_dsn: str) -> None:
+    done = pgwake(
+        "bench",
+        "fairness",
+        "--big-jobs",
+        "300",
+        "--small-jobs",
+        "3",
+        "--small-interval",
+        "0.01",
+        "--concurrency",
+        "8",
+        "--json",
+        dsn=server_dsn,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    runs = {run["mode"]: run for run in json.loads(done.stdout)["fairness"]}
+    assert set(runs) == {"idle", "fair", "fifo"}
+    for run in runs.values():
+        assert run["small_jobs"] == 3
+        assert run["small_p50_ms"] <= run["small_p99_ms"] <= run["small_max_ms"]
+    assert runs["idle"]["big_jobs"] == 0
+    assert runs["fair"]["big_jobs"] == runs["fifo"]["big_jobs"] == 300
+    assert runs["fair"]["big_drain_s"] > 0
+    # The benchmark cleaned up its databases.
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        left = await admin.fetchval(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgwake_bench_%'"
+        )
+    finally:
+        await admin.close()
+    assert left == 0
+
+
+def test_bench_unknown_workload() -> None:
+    done = pgwake("bench", "nosuch")
+    assert done.returncode == 2
+    assert "unknown workload(s) nosuch" in done.stderr
