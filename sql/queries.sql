@@ -125,22 +125,24 @@ before_cursor (tenant_id, step) AS (
      WHERE b.tenant_id IS NOT NULL
 ),
 -- At most $3 tenants, in round-robin order, that are not paused and still have a free
--- local slot. The walk is lazy: it stops as soon as enough tenants are found.
+-- local slot. The walk is lazy: it stops as soon as enough tenants are found. The paused
+-- check is a scalar subquery on purpose: one primary-key probe per walked tenant, where
+-- a join could scan every row of pgwake.tenants.
 walk AS MATERIALIZED (
     SELECT w.tenant_id, w.lap, w.step
       FROM (
             (SELECT tenant_id, 1 AS lap, step FROM after_cursor AS c
               WHERE tenant_id IS NOT NULL
                 AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
-                AND NOT EXISTS (SELECT 1 FROM pgwake.tenants AS p
-                                 WHERE p.tenant_id = c.tenant_id AND p.paused)
+                AND (SELECT p.paused FROM pgwake.tenants AS p
+                      WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
               LIMIT $3::int)
             UNION ALL
             (SELECT tenant_id, 2 AS lap, step FROM before_cursor AS c
               WHERE tenant_id IS NOT NULL
                 AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
-                AND NOT EXISTS (SELECT 1 FROM pgwake.tenants AS p
-                                 WHERE p.tenant_id = c.tenant_id AND p.paused)
+                AND (SELECT p.paused FROM pgwake.tenants AS p
+                      WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
               LIMIT $3::int)
            ) AS w
      ORDER BY w.lap, w.step
@@ -159,7 +161,11 @@ slots AS MATERIALIZED (
            END AS free
       FROM walk AS w
       LEFT JOIN local_running AS r ON r.tenant_id = w.tenant_id
-      LEFT JOIN pgwake.tenants AS s ON s.tenant_id = w.tenant_id
+      -- LIMIT 1 keeps this a per-tenant primary-key probe (never a scan of all tenants).
+      LEFT JOIN LATERAL (SELECT t.weight, t.max_concurrency
+                           FROM pgwake.tenants AS t
+                          WHERE t.tenant_id = w.tenant_id
+                          LIMIT 1) AS s ON true
 ),
 -- Each tenant's best ready jobs of our kinds, at most its free slots, locked.
 candidates AS (
