@@ -1,9 +1,10 @@
 """The claim loop: claims jobs in batches sized to free capacity and starts them.
 
 Invariants:
-- Never holds more jobs than ``concurrency``, nor more than ``tenant_concurrency`` of
-  one tenant: the claim asks only for free slots, per tenant, in the SQL itself. A slot
-  is free again only once the job's outcome is stored.
+- Never runs more handlers than ``concurrency``, nor more than ``tenant_concurrency``
+  of one tenant: the claim asks only for free slots, per tenant, in the SQL itself. A
+  handler's slot frees when it returns, while its outcome is written in the background;
+  jobs running plus those whose outcome is not stored yet stay under 2 x concurrency.
 - Claims only kinds in the registry.
 - Claims again as soon as there is room while the last claim came back full (a
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
@@ -73,6 +74,7 @@ class Claimer:
         self._log = get_logger("claimer")
         self._running: Counter[str] = Counter()
         self._in_flight = 0
+        self._unacked = 0
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
@@ -82,6 +84,14 @@ class Claimer:
         self._cursor = random.choice(string.ascii_letters)
         self.claimed = 0
         self.claims = 0
+
+    def _free(self) -> int:
+        """Slots a claim may fill: handlers running stay under ``concurrency``, and
+        running plus finished-but-not-yet-stored jobs under twice that."""
+        return min(
+            self._concurrency - self._in_flight,
+            2 * self._concurrency - self._in_flight - self._unacked,
+        )
 
     @property
     def in_flight(self) -> int:
@@ -123,7 +133,7 @@ class Claimer:
     async def _claim_loop(self, jobs: TaskGroup) -> None:
         backlog = False
         while True:
-            if self._concurrency - self._in_flight <= 0:
+            if self._free() <= 0:
                 await self._wait_for_slots(1, None)
                 continue
             if backlog:
@@ -131,7 +141,7 @@ class Claimer:
                 # couple of milliseconds to finish, so one claim fills many slots
                 # instead of one round trip per finished job.
                 await self._wait_for_slots(self._refill, self._refill_wait)
-            want = min(self._concurrency - self._in_flight, self._claim_batch)
+            want = min(self._free(), self._claim_batch)
             claimed = await self._claim(want)
             for job in claimed:
                 self._start(jobs, job)
@@ -142,7 +152,7 @@ class Claimer:
     async def _wait_for_slots(self, wanted: int, timeout: float | None) -> None:
         """Wait until ``wanted`` slots are free or ``timeout`` seconds passed."""
         with anyio.move_on_after(timeout):
-            while self._concurrency - self._in_flight < wanted:
+            while self._free() < wanted:
                 await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
 
@@ -193,20 +203,30 @@ class Claimer:
         jobs.start_soon(self._execute, job, name=f"job-{job.id}")
 
     async def _execute(self, job: Job) -> None:
+        stored: anyio.Event | None = None
         try:
             outcome = await self._executor.execute(job)
-            # The slot stays taken until the outcome is stored: the job is still
-            # `running` in the database until then, and counts against the limits.
-            await self._completer.submit(outcome).wait()
+            stored = self._completer.submit(outcome)
         finally:
-            self._in_flight -= 1
-            if self._running[job.tenant_id] >= self._tenant_concurrency:
-                # The tenant was at its cap, so the last claim may have skipped its
-                # jobs: claim again now rather than at the next poll.
-                self._wake.set("slot")
-            self._running[job.tenant_id] -= 1
-            if self._running[job.tenant_id] <= 0:
-                del self._running[job.tenant_id]
+            self._release(job)
+        # The handler's slot is free, but the job stays `running` in the database until
+        # its outcome is stored; such jobs are bounded too (see _free).
+        self._unacked += 1
+        try:
+            await stored.wait()
+        finally:
+            self._unacked -= 1
             self._slot_freed.set()
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def _release(self, job: Job) -> None:
+        self._in_flight -= 1
+        if self._running[job.tenant_id] >= self._tenant_concurrency:
+            # The tenant was at its cap, so the last claim may have skipped its
+            # jobs: claim again now rather than at the next poll.
+            self._wake.set("slot")
+        self._running[job.tenant_id] -= 1
+        if self._running[job.tenant_id] <= 0:
+            del self._running[job.tenant_id]
+        self._slot_freed.set()
+        if self._in_flight == 0:
+            self._idle.set()
