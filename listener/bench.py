@@ -86,7 +86,9 @@ async def worker_processes(
     dsn: str, count: int = 1, **settings: Any
 ) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
     """``count`` real worker processes on ``dsn``, registered on entry, stopped on exit."""
-    env = {**os.environ, "PGWAKE_DSN": dsn, "PGWAKE_LOG_LEVEL": "warning"}
+    # Only the benchmark's own settings: none of the caller's PGWAKE_ variables.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
+    env |= {"PGWAKE_DSN": dsn, "PGWAKE_LOG_LEVEL": "warning"}
     for key, value in settings.items():
         env[f"PGWAKE_{key.upper()}"] = str(value)
     procs = [

@@ -109,6 +109,18 @@ def run_cmd(
     retry_base: Annotated[float | None, typer.Option(help="First retry backoff, seconds.")] = None,
     retry_cap: Annotated[float | None, typer.Option(help="Longest retry backoff, seconds.")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Heartbeat seconds.")] = None,
+    tenant_db_max_connections: Annotated[
+        int | None, typer.Option(help="Most connections to tenants' own databases.")
+    ] = None,
+    tenant_db_per_tenant: Annotated[
+        int | None, typer.Option(help="Most connections to one tenant's database.")
+    ] = None,
+    tenant_db_idle_ttl: Annotated[
+        float | None, typer.Option(help="Seconds an unused tenant database pool stays open.")
+    ] = None,
+    claim_order: Annotated[
+        str | None, typer.Option(help="fair (default) or fifo (comparison benchmarks only).")
+    ] = None,
     log_format: Annotated[str | None, typer.Option(help="auto, json or console.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
@@ -127,6 +139,10 @@ def run_cmd(
         retry_base=retry_base,
         retry_cap=retry_cap,
         heartbeat_interval=heartbeat_interval,
+        tenant_db_max_connections=tenant_db_max_connections,
+        tenant_db_per_tenant=tenant_db_per_tenant,
+        tenant_db_idle_ttl=tenant_db_idle_ttl,
+        claim_order=claim_order,
         log_format=log_format,
         log_level=log_level,
     )

@@ -53,7 +53,8 @@ class TenantDatabases:
             if self._keyring is None:
                 raise DecryptionError(
                     f"cannot decrypt the database DSN of tenant {tenant_id!r}: this worker has "
-                    "no encryption key (set PGWAKE_ENCRYPTION_KEYS or PGWAKE_ENCRYPTION_KEY_FILE)"
+                    "no encryption key (set PGWAKE_ENCRYPTION_KEYS, PGWAKE_ENCRYPTION_KEY_FILE or "
+                    "the systemd credential pgwake-keys)"
                 )
             dsn = self._keyring.decrypt(tenant_id, ciphertext)
         self._cache[tenant_id] = (time.monotonic() + self._cache_ttl, dsn)

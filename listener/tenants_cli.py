@@ -69,7 +69,8 @@ def _keyring() -> Keyring:
     if keyring is None:
         raise fail(
             "no encryption key configured: create one with `pgwake keys generate` and set "
-            "PGWAKE_ENCRYPTION_KEYS (or PGWAKE_ENCRYPTION_KEY_FILE)",
+            "PGWAKE_ENCRYPTION_KEYS, PGWAKE_ENCRYPTION_KEY_FILE or the systemd credential "
+            "pgwake-keys",
             3,
         )
     return keyring
@@ -83,7 +84,11 @@ def _read_dsn(tenant: str) -> str:
         dsn = sys.stdin.readline()
     dsn = dsn.strip()
     if not dsn.startswith(("postgresql://", "postgres://")):
-        raise fail("the tenant database DSN must be a libpq URL starting with postgresql://", 2)
+        raise fail(
+            "the tenant database DSN must be a libpq URL starting with postgresql:// or "
+            "postgres://",
+            2,
+        )
     return dsn
 
 
@@ -302,14 +307,15 @@ def rotate_key_cmd(
         rotated = current = 0
         for row in await conn.fetch(QUERIES["tenant_dsns"]):
             tenant, old = row["tenant_id"], row["db_dsn_encrypted"]
-            if not keyring.needs_rotation(old):
-                current += 1
-                continue
             try:
-                new = keyring.encrypt(tenant, keyring.decrypt(tenant, old))
+                plaintext = keyring.decrypt(tenant, old)  # also proves current ones decrypt
             except DecryptionError as exc:
                 failures.append(str(exc))
                 continue
+            if not keyring.needs_rotation(old):
+                current += 1
+                continue
+            new = keyring.encrypt(tenant, plaintext)
             if await conn.fetchval(QUERIES["tenant_dsn_replace"], tenant, old, new):
                 rotated += 1
             else:

@@ -121,6 +121,12 @@ async def test_rotate_key(dsn: str, conn: asyncpg.Connection) -> None:
         )
         assert stored.startswith("pgwake:v1:new:")
         assert new_only.decrypt(tenant, stored) == f"postgresql://u:pw@h/{tenant}"
+    # A key with the right id but other material is caught too, not counted as current.
+    same_id = pgwake(
+        "tenants", "rotate-key", dsn=dsn, env={"PGWAKE_ENCRYPTION_KEYS": generate_key("new")}
+    )
+    assert same_id.returncode == 1
+    assert "cannot decrypt the database DSN of tenant 'a'" in same_id.stderr
     wrong = pgwake(
         "tenants", "rotate-key", dsn=dsn, env={"PGWAKE_ENCRYPTION_KEYS": generate_key("other")}
     )
