@@ -39,7 +39,9 @@ from listener.tenant_pools import TenantPools
 from listener.tenants import TenantDatabases
 from listener.wake import Wake
 
-POOL_SIZE = 4  # claims, outcome writes, promotion, heartbeat: one statement each at a time
+# Claims, outcome writes, promotion, heartbeat and tenant-DSN lookups each run one
+# statement at a time; one spare so none waits for another.
+POOL_SIZE = 6
 
 
 class Service:
