@@ -46,6 +46,11 @@ def _probe(addr: str) -> bool:
         return False
 
 
+def database_name(dsn: str) -> str:
+    """The database a DSN names (also for unix-socket DSNs with ?host=...)."""
+    return urlsplit(dsn).path.lstrip("/")
+
+
 def with_database(dsn: str, name: str) -> str:
     """``dsn`` pointing at database ``name`` instead."""
     parts = urlsplit(dsn)

@@ -12,7 +12,7 @@ import pytest
 from listener import db
 from listener.api import JobContext, Registry
 from listener.crypto import generate_key, load_keyring
-from tests.conftest import eventually, fresh_database, running_worker
+from tests.conftest import database_name, eventually, fresh_database, running_worker
 
 
 @pytest.fixture
@@ -79,8 +79,8 @@ async def test_handler_writes_into_its_tenants_database_and_a_down_one_fails_alo
                 timeout=30,
             )
         rows = {r["tenant_id"]: r for r in await conn.fetch("SELECT * FROM pgwake.jobs")}
-        assert rows["a"]["result"] == shop_a.rsplit("/", 1)[1]
-        assert rows["b"]["result"] == shop_b.rsplit("/", 1)[1]
+        assert rows["a"]["result"] == database_name(shop_a)
+        assert rows["b"]["result"] == database_name(shop_b)
         for shop, n in ((shop_a, 1), (shop_b, 2)):
             c = await db.connect(shop)
             try:
@@ -105,7 +105,7 @@ async def test_fifty_tenant_databases_under_a_cap_of_ten(
         shops = [
             await stack.enter_async_context(fresh_database(server_dsn, None)) for _ in range(50)
         ]
-        names = [shop.rsplit("/", 1)[1] for shop in shops]
+        names = [database_name(shop) for shop in shops]
         for i, shop in enumerate(shops):
             await create_orders(shop)
             await add_tenant(conn, keyring_env, f"shop{i:02d}", shop)

@@ -10,18 +10,13 @@ from __future__ import annotations
 import contextlib
 import traceback
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
 import pytest
 
 from listener.tenant_pools import TenantDatabaseError, TenantPools
-from tests.conftest import eventually, fresh_database
-
-
-def db_name(dsn: str) -> str:
-    return urlsplit(dsn).path.lstrip("/")
+from tests.conftest import database_name, eventually, fresh_database
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +49,7 @@ async def sessions(conn: asyncpg.Connection, dsns: list[str]) -> dict[str, int]:
     rows = await conn.fetch(
         "SELECT datname, count(*) AS n FROM pg_stat_activity"
         " WHERE datname = ANY($1::text[]) GROUP BY datname",
-        [db_name(d) for d in dsns],
+        [database_name(d) for d in dsns],
     )
     return {r["datname"]: r["n"] for r in rows}
 
@@ -169,7 +164,7 @@ async def test_per_tenant_limit(server_dsn):
                         tg.start_soon(lane, n)
             assert peak == 2
             assert pools.sizes() == {"solo": 2}
-            assert await sessions(watcher, [dsn]) == {db_name(dsn): 2}
+            assert await sessions(watcher, [dsn]) == {database_name(dsn): 2}
         finally:
             await pools.aclose()
         assert await rows_in(dsn) == list(range(6))
@@ -250,12 +245,12 @@ async def test_least_recently_used_idle_pool_is_evicted(server_dsn):
                 await conn.execute("INSERT INTO t VALUES (1)")
             assert pools.sizes() == {"a": 1, "c": 1}
             assert pools.pool_count() == 2
-            assert await sessions(watcher, dsns) == {db_name(a): 1, db_name(c): 1}
+            assert await sessions(watcher, dsns) == {database_name(a): 1, database_name(c): 1}
             # And "b" coming back evicts "a" now.
             async with pools.connection("b", b) as conn:
                 await conn.execute("INSERT INTO t VALUES (2)")
             assert pools.sizes() == {"b": 1, "c": 1}
-            assert await sessions(watcher, dsns) == {db_name(b): 1, db_name(c): 1}
+            assert await sessions(watcher, dsns) == {database_name(b): 1, database_name(c): 1}
         finally:
             await pools.aclose()
         assert [await rows_in(d) for d in dsns] == [[1, 1], [1, 2], [1]]
@@ -284,7 +279,7 @@ async def test_waits_at_the_cap_until_a_connection_is_given_back(server_dsn):
                     await got_b.wait()
             assert pools.open_connections() == 1
             assert pools.sizes() == {"a": 0, "b": 1}
-            assert await sessions(watcher, [a, b]) == {db_name(b): 1}
+            assert await sessions(watcher, [a, b]) == {database_name(b): 1}
         finally:
             await pools.aclose()
         assert await rows_in(a) == [1]
@@ -301,7 +296,7 @@ async def test_dsn_change_replaces_the_pool(server_dsn):
                 await conn.execute("INSERT INTO t VALUES (2)")
             assert pools.pool_count() == 1
             assert pools.sizes() == {"moved": 1}
-            assert await sessions(watcher, [old, new]) == {db_name(new): 1}
+            assert await sessions(watcher, [old, new]) == {database_name(new): 1}
         finally:
             await pools.aclose()
         assert await rows_in(old) == [1]
