@@ -88,7 +88,7 @@ async def worker_processes(
     """``count`` real worker processes on ``dsn``, registered on entry, stopped on exit."""
     # Only the benchmark's own settings: none of the caller's PGWAKE_ variables.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
-    env |= {"PGWAKE_DSN": dsn, "PGWAKE_LOG_LEVEL": "warning"}
+    env |= {"PGWAKE_DSN": dsn, "PGWAKE_LOG_LEVEL": "warning", "PGWAKE_METRICS_ADDR": "127.0.0.1:0"}
     for key, value in settings.items():
         env[f"PGWAKE_{key.upper()}"] = str(value)
     procs = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import string
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -29,11 +30,24 @@ from anyio.abc import TaskGroup, TaskStatus
 from listener.completer import Completer
 from listener.db import is_transient
 from listener.executor import Executor
-from listener.jobs import Job
+from listener.jobs import Job, Outcome
 from listener.logs import get_logger
+from listener.metrics import Metrics
 from listener.queries import QUERIES
 from listener.redact import redact
 from listener.wake import Wake
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    """succeeded, failed or cancelled; a job that will run again: snoozed or retried."""
+    if outcome.status in ("queued", "scheduled"):
+        return "snoozed" if outcome.refund else "retried"
+    return outcome.status
+
+
+# Claims in a row that may continue a walk cut short by its tenant limit before the
+# loop waits for a wake: bounds the work when no tenant has anything for this worker.
+MAX_PARTIAL_WALKS = 100
 
 
 class Claimer:
@@ -53,6 +67,7 @@ class Claimer:
         claim_batch: int,
         poll_interval: float,
         drain_timeout: float,
+        metrics: Metrics,
         fifo: bool = False,
     ) -> None:
         self._pool = pool
@@ -68,6 +83,8 @@ class Claimer:
         self._drain_timeout = drain_timeout
         # fifo: the unfair global-order claim, only for comparison benchmarks.
         self._fifo = fifo
+        self._metrics = metrics
+        metrics.capacity.set(concurrency)
         # In a backlog, claim again once this many slots are free (or refill_wait passed).
         self._refill = max(1, min(claim_batch, concurrency) // 2)
         self._refill_wait = 0.002
@@ -132,6 +149,7 @@ class Claimer:
 
     async def _claim_loop(self, jobs: TaskGroup) -> None:
         backlog = False
+        partial_walks = 0
         while True:
             if self._free() <= 0:
                 await self._wait_for_slots(1, None)
@@ -142,12 +160,20 @@ class Claimer:
                 # instead of one round trip per finished job.
                 await self._wait_for_slots(self._refill, self._refill_wait)
             want = min(self._free(), self._claim_batch)
-            claimed = await self._claim(want)
+            claimed, walk_cut_short = await self._claim(want)
             for job in claimed:
                 self._start(jobs, job)
             backlog = bool(claimed) and len(claimed) >= want
-            if not backlog:
-                await self._wake.wait(self._poll_interval)
+            if backlog:
+                continue
+            if walk_cut_short and partial_walks < MAX_PARTIAL_WALKS:
+                # The walk stopped at its tenant limit (past tenants with nothing for
+                # us, say): go on from where it ended rather than wait for a poll.
+                partial_walks += 1
+                continue
+            partial_walks = 0
+            source = await self._wake.wait(self._poll_interval)
+            self._metrics.wakes.labels(source).inc()
 
     async def _wait_for_slots(self, wanted: int, timeout: float | None) -> None:
         """Wait until ``wanted`` slots are free or ``timeout`` seconds passed."""
@@ -156,7 +182,9 @@ class Claimer:
                 await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
 
-    async def _claim(self, want: int) -> list[Job]:
+    async def _claim(self, want: int) -> tuple[list[Job], bool]:
+        """Claim up to ``want`` jobs; also say whether the tenant walk stopped at its
+        limit (there may be more tenants after it)."""
         busy = list(self._running.items())
         args: tuple[object, ...]
         if self._fifo:
@@ -181,34 +209,39 @@ class Claimer:
                 raise
             self._log.warning("claim failed; will retry", error=redact(str(exc)))
             await anyio.sleep(min(self._poll_interval, 1.0))
-            return []
+            return [], False
         self.claims += 1
-        jobs = [Job.from_record(row) for row in rows]
-        if jobs:
-            self._cursor = self._next_cursor(self._cursor, {job.tenant_id for job in jobs})
-            self.claimed += len(jobs)
-        return jobs
-
-    @staticmethod
-    def _next_cursor(cursor: str, served: set[str]) -> str:
-        """The last tenant served in walk order (after the cursor, then wrapped), so
-        the next claim starts with the tenant after it."""
-        wrapped = [t for t in served if t <= cursor]
-        return max(wrapped) if wrapped else max(served)
+        jobs: list[Job] = []
+        cut_short = False
+        for row in rows:
+            if row["id"] is None:  # the walk summary row (job_claim only)
+                if row["walk_end"] is not None:
+                    self._cursor = row["walk_end"]
+                cut_short = row["walked"] >= want
+                continue
+            job = Job.from_record(row)
+            self._metrics.observe_claimed(job.kind, job.started_at, job.run_at)
+            jobs.append(job)
+        self.claimed += len(jobs)
+        return jobs, cut_short
 
     def _start(self, jobs: TaskGroup, job: Job) -> None:
         self._in_flight += 1
+        self._metrics.in_flight.set(self._in_flight)
         self._running[job.tenant_id] += 1
         self._idle = anyio.Event()
         jobs.start_soon(self._execute, job, name=f"job-{job.id}")
 
     async def _execute(self, job: Job) -> None:
-        stored: anyio.Event | None = None
+        started = time.perf_counter()
         try:
             outcome = await self._executor.execute(job)
             stored = self._completer.submit(outcome)
         finally:
             self._release(job)
+        self._metrics.observe_finished(
+            job.kind, _outcome_label(outcome), time.perf_counter() - started
+        )
         # The handler's slot is free, but the job stays `running` in the database until
         # its outcome is stored; such jobs are bounded too (see _free).
         self._unacked += 1
@@ -220,6 +253,7 @@ class Claimer:
 
     def _release(self, job: Job) -> None:
         self._in_flight -= 1
+        self._metrics.in_flight.set(self._in_flight)
         if self._running[job.tenant_id] >= self._tenant_concurrency:
             # The tenant was at its cap, so the last claim may have skipped its
             # jobs: claim again now rather than at the next poll.

@@ -89,6 +89,25 @@ class Settings(BaseModel):
         le=86_400,
         description="Seconds an unused tenant database pool stays open.",
     )
+    metrics_addr: str = Field(
+        default="127.0.0.1:9464",
+        description="host:port for /metrics, /healthz and /readyz (port 0: any free port).",
+    )
+    metrics_interval: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between samples of queue depth and tenant backlogs.",
+    )
+    metrics_top_tenants: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Tenants with the largest backlog that get their own series.",
+    )
+    metrics_tenants: list[str] = Field(
+        default_factory=list, description="Tenants that always get their own series."
+    )
     claim_order: Literal["fair", "fifo"] = Field(
         default="fair",
         description="fair: round-robin across tenants (default). fifo: global priority and "
@@ -101,6 +120,11 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        host, sep, port = self.metrics_addr.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"metrics_addr must be host:port, like 127.0.0.1:9464 (got {self.metrics_addr!r})"
+            )
         if self.tenant_concurrency > self.concurrency:
             raise ValueError(
                 f"tenant_concurrency ({self.tenant_concurrency}) cannot exceed "
@@ -117,7 +141,7 @@ class Settings(BaseModel):
         return self
 
 
-_LIST_FIELDS = frozenset({"handlers", "kinds"})
+_LIST_FIELDS = frozenset({"handlers", "kinds", "metrics_tenants"})
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

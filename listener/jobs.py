@@ -34,6 +34,7 @@ class Job:
     timeout: float
     created_at: datetime
     run_at: datetime
+    started_at: datetime
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Job:
@@ -49,6 +50,7 @@ class Job:
             timeout=row["timeout_seconds"],
             created_at=row["created_at"],
             run_at=row["run_at"],
+            started_at=row["started_at"],
         )
 
 

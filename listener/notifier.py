@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 from listener import db
 from listener.errors import DatabaseUnavailableError
 from listener.logs import get_logger
+from listener.metrics import Metrics
 from listener.queries import QUERIES
 from listener.wake import Wake
 
@@ -36,6 +37,7 @@ class Listener:
         probe_interval: float = 5.0,
         probe_timeout: float = 5.0,
         max_backoff: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._dsn = dsn
         self._wakes = list(wakes)
@@ -43,6 +45,7 @@ class Listener:
         self._probe_timeout = probe_timeout
         self._max_backoff = max_backoff
         self._log = get_logger("listener")
+        self._metrics = metrics
         self.listening = False
         self._state = "starting"
         self.notifications = 0
@@ -61,6 +64,8 @@ class Listener:
             self._log.warning("listener disconnected; reconnecting", error=error)
         self._state = "down"
         self.listening = False
+        if self._metrics is not None:
+            self._metrics.listener_up.set(0)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen forever, reconnecting with backoff; started() once first listening."""
@@ -93,10 +98,14 @@ class Listener:
         await conn.add_listener(CHANNEL, self._on_notify)
         self.listening = True
         self._state = "listening"
+        if self._metrics is not None:
+            self._metrics.listener_up.set(1)
         if first:
             task_status.started()
         else:
             self.reconnects += 1
+            if self._metrics is not None:
+                self._metrics.listener_reconnects.inc()
             self._log.info("listener reconnected")
             self._wake_all("reconnect")
         while not lost.is_set():

@@ -26,8 +26,10 @@ from listener.crypto import load_keyring
 from listener.errors import ConfigError
 from listener.executor import Executor
 from listener.heartbeat import Heartbeat
+from listener.http import HttpEndpoint
 from listener.logs import get_logger
 from listener.maintenance import Promoter
+from listener.metrics import Metrics, Sampler
 from listener.migrate import check_schema
 from listener.notifier import Listener
 from listener.queries import QUERIES
@@ -61,12 +63,20 @@ class Service:
         self.claim_wake = Wake()
         self.promote_wake = Wake()
         self.sd = SdNotifier()
-        self.listener = Listener(dsn, [self.claim_wake, self.promote_wake])
+        self.metrics = Metrics(
+            top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
+        )
+        self.http = HttpEndpoint(settings.metrics_addr, self.metrics.registry, self.is_ready)
+        self.listener = Listener(dsn, [self.claim_wake, self.promote_wake], metrics=self.metrics)
         self._log = get_logger("service").bind(worker_id=str(self.worker_id))
         self._stopping = False
         # Built in run(), once the pool exists.
         self.claimer: Claimer | None = None
         self.completer: Completer | None = None
+
+    def is_ready(self) -> bool:
+        """Listening for NOTIFY and able to claim (what /readyz reports)."""
+        return self.ready.is_set() and self.listener.listening and not self._stopping
 
     def stop(self, *, now: bool = False) -> None:
         """Begin a graceful stop; ``now`` cuts the drain short."""
@@ -131,6 +141,7 @@ class Service:
             claim_batch=s.claim_batch,
             poll_interval=s.poll_interval,
             drain_timeout=s.drain_timeout,
+            metrics=self.metrics,
             fifo=s.claim_order == "fifo",
         )
         self.completer, self.claimer = completer, claimer
@@ -142,8 +153,11 @@ class Service:
             finally:
                 completer.close()
 
+        sampler = Sampler(pool, self.metrics, tenant_pools, interval=s.metrics_interval)
         async with anyio.create_task_group() as background:
+            await background.start(self.http.run)
             await background.start(self.listener.run)
+            await background.start(sampler.run)
             await background.start(promoter.run)
             await background.start(heartbeat.run)
             await background.start(tenant_pools.run)
@@ -159,6 +173,7 @@ class Service:
                     concurrency=s.concurrency,
                     tenant_concurrency=s.tenant_concurrency,
                     dsn=display_dsn(self.dsn),
+                    metrics=f"http://{s.metrics_addr.rpartition(':')[0]}:{self.http.port}/metrics",
                 )
                 self.sd.ready(f"listening; {len(kinds)} kinds, concurrency {s.concurrency}")
                 self.ready.set()

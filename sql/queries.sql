@@ -83,7 +83,8 @@ DELETE FROM pgwake.workers WHERE id = $1;
 -- $5 tenants that already have jobs running in this worker (text[])
 -- $6 how many each of those has running, same order as $5 (int[])
 -- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
--- Returns the claimed jobs, already marked running with attempts incremented.
+-- Returns the claimed jobs, already marked running with attempts incremented, then
+-- one row with id NULL giving walk_end (the last tenant visited) and walked (how many).
 WITH RECURSIVE
 local_running AS (
     SELECT b.tenant_id, b.running
@@ -188,16 +189,27 @@ candidates AS (
 -- Interleave tenants by weight: every tenant's first round before any tenant's second.
 chosen AS (
     SELECT id FROM candidates ORDER BY round, pos LIMIT $3::int
+),
+claimed AS (
+    UPDATE pgwake.jobs AS j
+       SET status = 'running',
+           claimed_by = $1,
+           attempts = j.attempts + 1,
+           started_at = now()
+      FROM chosen
+     WHERE j.id = chosen.id
+    RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+              extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
+              j.started_at
 )
-UPDATE pgwake.jobs AS j
-   SET status = 'running',
-       claimed_by = $1,
-       attempts = j.attempts + 1,
-       started_at = now()
-  FROM chosen
- WHERE j.id = chosen.id
-RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
-          extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at;
+SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked FROM claimed AS c
+UNION ALL
+-- One last row (id NULL) says where the walk ended and how many tenants it visited, so
+-- the next claim continues after it; a walk that visited $3 tenants may have stopped
+-- short of more (for example past tenants whose jobs are all of other kinds).
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT w.tenant_id FROM walk AS w ORDER BY w.lap DESC, w.step DESC LIMIT 1),
+       (SELECT count(*) FROM walk);
 
 -- name: job_claim_fifo
 -- The unfair claim, for comparison benchmarks only (claim_order = "fifo"): up to $3
@@ -226,7 +238,8 @@ UPDATE pgwake.jobs AS j
   FROM chosen
  WHERE j.id = chosen.id
 RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
-          extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at;
+          extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
+          j.started_at;
 
 -- name: bench_create_fifo_index
 -- The index job_claim_fifo needs; created only in benchmark databases.
@@ -441,3 +454,31 @@ SELECT tenant_id, created_at, started_at, finished_at,
 -- A tenant's encrypted own-database DSN (NULL or no row: it has none).
 -- $1 tenant id.
 SELECT db_dsn_encrypted FROM pgwake.tenants WHERE tenant_id = $1;
+
+-- name: metrics_queue_depth
+-- Jobs by status and kind, for the scheduled, queued and running states (the finished
+-- history is not counted). Cost grows with the active jobs, not the history.
+-- No parameters.
+SELECT status, kind, count(*) AS jobs
+  FROM pgwake.jobs
+ WHERE status IN ('scheduled', 'queued', 'running')
+ GROUP BY status, kind;
+
+-- name: metrics_oldest_queued
+-- Seconds since the oldest queued job became due, or NULL when none is queued.
+-- No parameters.
+SELECT extract(epoch FROM now() - min(run_at))::float8 FROM pgwake.jobs WHERE status = 'queued';
+
+-- name: metrics_tenant_backlog
+-- Queued jobs of the $1 tenants with the largest backlog, plus those of the tenants
+-- in $2 (opt-in) whatever their rank.
+-- $1 how many top tenants, $2 opt-in tenant ids (text[]).
+WITH counts AS (
+    SELECT tenant_id, count(*) AS jobs
+      FROM pgwake.jobs
+     WHERE status = 'queued'
+     GROUP BY tenant_id
+)
+(SELECT tenant_id, jobs FROM counts ORDER BY jobs DESC, tenant_id LIMIT $1::int)
+UNION
+(SELECT tenant_id, jobs FROM counts WHERE tenant_id = ANY ($2::text[]));

@@ -158,7 +158,7 @@ async def eventually(
 @contextlib.asynccontextmanager
 async def running_worker(dsn: str, registry: Registry, **overrides: Any) -> AsyncIterator[Service]:
     """An in-process worker, ready (listening) on entry, stopped cleanly on exit."""
-    settings = load_settings(overrides, env={})
+    settings = load_settings({"metrics_addr": "127.0.0.1:0", **overrides}, env={})
     service = Service(settings, registry, dsn)
     async with anyio.create_task_group() as tg:
         await tg.start(service.run)
@@ -176,6 +176,7 @@ def spawn_worker(dsn: str, *args: str, env: dict[str, str] | None = None) -> sub
         "PGWAKE_DSN": dsn,
         "PYTHONPATH": str(ROOT),
         "PGWAKE_LOG_FORMAT": "json",
+        "PGWAKE_METRICS_ADDR": "127.0.0.1:0",
         **(env or {}),
     }
     return subprocess.Popen(

@@ -24,6 +24,7 @@ def pgwake(
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a process; only the PGWAKE_ variables given here are set."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
+    base["PGWAKE_METRICS_ADDR"] = "127.0.0.1:0"  # tests run many workers side by side
     if dsn is not None:
         base["PGWAKE_DSN"] = dsn
     return subprocess.run(

@@ -21,6 +21,7 @@ from tests.conftest import ROOT, eventually, stop_process
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["PGWAKE_METRICS_ADDR"] = "127.0.0.1:0"
     return env
 
 

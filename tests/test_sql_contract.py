@@ -162,7 +162,7 @@ async def claim(
     cursor: str = "",
 ) -> list[asyncpg.Record]:
     busy = busy or {}
-    return await conn.fetch(
+    rows = await conn.fetch(
         QUERIES["job_claim"],
         worker,
         kinds or ["k"],
@@ -172,6 +172,7 @@ async def claim(
         list(busy.values()),
         cursor,
     )
+    return [r for r in rows if r["id"] is not None]  # without the walk summary row
 
 
 async def register(conn: asyncpg.Connection) -> uuid.UUID:

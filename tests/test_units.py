@@ -233,6 +233,7 @@ async def test_executor_fails_unknown_kinds_and_configuration_errors_without_ret
             timeout=10.0,
             created_at=now,
             run_at=now,
+            started_at=now,
         )
 
     unknown = await executor.execute(job("nobody.handles"))

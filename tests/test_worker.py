@@ -336,3 +336,32 @@ async def test_a_single_free_slot_is_used_during_a_backlog(
             await eventually(lambda: status_of(conn, last, "succeeded"), timeout=10)
         finally:
             release.set()
+
+
+async def test_worker_finds_its_kinds_behind_many_tenants_with_other_kinds(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A claim visits a bounded number of tenants; when those have only kinds this
+    worker does not handle, it goes on from where the walk ended (no poll wait)."""
+    registry = Registry()
+
+    @registry.handler("mine")
+    async def mine(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT 'busy' || lpad(i::text, 2, '0'), 'not.mine' FROM generate_series(1, 60) AS i"
+    )
+    for tenant in ("aaa", "zzz"):
+        await conn.execute("INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ($1, 'mine')", tenant)
+    async with running_worker(
+        dsn, registry, concurrency=4, tenant_concurrency=4, claim_batch=4, poll_interval=3600
+    ):
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 2 FROM pgwake.jobs WHERE kind = 'mine' AND status = 'succeeded'"
+            ),
+            timeout=10,
+        )
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'queued'") == 60
