@@ -118,6 +118,23 @@ def run_cmd(
     tenant_db_idle_ttl: Annotated[
         float | None, typer.Option(help="Seconds an unused tenant database pool stays open.")
     ] = None,
+    metrics_addr: Annotated[
+        str | None, typer.Option(help="host:port for /metrics, /healthz, /readyz.")
+    ] = None,
+    metrics_interval: Annotated[
+        float | None, typer.Option(help="Seconds between queue-depth samples.")
+    ] = None,
+    metrics_top_tenants: Annotated[
+        int | None, typer.Option(help="Tenants by backlog that get their own series.")
+    ] = None,
+    metrics_tenants: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metrics-tenant",
+            help="Tenant that always gets its own series (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
     claim_order: Annotated[
         str | None, typer.Option(help="fair (default) or fifo (comparison benchmarks only).")
     ] = None,
@@ -142,6 +159,10 @@ def run_cmd(
         tenant_db_max_connections=tenant_db_max_connections,
         tenant_db_per_tenant=tenant_db_per_tenant,
         tenant_db_idle_ttl=tenant_db_idle_ttl,
+        metrics_addr=metrics_addr,
+        metrics_interval=metrics_interval,
+        metrics_top_tenants=metrics_top_tenants,
+        metrics_tenants=metrics_tenants or None,
         claim_order=claim_order,
         log_format=log_format,
         log_level=log_level,
