@@ -29,7 +29,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -49,10 +48,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
-def _with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-
-
 @contextlib.asynccontextmanager
 async def bench_database(server_dsn: str) -> AsyncIterator[str]:
     """A fresh migrated database for one benchmark run; dropped afterwards."""
@@ -66,7 +61,7 @@ async def bench_database(server_dsn: str) -> AsyncIterator[str]:
                 "pgwake bench needs a role that may CREATE DATABASE: it runs in a database of "
                 "its own so that it never touches real jobs"
             ) from None
-        url = _with_database(server_dsn, name)
+        url = db.with_database(server_dsn, name)
         try:
             conn = await db.connect(url)
             try:

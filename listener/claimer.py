@@ -30,20 +30,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from listener.completer import Completer
 from listener.db import is_transient
 from listener.executor import Executor
-from listener.jobs import Job, Outcome
+from listener.jobs import Job
 from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.queries import QUERIES
 from listener.redact import redact
 from listener.wake import Wake
-
-
-def _outcome_label(outcome: Outcome) -> str:
-    """succeeded, failed or cancelled; a job that will run again: snoozed or retried."""
-    if outcome.status in ("queued", "scheduled"):
-        return "snoozed" if outcome.refund else "retried"
-    return outcome.status
-
 
 # Claims in a row that may continue a walk cut short by its tenant limit before the
 # loop waits for a wake: bounds the work when no tenant has anything for this worker.
@@ -239,9 +231,7 @@ class Claimer:
             stored = self._completer.submit(outcome)
         finally:
             self._release(job)
-        self._metrics.observe_finished(
-            job.kind, _outcome_label(outcome), time.perf_counter() - started
-        )
+        self._metrics.observe_finished(job.kind, outcome.label, time.perf_counter() - started)
         # The handler's slot is free, but the job stays `running` in the database until
         # its outcome is stored; such jobs are bounded too (see _free).
         self._unacked += 1

@@ -2,11 +2,10 @@
 
 Invariants:
 - ``submit`` never blocks and never loses an outcome: it goes into a buffer, and the
-  run loop writes whatever has gathered in one ``job_finish_many`` statement. The event
-  ``submit`` returns is set once the outcome is stored, so callers can hold the job's
-  slot until then. While a
+  run loop writes whatever has gathered in one ``job_finish_many`` statement. While a
   write is in flight, new outcomes gather for the next one, so batches grow with load
-  and an idle worker writes at once.
+  and an idle worker writes at once. The event ``submit`` returns is set once the
+  outcome is stored, so callers can bound the jobs whose outcome is still pending.
 - Writes are fenced on (worker, job id, attempt): an outcome for a job this worker no
   longer holds changes nothing and is counted in ``fenced_off``.
 - A transient error (lost connection, deadlock, shutdown...) keeps the batch and retries

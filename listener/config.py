@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from listener.errors import ConfigError
+from listener.http import parse_addr
 
 ENV_PREFIX = "PGWAKE_"
 
@@ -120,11 +121,7 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        host, sep, port = self.metrics_addr.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(
-                f"metrics_addr must be host:port, like 127.0.0.1:9464 (got {self.metrics_addr!r})"
-            )
+        parse_addr(self.metrics_addr)  # raises ValueError naming the setting
         if self.tenant_concurrency > self.concurrency:
             raise ValueError(
                 f"tenant_concurrency ({self.tenant_concurrency}) cannot exceed "

@@ -43,6 +43,11 @@ KEYS_ENV = "PGWAKE_ENCRYPTION_KEYS"
 KEY_FILE_ENV = "PGWAKE_ENCRYPTION_KEY_FILE"
 CREDENTIALS_DIR_ENV = "CREDENTIALS_DIRECTORY"
 CREDENTIAL_NAME = "pgwake-keys"
+# What to tell a person who has no key configured.
+NO_KEY_HINT = (
+    f"set {KEYS_ENV}, {KEY_FILE_ENV} or the systemd credential {CREDENTIAL_NAME} "
+    "(create a key with `pgwake keys generate`)"
+)
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import socket
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -53,6 +54,11 @@ def is_transient(exc: BaseException) -> bool:
             TimeoutError,
         ),
     )
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` pointing at database ``name`` instead (also for unix-socket DSNs)."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

@@ -93,9 +93,9 @@ class Executor:
             job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
         ):
             outcome = await self._run(job, log)
-        if outcome.status == "failed":
+        if outcome.label == "failed":
             log.warning("job failed", error=(outcome.error or "").split("\n", 1)[0])
-        elif outcome.status in ("queued", "scheduled") and outcome.refund == 0:
+        elif outcome.label == "retried":
             log.info(
                 "job will retry", delay=outcome.delay, error=(outcome.error or "").split("\n", 1)[0]
             )

@@ -22,10 +22,10 @@ MAX_REQUEST = 8192
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
-    """``host:port`` → (host, port); a clear ConfigError otherwise."""
+    """``host:port`` → (host, port); ValueError naming the setting otherwise."""
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"metrics_addr must be host:port, like 127.0.0.1:9464 (got {addr!r})")
+        raise ValueError(f"metrics_addr must be host:port, like 127.0.0.1:9464 (got {addr!r})")
     return host.strip("[]"), int(port)
 
 
@@ -33,7 +33,7 @@ class HttpEndpoint:
     """Serves the three paths for one worker."""
 
     def __init__(self, addr: str, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
-        self._host, self._port = parse_addr(addr)
+        self.host, self._port = parse_addr(addr)
         self._registry = registry
         self._ready = ready
         self.port: int | None = None  # the bound port (useful with port 0)
@@ -42,11 +42,11 @@ class HttpEndpoint:
         """Listen and serve until cancelled."""
         try:
             listener = await anyio.create_tcp_listener(
-                local_host=self._host, local_port=self._port, reuse_port=False
+                local_host=self.host, local_port=self._port, reuse_port=False
             )
         except OSError as exc:
             raise ConfigError(
-                f"cannot serve metrics on {self._host}:{self._port}: {exc.strerror or exc}"
+                f"cannot serve metrics on {self.host}:{self._port}: {exc.strerror or exc}"
             ) from None
         async with listener:
             self.port = listener.extra(SocketAttribute.local_port)  # noqa: S610 - not Django

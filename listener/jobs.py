@@ -69,3 +69,11 @@ class Outcome:
     delay: float | None = None
     result: Any = None
     error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How the attempt ended, for logs and metrics: succeeded, failed or cancelled,
+        or for a job that runs again, snoozed (attempt given back) or retried."""
+        if self.status in ("queued", "scheduled"):
+            return "snoozed" if self.refund else "retried"
+        return self.status

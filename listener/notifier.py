@@ -36,8 +36,8 @@ class Listener:
         *,
         probe_interval: float = 5.0,
         probe_timeout: float = 5.0,
+        metrics: Metrics,
         max_backoff: float = 5.0,
-        metrics: Metrics | None = None,
     ) -> None:
         self._dsn = dsn
         self._wakes = list(wakes)
@@ -64,8 +64,7 @@ class Listener:
             self._log.warning("listener disconnected; reconnecting", error=error)
         self._state = "down"
         self.listening = False
-        if self._metrics is not None:
-            self._metrics.listener_up.set(0)
+        self._metrics.listener_up.set(0)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen forever, reconnecting with backoff; started() once first listening."""
@@ -98,14 +97,12 @@ class Listener:
         await conn.add_listener(CHANNEL, self._on_notify)
         self.listening = True
         self._state = "listening"
-        if self._metrics is not None:
-            self._metrics.listener_up.set(1)
+        self._metrics.listener_up.set(1)
         if first:
             task_status.started()
         else:
             self.reconnects += 1
-            if self._metrics is not None:
-                self._metrics.listener_reconnects.inc()
+            self._metrics.listener_reconnects.inc()
             self._log.info("listener reconnected")
             self._wake_all("reconnect")
         while not lost.is_set():

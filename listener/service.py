@@ -173,7 +173,7 @@ class Service:
                     concurrency=s.concurrency,
                     tenant_concurrency=s.tenant_concurrency,
                     dsn=display_dsn(self.dsn),
-                    metrics=f"http://{s.metrics_addr.rpartition(':')[0]}:{self.http.port}/metrics",
+                    metrics=f"http://{self.http.host}:{self.http.port}/metrics",
                 )
                 self.sd.ready(f"listening; {len(kinds)} kinds, concurrency {s.concurrency}")
                 self.ready.set()

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from listener.crypto import DecryptionError, Keyring
+from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring
 from listener.errors import ConfigurationError
 from listener.queries import QUERIES
 from listener.tenant_pools import TenantPools
@@ -53,8 +53,7 @@ class TenantDatabases:
             if self._keyring is None:
                 raise DecryptionError(
                     f"cannot decrypt the database DSN of tenant {tenant_id!r}: this worker has "
-                    "no encryption key (set PGWAKE_ENCRYPTION_KEYS, PGWAKE_ENCRYPTION_KEY_FILE or "
-                    "the systemd credential pgwake-keys)"
+                    f"no encryption key ({NO_KEY_HINT})"
                 )
             dsn = self._keyring.decrypt(tenant_id, ciphertext)
         self._cache[tenant_id] = (time.monotonic() + self._cache_ttl, dsn)

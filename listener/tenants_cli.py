@@ -28,7 +28,7 @@ from listener.cli_support import (
     settings_from,
     with_connection,
 )
-from listener.crypto import DecryptionError, Keyring, load_keyring
+from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring, load_keyring
 from listener.errors import PgwakeError
 from listener.queries import QUERIES
 
@@ -67,12 +67,7 @@ def _keyring() -> Keyring:
     except PgwakeError as exc:
         raise fail(str(exc), exc.exit_code) from None
     if keyring is None:
-        raise fail(
-            "no encryption key configured: create one with `pgwake keys generate` and set "
-            "PGWAKE_ENCRYPTION_KEYS, PGWAKE_ENCRYPTION_KEY_FILE or the systemd credential "
-            "pgwake-keys",
-            3,
-        )
+        raise fail(f"no encryption key configured: {NO_KEY_HINT}", 3)
     return keyring
 
 

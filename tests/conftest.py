@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -29,6 +29,7 @@ import pytest
 
 from listener import db
 from listener.config import load_settings
+from listener.db import with_database
 from listener.migrate import migrate
 from listener.registry import Registry
 from listener.service import Service
@@ -49,12 +50,6 @@ def _probe(addr: str) -> bool:
 def database_name(dsn: str) -> str:
     """The database a DSN names (also for unix-socket DSNs with ?host=...)."""
     return urlsplit(dsn).path.lstrip("/")
-
-
-def with_database(dsn: str, name: str) -> str:
-    """``dsn`` pointing at database ``name`` instead."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ async def test_handler_failure_retries_with_growing_delays_then_fails(
         raise RuntimeError(f"boom on attempt {ctx.attempt}")
 
     job_id = await insert(conn, "flaky", max_attempts=5)
-    async with running_worker(dsn, registry, retry_base=0.05, retry_cap=10, poll_interval=3600):
+    async with running_worker(dsn, registry, retry_base=0.2, retry_cap=10, poll_interval=3600):
         await eventually(lambda: status_of(conn, job_id, "failed"), timeout=30)
     row = await job_row(conn, job_id)
     assert row["attempts"] == 5
@@ -99,7 +99,9 @@ async def test_handler_failure_retries_with_growing_delays_then_fails(
     assert row["finished_at"] is not None
     assert row["claimed_by"] is None
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # Backoff doubles with +-25% jitter: each wait is at least 1.2x the one before.
+    # Backoff doubles with +-25% jitter: each wait is at least 1.2x the one before. With a
+    # 0.2 s base consecutive waits differ by at least 50 ms, well above the few ms of
+    # claim and promotion overhead in each gap.
     assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
 
 
