@@ -13,6 +13,10 @@ Workloads:
   then tenant ``small`` enqueues one job every 100 ms. Reports small's enqueue-to-start
   p50/p99 (all of them, and those enqueued while big was still draining) and big's
   drain time, for the fair claim, the FIFO claim, and small alone on an idle queue.
+- ``claim``: the cost of one fair claim at a small scale and at a large one (by
+  default 1,000,000 queued jobs over 10,000 tenants): wall-clock p50/p99 per claim,
+  measured in this process, and the shared buffers one claim touches (EXPLAIN
+  ANALYZE, BUFFERS). The claims are real: each commits and marks its jobs running.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -49,8 +54,11 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 @contextlib.asynccontextmanager
-async def bench_database(server_dsn: str) -> AsyncIterator[str]:
-    """A fresh migrated database for one benchmark run; dropped afterwards."""
+async def bench_database(server_dsn: str, *, fifo_index: bool = False) -> AsyncIterator[str]:
+    """A fresh migrated database for one benchmark run; dropped afterwards.
+
+    ``fifo_index`` adds the index only the FIFO comparison claim uses; other runs go
+    without it so that it cannot sway their plans."""
     name = f"pgwake_bench_{uuid.uuid4().hex[:10]}"
     admin = await db.connect(server_dsn)
     try:
@@ -66,7 +74,8 @@ async def bench_database(server_dsn: str) -> AsyncIterator[str]:
             conn = await db.connect(url)
             try:
                 await migrate(conn)
-                await conn.execute(QUERIES["bench_create_fifo_index"])
+                if fifo_index:
+                    await conn.execute(QUERIES["bench_create_fifo_index"])
             finally:
                 await conn.close()
             yield url
@@ -149,7 +158,7 @@ async def fairness_run(
     concurrency: int,
 ) -> FairnessRun:
     """One fairness run: ``mode`` is fair, fifo or idle (small alone)."""
-    async with bench_database(server_dsn) as dsn:
+    async with bench_database(server_dsn, fifo_index=mode == "fifo") as dsn:
         order = "fifo" if mode == "fifo" else "fair"
         async with worker_processes(
             dsn,
@@ -164,6 +173,9 @@ async def fairness_run(
                     await conn.execute(
                         QUERIES["bench_enqueue_many"], "big", "sleep", big_jobs, SLEEP_1MS
                     )
+                    # Fresh statistics, as autovacuum would give a queue this size, so
+                    # neither claim runs on the plan for an empty table.
+                    await conn.execute(QUERIES["bench_analyze"])
                 start = time.monotonic()
                 for i in range(small_jobs):
                     await anyio.sleep(max(0.0, start + i * small_interval - time.monotonic()))
@@ -199,20 +211,135 @@ async def fairness_run(
 
 
 async def fairness(
-    server_dsn: str, *, big_jobs: int, small_jobs: int, small_interval: float, concurrency: int
+    server_dsn: str,
+    *,
+    big_jobs: int,
+    small_jobs: int,
+    small_interval: float,
+    concurrency: int,
+    repeat: int = 1,
 ) -> list[FairnessRun]:
-    """The fairness workload in its three modes."""
+    """The fairness workload in its three modes, ``repeat`` rounds of all three
+    (interleaved, so drift on the machine hits every mode alike); one run per mode
+    holding the median of each figure over the rounds."""
+    rounds: dict[str, list[FairnessRun]] = {"idle": [], "fair": [], "fifo": []}
+    for _ in range(repeat):
+        for mode, runs in rounds.items():
+            runs.append(
+                await fairness_run(
+                    server_dsn,
+                    mode,
+                    big_jobs=big_jobs,
+                    small_jobs=small_jobs,
+                    small_interval=small_interval,
+                    concurrency=concurrency,
+                )
+            )
+    return [median_run(runs) for runs in rounds.values()]
+
+
+def median_run(runs: Sequence[FairnessRun]) -> FairnessRun:
+    """One run whose every figure is the median of that figure over ``runs``."""
+
+    def med(values: list[Any]) -> Any:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), 3) if present else None
+
+    fields = asdict(runs[0])
+    return FairnessRun(
+        **{
+            name: (fields[name] if name == "mode" else med([getattr(r, name) for r in runs]))
+            for name in fields
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimScale:
+    """Claim cost at one queue size."""
+
+    tenants: int
+    queued: int
+    claims: int
+    batch: int
+    claimed: int
+    p50_ms: float
+    p99_ms: float
+    buffers_per_claim: int
+
+
+async def _claim_at_scale(
+    server_dsn: str, *, tenants: int, queued: int, claims: int, batch: int
+) -> ClaimScale:
+    async with bench_database(server_dsn) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            chunk = 100_000  # keeps each statement's transition table small
+            for first in range(0, queued, chunk):
+                count = min(chunk, queued - first)
+                await conn.execute(QUERIES["bench_enqueue_spread"], first, count, tenants)
+            await conn.execute(QUERIES["bench_analyze"])
+            worker = uuid.uuid4()
+            await conn.execute(QUERIES["worker_register"], worker, "bench", 0, ["noop"], batch)
+            claim = await conn.prepare(QUERIES["job_claim"])
+            args: tuple[object, ...] = (worker, ["noop"], batch, batch, [], [])
+            cursor = ""
+            times: list[float] = []
+            claimed = 0
+            for _ in range(claims):
+                began = time.perf_counter()
+                rows = await claim.fetch(*args, cursor)
+                times.append((time.perf_counter() - began) * 1000)
+                summary = rows[-1]
+                cursor = summary["walk_end"] or ""
+                claimed += len(rows) - 1
+            plan = await conn.fetchval(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["job_claim"],
+                *args,
+                cursor,
+            )
+        finally:
+            await conn.close()
+    top = json.loads(plan)[0]["Plan"] if isinstance(plan, str) else plan[0]["Plan"]
+    buffers = int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
+    return ClaimScale(
+        tenants=tenants,
+        queued=queued,
+        claims=claims,
+        batch=batch,
+        claimed=claimed,
+        p50_ms=round(percentile(times, 50), 2),
+        p99_ms=round(percentile(times, 99), 2),
+        buffers_per_claim=buffers,
+    )
+
+
+async def claim_cost(
+    server_dsn: str, *, tenants: int, queued: int, claims: int, batch: int
+) -> list[ClaimScale]:
+    """Claim cost on a small queue (100 tenants, 100,000 jobs) and on the given one.
+
+    The claims stay well inside either queue (``claims`` x ``batch`` jobs)."""
+    scales = [(min(100, tenants), min(100_000, queued)), (tenants, queued)]
     return [
-        await fairness_run(
-            server_dsn,
-            mode,
-            big_jobs=big_jobs,
-            small_jobs=small_jobs,
-            small_interval=small_interval,
-            concurrency=concurrency,
-        )
-        for mode in ("idle", "fair", "fifo")
+        await _claim_at_scale(server_dsn, tenants=t, queued=q, claims=claims, batch=batch)
+        for t, q in dict.fromkeys(scales)
     ]
+
+
+def render_claim(scales: Sequence[ClaimScale]) -> str:
+    """The claim-cost figures as a table."""
+    header = (
+        f"{'tenants':>8} {'queued':>10} {'claims':>6} {'batch':>5} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'buffers/claim':>13}"
+    )
+    lines = [header]
+    lines += [
+        f"{s.tenants:>8} {s.queued:>10} {s.claims:>6} {s.batch:>5} "
+        f"{s.p50_ms:>7g} {s.p99_ms:>7g} {s.buffers_per_claim:>13}"
+        for s in scales
+    ]
+    return "\n".join(lines)
 
 
 def render_fairness(runs: Sequence[FairnessRun]) -> str:
@@ -236,6 +363,6 @@ def render_fairness(runs: Sequence[FairnessRun]) -> str:
     return "\n".join(lines)
 
 
-def as_json(runs: Sequence[FairnessRun]) -> str:
-    """The runs as JSON."""
-    return json.dumps({"fairness": [asdict(r) for r in runs]})
+def as_json(results: dict[str, Sequence[FairnessRun] | Sequence[ClaimScale]]) -> str:
+    """The results of each workload as JSON."""
+    return json.dumps({name: [asdict(r) for r in rows] for name, rows in results.items()})

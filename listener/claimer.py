@@ -152,10 +152,12 @@ class Claimer:
                 # instead of one round trip per finished job.
                 await self._wait_for_slots(self._refill, self._refill_wait)
             want = min(self._free(), self._claim_batch)
-            claimed, walk_cut_short = await self._claim(want)
+            claimed, walk_cut_short, more = await self._claim(want)
             for job in claimed:
                 self._start(jobs, job)
-            backlog = bool(claimed) and len(claimed) >= want
+            # A full claim, or one where a tenant was held to its share, leaves ready
+            # jobs behind: claim again as soon as there is room.
+            backlog = bool(claimed) and (len(claimed) >= want or more)
             if backlog:
                 continue
             if walk_cut_short and partial_walks < MAX_PARTIAL_WALKS:
@@ -174,9 +176,10 @@ class Claimer:
                 await self._slot_freed.wait()
                 self._slot_freed = anyio.Event()
 
-    async def _claim(self, want: int) -> tuple[list[Job], bool]:
+    async def _claim(self, want: int) -> tuple[list[Job], bool, bool]:
         """Claim up to ``want`` jobs; also say whether the tenant walk stopped at its
-        limit (there may be more tenants after it)."""
+        limit (there may be more tenants after it) and whether a tenant was held to
+        its share of the claim (it may have more ready jobs)."""
         busy = list(self._running.items())
         args: tuple[object, ...]
         if self._fifo:
@@ -201,21 +204,22 @@ class Claimer:
                 raise
             self._log.warning("claim failed; will retry", error=redact(str(exc)))
             await anyio.sleep(min(self._poll_interval, 1.0))
-            return [], False
+            return [], False, False
         self.claims += 1
         jobs: list[Job] = []
-        cut_short = False
+        cut_short = more = False
         for row in rows:
             if row["id"] is None:  # the walk summary row (job_claim only)
                 if row["walk_end"] is not None:
                     self._cursor = row["walk_end"]
                 cut_short = row["walked"] >= want
+                more = bool(row["more"])
                 continue
             job = Job.from_record(row)
             self._metrics.observe_claimed(job.kind, job.started_at, job.run_at)
             jobs.append(job)
         self.claimed += len(jobs)
-        return jobs, cut_short
+        return jobs, cut_short, more
 
     def _start(self, jobs: TaskGroup, job: Job) -> None:
         self._in_flight += 1

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import anyio
 import typer
@@ -223,7 +224,7 @@ def enqueue_cmd(
         typer.echo(f"enqueued job {row['id']} ({row['status']})")
 
 
-BENCH_WORKLOADS = ("fairness",)
+BENCH_WORKLOADS = ("fairness", "claim")
 
 
 @app.command("bench")
@@ -241,6 +242,17 @@ def bench_cmd(
         float, typer.Option(min=0.0, help="fairness: seconds between small's jobs.")
     ] = 0.1,
     concurrency: Annotated[int, typer.Option(min=1, help="Worker concurrency.")] = 32,
+    repeat: Annotated[
+        int, typer.Option(min=1, help="fairness: rounds of all modes; medians are shown.")
+    ] = 3,
+    tenants: Annotated[
+        int, typer.Option(min=1, help="claim: tenants at the large scale.")
+    ] = 10_000,
+    queued: Annotated[
+        int, typer.Option(min=1, help="claim: queued jobs at the large scale.")
+    ] = 1_000_000,
+    claims: Annotated[int, typer.Option(min=1, help="claim: claims timed per scale.")] = 500,
+    batch: Annotated[int, typer.Option(min=1, help="claim: jobs asked for per claim.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     dsn: DsnOpt = None,
     config: ConfigOpt = None,
@@ -257,18 +269,35 @@ def bench_cmd(
         )
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
     logs.configure(settings.log_format, "warning")
+    results: dict[str, Any] = {}
     with database(settings, announce=False) as url:
-        runs = guard(
-            run_async,
-            lambda: bench.fairness(
-                url,
-                big_jobs=big_jobs,
-                small_jobs=small_jobs,
-                small_interval=small_interval,
-                concurrency=concurrency,
-            ),
-        )
-    typer.echo(bench.as_json(runs) if as_json else bench.render_fairness(runs))
+        if "fairness" in chosen:
+            results["fairness"] = guard(
+                run_async,
+                lambda: bench.fairness(
+                    url,
+                    big_jobs=big_jobs,
+                    small_jobs=small_jobs,
+                    small_interval=small_interval,
+                    concurrency=concurrency,
+                    repeat=repeat,
+                ),
+            )
+        if "claim" in chosen:
+            results["claim"] = guard(
+                run_async,
+                lambda: bench.claim_cost(
+                    url, tenants=tenants, queued=queued, claims=claims, batch=batch
+                ),
+            )
+    if as_json:
+        typer.echo(bench.as_json(results))
+        return
+    renders: dict[str, Callable[[Any], str]] = {
+        "fairness": bench.render_fairness,
+        "claim": bench.render_claim,
+    }
+    typer.echo("\n\n".join(renders[name](rows) for name, rows in results.items()))
 
 
 @app.command("version")

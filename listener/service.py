@@ -18,7 +18,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from listener import db
+from listener import db, gctune
 from listener.claimer import Claimer
 from listener.completer import Completer
 from listener.config import Settings
@@ -97,6 +97,7 @@ class Service:
             async with pool.acquire() as conn:
                 await check_schema(conn)
             kinds = self.registry.kinds()
+            gctune.tune()
             heartbeat = Heartbeat(
                 pool, self.worker_id, kinds, s.concurrency, interval=s.heartbeat_interval
             )

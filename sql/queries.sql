@@ -84,7 +84,8 @@ DELETE FROM pgwake.workers WHERE id = $1;
 -- $6 how many each of those has running, same order as $5 (int[])
 -- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
 -- Returns the claimed jobs, already marked running with attempts incremented, then
--- one row with id NULL giving walk_end (the last tenant visited) and walked (how many).
+-- one row with id NULL giving walk_end (the last tenant visited), walked (how many)
+-- and more (a tenant was held to its share of $3 and may have more ready jobs).
 WITH RECURSIVE
 local_running AS (
     SELECT b.tenant_id, b.running
@@ -151,9 +152,10 @@ walk AS MATERIALIZED (
 ),
 -- Free slots per walked tenant: local, and fleet-wide for capped tenants. Computed only
 -- for the tenants the walk kept (the advisory lock is never taken for others).
-slots AS MATERIALIZED (
+slots_free AS MATERIALIZED (
     SELECT w.tenant_id,
            row_number() OVER (ORDER BY w.lap, w.step) AS pos,
+           count(*) OVER () AS walked,
            coalesce(s.weight, 1) AS weight,
            CASE WHEN s.max_concurrency IS NULL
                 THEN $4::int - coalesce(r.running, 0)
@@ -168,9 +170,19 @@ slots AS MATERIALIZED (
                           WHERE t.tenant_id = w.tenant_id
                           LIMIT 1) AS s ON true
 ),
--- Each tenant's best ready jobs of our kinds, at most its free slots, locked.
+-- How many jobs each tenant may have locked for this claim: its free slots, and its
+-- share of $3 by weight with room to spare (twice an even split), so that a claim
+-- over many tenants locks about $3 rows, not $3 per tenant.
+slots AS (
+    SELECT t.tenant_id, t.pos, t.weight, t.free,
+           least(t.free, $3::int, t.weight * ceil(2.0 * $3::int / t.walked)::int) AS share
+      FROM slots_free AS t
+),
+-- Each tenant's best ready jobs of our kinds, at most its share, locked.
 candidates AS (
-    SELECT c.id, t.pos, (c.rn - 1) / t.weight AS round
+    SELECT c.id, t.pos, (c.rn - 1) / t.weight AS round,
+           -- The share, not the free slots, stopped this tenant: it may have more.
+           c.rn = t.share AND t.share < least(t.free, $3::int) AS share_full
       FROM slots AS t
      CROSS JOIN LATERAL (
             SELECT j.id, row_number() OVER () AS rn
@@ -181,35 +193,39 @@ candidates AS (
                        AND j.run_at <= now()
                        AND j.kind = ANY ($2::text[])
                      ORDER BY j.priority DESC, j.run_at, j.id
-                     LIMIT least(t.free, $3::int)
+                     LIMIT t.share
                        FOR UPDATE SKIP LOCKED) AS j
            ) AS c
-     WHERE t.free > 0
+     WHERE t.share > 0
 ),
 -- Interleave tenants by weight: every tenant's first round before any tenant's second.
 chosen AS (
     SELECT id FROM candidates ORDER BY round, pos LIMIT $3::int
 ),
+-- The ids go in as an array so the update is primary-key probes whatever the planner
+-- guesses for LIMIT $3 (a join could hash the whole table).
 claimed AS (
     UPDATE pgwake.jobs AS j
        SET status = 'running',
            claimed_by = $1,
            attempts = j.attempts + 1,
            started_at = now()
-      FROM chosen
-     WHERE j.id = chosen.id
+     WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))
     RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
               extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
               j.started_at
 )
-SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked FROM claimed AS c
+SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked, NULL::boolean AS more
+  FROM claimed AS c
 UNION ALL
 -- One last row (id NULL) says where the walk ended and how many tenants it visited, so
 -- the next claim continues after it; a walk that visited $3 tenants may have stopped
--- short of more (for example past tenants whose jobs are all of other kinds).
+-- short of more (for example past tenants whose jobs are all of other kinds). `more`
+-- says a tenant was held to its share and may have more ready jobs right now.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT w.tenant_id FROM walk AS w ORDER BY w.lap DESC, w.step DESC LIMIT 1),
-       (SELECT count(*) FROM walk);
+       (SELECT count(*) FROM walk),
+       EXISTS (SELECT 1 FROM candidates WHERE share_full);
 
 -- name: job_claim_fifo
 -- The unfair claim, for comparison benchmarks only (claim_order = "fifo"): up to $3
@@ -235,8 +251,7 @@ UPDATE pgwake.jobs AS j
        claimed_by = $1,
        attempts = j.attempts + 1,
        started_at = now()
-  FROM chosen
- WHERE j.id = chosen.id
+ WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))
 RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
           extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
           j.started_at;
@@ -436,6 +451,18 @@ SELECT count(*) FROM pgwake.workers;
 -- Enqueues $3 jobs of kind $2 for tenant $1 with payload $4, in one statement.
 INSERT INTO pgwake.jobs (tenant_id, kind, payload)
 SELECT $1, $2, $4::jsonb FROM generate_series(1, $3::int);
+
+-- name: bench_analyze
+-- Fresh planner statistics for the queue tables after a bulk load.
+-- No parameters.
+ANALYZE pgwake.jobs, pgwake.tenants;
+
+-- name: bench_enqueue_spread
+-- Enqueues $2 no-op jobs spread round-robin over $3 tenants (bench-t0, bench-t1, ...),
+-- numbered from $1 so that successive chunks continue the spread.
+INSERT INTO pgwake.jobs (tenant_id, kind)
+SELECT 'bench-t' || (g % $3::int), 'noop'
+  FROM generate_series($1::int, $1::int + $2::int - 1) AS g;
 
 -- name: bench_finished
 -- How many jobs have finished (succeeded or failed).

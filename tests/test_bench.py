@@ -21,6 +21,8 @@ async def test_bench_fairness_smoke(server_dsn: str) -> None:
         "0.01",
         "--concurrency",
         "8",
+        "--repeat",
+        "1",
         "--json",
         dsn=server_dsn,
         timeout=240,
@@ -43,6 +45,32 @@ async def test_bench_fairness_smoke(server_dsn: str) -> None:
     finally:
         await admin.close()
     assert left == 0
+
+
+def test_bench_claim_cost_smoke(server_dsn: str) -> None:
+    done = pgwake(
+        "bench",
+        "claim",
+        "--tenants",
+        "300",
+        "--queued",
+        "3000",
+        "--claims",
+        "20",
+        "--batch",
+        "8",
+        "--json",
+        dsn=server_dsn,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    scales = json.loads(done.stdout)["claim"]
+    assert [(s["tenants"], s["queued"]) for s in scales] == [(100, 3000), (300, 3000)]
+    for scale in scales:
+        # Every claim was real and full: the queues hold far more than 20 x 8 jobs.
+        assert scale["claimed"] == 20 * 8
+        assert 0 < scale["p50_ms"] <= scale["p99_ms"]
+        assert scale["buffers_per_claim"] > 0
 
 
 def test_bench_unknown_workload() -> None:

@@ -1,0 +1,29 @@
+"""Garbage-collector settings for the long-running worker.
+
+A busy worker allocates a few short-lived objects per job (records, events, log
+entries) and almost never makes reference cycles. With CPython's defaults a full
+collection walks every object the process holds (modules, handlers, pools) every
+few thousand jobs, which shows as pauses of 10 ms and more in the event loop: a job
+enqueued during one waits that long to be claimed.
+
+Invariants:
+- ``tune()`` is called once, after start-up, so that everything allocated up to
+  then (imports, settings, pools) moves to the permanent generation and is never
+  walked again (``gc.freeze``).
+- Collection stays on: cycles are still found, only less often (a young-generation
+  threshold of 50,000 allocations instead of 700).
+"""
+
+from __future__ import annotations
+
+import gc
+
+YOUNG_THRESHOLD = 50_000
+
+
+def tune() -> None:
+    """Freeze what start-up allocated and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
