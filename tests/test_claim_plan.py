@@ -69,6 +69,12 @@ async def test_claim_plan_uses_the_ready_index_with_ten_thousand_tenants(
     ], json.dumps(plan)
     (update,) = [n for n in all_nodes if n["Node Type"] == "ModifyTable"]
     assert update["Actual Rows"] == 100
+    # Each tenant locks only its share of the claim (here 2: twice an even split of 100
+    # over the 100 tenants walked), so the claim locks 200 rows at most, not 100 x 5.
+    locked = sum(
+        n["Actual Rows"] * n["Actual Loops"] for n in all_nodes if n["Node Type"] == "LockRows"
+    )
+    assert 100 <= locked <= 200, locked
     # The walk visited about as many tenants as it claimed jobs, not all 10,000.
     probes = max(
         n.get("Actual Loops", 0) for n in scans_on_jobs if n.get("Index Name") == "jobs_ready_idx"
