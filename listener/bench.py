@@ -280,7 +280,9 @@ async def _claim_at_scale(
                 await conn.execute(QUERIES["bench_enqueue_spread"], first, count, tenants)
             await conn.execute(QUERIES["bench_analyze"])
             worker = uuid.uuid4()
-            await conn.execute(QUERIES["worker_register"], worker, "bench", 0, ["noop"], batch)
+            await conn.execute(
+                QUERIES["worker_register"], worker, "bench", 0, ["noop"], batch, None
+            )
             claim = await conn.prepare(QUERIES["job_claim"])
             args: tuple[object, ...] = (worker, ["noop"], batch, batch, [], [])
             cursor = ""

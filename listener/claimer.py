@@ -12,6 +12,10 @@ Invariants:
   reconnect) or the poll interval.
 - After ``stop()`` no new claim starts. Running jobs get ``drain_timeout`` seconds to
   finish; the rest are cancelled, and the service puts them back.
+- Every running handler has a cancel scope of its own. ``request_cancel`` stops the
+  handlers of jobs whose cancellation was requested; they are recorded ``cancelled``
+  with no retry. ``abandon_all`` (this worker was declared lost and its jobs given to
+  others) stops every handler and writes nothing for them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from listener.completer import Completer
 from listener.db import is_transient
 from listener.executor import Executor
-from listener.jobs import Job
+from listener.jobs import Job, Outcome
 from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.queries import QUERIES
@@ -82,6 +86,8 @@ class Claimer:
         self._refill_wait = 0.002
         self._log = get_logger("claimer")
         self._running: Counter[str] = Counter()
+        self._scopes: dict[int, anyio.CancelScope] = {}
+        self._cancel_requested: set[int] = set()
         self._in_flight = 0
         self._unacked = 0
         self._slot_freed = anyio.Event()
@@ -106,6 +112,21 @@ class Claimer:
     def in_flight(self) -> int:
         """Jobs this worker is running now."""
         return self._in_flight
+
+    def request_cancel(self, job_ids: Sequence[int]) -> None:
+        """Stop the handlers of these jobs (those running here); they end cancelled."""
+        for job_id in job_ids:
+            scope = self._scopes.get(job_id)
+            if scope is not None and job_id not in self._cancel_requested:
+                self._cancel_requested.add(job_id)
+                self._log.info("cancelling running job on request", job_id=job_id)
+                scope.cancel()
+
+    def abandon_all(self) -> None:
+        """Stop every running handler without recording an outcome: the jobs belong to
+        other workers now."""
+        for scope in self._scopes.values():
+            scope.cancel()
 
     def stop(self, *, now: bool = False) -> None:
         """Stop claiming; with ``now`` skip the rest of the drain."""
@@ -230,10 +251,23 @@ class Claimer:
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
+        outcome: Outcome | None = None
+        scope = anyio.CancelScope()
+        self._scopes[job.id] = scope
         try:
-            outcome = await self._executor.execute(job)
+            with scope:
+                outcome = await self._executor.execute(job)
+            if outcome is None and job.id in self._cancel_requested:
+                self._metrics.jobs_cancelled_running.inc()
+                outcome = Outcome(
+                    job.id, job.attempt, "cancelled", error="cancelled: requested while running"
+                )
+            if outcome is None:
+                return  # abandoned: the job is another worker's now
             stored = self._completer.submit(outcome)
         finally:
+            del self._scopes[job.id]
+            self._cancel_requested.discard(job.id)
             self._release(job)
         self._metrics.observe_finished(job.kind, outcome.label, time.perf_counter() - started)
         # The handler's slot is free, but the job stays `running` in the database until

@@ -110,6 +110,20 @@ def run_cmd(
     retry_base: Annotated[float | None, typer.Option(help="First retry backoff, seconds.")] = None,
     retry_cap: Annotated[float | None, typer.Option(help="Longest retry backoff, seconds.")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Heartbeat seconds.")] = None,
+    heartbeat_timeout: Annotated[
+        float | None, typer.Option(help="Seconds without a heartbeat before a worker is lost.")
+    ] = None,
+    maintenance_interval: Annotated[
+        float | None, typer.Option(help="Seconds between recovery rounds.")
+    ] = None,
+    job_events: Annotated[
+        bool | None,
+        typer.Option(
+            "--job-events/--no-job-events",
+            help="NOTIFY pgwake_events on status changes.",
+            show_default=False,
+        ),
+    ] = None,
     tenant_db_max_connections: Annotated[
         int | None, typer.Option(help="Most connections to tenants' own databases.")
     ] = None,
@@ -157,6 +171,9 @@ def run_cmd(
         retry_base=retry_base,
         retry_cap=retry_cap,
         heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        maintenance_interval=maintenance_interval,
+        job_events=job_events,
         tenant_db_max_connections=tenant_db_max_connections,
         tenant_db_per_tenant=tenant_db_per_tenant,
         tenant_db_idle_ttl=tenant_db_idle_ttl,

@@ -73,7 +73,29 @@ class Settings(BaseModel):
         default=3600.0, gt=0, le=30 * 86_400, description="Longest backoff, seconds."
     )
     heartbeat_interval: float = Field(
-        default=2.0, gt=0, le=600, description="Seconds between worker heartbeats."
+        default=2.0,
+        gt=0,
+        le=600,
+        description="Seconds between worker heartbeats. A worker whose process died is "
+        "recovered once its liveness lock is gone and its last heartbeat is this old.",
+    )
+    heartbeat_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="Seconds without a heartbeat after which a worker that still holds "
+        "its lock (hung, stopped, cut off) is declared lost and its jobs recovered.",
+    )
+    maintenance_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Seconds between rounds of recovery of lost workers' jobs.",
+    )
+    job_events: bool = Field(
+        default=True,
+        description="Send a NOTIFY on pgwake_events for each status change this worker "
+        "makes (sets pgwake.job_events on its sessions).",
     )
     tenant_db_max_connections: int = Field(
         default=50,
@@ -126,6 +148,11 @@ class Settings(BaseModel):
             raise ValueError(
                 f"tenant_concurrency ({self.tenant_concurrency}) cannot exceed "
                 f"concurrency ({self.concurrency})"
+            )
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}) must be at least twice "
+                f"heartbeat_interval ({self.heartbeat_interval})"
             )
         if self.retry_base > self.retry_cap:
             raise ValueError(

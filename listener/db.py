@@ -73,9 +73,10 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-def _connect_kwargs() -> dict[str, Any]:
+def _connect_kwargs(session_settings: dict[str, str] | None = None) -> dict[str, Any]:
     # application_name lets a DBA tell pgwake's sessions apart in pg_stat_activity.
-    return {"server_settings": {"application_name": f"pgwake@{socket.gethostname()}"}}
+    settings = {"application_name": f"pgwake@{socket.gethostname()}"}
+    return {"server_settings": settings | (session_settings or {})}
 
 
 def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailableError:
@@ -84,17 +85,25 @@ def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailableError:
     )
 
 
-async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
-    """Open one connection with pgwake's setup; raise a clear error when unreachable."""
+async def connect(
+    dsn: str, *, timeout: float = 10.0, session_settings: dict[str, str] | None = None
+) -> asyncpg.Connection:
+    """Open one connection with pgwake's setup; raise a clear error when unreachable.
+    ``session_settings`` are run-time parameters for the session (for example
+    ``pgwake.job_events``)."""
     try:
-        conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=timeout, **_connect_kwargs())
+        conn: asyncpg.Connection = await asyncpg.connect(
+            dsn, timeout=timeout, **_connect_kwargs(session_settings)
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise _unavailable(dsn, exc) from None
     await init_connection(conn)
     return conn
 
 
-async def create_pool(dsn: str, *, size: int, timeout: float = 10.0) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, size: int, timeout: float = 10.0, session_settings: dict[str, str] | None = None
+) -> asyncpg.Pool:
     """A small pool for claims, acks and maintenance."""
     try:
         pool = await asyncpg.create_pool(
@@ -103,7 +112,7 @@ async def create_pool(dsn: str, *, size: int, timeout: float = 10.0) -> asyncpg.
             max_size=size,
             init=init_connection,
             timeout=timeout,
-            **_connect_kwargs(),
+            **_connect_kwargs(session_settings),
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise _unavailable(dsn, exc) from None

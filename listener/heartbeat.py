@@ -1,7 +1,20 @@
-"""Worker registration and heartbeat: one write per interval per worker, never per job.
+"""Worker registration, liveness lock and heartbeat: one write per interval per worker,
+never per job.
 
-Invariant: while this loop runs, the worker's row in pgwake.workers has a heartbeat no
-older than the interval (plus the write's own latency); jobs held by the worker share it.
+Invariants:
+- The worker holds its liveness lock (a session advisory lock keyed by its row's
+  ``lock_key``) on a connection of its own from registration until it stops. If the
+  process dies, the lock dies with the connection and the maintenance leader recovers
+  the worker's jobs within seconds (recovery.py).
+- While this loop runs, the worker's row has a heartbeat no older than the interval
+  (plus the write's latency). When the connection is lost it reconnects with backoff
+  and takes the lock again, logging once per change of state.
+- If the row is gone (the leader declared the worker lost: it was silent longer than
+  the heartbeat timeout), ``on_lost`` is called first, so the worker drops the jobs it
+  no longer owns, and then the worker registers again under the same id and lock key.
+  Its late writes for the lost jobs change nothing (every write is fenced).
+- Each beat also returns the running jobs of this worker whose cancellation was
+  requested; ``on_cancel`` gets them, in case their NOTIFY was missed.
 """
 
 from __future__ import annotations
@@ -9,63 +22,140 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from listener.db import is_transient
+from listener import db
+from listener.errors import DatabaseUnavailableError, PgwakeError
 from listener.logs import get_logger
 from listener.queries import QUERIES
 from listener.redact import redact
 
 
 class Heartbeat:
-    """Registers the worker and keeps its heartbeat fresh."""
+    """Registers the worker, holds its liveness lock and keeps its heartbeat fresh."""
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        dsn: str,
         worker_id: uuid.UUID,
         kinds: Sequence[str],
         concurrency: int,
         *,
         interval: float,
+        on_lost: Callable[[], None] = lambda: None,
+        on_cancel: Callable[[Sequence[int]], None] = lambda _ids: None,
+        session_settings: dict[str, str] | None = None,
+        max_backoff: float = 5.0,
     ) -> None:
-        self._pool = pool
+        self._dsn = dsn
         self._worker_id = worker_id
         self._kinds = list(kinds)
         self._concurrency = concurrency
         self._interval = interval
+        self._on_lost = on_lost
+        self._on_cancel = on_cancel
+        self._session_settings = session_settings
+        self._max_backoff = max_backoff
+        self._conn: asyncpg.Connection | None = None
+        self._lock_key: int | None = None
         self._log = get_logger("heartbeat")
+        self._down = False
+        self._locked = False
         self.beats = 0
+        self.lost = 0
+
+    @property
+    def lock_key(self) -> int | None:
+        """The key of this worker's liveness lock (None before registration)."""
+        return self._lock_key
 
     async def register(self) -> None:
-        """Insert the worker's row."""
-        await self._pool.execute(
-            QUERIES["worker_register"],
-            self._worker_id,
-            socket.gethostname(),
-            os.getpid(),
-            self._kinds,
-            self._concurrency,
-        )
+        """Open the heartbeat connection, insert the worker's row and take its lock."""
+        self._conn = await db.connect(self._dsn, session_settings=self._session_settings)
+        await self._register(self._conn)
 
-    async def deregister(self) -> None:
-        """Delete the worker's row."""
-        await self._pool.execute(QUERIES["worker_deregister"], self._worker_id)
+    async def _register(self, conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            key: int = await conn.fetchval(
+                QUERIES["worker_register"],
+                self._worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                self._kinds,
+                self._concurrency,
+                self._lock_key,
+            )
+            if not self._locked and not await conn.fetchval(QUERIES["worker_lock"], key):
+                # A fresh key from the sequence: no other session can hold it.
+                raise PgwakeError(f"liveness lock {key} is held by another session")
+        self._lock_key = key
+        self._locked = True
+
+    async def close(self) -> None:
+        """Close the heartbeat connection (which releases the liveness lock)."""
+        if self._conn is not None:
+            await self._conn.close(timeout=2)
+            self._conn = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Beat forever."""
+        """Beat forever, reconnecting (and re-locking) when the connection is lost."""
         task_status.started()
+        backoff = 0.05
         while True:
-            await anyio.sleep(self._interval)
+            await anyio.sleep(self._interval if not self._down else backoff)
             try:
-                await self._pool.fetchval(QUERIES["worker_heartbeat"], self._worker_id)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self._log.warning("heartbeat failed", error=redact(str(exc)))
+                await self._beat()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self._set_down(f"{type(exc).__name__}: {redact(str(exc))}")
+                backoff = min(backoff * 2, self._max_backoff)
+            except DatabaseUnavailableError as exc:
+                self._set_down(str(exc))
+                backoff = min(backoff * 2, self._max_backoff)
             else:
-                self.beats += 1
+                backoff = 0.05
+                if self._down:
+                    self._down = False
+                    self._log.info("heartbeat connection restored")
+
+    def _set_down(self, error: str) -> None:
+        if not self._down:
+            self._log.warning("heartbeat connection lost; reconnecting", error=error)
+        self._down = True
+        self._locked = False
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def _beat(self) -> None:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            self._locked = False
+            conn = await db.connect(
+                self._dsn, timeout=max(self._interval, 2.0), session_settings=self._session_settings
+            )
+            self._conn = conn
+        if not self._locked and self._lock_key is not None:
+            self._locked = await conn.fetchval(QUERIES["worker_lock"], self._lock_key)
+            if not self._locked:
+                # The server has not noticed yet that our previous connection died; it
+                # still holds the lock for us. Beat anyway and try again next time.
+                self._log.info("liveness lock still held by the previous connection")
+        with anyio.fail_after(max(self._interval, 2.0) * 2):
+            row = await conn.fetchrow(QUERIES["worker_heartbeat"], self._worker_id)
+        if row is None:
+            self.lost += 1
+            self._log.error(
+                "this worker was declared lost (no heartbeat for longer than the heartbeat "
+                "timeout); dropping its running jobs, which were given to other workers, "
+                "and registering again"
+            )
+            self._on_lost()
+            await self._register(conn)
+            return
+        self.beats += 1
+        if row["cancel_ids"]:
+            self._on_cancel(list(row["cancel_ids"]))

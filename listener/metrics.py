@@ -106,6 +106,26 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        self.workers_lost = Counter(
+            "pgwake_workers_lost",
+            "Workers declared lost by this worker as maintenance leader, by why: gone "
+            "(liveness lock released: process or connection died) or hung (no heartbeat "
+            "within the heartbeat timeout).",
+            ["why"],
+            registry=r,
+        )
+        self.jobs_recovered = Counter(
+            "pgwake_jobs_recovered",
+            "Running jobs of lost workers put back by this worker as maintenance leader, "
+            "by new status (queued, or failed when it was their last attempt).",
+            ["status"],
+            registry=r,
+        )
+        self.jobs_cancelled_running = Counter(
+            "pgwake_jobs_cancelled_while_running",
+            "Running jobs whose handler this worker stopped because cancellation was requested.",
+            registry=r,
+        )
         self.tenant_db_connections = Gauge(
             "pgwake_tenant_db_connections",
             "Open connections to tenants' own databases.",

@@ -10,7 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import asyncpg
@@ -24,6 +24,8 @@ from listener.queries import QUERIES
 from listener.wake import Wake
 
 CHANNEL = "pgwake_jobs"
+# pgwake.cancel_job notifies here with the id of a running job to stop.
+CANCEL_CHANNEL = "pgwake_cancel"
 
 
 class Listener:
@@ -38,8 +40,10 @@ class Listener:
         probe_timeout: float = 5.0,
         metrics: Metrics,
         max_backoff: float = 5.0,
+        on_cancel: Callable[[Sequence[int]], None] = lambda _ids: None,
     ) -> None:
         self._dsn = dsn
+        self._on_cancel = on_cancel
         self._wakes = list(wakes)
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
@@ -58,6 +62,14 @@ class Listener:
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         self.notifications += 1
         self._wake_all("notify")
+
+    def _on_cancel_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            job_id = int(str(payload))
+        except ValueError:
+            self._log.warning("ignored a malformed cancel notification", payload=str(payload))
+            return
+        self._on_cancel([job_id])
 
     def _set_down(self, error: str) -> None:
         if self._state != "down":
@@ -95,6 +107,7 @@ class Listener:
         lost = anyio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(CHANNEL, self._on_notify)
+        await conn.add_listener(CANCEL_CHANNEL, self._on_cancel_notify)
         self.listening = True
         self._state = "listening"
         self._metrics.listener_up.set(1)

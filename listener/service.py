@@ -13,6 +13,7 @@ Lifecycle invariants:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import anyio
 import asyncpg
@@ -33,6 +34,7 @@ from listener.metrics import Metrics, Sampler
 from listener.migrate import check_schema
 from listener.notifier import Listener
 from listener.queries import QUERIES
+from listener.recovery import Recoverer
 from listener.redact import display_dsn, redact
 from listener.registry import Registry
 from listener.retry import Backoff
@@ -41,8 +43,9 @@ from listener.tenant_pools import TenantPools
 from listener.tenants import TenantDatabases
 from listener.wake import Wake
 
-# Claims, outcome writes, promotion, heartbeat and tenant-DSN lookups each run one
-# statement at a time; one spare so none waits for another.
+# Claims, outcome writes, promotion, recovery, metrics samples and tenant-DSN lookups
+# each run one statement at a time; one spare so none waits for another. (The LISTEN
+# and heartbeat connections are separate.)
 POOL_SIZE = 6
 
 
@@ -67,12 +70,27 @@ class Service:
             top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
         )
         self.http = HttpEndpoint(settings.metrics_addr, self.metrics.registry, self.is_ready)
-        self.listener = Listener(dsn, [self.claim_wake, self.promote_wake], metrics=self.metrics)
+        self.listener = Listener(
+            dsn,
+            [self.claim_wake, self.promote_wake],
+            metrics=self.metrics,
+            on_cancel=self._cancel_running,
+        )
+        # Run-time parameters of every session of this worker.
+        self.session_settings = {} if settings.job_events else {"pgwake.job_events": "off"}
         self._log = get_logger("service").bind(worker_id=str(self.worker_id))
         self._stopping = False
         # Built in run(), once the pool exists.
         self.claimer: Claimer | None = None
         self.completer: Completer | None = None
+
+    def _cancel_running(self, job_ids: Sequence[int]) -> None:
+        if self.claimer is not None:
+            self.claimer.request_cancel(job_ids)
+
+    def _abandon_running(self) -> None:
+        if self.claimer is not None:
+            self.claimer.abandon_all()
 
     def is_ready(self) -> bool:
         """Listening for NOTIFY and able to claim (what /readyz reports)."""
@@ -92,14 +110,23 @@ class Service:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped; returns after a clean drain."""
         s = self.settings
-        pool = await db.create_pool(self.dsn, size=POOL_SIZE)
+        pool = await db.create_pool(
+            self.dsn, size=POOL_SIZE, session_settings=self.session_settings
+        )
         try:
             async with pool.acquire() as conn:
                 await check_schema(conn)
             kinds = self.registry.kinds()
             gctune.tune()
             heartbeat = Heartbeat(
-                pool, self.worker_id, kinds, s.concurrency, interval=s.heartbeat_interval
+                self.dsn,
+                self.worker_id,
+                kinds,
+                s.concurrency,
+                interval=s.heartbeat_interval,
+                on_lost=self._abandon_running,
+                on_cancel=self._cancel_running,
+                session_settings=self.session_settings,
             )
             await heartbeat.register()
             try:
@@ -147,6 +174,13 @@ class Service:
         )
         self.completer, self.claimer = completer, claimer
         promoter = Promoter(pool, self.promote_wake, poll_interval=s.poll_interval)
+        recoverer = Recoverer(
+            pool,
+            self.metrics,
+            interval=s.maintenance_interval,
+            heartbeat_interval=s.heartbeat_interval,
+            heartbeat_timeout=s.heartbeat_timeout,
+        )
 
         async def claim_then_close() -> None:
             try:
@@ -161,6 +195,7 @@ class Service:
             await background.start(sampler.run)
             await background.start(promoter.run)
             await background.start(heartbeat.run)
+            await background.start(recoverer.run)
             await background.start(tenant_pools.run)
             background.start_soon(self.sd.watchdog_loop)
             async with anyio.create_task_group() as work:
@@ -191,10 +226,13 @@ class Service:
             )
             if put_back:
                 self._log.warning("put back unfinished jobs", jobs=[r["id"] for r in put_back])
-            await heartbeat.deregister()
+            await pool.execute(QUERIES["worker_deregister"], self.worker_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self._log.error(
-                "could not put back held jobs; they stay running in the database",
+                "could not put back held jobs; the maintenance leader of another worker "
+                "will recover them",
                 error=redact(str(exc)),
             )
+        finally:
+            await heartbeat.close()
         self._log.info("worker stopped")

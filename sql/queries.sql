@@ -46,16 +46,33 @@ SELECT version, name, checksum FROM pgwake.schema_migrations ORDER BY version;
 INSERT INTO pgwake.schema_migrations (version, name, checksum) VALUES ($1, $2, $3);
 
 -- name: worker_register
--- Registers a worker process.
--- $1 worker id, $2 hostname, $3 pid, $4 kinds it handles, $5 its concurrency.
-INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency)
-VALUES ($1, $2, $3, $4, $5);
+-- Registers a worker process and returns the key of its liveness lock. $6 reuses a key
+-- the worker already holds the lock for (re-registering after it was declared lost);
+-- NULL takes a new one.
+-- $1 worker id, $2 hostname, $3 pid, $4 kinds it handles, $5 its concurrency, $6 key.
+INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency, lock_key)
+VALUES ($1, $2, $3, $4, $5, coalesce($6::int, nextval('pgwake.worker_lock_keys')::int))
+RETURNING lock_key;
+
+-- name: worker_lock
+-- Takes the worker's liveness lock on the calling session (held until it closes).
+-- Returns false when another session holds it.
+-- $1 lock key.
+SELECT pg_try_advisory_lock(1885828962, $1::int);
 
 -- name: worker_heartbeat
--- One heartbeat for a worker and all the jobs it holds. Returns the row when the worker
--- is still registered, nothing when it was removed.
+-- One heartbeat for a worker and all the jobs it holds. Returns one row while the worker
+-- is registered, with the ids of its running jobs whose cancellation was requested
+-- (in case the NOTIFY was missed); nothing when the worker was declared lost.
 -- $1 worker id.
-UPDATE pgwake.workers SET heartbeat_at = now() WHERE id = $1 RETURNING id;
+UPDATE pgwake.workers AS w
+   SET heartbeat_at = now()
+ WHERE w.id = $1
+RETURNING coalesce((SELECT array_agg(j.id)
+                      FROM pgwake.jobs AS j
+                     WHERE j.claimed_by = $1
+                       AND j.status = 'running'
+                       AND j.cancel_requested_at IS NOT NULL), '{}') AS cancel_ids;
 
 -- name: worker_deregister
 -- Removes a worker on clean exit (after its jobs were finished or put back).
@@ -87,6 +104,12 @@ DELETE FROM pgwake.workers WHERE id = $1;
 -- one row with id NULL giving walk_end (the last tenant visited), walked (how many)
 -- and more (a tenant was held to its share of $3 and may have more ready jobs).
 WITH RECURSIVE
+-- The worker must still be registered: a worker declared lost claims nothing until it
+-- registers again. KEY SHARE makes the leader's recovery of this worker wait for the
+-- claim to commit, and a claim that comes after it find no row.
+me AS (
+    SELECT w.id FROM pgwake.workers AS w WHERE w.id = $1 FOR KEY SHARE
+),
 local_running AS (
     SELECT b.tenant_id, b.running
       FROM unnest($5::text[], $6::int[]) AS b(tenant_id, running)
@@ -200,7 +223,7 @@ candidates AS (
 ),
 -- Interleave tenants by weight: every tenant's first round before any tenant's second.
 chosen AS (
-    SELECT id FROM candidates ORDER BY round, pos LIMIT $3::int
+    SELECT id FROM candidates WHERE EXISTS (SELECT 1 FROM me) ORDER BY round, pos LIMIT $3::int
 ),
 -- The ids go in as an array so the update is primary-key probes whatever the planner
 -- guesses for LIMIT $3 (a join could hash the whole table).
@@ -217,6 +240,8 @@ claimed AS (
 )
 SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked, NULL::boolean AS more
   FROM claimed AS c
+ -- One job event per claimed job (a no-op when job events are off).
+ CROSS JOIN LATERAL pgwake.job_event(c.id, c.tenant_id, c.kind, 'running') AS e
 UNION ALL
 -- One last row (id NULL) says where the walk ended and how many tenants it visited, so
 -- the next claim continues after it; a walk that visited $3 tenants may have stopped
@@ -294,7 +319,10 @@ UPDATE pgwake.jobs AS j
    -- rescan the unnest() for every running job, O(running x batch). This way each
    -- outcome is one primary-key probe.
    AND (j.status = 'running' AND j.claimed_by = $1 AND j.attempts = u.attempt) IS TRUE
-RETURNING j.id, j.tenant_id
+RETURNING j.id, j.tenant_id, j.kind, j.status
+),
+events AS (
+    SELECT pgwake.job_event(f.id, f.tenant_id, f.kind, f.status) FROM finished AS f
 ),
 capped_slot_freed AS (
     SELECT pg_notify('pgwake_jobs', '')
@@ -303,20 +331,27 @@ capped_slot_freed AS (
                      JOIN pgwake.tenants AS t ON t.tenant_id = f.tenant_id
                     WHERE t.max_concurrency IS NOT NULL)
 )
-SELECT f.id FROM finished AS f WHERE (SELECT count(*) FROM capped_slot_freed) >= 0;
+-- The count(*) conditions make sure both side-effect CTEs run (a SELECT CTE that is
+-- not referenced is never evaluated).
+SELECT f.id FROM finished AS f
+ WHERE (SELECT count(*) FROM capped_slot_freed) >= 0
+   AND (SELECT count(*) FROM events) >= 0;
 
 -- name: job_put_back_held
 -- On shutdown, after the drain: every job this worker still holds goes back to the
 -- queue with its attempt given back, so nothing is lost and nothing is left running.
 -- $1 worker id, $2 the reason kept in last_error.
 -- Returns the ids put back.
-UPDATE pgwake.jobs
-   SET status = 'queued',
-       claimed_by = NULL,
-       attempts = greatest(attempts - 1, 0),
-       last_error = $2
- WHERE claimed_by = $1 AND status = 'running'
-RETURNING id;
+WITH put_back AS (
+    UPDATE pgwake.jobs
+       SET status = 'queued',
+           claimed_by = NULL,
+           attempts = greatest(attempts - 1, 0),
+           last_error = $2
+     WHERE claimed_by = $1 AND status = 'running'
+    RETURNING id, tenant_id, kind
+)
+SELECT p.id FROM put_back AS p CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
 
 -- name: job_promote_due
 -- Moves up to $1 scheduled jobs whose run_at has come to queued. Safe to run from
@@ -330,9 +365,12 @@ WITH due AS (
      LIMIT $1::int
        FOR UPDATE SKIP LOCKED
 ), promoted AS (
-    UPDATE pgwake.jobs AS j SET status = 'queued' FROM due WHERE j.id = due.id RETURNING 1
+    UPDATE pgwake.jobs AS j SET status = 'queued' FROM due WHERE j.id = due.id
+    RETURNING j.id, j.tenant_id, j.kind
 )
-SELECT count(*)::int AS promoted FROM promoted;
+SELECT count(*)::int AS promoted
+  FROM promoted AS p
+ CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
 
 -- name: job_next_due
 -- Seconds until the earliest scheduled job is due (0 when one is already due), or NULL
@@ -343,6 +381,88 @@ SELECT CASE WHEN min(run_at) IS NOT NULL
        END AS seconds
   FROM pgwake.jobs
  WHERE status = 'scheduled';
+
+-- name: maintenance_leader
+-- Takes the maintenance lock for the rest of the calling transaction: true for at most
+-- one worker at a time, which does this round of recovery. Nothing waits for a leader
+-- that died or hangs; the next round simply goes to another worker.
+-- No parameters.
+SELECT pg_try_advisory_xact_lock(1885828963, 0);
+
+-- name: workers_lost
+-- Workers that are gone or hung, locked for recovery (in the leader's transaction):
+-- - gone: its liveness lock is no longer held (the process or its connection died)
+--   and its last heartbeat is older than $1 seconds. Judged only once the server has
+--   been up for $2 seconds, so that after a server restart live workers have had time
+--   to reconnect and take their locks again.
+-- - hung: no heartbeat for $2 seconds, lock or not (an event loop blocked, a stopped
+--   process, a partitioned host).
+-- FOR UPDATE waits for a claim of that worker in flight (which holds KEY SHARE), so the
+-- recovery that follows sees every job the worker claimed.
+-- $1 grace in seconds (the heartbeat interval), $2 heartbeat timeout in seconds.
+SELECT w.id, w.hostname, w.pid,
+       CASE WHEN w.heartbeat_at < now() - make_interval(secs => $2) THEN 'hung' ELSE 'gone' END
+           AS why,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS silent_seconds
+  FROM pgwake.workers AS w
+ WHERE w.heartbeat_at < now() - make_interval(secs => $2)
+    OR (w.heartbeat_at < now() - make_interval(secs => $1)
+        AND now() - pg_postmaster_start_time() > make_interval(secs => $2)
+        AND NOT EXISTS (SELECT 1
+                          FROM pg_locks AS l
+                         WHERE l.locktype = 'advisory'
+                           AND l.database = (SELECT d.oid FROM pg_database AS d
+                                              WHERE d.datname = current_database())
+                           AND l.classid = 1885828962::oid
+                           AND l.objid = w.lock_key::oid
+                           AND l.objsubid = 2
+                           AND l.granted))
+   FOR UPDATE OF w;
+
+-- name: jobs_recover
+-- Puts back up to $3 running jobs of lost workers: queued again, or failed when the
+-- lost attempt was their last. The attempt counts (it was counted when claimed) and the
+-- reason goes to last_error. Also takes running jobs whose claimant is not registered
+-- at all. Returns each job and its new status.
+-- $1 lost worker ids (uuid[]), $2 the reason for each (text[], same order), $3 limit.
+WITH lost AS (
+    SELECT l.worker_id, l.reason FROM unnest($1::uuid[], $2::text[]) AS l(worker_id, reason)
+),
+victims AS (
+    SELECT j.id,
+           coalesce(l.reason, 'recovered: claimed by worker ' || j.claimed_by
+                              || ', which is not registered') AS reason
+      FROM pgwake.jobs AS j
+      LEFT JOIN lost AS l ON l.worker_id = j.claimed_by
+     WHERE j.status = 'running'
+       AND (l.worker_id IS NOT NULL
+            OR NOT EXISTS (SELECT 1 FROM pgwake.workers AS w WHERE w.id = j.claimed_by))
+     LIMIT $3::int
+       FOR UPDATE OF j SKIP LOCKED
+),
+recovered AS (
+    UPDATE pgwake.jobs AS j
+       SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END,
+           finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+           claimed_by = NULL,
+           cancel_requested_at = NULL,
+           last_error = v.reason
+      FROM victims AS v
+     WHERE j.id = v.id
+    RETURNING j.id, j.tenant_id, j.kind, j.status
+)
+SELECT r.id, r.status
+  FROM recovered AS r
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e;
+
+-- name: workers_remove_lost
+-- Deletes lost workers that hold no running job any more. Returns their ids.
+-- $1 lost worker ids (uuid[]).
+DELETE FROM pgwake.workers AS w
+ WHERE w.id = ANY ($1::uuid[])
+   AND NOT EXISTS (SELECT 1 FROM pgwake.jobs AS j
+                    WHERE j.claimed_by = w.id AND j.status = 'running')
+RETURNING w.id;
 
 -- name: workers_wake
 -- Wakes every listening worker (after promoting jobs, for example).

@@ -14,8 +14,16 @@ CREATE TABLE pgwake.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Keys of the workers' liveness locks (see pgwake.workers.lock_key).
+CREATE SEQUENCE pgwake.worker_lock_keys AS integer MINVALUE 1 CYCLE;
+
 -- Workers register on start and heartbeat on an interval (one write per interval per
 -- worker, never per job). jobs.claimed_by names the worker holding a running job.
+-- Every worker also holds a session-level advisory lock, pg_advisory_lock(1885828962,
+-- lock_key), on a connection of its own while it runs: when the process dies the lock
+-- vanishes with its connection, and the maintenance leader recovers its jobs within
+-- seconds (queries.sql: workers_lost). A worker that is alive but silent for longer
+-- than the heartbeat timeout is recovered too.
 CREATE TABLE pgwake.workers (
     id           uuid        PRIMARY KEY,
     hostname     text        NOT NULL,
@@ -23,8 +31,13 @@ CREATE TABLE pgwake.workers (
     kinds        text[]      NOT NULL,
     concurrency  integer     NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at timestamptz NOT NULL DEFAULT now()
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    lock_key     integer     NOT NULL DEFAULT nextval('pgwake.worker_lock_keys'),
+
+    CONSTRAINT workers_lock_key_unique UNIQUE (lock_key)
 );
+
+ALTER SEQUENCE pgwake.worker_lock_keys OWNED BY pgwake.workers.lock_key;
 
 CREATE TABLE pgwake.jobs (
     -- Columns an application may set on INSERT (all but kind have defaults).
@@ -47,6 +60,8 @@ CREATE TABLE pgwake.jobs (
     last_error   text,
     result       jsonb,
     progress     jsonb,
+    -- Set when someone asked to cancel the job while it was running (pgwake.cancel_job).
+    cancel_requested_at timestamptz,
 
     CONSTRAINT jobs_status_valid
         CHECK (status IN ('scheduled', 'queued', 'running', 'succeeded', 'failed', 'cancelled')),
@@ -101,10 +116,24 @@ CREATE INDEX jobs_running_idx ON pgwake.jobs (claimed_by, tenant_id) WHERE statu
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgwake.jobs (tenant_id, kind, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running');
 
+-- Job events: one NOTIFY on channel pgwake_events per change of a job's status, with a
+-- JSON payload {"id", "tenant", "kind", "status"}. Switched off for a session, role or
+-- database with the setting pgwake.job_events = 'off' (for example
+-- ALTER DATABASE app SET pgwake.job_events = 'off'); on when unset.
+CREATE FUNCTION pgwake.job_event(p_id bigint, p_tenant_id text, p_kind text, p_status text)
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
+    SELECT pg_notify('pgwake_events',
+                     json_build_object('id', p_id, 'tenant', p_tenant_id, 'kind', p_kind,
+                                       'status', p_status)::text)
+     WHERE coalesce(current_setting('pgwake.job_events', true), '') <> 'off';
+$$;
+
 -- After each INSERT statement: mark rows whose run_at is still ahead as scheduled, and
 -- send one NOTIFY with a constant payload. Postgres folds identical notifications in a
 -- transaction, so a 10,000-row INSERT (or many INSERTs in one transaction) wakes the
--- workers once. There is deliberately no trigger on UPDATE or DELETE.
+-- workers once. There is deliberately no trigger on UPDATE or DELETE. It also sends one
+-- job event per new row unless job events are off (pgwake.job_event).
 -- It runs with its owner's privileges, so an application role needs only INSERT.
 CREATE FUNCTION pgwake.jobs_after_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgwake AS $$
@@ -118,6 +147,12 @@ BEGIN
            AND n.run_at > now();
     END IF;
     PERFORM pg_notify('pgwake_jobs', '');
+    IF coalesce(current_setting('pgwake.job_events', true), '') <> 'off' THEN
+        PERFORM pgwake.job_event(n.id, n.tenant_id, n.kind,
+                                 CASE WHEN n.status = 'queued' AND n.run_at > now()
+                                      THEN 'scheduled' ELSE n.status END)
+           FROM new_jobs AS n;
+    END IF;
     RETURN NULL;
 END;
 $$;
@@ -128,17 +163,37 @@ CREATE TRIGGER jobs_notify_after_insert
     FOR EACH STATEMENT
     EXECUTE FUNCTION pgwake.jobs_after_insert();
 
--- Cancel a job from SQL: a queued or scheduled job becomes cancelled at once.
--- Returns true when the job was cancelled.
+-- Cancel a job from SQL. A queued or scheduled job becomes cancelled at once; for a
+-- running job the cancellation is requested: the worker holding it is told at once
+-- (NOTIFY pgwake_cancel) and also sees the request with its next heartbeat, stops the
+-- handler and records the job cancelled, with no retry. Returns true when the job was
+-- cancelled or its cancellation requested; false when it had already finished (or
+-- does not exist).
 CREATE FUNCTION pgwake.cancel_job(job_id bigint) RETURNS boolean
-LANGUAGE sql AS $$
-    WITH cancelled AS (
-        UPDATE pgwake.jobs
-           SET status = 'cancelled', finished_at = now(), last_error = 'cancelled'
-         WHERE id = job_id AND status IN ('scheduled', 'queued')
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM cancelled);
+LANGUAGE plpgsql AS $$
+DECLARE
+    found_status text;
+    found_tenant text;
+    found_kind   text;
+BEGIN
+    UPDATE pgwake.jobs
+       SET status = 'cancelled', finished_at = now(), last_error = 'cancelled'
+     WHERE id = job_id AND status IN ('scheduled', 'queued')
+    RETURNING status, tenant_id, kind INTO found_status, found_tenant, found_kind;
+    IF found_status IS NOT NULL THEN
+        PERFORM pgwake.job_event(job_id, found_tenant, found_kind, 'cancelled');
+        RETURN true;
+    END IF;
+    UPDATE pgwake.jobs
+       SET cancel_requested_at = coalesce(cancel_requested_at, now())
+     WHERE id = job_id AND status = 'running'
+    RETURNING status INTO found_status;
+    IF found_status IS NOT NULL THEN
+        PERFORM pg_notify('pgwake_cancel', job_id::text);
+        RETURN true;
+    END IF;
+    RETURN false;
+END;
 $$;
 
 -- Settings per tenant. A job whose tenant has no row here uses the defaults: no

@@ -177,7 +177,7 @@ async def claim(
 
 async def register(conn: asyncpg.Connection) -> uuid.UUID:
     worker = uuid.uuid4()
-    await conn.execute(QUERIES["worker_register"], worker, "test", 1, ["k"], 10)
+    await conn.execute(QUERIES["worker_register"], worker, "test", 1, ["k"], 10, None)
     return worker
 
 

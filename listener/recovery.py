@@ -1,0 +1,135 @@
+"""Recovery of lost workers' jobs, by whichever worker is maintenance leader this round.
+
+Invariants:
+- At most one worker recovers at a time: each round runs in one transaction that first
+  takes the maintenance lock (a transaction-scoped advisory lock). Every worker tries
+  each round, so when a leader dies or hangs the next round goes to another worker;
+  nobody waits for a dead leader.
+- A worker is lost when its liveness lock is gone and its heartbeat is older than the
+  heartbeat interval (its process or connection died: found within seconds), or when
+  its heartbeat is older than the heartbeat timeout (hung; see queries.sql:
+  workers_lost). Running jobs claimed by a worker that is not registered are
+  recovered too.
+- A recovered job keeps its attempt (counted at the claim) and the reason in
+  last_error; it goes back to queued, or to failed when that was its last attempt.
+  Jobs are recovered at most ``batch`` per round; a lost worker's row is deleted once
+  it holds no running job, and any later write of that worker is fenced off.
+- Every round that recovered jobs wakes all workers with one NOTIFY.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+
+from listener.db import is_transient
+from listener.logs import get_logger
+from listener.metrics import Metrics
+from listener.queries import QUERIES
+from listener.redact import redact
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """What one recovery round did."""
+
+    leader: bool
+    lost_workers: int = 0
+    recovered: int = 0
+
+
+class Recoverer:
+    """Runs recovery rounds every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        metrics: Metrics,
+        *,
+        interval: float,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        batch: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._interval = interval
+        self._grace = heartbeat_interval
+        self._timeout = heartbeat_timeout
+        self._batch = batch
+        self._log = get_logger("recovery")
+        self.rounds_led = 0
+        self.recovered = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Recover forever."""
+        task_status.started()
+        while True:
+            # Jitter, so that workers started together do not all ask at once.
+            await anyio.sleep(self._interval * random.uniform(0.8, 1.2))
+            try:
+                done = await self.round()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._log.warning("recovery round failed; will retry", error=redact(str(exc)))
+                continue
+            # A full batch: more jobs are waiting; go on at once.
+            while done.recovered >= self._batch:
+                done = await self.round()
+
+    async def round(self) -> Round:
+        """One round: if this worker gets the maintenance lock, recover lost workers."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(QUERIES["maintenance_leader"]):
+                return Round(leader=False)
+            self.rounds_led += 1
+            lost = await conn.fetch(QUERIES["workers_lost"], self._grace, self._timeout)
+            ids = [row["id"] for row in lost]
+            reasons = [self._reason(row) for row in lost]
+            recovered = await conn.fetch(QUERIES["jobs_recover"], ids, reasons, self._batch)
+            removed = (
+                {r["id"] for r in await conn.fetch(QUERIES["workers_remove_lost"], ids)}
+                if ids
+                else set()
+            )
+            if recovered:
+                await conn.execute(QUERIES["workers_wake"])
+        for row in lost:
+            # Counted once, in the round that removes the worker.
+            if row["id"] in removed:
+                self._metrics.workers_lost.labels(row["why"]).inc()
+        for row in recovered:
+            self._metrics.jobs_recovered.labels(row["status"]).inc()
+        self.recovered += len(recovered)
+        if lost or recovered:
+            self._log.warning(
+                "recovered jobs of lost workers",
+                workers=[
+                    {
+                        "id": str(row["id"]),
+                        "host": row["hostname"],
+                        "pid": row["pid"],
+                        "why": row["why"],
+                        "silent_seconds": round(row["silent_seconds"], 1),
+                    }
+                    for row in lost
+                ],
+                jobs=[row["id"] for row in recovered],
+                failed=sum(1 for row in recovered if row["status"] == "failed"),
+            )
+        return Round(leader=True, lost_workers=len(lost), recovered=len(recovered))
+
+    @staticmethod
+    def _reason(row: asyncpg.Record) -> str:
+        who = f"worker {row['id']} (host {row['hostname']}, pid {row['pid']})"
+        if row["why"] == "hung":
+            return (
+                f"recovered: {who} sent no heartbeat for {row['silent_seconds']:.1f}s "
+                "(hung or cut off)"
+            )
+        return f"recovered: {who} died (its liveness lock was released)"
