@@ -17,6 +17,10 @@ Workloads:
   default 1,000,000 queued jobs over 10,000 tenants): wall-clock p50/p99 per claim,
   measured in this process, and the shared buffers one claim touches (EXPLAIN
   ANALYZE, BUFFERS). The claims are real: each commits and marks its jobs running.
+- ``recovery``: one worker holds 20 running jobs (each sleeps 5 s); a second worker is
+  started; the first is killed with SIGKILL. Reports how long until the 20 jobs were
+  put back (detection) and until the second worker had finished them all, with the
+  default heartbeat and maintenance settings.
 """
 
 from __future__ import annotations
@@ -87,12 +91,13 @@ async def bench_database(server_dsn: str, *, fifo_index: bool = False) -> AsyncI
 
 @contextlib.asynccontextmanager
 async def worker_processes(
-    dsn: str, count: int = 1, **settings: Any
+    dsn: str, count: int = 1, *, expect_registered: int | None = None, **settings: Any
 ) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
-    """``count`` real worker processes on ``dsn``, registered on entry, stopped on exit."""
+    """``count`` real worker processes on ``dsn``, stopped on exit; on entry, wait until
+    ``expect_registered`` workers (default ``count``) are registered in all."""
     # Only the benchmark's own settings: none of the caller's PGWAKE_ variables.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
-    env |= {"PGWAKE_DSN": dsn, "PGWAKE_LOG_LEVEL": "warning", "PGWAKE_METRICS_ADDR": "127.0.0.1:0"}
+    env |= {"PGWAKE_DSN": dsn, "PGWAKE_LOG_LEVEL": "error", "PGWAKE_METRICS_ADDR": "127.0.0.1:0"}
     for key, value in settings.items():
         env[f"PGWAKE_{key.upper()}"] = str(value)
     procs = [
@@ -105,7 +110,8 @@ async def worker_processes(
         conn = await db.connect(dsn)
         try:
             deadline = time.monotonic() + 60
-            while await conn.fetchval(QUERIES["bench_workers_registered"]) < count:
+            want = count if expect_registered is None else expect_registered
+            while await conn.fetchval(QUERIES["bench_workers_registered"]) < want:
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise PgwakeError("benchmark workers did not start")
                 await anyio.sleep(0.05)
@@ -255,6 +261,64 @@ def median_run(runs: Sequence[FairnessRun]) -> FairnessRun:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveryRun:
+    """One kill -9 of a worker holding jobs."""
+
+    jobs: int
+    detected_s: float
+    finished_s: float
+
+
+async def _held_by(conn: asyncpg.Connection, pid: int) -> int:
+    held: int = await conn.fetchval(QUERIES["bench_jobs_held_by_pid"], pid)
+    return held
+
+
+async def recovery_run(server_dsn: str, *, jobs: int = 20, job_seconds: float = 5.0) -> RecoveryRun:
+    """Kill -9 a worker holding ``jobs`` running jobs; time their recovery."""
+    async with bench_database(server_dsn) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            settings = {"concurrency": jobs, "tenant_concurrency": jobs}
+            async with worker_processes(dsn, **settings) as (victim,):
+                await conn.execute(
+                    QUERIES["bench_enqueue_many"], "t", "sleep", jobs, {"seconds": job_seconds}
+                )
+                deadline = time.monotonic() + 30
+                while await _held_by(conn, victim.pid) < jobs:
+                    if time.monotonic() > deadline:
+                        raise PgwakeError("the first benchmark worker did not claim its jobs")
+                    await anyio.sleep(0.01)
+                async with worker_processes(dsn, expect_registered=2, **settings):
+                    victim.kill()
+                    killed = time.monotonic()
+                    while await _held_by(conn, victim.pid):
+                        if time.monotonic() > killed + 120:
+                            raise PgwakeError("the killed worker's jobs were not recovered")
+                        await anyio.sleep(0.01)
+                    detected = time.monotonic() - killed
+                    await _wait_all_finished(conn, jobs, timeout=120)
+                    finished = time.monotonic() - killed
+        finally:
+            await conn.close()
+    return RecoveryRun(jobs=jobs, detected_s=round(detected, 2), finished_s=round(finished, 2))
+
+
+async def recovery(server_dsn: str, *, repeat: int) -> list[RecoveryRun]:
+    """``repeat`` recovery runs."""
+    return [await recovery_run(server_dsn) for _ in range(repeat)]
+
+
+def render_recovery(runs: Sequence[RecoveryRun]) -> str:
+    """The recovery runs as a table."""
+    lines = [f"{'run':>3} {'jobs':>4} {'detected s':>10} {'all finished s':>14}"]
+    lines += [
+        f"{i:>3} {r.jobs:>4} {r.detected_s:>10g} {r.finished_s:>14g}" for i, r in enumerate(runs, 1)
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimScale:
     """Claim cost at one queue size."""
 
@@ -365,6 +429,8 @@ def render_fairness(runs: Sequence[FairnessRun]) -> str:
     return "\n".join(lines)
 
 
-def as_json(results: dict[str, Sequence[FairnessRun] | Sequence[ClaimScale]]) -> str:
+def as_json(
+    results: dict[str, Sequence[FairnessRun] | Sequence[ClaimScale] | Sequence[RecoveryRun]],
+) -> str:
     """The results of each workload as JSON."""
     return json.dumps({name: [asdict(r) for r in rows] for name, rows in results.items()})

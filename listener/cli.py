@@ -241,7 +241,7 @@ def enqueue_cmd(
         typer.echo(f"enqueued job {row['id']} ({row['status']})")
 
 
-BENCH_WORKLOADS = ("fairness", "claim")
+BENCH_WORKLOADS = ("fairness", "claim", "recovery")
 
 
 @app.command("bench")
@@ -260,7 +260,10 @@ def bench_cmd(
     ] = 0.1,
     concurrency: Annotated[int, typer.Option(min=1, help="Worker concurrency.")] = 32,
     repeat: Annotated[
-        int, typer.Option(min=1, help="fairness: rounds of all modes; medians are shown.")
+        int,
+        typer.Option(
+            min=1, help="fairness: rounds of all modes (medians are shown); recovery: runs."
+        ),
     ] = 3,
     tenants: Annotated[
         int, typer.Option(min=1, help="claim: tenants at the large scale.")
@@ -307,12 +310,15 @@ def bench_cmd(
                     url, tenants=tenants, queued=queued, claims=claims, batch=batch
                 ),
             )
+        if "recovery" in chosen:
+            results["recovery"] = guard(run_async, lambda: bench.recovery(url, repeat=repeat))
     if as_json:
         typer.echo(bench.as_json(results))
         return
     renders: dict[str, Callable[[Any], str]] = {
         "fairness": bench.render_fairness,
         "claim": bench.render_claim,
+        "recovery": bench.render_recovery,
     }
     typer.echo("\n\n".join(renders[name](rows) for name, rows in results.items()))
 

@@ -584,6 +584,13 @@ INSERT INTO pgwake.jobs (tenant_id, kind)
 SELECT 'bench-t' || (g % $3::int), 'noop'
   FROM generate_series($1::int, $1::int + $2::int - 1) AS g;
 
+-- name: bench_jobs_held_by_pid
+-- Running jobs held by the worker process with pid $1 (recovery benchmark).
+SELECT count(*)::int
+  FROM pgwake.jobs AS j
+  JOIN pgwake.workers AS w ON w.id = j.claimed_by
+ WHERE j.status = 'running' AND w.pid = $1;
+
 -- name: bench_finished
 -- How many jobs have finished (succeeded or failed).
 -- No parameters.

@@ -8,6 +8,7 @@ the test; the DSN comes from PGWAKE_DSN, as for the worker itself.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import anyio
@@ -69,3 +70,19 @@ async def track(payload: TrackPayload, ctx: JobContext) -> None:
     )
     await anyio.sleep(payload.sleep)
     await pool.execute("UPDATE test_runs SET ended_at = clock_timestamp() WHERE id = $1", run_id)
+
+
+class StallPayload(BaseModel):
+    """How long the first attempt blocks the whole event loop."""
+
+    block: float
+
+
+@handler("stall")
+async def stall(payload: StallPayload, ctx: JobContext) -> dict[str, Any]:
+    """On the first attempt, block the event loop (a synchronous sleep: no heartbeat, no
+    claims, nothing runs in this process meanwhile); later attempts return at once. The
+    result names the process and attempt that produced it."""
+    if ctx.attempt == 1:
+        time.sleep(payload.block)  # noqa: ASYNC251 - blocking the loop is the point
+    return {"pid": os.getpid(), "attempt": ctx.attempt}

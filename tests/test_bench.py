@@ -73,6 +73,17 @@ def test_bench_claim_cost_smoke(server_dsn: str) -> None:
         assert scale["buffers_per_claim"] > 0
 
 
+def test_bench_recovery_smoke(server_dsn: str) -> None:
+    done = pgwake("bench", "recovery", "--repeat", "1", "--json", dsn=server_dsn, timeout=240)
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["recovery"]
+    assert run["jobs"] == 20
+    # Detection takes at least one heartbeat interval's grace; finishing includes the
+    # jobs' own 5 seconds.
+    assert 0 < run["detected_s"] < run["finished_s"]
+    assert run["finished_s"] >= 5
+
+
 def test_bench_unknown_workload() -> None:
     done = pgwake("bench", "nosuch")
     assert done.returncode == 2

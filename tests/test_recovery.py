@@ -1,0 +1,216 @@
+"""Crash safety with real processes and real faults: a worker killed with SIGKILL, a
+worker whose event loop is blocked past the heartbeat timeout, the maintenance leader
+changing hands, and running jobs cancelled from SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+
+import asyncpg
+
+from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
+from tests.test_processes import RECORDING, create_executions_table
+
+# Fast enough for tests, still well above scheduling noise.
+FAST = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "3", "--poll-interval", "60")
+
+
+async def worker_id_of(conn: asyncpg.Connection, pid: int) -> uuid.UUID:
+    async def registered() -> uuid.UUID | None:
+        found: uuid.UUID | None = await conn.fetchval(
+            "SELECT id FROM pgwake.workers WHERE pid = $1", pid
+        )
+        return found
+
+    return await eventually(registered, timeout=30)
+
+
+async def test_killed_worker_jobs_are_finished_by_another_worker(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    await create_executions_table(conn)
+    victim = spawn_worker(
+        dsn, "--handlers", RECORDING, "--concurrency", "20", "--tenant-concurrency", "20", *FAST
+    )
+    survivor = None
+    try:
+        victim_id = await worker_id_of(conn, victim.pid)
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (kind, payload) "
+            "SELECT 'record', '{\"sleep\": 6}' FROM generate_series(1, 20)"
+        )
+
+        async def all_held_by_victim() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM pgwake.jobs WHERE status = 'running' AND claimed_by = $1",
+                victim_id,
+            )
+            return bool(n == 20)
+
+        await eventually(all_held_by_victim, timeout=30)
+        survivor = spawn_worker(
+            dsn, "--handlers", RECORDING, "--concurrency", "20", "--tenant-concurrency", "20", *FAST
+        )
+        await wait_ready(conn, 2)
+        os.kill(victim.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        victim.communicate(timeout=10)
+
+        async def recovered() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM pgwake.jobs WHERE claimed_by = $1", victim_id
+            )
+            return n == 0
+
+        await eventually(recovered, timeout=30, interval=0.05)
+        detection = time.monotonic() - killed_at
+
+        async def all_succeeded() -> bool:
+            n = await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'succeeded'")
+            return bool(n == 20)
+
+        await eventually(all_succeeded, timeout=60)
+        rows = await conn.fetch("SELECT attempts, last_error FROM pgwake.jobs")
+        # The killed attempt counted; its reason is kept.
+        assert {r["attempts"] for r in rows} == {2}
+        assert all("died (its liveness lock was released)" in r["last_error"] for r in rows)
+        assert all(str(victim_id) in r["last_error"] for r in rows)
+        executions = await conn.fetch("SELECT pid, attempt FROM test_executions")
+        assert len(executions) == 20  # each exactly once (primary key on job_id)
+        assert {e["pid"] for e in executions} == {survivor.pid}
+        # The lost worker's row is gone; the survivor is the only one registered.
+        workers = await conn.fetch("SELECT pid FROM pgwake.workers")
+        assert [w["pid"] for w in workers] == [survivor.pid]
+        print(f"\nkill -9 detected and 20 jobs put back after {detection:.2f}s")
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.communicate()
+        if survivor is not None:
+            code, output = stop_process(survivor)
+            assert code == 0, output
+            assert "recovered jobs of lost workers" in output or "recovered" in output
+
+
+async def test_hung_worker_loses_its_job_and_its_late_writes_change_nothing(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    workers = [spawn_worker(dsn, "--handlers", RECORDING, *FAST) for _ in range(2)]
+    try:
+        await wait_ready(conn, 2)
+        job_id = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, payload) VALUES ('stall', '{\"block\": 8}') "
+            "RETURNING id"
+        )
+
+        async def first_holder() -> uuid.UUID | None:
+            holder: uuid.UUID | None = await conn.fetchval(
+                "SELECT claimed_by FROM pgwake.jobs WHERE id = $1 AND attempts = 1", job_id
+            )
+            return holder
+
+        hung_id = await eventually(first_holder, timeout=30)
+        hung_pid = await conn.fetchval("SELECT pid FROM pgwake.workers WHERE id = $1", hung_id)
+
+        async def finished() -> asyncpg.Record | None:
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "SELECT status, attempts, result, last_error FROM pgwake.jobs "
+                "WHERE id = $1 AND status = 'succeeded'",
+                job_id,
+            )
+            return row
+
+        # The other worker recovers the job after the heartbeat timeout and runs it.
+        done = await eventually(finished, timeout=30)
+        assert done["attempts"] == 2
+        assert done["result"]["attempt"] == 2
+        assert done["result"]["pid"] != hung_pid
+        assert "sent no heartbeat" in done["last_error"]
+        assert str(hung_id) in done["last_error"]
+
+        # The hung worker wakes: its handler returns for attempt 1, its heartbeat finds it
+        # was declared lost, and it registers again.
+        async def re_registered() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM pgwake.workers WHERE id = $1 AND heartbeat_at > now() "
+                "- interval '2 seconds'",
+                hung_id,
+            )
+            return bool(n)
+
+        await eventually(re_registered, timeout=30)
+        after = await conn.fetchrow(
+            "SELECT status, attempts, result, last_error FROM pgwake.jobs WHERE id = $1", job_id
+        )
+        assert dict(after) == dict(done)
+        # It works again: a new job is run (by one of the two).
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (kind, payload) VALUES ('stall', '{\"block\": 0}')"
+        )
+
+        async def second_done() -> bool:
+            n = await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'succeeded'")
+            return bool(n == 2)
+
+        await eventually(second_done, timeout=30)
+    finally:
+        outputs = [stop_process(w) for w in workers]
+    hung_output = next(
+        out for w, (_, out) in zip(workers, outputs, strict=True) if w.pid == hung_pid
+    )
+    assert "this worker was declared lost" in hung_output
+    events = [json.loads(line) for line in hung_output.splitlines() if line.startswith("{")]
+    assert any(e.get("event", "").startswith("this worker was declared lost") for e in events)
+    for code, output in outputs:
+        assert code == 0, output
+
+
+async def test_cancel_running_job_from_sql_stops_its_handler(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    await create_executions_table(conn)
+    worker = spawn_worker(dsn, "--handlers", RECORDING, *FAST)
+    try:
+        await wait_ready(conn, 1)
+        job_id = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, payload, max_attempts) "
+            "VALUES ('record', '{\"sleep\": 60}', 5) RETURNING id"
+        )
+
+        async def running() -> bool:
+            status = await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", job_id)
+            return status == "running"
+
+        await eventually(running, timeout=30)
+        assert await conn.fetchval("SELECT pgwake.cancel_job($1)", job_id) is True
+        asked = time.monotonic()
+
+        async def cancelled() -> asyncpg.Record | None:
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "SELECT status, attempts, last_error, finished_at FROM pgwake.jobs "
+                "WHERE id = $1 AND status = 'cancelled'",
+                job_id,
+            )
+            return row
+
+        row = await eventually(cancelled, timeout=10, interval=0.01)
+        stopped_after = time.monotonic() - asked
+        assert row["attempts"] == 1
+        assert row["last_error"] == "cancelled: requested while running"
+        # No retry: it stays cancelled, and the handler never recorded anything.
+        await asyncio.sleep(1)
+        assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", job_id) == (
+            "cancelled"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM test_executions") == 0
+        # A finished job cannot be cancelled again.
+        assert await conn.fetchval("SELECT pgwake.cancel_job($1)", job_id) is False
+        print(f"\nrunning job cancelled {stopped_after:.3f}s after pgwake.cancel_job")
+    finally:
+        code, output = stop_process(worker)
+    assert code == 0, output
