@@ -37,8 +37,8 @@ from listener.executor import Executor
 from listener.jobs import Job, Outcome
 from listener.logs import get_logger
 from listener.metrics import Metrics
+from listener.outage import OutageLog
 from listener.queries import QUERIES
-from listener.redact import redact
 from listener.wake import Wake
 
 # Claims in a row that may continue a walk cut short by its tenant limit before the
@@ -85,8 +85,13 @@ class Claimer:
         self._refill = max(1, min(claim_batch, concurrency) // 2)
         self._refill_wait = 0.002
         self._log = get_logger("claimer")
+        self._outage = OutageLog(self._log, "claim")
         self._running: Counter[str] = Counter()
         self._scopes: dict[int, anyio.CancelScope] = {}
+        # Jobs this worker knows it holds: running, or finished with the outcome not
+        # stored yet. Unknown ids the database reports are suspects for one beat.
+        self._known: set[int] = set()
+        self._suspects: set[int] = set()
         self._cancel_requested: set[int] = set()
         self._in_flight = 0
         self._unacked = 0
@@ -121,6 +126,15 @@ class Claimer:
                 self._cancel_requested.add(job_id)
                 self._log.info("cancelling running job on request", job_id=job_id)
                 scope.cancel()
+
+    def reconcile(self, held: Sequence[int]) -> list[int]:
+        """Of the ids the database says this worker runs, those it has not known of at
+        two calls in a row: claims whose reply never arrived. (One call is not enough:
+        a claim's rows may be on their way while the database is asked.)"""
+        unknown = {job_id for job_id in held if job_id not in self._known}
+        orphans = unknown & self._suspects
+        self._suspects = unknown - orphans
+        return sorted(orphans)
 
     def abandon_all(self) -> None:
         """Stop every running handler without recording an outcome: the jobs belong to
@@ -223,9 +237,10 @@ class Claimer:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            self._log.warning("claim failed; will retry", error=redact(str(exc)))
+            self._outage.failed(exc)
             await anyio.sleep(min(self._poll_interval, 1.0))
             return [], False, False
+        self._outage.succeeded()
         self.claims += 1
         jobs: list[Job] = []
         cut_short = more = False
@@ -246,6 +261,7 @@ class Claimer:
         self._in_flight += 1
         self._metrics.in_flight.set(self._in_flight)
         self._running[job.tenant_id] += 1
+        self._known.add(job.id)
         self._idle = anyio.Event()
         jobs.start_soon(self._execute, job, name=f"job-{job.id}")
 
@@ -263,8 +279,12 @@ class Claimer:
                     job.id, job.attempt, "cancelled", error="cancelled: requested while running"
                 )
             if outcome is None:
+                self._known.discard(job.id)
                 return  # abandoned: the job is another worker's now
             stored = self._completer.submit(outcome)
+        except BaseException:
+            self._known.discard(job.id)  # cancelled at shutdown: put back by the service
+            raise
         finally:
             del self._scopes[job.id]
             self._cancel_requested.discard(job.id)
@@ -276,6 +296,7 @@ class Claimer:
         try:
             await stored.wait()
         finally:
+            self._known.discard(job.id)
             self._unacked -= 1
             self._slot_freed.set()
 

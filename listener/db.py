@@ -61,8 +61,44 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
+# TCP settings for every connection to the central database, so that a peer that
+# vanished without a FIN (a cut cable, a dropped route, a frozen host) is noticed:
+# an idle connection is probed after KEEPALIVE_IDLE seconds, then every
+# KEEPALIVE_INTERVAL seconds, and given up after KEEPALIVE_COUNT unanswered probes;
+# data left unacknowledged for USER_TIMEOUT_MS aborts the connection. The server is
+# asked to do the same on its side, so the sessions (and liveness locks) of a vanished
+# worker end too.
+KEEPALIVE_IDLE = 5
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_COUNT = 3
+USER_TIMEOUT_MS = 15_000
+SERVER_KEEPALIVES = {
+    "tcp_keepalives_idle": str(KEEPALIVE_IDLE),
+    "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL),
+    "tcp_keepalives_count": str(KEEPALIVE_COUNT),
+}
+
+
+def set_keepalive(conn: asyncpg.Connection) -> None:
+    """Turn on TCP keepalives and a user timeout on ``conn``'s socket (TCP only)."""
+    transport = getattr(conn, "_transport", None)  # asyncpg has no public accessor
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+    ):
+        if hasattr(socket, option):  # Linux; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Per-connection setup: JSON codecs."""
+    """Per-connection setup: TCP keepalives, JSON codecs."""
+    set_keepalive(conn)
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
             typename,
@@ -75,7 +111,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 def _connect_kwargs(session_settings: dict[str, str] | None = None) -> dict[str, Any]:
     # application_name lets a DBA tell pgwake's sessions apart in pg_stat_activity.
-    settings = {"application_name": f"pgwake@{socket.gethostname()}"}
+    settings = {"application_name": f"pgwake@{socket.gethostname()}", **SERVER_KEEPALIVES}
     return {"server_settings": settings | (session_settings or {})}
 
 

@@ -15,6 +15,10 @@ Invariants:
   Its late writes for the lost jobs change nothing (every write is fenced).
 - Each beat also returns the running jobs of this worker whose cancellation was
   requested; ``on_cancel`` gets them, in case their NOTIFY was missed.
+- Each beat hands the ids the database says this worker runs to ``reconcile``, which
+  returns those the worker has not known of for two beats in a row (a claim that
+  committed while its reply was lost); they are put back to queued with the attempt
+  given back, so no job stays running for a live worker that does not run it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Heartbeat:
         interval: float,
         on_lost: Callable[[], None] = lambda: None,
         on_cancel: Callable[[Sequence[int]], None] = lambda _ids: None,
+        reconcile: Callable[[Sequence[int]], Sequence[int]] = lambda _ids: (),
         session_settings: dict[str, str] | None = None,
         max_backoff: float = 5.0,
     ) -> None:
@@ -58,6 +63,7 @@ class Heartbeat:
         self._interval = interval
         self._on_lost = on_lost
         self._on_cancel = on_cancel
+        self._reconcile = reconcile
         self._session_settings = session_settings
         self._max_backoff = max_backoff
         self._conn: asyncpg.Connection | None = None
@@ -159,3 +165,13 @@ class Heartbeat:
         self.beats += 1
         if row["cancel_ids"]:
             self._on_cancel(list(row["cancel_ids"]))
+        unknown = self._reconcile(list(row["held_ids"]))
+        if unknown:
+            put_back = await conn.fetch(QUERIES["job_put_back_unknown"], self._worker_id, unknown)
+            if put_back:
+                await conn.execute(QUERIES["workers_wake"])
+                self._log.warning(
+                    "put back jobs claimed for this worker that it never received "
+                    "(the claim's reply was lost)",
+                    jobs=[r["id"] for r in put_back],
+                )

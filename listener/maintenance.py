@@ -16,8 +16,8 @@ from anyio.abc import TaskStatus
 
 from listener.db import is_transient
 from listener.logs import get_logger
+from listener.outage import OutageLog
 from listener.queries import QUERIES
-from listener.redact import redact
 from listener.wake import Wake
 
 
@@ -32,6 +32,7 @@ class Promoter:
         self._poll_interval = poll_interval
         self._batch = batch
         self._log = get_logger("maintenance")
+        self._outage = OutageLog(self._log, "promotion of due jobs")
         self.promoted = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -43,8 +44,10 @@ class Promoter:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                self._log.warning("promotion failed; will retry", error=redact(str(exc)))
+                self._outage.failed(exc)
                 wait = min(self._poll_interval, 1.0)
+            else:
+                self._outage.succeeded()
             if wait > 0:
                 await self._wake.wait(wait)
 

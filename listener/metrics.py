@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from listener.db import is_transient
 from listener.logs import get_logger
+from listener.outage import OutageLog
 from listener.queries import QUERIES
-from listener.redact import redact
 from listener.tenant_pools import TenantPools
 
 # Buckets that resolve milliseconds up to minutes.
@@ -169,6 +169,7 @@ class Sampler:
         self._tenant_pools = tenant_pools
         self._interval = interval
         self._log = get_logger("metrics")
+        self._outage = OutageLog(self._log, "metrics sample")
 
     async def sample(self) -> None:
         """Take one sample of every database-derived gauge."""
@@ -197,5 +198,7 @@ class Sampler:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                self._log.warning("metrics sample failed", error=redact(str(exc)))
+                self._outage.failed(exc)
+            else:
+                self._outage.succeeded()
             await anyio.sleep(self._interval)

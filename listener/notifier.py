@@ -6,10 +6,16 @@ Invariants:
 - After any reconnect the listener re-LISTENs and wakes everyone at once ("reconnect"),
   so jobs inserted while it was away do not wait for the next poll.
 - State changes (listening / lost) are logged once each, not once per retry.
+- The connection is proven alive every ``probe_interval`` seconds by a round trip of
+  its own notification: it NOTIFYs a channel only it listens on and must receive that
+  notification within ``probe_timeout``. This catches what a plain query would not (a
+  session that answers queries but no longer delivers notifications) and, with TCP
+  keepalives (db.py), a half-open socket whose peer vanished without a FIN.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -52,6 +58,11 @@ class Listener:
         self._metrics = metrics
         self.listening = False
         self._state = "starting"
+        # This listener's private probe channel, and the reply awaited from it.
+        self._probe_channel = f"pgwake_probe_{uuid.uuid4().hex}"
+        self._probe_token = ""
+        self._probe_reply = anyio.Event()
+        self.probes = 0
         self.notifications = 0
         self.reconnects = 0
 
@@ -62,6 +73,19 @@ class Listener:
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         self.notifications += 1
         self._wake_all("notify")
+
+    def _on_probe(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if payload == self._probe_token:
+            self._probe_reply.set()
+
+    async def _probe(self, conn: asyncpg.Connection) -> None:
+        """One self-NOTIFY round trip; raises TimeoutError when it does not come back."""
+        self._probe_token = uuid.uuid4().hex
+        self._probe_reply = anyio.Event()
+        with anyio.fail_after(self._probe_timeout):
+            await conn.execute(QUERIES["listener_probe"], self._probe_channel, self._probe_token)
+            await self._probe_reply.wait()
+        self.probes += 1
 
     def _on_cancel_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
@@ -108,6 +132,7 @@ class Listener:
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(CHANNEL, self._on_notify)
         await conn.add_listener(CANCEL_CHANNEL, self._on_cancel_notify)
+        await conn.add_listener(self._probe_channel, self._on_probe)
         self.listening = True
         self._state = "listening"
         self._metrics.listener_up.set(1)
@@ -123,6 +148,5 @@ class Listener:
                 await lost.wait()
             if lost.is_set():
                 break
-            with anyio.fail_after(self._probe_timeout):
-                await conn.fetchval(QUERIES["listener_probe"])
+            await self._probe(conn)
         raise ConnectionError("LISTEN connection closed")

@@ -29,8 +29,8 @@ from anyio.abc import TaskStatus
 from listener.db import is_transient
 from listener.logs import get_logger
 from listener.metrics import Metrics
+from listener.outage import OutageLog
 from listener.queries import QUERIES
-from listener.redact import redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,7 @@ class Recoverer:
         self._timeout = heartbeat_timeout
         self._batch = batch
         self._log = get_logger("recovery")
+        self._outage = OutageLog(self._log, "recovery round")
         self.rounds_led = 0
         self.recovered = 0
 
@@ -73,14 +74,15 @@ class Recoverer:
             await anyio.sleep(self._interval * random.uniform(0.8, 1.2))
             try:
                 done = await self.round()
+                # A full batch: more jobs are waiting; go on at once.
+                while done.recovered >= self._batch:
+                    done = await self.round()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                self._log.warning("recovery round failed; will retry", error=redact(str(exc)))
-                continue
-            # A full batch: more jobs are waiting; go on at once.
-            while done.recovered >= self._batch:
-                done = await self.round()
+                self._outage.failed(exc)
+            else:
+                self._outage.succeeded()
 
     async def round(self) -> Round:
         """One round: if this worker gets the maintenance lock, recover lost workers."""

@@ -88,6 +88,9 @@ class Service:
         if self.claimer is not None:
             self.claimer.request_cancel(job_ids)
 
+    def _reconcile(self, held: Sequence[int]) -> Sequence[int]:
+        return self.claimer.reconcile(held) if self.claimer is not None else ()
+
     def _abandon_running(self) -> None:
         if self.claimer is not None:
             self.claimer.abandon_all()
@@ -126,6 +129,7 @@ class Service:
                 interval=s.heartbeat_interval,
                 on_lost=self._abandon_running,
                 on_cancel=self._cancel_running,
+                reconcile=self._reconcile,
                 session_settings=self.session_settings,
             )
             await heartbeat.register()

@@ -62,17 +62,37 @@ SELECT pg_try_advisory_lock(1885828962, $1::int);
 
 -- name: worker_heartbeat
 -- One heartbeat for a worker and all the jobs it holds. Returns one row while the worker
--- is registered, with the ids of its running jobs whose cancellation was requested
--- (in case the NOTIFY was missed); nothing when the worker was declared lost.
+-- is registered: the ids of the jobs the database says it runs (held_ids, so it can
+-- find claims whose reply it never got) and of those whose cancellation was requested
+-- (cancel_ids, in case the NOTIFY was missed). Nothing when it was declared lost.
 -- $1 worker id.
+WITH held AS (
+    SELECT j.id, j.cancel_requested_at
+      FROM pgwake.jobs AS j
+     WHERE j.claimed_by = $1 AND j.status = 'running'
+)
 UPDATE pgwake.workers AS w
    SET heartbeat_at = now()
  WHERE w.id = $1
-RETURNING coalesce((SELECT array_agg(j.id)
-                      FROM pgwake.jobs AS j
-                     WHERE j.claimed_by = $1
-                       AND j.status = 'running'
-                       AND j.cancel_requested_at IS NOT NULL), '{}') AS cancel_ids;
+RETURNING coalesce((SELECT array_agg(h.id) FROM held AS h), '{}') AS held_ids,
+          coalesce((SELECT array_agg(h.id) FROM held AS h
+                     WHERE h.cancel_requested_at IS NOT NULL), '{}') AS cancel_ids;
+
+-- name: job_put_back_unknown
+-- Puts back jobs the database says this worker runs but the worker does not know of (a
+-- claim that committed but whose reply was lost with the connection): queued again,
+-- the attempt given back since no handler ran. Fenced on the worker.
+-- $1 worker id, $2 job ids (bigint[]). Returns the ids put back.
+WITH put_back AS (
+    UPDATE pgwake.jobs
+       SET status = 'queued',
+           claimed_by = NULL,
+           attempts = greatest(attempts - 1, 0)
+     WHERE id = ANY ($2::bigint[]) AND claimed_by = $1 AND status = 'running'
+    RETURNING id, tenant_id, kind
+)
+SELECT p.id FROM put_back AS p
+ CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
 
 -- name: worker_deregister
 -- Removes a worker on clean exit (after its jobs were finished or put back).
@@ -470,9 +490,10 @@ RETURNING w.id;
 SELECT pg_notify('pgwake_jobs', '');
 
 -- name: listener_probe
--- Round trip on the LISTEN connection, to notice a dead server or a half-open socket.
--- No parameters.
-SELECT 1;
+-- Round trip on the LISTEN connection: a notification to the listener's own private
+-- channel, which it must receive back (notifier.py).
+-- $1 the channel, $2 a fresh token.
+SELECT pg_notify($1, $2);
 
 -- name: job_enqueue
 -- Enqueues one job (the CLI's `pgwake enqueue`; applications use a plain INSERT).

@@ -10,10 +10,13 @@ import os
 import signal
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 
-from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
+from listener.api import JobContext
+from listener.registry import Registry
+from tests.conftest import eventually, running_worker, spawn_worker, stop_process, wait_ready
 from tests.test_processes import RECORDING, create_executions_table
 
 # Fast enough for tests, still well above scheduling noise.
@@ -214,3 +217,41 @@ async def test_cancel_running_job_from_sql_stops_its_handler(
     finally:
         code, output = stop_process(worker)
     assert code == 0, output
+
+
+async def test_claim_whose_reply_was_lost_is_put_back_and_run(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry = Registry()
+
+    @registry.handler("echo")
+    async def echo(payload: dict[str, Any], _ctx: JobContext) -> dict[str, Any]:
+        return payload
+
+    async with running_worker(
+        dsn, registry, heartbeat_interval=0.2, heartbeat_timeout=5, poll_interval=3600
+    ) as service:
+        job_id = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, payload, run_at) "
+            "VALUES ('echo', '{\"x\": 1}', now() + interval '1 hour') RETURNING id"
+        )
+        # What a claim that committed on the server looks like when its reply never
+        # reached the worker: the row says running, held by this worker, attempt 1.
+        await conn.execute(
+            "UPDATE pgwake.jobs SET status = 'running', claimed_by = $1, attempts = 1, "
+            "started_at = now(), run_at = now() WHERE id = $2",
+            service.worker_id,
+            job_id,
+        )
+
+        async def succeeded() -> asyncpg.Record | None:
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "SELECT attempts, result FROM pgwake.jobs WHERE id = $1 AND status = 'succeeded'",
+                job_id,
+            )
+            return row
+
+        row = await eventually(succeeded, timeout=15)
+        # Put back with the attempt given back (no handler ran), then claimed and run once.
+        assert row["attempts"] == 1
+        assert row["result"] == {"x": 1}

@@ -1,0 +1,50 @@
+"""Logs a component's trouble with the database once per change of state.
+
+A loop that retries a statement every second while the database is down would write a
+line per attempt. Instead each loop owns an :class:`OutageLog`: the first failure is
+logged (with the error), repeats are counted silently, and the first success after a
+failure is logged once with how many attempts failed and for how long.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from listener.redact import redact
+
+
+class OutageLog:
+    """Failure/recovery logging for one retrying loop."""
+
+    def __init__(self, log: Any, what: str) -> None:
+        self._log = log
+        self._what = what
+        self._failed_since: float | None = None
+        self._failures = 0
+
+    @property
+    def failing(self) -> bool:
+        """True between a failure and the next success."""
+        return self._failed_since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        """Record a failed attempt; logs only the first of a run."""
+        self._failures += 1
+        if self._failed_since is None:
+            self._failed_since = time.monotonic()
+            self._log.warning(
+                f"{self._what} failed; retrying until the database answers",
+                error=redact(f"{type(exc).__name__}: {exc}"),
+            )
+
+    def succeeded(self) -> None:
+        """Record a success; logs once when it ends a run of failures."""
+        if self._failed_since is not None:
+            self._log.info(
+                f"{self._what} works again",
+                failed_attempts=self._failures,
+                seconds=round(time.monotonic() - self._failed_since, 1),
+            )
+        self._failed_since = None
+        self._failures = 0
