@@ -114,6 +114,11 @@ class Metrics:
             ["why"],
             registry=r,
         )
+        self.maintenance_rounds_led = Counter(
+            "pgwake_maintenance_rounds_led",
+            "Recovery rounds this worker ran as maintenance leader.",
+            registry=r,
+        )
         self.jobs_recovered = Counter(
             "pgwake_jobs_recovered",
             "Running jobs of lost workers put back by this worker as maintenance leader, "

@@ -90,6 +90,7 @@ class Recoverer:
             if not await conn.fetchval(QUERIES["maintenance_leader"]):
                 return Round(leader=False)
             self.rounds_led += 1
+            self._metrics.maintenance_rounds_led.inc()
             lost = await conn.fetch(QUERIES["workers_lost"], self._grace, self._timeout)
             ids = [row["id"] for row in lost]
             reasons = [self._reason(row) for row in lost]

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -164,8 +164,12 @@ async def running_worker(dsn: str, registry: Registry, **overrides: Any) -> Asyn
     assert service.stopped.is_set()
 
 
-def spawn_worker(dsn: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """A worker in its own process (``python -m listener run``), DSN passed by env."""
+def spawn_worker(
+    dsn: str, *args: str, env: dict[str, str] | None = None, log: IO[str] | None = None
+) -> subprocess.Popen[str]:
+    """A worker in its own process (``python -m listener run``), DSN passed by env. Its
+    output is piped (read it with ``stop_process``), or written to ``log`` for long
+    runs whose output could fill a pipe."""
     full_env = {
         **os.environ,
         "PGWAKE_DSN": dsn,
@@ -178,7 +182,7 @@ def spawn_worker(dsn: str, *args: str, env: dict[str, str] | None = None) -> sub
         [sys.executable, "-m", "listener", "run", *args],
         env=full_env,
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if log is None else log,
         stderr=subprocess.STDOUT,
         text=True,
     )

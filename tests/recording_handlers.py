@@ -86,3 +86,24 @@ async def stall(payload: StallPayload, ctx: JobContext) -> dict[str, Any]:
     if ctx.attempt == 1:
         time.sleep(payload.block)  # noqa: ASYNC251 - blocking the loop is the point
     return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+class EffectPayload(BaseModel):
+    """How long the job works before its side effect."""
+
+    sleep: float = 0.0
+
+
+@handler("effect")
+async def effect(payload: EffectPayload, ctx: JobContext) -> None:
+    """Work a while, then record the side effect in ``soak_effects`` (no primary key:
+    a job that runs twice leaves two rows, which the soak test counts)."""
+    if payload.sleep:
+        await anyio.sleep(payload.sleep)
+    pool = await _get_pool()
+    await pool.execute(
+        "INSERT INTO soak_effects (job_id, attempt, pid) VALUES ($1, $2, $3)",
+        ctx.job.id,
+        ctx.attempt,
+        os.getpid(),
+    )

@@ -255,3 +255,60 @@ async def test_claim_whose_reply_was_lost_is_put_back_and_run(
         # Put back with the attempt given back (no handler ran), then claimed and run once.
         assert row["attempts"] == 1
         assert row["result"] == {"x": 1}
+
+
+async def test_maintenance_goes_on_when_the_workers_that_led_it_die(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Two of three workers are killed at once, both holding jobs; the third, whoever led
+    maintenance before, takes the next rounds and recovers all of them."""
+    await create_executions_table(conn)
+    args = ("--handlers", RECORDING, "--concurrency", "10", "--tenant-concurrency", "10", *FAST)
+    victims = []
+    survivor = None
+    try:
+        for tenant in ("a", "b"):
+            victim = spawn_worker(dsn, *args)
+            victims.append(victim)
+            victim_id = await worker_id_of(conn, victim.pid)
+            await conn.execute(
+                "INSERT INTO pgwake.jobs (tenant_id, kind, payload) "
+                "SELECT $1, 'record', '{\"sleep\": 6}' FROM generate_series(1, 10)",
+                tenant,
+            )
+
+            async def holds_ten(worker: uuid.UUID = victim_id) -> bool:
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM pgwake.jobs WHERE claimed_by = $1", worker
+                )
+                return bool(n == 10)
+
+            await eventually(holds_ten, timeout=30)
+        survivor = spawn_worker(dsn, *args)
+        await wait_ready(conn, 3)
+        # Both may have led maintenance rounds so far; both die together.
+        for victim in victims:
+            os.kill(victim.pid, signal.SIGKILL)
+        for victim in victims:
+            victim.communicate(timeout=10)
+
+        async def all_succeeded() -> bool:
+            n = await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'succeeded'")
+            return bool(n == 20)
+
+        await eventually(all_succeeded, timeout=60)
+        executions = await conn.fetch("SELECT pid FROM test_executions")
+        assert len(executions) == 20
+        assert {e["pid"] for e in executions} == {survivor.pid}
+        assert [r["pid"] for r in await conn.fetch("SELECT pid FROM pgwake.workers")] == [
+            survivor.pid
+        ]
+    finally:
+        for victim in victims:
+            if victim.poll() is None:
+                victim.kill()
+                victim.communicate()
+        if survivor is not None:
+            code, output = stop_process(survivor)
+            assert code == 0, output
+    assert "recovered jobs of lost workers" in output
