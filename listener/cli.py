@@ -30,6 +30,7 @@ from listener.cli_support import (
     with_connection,
 )
 from listener.config import Settings
+from listener.jobs_cli import jobs_app
 from listener.keys_cli import keys_app
 from listener.migrate import latest_version
 from listener.queries import QUERIES
@@ -48,6 +49,7 @@ app = typer.Typer(
 
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(jobs_app, name="jobs")
 
 
 @app.command("migrate")

@@ -484,6 +484,20 @@ DELETE FROM pgwake.workers AS w
                     WHERE j.claimed_by = w.id AND j.status = 'running')
 RETURNING w.id;
 
+-- name: job_cancel
+-- Cancels one job through pgwake.cancel_job and says what happened: cancelled (it was
+-- queued or scheduled), requested (it is running; its worker will stop it), finished
+-- (it had already ended) or not found.
+-- $1 job id.
+WITH done AS (SELECT pgwake.cancel_job($1::bigint) AS ok)
+SELECT CASE WHEN d.ok AND j.status = 'running' THEN 'requested'
+            WHEN d.ok THEN 'cancelled'
+            WHEN j.id IS NULL THEN 'not found'
+            ELSE 'finished'
+       END AS result
+  FROM done AS d
+  LEFT JOIN pgwake.jobs AS j ON j.id = $1::bigint;
+
 -- name: workers_wake
 -- Wakes every listening worker (after promoting jobs, for example).
 -- No parameters.

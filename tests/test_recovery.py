@@ -17,6 +17,7 @@ import asyncpg
 from listener.api import JobContext
 from listener.registry import Registry
 from tests.conftest import eventually, running_worker, spawn_worker, stop_process, wait_ready
+from tests.test_cli import pgwake
 from tests.test_processes import RECORDING, create_executions_table
 
 # Fast enough for tests, still well above scheduling noise.
@@ -312,3 +313,45 @@ async def test_maintenance_goes_on_when_the_workers_that_led_it_die(
             code, output = stop_process(survivor)
             assert code == 0, output
     assert "recovered jobs of lost workers" in output
+
+
+async def test_jobs_cancel_cli(dsn: str, conn: asyncpg.Connection) -> None:
+    await create_executions_table(conn)
+    queued = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (kind, run_at) VALUES ('record', now() + interval '1 hour') "
+        "RETURNING id"
+    )
+    worker = spawn_worker(dsn, "--handlers", RECORDING, *FAST)
+    try:
+        running = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, payload) VALUES ('record', '{\"sleep\": 60}') "
+            "RETURNING id"
+        )
+
+        async def is_running() -> bool:
+            status = await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", running)
+            return status == "running"
+
+        await eventually(is_running, timeout=30)
+        done = pgwake("jobs", "cancel", str(queued), str(running), "--json", dsn=dsn)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {str(queued): "cancelled", str(running): "requested"}
+
+        async def both_cancelled() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM pgwake.jobs WHERE id = ANY($1) AND status = 'cancelled'",
+                [queued, running],
+            )
+            return bool(n == 2)
+
+        await eventually(both_cancelled, timeout=10)
+        again = pgwake("jobs", "cancel", str(running), "999999", dsn=dsn)
+        assert again.returncode == 1
+        assert f"job {running}: finished" in again.stdout
+        assert "job 999999: not found" in again.stdout
+        assert f"could not cancel job(s) {running} (finished), 999999 (not found)" in again.stderr
+        bad = pgwake("jobs", "cancel", "abc", dsn=dsn)
+        assert bad.returncode == 2
+    finally:
+        code, output = stop_process(worker)
+    assert code == 0, output

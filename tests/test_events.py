@@ -1,0 +1,103 @@
+"""Job events: one NOTIFY on pgwake_events per status change, switchable off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+
+from listener.api import JobContext
+from listener.registry import Registry
+from tests.conftest import eventually, running_worker
+
+
+def registry() -> Registry:
+    reg = Registry()
+
+    @reg.handler("ok")
+    async def ok(_payload: dict[str, Any], _ctx: JobContext) -> None:
+        return None
+
+    @reg.handler("boom")
+    async def boom(_payload: dict[str, Any], _ctx: JobContext) -> None:
+        raise RuntimeError("boom")
+
+    return reg
+
+
+async def listen(dsn: str, events: list[dict[str, Any]]) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn)
+    await conn.add_listener(
+        "pgwake_events", lambda _c, _p, _ch, payload: events.append(json.loads(payload))
+    )
+    return conn
+
+
+async def test_each_status_change_is_announced(dsn: str, conn: asyncpg.Connection) -> None:
+    events: list[dict[str, Any]] = []
+    listener = await listen(dsn, events)
+    try:
+        async with running_worker(dsn, registry(), poll_interval=3600, retry_base=0.05):
+            ok_id = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('acme', 'ok') RETURNING id"
+            )
+            boom_id = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind, max_attempts) VALUES ('boom', 2) RETURNING id"
+            )
+            later_id = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind, run_at) VALUES ('ok', now() + interval '1 day') "
+                "RETURNING id"
+            )
+            await conn.fetchval("SELECT pgwake.cancel_job($1)", later_id)
+
+            def statuses(job_id: int) -> list[str]:
+                return [e["status"] for e in events if e["id"] == job_id]
+
+            async def settled() -> bool:
+                return statuses(boom_id)[-1:] == ["failed"] and statuses(ok_id)[-1:] == [
+                    "succeeded"
+                ]
+
+            await eventually(settled, timeout=15)
+        assert statuses(ok_id) == ["queued", "running", "succeeded"]
+        # A retry goes scheduled, then queued again when due, then the last attempt fails.
+        assert statuses(boom_id) == [
+            "queued", "running", "scheduled", "queued", "running", "failed"
+        ]  # fmt: skip
+        assert statuses(later_id) == ["scheduled", "cancelled"]
+        first = next(e for e in events if e["id"] == ok_id)
+        assert first == {"id": ok_id, "tenant": "acme", "kind": "ok", "status": "queued"}
+    finally:
+        await listener.close()
+
+
+async def test_events_can_be_switched_off(dsn: str, conn: asyncpg.Connection) -> None:
+    events: list[dict[str, Any]] = []
+    listener = await listen(dsn, events)
+    try:
+        # The worker's own changes: off by its setting.
+        async with running_worker(dsn, registry(), poll_interval=3600, job_events=False):
+            job_id = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind) VALUES ('ok') RETURNING id"
+            )
+
+            async def done() -> bool:
+                status = await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", job_id)
+                return status == "succeeded"
+
+            await eventually(done, timeout=15)
+        # An application's inserts: off for its session (or role, or database).
+        await conn.execute("SET pgwake.job_events = 'off'")
+        await conn.execute("INSERT INTO pgwake.jobs (kind) VALUES ('ok')")
+        await conn.execute("SELECT pg_notify('pgwake_events', '{\"sentinel\": true}')")
+        sentinel = {"sentinel": True}
+        await eventually(lambda: asyncio.sleep(0, result=sentinel in events), timeout=5)
+        # Only the insert made before SET, and the sentinel.
+        assert events == [
+            {"id": job_id, "tenant": "default", "kind": "ok", "status": "queued"},
+            sentinel,
+        ]
+    finally:
+        await listener.close()
