@@ -119,7 +119,15 @@ async def test_hung_worker_loses_its_job_and_its_late_writes_change_nothing(
             return holder
 
         hung_id = await eventually(first_holder, timeout=30)
+        claimed_at = time.monotonic()
         hung_pid = await conn.fetchval("SELECT pid FROM pgwake.workers WHERE id = $1", hung_id)
+
+        async def taken_away() -> bool:
+            holder = await conn.fetchval("SELECT claimed_by FROM pgwake.jobs WHERE id = $1", job_id)
+            return holder != hung_id
+
+        await eventually(taken_away, timeout=30, interval=0.05)
+        detected = time.monotonic() - claimed_at
 
         async def finished() -> asyncpg.Record | None:
             row: asyncpg.Record | None = await conn.fetchrow(
@@ -164,6 +172,7 @@ async def test_hung_worker_loses_its_job_and_its_late_writes_change_nothing(
         await eventually(second_done, timeout=30)
     finally:
         outputs = [stop_process(w) for w in workers]
+    print(f"\nhung worker (heartbeat timeout 3 s) lost its job {detected:.2f}s after the claim")
     hung_output = next(
         out for w, (_, out) in zip(workers, outputs, strict=True) if w.pid == hung_pid
     )

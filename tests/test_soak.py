@@ -16,6 +16,7 @@ import time
 
 import anyio
 import asyncpg
+import pytest
 
 from tests.conftest import spawn_worker
 from tests.private_server import PrivateServer
@@ -58,6 +59,8 @@ async def unfinished(dsn: str) -> int | None:
     return left
 
 
+# The run's own deadline below is the real limit; pytest's default timeout is not.
+@pytest.mark.timeout(int(900 + JOBS * SLEEP / 10))
 async def test_soak_under_chaos(private_server: PrivateServer) -> None:  # noqa: F811
     dsn = private_server.dsn
     rng = random.Random(SEED)
@@ -93,6 +96,7 @@ async def test_soak_under_chaos(private_server: PrivateServer) -> None:  # noqa:
             if left == 0:
                 break
             assert time.monotonic() - started < 600 + JOBS * SLEEP / 10, "soak did not finish"
+            print(f"soak: {left} unfinished after {time.monotonic() - started:.0f}s", flush=True)
             if rng.random() < 0.7:
                 victim = rng.choice(workers)
                 victim.kill()
@@ -110,7 +114,8 @@ async def test_soak_under_chaos(private_server: PrivateServer) -> None:  # noqa:
                 await conn.fetch("SELECT status, count(*) FROM pgwake.jobs GROUP BY status")
             )
             effects = await conn.fetch(
-                "SELECT job_id, count(*) AS n, array_agg(pid) AS pids "
+                "SELECT job_id, count(*) AS n, array_agg(pid) AS pids, "
+                "array_agg(attempt) AS attempts "
                 "FROM soak_effects GROUP BY job_id"
             )
             missing = await conn.fetchval(
@@ -127,14 +132,21 @@ async def test_soak_under_chaos(private_server: PrivateServer) -> None:  # noqa:
     assert codes == [0] * WORKERS, (codes, (private_server.root / "workers.log").read_text())
     duplicated = [e for e in effects if e["n"] > 1]
     duplicates = sum(e["n"] - 1 for e in duplicated)
+    # A job runs twice when a worker running it was killed, or when the handler's own
+    # write committed while a PostgreSQL restart cut its reply: the handler saw an
+    # error and the job was retried (in the same process). Anything else is a bug.
+    after_kill = [e for e in duplicated if set(e["pids"]) & killed]
+    after_restart = [e for e in duplicated if not set(e["pids"]) & killed]
     print(
         f"\nsoak: {JOBS} jobs, {WORKERS} workers, {kills} kills, {restarts} restarts of "
         f"PostgreSQL in {elapsed:.0f}s; statuses {status}; lost 0; missing effects {missing}; "
-        f"duplicates {duplicates} in {len(duplicated)} jobs (seed {SEED})"
+        f"duplicates {duplicates} in {len(duplicated)} jobs: {len(after_kill)} whose worker "
+        f"was killed, {len(after_restart)} retried after a restart (seed {SEED})"
     )
     assert status == {"succeeded": JOBS}, status
     assert missing == 0
     assert len(effects) == JOBS
-    # At-least-once: a job ran twice only when a worker running it was killed.
+    # No attempt ever ran twice: every repeat was a new attempt.
     for job in duplicated:
-        assert set(job["pids"]) & killed, dict(job)
+        assert len(set(job["attempts"])) == len(job["attempts"]), dict(job)
+    assert restarts > 0 or not after_restart, [dict(e) for e in after_restart]
