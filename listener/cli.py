@@ -118,6 +118,15 @@ def run_cmd(
     maintenance_interval: Annotated[
         float | None, typer.Option(help="Seconds between recovery rounds.")
     ] = None,
+    retention_succeeded: Annotated[
+        float | None, typer.Option(help="Seconds to keep succeeded jobs.")
+    ] = None,
+    retention_failed: Annotated[
+        float | None, typer.Option(help="Seconds to keep failed jobs.")
+    ] = None,
+    retention_cancelled: Annotated[
+        float | None, typer.Option(help="Seconds to keep cancelled jobs.")
+    ] = None,
     job_events: Annotated[
         bool | None,
         typer.Option(
@@ -176,6 +185,9 @@ def run_cmd(
         heartbeat_timeout=heartbeat_timeout,
         maintenance_interval=maintenance_interval,
         job_events=job_events,
+        retention_succeeded=retention_succeeded,
+        retention_failed=retention_failed,
+        retention_cancelled=retention_cancelled,
         tenant_db_max_connections=tenant_db_max_connections,
         tenant_db_per_tenant=tenant_db_per_tenant,
         tenant_db_idle_ttl=tenant_db_idle_ttl,

@@ -92,6 +92,24 @@ class Settings(BaseModel):
         le=3600,
         description="Seconds between rounds of recovery of lost workers' jobs.",
     )
+    retention_succeeded: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=10 * 366 * 86_400,
+        description="Seconds a succeeded job is kept after it finished.",
+    )
+    retention_failed: float = Field(
+        default=14 * 86_400.0,
+        gt=0,
+        le=10 * 366 * 86_400,
+        description="Seconds a failed job (a dead letter) is kept after it finished.",
+    )
+    retention_cancelled: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=10 * 366 * 86_400,
+        description="Seconds a cancelled job is kept after it finished.",
+    )
     job_events: bool = Field(
         default=True,
         description="Send a NOTIFY on pgwake_events for each status change this worker "

@@ -6,12 +6,16 @@ Invariants:
   holding it is told to stop its handler, which then records ``cancelled`` (no retry).
 - It exits 0 when every job given was cancelled or its cancellation requested, and 1
   when any was already finished or does not exist (named on stderr).
+- ``retry`` touches only failed or cancelled jobs; ``purge`` only finished ones, and asks
+  for confirmation (or ``--yes``). No command here ever changes a running job's row
+  except through ``pgwake.cancel_job``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import asyncpg
 import typer
@@ -28,7 +32,189 @@ from listener.cli_support import (
 )
 from listener.queries import QUERIES
 
-jobs_app = typer.Typer(help="Act on jobs: cancel.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="Look at and act on jobs: list, show, retry, cancel, purge.", no_args_is_help=True
+)
+
+STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's jobs.")]
+KindOpt = Annotated[str | None, typer.Option("--kind", help="Only jobs of this kind.")]
+
+
+def _settings_url(dsn: str | None, config: Any, data_dir: Any) -> Any:
+    return settings_from(dsn=dsn, config=config, data_dir=data_dir)
+
+
+def _check_status(status: str | None, allowed: tuple[str, ...]) -> None:
+    if status is not None and status not in allowed:
+        raise fail(f"--status must be one of {', '.join(allowed)}; got {status!r}", 2)
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, default=str)
+
+
+@jobs_app.command("list")
+def list_cmd(
+    tenant: TenantOpt = None,
+    kind: KindOpt = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help=f"One of {', '.join(STATUSES)}.")
+    ] = None,
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than", min=0, help="Only jobs created at least this many seconds ago."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="Page size.")] = 50,
+    before: Annotated[
+        int | None,
+        typer.Option("--before", help="Only ids below this (the last id of the previous page)."),
+    ] = None,
+    as_json: JsonOpt = False,
+    dsn: DsnOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """List jobs, newest first. Page with --before LAST_ID."""
+    _check_status(status, STATUSES)
+    settings = _settings_url(dsn, config, data_dir)
+
+    async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+        rows = await conn.fetch(
+            QUERIES["jobs_list"], tenant, kind, status, older_than, limit, before
+        )
+        return [dict(r) for r in rows]
+
+    with database(settings, announce=False) as url:
+        rows = with_connection(url, fetch)
+    if as_json:
+        typer.echo(_json({"jobs": rows, "next_before": rows[-1]["id"] if rows else None}))
+        return
+    typer.echo(f"{'id':>10} {'status':<10} {'tenant':<16} {'kind':<24} {'att':>7}  error")
+    for r in rows:
+        attempts = f"{r['attempts']}/{r['max_attempts']}"
+        typer.echo(
+            f"{r['id']:>10} {r['status']:<10} {r['tenant_id'][:16]:<16} {r['kind'][:24]:<24} "
+            f"{attempts:>7}  {(r['error'] or '')[:80]}"
+        )
+    if len(rows) == limit:
+        typer.echo(f"(more: --before {rows[-1]['id']})")
+
+
+@jobs_app.command("show")
+def show_cmd(
+    job_id: Annotated[int, typer.Argument(help="The job's id.")],
+    as_json: JsonOpt = False,
+    dsn: DsnOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Show one job: every column, including payload, progress, result and error."""
+    settings = _settings_url(dsn, config, data_dir)
+
+    async def fetch(conn: asyncpg.Connection) -> dict[str, Any] | None:
+        row = await conn.fetchrow(QUERIES["job_show"], job_id)
+        return dict(row) if row is not None else None
+
+    with database(settings, announce=False) as url:
+        job = with_connection(url, fetch)
+    if job is None:
+        raise fail(f"job {job_id} not found", 1)
+    if as_json:
+        typer.echo(_json(job))
+        return
+    for key, value in job.items():
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+        if key == "last_error" and value:
+            typer.echo(f"{key}:\n{value}")
+        else:
+            typer.echo(f"{key}: {'' if shown is None else shown}")
+
+
+@jobs_app.command("retry")
+def retry_cmd(
+    job_ids: Annotated[
+        list[int] | None,
+        typer.Argument(help="Ids of failed or cancelled jobs.", show_default=False),
+    ] = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Every failed job (narrow with --kind, --tenant).")
+    ] = False,
+    kind: KindOpt = None,
+    tenant: TenantOpt = None,
+    as_json: JsonOpt = False,
+    dsn: DsnOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run failed or cancelled jobs again: queued now, attempts reset, last error kept."""
+    if bool(job_ids) == failed:
+        raise fail("give job ids, or --failed (with --kind/--tenant to narrow), not both", 2)
+    if job_ids and (kind or tenant):
+        raise fail("--kind and --tenant go with --failed, not with job ids", 2)
+    settings = _settings_url(dsn, config, data_dir)
+
+    async def retry(conn: asyncpg.Connection) -> list[int]:
+        rows = await conn.fetch(QUERIES["jobs_retry"], job_ids or None, kind, tenant)
+        if rows:
+            await conn.execute(QUERIES["workers_wake"])
+        return [r["id"] for r in rows]
+
+    with database(settings, announce=False) as url:
+        retried = with_connection(url, retry, what="retry")
+    if as_json:
+        typer.echo(_json({"retried": retried}))
+    else:
+        typer.echo(
+            f"queued again: {len(retried)} job(s)"
+            + (f" ({', '.join(map(str, retried))})" if retried and len(retried) <= 20 else "")
+        )
+    missing = sorted(set(job_ids or ()) - set(retried))
+    if missing:
+        raise fail(
+            "not retried (not failed or cancelled, or not found): " + ", ".join(map(str, missing)),
+            1,
+        )
+
+
+@jobs_app.command("purge")
+def purge_cmd(
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help=f"One of {', '.join(FINISHED)} (default: all three)."),
+    ] = None,
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than", min=0, help="Only jobs that finished at least this many seconds ago."
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+    dsn: DsnOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Delete finished jobs now (never queued, scheduled or running ones)."""
+    _check_status(status, FINISHED)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise fail("refusing to purge without --yes (no terminal to confirm on)", 2)
+        what = status or "finished"
+        age = f" that finished over {older_than:g}s ago" if older_than is not None else ""
+        typer.confirm(f"Delete every {what} job{age}?", abort=True)
+    settings = _settings_url(dsn, config, data_dir)
+
+    async def purge(conn: asyncpg.Connection) -> int:
+        deleted: int = await conn.fetchval(QUERIES["jobs_purge"], status, older_than)
+        return deleted
+
+    with database(settings, announce=False) as url:
+        deleted = with_connection(url, purge, what="purge")
+    typer.echo(_json({"purged": deleted}) if as_json else f"purged {deleted} job(s)")
 
 
 @jobs_app.command("cancel")

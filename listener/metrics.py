@@ -119,6 +119,12 @@ class Metrics:
             "Recovery rounds this worker ran as maintenance leader.",
             registry=r,
         )
+        self.jobs_pruned = Counter(
+            "pgwake_jobs_pruned",
+            "Finished jobs deleted past their retention by this worker, by status.",
+            ["status"],
+            registry=r,
+        )
         self.jobs_recovered = Counter(
             "pgwake_jobs_recovered",
             "Running jobs of lost workers put back by this worker as maintenance leader, "

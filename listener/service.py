@@ -37,6 +37,7 @@ from listener.queries import QUERIES
 from listener.recovery import Recoverer
 from listener.redact import display_dsn, redact
 from listener.registry import Registry
+from listener.retention import Pruner
 from listener.retry import Backoff
 from listener.sdnotify import Notifier as SdNotifier
 from listener.tenant_pools import TenantPools
@@ -186,6 +187,16 @@ class Service:
             heartbeat_timeout=s.heartbeat_timeout,
         )
 
+        pruner = Pruner(
+            pool,
+            self.metrics,
+            {
+                "succeeded": s.retention_succeeded,
+                "failed": s.retention_failed,
+                "cancelled": s.retention_cancelled,
+            },
+        )
+
         async def claim_then_close() -> None:
             try:
                 await claimer.run()
@@ -200,6 +211,7 @@ class Service:
             await background.start(promoter.run)
             await background.start(heartbeat.run)
             await background.start(recoverer.run)
+            await background.start(pruner.run)
             await background.start(tenant_pools.run)
             background.start_soon(self.sd.watchdog_loop)
             async with anyio.create_task_group() as work:

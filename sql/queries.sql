@@ -484,6 +484,65 @@ DELETE FROM pgwake.workers AS w
                     WHERE j.claimed_by = w.id AND j.status = 'running')
 RETURNING w.id;
 
+-- name: jobs_list
+-- Jobs, newest first, filtered; NULL filters match everything. Paged by id: $6 gives
+-- the last id of the previous page (NULL for the first page).
+-- $1 tenant, $2 kind, $3 status, $4 created at least this many seconds ago,
+-- $5 page size, $6 list only ids below this.
+SELECT j.id, j.tenant_id, j.kind, j.status, j.priority, j.attempts, j.max_attempts,
+       j.created_at, j.run_at, j.started_at, j.finished_at,
+       split_part(j.last_error, E'\n', 1) AS error
+  FROM pgwake.jobs AS j
+ WHERE ($1::text IS NULL OR j.tenant_id = $1)
+   AND ($2::text IS NULL OR j.kind = $2)
+   AND ($3::text IS NULL OR j.status = $3)
+   AND ($4::float8 IS NULL OR j.created_at < now() - make_interval(secs => $4::float8))
+   AND ($6::bigint IS NULL OR j.id < $6)
+ ORDER BY j.id DESC
+ LIMIT $5::int;
+
+-- name: job_show
+-- One job, every column.
+-- $1 job id.
+SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
+       j.max_attempts, j.unique_key, extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
+       j.claimed_by, j.created_at, j.run_at, j.started_at, j.finished_at,
+       j.cancel_requested_at, j.progress, j.result, j.last_error
+  FROM pgwake.jobs AS j
+ WHERE j.id = $1;
+
+-- name: jobs_retry
+-- Runs finished jobs again: failed or cancelled jobs (by id, or all failed ones of a
+-- kind and tenant) go back to queued with their attempts reset, due now. last_error is
+-- kept. Returns the ids queued again.
+-- $1 job ids (bigint[], NULL: select by status), $2 kind or NULL, $3 tenant or NULL.
+WITH retried AS (
+    UPDATE pgwake.jobs AS j
+       SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+           result = NULL, progress = NULL, cancel_requested_at = NULL
+     WHERE j.status IN ('failed', 'cancelled')
+       AND CASE WHEN $1::bigint[] IS NOT NULL THEN j.id = ANY ($1::bigint[])
+                ELSE j.status = 'failed'
+                     AND ($2::text IS NULL OR j.kind = $2)
+                     AND ($3::text IS NULL OR j.tenant_id = $3) END
+    RETURNING j.id, j.tenant_id, j.kind
+)
+SELECT r.id FROM retried AS r
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, 'queued') AS e;
+
+-- name: jobs_purge
+-- Deletes finished jobs (never queued, scheduled or running ones) with status $1 (NULL:
+-- every finished status) that finished more than $2 seconds ago (NULL: any time).
+-- Returns how many.
+WITH purged AS (
+    DELETE FROM pgwake.jobs AS j
+     WHERE j.status IN ('succeeded', 'failed', 'cancelled')
+       AND ($1::text IS NULL OR j.status = $1)
+       AND ($2::float8 IS NULL OR j.finished_at < now() - make_interval(secs => $2::float8))
+    RETURNING 1
+)
+SELECT count(*)::int FROM purged;
+
 -- name: job_cancel
 -- Cancels one job through pgwake.cancel_job and says what happened: cancelled (it was
 -- queued or scheduled), requested (it is running; its worker will stop it), finished
@@ -497,6 +556,31 @@ SELECT CASE WHEN d.ok AND j.status = 'running' THEN 'requested'
        END AS result
   FROM done AS d
   LEFT JOIN pgwake.jobs AS j ON j.id = $1::bigint;
+
+-- name: jobs_prune
+-- One batch of retention: deletes up to $3 jobs with status $1 (succeeded, failed or
+-- cancelled only) that finished more than $2 seconds ago, oldest first. Takes the
+-- retention lock for its transaction first; leader is false (and nothing is deleted)
+-- when another worker holds it.
+-- $1 status, $2 retention in seconds, $3 batch size.
+WITH leader AS (
+    SELECT pg_try_advisory_xact_lock(1885828964, 0) AS ok
+),
+doomed AS (
+    SELECT j.id
+      FROM pgwake.jobs AS j
+     WHERE (SELECT ok FROM leader)
+       AND j.status = $1::text
+       AND j.status IN ('succeeded', 'failed', 'cancelled')
+       AND j.finished_at < now() - make_interval(secs => $2::float8)
+     ORDER BY j.finished_at
+     LIMIT $3::int
+       FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM pgwake.jobs AS j WHERE j.id IN (SELECT id FROM doomed) RETURNING 1
+)
+SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS deleted;
 
 -- name: workers_wake
 -- Wakes every listening worker (after promoting jobs, for example).

@@ -14,7 +14,11 @@ from typing import Any
 
 import asyncpg
 
+from listener import db
 from listener.api import JobContext
+from listener.metrics import Metrics
+from listener.queries import QUERIES
+from listener.recovery import Recoverer
 from listener.registry import Registry
 from tests.conftest import eventually, running_worker, spawn_worker, stop_process, wait_ready
 from tests.test_cli import pgwake
@@ -364,3 +368,65 @@ async def test_jobs_cancel_cli(dsn: str, conn: asyncpg.Connection) -> None:
     finally:
         code, output = stop_process(worker)
     assert code == 0, output
+
+
+async def test_recovery_round_requeues_or_fails_and_keeps_the_reason(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """One round of the leader, on rows as a dead and a hung worker leave them."""
+    timeout = 20.0
+    uptime = await conn.fetchval("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")
+    if uptime < timeout + 1:  # a freshly started server judges only by the timeout
+        await asyncio.sleep(timeout + 1 - uptime)
+    dead, hung = uuid.uuid4(), uuid.uuid4()
+    for worker, age in ((dead, "2 seconds"), (hung, "1 hour")):
+        await conn.execute(
+            "INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency, heartbeat_at) "
+            f"VALUES ($1, 'h', 7, '{{k}}', 4, now() - interval '{age}')",
+            worker,
+        )
+    # The hung worker's process is alive: its liveness lock is held (here, by us).
+    hung_key = await conn.fetchval("SELECT lock_key FROM pgwake.workers WHERE id = $1", hung)
+    assert await conn.fetchval(QUERIES["worker_lock"], hung_key)
+    jobs = {}
+    for name, worker, max_attempts in (
+        ("dead_retry", dead, 3),
+        ("dead_last", dead, 1),
+        ("hung_retry", hung, 3),
+    ):
+        jobs[name] = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, max_attempts) VALUES ('k', $1) RETURNING id",
+            max_attempts,
+        )
+        await conn.execute(
+            "UPDATE pgwake.jobs SET status = 'running', claimed_by = $1, attempts = 1 "
+            "WHERE id = $2",
+            worker,
+            jobs[name],
+        )
+    pool = await db.create_pool(dsn, size=2)
+    metrics = Metrics()
+    try:
+        recoverer = Recoverer(
+            pool, metrics, interval=1, heartbeat_interval=0.5, heartbeat_timeout=timeout
+        )
+        done = await recoverer.round()
+    finally:
+        await pool.close()
+    assert (done.leader, done.lost_workers, done.recovered) == (True, 2, 3)
+    rows = {
+        r["id"]: r
+        for r in await conn.fetch("SELECT id, status, attempts, last_error FROM pgwake.jobs")
+    }
+    assert rows[jobs["dead_retry"]]["status"] == "queued"
+    assert rows[jobs["dead_last"]]["status"] == "failed"
+    assert rows[jobs["hung_retry"]]["status"] == "queued"
+    assert {r["attempts"] for r in rows.values()} == {1}  # the lost attempt counts
+    assert "died (its liveness lock was released)" in rows[jobs["dead_last"]]["last_error"]
+    assert "sent no heartbeat for" in rows[jobs["hung_retry"]]["last_error"]
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.workers") == 0
+    sample = metrics.registry.get_sample_value
+    assert sample("pgwake_workers_lost_total", {"why": "gone"}) == 1
+    assert sample("pgwake_workers_lost_total", {"why": "hung"}) == 1
+    assert sample("pgwake_jobs_recovered_total", {"status": "failed"}) == 1
+    assert sample("pgwake_jobs_recovered_total", {"status": "queued"}) == 2
