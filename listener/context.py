@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from listener.errors import ConfigurationError
 from listener.jobs import Job
+from listener.progress import JobProgress
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -26,6 +27,7 @@ class JobContext:
     job: Job
     log: Any  # a structlog BoundLogger with job_id, tenant, kind and attempt bound
     databases: TenantDatabases | None = None
+    progress_reporter: JobProgress | None = None
 
     @property
     def tenant(self) -> str:
@@ -41,6 +43,17 @@ class JobContext:
     def is_last_attempt(self) -> bool:
         """True when a failure now fails the job for good."""
         return self.job.attempt >= self.job.max_attempts
+
+    async def progress(
+        self, done: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress: ``done`` out of ``total`` (None when unknown), with an
+        optional message. Visible in ``jobs.progress``, ``pgwake jobs show`` and on
+        ``pgwake_events``; written at most once a second (the last report always is)."""
+        if self.progress_reporter is None:
+            JobProgress.value(done, total, message)  # still refuse nonsense
+            return
+        await self.progress_reporter.report(done, total, message)
 
     def tenant_db(self) -> AbstractAsyncContextManager[PoolConnectionProxy]:
         """A connection to this tenant's own database::

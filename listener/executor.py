@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from listener.context import JobContext
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
 from listener.jobs import Job, Outcome, OutcomeStatus
+from listener.progress import JobProgress, ProgressWriter
 from listener.redact import redact
 from listener.registry import Registry
 from listener.retry import Backoff
@@ -70,11 +71,16 @@ class Executor:
     """Runs jobs with the registry's handlers."""
 
     def __init__(
-        self, registry: Registry, backoff: Backoff, databases: TenantDatabases | None = None
+        self,
+        registry: Registry,
+        backoff: Backoff,
+        databases: TenantDatabases | None = None,
+        progress: ProgressWriter | None = None,
     ) -> None:
         self._registry = registry
         self._backoff = backoff
         self._databases = databases
+        self._progress = progress
         self._log = structlog.get_logger().bind(logger="executor")
 
     def _failure(self, job: Job, error: str, delay: float | None = None) -> Outcome:
@@ -117,11 +123,14 @@ class Executor:
                 "failed",
                 error=redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS],
             )
-        ctx = JobContext(job=job, log=log, databases=self._databases)
+        reporter = JobProgress(job, self._progress) if self._progress is not None else None
+        ctx = JobContext(job=job, log=log, databases=self._databases, progress_reporter=reporter)
         timed_out = False
         try:
             with anyio.move_on_after(job.timeout) as scope:
                 result = await handler.fn(payload, ctx)
+                if reporter is not None:
+                    await reporter.flush()  # the last progress reported, before the outcome
             timed_out = scope.cancelled_caught
         except Snooze as exc:
             return Outcome(

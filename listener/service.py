@@ -33,6 +33,7 @@ from listener.maintenance import Promoter
 from listener.metrics import Metrics, Sampler
 from listener.migrate import check_schema
 from listener.notifier import Listener
+from listener.progress import ProgressWriter
 from listener.queries import QUERIES
 from listener.recovery import Recoverer
 from listener.redact import display_dsn, redact
@@ -161,7 +162,12 @@ class Service:
             idle_ttl=s.tenant_db_idle_ttl,
         )
         databases = TenantDatabases(pool, self.keyring, tenant_pools)
-        executor = Executor(self.registry, Backoff(base=s.retry_base, cap=s.retry_cap), databases)
+        executor = Executor(
+            self.registry,
+            Backoff(base=s.retry_base, cap=s.retry_cap),
+            databases,
+            ProgressWriter(pool, self.worker_id),
+        )
         claimer = Claimer(
             pool,
             self.worker_id,

@@ -543,6 +543,27 @@ WITH purged AS (
 )
 SELECT count(*)::int FROM purged;
 
+-- name: job_progress
+-- Stores a running job's progress, fenced on worker and attempt, and announces it on
+-- pgwake_events (status running, with the progress) unless job events are off.
+-- Returns whether the row was updated.
+-- $1 job id, $2 worker id, $3 attempt, $4 progress (jsonb).
+WITH updated AS (
+    UPDATE pgwake.jobs AS j
+       SET progress = $4::jsonb
+     WHERE j.id = $1
+       AND (j.status = 'running' AND j.claimed_by = $2 AND j.attempts = $3) IS TRUE
+    RETURNING j.id, j.tenant_id, j.kind
+),
+announced AS (
+    SELECT pg_notify('pgwake_events',
+                     json_build_object('id', u.id, 'tenant', u.tenant_id, 'kind', u.kind,
+                                       'status', 'running', 'progress', $4::jsonb)::text)
+      FROM updated AS u
+     WHERE coalesce(current_setting('pgwake.job_events', true), '') <> 'off'
+)
+SELECT EXISTS (SELECT 1 FROM updated) AND (SELECT count(*) FROM announced) >= 0;
+
 -- name: job_cancel
 -- Cancels one job through pgwake.cancel_job and says what happened: cancelled (it was
 -- queued or scheduled), requested (it is running; its worker will stop it), finished

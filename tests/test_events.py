@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import anyio
 import asyncpg
 
 from listener.api import JobContext
@@ -99,5 +100,68 @@ async def test_events_can_be_switched_off(dsn: str, conn: asyncpg.Connection) ->
             {"id": job_id, "tenant": "default", "kind": "ok", "status": "queued"},
             sentinel,
         ]
+    finally:
+        await listener.close()
+
+
+async def test_progress_is_stored_throttled_and_announced(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    reg = Registry()
+    halfway = anyio.Event()
+    proceed = anyio.Event()
+
+    @reg.handler("steps")
+    async def steps(_payload: dict[str, Any], ctx: JobContext) -> str:
+        await ctx.progress(1, 3, "first")  # written at once
+        await ctx.progress(2, 3, "second")  # within the second: held back...
+        halfway.set()
+        await proceed.wait()
+        await ctx.progress(3, 3, "last")  # ...replaced by this, written when the job ends
+        return "ok"
+
+    @reg.handler("nonsense")
+    async def nonsense(_payload: dict[str, Any], ctx: JobContext) -> None:
+        await ctx.progress(-1)
+
+    events: list[dict[str, Any]] = []
+    listener = await listen(dsn, events)
+    try:
+        async with running_worker(dsn, reg, poll_interval=3600):
+            job_id = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind) VALUES ('steps') RETURNING id"
+            )
+            await halfway.wait()
+            stored = await conn.fetchval("SELECT progress FROM pgwake.jobs WHERE id = $1", job_id)
+            assert (stored["done"], stored["total"], stored["message"]) == (1, 3, "first")
+            proceed.set()
+
+            async def succeeded() -> bool:
+                return any(e["id"] == job_id and e["status"] == "succeeded" for e in events)
+
+            await eventually(succeeded, timeout=15)
+            bad_id = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind, max_attempts) VALUES ('nonsense', 1) RETURNING id"
+            )
+
+            async def bad_failed() -> str | None:
+                error: str | None = await conn.fetchval(
+                    "SELECT last_error FROM pgwake.jobs WHERE id = $1 AND status = 'failed'",
+                    bad_id,
+                )
+                return error
+
+            error = await eventually(bad_failed, timeout=15)
+        final = await conn.fetchval("SELECT progress FROM pgwake.jobs WHERE id = $1", job_id)
+        assert (final["done"], final["total"], final["message"]) == (3, 3, "last")
+        mine = [e for e in events if e["id"] == job_id]
+        assert [(e["status"], (e.get("progress") or {}).get("message")) for e in mine] == [
+            ("queued", None),
+            ("running", None),
+            ("running", "first"),
+            ("running", "last"),
+            ("succeeded", None),
+        ]
+        assert "ValueError: progress done cannot be negative (-1)" in error
     finally:
         await listener.close()
