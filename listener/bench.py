@@ -17,6 +17,9 @@ Workloads:
   default 1,000,000 queued jobs over 10,000 tenants): wall-clock p50/p99 per claim,
   measured in this process, and the shared buffers one claim touches (EXPLAIN
   ANALYZE, BUFFERS). The claims are real: each commits and marks its jobs running.
+- ``retention``: claim latency on a queue of 100,000 jobs beside 1,000,000 finished
+  ones past their retention, first alone, then while the retention pruner deletes all
+  1,000,000 in batches; also how long the pruning took.
 - ``recovery``: one worker holds 20 running jobs (each sleeps 5 s); a second worker is
   started; the first is killed with SIGKILL. Reports how long until the 20 jobs were
   put back (detection) and until the second worker had finished them all, with the
@@ -261,6 +264,122 @@ def median_run(runs: Sequence[FairnessRun]) -> FairnessRun:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionRun:
+    """Claim latency with and without retention pruning alongside."""
+
+    finished: int
+    queued: int
+    claims_alone: int
+    alone_p50_ms: float
+    alone_p99_ms: float
+    claims_while_pruning: int
+    pruning_p50_ms: float
+    pruning_p99_ms: float
+    pruning_max_ms: float
+    pruned: int
+    pruning_s: float
+
+
+async def _time_claims(
+    conn: asyncpg.Connection, worker: uuid.UUID, *, count: int | None, until: anyio.Event | None
+) -> list[float]:
+    """Claim 32 jobs at a time, one claim after another, ``count`` times or until
+    ``until`` is set; the wall-clock time of each claim in milliseconds."""
+    claim = await conn.prepare(QUERIES["job_claim"])
+    times: list[float] = []
+    cursor = ""
+    while (count is None or len(times) < count) and (until is None or not until.is_set()):
+        began = time.perf_counter()
+        rows = await claim.fetch(worker, ["noop"], 32, 32, [], [], cursor)
+        times.append((time.perf_counter() - began) * 1000)
+        cursor = rows[-1]["walk_end"] or ""
+    return times
+
+
+async def retention_cost(
+    server_dsn: str, *, finished: int = 1_000_000, queued: int = 100_000
+) -> list[RetentionRun]:
+    """The retention workload (see the module docstring)."""
+    from listener.metrics import Metrics  # noqa: PLC0415 - only for this workload
+    from listener.retention import Pruner  # noqa: PLC0415
+
+    async with bench_database(server_dsn) as dsn:
+        conn = await db.connect(dsn)
+        pool = await db.create_pool(dsn, size=2)
+        try:
+            chunk = 100_000
+            for first in range(0, finished, chunk):
+                await conn.execute(
+                    QUERIES["bench_insert_finished"], first, min(chunk, finished - first), 100
+                )
+            for first in range(0, queued, chunk):
+                await conn.execute(
+                    QUERIES["bench_enqueue_spread"], first, min(chunk, queued - first), 100
+                )
+            await conn.execute(QUERIES["bench_analyze"])
+            worker = uuid.uuid4()
+            await conn.execute(QUERIES["worker_register"], worker, "bench", 0, ["noop"], 32, None)
+            alone = await _time_claims(conn, worker, count=300, until=None)
+            pruner = Pruner(
+                pool,
+                Metrics(),
+                {"succeeded": 86_400.0, "failed": 86_400.0, "cancelled": 86_400.0},
+            )
+            done = anyio.Event()
+            pruned = 0
+            began = time.monotonic()
+
+            async def prune() -> None:
+                nonlocal pruned
+                try:
+                    pruned = await pruner.prune()
+                finally:
+                    done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(prune)
+                during = await _time_claims(conn, worker, count=None, until=done)
+            pruning_s = time.monotonic() - began
+        finally:
+            await pool.close()
+            await conn.close()
+    return [
+        RetentionRun(
+            finished=finished,
+            queued=queued,
+            claims_alone=len(alone),
+            alone_p50_ms=round(percentile(alone, 50), 2),
+            alone_p99_ms=round(percentile(alone, 99), 2),
+            claims_while_pruning=len(during),
+            pruning_p50_ms=round(percentile(during, 50), 2),
+            pruning_p99_ms=round(percentile(during, 99), 2),
+            pruning_max_ms=round(max(during), 2),
+            pruned=pruned,
+            pruning_s=round(pruning_s, 1),
+        )
+    ]
+
+
+def render_retention(runs: Sequence[RetentionRun]) -> str:
+    """The retention figures as a table."""
+    lines = []
+    for r in runs:
+        lines += [
+            f"{r.finished} finished jobs past retention, {r.queued} queued",
+            (
+                f"claims alone:        {r.claims_alone:>6}  p50 {r.alone_p50_ms:g} ms  "
+                f"p99 {r.alone_p99_ms:g} ms"
+            ),
+            (
+                f"claims while pruning: {r.claims_while_pruning:>5}  p50 {r.pruning_p50_ms:g} ms  "
+                f"p99 {r.pruning_p99_ms:g} ms  max {r.pruning_max_ms:g} ms"
+            ),
+            f"pruned {r.pruned} in {r.pruning_s:g} s",
+        ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
 class RecoveryRun:
     """One kill -9 of a worker holding jobs."""
 
@@ -430,7 +549,7 @@ def render_fairness(runs: Sequence[FairnessRun]) -> str:
 
 
 def as_json(
-    results: dict[str, Sequence[FairnessRun] | Sequence[ClaimScale] | Sequence[RecoveryRun]],
+    results: dict[str, Sequence[Any]],
 ) -> str:
     """The results of each workload as JSON."""
     return json.dumps({name: [asdict(r) for r in rows] for name, rows in results.items()})

@@ -255,7 +255,7 @@ def enqueue_cmd(
         typer.echo(f"enqueued job {row['id']} ({row['status']})")
 
 
-BENCH_WORKLOADS = ("fairness", "claim", "recovery")
+BENCH_WORKLOADS = ("fairness", "claim", "retention", "recovery")
 
 
 @app.command("bench")
@@ -286,6 +286,9 @@ def bench_cmd(
         int, typer.Option(min=1, help="claim: queued jobs at the large scale.")
     ] = 1_000_000,
     claims: Annotated[int, typer.Option(min=1, help="claim: claims timed per scale.")] = 500,
+    finished: Annotated[
+        int, typer.Option(min=1, help="retention: finished jobs past their retention.")
+    ] = 1_000_000,
     batch: Annotated[int, typer.Option(min=1, help="claim: jobs asked for per claim.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     dsn: DsnOpt = None,
@@ -324,6 +327,10 @@ def bench_cmd(
                     url, tenants=tenants, queued=queued, claims=claims, batch=batch
                 ),
             )
+        if "retention" in chosen:
+            results["retention"] = guard(
+                run_async, lambda: bench.retention_cost(url, finished=finished)
+            )
         if "recovery" in chosen:
             results["recovery"] = guard(run_async, lambda: bench.recovery(url, repeat=repeat))
     if as_json:
@@ -332,6 +339,7 @@ def bench_cmd(
     renders: dict[str, Callable[[Any], str]] = {
         "fairness": bench.render_fairness,
         "claim": bench.render_claim,
+        "retention": bench.render_retention,
         "recovery": bench.render_recovery,
     }
     typer.echo("\n\n".join(renders[name](rows) for name, rows in results.items()))

@@ -731,6 +731,14 @@ SELECT count(*)::int
   JOIN pgwake.workers AS w ON w.id = j.claimed_by
  WHERE j.status = 'running' AND w.pid = $1;
 
+-- name: bench_insert_finished
+-- Inserts $2 succeeded jobs that finished two days ago, spread over $3 tenants and
+-- numbered from $1 (retention benchmark).
+INSERT INTO pgwake.jobs (tenant_id, kind, status, attempts, created_at, finished_at)
+SELECT 'bench-t' || (g % $3::int), 'noop', 'succeeded', 1,
+       now() - interval '2 days', now() - interval '2 days'
+  FROM generate_series($1::int, $1::int + $2::int - 1) AS g;
+
 -- name: bench_finished
 -- How many jobs have finished (succeeded or failed).
 -- No parameters.

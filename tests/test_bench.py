@@ -84,6 +84,16 @@ def test_bench_recovery_smoke(server_dsn: str) -> None:
     assert run["finished_s"] >= 5
 
 
+def test_bench_retention_smoke(server_dsn: str) -> None:
+    done = pgwake("bench", "retention", "--finished", "5000", "--json", dsn=server_dsn, timeout=240)
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["retention"]
+    assert run["pruned"] == 5000
+    assert run["claims_alone"] == 300
+    assert run["claims_while_pruning"] >= 1
+    assert run["alone_p50_ms"] <= run["alone_p99_ms"]
+
+
 def test_bench_unknown_workload() -> None:
     done = pgwake("bench", "nosuch")
     assert done.returncode == 2
