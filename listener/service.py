@@ -40,6 +40,7 @@ from listener.redact import display_dsn, redact
 from listener.registry import Registry
 from listener.retention import Pruner
 from listener.retry import Backoff
+from listener.schedules import Scheduler
 from listener.sdnotify import Notifier as SdNotifier
 from listener.tenant_pools import TenantPools
 from listener.tenants import TenantDatabases
@@ -218,6 +219,7 @@ class Service:
             await background.start(heartbeat.run)
             await background.start(recoverer.run)
             await background.start(pruner.run)
+            await background.start(Scheduler(pool).run)
             await background.start(tenant_pools.run)
             background.start_soon(self.sd.watchdog_loop)
             async with anyio.create_task_group() as work:

@@ -603,6 +603,77 @@ deleted AS (
 )
 SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS deleted;
 
+-- name: schedules_leader
+-- Takes the schedules lock for the rest of the calling transaction: true for at most
+-- one worker at a time, which enqueues this round's due slots.
+-- No parameters.
+SELECT pg_try_advisory_xact_lock(1885828965, 0);
+
+-- name: schedules_due
+-- Enabled schedules whose next slot has come (or was never computed), locked for the
+-- rest of the leader's transaction, and the database's clock.
+-- No parameters.
+SELECT s.name, s.cron, s.timezone, s.kind, s.payload, s.tenant_id, s.priority,
+       s.max_attempts, s.missed, s.next_run_at, now() AS db_now
+  FROM pgwake.schedules AS s
+ WHERE s.enabled AND (s.next_run_at IS NULL OR s.next_run_at <= now())
+ ORDER BY s.next_run_at NULLS FIRST
+   FOR UPDATE SKIP LOCKED;
+
+-- name: schedule_enqueue
+-- Enqueues one slot of a schedule: one job for its tenant, or one for every tenant in
+-- pgwake.tenants when it has none. unique_key names the schedule and the slot.
+-- $1 tenant or NULL, $2 kind, $3 payload, $4 priority, $5 max attempts, $6 unique key.
+-- Returns how many jobs were enqueued.
+WITH targets AS (
+    SELECT $1::text AS tenant_id WHERE $1::text IS NOT NULL
+    UNION ALL
+    SELECT t.tenant_id FROM pgwake.tenants AS t WHERE $1::text IS NULL
+),
+inserted AS (
+    INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, max_attempts, unique_key)
+    SELECT t.tenant_id, $2, $3::jsonb, $4, $5, $6 FROM targets AS t
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*)::int FROM inserted;
+
+-- name: schedule_advance
+-- Moves a schedule to its next slot after enqueuing the due ones.
+-- $1 name, $2 next slot, $3 the last slot enqueued (NULL: none this time).
+UPDATE pgwake.schedules
+   SET next_run_at = $2, last_slot = coalesce($3, last_slot)
+ WHERE name = $1;
+
+-- name: schedule_disable
+-- Disables a schedule the leader cannot evaluate, with the reason.
+-- $1 name, $2 reason.
+UPDATE pgwake.schedules
+   SET enabled = false, last_error = $2, updated_at = now()
+ WHERE name = $1;
+
+-- name: schedule_add
+-- Adds a schedule (next_run_at is computed by the next round of the leader).
+-- $1 name, $2 cron, $3 time zone, $4 kind, $5 payload, $6 tenant or NULL, $7 priority,
+-- $8 max attempts, $9 missed-slot policy.
+INSERT INTO pgwake.schedules (name, cron, timezone, kind, payload, tenant_id, priority,
+                              max_attempts, missed)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9)
+RETURNING name;
+
+-- name: schedules_list
+-- Every schedule, by name.
+-- No parameters.
+SELECT name, cron, timezone, kind, payload, tenant_id, priority, max_attempts, missed,
+       enabled, next_run_at, last_slot, last_error, created_at
+  FROM pgwake.schedules
+ ORDER BY name;
+
+-- name: schedule_remove
+-- Removes a schedule; jobs it enqueued stay. Returns the name, or nothing.
+-- $1 name.
+DELETE FROM pgwake.schedules WHERE name = $1 RETURNING name;
+
 -- name: workers_wake
 -- Wakes every listening worker (after promoting jobs, for example).
 -- No parameters.

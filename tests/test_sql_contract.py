@@ -313,3 +313,20 @@ async def test_late_completion_from_a_worker_that_lost_the_job_changes_nothing(
     )
     assert [r["id"] for r in done] == [job_id]
     assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id=$1", job_id) == "succeeded"
+
+
+async def test_priority_never_starves_another_tenant(conn: asyncpg.Connection) -> None:
+    """Priority orders jobs within a tenant only: a tenant whose jobs all have the
+    lowest priority is still served in the same claim as one full of urgent jobs."""
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, priority) "
+        "SELECT 'urgent', 'k', 1000 FROM generate_series(1, 100)"
+    )
+    lowly = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, priority) VALUES ('lowly', 'k', -1000) "
+        "RETURNING id"
+    )
+    worker = await register(conn)
+    rows = await claim(conn, worker, 10, cursor="")
+    assert len(rows) == 10
+    assert lowly in [r["id"] for r in rows]

@@ -281,6 +281,47 @@ async def test_delayed_job_is_scheduled_then_runs(dsn: str, conn: asyncpg.Connec
     assert row["started_at"] >= row["run_at"]
 
 
+async def test_delayed_jobs_start_on_time_without_polling(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Jobs due 2 s ahead (inserted while the worker idles with an hour-long poll) are
+    promoted and claimed at their run_at; the lateness is printed, not asserted."""
+    registry = Registry()
+
+    @registry.handler("later")
+    async def later(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    async with running_worker(dsn, registry, poll_interval=3600):
+        ids = [
+            await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind, run_at) "
+                f"VALUES ('later', now() + interval '{2000 + 150 * i} milliseconds') "
+                "RETURNING id"
+            )
+            for i in range(5)
+        ]
+
+        async def all_done() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM pgwake.jobs WHERE id = ANY($1) AND status = 'succeeded'",
+                ids,
+            )
+            return bool(n == len(ids))
+
+        await eventually(all_done, timeout=15)
+    late = [
+        r["late_ms"]
+        for r in await conn.fetch(
+            "SELECT 1000 * extract(epoch FROM started_at - run_at)::float8 AS late_ms "
+            "FROM pgwake.jobs WHERE id = ANY($1) ORDER BY id",
+            ids,
+        )
+    ]
+    assert all(ms >= 0 for ms in late), late  # never before its time
+    print(f"\ndelayed jobs started {', '.join(f'{ms:.1f}' for ms in late)} ms after run_at")
+
+
 async def test_stop_drains_running_jobs_and_puts_back_the_rest(
     dsn: str, conn: asyncpg.Connection
 ) -> None:

@@ -1,0 +1,178 @@
+"""Cron schedules: slots computed in the schedule's time zone, enqueued once per slot
+across the fleet, missed slots by policy, and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import anyio
+import asyncpg
+import pytest
+
+from listener import db
+from listener.schedules import Scheduler, due_slots
+from tests.conftest import spawn_worker, stop_process, wait_ready
+from tests.test_cli import pgwake
+
+
+def test_due_slots_skip_and_catch_up() -> None:
+    start = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    now = start + timedelta(minutes=3, seconds=30)
+    skip, following = due_slots("* * * * *", "UTC", start, now, "skip")
+    assert skip == [start + timedelta(minutes=3)]
+    assert following == start + timedelta(minutes=4)
+    every, following = due_slots("* * * * *", "UTC", start, now, "catch_up")
+    assert every == [start + timedelta(minutes=m) for m in range(4)]
+    assert following == start + timedelta(minutes=4)
+
+
+def test_slots_follow_the_time_zone_across_dst() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    # 09:00 Paris is 08:00 UTC in winter and 07:00 UTC in summer (DST from 29 March).
+    before = datetime(2026, 3, 27, 9, 0, tzinfo=paris)
+    now = datetime(2026, 3, 30, 12, 0, tzinfo=paris)
+    slots, _ = due_slots("0 9 * * *", "Europe/Paris", before, now, "catch_up")
+    assert [s.astimezone(UTC).hour for s in slots] == [8, 8, 7, 7]
+
+
+async def add_schedule(conn: asyncpg.Connection, name: str, **values: object) -> None:
+    row = {"cron": "* * * * *", "kind": "tick", "tenant_id": "acme", "missed": "skip"}
+    row.update(values)
+    columns = ", ".join(["name", *row])
+    params = ", ".join(f"${i}" for i in range(1, len(row) + 2))
+    await conn.execute(
+        f"INSERT INTO pgwake.schedules ({columns}) VALUES ({params})", name, *row.values()
+    )
+
+
+async def test_rounds_enqueue_each_slot_once(dsn: str, conn: asyncpg.Connection) -> None:
+    ago = await conn.fetchval("SELECT date_trunc('minute', now()) - interval '3 minutes'")
+    await add_schedule(conn, "skipper", next_run_at=ago)
+    await add_schedule(conn, "catcher", next_run_at=ago, missed="catch_up")
+    await add_schedule(conn, "fan_out", next_run_at=ago, tenant_id=None)
+    await add_schedule(conn, "new")  # next_run_at NULL: computed, nothing enqueued yet
+    await add_schedule(conn, "broken", cron="61 * * * *", next_run_at=ago)
+    await add_schedule(conn, "paused", next_run_at=ago, enabled=False)
+    await conn.execute("INSERT INTO pgwake.tenants (tenant_id) VALUES ('t1'), ('t2')")
+    pools = [await db.create_pool(dsn, size=1) for _ in range(3)]
+    try:
+        # Three workers' rounds at once: one leads, the others skip.
+        results = await asyncio.gather(*(Scheduler(p).round() for p in pools))
+        assert sorted(r for r in results if r is not None) == [1 + 4 + 2]
+        assert results.count(None) == 2
+        assert await Scheduler(pools[0]).round() == 0  # nothing is due twice
+    finally:
+        for pool in pools:
+            await pool.close()
+    jobs = await conn.fetch("SELECT tenant_id, unique_key FROM pgwake.jobs ORDER BY unique_key")
+    keys = [j["unique_key"] for j in jobs]
+    assert len([k for k in keys if k.startswith("schedule:skipper:")]) == 1
+    assert len([k for k in keys if k.startswith("schedule:catcher:")]) == 4
+    assert sorted(
+        j["tenant_id"] for j in jobs if j["unique_key"].startswith("schedule:fan_out")
+    ) == [
+        "t1",
+        "t2",
+    ]
+    rows = {r["name"]: r for r in await conn.fetch("SELECT * FROM pgwake.schedules")}
+    now = await conn.fetchval("SELECT now()")
+    for name in ("skipper", "catcher", "fan_out", "new"):
+        assert now < rows[name]["next_run_at"] <= now + timedelta(minutes=1)
+    assert rows["broken"]["enabled"] is False
+    assert "invalid cron '61 * * * *'" in rows["broken"]["last_error"]
+    assert rows["paused"]["next_run_at"] == ago
+
+
+async def test_schedules_cli(dsn: str, conn: asyncpg.Connection) -> None:
+    added = pgwake(
+        "schedules", "add", "nightly", "--cron", "0 3 * * *", "--kind", "report",
+        "--tenant", "acme", "--timezone", "Europe/Paris", "--payload", '{"full": true}',
+        dsn=dsn,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "added schedule nightly: 0 3 * * * (Europe/Paris) enqueues report for tenant acme" in (
+        added.stdout
+    )
+    again = pgwake("schedules", "add", "nightly", "--cron", "0 3 * * *", "--kind", "r", dsn=dsn)
+    assert again.returncode == 1
+    assert "schedule 'nightly' exists already" in again.stderr
+    listed = json.loads(pgwake("schedules", "list", "--json", dsn=dsn).stdout)["schedules"]
+    assert [(s["name"], s["payload"], s["missed"]) for s in listed] == [
+        ("nightly", {"full": True}, "skip")
+    ]
+    for args, message in (
+        (("--cron", "0 3 * *"), "must have 5 fields"),
+        (("--cron", "0 25 * * *"), "invalid cron '0 25 * * *'"),
+        (("--cron", "0 3 * * *", "--timezone", "Mars/Olympus"), "unknown time zone"),
+        (("--cron", "0 3 * * *", "--missed", "later"), "--missed must be one of skip, catch_up"),
+        (("--cron", "0 3 * * *", "--payload", "[1]"), "--payload must be a JSON object"),
+    ):
+        bad = pgwake("schedules", "add", "x", "--kind", "k", *args, dsn=dsn)
+        assert bad.returncode == 2, (args, bad.stderr)
+        assert message in bad.stderr
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.schedules") == 1
+    removed = pgwake("schedules", "remove", "nightly", dsn=dsn)
+    assert removed.returncode == 0
+    gone = pgwake("schedules", "remove", "nightly", dsn=dsn)
+    assert gone.returncode == 1
+    assert "schedule 'nightly' does not exist" in gone.stderr
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.skipif(
+    os.environ.get("PGWAKE_SKIP_SLOW") == "1", reason="PGWAKE_SKIP_SLOW=1: minutes long"
+)
+async def test_every_minute_with_three_workers_and_a_restart(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """`*/1 * * * *` for about 3.5 minutes, 3 worker processes, every worker stopped
+    across one slot: exactly one job per minute slot, none lost (skip policy: the
+    missed slot is enqueued late, once)."""
+    await add_schedule(conn, "minutely", cron="*/1 * * * *", kind="noop")
+    args = ("--poll-interval", "60")
+    workers = [spawn_worker(dsn, *args) for _ in range(3)]
+    started = await conn.fetchval("SELECT now()")
+    try:
+        await wait_ready(conn, 3)
+        await anyio.sleep(75)
+        outputs = [stop_process(w) for w in workers]
+        assert all(code == 0 for code, _ in outputs)
+        # Down across a slot boundary.
+        await anyio.sleep(65)
+        workers = [spawn_worker(dsn, *args) for _ in range(3)]
+        await wait_ready(conn, 3)
+        await anyio.sleep(70)
+    finally:
+        for w in workers:
+            stop_process(w)
+    ended = await conn.fetchval("SELECT now()")
+    keys = [
+        r["unique_key"]
+        for r in await conn.fetch(
+            "SELECT unique_key FROM pgwake.jobs WHERE unique_key LIKE 'schedule:minutely:%' "
+            "ORDER BY unique_key"
+        )
+    ]
+    slots = [datetime.fromisoformat(k.removeprefix("schedule:minutely:")) for k in keys]
+    assert len(slots) == len(set(slots)), keys  # no slot twice
+    # Every minute from the first slot (the first after the first round) to the last one
+    # before the end.
+    first = slots[0].astimezone(UTC)
+    assert first <= started + timedelta(minutes=2)
+    expected = []
+    slot = first
+    while slot <= ended - timedelta(seconds=2):
+        expected.append(slot)
+        slot += timedelta(minutes=1)
+    assert [s.astimezone(UTC) for s in slots] == [e.astimezone(UTC) for e in expected], keys
+    # They all ran.
+    assert await conn.fetchval(
+        "SELECT count(*) FROM pgwake.jobs WHERE unique_key LIKE 'schedule:minutely:%' "
+        "AND status = 'succeeded'"
+    ) == len(expected)
+    assert len(expected) >= 3
+    print(f"\n{len(expected)} minute slots, one job each: {keys}")
