@@ -118,6 +118,11 @@ class Claimer:
         """Jobs this worker is running now."""
         return self._in_flight
 
+    @property
+    def failing(self) -> bool:
+        """True from a claim that could not reach the database until one that did."""
+        return self._outage.failing
+
     def request_cancel(self, job_ids: Sequence[int]) -> None:
         """Stop the handlers of these jobs (those running here); they end cancelled."""
         for job_id in job_ids:

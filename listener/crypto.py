@@ -18,6 +18,8 @@ Invariants:
 - No message, ``repr`` or traceback shows key material, plaintext or ciphertext: errors
   name the source, the key id (only once it is known to be a valid id), the tenant and
   the reason; ``cryptography``'s ``InvalidTag`` never escapes (raised ``from None``).
+  Every key a keyring holds is registered with listener/redact.py, so its material is
+  masked in whatever the process logs, even in text pgwake did not write.
 - Key sources, first set wins: ``PGWAKE_ENCRYPTION_KEYS`` (the key text),
   ``PGWAKE_ENCRYPTION_KEY_FILE`` (a file holding it), then the systemd credential
   ``pgwake-keys`` in ``$CREDENTIALS_DIRECTORY``. An empty variable counts as unset, as in
@@ -38,6 +40,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from listener.errors import ConfigError, PgwakeError
+from listener.redact import register_key_material
 
 KEYS_ENV = "PGWAKE_ENCRYPTION_KEYS"
 KEY_FILE_ENV = "PGWAKE_ENCRYPTION_KEY_FILE"
@@ -146,6 +149,8 @@ class Keyring:
             if key.key_id in self._ciphers:
                 raise EncryptionKeyError(f"the key id {key.key_id!r} appears more than once")
             self._ciphers[key.key_id] = AESGCM(key.material)
+            # Masked in every log line and error of this process from now on.
+            register_key_material(key.material)
 
     def __repr__(self) -> str:
         return f"Keyring(key_ids={list(self.key_ids)!r})"

@@ -1,9 +1,12 @@
 """The worker's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``.
 
 Invariants:
-- ``/healthz`` answers 200 while the process's event loop runs.
+- ``/healthz`` answers 200 while the process's event loop runs, whatever the state
+  of the database.
 - ``/readyz`` answers 200 only while the worker listens for NOTIFY and can claim;
-  503 before that, after the LISTEN connection is lost, and while stopping.
+  503 with the reason on one line (``not ready: LISTEN connection down``) before that,
+  while the LISTEN connection is down or claims cannot reach the database, and while
+  stopping. The endpoint is up before the worker first connects to the database.
 - A request is read up to its header end (at most 8 KiB) and answered with
   ``Connection: close``; nothing else is served.
 """
@@ -32,10 +35,13 @@ def parse_addr(addr: str) -> tuple[str, int]:
 class HttpEndpoint:
     """Serves the three paths for one worker."""
 
-    def __init__(self, addr: str, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, addr: str, registry: CollectorRegistry, not_ready: Callable[[], str | None]
+    ) -> None:
+        """``not_ready`` returns None when ready, else the reason."""
         self.host, self._port = parse_addr(addr)
         self._registry = registry
-        self._ready = ready
+        self._not_ready = not_ready
         self.port: int | None = None  # the bound port (useful with port 0)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -84,7 +90,8 @@ class HttpEndpoint:
         if path == "/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
-            if self._ready():
+            reason = self._not_ready()
+            if reason is None:
                 return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", b"not ready\n"
+            return "503 Service Unavailable", "text/plain", f"not ready: {reason}\n".encode()
         return "404 Not Found", "text/plain", b"not found\n"

@@ -1,22 +1,38 @@
 """Logging: structlog, JSON lines in production, readable lines on a terminal.
 
 Invariants:
-- Every event passes :func:`_redact` last before rendering, so a DSN or password in any
-  field is masked whatever the caller logged.
-- Context bound with ``structlog.contextvars`` (job_id, tenant, kind, attempt inside a
-  job) appears on every line logged in that context.
+- One pipeline for everything the process logs. structlog events and stdlib
+  ``logging`` records (asyncpg, asyncio, a handler's own ``logging.getLogger``, Python
+  warnings, an uncaught exception) are all rendered by one ``ProcessorFormatter`` on one
+  handler of the root logger, to stderr: JSON lines, or console lines on a terminal.
+- Every event is redacted (listener/redact.py) after its traceback is turned into text
+  and before anything renders it, so a DSN password or a key in any field, message,
+  exception text or traceback is masked. Stdlib records are redacted when they are
+  created, so any other handler (pytest's capture, an embedding application's own
+  handlers) gets them masked too.
+- Context bound with ``structlog.contextvars`` appears on every line logged in that
+  context: inside a job (the executor binds job_id, tenant, kind and attempt) that holds
+  for lines logged through ``ctx.log``, ``structlog.get_logger()`` and ``logging`` alike.
+- Tracebacks are plain text, never with local variables (pretty tracebacks that show
+  locals would print a connection string held in one).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
-from typing import Any, Literal
+from types import TracebackType
+from typing import Any, Literal, TextIO
 
 import structlog
+from structlog.stdlib import ProcessorFormatter
 
-from listener.redact import redact_value
+from listener.redact import MASK, is_secret_field, redact, redact_value
+
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -24,38 +40,132 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+# Keys ProcessorFormatter adds to an event for its own use; not data to redact.
+_META = frozenset({"_record", "_from_structlog"})
+# Stdlib loggers of pgwake's own modules live under this name.
+ROOT_LOGGER = "pgwake"
+
+
+# Rendered first, in this order, when present (JSON keeps the order).
+_FIRST = ("timestamp", "level", "logger", "event")
 
 
 def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
-    return {key: redact_value(value) for key, value in event.items()}
+    if isinstance(event.get("event"), str):
+        event["event"] = event["event"].rstrip()  # Python warnings end with a newline
+    keys = [k for k in _FIRST if k in event] + [k for k in event if k not in _FIRST]
+    return {
+        key: event[key]
+        if key in _META
+        else MASK
+        if is_secret_field(key)
+        else redact_value(event[key])
+        for key in keys
+    }
+
+
+def _logger_name(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """``logger``: the name bound by :func:`get_logger`, else the stdlib logger's name
+    (``asyncpg.pool``, a handler's module...)."""
+    record = event.get("_record")
+    if "logger" not in event and record is not None:
+        event["logger"] = record.name
+    return event
+
+
+class _RedactingRecordFactory:
+    """Wraps the stdlib record factory: a record's message and traceback text are
+    formatted and redacted once, at creation, for every handler."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = self.base(*args, **kwargs)
+        if isinstance(record.msg, str):  # structlog's records carry an event, redacted
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):
+                return record  # a bad format string: logging reports it when emitting
+            record.msg, record.args = redact(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact("".join(traceback.format_exception(record.exc_info[1])))
+        return record
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    structlog.get_logger(ROOT_LOGGER).critical("uncaught exception", exc_info=(kind, exc, tb))
 
 
 def configure(
-    fmt: Literal["auto", "json", "console"] = "auto",
-    level: Literal["debug", "info", "warning", "error"] = "info",
+    fmt: LogFormat = "auto", level: LogLevel = "info", *, stream: TextIO | None = None
 ) -> None:
-    """Configure structlog for the worker and the CLI (logs go to stderr)."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    """Send every log of the process to ``stream`` (default: stderr, looked up at each
+    write) in format ``fmt``; ``auto`` is console on a terminal, JSON lines otherwise.
+    Calling it again replaces the previous configuration."""
+    target = stream if stream is not None else sys.stderr
+    is_tty = target.isatty()
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if use_console
+        structlog.dev.ConsoleRenderer(colors=is_tty)
+        if fmt == "console" or (fmt == "auto" and is_tty)
         else structlog.processors.JSONRenderer()
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.format_exc_info,
             _redact,
-            renderer,
+            ProcessorFormatter.wrap_for_formatter,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler.name = ROOT_LOGGER
+    handler.setFormatter(
+        ProcessorFormatter(
+            foreign_pre_chain=[
+                *shared,
+                _logger_name,
+                structlog.processors.format_exc_info,
+                _redact,
+            ],
+            processors=[_logger_name, ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.name == ROOT_LOGGER]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, _RedactingRecordFactory):
+        logging.setLogRecordFactory(_RedactingRecordFactory(factory))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
 
 
 def get_logger(name: str) -> Any:
-    """A logger with ``logger=name`` bound."""
-    return structlog.get_logger().bind(logger=name)
+    """A logger with ``logger=name`` bound (stdlib logger ``pgwake.<name>``)."""
+    return structlog.get_logger(f"{ROOT_LOGGER}.{name}").bind(logger=name)

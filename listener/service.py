@@ -2,8 +2,13 @@
 constructs the world.
 
 Lifecycle invariants:
-- Start: pool, schema check, worker registered, LISTEN established, then claiming.
-  ``READY=1`` is sent (and ``ready`` set) only once the worker listens and can claim.
+- Start: the HTTP endpoint (``/healthz`` 200, ``/readyz`` 503 from the start), then
+  pool, schema check, worker registered, LISTEN established, then claiming. ``READY=1``
+  is sent (and ``ready`` set) only once the worker listens and can claim. A database
+  that cannot be reached at start still stops the worker (exit 4).
+- Ready (``/readyz`` 200) exactly while: started, not stopping, the LISTEN connection
+  is up, and the last claim reached the database. A lost LISTEN connection or a claim
+  that cannot reach the database makes it not ready until that path works again.
 - Stop (``stop()``, SIGTERM/SIGINT in the CLI): claiming stops at once; running jobs get
   the drain timeout; outcomes already produced are all written; whatever this worker
   still holds is put back to ``queued`` with its attempt given back; the worker row is
@@ -36,7 +41,7 @@ from listener.notifier import Listener
 from listener.progress import ProgressWriter
 from listener.queries import QUERIES
 from listener.recovery import Recoverer
-from listener.redact import display_dsn, redact
+from listener.redact import display_dsn, redact, register_dsn
 from listener.registry import Registry
 from listener.retention import Pruner
 from listener.retry import Backoff
@@ -61,6 +66,7 @@ class Service:
         if not self.registry.kinds():
             raise ConfigError("no handlers registered: nothing to run")
         self.dsn = dsn
+        register_dsn(dsn)  # its password is masked even where no URL surrounds it
         # Keys for tenants' database DSNs; a bad key configuration stops the start.
         self.keyring = load_keyring()
         self.worker_id = uuid.uuid4()
@@ -72,7 +78,9 @@ class Service:
         self.metrics = Metrics(
             top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
         )
-        self.http = HttpEndpoint(settings.metrics_addr, self.metrics.registry, self.is_ready)
+        self.http = HttpEndpoint(
+            settings.metrics_addr, self.metrics.registry, self.not_ready_reason
+        )
         self.listener = Listener(
             dsn,
             [self.claim_wake, self.promote_wake],
@@ -98,9 +106,21 @@ class Service:
         if self.claimer is not None:
             self.claimer.abandon_all()
 
+    def not_ready_reason(self) -> str | None:
+        """None while listening for NOTIFY and able to claim; else why not."""
+        if self._stopping:
+            return "stopping"
+        if not self.ready.is_set():
+            return "starting"
+        if not self.listener.listening:
+            return "LISTEN connection down"
+        if self.claimer is not None and self.claimer.failing:
+            return "claims cannot reach the database"
+        return None
+
     def is_ready(self) -> bool:
         """Listening for NOTIFY and able to claim (what /readyz reports)."""
-        return self.ready.is_set() and self.listener.listening and not self._stopping
+        return self.not_ready_reason() is None
 
     def stop(self, *, now: bool = False) -> None:
         """Begin a graceful stop; ``now`` cuts the drain short."""
@@ -115,6 +135,16 @@ class Service:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped; returns after a clean drain."""
+        async with anyio.create_task_group() as endpoint:
+            # First, so probes get an answer (not ready) while the rest starts, and a
+            # port in use stops the worker before it touches the database.
+            await endpoint.start(self.http.run)
+            try:
+                await self._run(task_status)
+            finally:
+                endpoint.cancel_scope.cancel()
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
         s = self.settings
         pool = await db.create_pool(
             self.dsn, size=POOL_SIZE, session_settings=self.session_settings
@@ -212,7 +242,6 @@ class Service:
 
         sampler = Sampler(pool, self.metrics, tenant_pools, interval=s.metrics_interval)
         async with anyio.create_task_group() as background:
-            await background.start(self.http.run)
             await background.start(self.listener.run)
             await background.start(sampler.run)
             await background.start(promoter.run)

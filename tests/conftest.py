@@ -4,6 +4,11 @@ Which server: ``PGWAKE_TEST_DSN`` if set; else the server at ``PGWAKE_TEST_PROBE
 (default 127.0.0.1:5432) if it answers; else an embedded PostgreSQL started for the
 session. Each test gets ``CREATE DATABASE ... TEMPLATE`` of a database migrated once,
 and it is dropped ``WITH (FORCE)`` afterwards.
+
+Logs: the test process logs through pgwake's own pipeline (listener/logs.py, console
+format), and tests/secret_watch.py collects every log of the session (captured output,
+subprocess output, worker and server log files) and every secret the tests use; the
+session fails if any secret appears in any log (see the hooks at the end).
 """
 
 from __future__ import annotations
@@ -27,15 +32,19 @@ import anyio
 import asyncpg
 import pytest
 
-from listener import db
+from listener import db, logs
 from listener.config import load_settings
 from listener.db import with_database
 from listener.migrate import migrate
 from listener.registry import Registry
 from listener.service import Service
+from tests import secret_watch
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+secret_watch.install()
+logs.configure("console", "info")
 
 
 def _probe(addr: str) -> bool:
@@ -170,6 +179,8 @@ def spawn_worker(
     """A worker in its own process (``python -m listener run``), DSN passed by env. Its
     output is piped (read it with ``stop_process``), or written to ``log`` for long
     runs whose output could fill a pipe."""
+    if log is not None:
+        secret_watch.current().add_log_file(Path(log.name), f"worker log {log.name}")
     full_env = {
         **os.environ,
         "PGWAKE_DSN": dsn,
@@ -212,3 +223,48 @@ async def wait_ready(conn: asyncpg.Connection, count: int = 1, timeout: float = 
         return bool(n >= count)
 
     await eventually(registered, timeout=timeout)
+
+
+# --- The secret watch: no DSN password or key in any log of the session --------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        # Keys and DSNs a test put in the environment (monkeypatch.setenv...).
+        secret_watch.SESSION.harvest_env(os.environ, f"environment during {item.nodeid}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    secret_watch.SESSION.read_files()  # before fixtures delete their directories
+    return (yield)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":  # its sections hold those of every phase
+        for title, content in report.sections:
+            secret_watch.SESSION.add_log(f"{report.nodeid}: {title}", content)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    report = secret_watch.SESSION.report()
+    if session.config.getoption("capture") == "no":
+        report += " (run with -s: the test process's own output was not captured)"
+    session.config.stash[_WATCH_REPORT] = report
+    if secret_watch.SESSION.leaks():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    report = config.stash.get(_WATCH_REPORT, None)
+    if report is not None:
+        terminalreporter.write_line(report, red="LEAK" in report, bold="LEAK" in report)
+
+
+_WATCH_REPORT = pytest.StashKey[str]()

