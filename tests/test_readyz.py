@@ -1,0 +1,171 @@
+"""/readyz of a real worker process: not ready before the worker listens, not ready
+while its database is stopped or its claims cannot reach the database, ready again when
+the database is back; /healthz answers 200 throughout."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+import asyncpg
+import pytest
+
+from tests.conftest import eventually, spawn_worker, stop_process
+from tests.private_server import PrivateServer, _free_port
+from tests.test_faults import private_server, probe_start_seconds
+from tests.test_roles import as_user
+
+__all__ = ["private_server"]  # the fixture, imported for these tests
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    """Status and body of GET ``path``; (0, reason) when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        return 0, str(exc)
+
+
+async def probe(port: int, path: str = "/readyz") -> tuple[int, str]:
+    return await anyio.to_thread.run_sync(get, port, path)
+
+
+async def answers(port: int, expected: tuple[int, str], timeout: float = 60) -> None:
+    """Wait until ``/readyz`` answers ``expected``; once the endpoint is up, /healthz
+    must answer 200 at every poll."""
+
+    async def check() -> bool:
+        got = await probe(port)
+        if got[0] == 0:
+            return False  # the process has not bound its port yet
+        assert await probe(port, "/healthz") == (200, "ok\n")
+        return got == expected
+
+    await eventually(check, timeout=timeout, interval=0.05)
+
+
+READY = (200, "ready\n")
+
+
+async def test_readyz_follows_the_database_through_an_outage(
+    private_server: PrivateServer,
+) -> None:
+    port = _free_port()
+    worker = spawn_worker(private_server.dsn, env={"PGWAKE_METRICS_ADDR": f"127.0.0.1:{port}"})
+    try:
+        await answers(port, READY)
+        private_server.stop("fast")  # stopped, and it stays down for a while
+        await answers(port, (503, "not ready: LISTEN connection down\n"))
+        # It stays not ready (and alive) while the server is down, through the
+        # listener's and the claimer's retries.
+        for _ in range(20):
+            assert await probe(port) == (503, "not ready: LISTEN connection down\n")
+            assert await probe(port, "/healthz") == (200, "ok\n")
+            await anyio.sleep(0.1)
+        assert worker.poll() is None, "the worker died while the database was down"
+        private_server.start()
+        await answers(port, READY)
+        # Ready means it claims: a new job starts, woken by NOTIFY.
+        assert await probe_start_seconds(private_server.dsn) < 30
+    finally:
+        code, output = stop_process(worker)
+    assert code == 0, output
+    assert output.count("listener disconnected") == 1, output
+    assert output.count("listener reconnected") == 1, output
+
+
+async def test_readyz_is_503_before_the_worker_reaches_its_database() -> None:
+    """The HTTP endpoint comes up first: a worker whose database does not answer yet
+    is alive and not ready; when the connection fails it exits 4, as it always has."""
+    port = _free_port()
+    with socket.socket() as silent:  # accepts connections (in its backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        db_port = silent.getsockname()[1]
+        dsn = f"postgresql://app:never-shown-pw@127.0.0.1:{db_port}/app"
+        worker = spawn_worker(dsn, env={"PGWAKE_METRICS_ADDR": f"127.0.0.1:{port}"})
+        try:
+            await answers(port, (503, "not ready: starting\n"), timeout=30)
+            assert await probe(port, "/healthz") == (200, "ok\n")
+            assert worker.poll() is None
+        except BaseException:
+            stop_process(worker)
+            raise
+    # The listening socket is closed: the connection in its backlog is reset.
+    code, output = stop_process(worker, terminate=False)
+    assert code == 4, output
+    assert "cannot connect to postgresql://app:***@127.0.0.1" in output, output
+    assert "never-shown-pw" not in output
+
+
+@pytest.fixture
+async def limited_role(
+    server_dsn: str, conn: asyncpg.Connection
+) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
+    """A login role that may run a worker in the test database (not a superuser, so a
+    connection limit applies to it), and an admin connection to the server."""
+    role = f"pgwake_rz_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server_dsn)
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        for grant in (
+            f'GRANT USAGE ON SCHEMA pgwake TO "{role}"',
+            f'GRANT ALL ON ALL TABLES IN SCHEMA pgwake TO "{role}"',
+            f'GRANT ALL ON ALL SEQUENCES IN SCHEMA pgwake TO "{role}"',
+        ):
+            await conn.execute(grant)
+        yield role, admin
+    finally:
+        await conn.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+
+
+async def test_readyz_falls_when_claims_cannot_reach_the_database(
+    dsn: str, conn: asyncpg.Connection, limited_role: tuple[str, asyncpg.Connection]
+) -> None:
+    """The LISTEN connection stays up, but the claimer's connections are cut and new
+    ones refused (the role's connection limit is reached): not ready until claims
+    reach the database again."""
+    role, admin = limited_role
+    port = _free_port()
+    worker = spawn_worker(as_user(dsn, role), env={"PGWAKE_METRICS_ADDR": f"127.0.0.1:{port}"})
+    try:
+        await answers(port, READY)
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 1')
+        # Every session of the worker but the LISTEN one (whose last statement is a
+        # LISTEN or its self-notification probe).
+        cut = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE usename = $1 AND query NOT LIKE 'LISTEN %' "
+            "AND query NOT LIKE '%pg_notify($1, $2)%'",
+            role,
+        )
+        assert cut >= 2, cut  # the heartbeat's and the pool's
+        job_id = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind) VALUES ('noop') RETURNING id"
+        )  # NOTIFY: the claimer tries at once
+        await answers(port, (503, "not ready: claims cannot reach the database\n"))
+        assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", job_id) == (
+            "queued"
+        )
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+        await answers(port, READY)
+
+        async def done() -> bool:
+            status = await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", job_id)
+            return bool(status == "succeeded")
+
+        await eventually(done)
+    finally:
+        code, output = stop_process(worker)
+    assert code == 0, output
+    assert "listener disconnected" not in output, output
+    assert "claim failed" in output, output
