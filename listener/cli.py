@@ -36,6 +36,7 @@ from listener.migrate import latest_version
 from listener.queries import QUERIES
 from listener.registry import DEFAULT_REGISTRY, load_modules
 from listener.schedules_cli import schedules_app
+from listener.status_cli import status_cmd
 from listener.tenants_cli import tenants_app
 
 BUILTIN_HANDLERS = "handlers.builtin"
@@ -52,6 +53,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(schedules_app, name="schedules")
+app.command("status")(status_cmd)
 
 
 @app.command("migrate")

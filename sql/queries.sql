@@ -855,3 +855,98 @@ WITH counts AS (
 (SELECT tenant_id, jobs FROM counts ORDER BY jobs DESC, tenant_id LIMIT $1::int)
 UNION
 (SELECT tenant_id, jobs FROM counts WHERE tenant_id = ANY ($2::text[]));
+
+-- name: status_kinds
+-- For `pgwake status`: active jobs by kind and status (the view pgwake.queue_status),
+-- with the seconds the oldest queued job of the kind has been due and the next
+-- scheduled run, plus the failed jobs kept (dead letters) by kind. Each branch filters
+-- the view on one status, which the planner pushes into the view's scan, so each reads
+-- that status's partial index (jobs_ready_idx, jobs_running_idx, jobs_scheduled_idx,
+-- jobs_finished_idx) and never the history of succeeded and cancelled jobs.
+-- No parameters.
+SELECT q.kind, q.status, q.jobs,
+       extract(epoch FROM q.oldest_queued_wait)::float8 AS oldest_queued_seconds,
+       q.next_scheduled_at
+  FROM pgwake.queue_status AS q
+ WHERE q.status = 'queued'
+UNION ALL
+SELECT q.kind, q.status, q.jobs, NULL, NULL FROM pgwake.queue_status AS q
+ WHERE q.status = 'running'
+UNION ALL
+SELECT q.kind, q.status, q.jobs, NULL, q.next_scheduled_at FROM pgwake.queue_status AS q
+ WHERE q.status = 'scheduled'
+UNION ALL
+SELECT j.kind, 'failed', count(*), NULL, NULL
+  FROM pgwake.jobs AS j
+ WHERE j.status = 'failed'
+ GROUP BY j.kind;
+
+-- name: status_tenants
+-- For `pgwake status`: the $1 tenants with the most queued jobs, with their running
+-- and scheduled jobs, the seconds their oldest queued job has been due, their settings,
+-- and how many tenants have active and queued jobs in all. The same figures as the
+-- view pgwake.tenant_backlog, but read status by status, each through its partial
+-- index (the view's one scan of every active status cannot use them, and reads the
+-- whole table, history included).
+-- $1 how many tenants.
+WITH queued AS (
+    SELECT j.tenant_id, count(*) AS queued, max(now() - j.run_at) AS oldest_queued_wait
+      FROM pgwake.jobs AS j
+     WHERE j.status = 'queued'
+     GROUP BY j.tenant_id
+),
+running AS (
+    SELECT j.tenant_id, count(*) AS running
+      FROM pgwake.jobs AS j
+     WHERE j.status = 'running'
+     GROUP BY j.tenant_id
+),
+scheduled AS (
+    SELECT j.tenant_id, count(*) AS scheduled
+      FROM pgwake.jobs AS j
+     WHERE j.status = 'scheduled'
+     GROUP BY j.tenant_id
+),
+active AS (
+    SELECT tenant_id FROM queued
+    UNION SELECT tenant_id FROM running
+    UNION SELECT tenant_id FROM scheduled
+)
+SELECT a.tenant_id,
+       coalesce(q.queued, 0) AS queued,
+       coalesce(r.running, 0) AS running,
+       coalesce(s.scheduled, 0) AS scheduled,
+       extract(epoch FROM q.oldest_queued_wait)::float8 AS oldest_queued_seconds,
+       coalesce(t.paused, false) AS paused,
+       t.max_concurrency,
+       coalesce(t.weight, 1) AS weight,
+       count(*) OVER () AS active_tenants,
+       count(q.tenant_id) OVER () AS tenants_with_backlog
+  FROM active AS a
+  LEFT JOIN queued AS q ON q.tenant_id = a.tenant_id
+  LEFT JOIN running AS r ON r.tenant_id = a.tenant_id
+  LEFT JOIN scheduled AS s ON s.tenant_id = a.tenant_id
+  LEFT JOIN pgwake.tenants AS t ON t.tenant_id = a.tenant_id
+ ORDER BY queued DESC, running DESC, a.tenant_id
+ LIMIT $1::int;
+
+-- name: status_workers
+-- For `pgwake status`: every registered worker with its heartbeat's age, the jobs it
+-- runs now (jobs_running_idx) and whether its liveness lock is held; not held means
+-- the process or its connection is gone (the same lock as in workers_lost).
+-- No parameters.
+SELECT w.id, w.hostname, w.pid, w.kinds, w.concurrency, w.started_at,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_seconds,
+       (SELECT count(*) FROM pgwake.jobs AS j
+         WHERE j.claimed_by = w.id AND j.status = 'running') AS running,
+       EXISTS (SELECT 1
+                 FROM pg_locks AS l
+                WHERE l.locktype = 'advisory'
+                  AND l.database = (SELECT d.oid FROM pg_database AS d
+                                     WHERE d.datname = current_database())
+                  AND l.classid = 1885828962::oid
+                  AND l.objid = w.lock_key::oid
+                  AND l.objsubid = 2
+                  AND l.granted) AS lock_held
+  FROM pgwake.workers AS w
+ ORDER BY w.hostname, w.pid, w.id;
