@@ -343,3 +343,27 @@ async def test_secret_watch_catches_a_leak_in_a_worker_log(
     assert material not in report
     # The masked line logged just before the leak is not one.
     assert any("about to leak" in line for line in output.splitlines())
+
+
+def test_warnings_and_an_uncaught_exception_are_json_lines_masked() -> None:
+    code = (
+        "import warnings\n"
+        "from listener import logs\n"
+        "logs.configure('json')\n"
+        "warnings.warn('deprecated: postgresql://u:warn-pw@h/d')\n"
+        "raise RuntimeError('crashed on postgresql://u:crash-pw@h/d')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    warning, crash = (json.loads(line) for line in done.stderr.splitlines())
+    assert warning["logger"] == "py.warnings"
+    assert warning["event"].endswith("UserWarning: deprecated: postgresql://u:***@h/d")
+    assert (crash["level"], crash["event"]) == ("critical", "uncaught exception")
+    assert crash["exception"].endswith("RuntimeError: crashed on postgresql://u:***@h/d")
+    assert "-pw" not in done.stderr
