@@ -9,7 +9,8 @@ Invariants:
 - Claims again as soon as there is room while the last claim came back full (a
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job; otherwise waits for a wake (NOTIFY, promotion,
-  reconnect) or the poll interval.
+  reconnect) or the poll interval. A claim that could not reach the database is tried
+  again every second (at most the poll interval) until one does.
 - After ``stop()`` no new claim starts. Running jobs get ``drain_timeout`` seconds to
   finish; the rest are cancelled, and the service puts them back.
 - Every running handler has a cancel scope of its own. ``request_cancel`` stops the
@@ -198,7 +199,9 @@ class Claimer:
             # A full claim, or one where a tenant was held to its share, leaves ready
             # jobs behind: claim again as soon as there is room.
             backlog = bool(claimed) and (len(claimed) >= want or more)
-            if backlog:
+            if backlog or self._outage.failing:
+                # A failed claim is retried after its pause, not at the next wake: the
+                # worker is not ready until a claim reaches the database again.
                 continue
             if walk_cut_short and partial_walks < MAX_PARTIAL_WALKS:
                 # The walk stopped at its tenant limit (past tenants with nothing for

@@ -136,7 +136,14 @@ async def test_readyz_falls_when_claims_cannot_reach_the_database(
     reach the database again."""
     role, admin = limited_role
     port = _free_port()
-    worker = spawn_worker(as_user(dsn, role), env={"PGWAKE_METRICS_ADDR": f"127.0.0.1:{port}"})
+    # A poll far longer than the test: the failed claim is retried on its own, not at
+    # the next poll.
+    worker = spawn_worker(
+        as_user(dsn, role),
+        "--poll-interval",
+        "300",
+        env={"PGWAKE_METRICS_ADDR": f"127.0.0.1:{port}"},
+    )
     try:
         await answers(port, READY)
         await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 1')
