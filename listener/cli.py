@@ -53,7 +53,6 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(schedules_app, name="schedules")
-app.command("status")(status_cmd)
 
 
 @app.command("migrate")
@@ -258,6 +257,8 @@ def enqueue_cmd(
     else:
         typer.echo(f"enqueued job {row['id']} ({row['status']})")
 
+
+app.command("status")(status_cmd)
 
 BENCH_WORKLOADS = ("fairness", "claim", "retention", "recovery")
 

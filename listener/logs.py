@@ -29,7 +29,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.stdlib import ProcessorFormatter
 
-from listener.redact import MASK, is_secret_field, redact, redact_value
+from listener.redact import redact, redact_field
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -54,14 +54,7 @@ def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> dict
     if isinstance(event.get("event"), str):
         event["event"] = event["event"].rstrip()  # Python warnings end with a newline
     keys = [k for k in _FIRST if k in event] + [k for k in event if k not in _FIRST]
-    return {
-        key: event[key]
-        if key in _META
-        else MASK
-        if is_secret_field(key)
-        else redact_value(event[key])
-        for key in keys
-    }
+    return {key: event[key] if key in _META else redact_field(key, event[key]) for key in keys}
 
 
 def _logger_name(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
@@ -89,7 +82,8 @@ class _RedactingRecordFactory:
                 return record  # a bad format string: logging reports it when emitting
             record.msg, record.args = redact(message), None
         if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact("".join(traceback.format_exception(record.exc_info[1])))
+            text = "".join(traceback.format_exception(record.exc_info[1])).rstrip("\n")
+            record.exc_text = redact(text)  # as logging.Formatter would write it, masked
         return record
 
 

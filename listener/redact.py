@@ -96,9 +96,10 @@ def display_dsn(dsn: str) -> str:
     return redact(dsn)
 
 
-def is_secret_field(name: str) -> bool:
-    """True when a field called ``name`` holds a secret by its name alone."""
-    return _SECRET_FIELD.search(name) is not None
+def redact_field(name: str, value: Any) -> Any:
+    """The value of a field called ``name``, redacted; masked whole when the name says
+    it is a secret (``password``, ``db_password``, ``api_key``...)."""
+    return MASK if _SECRET_FIELD.search(name) else redact_value(value)
 
 
 def redact_value(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value
@@ -109,10 +110,7 @@ def redact_value(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of v
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
-        return {
-            redact(str(k)): MASK if is_secret_field(str(k)) else redact_value(v)
-            for k, v in value.items()
-        }
+        return {redact(str(k)): redact_field(str(k), v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [redact_value(item) for item in value]
     if isinstance(value, BaseException):

@@ -324,8 +324,9 @@ def status_cmd(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Queue health: jobs by kind and status, the oldest queued job, the top tenants
-    by backlog, workers and their heartbeats, kinds no live worker claims."""
+    """Queue health: jobs by kind and status, tenants, workers, unhandled kinds.
+
+    Also the oldest queued job, the workers' heartbeats and whether each is live."""
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
     with database(settings, announce=False) as url:
         status = with_connection(url, lambda conn: fetch(conn, url, settings, top))

@@ -253,11 +253,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
-    report = secret_watch.SESSION.report()
+    leaks = secret_watch.SESSION.leaks()
+    report = secret_watch.SESSION.report(leaks)
     if session.config.getoption("capture") == "no":
         report += " (run with -s: the test process's own output was not captured)"
     session.config.stash[_WATCH_REPORT] = report
-    if secret_watch.SESSION.leaks():
+    if leaks:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

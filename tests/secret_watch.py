@@ -24,7 +24,6 @@ forgot to mask is still caught.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -199,9 +198,9 @@ class SecretWatch:
                 )
         return found
 
-    def report(self) -> str:
+    def report(self, leaks: list[Leak] | None = None) -> str:
         """A summary: what was checked and every leak (secrets masked)."""
-        leaks = self.leaks()
+        leaks = self.leaks() if leaks is None else leaks
         size = sum(len(text) for _, text in self.logs)
         head = (
             f"secret watch: {len(self.secrets)} secrets looked for in {len(self.logs)} logs "
@@ -300,7 +299,6 @@ def install() -> None:
 
     asyncpg.connect = watched_connect
     asyncpg.create_pool = watched_create_pool
-    assert asyncio.iscoroutinefunction(asyncpg.connect)
 
     key_post_init = crypto.Key.__post_init__
 

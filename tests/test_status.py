@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from listener.queries import QUERIES
+from listener.redact import redact
 from tests.conftest import eventually, spawn_worker, stop_process
 from tests.test_claim_plan import nodes
 from tests.test_cli import pgwake
@@ -144,7 +145,7 @@ async def test_status_json_has_the_exact_figures(dsn: str, known_queue: dict[str
     (real,) = [w for w in status["workers"] if w["pid"] == known_queue["pid"]]
     assert real["heartbeat_age_seconds"] < 30
     assert [k["kind"] for k in status["unhandled_kinds"]] == ["orphan.kind", "report.build"]
-    assert status["database"] == dsn  # no password to mask in the test's DSN
+    assert status["database"] == redact(dsn)  # the test's DSN, any password masked
 
 
 async def test_status_tables(dsn: str, known_queue: dict[str, Any]) -> None:
