@@ -49,6 +49,10 @@ def is_transient(exc: BaseException) -> bool:
         exc,
         (
             asyncpg.InterfaceError,
+            # What asyncpg raises, instead of a connection error, when a statement is
+            # sent on a pooled connection whose session the server has just terminated
+            # (pg_terminate_backend, a restart); the pool drops that connection.
+            asyncpg.InternalClientError,
             ConnectionError,
             OSError,
             TimeoutError,

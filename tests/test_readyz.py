@@ -41,14 +41,19 @@ async def answers(port: int, expected: tuple[int, str], timeout: float = 60) -> 
     """Wait until ``/readyz`` answers ``expected``; once the endpoint is up, /healthz
     must answer 200 at every poll."""
 
+    seen: list[tuple[int, str]] = []
+
     async def check() -> bool:
-        got = await probe(port)
-        if got[0] == 0:
+        seen.append(await probe(port))
+        if seen[-1][0] == 0:
             return False  # the process has not bound its port yet
         assert await probe(port, "/healthz") == (200, "ok\n")
-        return got == expected
+        return seen[-1] == expected
 
-    await eventually(check, timeout=timeout, interval=0.05)
+    try:
+        await eventually(check, timeout=timeout, interval=0.05)
+    except pytest.fail.Exception:
+        pytest.fail(f"/readyz did not answer {expected}; it answered {sorted(set(seen))}")
 
 
 READY = (200, "ready\n")
@@ -173,6 +178,7 @@ async def test_readyz_falls_when_claims_cannot_reach_the_database(
         await eventually(done)
     finally:
         code, output = stop_process(worker)
+        print(output)  # shown when the test fails
     assert code == 0, output
     assert "listener disconnected" not in output, output
     assert "claim failed" in output, output
