@@ -92,6 +92,14 @@ class Settings(BaseModel):
         le=3600,
         description="Seconds between rounds of recovery of lost workers' jobs.",
     )
+    maintenance_lease: float = Field(
+        default=5.0,
+        ge=1,
+        le=3600,
+        description="Seconds a maintenance leader may stall inside a round (its event "
+        "loop blocked, its process stopped) before the server ends that session and "
+        "another worker leads (idle_in_transaction_session_timeout on its sessions).",
+    )
     retention_succeeded: float = Field(
         default=86_400.0,
         gt=0,

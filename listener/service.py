@@ -52,6 +52,21 @@ from listener.wake import Wake
 POOL_SIZE = 6
 
 
+def session_settings(settings: Settings) -> dict[str, str]:
+    """Run-time parameters of every session of the worker's pool and heartbeat.
+
+    ``idle_in_transaction_session_timeout`` is the maintenance lease: a round's leader
+    holds a transaction-scoped advisory lock, and a leader that stalls inside that
+    transaction (a blocked event loop, a stopped process) would hold it, and with it
+    every round of the fleet, for as long as it stalls. The server ends such a session
+    after the lease, the lock goes with it, and the next round goes to another worker.
+    """
+    values = {"idle_in_transaction_session_timeout": str(int(settings.maintenance_lease * 1000))}
+    if not settings.job_events:
+        values["pgwake.job_events"] = "off"
+    return values
+
+
 class Service:
     """One worker process's services, wired together."""
 
@@ -79,8 +94,7 @@ class Service:
             metrics=self.metrics,
             on_cancel=self._cancel_running,
         )
-        # Run-time parameters of every session of this worker.
-        self.session_settings = {} if settings.job_events else {"pgwake.job_events": "off"}
+        self.session_settings = session_settings(settings)
         self._log = get_logger("service").bind(worker_id=str(self.worker_id))
         self._stopping = False
         # Built in run(), once the pool exists.
