@@ -795,6 +795,11 @@ INSERT INTO pgwake.jobs (tenant_id, kind)
 SELECT 'bench-t' || (g % $3::int), 'noop'
   FROM generate_series($1::int, $1::int + $2::int - 1) AS g;
 
+-- name: bench_server_uptime
+-- Seconds since the server started (the recovery benchmark waits out the grace after a
+-- server start, during which lost workers are judged by the heartbeat timeout only).
+SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8;
+
 -- name: bench_jobs_held_by_pid
 -- Running jobs held by the worker process with pid $1 (recovery benchmark).
 SELECT count(*)::int
