@@ -374,13 +374,17 @@ WITH put_back AS (
 SELECT p.id FROM put_back AS p CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
 
 -- name: job_promote_due
--- Moves up to $1 scheduled jobs whose run_at has come to queued. Safe to run from
--- several workers at once (SKIP LOCKED). Returns how many were promoted.
+-- Moves up to $1 scheduled jobs whose run_at has come to queued, on one worker at a
+-- time: it takes the promotion lock for its transaction first; leader is false (and
+-- nothing is promoted) when another worker holds it. Returns how many were promoted.
 -- $1 batch size.
-WITH due AS (
+WITH leader AS (
+    SELECT pg_try_advisory_xact_lock(1885828966, 0) AS ok
+),
+due AS (
     SELECT id
       FROM pgwake.jobs
-     WHERE status = 'scheduled' AND run_at <= now()
+     WHERE (SELECT ok FROM leader) AND status = 'scheduled' AND run_at <= now()
      ORDER BY run_at
      LIMIT $1::int
        FOR UPDATE SKIP LOCKED
@@ -388,9 +392,11 @@ WITH due AS (
     UPDATE pgwake.jobs AS j SET status = 'queued' FROM due WHERE j.id = due.id
     RETURNING j.id, j.tenant_id, j.kind
 )
-SELECT count(*)::int AS promoted
-  FROM promoted AS p
- CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
+SELECT (SELECT ok FROM leader) AS leader,
+       (SELECT count(*)::int
+          FROM promoted AS p
+         CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e)
+           AS promoted;
 
 -- name: job_next_due
 -- Seconds until the earliest scheduled job is due (0 when one is already due), or NULL

@@ -115,6 +115,9 @@ async def test_schedules_cli(dsn: str, conn: asyncpg.Connection) -> None:
         assert bad.returncode == 2, (args, bad.stderr)
         assert message in bad.stderr
     assert await conn.fetchval("SELECT count(*) FROM pgwake.schedules") == 1
+    for args in (("list", "--all"), ("remove",), ("add", "x", "--kind", "k")):
+        refused = pgwake("schedules", *args, dsn=dsn)
+        assert refused.returncode == 2, (args, refused.stderr)
     removed = pgwake("schedules", "remove", "nightly", dsn=dsn)
     assert removed.returncode == 0
     gone = pgwake("schedules", "remove", "nightly", dsn=dsn)
