@@ -62,6 +62,8 @@ class Promoter:
         async with self._pool.acquire() as conn:
             while True:
                 row = await conn.fetchrow(QUERIES["job_promote_due"], self._batch)
+                assert row is not None  # one row, always
+                leader: bool = row["leader"]
                 promoted: int = row["promoted"]
                 if promoted:
                     self.promoted += promoted
@@ -71,7 +73,7 @@ class Promoter:
             seconds: float | None = await conn.fetchval(QUERIES["job_next_due"])
         if seconds is None:
             return self._poll_interval
-        if not row["leader"]:
+        if not leader:
             # Another worker is promoting what is due now; look again shortly.
             seconds = max(seconds, LEADER_BUSY_WAIT)
         return min(seconds, self._poll_interval)
