@@ -177,11 +177,9 @@ class Service:
             idle_ttl=s.tenant_db_idle_ttl,
         )
         databases = TenantDatabases(pool, self.keyring, tenant_pools)
+        progress = ProgressWriter(pool, self.worker_id)
         executor = Executor(
-            self.registry,
-            Backoff(base=s.retry_base, cap=s.retry_cap),
-            databases,
-            ProgressWriter(pool, self.worker_id),
+            self.registry, Backoff(base=s.retry_base, cap=s.retry_cap), databases, progress
         )
         claimer = Claimer(
             pool,
@@ -235,6 +233,7 @@ class Service:
             await background.start(pruner.run)
             await background.start(Scheduler(pool).run)
             await background.start(tenant_pools.run)
+            await background.start(progress.run)
             background.start_soon(self.sd.watchdog_loop)
             async with anyio.create_task_group() as work:
                 await work.start(completer.run)
