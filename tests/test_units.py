@@ -184,3 +184,17 @@ async def test_executor_fails_unknown_kinds_and_configuration_errors_without_ret
     assert broken.status == "failed"
     assert broken.error is not None
     assert broken.error.startswith("ConfigurationError: SMTP_HOST is not set")
+
+
+def test_settings_load_for_a_user_with_no_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A systemd DynamicUser on a host without nss-systemd: no $HOME, no passwd entry.
+    import pwd
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(uid)
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    settings = load_settings({"dsn": "postgresql://db/x"}, env={})
+    assert settings.data_dir == Path("/var/lib/pgwake/pgdata")
