@@ -97,29 +97,32 @@ def container_python(root: Path) -> str:
     return os.readlink(root / "usr/bin/python3").removeprefix("python")  # -> python3.11
 
 
+def _pip(*args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pip {args[0]} failed:\n{done.stdout}{done.stderr}")
+
+
 def build_wheels(project: Path, dest: Path, python: str) -> None:
     """The project's wheel, and binary wheels of its dependencies for ``python``."""
-    pip = [sys.executable, "-m", "pip", "--quiet"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(dest), str(project)], check=True)
+    _pip("wheel", "--no-deps", "--wheel-dir", str(dest), str(project))
     (wheel,) = dest.glob("pgwake-*.whl")
     # pip does not widen a manylinux tag to older glibc versions by itself.
     platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(40, 4, -1)]
     platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
-    subprocess.run(
-        [
-            *pip,
-            "download",
-            "--dest",
-            str(dest),
-            "--only-binary=:all:",
-            "--implementation",
-            "cp",
-            "--python-version",
-            python,
-            *(arg for platform in platforms for arg in ("--platform", platform)),
-            f"{wheel}[speed]",
-        ],
-        check=True,
+    _pip(
+        "download",
+        "--dest",
+        str(dest),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python,
+        *(arg for platform in platforms for arg in ("--platform", platform)),
+        f"{wheel}[speed]",
     )
 
 

@@ -141,21 +141,21 @@ nspawn_test = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+def container(tmp_path_factory: pytest.TempPathFactory, server_dsn: str) -> Iterator[Container]:
     if not SYSTEMD_TEST:
         pytest.skip("set PGWAKE_SYSTEMD_TEST=1 to boot systemd in systemd-nspawn")
     if os.geteuid() != 0:
         pytest.skip("systemd-nspawn needs root")
+    if urlsplit(server_dsn).hostname is None:
+        pytest.skip("the container reaches PostgreSQL over TCP only")
     workdir = tmp_path_factory.mktemp("nspawn")
     with booted(ROOT, workdir, {ROOT / "tests": f"{HANDLERS_INSIDE}/tests"}) as booted_container:
         yield booted_container
 
 
 @pytest.fixture
-def systemd(container: Container, dsn: str) -> Iterator[Container]:
+def systemd(container: Container) -> Iterator[Container]:
     """The container, with every pgwake unit stopped and its settings removed after the test."""
-    if urlsplit(dsn).hostname is None:
-        pytest.skip("the container reaches PostgreSQL over TCP only")
     try:
         yield container
     finally:
@@ -352,6 +352,13 @@ async def test_a_crashed_worker_is_restarted(
     assert len(recorded) == 2
     assert recorded[0] in {"core-dump", "signal"}
     assert recorded[1] == "signal"
+    # Each restart ran the migrations first, as the first start did.
+    migrations = [
+        e["MESSAGE"]
+        for e in systemd.journal("pgwake-migrate.service", cursor)
+        if e.get("MESSAGE", "").startswith("Finished pgwake-migrate.service")
+    ]
+    assert len(migrations) == 3, migrations
     job_id = await enqueue(conn, "echo", {})
     await eventually(lambda: _succeeded(conn, job_id))
 
