@@ -260,7 +260,8 @@ class Service:
                     metrics=f"http://{self.http.host}:{self.http.port}/metrics",
                 )
                 self.ready.set()
-                self.sd.ready(self.status_line())
+                if not self._stopping:  # a stop during the start has said STOPPING=1
+                    self.sd.ready(self.status_line())
                 # systemd arms the watchdog at READY=1; pings and status lines go on
                 # through the drain, until the background tasks are cancelled.
                 background.start_soon(self.sd.watchdog_loop)
