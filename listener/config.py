@@ -26,7 +26,12 @@ ENV_PREFIX = "PGWAKE_"
 
 def default_data_dir() -> Path:
     """Where the embedded PostgreSQL keeps its data when no DSN is given."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    base = os.environ.get("XDG_DATA_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".local" / "share")
+        except RuntimeError:  # no $HOME, no passwd entry: a systemd DynamicUser, for one
+            base = "/var/lib"
     return Path(base) / "pgwake" / "pgdata"
 
 

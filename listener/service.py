@@ -3,16 +3,19 @@ constructs the world.
 
 Lifecycle invariants:
 - Start: pool, schema check, worker registered, LISTEN established, then claiming.
-  ``READY=1`` is sent (and ``ready`` set) only once the worker listens and can claim.
+  ``READY=1`` is sent (and ``ready`` set) only once the worker listens and can claim;
+  then ``WATCHDOG=1`` and ``STATUS=`` lines follow from the event loop until it stops.
 - Stop (``stop()``, SIGTERM/SIGINT in the CLI): claiming stops at once; running jobs get
   the drain timeout; outcomes already produced are all written; whatever this worker
   still holds is put back to ``queued`` with its attempt given back; the worker row is
-  removed. No job is left ``running`` by a clean stop.
+  removed. No job is left ``running`` by a clean stop. ``STOPPING=1`` extends systemd's
+  stop timeout to the drain timeout plus ``RELEASE_MARGIN``.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 
 import anyio
@@ -50,6 +53,9 @@ from listener.wake import Wake
 # each run one statement at a time; one spare so none waits for another. (The LISTEN
 # and heartbeat connections are separate.)
 POOL_SIZE = 6
+# What a stop may take beyond the drain timeout: putting back held jobs, deregistering,
+# closing connections. The stop timeout systemd enforces is extended to cover both.
+RELEASE_MARGIN = 15.0
 
 
 def session_settings(settings: Settings) -> dict[str, str]:
@@ -83,7 +89,7 @@ class Service:
         self.stopped = anyio.Event()
         self.claim_wake = Wake()
         self.promote_wake = Wake()
-        self.sd = SdNotifier()
+        self.sd = SdNotifier.from_environment()
         self.metrics = Metrics(
             top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
         )
@@ -123,9 +129,27 @@ class Service:
             self._log.info(
                 "stopping: no new claims; draining", drain_timeout=self.settings.drain_timeout
             )
-            self.sd.stopping("draining")
+            self.sd.stopping(
+                self.status_line(), within=self.settings.drain_timeout + RELEASE_MARGIN
+            )
         if self.claimer is not None:
             self.claimer.stop(now=now)
+
+    def status_line(self) -> str:
+        """The one-line summary systemd shows (``STATUS=``), from in-process counters."""
+        state = "draining" if self._stopping else "ready" if self.ready.is_set() else "starting"
+        running = self.claimer.in_flight if self.claimer is not None else 0
+        outcomes: Counter[str] = Counter()
+        for metric in self.metrics.finished.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    outcomes[sample.labels["outcome"]] += int(sample.value)
+        listener = "listening" if self.listener.listening else "not listening (reconnecting)"
+        return (
+            f"{state}: {running}/{self.settings.concurrency} running; "
+            f"{outcomes['succeeded']} succeeded, {outcomes['failed']} failed, "
+            f"{outcomes['retried']} retried; {listener}"
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped; returns after a clean drain."""
@@ -158,6 +182,7 @@ class Service:
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.close()
+            self.sd.close()
             self.stopped.set()
 
     async def _serve(
@@ -234,7 +259,6 @@ class Service:
             await background.start(Scheduler(pool).run)
             await background.start(tenant_pools.run)
             await background.start(progress.run)
-            background.start_soon(self.sd.watchdog_loop)
             async with anyio.create_task_group() as work:
                 await work.start(completer.run)
                 work.start_soon(claim_then_close)
@@ -248,8 +272,13 @@ class Service:
                     dsn=display_dsn(self.dsn),
                     metrics=f"http://{self.http.host}:{self.http.port}/metrics",
                 )
-                self.sd.ready(f"listening; {len(kinds)} kinds, concurrency {s.concurrency}")
                 self.ready.set()
+                if not self._stopping:  # a stop during the start has said STOPPING=1
+                    self.sd.ready(self.status_line())
+                # systemd arms the watchdog at READY=1; pings and status lines go on
+                # through the drain, until the background tasks are cancelled.
+                background.start_soon(self.sd.watchdog_loop)
+                background.start_soon(self.sd.status_loop, self.status_line)
                 task_status.started()
             background.cancel_scope.cancel()
 
