@@ -46,9 +46,10 @@ from listener.tenant_pools import TenantPools
 from listener.tenants import TenantDatabases
 from listener.wake import Wake
 
-# Claims, outcome writes, promotion, recovery, metrics samples and tenant-DSN lookups
-# each run one statement at a time; one spare so none waits for another. (The LISTEN
-# and heartbeat connections are separate.)
+# Claims, outcome writes, promotion, recovery, metrics samples (on the metrics leader,
+# which keeps one connection for them) and tenant-DSN lookups each run one statement at
+# a time; one spare so none waits for another. (The LISTEN and heartbeat connections
+# are separate.)
 POOL_SIZE = 6
 
 
@@ -72,6 +73,8 @@ class Service:
         self.metrics = Metrics(
             top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
         )
+        self.metrics.register_kinds(self.registry.kinds())
+        self.metrics.watch_ready(self.is_ready)
         self.http = HttpEndpoint(settings.metrics_addr, self.metrics.registry, self.is_ready)
         self.listener = Listener(
             dsn,
@@ -86,6 +89,7 @@ class Service:
         # Built in run(), once the pool exists.
         self.claimer: Claimer | None = None
         self.completer: Completer | None = None
+        self.sampler: Sampler | None = None
 
     def _cancel_running(self, job_ids: Sequence[int]) -> None:
         if self.claimer is not None:
@@ -136,6 +140,7 @@ class Service:
                 session_settings=self.session_settings,
             )
             await heartbeat.register()
+            self.metrics.watch_heartbeat(lambda: heartbeat.last_beat)
             try:
                 await self._serve(pool, heartbeat, kinds, task_status)
             finally:
@@ -162,6 +167,7 @@ class Service:
             per_tenant=s.tenant_db_per_tenant,
             idle_ttl=s.tenant_db_idle_ttl,
         )
+        self.metrics.watch_tenant_pools(tenant_pools, cap=s.tenant_db_max_connections)
         databases = TenantDatabases(pool, self.keyring, tenant_pools)
         executor = Executor(
             self.registry,
@@ -210,11 +216,11 @@ class Service:
             finally:
                 completer.close()
 
-        sampler = Sampler(pool, self.metrics, tenant_pools, interval=s.metrics_interval)
+        self.sampler = Sampler(pool, self.metrics, kinds, interval=s.metrics_interval)
         async with anyio.create_task_group() as background:
             await background.start(self.http.run)
             await background.start(self.listener.run)
-            await background.start(sampler.run)
+            await background.start(self.sampler.run)
             await background.start(promoter.run)
             await background.start(heartbeat.run)
             await background.start(recoverer.run)
