@@ -267,7 +267,6 @@ class Metrics:
                 self.jobs_recovered.labels(why, status)
         for status in PRUNED_STATUSES:
             self.jobs_pruned.labels(status)
-        self.kinds: list[str] = []
         self._claimed: dict[str, Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._duration: dict[str, Histogram] = {}
@@ -278,7 +277,6 @@ class Metrics:
         for kind in kinds:
             if kind in self._claimed:
                 continue
-            self.kinds.append(kind)
             self._claimed[kind] = self.claimed.labels(kind)
             self._latency[kind] = self.start_latency.labels(kind)
             self._duration[kind] = self.duration.labels(kind)
@@ -381,12 +379,6 @@ class Sampler:
         self._conn: asyncpg.pool.PoolConnectionProxy | None = None
         self._log = get_logger("metrics")
         self._outage = OutageLog(self._log, "metrics sample")
-        self.samples = 0
-
-    @property
-    def leader(self) -> bool:
-        """True while this worker holds the metrics lock."""
-        return self._conn is not None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Try to lead, and sample while leading, until cancelled; gives the lock back
@@ -445,7 +437,6 @@ class Sampler:
         )
         total = sum(r["jobs"] for r in depth if r["status"] == "queued")
         m.set_tenant_backlog([(r["tenant_id"], r["jobs"]) for r in top], total)
-        self.samples += 1
 
     async def _resign(self) -> None:
         """Stop leading: clear the sampled gauges, give the connection (and with it the

@@ -89,7 +89,6 @@ class Service:
         # Built in run(), once the pool exists.
         self.claimer: Claimer | None = None
         self.completer: Completer | None = None
-        self.sampler: Sampler | None = None
 
     def _cancel_running(self, job_ids: Sequence[int]) -> None:
         if self.claimer is not None:
@@ -216,11 +215,11 @@ class Service:
             finally:
                 completer.close()
 
-        self.sampler = Sampler(pool, self.metrics, kinds, interval=s.metrics_interval)
+        sampler = Sampler(pool, self.metrics, kinds, interval=s.metrics_interval)
         async with anyio.create_task_group() as background:
             await background.start(self.http.run)
             await background.start(self.listener.run)
-            await background.start(self.sampler.run)
+            await background.start(sampler.run)
             await background.start(promoter.run)
             await background.start(heartbeat.run)
             await background.start(recoverer.run)
