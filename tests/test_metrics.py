@@ -91,9 +91,11 @@ async def test_metrics_health_and_bounded_tenant_series(dsn: str, conn: asyncpg.
             }
 
         async def sampled() -> dict[Any, float] | None:
-            # A sample taken after tenant a's jobs ran: only the unhandled backlog is left.
+            # A sample taken after tenant a's jobs ran and their outcomes were stored:
+            # only the unhandled backlog is left.
             samples = await scrape(port)
-            return samples if tenant_series(samples) == expected else None
+            running = samples.get(("pgwake_queue_jobs", (("kind", "work"), ("status", "running"))))
+            return samples if tenant_series(samples) == expected and running == 0 else None
 
         samples = await eventually(sampled)
         assert samples[("pgwake_jobs_claimed_total", (("kind", "work"),))] == 7
@@ -145,9 +147,13 @@ async def test_metrics_health_and_bounded_tenant_series(dsn: str, conn: asyncpg.
             "INSERT INTO pgwake.jobs (tenant_id, kind, payload) "
             "VALUES ('a', 'work', '{\"hold\": true}')"
         )
-        await eventually(
-            lambda: conn.fetchval("SELECT count(*) = 1 FROM pgwake.jobs WHERE status = 'running'")
-        )
+
+        async def handler_running() -> bool:
+            # In the handler, not just claimed: a stop before the handler starts would
+            # end the drain at once.
+            return (await scrape(port))[("pgwake_jobs_in_flight", ())] == 1
+
+        await eventually(handler_running)
         service.stop()
         assert (await anyio.to_thread.run_sync(get, port, "/readyz"))[0] == 503
         assert (await anyio.to_thread.run_sync(get, port, "/healthz"))[0] == 200
