@@ -34,7 +34,13 @@ from datetime import datetime
 import anyio
 import asyncpg
 from anyio.abc import TaskStatus
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -43,6 +49,10 @@ from listener.logs import get_logger
 from listener.outage import OutageLog
 from listener.queries import QUERIES
 from listener.tenant_pools import TenantPools
+
+# No ``*_created`` series beside every counter and histogram: they would double the
+# series and no query here uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 # Buckets that resolve milliseconds and still tell a minute from an hour.
 LATENCY_BUCKETS = (

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from listener.metrics import Metrics
 from tests.grafana_queries import (
     DASHBOARDS,
     GRAFANA,
@@ -57,6 +58,32 @@ def schema_check(*files: Path) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def exported_samples() -> set[str]:
+    """The names a worker exports (samples, and histograms by their base name), with
+    every labelled and sampled series set."""
+    metrics = Metrics(tenants_opt_in=["t"])
+    metrics.register_kinds(["k"])
+    metrics.set_workers(1, 0.0)
+    metrics.set_queue([], ["k"])
+    metrics.set_tenant_backlog([], 0)
+    names = set()
+    for family in metrics.registry.collect():
+        names |= {sample.name for sample in family.samples}
+        if family.type == "histogram":
+            names.add(family.name)
+    return names
+
+
+def test_grafana_uses_only_exported_series() -> None:
+    """Every pgwake_ name in the dashboards, the rules and their tests is one a worker
+    exports (test_prometheus.py proves it with a real Prometheus; this needs none)."""
+    texts = [p.read_text() for p in (*DASHBOARDS, RULES, RULE_TESTS)]
+    # (pgwake_workers_* in a comment is a pattern, not a name.)
+    used = {name for text in texts for name in re.findall(r"\bpgwake_\w+\b(?!\*)", text)}
+    assert used
+    assert used - exported_samples() == set()
 
 
 def test_dashboards_exist() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -13,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from listener.api import JobContext, Registry
-from tests.conftest import eventually, running_worker
+from listener.metrics import Metrics
+from tests.conftest import ROOT, eventually, running_worker
 from tests.test_cli import pgwake
 
 
@@ -251,3 +253,23 @@ def test_bad_metrics_addr(addr: str) -> None:
     done = pgwake("run", env={"PGWAKE_METRICS_ADDR": addr})
     assert done.returncode == 3
     assert "metrics_addr must be host:port" in done.stderr
+
+
+def test_readme_lists_every_series() -> None:
+    """The README's tables under "Metrics and health" name exactly the series a worker
+    exports (counters with _total, histograms by their base name)."""
+    metrics = Metrics(tenants_opt_in=["t"])
+    metrics.register_kinds(["k"])
+    metrics.set_workers(1, 0.0)
+    metrics.set_queue([], ["k"])
+    metrics.set_tenant_backlog([], 0)
+    exported = set()
+    for family in metrics.registry.collect():
+        if family.type == "histogram":
+            exported.add(family.name)
+        else:
+            exported |= {sample.name for sample in family.samples}
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Metrics and health", 1)[1].split("\n### ", 1)[0]
+    listed = set(re.findall(r"^\| `(pgwake_\w+)`", section, re.MULTILINE))
+    assert listed == exported
