@@ -25,7 +25,7 @@ RULES = GRAFANA / "prometheus" / "pgwake-alerts.yml"
 RULE_TESTS = GRAFANA / "prometheus" / "pgwake-alerts.test.yml"
 
 _VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
-_LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$", re.DOTALL)
+_LABEL_VALUES = re.compile(r"^label_values\((.+),\s*(\w+)\)$", re.DOTALL)
 _SET_OPERATORS = ("and", "or", "unless")
 _COMPARISONS = ("==", "!=", ">=", "<=", ">", "<")
 _MODIFIER = re.compile(
@@ -74,7 +74,7 @@ def variable_queries(dashboard: dict[str, Any], variables: dict[str, str]) -> li
         text = query["query"] if isinstance(query, dict) else query
         match = _LABEL_VALUES.match(substitute(text, variables).strip())
         assert match, f"variable {variable['name']}: not a label_values query: {text}"
-        metric, label = match.group(1) or "{__name__=~'pgwake_.+'}", match.group(2)
+        metric, label = match.groups()
         queries.append((variable["name"], f"count by ({label}) ({metric})"))
     return queries
 
