@@ -26,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -400,10 +401,13 @@ class Sampler:
                 try:
                     await self.round()
                 except Exception as exc:
-                    if not is_transient(exc):
+                    # InternalClientError: the server ended the session between two
+                    # messages of the protocol (pg_terminate_backend, a restart), and no
+                    # query can start on that connection; it is dropped like a lost one.
+                    if not (is_transient(exc) or isinstance(exc, asyncpg.InternalClientError)):
                         raise
                     self._outage.failed(exc)
-                    await self._resign()
+                    await self._resign(broken=True)
                 else:
                     self._outage.succeeded()
                 await anyio.sleep(self._interval)
@@ -419,6 +423,9 @@ class Sampler:
             got = False
             try:
                 got = bool(await conn.fetchval(QUERIES["metrics_leader"]))
+            except BaseException:
+                _terminate(conn)  # in whatever state it is; the pool opens another
+                raise
             finally:
                 if not got:
                     await self._pool.release(conn)
@@ -448,17 +455,27 @@ class Sampler:
         total = sum(r["jobs"] for r in depth if r["status"] == "queued")
         m.set_tenant_backlog([(r["tenant_id"], r["jobs"]) for r in top], total)
 
-    async def _resign(self) -> None:
+    async def _resign(self, *, broken: bool = False) -> None:
         """Stop leading: clear the sampled gauges, give the connection (and with it the
-        lock: the pool's reset releases advisory locks) back."""
+        lock: the pool's reset releases advisory locks) back; a ``broken`` one is closed
+        first."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
         self._metrics.set_leader(False)
         self._log.info("no longer the metrics leader")
+        if broken:
+            _terminate(conn)
         try:
             await self._pool.release(conn, timeout=5)
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            conn.terminate()
+            _terminate(conn)
+
+
+def _terminate(conn: asyncpg.pool.PoolConnectionProxy) -> None:
+    """Close a pooled connection at once, unless the pool has taken it back already (it
+    does when the server closes the connection)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()

@@ -236,6 +236,39 @@ async def test_only_the_leader_exports_database_derived_gauges(
         await eventually(took_over)
 
 
+async def test_leader_survives_its_connection_killed_again_and_again(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The server ends the leader's session (pg_terminate_backend) 30 times, sometimes
+    between two protocol messages of a sample: each time a worker leads again, and no
+    worker dies of it."""
+    registry = Registry()
+
+    @registry.handler("work")
+    async def work(payload: dict[str, Any], ctx: JobContext) -> None:
+        pass
+
+    async with (
+        running_worker(dsn, registry, metrics_interval=0.002) as a,
+        running_worker(dsn, registry, metrics_interval=0.002) as b,
+    ):
+        for _ in range(30):
+            pid = await eventually(lambda: conn.fetchval(LEADER_LOCK_HOLDER))
+            await conn.execute("SELECT pg_terminate_backend($1)", pid)
+
+            async def replaced(old: int = pid) -> bool:
+                new = await conn.fetchval(LEADER_LOCK_HOLDER)
+                return new is not None and new != old
+
+            await eventually(replaced)
+
+        async def one_leader() -> bool:
+            leaders = [(await scrape(w.http.port))[("pgwake_leader", ())] for w in (a, b)]  # type: ignore[arg-type]
+            return sorted(leaders) == [0, 1]
+
+        await eventually(one_leader)
+
+
 def test_metrics_port_in_use_is_a_configuration_error(dsn: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
