@@ -49,9 +49,10 @@ from listener.tenant_pools import TenantPools
 from listener.tenants import TenantDatabases
 from listener.wake import Wake
 
-# Claims, outcome writes, promotion, recovery, metrics samples and tenant-DSN lookups
-# each run one statement at a time; one spare so none waits for another. (The LISTEN
-# and heartbeat connections are separate.)
+# Claims, outcome writes, promotion, recovery, metrics samples (on the metrics leader,
+# which keeps one connection for them) and tenant-DSN lookups each run one statement at
+# a time; one spare so none waits for another. (The LISTEN and heartbeat connections
+# are separate.)
 POOL_SIZE = 6
 # What a stop may take beyond the drain timeout: putting back held jobs, deregistering,
 # closing connections. The stop timeout systemd enforces is extended to cover both.
@@ -93,6 +94,8 @@ class Service:
         self.metrics = Metrics(
             top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
         )
+        self.metrics.register_kinds(self.registry.kinds())
+        self.metrics.watch_ready(self.is_ready)
         self.http = HttpEndpoint(settings.metrics_addr, self.metrics.registry, self.is_ready)
         self.listener = Listener(
             dsn,
@@ -174,6 +177,7 @@ class Service:
                 session_settings=self.session_settings,
             )
             await heartbeat.register()
+            self.metrics.watch_heartbeat(lambda: heartbeat.last_beat)
             try:
                 await self._serve(pool, heartbeat, kinds, task_status)
             finally:
@@ -201,6 +205,7 @@ class Service:
             per_tenant=s.tenant_db_per_tenant,
             idle_ttl=s.tenant_db_idle_ttl,
         )
+        self.metrics.watch_tenant_pools(tenant_pools, cap=s.tenant_db_max_connections)
         databases = TenantDatabases(pool, self.keyring, tenant_pools)
         progress = ProgressWriter(pool, self.worker_id)
         executor = Executor(
@@ -247,7 +252,7 @@ class Service:
             finally:
                 completer.close()
 
-        sampler = Sampler(pool, self.metrics, tenant_pools, interval=s.metrics_interval)
+        sampler = Sampler(pool, self.metrics, kinds, interval=s.metrics_interval)
         async with anyio.create_task_group() as background:
             await background.start(self.http.run)
             await background.start(self.listener.run)

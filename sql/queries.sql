@@ -449,13 +449,14 @@ SELECT w.id, w.hostname, w.pid,
 -- Puts back up to $3 running jobs of lost workers: queued again, or failed when the
 -- lost attempt was their last. The attempt counts (it was counted when claimed) and the
 -- reason goes to last_error. Also takes running jobs whose claimant is not registered
--- at all. Returns each job and its new status.
+-- at all. Returns each job, its new status, and the lost worker it was taken from
+-- (NULL when its claimant is not registered).
 -- $1 lost worker ids (uuid[]), $2 the reason for each (text[], same order), $3 limit.
 WITH lost AS (
     SELECT l.worker_id, l.reason FROM unnest($1::uuid[], $2::text[]) AS l(worker_id, reason)
 ),
 victims AS (
-    SELECT j.id,
+    SELECT j.id, l.worker_id AS lost_worker,
            coalesce(l.reason, 'recovered: claimed by worker ' || j.claimed_by
                               || ', which is not registered') AS reason
       FROM pgwake.jobs AS j
@@ -475,9 +476,9 @@ recovered AS (
            last_error = v.reason
       FROM victims AS v
      WHERE j.id = v.id
-    RETURNING j.id, j.tenant_id, j.kind, j.status
+    RETURNING j.id, j.tenant_id, j.kind, j.status, v.lost_worker
 )
-SELECT r.id, r.status
+SELECT r.id, r.status, r.lost_worker
   FROM recovered AS r
  CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e;
 
@@ -839,19 +840,42 @@ SELECT tenant_id, created_at, started_at, finished_at,
 -- $1 tenant id.
 SELECT db_dsn_encrypted FROM pgwake.tenants WHERE tenant_id = $1;
 
+-- name: metrics_leader
+-- Tries to take the metrics lock for the rest of the session: true for at most one
+-- worker of the fleet, which then keeps this connection and alone samples the
+-- database-derived gauges. The lock is released when the connection goes back to the
+-- pool (its reset unlocks every advisory lock) or dies with the worker.
+-- No parameters.
+SELECT pg_try_advisory_lock(1885828963, 1);
+
+-- name: metrics_workers
+-- Registered workers, the age in seconds of the oldest heartbeat among them (0 when
+-- none), and every kind some registered worker has a handler for.
+-- No parameters.
+SELECT count(*)::int AS workers,
+       coalesce(extract(epoch FROM now() - min(heartbeat_at)), 0)::float8 AS heartbeat_age_max,
+       coalesce((SELECT array_agg(DISTINCT k.kind ORDER BY k.kind)
+                   FROM pgwake.workers AS w, unnest(w.kinds) AS k(kind)), '{}') AS kinds
+  FROM pgwake.workers;
+
 -- name: metrics_queue_depth
 -- Jobs by status and kind, for the scheduled, queued and running states (the finished
--- history is not counted). Cost grows with the active jobs, not the history.
+-- history is not counted), with the seconds since the oldest of each group became due.
+-- Kinds no registered worker handles are summed under '_unhandled', so the number of
+-- groups is bounded by the handlers, whatever kinds applications insert. Cost grows
+-- with the active jobs, not the history.
 -- No parameters.
-SELECT status, kind, count(*) AS jobs
-  FROM pgwake.jobs
- WHERE status IN ('scheduled', 'queued', 'running')
- GROUP BY status, kind;
-
--- name: metrics_oldest_queued
--- Seconds since the oldest queued job became due, or NULL when none is queued.
--- No parameters.
-SELECT extract(epoch FROM now() - min(run_at))::float8 FROM pgwake.jobs WHERE status = 'queued';
+WITH handled AS (
+    SELECT DISTINCT k.kind FROM pgwake.workers AS w, unnest(w.kinds) AS k(kind)
+)
+SELECT j.status,
+       CASE WHEN h.kind IS NULL THEN '_unhandled' ELSE j.kind END AS kind,
+       count(*)::int AS jobs,
+       extract(epoch FROM now() - min(j.run_at))::float8 AS oldest_seconds
+  FROM pgwake.jobs AS j
+  LEFT JOIN handled AS h ON h.kind = j.kind
+ WHERE j.status IN ('scheduled', 'queued', 'running')
+ GROUP BY 1, 2;
 
 -- name: metrics_tenant_backlog
 -- Queued jobs of the $1 tenants with the largest backlog, plus those of the tenants

@@ -431,8 +431,9 @@ async def test_recovery_round_requeues_or_fails_and_keeps_the_reason(
     sample = metrics.registry.get_sample_value
     assert sample("pgwake_workers_lost_total", {"why": "gone"}) == 1
     assert sample("pgwake_workers_lost_total", {"why": "hung"}) == 1
-    assert sample("pgwake_jobs_recovered_total", {"status": "failed"}) == 1
-    assert sample("pgwake_jobs_recovered_total", {"status": "queued"}) == 2
+    assert sample("pgwake_jobs_recovered_total", {"why": "gone", "status": "failed"}) == 1
+    assert sample("pgwake_jobs_recovered_total", {"why": "gone", "status": "queued"}) == 1
+    assert sample("pgwake_jobs_recovered_total", {"why": "hung", "status": "queued"}) == 1
 
 
 async def test_a_leader_stalled_inside_a_round_loses_the_lead_after_the_lease(
