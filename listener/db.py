@@ -45,9 +45,13 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors after which the same statement may well succeed."""
     if isinstance(exc, asyncpg.PostgresError):
         return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+    # InternalClientError: the server ended the session between two messages of the
+    # protocol (pg_terminate_backend, a restart), so no query can start on that
+    # connection; like a lost connection, the next attempt takes another one.
     return isinstance(
         exc,
         (
+            asyncpg.InternalClientError,
             asyncpg.InterfaceError,
             ConnectionError,
             OSError,

@@ -401,10 +401,7 @@ class Sampler:
                 try:
                     await self.round()
                 except Exception as exc:
-                    # InternalClientError: the server ended the session between two
-                    # messages of the protocol (pg_terminate_backend, a restart), and no
-                    # query can start on that connection; it is dropped like a lost one.
-                    if not (is_transient(exc) or isinstance(exc, asyncpg.InternalClientError)):
+                    if not is_transient(exc):
                         raise
                     self._outage.failed(exc)
                     await self._resign(broken=True)

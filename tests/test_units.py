@@ -7,11 +7,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from pydantic import BaseModel
 
 from listener.api import JobContext, Registry
 from listener.config import load_settings
+from listener.db import is_transient
 from listener.errors import ConfigError
 from listener.redact import redact
 from listener.retry import Backoff
@@ -198,3 +200,25 @@ def test_settings_load_for_a_user_with_no_home(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(pwd, "getpwuid", no_entry)
     settings = load_settings({"dsn": "postgresql://db/x"}, env={})
     assert settings.data_dir == Path("/var/lib/pgwake/pgdata")
+
+
+def test_transient_errors_are_those_a_new_attempt_can_outlive() -> None:
+    transient = [
+        asyncpg.SerializationError("could not serialize"),
+        asyncpg.DeadlockDetectedError("deadlock"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed"),
+        # The server ended the session between two protocol messages.
+        asyncpg.InternalClientError("cannot switch to state 15"),
+        ConnectionResetError(),
+        TimeoutError(),
+    ]
+    lasting = [
+        asyncpg.UniqueViolationError("duplicate key"),
+        asyncpg.UndefinedTableError("relation does not exist"),
+        asyncpg.DataError("invalid input"),
+        ValueError("a bug"),
+    ]
+    assert [is_transient(e) for e in transient] == [True] * len(transient)
+    assert [is_transient(e) for e in lasting] == [False] * len(lasting)
