@@ -46,6 +46,7 @@ import anyio
 import asyncpg
 
 from listener import db
+from listener.config import Settings
 from listener.errors import PgwakeError
 from listener.migrate import migrate
 from listener.queries import QUERIES
@@ -424,7 +425,14 @@ async def recovery_run(server_dsn: str, *, jobs: int = 20, job_seconds: float = 
 
 
 async def recovery(server_dsn: str, *, repeat: int) -> list[RecoveryRun]:
-    """``repeat`` recovery runs."""
+    """``repeat`` recovery runs, once the server has been up for the heartbeat timeout
+    (before that, a killed worker is found only by the timeout: see workers_lost)."""
+    conn = await db.connect(server_dsn)
+    try:
+        uptime: float = await conn.fetchval(QUERIES["bench_server_uptime"])
+    finally:
+        await conn.close()
+    await anyio.sleep(max(0.0, Settings().heartbeat_timeout + 1 - uptime))
     return [await recovery_run(server_dsn) for _ in range(repeat)]
 
 

@@ -121,6 +121,9 @@ def run_cmd(
     maintenance_interval: Annotated[
         float | None, typer.Option(help="Seconds between recovery rounds.")
     ] = None,
+    maintenance_lease: Annotated[
+        float | None, typer.Option(help="Seconds a stalled maintenance leader keeps the lead.")
+    ] = None,
     retention_succeeded: Annotated[
         float | None, typer.Option(help="Seconds to keep succeeded jobs.")
     ] = None,
@@ -187,6 +190,7 @@ def run_cmd(
         heartbeat_interval=heartbeat_interval,
         heartbeat_timeout=heartbeat_timeout,
         maintenance_interval=maintenance_interval,
+        maintenance_lease=maintenance_lease,
         job_events=job_events,
         retention_succeeded=retention_succeeded,
         retention_failed=retention_failed,

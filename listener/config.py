@@ -26,7 +26,12 @@ ENV_PREFIX = "PGWAKE_"
 
 def default_data_dir() -> Path:
     """Where the embedded PostgreSQL keeps its data when no DSN is given."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    base = os.environ.get("XDG_DATA_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".local" / "share")
+        except RuntimeError:  # no $HOME, no passwd entry: a systemd DynamicUser, for one
+            base = "/var/lib"
     return Path(base) / "pgwake" / "pgdata"
 
 
@@ -91,6 +96,14 @@ class Settings(BaseModel):
         gt=0,
         le=3600,
         description="Seconds between rounds of recovery of lost workers' jobs.",
+    )
+    maintenance_lease: float = Field(
+        default=5.0,
+        ge=1,
+        le=3600,
+        description="Seconds a maintenance leader may stall inside a round (its event "
+        "loop blocked, its process stopped) before the server ends that session and "
+        "another worker leads (idle_in_transaction_session_timeout on its sessions).",
     )
     retention_succeeded: float = Field(
         default=86_400.0,

@@ -45,14 +45,14 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors after which the same statement may well succeed."""
     if isinstance(exc, asyncpg.PostgresError):
         return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+    # InternalClientError: the server ended the session between two messages of the
+    # protocol (pg_terminate_backend, a restart), so no query can start on that
+    # connection; like a lost connection, the next attempt takes another one.
     return isinstance(
         exc,
         (
-            asyncpg.InterfaceError,
-            # What asyncpg raises, instead of a connection error, when a statement is
-            # sent on a pooled connection whose session the server has just terminated
-            # (pg_terminate_backend, a restart); the pool drops that connection.
             asyncpg.InternalClientError,
+            asyncpg.InterfaceError,
             ConnectionError,
             OSError,
             TimeoutError,

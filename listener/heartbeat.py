@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -73,6 +74,8 @@ class Heartbeat:
         self._locked = False
         self.beats = 0
         self.lost = 0
+        # time.monotonic() of the last heartbeat written (registration included).
+        self.last_beat: float | None = None
 
     @property
     def lock_key(self) -> int | None:
@@ -100,6 +103,7 @@ class Heartbeat:
                 raise PgwakeError(f"liveness lock {key} is held by another session")
         self._lock_key = key
         self._locked = True
+        self.last_beat = time.monotonic()
 
     async def close(self) -> None:
         """Close the heartbeat connection (which releases the liveness lock)."""
@@ -163,6 +167,7 @@ class Heartbeat:
             await self._register(conn)
             return
         self.beats += 1
+        self.last_beat = time.monotonic()
         if row["cancel_ids"]:
             self._on_cancel(list(row["cancel_ids"]))
         unknown = self._reconcile(list(row["held_ids"]))

@@ -42,10 +42,6 @@ TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenan
 KindOpt = Annotated[str | None, typer.Option("--kind", help="Only jobs of this kind.")]
 
 
-def _settings_url(dsn: str | None, config: Any, data_dir: Any) -> Any:
-    return settings_from(dsn=dsn, config=config, data_dir=data_dir)
-
-
 def _check_status(status: str | None, allowed: tuple[str, ...]) -> None:
     if status is not None and status not in allowed:
         raise fail(f"--status must be one of {', '.join(allowed)}; got {status!r}", 2)
@@ -80,7 +76,7 @@ def list_cmd(
 ) -> None:
     """List jobs, newest first. Page with --before LAST_ID."""
     _check_status(status, STATUSES)
-    settings = _settings_url(dsn, config, data_dir)
+    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         rows = await conn.fetch(
@@ -113,7 +109,7 @@ def show_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Show one job: every column, including payload, progress, result and error."""
-    settings = _settings_url(dsn, config, data_dir)
+    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> dict[str, Any] | None:
         row = await conn.fetchrow(QUERIES["job_show"], job_id)
@@ -155,7 +151,7 @@ def retry_cmd(
         raise fail("give job ids, or --failed (with --kind/--tenant to narrow), not both", 2)
     if job_ids and (kind or tenant):
         raise fail("--kind and --tenant go with --failed, not with job ids", 2)
-    settings = _settings_url(dsn, config, data_dir)
+    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def retry(conn: asyncpg.Connection) -> list[int]:
         rows = await conn.fetch(QUERIES["jobs_retry"], job_ids or None, kind, tenant)
@@ -206,7 +202,7 @@ def purge_cmd(
         what = status or "finished"
         age = f" that finished over {older_than:g}s ago" if older_than is not None else ""
         typer.confirm(f"Delete every {what} job{age}?", abort=True)
-    settings = _settings_url(dsn, config, data_dir)
+    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def purge(conn: asyncpg.Connection) -> int:
         deleted: int = await conn.fetchval(QUERIES["jobs_purge"], status, older_than)

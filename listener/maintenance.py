@@ -4,7 +4,10 @@ Invariants:
 - A scheduled job becomes queued within a few milliseconds of its run_at: the loop
   sleeps until the earliest due time (never longer than the poll interval) and is woken
   by every NOTIFY, since a new insert may be due sooner.
-- Promotion is batched and uses SKIP LOCKED, so several workers may run it at once.
+- Promotion is batched and done by one worker at a time (a transaction-scoped
+  advisory lock taken by the promoting statement itself). Every worker runs this loop,
+  so whichever worker's timer fires first at a run_at promotes; the others find the
+  lock taken or nothing due. Nobody waits for a promoter that died.
 - After promoting, every worker is woken with one NOTIFY.
 """
 
@@ -19,6 +22,9 @@ from listener.logs import get_logger
 from listener.outage import OutageLog
 from listener.queries import QUERIES
 from listener.wake import Wake
+
+# Seconds to wait before looking again when another worker holds the promotion lock.
+LEADER_BUSY_WAIT = 0.01
 
 
 class Promoter:
@@ -55,7 +61,10 @@ class Promoter:
         """Promote what is due; return seconds until the next job is due."""
         async with self._pool.acquire() as conn:
             while True:
-                promoted: int = await conn.fetchval(QUERIES["job_promote_due"], self._batch)
+                row = await conn.fetchrow(QUERIES["job_promote_due"], self._batch)
+                assert row is not None  # one row, always
+                leader: bool = row["leader"]
+                promoted: int = row["promoted"]
                 if promoted:
                     self.promoted += promoted
                     await conn.execute(QUERIES["workers_wake"])
@@ -64,4 +73,7 @@ class Promoter:
             seconds: float | None = await conn.fetchval(QUERIES["job_next_due"])
         if seconds is None:
             return self._poll_interval
+        if not leader:
+            # Another worker is promoting what is due now; look again shortly.
+            seconds = max(seconds, LEADER_BUSY_WAIT)
         return min(seconds, self._poll_interval)

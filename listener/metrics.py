@@ -2,23 +2,48 @@
 
 Invariants:
 - Every series is named ``pgwake_...`` and created here; other modules only call the
-  ``observe_*``/``set_*`` helpers, so names cannot drift from the dashboards.
-- Only ``pgwake_tenant_queued_jobs`` carries a tenant label, and it has at most
+  ``observe_*``/``set_*``/``watch_*`` helpers, so names cannot drift from the
+  dashboards and alert rules in ``grafana/``.
+- Hot-path instrumentation (claims, outcomes, durations, latencies) costs a dict lookup
+  and an increment per job. Its ``kind`` label takes only the kinds this worker has
+  handlers for; their series are created at 0 when the worker starts, so ``rate()``
+  and ``increase()`` see the first failure too.
+- Tenant labels are bounded. ``pgwake_tenant_queued_jobs`` has at most
   ``top_n + len(opt_in) + 1`` series: the top-N tenants by backlog, the opt-in tenants,
-  and ``tenant="_other"`` for the rest. 10,000 tenants never make 10,000 series.
-- Database-derived gauges are sampled on an interval by one query each, never per
-  scrape and never per tenant.
+  and ``tenant="_other"`` for the rest; ``pgwake_tenant_db_connections`` has the opt-in
+  tenants and ``_other``. 10,000 tenants never make 10,000 series.
+- Database-derived gauges (queue depth, oldest job age, tenant backlogs, registered
+  workers) are exported by one worker of the fleet only, the metrics leader: the worker
+  whose pooled connection holds the metrics lock, a session-level advisory lock. The
+  leader samples them every ``metrics_interval`` seconds with three queries on that
+  connection, never per scrape and never per tenant; the other workers export none of
+  them (and ``pgwake_leader 0``), so summing over workers does not double count. The
+  lock dies with the leader's connection or process, and another worker takes over
+  within one interval. A leader that loses its connection clears the gauges at once.
+- Process-local gauges (in flight, readiness, heartbeat age, tenant pools) are read at
+  scrape time from memory: no query.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 
 import anyio
 import asyncpg
 from anyio.abc import TaskStatus
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from listener.db import is_transient
 from listener.logs import get_logger
@@ -26,13 +51,17 @@ from listener.outage import OutageLog
 from listener.queries import QUERIES
 from listener.tenant_pools import TenantPools
 
-# Buckets that resolve milliseconds up to minutes.
+# No ``*_created`` series beside every counter and histogram: they would double the
+# series and no query here uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+
+# Buckets that resolve milliseconds and still tell a minute from an hour.
 LATENCY_BUCKETS = (
     0.001,
-    0.002,
+    0.0025,
     0.005,
     0.01,
-    0.02,
+    0.025,
     0.05,
     0.1,
     0.25,
@@ -43,9 +72,84 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
     60.0,
+    120.0,
     300.0,
+    900.0,
+    3600.0,
 )
 OTHER_TENANTS = "_other"
+# Jobs of kinds no registered worker has a handler for are counted under this kind.
+UNHANDLED_KIND = "_unhandled"
+OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "snoozed")
+WAKE_SOURCES = ("notify", "poll", "reconnect", "slot")
+QUEUE_STATUSES = ("scheduled", "queued", "running")
+LOST_WHY = ("gone", "hung")
+RECOVERED_WHY = (*LOST_WHY, "unregistered")
+RECOVERED_STATUSES = ("queued", "failed")
+PRUNED_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class _TenantPoolCollector(Collector):
+    """The tenant database pools of this worker, read at scrape time."""
+
+    def __init__(self, opt_in: Sequence[str]) -> None:
+        self.pools: TenantPools | None = None
+        self.cap = 0
+        self._opt_in = list(opt_in)
+
+    def collect(self) -> Iterator[Metric]:
+        pools = self.pools
+        sizes = pools.sizes() if pools is not None else {}
+        connections = GaugeMetricFamily(
+            "pgwake_tenant_db_connections",
+            "Open connections to tenants' own databases: the opt-in tenants, and "
+            f"tenant={OTHER_TENANTS!r} for all others together.",
+            labels=["tenant"],
+        )
+        for tenant in self._opt_in:
+            connections.add_metric([tenant], sizes.get(tenant, 0))
+        shown = sum(sizes.get(tenant, 0) for tenant in self._opt_in)
+        total = pools.open_connections() if pools is not None else 0
+        connections.add_metric([OTHER_TENANTS], max(total - shown, 0))
+        yield connections
+        yield GaugeMetricFamily(
+            "pgwake_tenant_db_pools",
+            "Open connection pools to tenants' own databases.",
+            value=pools.pool_count() if pools is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "pgwake_tenant_db_waiting",
+            "Handlers waiting for a free connection slot to a tenant's database.",
+            value=pools.waiting() if pools is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "pgwake_tenant_db_max_connections",
+            "Most connections this worker opens to tenants' databases, all together.",
+            value=self.cap,
+        )
+
+
+class _WorkersCollector(Collector):
+    """The registered workers, as the metrics leader last sampled them: no series at
+    all on other workers (an unlabelled Gauge could not be withdrawn)."""
+
+    def __init__(self) -> None:
+        self.sample: tuple[int, float] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.sample is None:
+            return
+        registered, heartbeat_age_max = self.sample
+        yield GaugeMetricFamily(
+            "pgwake_workers_registered",
+            "Workers registered in pgwake.workers (sampled by the leader).",
+            value=registered,
+        )
+        yield GaugeMetricFamily(
+            "pgwake_workers_heartbeat_age_max_seconds",
+            "Age of the oldest heartbeat among registered workers (sampled by the leader).",
+            value=heartbeat_age_max,
+        )
 
 
 class Metrics:
@@ -72,7 +176,8 @@ class Metrics:
         )
         self.start_latency = Histogram(
             "pgwake_job_start_latency_seconds",
-            "From the moment a job was due (run_at) to its claim.",
+            "From the moment a job was due (run_at: its enqueue, or the end of its delay "
+            "or backoff) to its claim.",
             ["kind"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -88,24 +193,47 @@ class Metrics:
         self.listener_reconnects = Counter(
             "pgwake_listener_reconnects", "LISTEN connection re-established.", registry=r
         )
+        self.ready = Gauge(
+            "pgwake_ready",
+            "1 while the worker listens and can claim (what /readyz answers 200 for).",
+            registry=r,
+        )
+        self.heartbeat_age = Gauge(
+            "pgwake_heartbeat_age_seconds",
+            "Seconds since this worker last wrote its heartbeat.",
+            registry=r,
+        )
+        self.leader = Gauge(
+            "pgwake_leader",
+            "1 while this worker is the metrics leader, which alone exports the "
+            "database-derived (sampled) gauges.",
+            registry=r,
+        )
+        # Database-derived: exported by the metrics leader only (see the docstring).
         self.queue_jobs = Gauge(
             "pgwake_queue_jobs",
-            "Jobs in the queue by status and kind (sampled).",
+            "Jobs in the queue by status and kind (sampled by the leader); kinds no "
+            f"registered worker handles are summed under kind={UNHANDLED_KIND!r}.",
             ["status", "kind"],
             registry=r,
         )
         self.oldest_queued = Gauge(
             "pgwake_oldest_queued_job_age_seconds",
-            "Age of the oldest queued job since it was due (sampled); 0 when none.",
+            "How long the oldest queued job of each kind has been due (sampled by the "
+            "leader); 0 when none is queued.",
+            ["kind"],
             registry=r,
         )
         self.tenant_queued = Gauge(
             "pgwake_tenant_queued_jobs",
             "Queued jobs of the top tenants by backlog and the opt-in tenants; the rest "
-            f"summed under tenant={OTHER_TENANTS!r} (sampled).",
+            f"summed under tenant={OTHER_TENANTS!r} (sampled by the leader).",
             ["tenant"],
             registry=r,
         )
+        self._workers = _WorkersCollector()
+        r.register(self._workers)
+        # Maintenance, counted by whichever worker did the work.
         self.workers_lost = Counter(
             "pgwake_workers_lost",
             "Workers declared lost by this worker as maintenance leader, by why: gone "
@@ -128,8 +256,10 @@ class Metrics:
         self.jobs_recovered = Counter(
             "pgwake_jobs_recovered",
             "Running jobs of lost workers put back by this worker as maintenance leader, "
-            "by new status (queued, or failed when it was their last attempt).",
-            ["status"],
+            "by why the worker was lost (gone, hung, or unregistered: claimed by a worker "
+            "that is not registered) and new status (queued, or failed when it was their "
+            "last attempt).",
+            ["why", "status"],
             registry=r,
         )
         self.jobs_cancelled_running = Counter(
@@ -137,21 +267,97 @@ class Metrics:
             "Running jobs whose handler this worker stopped because cancellation was requested.",
             registry=r,
         )
-        self.tenant_db_connections = Gauge(
-            "pgwake_tenant_db_connections",
-            "Open connections to tenants' own databases.",
-            registry=r,
-        )
+        self._tenant_pools = _TenantPoolCollector(self.tenants_opt_in)
+        r.register(self._tenant_pools)
+        for source in WAKE_SOURCES:
+            self.wakes.labels(source)
+        for why in LOST_WHY:
+            self.workers_lost.labels(why)
+        for why in RECOVERED_WHY:
+            for status in RECOVERED_STATUSES:
+                self.jobs_recovered.labels(why, status)
+        for status in PRUNED_STATUSES:
+            self.jobs_pruned.labels(status)
+        self._claimed: dict[str, Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._duration: dict[str, Histogram] = {}
+        self._finished: dict[tuple[str, str], Counter] = {}
+
+    def register_kinds(self, kinds: Iterable[str]) -> None:
+        """Create the per-kind series of the kinds this worker handles, at 0."""
+        for kind in kinds:
+            if kind in self._claimed:
+                continue
+            self._claimed[kind] = self.claimed.labels(kind)
+            self._latency[kind] = self.start_latency.labels(kind)
+            self._duration[kind] = self.duration.labels(kind)
+            for outcome in OUTCOMES:
+                self._finished[kind, outcome] = self.finished.labels(kind, outcome)
 
     def observe_claimed(self, kind: str, started_at: datetime, due_at: datetime) -> None:
         """A job was claimed; ``due_at`` is its run_at."""
-        self.claimed.labels(kind).inc()
-        self.start_latency.labels(kind).observe(max((started_at - due_at).total_seconds(), 0))
+        if kind not in self._claimed:
+            self.register_kinds([kind])
+        self._claimed[kind].inc()
+        self._latency[kind].observe(max((started_at - due_at).total_seconds(), 0))
 
     def observe_finished(self, kind: str, outcome: str, seconds: float) -> None:
         """An attempt ended."""
-        self.finished.labels(kind, outcome).inc()
-        self.duration.labels(kind).observe(seconds)
+        if kind not in self._claimed:
+            self.register_kinds([kind])
+        self._finished[kind, outcome].inc()
+        self._duration[kind].observe(seconds)
+
+    def watch_ready(self, ready: Callable[[], bool]) -> None:
+        """Export ``ready()`` as ``pgwake_ready``, read at each scrape."""
+        self.ready.set_function(lambda: float(ready()))
+
+    def watch_heartbeat(self, last_beat: Callable[[], float | None]) -> None:
+        """Export the age of the heartbeat whose ``time.monotonic()`` stamp
+        ``last_beat()`` returns (None before the first)."""
+
+        def age() -> float:
+            at = last_beat()
+            return math.nan if at is None else time.monotonic() - at
+
+        self.heartbeat_age.set_function(age)
+
+    def watch_tenant_pools(self, pools: TenantPools, *, cap: int) -> None:
+        """Export the sizes of ``pools``, read at each scrape."""
+        self._tenant_pools.pools = pools
+        self._tenant_pools.cap = cap
+
+    def set_leader(self, leader: bool) -> None:
+        """Become (or stop being) the exporter of the database-derived gauges; a worker
+        that stops leading exports none of them from then on."""
+        self.leader.set(1 if leader else 0)
+        if not leader:
+            self.queue_jobs.clear()
+            self.oldest_queued.clear()
+            self.tenant_queued.clear()
+            self._workers.sample = None
+
+    def set_workers(self, registered: int, heartbeat_age_max: float) -> None:
+        """The registered workers and the age of the oldest heartbeat among them."""
+        self._workers.sample = (registered, heartbeat_age_max)
+
+    def set_queue(
+        self,
+        depth: Sequence[tuple[str, str, int, float | None]],
+        kinds: Iterable[str],
+    ) -> None:
+        """Replace the queue series with ``depth`` rows (status, kind, jobs, seconds the
+        oldest has been due); ``kinds`` (the handled ones, and ``_unhandled``) get
+        series at 0 when they have no jobs."""
+        jobs = {(status, kind): count for status, kind, count, _ in depth}
+        oldest = {kind: age for status, kind, _, age in depth if status == "queued"}
+        every_kind = {*kinds, UNHANDLED_KIND, *(kind for _, kind in jobs)}
+        self.queue_jobs.clear()
+        self.oldest_queued.clear()
+        for kind in sorted(every_kind):
+            for status in QUEUE_STATUSES:
+                self.queue_jobs.labels(status, kind).set(jobs.get((status, kind), 0))
+            self.oldest_queued.labels(kind).set(max(oldest.get(kind) or 0.0, 0.0))
 
     def set_tenant_backlog(self, top: Sequence[tuple[str, int]], total: int) -> None:
         """Replace the tenant backlog series: ``top`` (tenant, queued) pairs and the
@@ -165,51 +371,108 @@ class Metrics:
 
 
 class Sampler:
-    """Samples queue depth, the oldest job's age and tenant backlogs on an interval."""
+    """Competes for the metrics lock and, while it holds it, samples the
+    database-derived gauges every ``interval`` seconds."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         metrics: Metrics,
-        tenant_pools: TenantPools | None = None,
+        kinds: Sequence[str],
         *,
         interval: float,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
-        self._tenant_pools = tenant_pools
+        self._kinds = list(kinds)
         self._interval = interval
+        # The pooled connection holding the metrics lock while this worker leads.
+        self._conn: asyncpg.pool.PoolConnectionProxy | None = None
         self._log = get_logger("metrics")
         self._outage = OutageLog(self._log, "metrics sample")
 
-    async def sample(self) -> None:
-        """Take one sample of every database-derived gauge."""
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Try to lead, and sample while leading, until cancelled; gives the lock back
+        (with its connection) on the way out."""
+        self._metrics.set_leader(False)
+        task_status.started()
+        try:
+            while True:
+                try:
+                    await self.round()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    self._outage.failed(exc)
+                    await self._resign(broken=True)
+                else:
+                    self._outage.succeeded()
+                await anyio.sleep(self._interval)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._resign()
+
+    async def round(self) -> bool:
+        """Take the lock if it is free; sample if this worker holds it. Returns whether
+        this worker leads."""
+        if self._conn is None:
+            conn = await self._pool.acquire()
+            got = False
+            try:
+                got = bool(await conn.fetchval(QUERIES["metrics_leader"]))
+            except BaseException:
+                _terminate(conn)  # in whatever state it is; the pool opens another
+                raise
+            finally:
+                if not got:
+                    await self._pool.release(conn)
+            if not got:
+                return False
+            self._conn = conn
+            self._metrics.set_leader(True)
+            self._log.info("metrics leader: sampling queue depth for the fleet")
+        await self.sample(self._conn)
+        return True
+
+    async def sample(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+        """Take one sample of every database-derived gauge, in one snapshot."""
         m = self._metrics
-        async with self._pool.acquire() as conn:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            workers = await conn.fetchrow(QUERIES["metrics_workers"])
             depth = await conn.fetch(QUERIES["metrics_queue_depth"])
-            oldest = await conn.fetchval(QUERIES["metrics_oldest_queued"])
             top = await conn.fetch(
                 QUERIES["metrics_tenant_backlog"], m.top_n_tenants, m.tenants_opt_in
             )
-        m.queue_jobs.clear()
-        for row in depth:
-            m.queue_jobs.labels(row["status"], row["kind"]).set(row["jobs"])
-        m.oldest_queued.set(oldest or 0.0)
-        total = sum(row["jobs"] for row in depth if row["status"] == "queued")
-        m.set_tenant_backlog([(row["tenant_id"], row["jobs"]) for row in top], total)
-        if self._tenant_pools is not None:
-            m.tenant_db_connections.set(self._tenant_pools.open_connections())
+        assert workers is not None
+        m.set_workers(workers["workers"], workers["heartbeat_age_max"])
+        m.set_queue(
+            [(r["status"], r["kind"], r["jobs"], r["oldest_seconds"]) for r in depth],
+            {*self._kinds, *workers["kinds"]},
+        )
+        total = sum(r["jobs"] for r in depth if r["status"] == "queued")
+        m.set_tenant_backlog([(r["tenant_id"], r["jobs"]) for r in top], total)
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Sample forever."""
-        task_status.started()
-        while True:
-            try:
-                await self.sample()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self._outage.failed(exc)
-            else:
-                self._outage.succeeded()
-            await anyio.sleep(self._interval)
+    async def _resign(self, *, broken: bool = False) -> None:
+        """Stop leading: clear the sampled gauges, give the connection (and with it the
+        lock: the pool's reset releases advisory locks) back; a ``broken`` one is closed
+        first."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        self._metrics.set_leader(False)
+        self._log.info("no longer the metrics leader")
+        if broken:
+            _terminate(conn)
+        try:
+            await self._pool.release(conn, timeout=5)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            _terminate(conn)
+
+
+def _terminate(conn: asyncpg.pool.PoolConnectionProxy) -> None:
+    """Close a pooled connection at once, unless the pool has taken it back already (it
+    does when the server closes the connection)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()

@@ -5,9 +5,12 @@ Invariants:
   written fenced (only while this worker runs this attempt of the job) and announced
   on ``pgwake_events`` with status ``running`` and the progress (unless job events are
   off).
-- Writes are throttled to one per ``interval`` seconds per job; a report that comes
-  sooner is kept and written when the next one is allowed, or when the handler returns,
-  so the last value reported always reaches the database.
+- Writes are throttled to one per ``interval`` seconds per job. A report that comes
+  sooner is kept, and written by the worker's flusher once the interval has passed
+  (or before the outcome, when the handler returns), so the last value reported always
+  reaches the database within about ``interval`` even when the handler reports nothing
+  more. The writes of one job are serialised, so an older value never overwrites a
+  newer one.
 - Progress is best effort: a database error while writing it is logged once and never
   fails the job.
 """
@@ -20,9 +23,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import asyncpg
+from anyio.abc import TaskStatus
 
-from listener.db import is_transient
 from listener.jobs import Job
 from listener.logs import get_logger
 from listener.queries import QUERIES
@@ -32,11 +36,15 @@ MAX_MESSAGE_CHARS = 1000
 
 
 class ProgressWriter:
-    """Writes progress values for the jobs of one worker."""
+    """Writes progress values for the jobs of one worker, and flushes the reports that
+    were held back by the throttle (``run``)."""
 
-    def __init__(self, pool: asyncpg.Pool, worker_id: uuid.UUID) -> None:
+    def __init__(self, pool: asyncpg.Pool, worker_id: uuid.UUID, *, interval: float = 1.0) -> None:
         self._pool = pool
         self._worker_id = worker_id
+        self.interval = interval
+        # Jobs with a report held back by the throttle, by job id.
+        self._held: dict[int, JobProgress] = {}
 
     async def write(self, job: Job, value: dict[str, Any]) -> bool:
         """Store ``value`` as the job's progress; False when the job is no longer ours."""
@@ -45,18 +53,46 @@ class ProgressWriter:
         )
         return stored
 
+    def hold(self, progress: JobProgress) -> None:
+        """``progress`` has a report to write once its interval has passed."""
+        self._held[progress.job_id] = progress
+
+    def release(self, progress: JobProgress) -> None:
+        """``progress`` has nothing held back any more."""
+        if self._held.get(progress.job_id) is progress:
+            del self._held[progress.job_id]
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Write held-back reports whose interval has passed, forever."""
+        task_status.started()
+        while True:
+            await anyio.sleep(self.interval / 4)
+            now = time.monotonic()
+            for progress in [p for p in self._held.values() if p.due(now)]:
+                await progress.flush()
+
 
 class JobProgress:
     """Throttled progress reports for one attempt of one job."""
 
-    def __init__(self, job: Job, writer: ProgressWriter, *, interval: float = 1.0) -> None:
+    def __init__(self, job: Job, writer: ProgressWriter) -> None:
         self._job = job
         self._writer = writer
-        self._interval = interval
+        self._interval = writer.interval
         self._last_write = -math.inf
         self._pending: dict[str, Any] | None = None
+        self._lock = anyio.Lock()
         self._failed = False
         self._log = get_logger("progress").bind(job_id=job.id)
+
+    @property
+    def job_id(self) -> int:
+        """The job reported on."""
+        return self._job.id
+
+    def due(self, now: float) -> bool:
+        """True when a held-back report may be written at ``now``."""
+        return self._pending is not None and now - self._last_write >= self._interval
 
     @staticmethod
     def value(done: float, total: float | None, message: str | None) -> dict[str, Any]:
@@ -74,27 +110,31 @@ class JobProgress:
         return {
             "done": done,
             "total": total,
-            "message": None if message is None else message[:MAX_MESSAGE_CHARS],
+            # jsonb cannot store NUL.
+            "message": None if message is None else message[:MAX_MESSAGE_CHARS].replace("\0", ""),
             "at": datetime.now(UTC).isoformat(),
         }
 
     async def report(self, done: float, total: float | None, message: str | None) -> None:
-        """Record progress; writes now if the last write is ``interval`` old."""
+        """Record progress; writes now if the last write is ``interval`` old, else holds
+        it back for the flusher."""
         self._pending = self.value(done, total, message)
-        if time.monotonic() - self._last_write >= self._interval:
+        if self.due(time.monotonic()):
             await self.flush()
+        else:
+            self._writer.hold(self)
 
     async def flush(self) -> None:
-        """Write the pending report, if any."""
-        if self._pending is None:
-            return
-        value, self._pending = self._pending, None
-        self._last_write = time.monotonic()
-        try:
-            await self._writer.write(self._job, value)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if not self._failed:
-                self._failed = True
-                self._log.warning("could not record progress", error=redact(str(exc)))
+        """Write the pending report, if any (the newest one, whoever calls)."""
+        async with self._lock:
+            if self._pending is None:
+                return
+            value, self._pending = self._pending, None
+            self._writer.release(self)
+            self._last_write = time.monotonic()
+            try:
+                await self._writer.write(self._job, value)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                if not self._failed:
+                    self._failed = True
+                    self._log.warning("could not record progress", error=redact(str(exc)))

@@ -106,8 +106,10 @@ class Recoverer:
             # Counted once, in the round that removes the worker.
             if row["id"] in removed:
                 self._metrics.workers_lost.labels(row["why"]).inc()
+        why = {row["id"]: row["why"] for row in lost}
         for row in recovered:
-            self._metrics.jobs_recovered.labels(row["status"]).inc()
+            reason = why.get(row["lost_worker"], "unregistered")
+            self._metrics.jobs_recovered.labels(reason, row["status"]).inc()
         self.recovered += len(recovered)
         if lost or recovered:
             self._log.warning(

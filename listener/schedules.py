@@ -17,7 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
@@ -62,13 +62,12 @@ def due_slots(
     the last for ``skip``) and the next slot after ``now``."""
     slots = [next_run_at]
     for slot in slots_after(cron, timezone, next_run_at):
-        if slot > now:
+        # The first slot after now, or (catching up) the first one past this round's
+        # share: the next round starts there.
+        if slot > now or (missed == "catch_up" and len(slots) >= MAX_CATCH_UP):
             following = slot
             break
         slots.append(slot)
-        if missed == "catch_up" and len(slots) >= MAX_CATCH_UP:
-            following = slot + timedelta(microseconds=1)  # continue next round
-            break
     if missed == "skip":
         slots = slots[-1:]
     return slots, following

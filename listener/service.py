@@ -4,20 +4,23 @@ constructs the world.
 Lifecycle invariants:
 - Start: the HTTP endpoint (``/healthz`` 200, ``/readyz`` 503 from the start), then
   pool, schema check, worker registered, LISTEN established, then claiming. ``READY=1``
-  is sent (and ``ready`` set) only once the worker listens and can claim. A database
-  that cannot be reached at start still stops the worker (exit 4).
+  is sent (and ``ready`` set) only once the worker listens and can claim; then
+  ``WATCHDOG=1`` and ``STATUS=`` lines follow from the event loop until it stops. A
+  database that cannot be reached at start still stops the worker (exit 4).
 - Ready (``/readyz`` 200) exactly while: started, not stopping, the LISTEN connection
   is up, and the last claim reached the database. A lost LISTEN connection or a claim
   that cannot reach the database makes it not ready until that path works again.
 - Stop (``stop()``, SIGTERM/SIGINT in the CLI): claiming stops at once; running jobs get
   the drain timeout; outcomes already produced are all written; whatever this worker
   still holds is put back to ``queued`` with its attempt given back; the worker row is
-  removed. No job is left ``running`` by a clean stop.
+  removed. No job is left ``running`` by a clean stop. ``STOPPING=1`` extends systemd's
+  stop timeout to the drain timeout plus ``RELEASE_MARGIN``.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 
 import anyio
@@ -51,10 +54,29 @@ from listener.tenant_pools import TenantPools
 from listener.tenants import TenantDatabases
 from listener.wake import Wake
 
-# Claims, outcome writes, promotion, recovery, metrics samples and tenant-DSN lookups
-# each run one statement at a time; one spare so none waits for another. (The LISTEN
-# and heartbeat connections are separate.)
+# Claims, outcome writes, promotion, recovery, metrics samples (on the metrics leader,
+# which keeps one connection for them) and tenant-DSN lookups each run one statement at
+# a time; one spare so none waits for another. (The LISTEN and heartbeat connections
+# are separate.)
 POOL_SIZE = 6
+# What a stop may take beyond the drain timeout: putting back held jobs, deregistering,
+# closing connections. The stop timeout systemd enforces is extended to cover both.
+RELEASE_MARGIN = 15.0
+
+
+def session_settings(settings: Settings) -> dict[str, str]:
+    """Run-time parameters of every session of the worker's pool and heartbeat.
+
+    ``idle_in_transaction_session_timeout`` is the maintenance lease: a round's leader
+    holds a transaction-scoped advisory lock, and a leader that stalls inside that
+    transaction (a blocked event loop, a stopped process) would hold it, and with it
+    every round of the fleet, for as long as it stalls. The server ends such a session
+    after the lease, the lock goes with it, and the next round goes to another worker.
+    """
+    values = {"idle_in_transaction_session_timeout": str(int(settings.maintenance_lease * 1000))}
+    if not settings.job_events:
+        values["pgwake.job_events"] = "off"
+    return values
 
 
 class Service:
@@ -74,10 +96,12 @@ class Service:
         self.stopped = anyio.Event()
         self.claim_wake = Wake()
         self.promote_wake = Wake()
-        self.sd = SdNotifier()
+        self.sd = SdNotifier.from_environment()
         self.metrics = Metrics(
             top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
         )
+        self.metrics.register_kinds(self.registry.kinds())
+        self.metrics.watch_ready(self.is_ready)
         self.http = HttpEndpoint(
             settings.metrics_addr, self.metrics.registry, self.not_ready_reason
         )
@@ -87,8 +111,7 @@ class Service:
             metrics=self.metrics,
             on_cancel=self._cancel_running,
         )
-        # Run-time parameters of every session of this worker.
-        self.session_settings = {} if settings.job_events else {"pgwake.job_events": "off"}
+        self.session_settings = session_settings(settings)
         self._log = get_logger("service").bind(worker_id=str(self.worker_id))
         self._stopping = False
         # Built in run(), once the pool exists.
@@ -129,9 +152,27 @@ class Service:
             self._log.info(
                 "stopping: no new claims; draining", drain_timeout=self.settings.drain_timeout
             )
-            self.sd.stopping("draining")
+            self.sd.stopping(
+                self.status_line(), within=self.settings.drain_timeout + RELEASE_MARGIN
+            )
         if self.claimer is not None:
             self.claimer.stop(now=now)
+
+    def status_line(self) -> str:
+        """The one-line summary systemd shows (``STATUS=``), from in-process counters."""
+        state = "draining" if self._stopping else "ready" if self.ready.is_set() else "starting"
+        running = self.claimer.in_flight if self.claimer is not None else 0
+        outcomes: Counter[str] = Counter()
+        for metric in self.metrics.finished.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    outcomes[sample.labels["outcome"]] += int(sample.value)
+        listener = "listening" if self.listener.listening else "not listening (reconnecting)"
+        return (
+            f"{state}: {running}/{self.settings.concurrency} running; "
+            f"{outcomes['succeeded']} succeeded, {outcomes['failed']} failed, "
+            f"{outcomes['retried']} retried; {listener}"
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped; returns after a clean drain."""
@@ -166,6 +207,7 @@ class Service:
                 session_settings=self.session_settings,
             )
             await heartbeat.register()
+            self.metrics.watch_heartbeat(lambda: heartbeat.last_beat)
             try:
                 await self._serve(pool, heartbeat, kinds, task_status)
             finally:
@@ -174,6 +216,7 @@ class Service:
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.close()
+            self.sd.close()
             self.stopped.set()
 
     async def _serve(
@@ -192,12 +235,11 @@ class Service:
             per_tenant=s.tenant_db_per_tenant,
             idle_ttl=s.tenant_db_idle_ttl,
         )
+        self.metrics.watch_tenant_pools(tenant_pools, cap=s.tenant_db_max_connections)
         databases = TenantDatabases(pool, self.keyring, tenant_pools)
+        progress = ProgressWriter(pool, self.worker_id)
         executor = Executor(
-            self.registry,
-            Backoff(base=s.retry_base, cap=s.retry_cap),
-            databases,
-            ProgressWriter(pool, self.worker_id),
+            self.registry, Backoff(base=s.retry_base, cap=s.retry_cap), databases, progress
         )
         claimer = Claimer(
             pool,
@@ -240,7 +282,7 @@ class Service:
             finally:
                 completer.close()
 
-        sampler = Sampler(pool, self.metrics, tenant_pools, interval=s.metrics_interval)
+        sampler = Sampler(pool, self.metrics, kinds, interval=s.metrics_interval)
         async with anyio.create_task_group() as background:
             await background.start(self.listener.run)
             await background.start(sampler.run)
@@ -250,7 +292,7 @@ class Service:
             await background.start(pruner.run)
             await background.start(Scheduler(pool).run)
             await background.start(tenant_pools.run)
-            background.start_soon(self.sd.watchdog_loop)
+            await background.start(progress.run)
             async with anyio.create_task_group() as work:
                 await work.start(completer.run)
                 work.start_soon(claim_then_close)
@@ -264,8 +306,13 @@ class Service:
                     dsn=display_dsn(self.dsn),
                     metrics=f"http://{self.http.host}:{self.http.port}/metrics",
                 )
-                self.sd.ready(f"listening; {len(kinds)} kinds, concurrency {s.concurrency}")
                 self.ready.set()
+                if not self._stopping:  # a stop during the start has said STOPPING=1
+                    self.sd.ready(self.status_line())
+                # systemd arms the watchdog at READY=1; pings and status lines go on
+                # through the drain, until the background tasks are cancelled.
+                background.start_soon(self.sd.watchdog_loop)
+                background.start_soon(self.sd.status_loop, self.status_line)
                 task_status.started()
             background.cancel_scope.cancel()
 

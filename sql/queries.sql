@@ -374,13 +374,17 @@ WITH put_back AS (
 SELECT p.id FROM put_back AS p CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
 
 -- name: job_promote_due
--- Moves up to $1 scheduled jobs whose run_at has come to queued. Safe to run from
--- several workers at once (SKIP LOCKED). Returns how many were promoted.
+-- Moves up to $1 scheduled jobs whose run_at has come to queued, on one worker at a
+-- time: it takes the promotion lock for its transaction first; leader is false (and
+-- nothing is promoted) when another worker holds it. Returns how many were promoted.
 -- $1 batch size.
-WITH due AS (
+WITH leader AS (
+    SELECT pg_try_advisory_xact_lock(1885828966, 0) AS ok
+),
+due AS (
     SELECT id
       FROM pgwake.jobs
-     WHERE status = 'scheduled' AND run_at <= now()
+     WHERE (SELECT ok FROM leader) AND status = 'scheduled' AND run_at <= now()
      ORDER BY run_at
      LIMIT $1::int
        FOR UPDATE SKIP LOCKED
@@ -388,9 +392,11 @@ WITH due AS (
     UPDATE pgwake.jobs AS j SET status = 'queued' FROM due WHERE j.id = due.id
     RETURNING j.id, j.tenant_id, j.kind
 )
-SELECT count(*)::int AS promoted
-  FROM promoted AS p
- CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
+SELECT (SELECT ok FROM leader) AS leader,
+       (SELECT count(*)::int
+          FROM promoted AS p
+         CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e)
+           AS promoted;
 
 -- name: job_next_due
 -- Seconds until the earliest scheduled job is due (0 when one is already due), or NULL
@@ -443,13 +449,14 @@ SELECT w.id, w.hostname, w.pid,
 -- Puts back up to $3 running jobs of lost workers: queued again, or failed when the
 -- lost attempt was their last. The attempt counts (it was counted when claimed) and the
 -- reason goes to last_error. Also takes running jobs whose claimant is not registered
--- at all. Returns each job and its new status.
+-- at all. Returns each job, its new status, and the lost worker it was taken from
+-- (NULL when its claimant is not registered).
 -- $1 lost worker ids (uuid[]), $2 the reason for each (text[], same order), $3 limit.
 WITH lost AS (
     SELECT l.worker_id, l.reason FROM unnest($1::uuid[], $2::text[]) AS l(worker_id, reason)
 ),
 victims AS (
-    SELECT j.id,
+    SELECT j.id, l.worker_id AS lost_worker,
            coalesce(l.reason, 'recovered: claimed by worker ' || j.claimed_by
                               || ', which is not registered') AS reason
       FROM pgwake.jobs AS j
@@ -469,9 +476,9 @@ recovered AS (
            last_error = v.reason
       FROM victims AS v
      WHERE j.id = v.id
-    RETURNING j.id, j.tenant_id, j.kind, j.status
+    RETURNING j.id, j.tenant_id, j.kind, j.status, v.lost_worker
 )
-SELECT r.id, r.status
+SELECT r.id, r.status, r.lost_worker
   FROM recovered AS r
  CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e;
 
@@ -795,6 +802,11 @@ INSERT INTO pgwake.jobs (tenant_id, kind)
 SELECT 'bench-t' || (g % $3::int), 'noop'
   FROM generate_series($1::int, $1::int + $2::int - 1) AS g;
 
+-- name: bench_server_uptime
+-- Seconds since the server started (the recovery benchmark waits out the grace after a
+-- server start, during which lost workers are judged by the heartbeat timeout only).
+SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8;
+
 -- name: bench_jobs_held_by_pid
 -- Running jobs held by the worker process with pid $1 (recovery benchmark).
 SELECT count(*)::int
@@ -828,19 +840,42 @@ SELECT tenant_id, created_at, started_at, finished_at,
 -- $1 tenant id.
 SELECT db_dsn_encrypted FROM pgwake.tenants WHERE tenant_id = $1;
 
+-- name: metrics_leader
+-- Tries to take the metrics lock for the rest of the session: true for at most one
+-- worker of the fleet, which then keeps this connection and alone samples the
+-- database-derived gauges. The lock is released when the connection goes back to the
+-- pool (its reset unlocks every advisory lock) or dies with the worker.
+-- No parameters.
+SELECT pg_try_advisory_lock(1885828963, 1);
+
+-- name: metrics_workers
+-- Registered workers, the age in seconds of the oldest heartbeat among them (0 when
+-- none), and every kind some registered worker has a handler for.
+-- No parameters.
+SELECT count(*)::int AS workers,
+       coalesce(extract(epoch FROM now() - min(heartbeat_at)), 0)::float8 AS heartbeat_age_max,
+       coalesce((SELECT array_agg(DISTINCT k.kind ORDER BY k.kind)
+                   FROM pgwake.workers AS w, unnest(w.kinds) AS k(kind)), '{}') AS kinds
+  FROM pgwake.workers;
+
 -- name: metrics_queue_depth
 -- Jobs by status and kind, for the scheduled, queued and running states (the finished
--- history is not counted). Cost grows with the active jobs, not the history.
+-- history is not counted), with the seconds since the oldest of each group became due.
+-- Kinds no registered worker handles are summed under '_unhandled', so the number of
+-- groups is bounded by the handlers, whatever kinds applications insert. Cost grows
+-- with the active jobs, not the history.
 -- No parameters.
-SELECT status, kind, count(*) AS jobs
-  FROM pgwake.jobs
- WHERE status IN ('scheduled', 'queued', 'running')
- GROUP BY status, kind;
-
--- name: metrics_oldest_queued
--- Seconds since the oldest queued job became due, or NULL when none is queued.
--- No parameters.
-SELECT extract(epoch FROM now() - min(run_at))::float8 FROM pgwake.jobs WHERE status = 'queued';
+WITH handled AS (
+    SELECT DISTINCT k.kind FROM pgwake.workers AS w, unnest(w.kinds) AS k(kind)
+)
+SELECT j.status,
+       CASE WHEN h.kind IS NULL THEN '_unhandled' ELSE j.kind END AS kind,
+       count(*)::int AS jobs,
+       extract(epoch FROM now() - min(j.run_at))::float8 AS oldest_seconds
+  FROM pgwake.jobs AS j
+  LEFT JOIN handled AS h ON h.kind = j.kind
+ WHERE j.status IN ('scheduled', 'queued', 'running')
+ GROUP BY 1, 2;
 
 -- name: metrics_tenant_backlog
 -- Queued jobs of the $1 tenants with the largest backlog, plus those of the tenants

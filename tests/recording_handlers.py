@@ -107,3 +107,10 @@ async def effect(payload: EffectPayload, ctx: JobContext) -> None:
         ctx.attempt,
         os.getpid(),
     )
+
+
+@handler("tenant.database")
+async def tenant_database(payload: dict[str, Any], ctx: JobContext) -> str:
+    """The name of the tenant's own database, asked through ``ctx.tenant_db()``."""
+    async with ctx.tenant_db() as conn:
+        return str(await conn.fetchval("SELECT current_database()"))

@@ -5,6 +5,7 @@ worker must heal by itself, without being restarted, and lose nothing."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -114,6 +116,7 @@ async def test_postgres_restarted_twice_under_load(private_server: PrivateServer
     )
     stats = {"inserted": 0, "refused": 0}
     waits: list[float] = []
+    server_up: list[float] = []
     try:
         conn = await connect_when_up(private_server.dsn)
         try:
@@ -125,6 +128,7 @@ async def test_postgres_restarted_twice_under_load(private_server: PrivateServer
             for _ in range(2):
                 await anyio.sleep(2)
                 private_server.restart_immediate()
+                server_up.append(time.time())  # pg_ctl -w: accepting connections
                 waits.append(await probe_start_seconds(private_server.dsn))
             await anyio.sleep(1)
             producer.cancel_scope.cancel()
@@ -158,7 +162,17 @@ async def test_postgres_restarted_twice_under_load(private_server: PrivateServer
         assert output.count(trouble) <= 2, (trouble, output)
     # Both probes were woken by NOTIFY after the reconnect, not by the 300 s poll.
     assert all(w < 60 for w in waits), waits
-    print(f"\nafter each restart a new job started after {waits} s; {summary['jobs']} jobs")
+    reconnected = [
+        datetime.fromisoformat(line["timestamp"]).timestamp()
+        for line in (json.loads(text) for text in output.splitlines() if text.startswith("{"))
+        if line.get("event") == "listener reconnected"
+    ]
+    delays = [f"{1000 * (r - up):.0f}" for r, up in zip(reconnected, server_up, strict=True)]
+    print(
+        f"\nafter each restart: listener reconnected {delays} ms after the server accepted "
+        f"connections; a job inserted then started after "
+        f"{[f'{1000 * w:.1f}' for w in waits]} ms; {summary['jobs']} jobs"
+    )
 
 
 NFT_TABLE = "pgwake_test_drop"

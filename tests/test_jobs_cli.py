@@ -3,10 +3,17 @@ psql views."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import subprocess
+import sys
 
+import anyio
 import asyncpg
 
+from tests.conftest import ROOT
 from tests.test_cli import pgwake
 
 
@@ -153,3 +160,44 @@ async def test_views(conn: asyncpg.Connection) -> None:
     assert [(r["tenant_id"], r["queued"], r["scheduled"], r["paused"]) for r in backlog] == [
         ("acme", 1, 1, True)
     ]
+
+
+def purge_on_a_terminal(dsn: str, answer: str) -> tuple[int, str]:
+    """``pgwake jobs purge`` with a pseudo-terminal as its stdin, answering ``answer``."""
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "listener", "jobs", "purge", "--status", "failed"],
+        env={**env, "PGWAKE_DSN": dsn, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        while b"[y/N]" not in seen:
+            seen += os.read(leader, 1024)
+        os.write(leader, answer.encode() + b"\n")
+        code = proc.wait(timeout=60)
+        with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+            while chunk := os.read(leader, 1024):
+                seen += chunk
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+    return code, seen.decode()
+
+
+async def test_purge_asks_on_a_terminal(dsn: str, conn: asyncpg.Connection) -> None:
+    await seed(conn)
+    code, output = await anyio.to_thread.run_sync(purge_on_a_terminal, dsn, "n")
+    assert code == 1, output
+    assert "Delete every failed job?" in output
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'failed'") == 2
+    code, output = await anyio.to_thread.run_sync(purge_on_a_terminal, dsn, "y")
+    assert code == 0, output
+    assert "purged 2 job(s)" in output
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'failed'") == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -13,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from listener.api import JobContext, Registry
-from tests.conftest import eventually, running_worker
+from listener.metrics import Metrics
+from tests.conftest import ROOT, eventually, running_worker
 from tests.test_cli import pgwake
 
 
@@ -91,9 +93,11 @@ async def test_metrics_health_and_bounded_tenant_series(dsn: str, conn: asyncpg.
             }
 
         async def sampled() -> dict[Any, float] | None:
-            # A sample taken after tenant a's jobs ran: only the unhandled backlog is left.
+            # A sample taken after tenant a's jobs ran and their outcomes were stored:
+            # only the unhandled backlog is left.
             samples = await scrape(port)
-            return samples if tenant_series(samples) == expected else None
+            running = samples.get(("pgwake_queue_jobs", (("kind", "work"), ("status", "running"))))
+            return samples if tenant_series(samples) == expected and running == 0 else None
 
         samples = await eventually(sampled)
         assert samples[("pgwake_jobs_claimed_total", (("kind", "work"),))] == 7
@@ -101,27 +105,168 @@ async def test_metrics_health_and_bounded_tenant_series(dsn: str, conn: asyncpg.
             samples[("pgwake_jobs_finished_total", (("kind", "work"), ("outcome", "succeeded")))]
             == 7
         )
+        # Every outcome of a handled kind exists from the start, at 0.
+        for outcome in ("failed", "cancelled", "retried", "snoozed"):
+            key = ("pgwake_jobs_finished_total", (("kind", "work"), ("outcome", outcome)))
+            assert samples[key] == 0
         assert samples[("pgwake_job_duration_seconds_count", (("kind", "work"),))] == 7
         assert samples[("pgwake_job_start_latency_seconds_count", (("kind", "work"),))] == 7
         assert samples[("pgwake_worker_capacity", ())] == 4
         assert samples[("pgwake_listener_up", ())] == 1
-        assert samples[("pgwake_queue_jobs", (("kind", "other.kind"), ("status", "queued")))] == (
-            total
-        )
-        assert samples[("pgwake_oldest_queued_job_age_seconds", ())] > 0
+        assert samples[("pgwake_ready", ())] == 1
+        assert samples[("pgwake_leader", ())] == 1
+        assert 0 <= samples[("pgwake_heartbeat_age_seconds", ())] < 60
+        assert samples[("pgwake_workers_registered", ())] == 1
+        assert samples[("pgwake_workers_heartbeat_age_max_seconds", ())] >= 0
+        # A kind no worker handles is counted under _unhandled, never under its own name
+        # (applications may insert any kind: the label stays bounded by the handlers).
+        queue = {
+            (dict(labels)["status"], dict(labels)["kind"]): value
+            for (name, labels), value in samples.items()
+            if name == "pgwake_queue_jobs"
+        }
+        assert queue == {
+            ("queued", "_unhandled"): total,
+            ("scheduled", "_unhandled"): 0,
+            ("running", "_unhandled"): 0,
+            ("queued", "work"): 0,
+            ("scheduled", "work"): 0,
+            ("running", "work"): 0,
+        }
+        assert samples[("pgwake_oldest_queued_job_age_seconds", (("kind", "_unhandled"),))] > 0
+        assert samples[("pgwake_oldest_queued_job_age_seconds", (("kind", "work"),))] == 0
+        # Tenant database pools: the opt-in tenant and _other only.
+        assert {
+            dict(labels)["tenant"]
+            for (name, labels) in samples
+            if name == "pgwake_tenant_db_connections"
+        } == {"t05", "_other"}
+        assert samples[("pgwake_tenant_db_pools", ())] == 0
+        assert samples[("pgwake_tenant_db_max_connections", ())] == 50
 
         # While draining, the worker is alive but not ready.
         await conn.execute(
             "INSERT INTO pgwake.jobs (tenant_id, kind, payload) "
             "VALUES ('a', 'work', '{\"hold\": true}')"
         )
-        await eventually(
-            lambda: conn.fetchval("SELECT count(*) = 1 FROM pgwake.jobs WHERE status = 'running'")
-        )
+
+        async def handler_running() -> bool:
+            # In the handler, not just claimed: a stop before the handler starts would
+            # end the drain at once.
+            return (await scrape(port))[("pgwake_jobs_in_flight", ())] == 1
+
+        await eventually(handler_running)
         service.stop()
         assert (await anyio.to_thread.run_sync(get, port, "/readyz"))[0] == 503
         assert (await anyio.to_thread.run_sync(get, port, "/healthz"))[0] == 200
         release.set()
+
+
+# Series only the metrics leader exports.
+DB_DERIVED = {
+    "pgwake_queue_jobs",
+    "pgwake_oldest_queued_job_age_seconds",
+    "pgwake_tenant_queued_jobs",
+    "pgwake_workers_registered",
+    "pgwake_workers_heartbeat_age_max_seconds",
+}
+LEADER_LOCK_HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND classid = 1885828963 AND objid = 1 AND objsubid = 2 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+async def test_only_the_leader_exports_database_derived_gauges(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry = Registry()
+
+    @registry.handler("work")
+    async def work(payload: dict[str, Any], ctx: JobContext) -> None:
+        pass
+
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (kind, run_at) "
+        "SELECT 'work', now() + interval '1 hour' FROM generate_series(1, 3)"
+    )
+    async with (
+        running_worker(dsn, registry, metrics_interval=0.05) as a,
+        running_worker(dsn, registry, metrics_interval=0.05) as b,
+    ):
+        workers = (a, b)
+
+        async def one_leader() -> list[dict[Any, float]] | None:
+            scraped = [await scrape(w.http.port) for w in workers]  # type: ignore[arg-type]
+            leaders = [s[("pgwake_leader", ())] for s in scraped]
+            exporting = [{name for name, _ in s} & DB_DERIVED for s in scraped]
+            registered = sum(s.get(("pgwake_workers_registered", ()), 0) for s in scraped)
+            if sorted(leaders) == [0, 1] and sorted(map(len, exporting)) == [0, len(DB_DERIVED)]:
+                return scraped if registered == len(workers) else None
+            return None
+
+        scraped = await eventually(one_leader)
+        # Summed over the fleet, as a dashboard does, the sampled series count once.
+        scheduled = ("pgwake_queue_jobs", (("kind", "work"), ("status", "scheduled")))
+        assert sum(s.get(scheduled, 0) for s in scraped) == 3
+
+        # The leader's connection is killed: the lock goes with it, and a leader (the
+        # same worker or the other) takes it again on a new connection.
+        old_pid = await conn.fetchval(LEADER_LOCK_HOLDER)
+        assert old_pid is not None
+        await conn.execute("SELECT pg_terminate_backend($1)", old_pid)
+
+        async def new_holder() -> bool:
+            pid = await conn.fetchval(LEADER_LOCK_HOLDER)
+            return pid is not None and pid != old_pid
+
+        await eventually(new_holder)
+        scraped = await eventually(one_leader)
+
+        # The leader stops: the other worker takes over.
+        leader = workers[[s[("pgwake_leader", ())] for s in scraped].index(1)]
+        other = b if leader is a else a
+        leader.stop()
+        await leader.stopped.wait()
+
+        async def took_over() -> bool:
+            samples = await scrape(other.http.port)  # type: ignore[arg-type]
+            return samples[("pgwake_leader", ())] == 1 and samples.get(scheduled) == 3
+
+        await eventually(took_over)
+
+
+async def test_leader_survives_its_connection_killed_again_and_again(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The server ends the leader's session (pg_terminate_backend) 30 times, sometimes
+    between two protocol messages of a sample: each time a worker leads again, and no
+    worker dies of it."""
+    registry = Registry()
+
+    @registry.handler("work")
+    async def work(payload: dict[str, Any], ctx: JobContext) -> None:
+        pass
+
+    async with (
+        running_worker(dsn, registry, metrics_interval=0.002) as a,
+        running_worker(dsn, registry, metrics_interval=0.002) as b,
+    ):
+        for _ in range(30):
+            pid = await eventually(lambda: conn.fetchval(LEADER_LOCK_HOLDER))
+            await conn.execute("SELECT pg_terminate_backend($1)", pid)
+
+            async def replaced(old: int = pid) -> bool:
+                new = await conn.fetchval(LEADER_LOCK_HOLDER)
+                return new is not None and new != old
+
+            await eventually(replaced)
+
+        async def one_leader() -> bool:
+            leaders = [(await scrape(w.http.port))[("pgwake_leader", ())] for w in (a, b)]  # type: ignore[arg-type]
+            return sorted(leaders) == [0, 1]
+
+        await eventually(one_leader)
 
 
 def test_metrics_port_in_use_is_a_configuration_error(dsn: str) -> None:
@@ -141,3 +286,23 @@ def test_bad_metrics_addr(addr: str) -> None:
     done = pgwake("run", env={"PGWAKE_METRICS_ADDR": addr})
     assert done.returncode == 3
     assert "metrics_addr must be host:port" in done.stderr
+
+
+def test_readme_lists_every_series() -> None:
+    """The README's tables under "Metrics and health" name exactly the series a worker
+    exports (counters with _total, histograms by their base name)."""
+    metrics = Metrics(tenants_opt_in=["t"])
+    metrics.register_kinds(["k"])
+    metrics.set_workers(1, 0.0)
+    metrics.set_queue([], ["k"])
+    metrics.set_tenant_backlog([], 0)
+    exported = set()
+    for family in metrics.registry.collect():
+        if family.type == "histogram":
+            exported.add(family.name)
+        else:
+            exported |= {sample.name for sample in family.samples}
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Metrics and health", 1)[1].split("\n### ", 1)[0]
+    listed = set(re.findall(r"^\| `(pgwake_\w+)`", section, re.MULTILINE))
+    assert listed == exported

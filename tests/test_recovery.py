@@ -13,13 +13,16 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
 from listener import db
 from listener.api import JobContext
+from listener.config import load_settings
 from listener.metrics import Metrics
 from listener.queries import QUERIES
 from listener.recovery import Recoverer
 from listener.registry import Registry
+from listener.service import session_settings
 from tests.conftest import eventually, running_worker, spawn_worker, stop_process, wait_ready
 from tests.test_cli import pgwake
 from tests.test_processes import RECORDING, create_executions_table
@@ -428,5 +431,48 @@ async def test_recovery_round_requeues_or_fails_and_keeps_the_reason(
     sample = metrics.registry.get_sample_value
     assert sample("pgwake_workers_lost_total", {"why": "gone"}) == 1
     assert sample("pgwake_workers_lost_total", {"why": "hung"}) == 1
-    assert sample("pgwake_jobs_recovered_total", {"status": "failed"}) == 1
-    assert sample("pgwake_jobs_recovered_total", {"status": "queued"}) == 2
+    assert sample("pgwake_jobs_recovered_total", {"why": "gone", "status": "failed"}) == 1
+    assert sample("pgwake_jobs_recovered_total", {"why": "gone", "status": "queued"}) == 1
+    assert sample("pgwake_jobs_recovered_total", {"why": "hung", "status": "queued"}) == 1
+
+
+async def test_a_leader_stalled_inside_a_round_loses_the_lead_after_the_lease(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A leader whose event loop stalls inside a round's transaction holds the
+    maintenance lock; the server ends its session after ``maintenance_lease`` and the
+    next round goes to another worker, which recovers the jobs waiting for it."""
+    settings = load_settings({"maintenance_lease": 1.5}, env={})
+    stalled = await db.connect(dsn, session_settings=session_settings(settings))
+    try:
+        # What a leader's round holds when its loop blocks: an open transaction with the
+        # maintenance lock taken (and nothing sent afterwards).
+        transaction = stalled.transaction()
+        await transaction.start()
+        assert await stalled.fetchval(QUERIES["maintenance_leader"])
+        orphan = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, status, claimed_by, attempts, started_at) "
+            "VALUES ('k', 'running', $1, 1, now()) RETURNING id",
+            uuid.uuid4(),
+        )
+        registry = Registry()
+
+        @registry.handler("other")
+        async def other(payload: dict[str, Any], ctx: JobContext) -> None:
+            return None
+
+        stalled_at = time.monotonic()
+        async with running_worker(dsn, registry, maintenance_lease=1.5, maintenance_interval=0.2):
+
+            async def recovered() -> bool:
+                status = await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", orphan)
+                return status == "queued"
+
+            await eventually(recovered, timeout=30, interval=0.05)
+            took = time.monotonic() - stalled_at
+        # The stalled session was ended by the server, not by us.
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await stalled.fetchval("SELECT 1")
+    finally:
+        stalled.terminate()
+    print(f"\nstalled leader (lease 1.5 s) replaced; job recovered {took:.2f}s after it stalled")

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from listener import db
-from listener.schedules import Scheduler, due_slots
+from listener.schedules import MAX_CATCH_UP, Scheduler, due_slots
 from tests.conftest import spawn_worker, stop_process, wait_ready
 from tests.test_cli import pgwake
 
@@ -28,6 +28,21 @@ def test_due_slots_skip_and_catch_up() -> None:
     every, following = due_slots("* * * * *", "UTC", start, now, "catch_up")
     assert every == [start + timedelta(minutes=m) for m in range(4)]
     assert following == start + timedelta(minutes=4)
+
+
+def test_catching_up_continues_at_the_next_real_slot() -> None:
+    """A catch-up longer than one round's share resumes at the next cron slot: every
+    missed slot once, none invented between them."""
+    start = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    now = start + timedelta(minutes=MAX_CATCH_UP + 500)
+    first, following = due_slots("* * * * *", "UTC", start, now, "catch_up")
+    assert len(first) == MAX_CATCH_UP
+    assert following == first[-1] + timedelta(minutes=1)
+    rest, after = due_slots("* * * * *", "UTC", following, now, "catch_up")
+    assert rest[0] == following
+    every = first + rest
+    assert every == [start + timedelta(minutes=m) for m in range(MAX_CATCH_UP + 501)]
+    assert after == now + timedelta(minutes=1)
 
 
 def test_slots_follow_the_time_zone_across_dst() -> None:
@@ -115,6 +130,9 @@ async def test_schedules_cli(dsn: str, conn: asyncpg.Connection) -> None:
         assert bad.returncode == 2, (args, bad.stderr)
         assert message in bad.stderr
     assert await conn.fetchval("SELECT count(*) FROM pgwake.schedules") == 1
+    for args in (("list", "--all"), ("remove",), ("add", "x", "--kind", "k")):
+        refused = pgwake("schedules", *args, dsn=dsn)
+        assert refused.returncode == 2, (args, refused.stderr)
     removed = pgwake("schedules", "remove", "nightly", dsn=dsn)
     assert removed.returncode == 0
     gone = pgwake("schedules", "remove", "nightly", dsn=dsn)

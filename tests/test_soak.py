@@ -137,12 +137,16 @@ async def test_soak_under_chaos(private_server: PrivateServer) -> None:  # noqa:
     # error and the job was retried (in the same process). Anything else is a bug.
     after_kill = [e for e in duplicated if set(e["pids"]) & killed]
     after_restart = [e for e in duplicated if not set(e["pids"]) & killed]
+    # Lost: enqueued but not ended in a terminal state (or gone from the table).
+    lost = JOBS - sum(status.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
     print(
         f"\nsoak: {JOBS} jobs, {WORKERS} workers, {kills} kills, {restarts} restarts of "
-        f"PostgreSQL in {elapsed:.0f}s; statuses {status}; lost 0; missing effects {missing}; "
+        f"PostgreSQL in {elapsed:.0f}s; statuses {status}; lost {lost}; missing effects "
+        f"{missing}; "
         f"duplicates {duplicates} in {len(duplicated)} jobs: {len(after_kill)} whose worker "
         f"was killed, {len(after_restart)} retried after a restart (seed {SEED})"
     )
+    assert lost == 0, status
     assert status == {"succeeded": JOBS}, status
     assert missing == 0
     assert len(effects) == JOBS

@@ -138,6 +138,18 @@ async def test_unique_key_refuses_duplicates_while_active(conn: asyncpg.Connecti
         await conn.execute(
             "INSERT INTO pgwake.jobs (tenant_id, kind, unique_key) VALUES ('acme', 'sync', 'daily')"
         )
+    # Still refused while it runs, and while it waits to be retried.
+    worker = await register(conn)
+    claimed = await claim(conn, worker, 10, kinds=["sync"], cursor="")
+    assert first in [r["id"] for r in claimed]
+    assert await conn.fetchval(insert, "acme", "daily") is None
+    await conn.execute(
+        "UPDATE pgwake.jobs SET status = 'scheduled', run_at = now() + interval '1 hour', "
+        "claimed_by = NULL WHERE id = $1",
+        first,
+    )
+    assert await conn.fetchval(insert, "acme", "daily") is None
+    # Accepted once it has finished.
     await conn.execute(
         "UPDATE pgwake.jobs SET status = 'succeeded', finished_at = now() WHERE id = $1", first
     )

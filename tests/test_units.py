@@ -1,27 +1,23 @@
-"""Pieces without a database: settings, registry, backoff, redaction, wake, sd_notify."""
+"""Pieces without a database: settings, registry, backoff, redaction, wake, executor."""
 
 from __future__ import annotations
 
 import itertools
 import random
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import asyncpg
 import pytest
 from pydantic import BaseModel
 
 from listener.api import JobContext, Registry
 from listener.config import load_settings
+from listener.db import is_transient
 from listener.errors import ConfigError
 from listener.redact import redact
 from listener.retry import Backoff
-from listener.sdnotify import Notifier
 from listener.wake import Wake
-from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
 
 
 def test_settings_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
@@ -150,61 +146,6 @@ async def test_wake_remembers_a_set_without_a_waiter() -> None:
     assert await wake.wait(0.01) == "poll"
 
 
-async def test_sd_notify_ready_watchdog_status_stopping_from_the_worker(
-    dsn: str, conn: asyncpg.Connection, tmp_path: Path
-) -> None:
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-    messages: list[tuple[float, str]] = []
-
-    async def read_all() -> list[tuple[float, str]]:
-        while True:
-            try:
-                data = sock.recv(4096)
-            except BlockingIOError:
-                return messages
-            messages.append((time.monotonic(), data.decode()))
-
-    worker = spawn_worker(dsn, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
-    try:
-        await wait_ready(conn)
-        await eventually(lambda: _has(read_all, "READY=1"))
-        start = time.monotonic()
-        await anyio.sleep(1.2)
-        await read_all()
-    finally:
-        code, out = stop_process(worker)
-    await read_all()
-    sock.close()
-    assert code == 0, out
-    texts = [m for _, m in messages]
-    ready = next(m for m in texts if m.startswith("READY=1"))
-    assert "STATUS=listening" in ready
-    pings = [t for t, m in messages if m == "WATCHDOG=1" and t >= start]
-    # Half of 0.4 s: about 6 pings in 1.2 s; allow slack for a busy machine.
-    assert 3 <= len(pings) <= 9, pings
-    assert any(m.startswith("STOPPING=1") for m in texts)
-    assert texts.index(ready) < next(i for i, m in enumerate(texts) if m.startswith("STOPPING"))
-
-
-async def _has(read: Any, prefix: str) -> bool:
-    return any(m.startswith(prefix) for _, m in await read())
-
-
-def test_notifier_is_silent_without_systemd() -> None:
-    notifier = Notifier(env={})
-    assert not notifier.enabled
-    assert notifier.watchdog_interval is None
-    notifier.ready("x")  # no socket: nothing to send, nothing raised
-    watchdog = Notifier(env={"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "2000000"})
-    assert watchdog.enabled
-    assert watchdog.watchdog_interval == 1.0
-    other_pid = Notifier(env={"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"})
-    assert other_pid.watchdog_interval is None
-
-
 async def test_executor_fails_unknown_kinds_and_configuration_errors_without_retry() -> None:
     from datetime import UTC, datetime
 
@@ -245,3 +186,39 @@ async def test_executor_fails_unknown_kinds_and_configuration_errors_without_ret
     assert broken.status == "failed"
     assert broken.error is not None
     assert broken.error.startswith("ConfigurationError: SMTP_HOST is not set")
+
+
+def test_settings_load_for_a_user_with_no_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A systemd DynamicUser on a host without nss-systemd: no $HOME, no passwd entry.
+    import pwd
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(uid)
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    settings = load_settings({"dsn": "postgresql://db/x"}, env={})
+    assert settings.data_dir == Path("/var/lib/pgwake/pgdata")
+
+
+def test_transient_errors_are_those_a_new_attempt_can_outlive() -> None:
+    transient = [
+        asyncpg.SerializationError("could not serialize"),
+        asyncpg.DeadlockDetectedError("deadlock"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed"),
+        # The server ended the session between two protocol messages.
+        asyncpg.InternalClientError("cannot switch to state 15"),
+        ConnectionResetError(),
+        TimeoutError(),
+    ]
+    lasting = [
+        asyncpg.UniqueViolationError("duplicate key"),
+        asyncpg.UndefinedTableError("relation does not exist"),
+        asyncpg.DataError("invalid input"),
+        ValueError("a bug"),
+    ]
+    assert [is_transient(e) for e in transient] == [True] * len(transient)
+    assert [is_transient(e) for e in lasting] == [False] * len(lasting)

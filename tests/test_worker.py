@@ -13,8 +13,13 @@ import asyncpg
 import pytest
 from pydantic import BaseModel
 
+from listener import db
 from listener.api import Cancel, JobContext, PermanentError, Registry, Retry, Snooze
+from listener.executor import MAX_RESULT_BYTES
+from listener.maintenance import Promoter
+from listener.wake import Wake
 from tests.conftest import eventually, running_worker
+from tests.test_cli import pgwake
 
 
 class Typed(BaseModel):
@@ -216,6 +221,43 @@ async def test_result_that_is_not_json_fails_without_retry(
     assert row["last_error"].startswith("the handler's result is not JSON")
 
 
+async def test_results_and_progress_are_stored_and_an_oversized_result_fails(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A handler's return value is kept in jobs.result and its last progress report in
+    jobs.progress, both shown by `pgwake jobs show`; a result over the limit fails the
+    job at once, naming its size and the limit."""
+    registry = Registry()
+
+    @registry.handler("report")
+    async def report(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        await ctx.progress(2, 2, "rows written")
+        return {"rows": 2, "tenant": ctx.job.tenant_id}
+
+    @registry.handler("huge")
+    async def huge(payload: dict[str, Any], ctx: JobContext) -> str:
+        return "x" * (MAX_RESULT_BYTES + 1)
+
+    done = await insert(conn, "report", tenant_id="acme")
+    too_big = await insert(conn, "huge", max_attempts=5)
+    async with running_worker(dsn, registry):
+        await eventually(lambda: status_of(conn, done, "succeeded"))
+        await eventually(lambda: status_of(conn, too_big, "failed"))
+    row = await job_row(conn, done)
+    assert row["result"] == {"rows": 2, "tenant": "acme"}
+    assert (row["progress"]["done"], row["progress"]["total"]) == (2, 2)
+    shown = json.loads(pgwake("jobs", "show", str(done), "--json", dsn=dsn).stdout)
+    assert shown["result"] == {"rows": 2, "tenant": "acme"}
+    assert shown["progress"]["message"] == "rows written"
+    failed = await job_row(conn, too_big)
+    assert failed["attempts"] == 1
+    assert failed["result"] is None
+    assert failed["last_error"].startswith(
+        f"the handler's result is {MAX_RESULT_BYTES + 3} bytes of JSON, "
+        f"more than the {MAX_RESULT_BYTES} allowed"
+    )
+
+
 async def test_only_kinds_with_handlers_are_claimed(dsn: str, conn: asyncpg.Connection) -> None:
     registry = Registry()
 
@@ -279,6 +321,29 @@ async def test_delayed_job_is_scheduled_then_runs(dsn: str, conn: asyncpg.Connec
         await eventually(lambda: status_of(conn, job_id, "succeeded"), timeout=10)
     row = await job_row(conn, job_id)
     assert row["started_at"] >= row["run_at"]
+
+
+async def test_one_worker_at_a_time_promotes(dsn: str, conn: asyncpg.Connection) -> None:
+    """Promotion holds the promotion lock: while another worker holds it, a promoter
+    promotes nothing and looks again shortly; then it promotes everything due."""
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (kind, run_at) "
+        "SELECT 'k', now() + interval '50 milliseconds' FROM generate_series(1, 3)"
+    )
+    await conn.execute("SELECT pg_sleep(0.1)")
+    pool = await db.create_pool(dsn, size=1)
+    try:
+        promoter = Promoter(pool, Wake(), poll_interval=60)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(1885828966, 0)")
+            wait = await promoter._promote_due()
+            assert promoter.promoted == 0
+            assert 0 < wait < 1  # busy: another look soon, not after the poll interval
+        assert await promoter._promote_due() == 60  # nothing scheduled any more
+        assert promoter.promoted == 3
+    finally:
+        await pool.close()
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'queued'") == 3
 
 
 async def test_delayed_jobs_start_on_time_without_polling(
