@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -114,8 +115,12 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 def _connect_kwargs(session_settings: dict[str, str] | None = None) -> dict[str, Any]:
-    # application_name lets a DBA tell pgwake's sessions apart in pg_stat_activity.
-    settings = {"application_name": f"pgwake@{socket.gethostname()}", **SERVER_KEEPALIVES}
+    # application_name lets a DBA (and `pgwake status`, which finds the metrics leader
+    # by it) tell pgwake's sessions apart in pg_stat_activity: host and worker pid.
+    settings = {
+        "application_name": f"pgwake@{socket.gethostname()}:{os.getpid()}",
+        **SERVER_KEEPALIVES,
+    }
     return {"server_settings": settings | (session_settings or {})}
 
 

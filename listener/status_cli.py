@@ -10,6 +10,9 @@ Invariants:
   ``gone`` without the lock (the maintenance leader recovers its jobs), ``hung`` past
   the timeout, ``late`` past two heartbeat intervals, else ``ok``. A kind with queued
   jobs that no live worker claims is listed as unhandled: its jobs wait for nobody.
+- The metrics leader is the worker whose session holds the metrics lock (metrics.py);
+  the maintenance rounds (recovery, retention, schedules) have no standing leader: each
+  round goes to whichever worker takes its lock first, so none is shown.
 - The database is shown with its password masked; nothing else secret is read.
 """
 
@@ -83,6 +86,7 @@ class WorkerRow:
     concurrency: int
     kinds: list[str]
     started_at: datetime
+    metrics_leader: bool
 
 
 @dataclass
@@ -142,6 +146,7 @@ def build(
             concurrency=w["concurrency"],
             kinds=list(w["kinds"]),
             started_at=w["started_at"],
+            metrics_leader=w["metrics_leader"],
         )
         for w in workers
     ]
@@ -282,7 +287,12 @@ def render(status: Status) -> str:
             ],
         )
     live = sum(w.live for w in status.workers)
-    out += ["", f"workers: {live} live of {len(status.workers)} registered"]
+    leaders = [f"{w.hostname} pid {w.pid}" for w in status.workers if w.metrics_leader]
+    out += [
+        "",
+        f"workers: {live} live of {len(status.workers)} registered"
+        + (f"; metrics leader: {leaders[0]}" if leaders else ""),
+    ]
     if status.workers:
         out += table(
             ["HOST", "PID", "STATE", "HEARTBEAT", "RUNNING", "UP", "KINDS"],

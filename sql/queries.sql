@@ -967,21 +967,30 @@ SELECT a.tenant_id,
 
 -- name: status_workers
 -- For `pgwake status`: every registered worker with its heartbeat's age, the jobs it
--- runs now (jobs_running_idx) and whether its liveness lock is held; not held means
--- the process or its connection is gone (the same lock as in workers_lost).
+-- runs now (jobs_running_idx), whether its liveness lock is held (not held: the process
+-- or its connection is gone; the same lock as in workers_lost), and whether it is the
+-- metrics leader (it holds the metrics lock of metrics_leader on a session whose
+-- application_name, set in db.py, names its host and pid).
 -- No parameters.
+WITH locks AS (
+    SELECT l.classid, l.objid, a.application_name
+      FROM pg_locks AS l
+      LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory'
+       AND l.granted
+       AND l.objsubid = 2
+       AND l.database = (SELECT d.oid FROM pg_database AS d
+                          WHERE d.datname = current_database())
+)
 SELECT w.id, w.hostname, w.pid, w.kinds, w.concurrency, w.started_at,
        extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_seconds,
        (SELECT count(*) FROM pgwake.jobs AS j
          WHERE j.claimed_by = w.id AND j.status = 'running') AS running,
-       EXISTS (SELECT 1
-                 FROM pg_locks AS l
-                WHERE l.locktype = 'advisory'
-                  AND l.database = (SELECT d.oid FROM pg_database AS d
-                                     WHERE d.datname = current_database())
-                  AND l.classid = 1885828962::oid
-                  AND l.objid = w.lock_key::oid
-                  AND l.objsubid = 2
-                  AND l.granted) AS lock_held
+       EXISTS (SELECT 1 FROM locks AS l
+                WHERE l.classid = 1885828962::oid AND l.objid = w.lock_key::oid) AS lock_held,
+       EXISTS (SELECT 1 FROM locks AS l
+                WHERE l.classid = 1885828963::oid AND l.objid = 1::oid
+                  AND l.application_name = 'pgwake@' || w.hostname || ':' || w.pid)
+           AS metrics_leader
   FROM pgwake.workers AS w
  ORDER BY w.hostname, w.pid, w.id;

@@ -72,6 +72,14 @@ async def known_queue(dsn: str, conn: asyncpg.Connection) -> AsyncIterator[dict[
         await eventually(
             lambda: conn.fetchval("SELECT count(*) = 2 FROM pgwake.jobs WHERE status = 'running'")
         )
+        # The real worker, alone, takes the metrics lock at its start.
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = 1885828963 AND objid = 1 AND granted AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        )
         await register(conn, "ghost", ["orphan.kind"], 3600)
         for host, kinds, age in (
             ("hung-host", ["report.build"], 3600),
@@ -133,14 +141,16 @@ async def test_status_json_has_the_exact_figures(dsn: str, known_queue: dict[str
     ]
     assert (status["active_tenants"], status["tenants_with_backlog"]) == (4, 4)
     workers = {
-        w["hostname"]: (w["state"], w["live"], w["running"], w["concurrency"], w["kinds"])
+        w["hostname"]: (
+            w["state"], w["live"], w["running"], w["concurrency"], w["kinds"], w["metrics_leader"]
+        )
         for w in status["workers"]
-    }
+    }  # fmt: skip
     assert workers == {
-        socket.gethostname(): ("ok", True, 2, 2, ["sleep"]),
-        "ghost": ("gone", False, 0, 8, ["orphan.kind"]),
-        "hung-host": ("hung", False, 0, 8, ["report.build"]),
-        "late-host": ("late", True, 0, 8, ["email.send"]),
+        socket.gethostname(): ("ok", True, 2, 2, ["sleep"], True),
+        "ghost": ("gone", False, 0, 8, ["orphan.kind"], False),
+        "hung-host": ("hung", False, 0, 8, ["report.build"], False),
+        "late-host": ("late", True, 0, 8, ["email.send"], False),
     }
     (real,) = [w for w in status["workers"] if w["pid"] == known_queue["pid"]]
     assert real["heartbeat_age_seconds"] < 30
@@ -168,7 +178,10 @@ async def test_status_tables(dsn: str, known_queue: dict[str, Any]) -> None:
         "gamma": ["4", "0", "0", "-", "1", "paused"],
         "beta": ["2", "0", "1", "-", "1"],
     }
-    assert "workers: 2 live of 4 registered" in out
+    host = socket.gethostname()
+    assert (
+        f"workers: 2 live of 4 registered; metrics leader: {host} pid {known_queue['pid']}" in out
+    )
     workers = table_rows(out, "HOST")
     assert workers[socket.gethostname()][:2] == [str(known_queue["pid"]), "ok"]
     assert workers[socket.gethostname()][3:] == ["2/2", workers[socket.gethostname()][4], "sleep"]
