@@ -862,8 +862,9 @@ SELECT count(*)::int AS workers,
 -- Jobs by status and kind, for the scheduled, queued and running states (the finished
 -- history is not counted), with the seconds since the oldest of each group became due.
 -- Kinds no registered worker handles are summed under '_unhandled', so the number of
--- groups is bounded by the handlers, whatever kinds applications insert. Cost grows
--- with the active jobs, not the history.
+-- groups is bounded by the handlers, whatever kinds applications insert. Each status
+-- is read through its own partial index, so the cost grows with the active jobs, not
+-- the history.
 -- No parameters.
 WITH handled AS (
     SELECT DISTINCT k.kind FROM pgwake.workers AS w, unnest(w.kinds) AS k(kind)
@@ -872,9 +873,12 @@ SELECT j.status,
        CASE WHEN h.kind IS NULL THEN '_unhandled' ELSE j.kind END AS kind,
        count(*)::int AS jobs,
        extract(epoch FROM now() - min(j.run_at))::float8 AS oldest_seconds
-  FROM pgwake.jobs AS j
+  FROM (SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
+        UNION ALL
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'queued'
+        UNION ALL
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'running') AS j
   LEFT JOIN handled AS h ON h.kind = j.kind
- WHERE j.status IN ('scheduled', 'queued', 'running')
  GROUP BY 1, 2;
 
 -- name: metrics_tenant_backlog

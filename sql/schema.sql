@@ -307,14 +307,19 @@ CREATE INDEX jobs_finished_idx ON pgwake.jobs (status, finished_at)
 
 -- Active jobs by kind and status, with how long the oldest queued one has been due.
 -- security_invoker: a role confined to its tenants sees only its tenants here too.
+-- Each status is read on its own, through its partial index: one scan of all three
+-- could use none of them and would read the finished history too.
 CREATE VIEW pgwake.queue_status WITH (security_invoker = true) AS
 SELECT j.kind,
        j.status,
        count(*) AS jobs,
        max(now() - j.run_at) FILTER (WHERE j.status = 'queued') AS oldest_queued_wait,
        min(j.run_at) FILTER (WHERE j.status = 'scheduled') AS next_scheduled_at
-  FROM pgwake.jobs AS j
- WHERE j.status IN ('scheduled', 'queued', 'running')
+  FROM (SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
+        UNION ALL
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'queued'
+        UNION ALL
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'running') AS j
  GROUP BY j.kind, j.status;
 
 -- The dead letters: failed jobs, newest first, with the first line of their error.
@@ -342,9 +347,12 @@ SELECT j.tenant_id,
        coalesce(t.paused, false) AS paused,
        t.max_concurrency,
        coalesce(t.weight, 1) AS weight
-  FROM pgwake.jobs AS j
+  FROM (SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
+        UNION ALL
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'queued'
+        UNION ALL
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'running') AS j
   LEFT JOIN pgwake.tenants AS t ON t.tenant_id = j.tenant_id
- WHERE j.status IN ('scheduled', 'queued', 'running')
  GROUP BY j.tenant_id, t.paused, t.max_concurrency, t.weight;
 
 -- One row per schedule. The maintenance leader of a round (queries.sql:

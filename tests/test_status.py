@@ -233,7 +233,9 @@ def test_status_of_an_unmigrated_database_exits_5(empty_dsn: str) -> None:
     assert "pgwake migrate" in done.stderr
 
 
-async def test_status_queries_read_indexes_not_the_history(conn: asyncpg.Connection) -> None:
+async def test_status_queries_and_views_read_indexes_not_the_history(
+    conn: asyncpg.Connection,
+) -> None:
     await conn.execute(
         "INSERT INTO pgwake.jobs (tenant_id, kind, status, attempts, finished_at) "
         "SELECT 't' || (i % 500), 'k' || (i % 10), 'succeeded', 1, now() "
@@ -248,8 +250,21 @@ async def test_status_queries_read_indexes_not_the_history(conn: asyncpg.Connect
         "     unnest(ARRAY['queued', 'running', 'scheduled', 'failed']) AS s"
     )
     await conn.execute("ANALYZE pgwake.jobs")
-    for name, args in (("status_kinds", ()), ("status_tenants", (10,)), ("status_workers", ())):
-        plan = (await conn.fetchval(f"EXPLAIN (FORMAT JSON) {QUERIES[name]}", *args))[0]
+    # The CLI's queries, the leader's metrics samples, and the psql views.
+    statements = {
+        name: (QUERIES[name], args)
+        for name, args in (
+            ("status_kinds", ()),
+            ("status_tenants", (10,)),
+            ("status_workers", ()),
+            ("metrics_queue_depth", ()),
+            ("metrics_tenant_backlog", (5, ["t1"])),
+        )
+    }
+    for view in ("queue_status", "tenant_backlog", "failed_jobs"):
+        statements[view] = (f"SELECT * FROM pgwake.{view}", ())
+    for name, (sql, args) in statements.items():
+        plan = (await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))[0]
         scans = [n for n in nodes(plan["Plan"]) if n.get("Relation Name") == "jobs"]
         assert all(n["Node Type"] != "Seq Scan" for n in scans), (name, json.dumps(plan))
         if name != "status_workers":  # no worker registered: its subplan is not needed
