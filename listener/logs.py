@@ -3,8 +3,9 @@
 Invariants:
 - Every event passes :func:`_redact` last before rendering, so a DSN or password in any
   field is masked whatever the caller logged.
-- Context bound with ``structlog.contextvars`` (job_id, tenant, kind, attempt inside a
-  job) appears on every line logged in that context.
+- Context bound with ``structlog.contextvars`` appears on every line logged in that
+  context, and so do the job_id, tenant, kind and attempt of the job whose handler runs
+  there (``listener.jobs.CURRENT_JOB``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 import structlog
 
+from listener.jobs import add_job_fields
 from listener.redact import redact_value
 
 _LEVELS = {
@@ -44,6 +46,7 @@ def configure(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_job_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

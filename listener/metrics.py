@@ -8,12 +8,16 @@ Invariants:
   and ``tenant="_other"`` for the rest. 10,000 tenants never make 10,000 series.
 - Database-derived gauges are sampled on an interval by one query each, never per
   scrape and never per tenant.
+- The per-job helpers (``observe_claimed``, ``observe_finished``) look a kind's series
+  up once and keep them: a label lookup takes a lock and builds a key, which at
+  thousands of jobs a second is a noticeable share of the worker's time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import anyio
 import asyncpg
@@ -142,16 +146,27 @@ class Metrics:
             "Open connections to tenants' own databases.",
             registry=r,
         )
+        # Series of the per-job helpers, by kind and by (kind, outcome).
+        self._claimed_series: dict[str, tuple[Any, Any]] = {}
+        self._finished_series: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe_claimed(self, kind: str, started_at: datetime, due_at: datetime) -> None:
         """A job was claimed; ``due_at`` is its run_at."""
-        self.claimed.labels(kind).inc()
-        self.start_latency.labels(kind).observe(max((started_at - due_at).total_seconds(), 0))
+        series = self._claimed_series.get(kind)
+        if series is None:
+            series = (self.claimed.labels(kind), self.start_latency.labels(kind))
+            self._claimed_series[kind] = series
+        series[0].inc()
+        series[1].observe(max((started_at - due_at).total_seconds(), 0))
 
     def observe_finished(self, kind: str, outcome: str, seconds: float) -> None:
         """An attempt ended."""
-        self.finished.labels(kind, outcome).inc()
-        self.duration.labels(kind).observe(seconds)
+        series = self._finished_series.get((kind, outcome))
+        if series is None:
+            series = (self.finished.labels(kind, outcome), self.duration.labels(kind))
+            self._finished_series[kind, outcome] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def set_tenant_backlog(self, top: Sequence[tuple[str, int]], total: int) -> None:
         """Replace the tenant backlog series: ``top`` (tenant, queued) pairs and the

@@ -56,7 +56,6 @@ class JobProgress:
         self._last_write = -math.inf
         self._pending: dict[str, Any] | None = None
         self._failed = False
-        self._log = get_logger("progress").bind(job_id=job.id)
 
     @staticmethod
     def value(done: float, total: float | None, message: str | None) -> dict[str, Any]:
@@ -97,4 +96,7 @@ class JobProgress:
                 raise
             if not self._failed:
                 self._failed = True
-                self._log.warning("could not record progress", error=redact(str(exc)))
+                # The logger is made here, not per job: most jobs never need it.
+                get_logger("progress").warning(
+                    "could not record progress", job_id=self._job.id, error=redact(str(exc))
+                )
