@@ -17,10 +17,10 @@ Invariants:
   after another and wakes one more runner whenever jobs are left waiting, so jobs that
   wait on I/O run side by side while jobs that never wait cost no task switch. No task
   is created per job.
-- A runner keeps one cancel scope for as long as its jobs end on their own; the scope's
-  deadline is the running job's timeout. Stopping one job (its timeout, a cancel
-  request, an abandon) cancels the scope of the runner running it, which records why
-  and goes on in a fresh scope.
+- A runner keeps one cancel scope for as long as its jobs end on their own. Stopping one
+  job (a cancel request, an abandon, or its timeout, which one watchdog task enforces
+  for all runners) cancels the scope of the runner running it, which records why and
+  goes on in a fresh scope. Nothing per job touches a timer.
 - After ``stop()`` no new claim starts. Running jobs get ``drain_timeout`` seconds to
   finish; the rest are cancelled, and the service puts them back.
 - ``request_cancel`` stops the handlers of jobs whose cancellation was requested; they
@@ -69,7 +69,7 @@ class _Runner:
         self.scope = anyio.CancelScope()
         self.deadline = math.inf
         self.started = 0.0
-        # Why the scope was cancelled, when not by the deadline: "cancel" or "abandon".
+        # Why the scope was cancelled: "timeout", "cancel" or "abandon".
         self.stop_reason: str | None = None
 
 
@@ -109,6 +109,7 @@ class Claimer:
         self._fifo = fifo
         self._metrics = metrics
         metrics.capacity.set(concurrency)
+        metrics.in_flight.set_function(lambda: self._in_flight)
         # In a backlog, claim again once this many slots are free (or refill_wait passed).
         self._refill = max(1, min(claim_batch, concurrency) // 2)
         self._refill_wait = 0.002
@@ -129,6 +130,9 @@ class Claimer:
         # batch of jobs that never wait is not spread over many task switches.
         self._waking = 0
         self._jobs: TaskGroup | None = None
+        # The earliest deadline the watchdog waits for, and how to make it look again.
+        self._next_deadline = math.inf
+        self._deadlines_changed = anyio.Event()
         self._in_flight = 0
         self._unacked = 0
         self._slot_freed = anyio.Event()
@@ -196,6 +200,7 @@ class Claimer:
         try:
             async with anyio.create_task_group() as jobs:
                 self._jobs = jobs
+                jobs.start_soon(self._watch_deadlines)
                 task_status.started()
                 async with anyio.create_task_group() as loop:
                     loop.start_soon(self._claim_loop)
@@ -309,7 +314,6 @@ class Claimer:
         if self._in_flight == 0:
             self._idle = anyio.Event()
         self._in_flight += len(jobs)
-        self._metrics.in_flight.set(self._in_flight)
         running = self._running
         known = self._known
         for job in jobs:
@@ -355,16 +359,17 @@ class Claimer:
         ready = self._ready
         while True:
             if not ready:
-                await self._park(me)
+                await self._park()
                 continue
             job = ready.popleft()
             if ready:
                 self._wake_runner()
             me.job = job
             self._holders[job.id] = me
-            me.deadline = anyio.current_time() + job.timeout
-            me.scope.deadline = me.deadline
-            me.started = time.perf_counter()
+            me.started = started = time.monotonic()
+            me.deadline = started + job.timeout
+            if me.deadline < self._next_deadline:
+                self._deadlines_changed.set()
             outcome = await self._executor.attempt(job)
             me.job = None
             del self._holders[job.id]
@@ -372,9 +377,8 @@ class Claimer:
             if me.scope.cancel_called:
                 return
 
-    async def _park(self, me: _Runner) -> None:
+    async def _park(self) -> None:
         """Wait until woken for more jobs."""
-        me.scope.deadline = math.inf
         event = anyio.Event()
         self._parked.append(event)
         try:
@@ -384,6 +388,24 @@ class Claimer:
                 self._waking -= 1
             else:
                 self._parked.remove(event)
+
+    async def _watch_deadlines(self) -> None:
+        """Stop jobs that run past their timeout: sleeps until the earliest deadline of
+        the running jobs, and looks again when a job starts with an earlier one."""
+        while True:
+            now = time.monotonic()
+            soonest = math.inf
+            for runner in self._holders.values():
+                if runner.deadline <= now:
+                    if runner.stop_reason is None:
+                        runner.stop_reason = "timeout"
+                        runner.scope.cancel()
+                elif runner.deadline < soonest:
+                    soonest = runner.deadline
+            self._next_deadline = soonest
+            with anyio.move_on_after(soonest - now):
+                await self._deadlines_changed.wait()
+            self._deadlines_changed = anyio.Event()
 
     def _interrupted(self, me: _Runner) -> None:
         """The runner's scope caught a cancellation: record how the job it ran ended."""
@@ -401,14 +423,14 @@ class Claimer:
             outcome = Outcome(
                 job.id, job.attempt, "cancelled", error="cancelled: requested while running"
             )
-        else:  # the job's deadline passed
+        else:
             outcome = self._executor.timed_out(job)
         self._finished(job, outcome, me.started)
 
     def _finished(self, job: Job, outcome: Outcome, started: float) -> None:
         """A handler ended with ``outcome``: free its slot and have the outcome stored."""
         self._release(job)
-        self._metrics.observe_finished(job.kind, outcome.label, time.perf_counter() - started)
+        self._metrics.observe_finished(job.kind, outcome.label, time.monotonic() - started)
         # The handler's slot is free, but the job stays `running` in the database until
         # its outcome is stored; such jobs are bounded too (see _free).
         self._unacked += 1
@@ -424,7 +446,6 @@ class Claimer:
 
     def _release(self, job: Job) -> None:
         self._in_flight -= 1
-        self._metrics.in_flight.set(self._in_flight)
         tenant = job.tenant_id
         running = self._running[tenant]
         if running >= self._tenant_concurrency:
