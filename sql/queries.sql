@@ -876,6 +876,19 @@ SELECT u.tenant_id, $2, u.payload FROM unnest($1::text[], $3::jsonb[]) AS u(tena
 -- No parameters.
 ALTER TABLE pgwake.jobs DISABLE TRIGGER jobs_notify_after_insert;
 
+-- name: bench_enqueue_started
+-- Enqueues one job of the latency benchmark's kind (bench.started); returns its id.
+-- No parameters.
+INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('latency', 'bench.started') RETURNING id;
+
+-- name: bench_started_times
+-- Per finished job of the latency benchmark: its id and the wall-clock time its handler
+-- started (the handler's result).
+-- No parameters.
+SELECT id, (result ->> 'started')::float8 AS started
+  FROM pgwake.jobs
+ WHERE kind = 'bench.started' AND status = 'succeeded';
+
 -- name: bench_job_times
 -- Per job: tenant, insert time, claim time, finish time, and the wait between insert
 -- and claim in milliseconds (database clock on both ends).

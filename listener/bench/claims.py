@@ -6,6 +6,9 @@
 - ``retention``: claim latency on a queue of 100,000 jobs beside 1,000,000 finished ones
   past their retention, first alone, then while the retention pruner deletes all
   1,000,000 in batches; also how long the pruning took.
+- ``history`` (part of ``scale``): claim latency on a queue over 10,000 tenants, alone
+  and beside 1,000,000 finished jobs of those tenants (not yet past their retention),
+  in rounds that alternate between the two databases.
 
 Invariant: the claims are real ``job_claim`` statements from a registered worker: each
 commits and marks its jobs running, exactly as a worker's claim does.
@@ -23,7 +26,7 @@ import anyio
 import asyncpg
 
 from listener import db
-from listener.bench.common import bench_database, percentile
+from listener.bench.common import bench_database, median_run, ms, percentile
 from listener.queries import QUERIES
 
 
@@ -45,16 +48,21 @@ class RetentionRun:
 
 
 async def _time_claims(
-    conn: asyncpg.Connection, worker: uuid.UUID, *, count: int | None, until: anyio.Event | None
+    conn: asyncpg.Connection,
+    worker: uuid.UUID,
+    *,
+    count: int | None,
+    until: anyio.Event | None,
+    batch: int = 32,
 ) -> list[float]:
-    """Claim 32 jobs at a time, one claim after another, ``count`` times or until
+    """Claim ``batch`` jobs at a time, one claim after another, ``count`` times or until
     ``until`` is set; the wall-clock time of each claim in milliseconds."""
     claim = await conn.prepare(QUERIES["job_claim"])
     times: list[float] = []
     cursor = ""
     while (count is None or len(times) < count) and (until is None or not until.is_set()):
         began = time.perf_counter()
-        rows = await claim.fetch(worker, ["noop"], 32, 32, [], [], cursor)
+        rows = await claim.fetch(worker, ["noop"], batch, batch, [], [], cursor)
         times.append((time.perf_counter() - began) * 1000)
         cursor = rows[-1]["walk_end"] or ""
     return times
@@ -229,5 +237,90 @@ def render_claim(scales: Sequence[ClaimScale]) -> str:
         f"{s.tenants:>8} {s.queued:>10} {s.claims:>6} {s.batch:>5} "
         f"{s.p50_ms:>7g} {s.p99_ms:>7g} {s.buffers_per_claim:>13}"
         for s in scales
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRun:
+    """Claim latency with ``finished`` finished jobs in the table."""
+
+    finished: int
+    tenants: int
+    queued: int
+    claims: int
+    batch: int
+    p50_ms: float
+    p99_ms: float
+
+
+async def claim_history(
+    server_dsn: str,
+    *,
+    finished: int,
+    tenants: int,
+    claims: int,
+    batch: int,
+    repeat: int,
+) -> list[HistoryRun]:
+    """Claims on a queue alone and beside ``finished`` finished jobs; ``repeat`` rounds
+    alternating between the two, medians of each round's p50 and p99."""
+    queued = 2 * claims * batch * repeat
+    chunk = 100_000  # keeps each statement's transition table small
+    async with bench_database(server_dsn) as empty, bench_database(server_dsn) as full:
+        conns = {0: await db.connect(empty), finished: await db.connect(full)}
+        try:
+            workers = {}
+            for history, conn in conns.items():
+                for first in range(0, history, chunk):
+                    await conn.execute(
+                        QUERIES["bench_insert_finished"],
+                        first,
+                        min(chunk, history - first),
+                        tenants,
+                    )
+                for first in range(0, queued, chunk):
+                    count = min(chunk, queued - first)
+                    await conn.execute(QUERIES["bench_enqueue_spread"], first, count, tenants)
+                await conn.execute(QUERIES["bench_analyze"])
+                workers[history] = uuid.uuid4()
+                await conn.execute(
+                    QUERIES["worker_register"], workers[history], "bench", 0, ["noop"], batch, None
+                )
+            rounds: dict[int, list[HistoryRun]] = {history: [] for history in conns}
+            for _ in range(repeat):
+                for history, conn in conns.items():
+                    times = await _time_claims(
+                        conn, workers[history], count=claims, until=None, batch=batch
+                    )
+                    rounds[history].append(
+                        HistoryRun(
+                            finished=history,
+                            tenants=tenants,
+                            queued=queued,
+                            claims=claims,
+                            batch=batch,
+                            p50_ms=ms(percentile(times, 50)),
+                            p99_ms=ms(percentile(times, 99)),
+                        )
+                    )
+        finally:
+            for conn in conns.values():
+                await conn.close()
+    return [median_run(runs) for runs in rounds.values()]
+
+
+def render_history(runs: Sequence[HistoryRun]) -> str:
+    """Claim latency with and without finished history, as a table."""
+    lines = [
+        (
+            f"{'finished':>9} {'tenants':>7} {'queued':>7} {'claims':>6} {'batch':>5} "
+            f"{'p50 ms':>7} {'p99 ms':>7}"
+        )
+    ]
+    lines += [
+        f"{r.finished:>9} {r.tenants:>7} {r.queued:>7} {r.claims:>6} {r.batch:>5} "
+        f"{r.p50_ms:>7g} {r.p99_ms:>7g}"
+        for r in runs
     ]
     return "\n".join(lines)

@@ -122,21 +122,16 @@ async def enqueue(
 
 
 def render_enqueue(runs: Sequence[EnqueueRun]) -> str:
-    """Enqueue rates as a table, with the trigger's share of the rate."""
+    """Enqueue rates as a table."""
     lines = [
-        f"{'trigger':<8} {'single-row inserts/s':>20} {'(connections)':>13} "
-        f"{'bulk rows/s':>12} {'(rows)':>8}"
+        (
+            f"{'trigger':<8} {'single-row inserts/s':>20} {'(connections)':>13} "
+            f"{'bulk rows/s':>12} {'(rows)':>8}"
+        )
     ]
     lines += [
         f"{'on' if r.trigger else 'off':<8} {r.single_rows_per_s:>20g} {r.connections:>13} "
         f"{r.bulk_rows_per_s:>12g} {r.bulk_rows:>8}"
         for r in runs
     ]
-    on = next((r for r in runs if r.trigger), None)
-    off = next((r for r in runs if not r.trigger), None)
-    if on is not None and off is not None and off.single_rows_per_s and off.bulk_rows_per_s:
-        lines.append(
-            f"with the trigger: single-row {100 * on.single_rows_per_s / off.single_rows_per_s:.0f}%"
-            f" and bulk {100 * on.bulk_rows_per_s / off.bulk_rows_per_s:.0f}% of the rate without"
-        )
     return "\n".join(lines)

@@ -53,21 +53,23 @@ async def drain_run(
     claim_batch: int,
 ) -> DrainRun:
     """One drain with ``processes`` workers, each at ``concurrency`` (also per tenant)."""
-    async with bench_database(server_dsn) as dsn:
-        async with worker_processes(
+    async with (
+        bench_database(server_dsn) as dsn,
+        worker_processes(
             dsn,
             processes,
             concurrency=concurrency,
             tenant_concurrency=concurrency,
             claim_batch=claim_batch,
-        ):
-            conn = await db.connect(dsn)
-            try:
-                await conn.execute(QUERIES["bench_enqueue_spread"], 0, jobs, tenants)
-                await wait_queue_empty(conn, timeout=600)
-                seconds: float = await conn.fetchval(QUERIES["bench_drain_seconds"])
-            finally:
-                await conn.close()
+        ),
+    ):
+        conn = await db.connect(dsn)
+        try:
+            await conn.execute(QUERIES["bench_enqueue_spread"], 0, jobs, tenants)
+            await wait_queue_empty(conn, timeout=600)
+            seconds: float = await conn.fetchval(QUERIES["bench_drain_seconds"])
+        finally:
+            await conn.close()
     return DrainRun(
         processes=processes,
         jobs=jobs,
@@ -110,8 +112,10 @@ async def drain(
 def render_drain(runs: Sequence[DrainRun]) -> str:
     """Drain rates as a table."""
     lines = [
-        f"{'processes':>9} {'jobs':>7} {'tenants':>7} {'concurrency':>11} {'batch':>5} "
-        f"{'seconds':>8} {'jobs/s':>8}"
+        (
+            f"{'processes':>9} {'jobs':>7} {'tenants':>7} {'concurrency':>11} {'batch':>5} "
+            f"{'seconds':>8} {'jobs/s':>8}"
+        )
     ]
     lines += [
         f"{r.processes:>9} {r.jobs:>7} {r.tenants:>7} {r.concurrency:>11} {r.claim_batch:>5} "
@@ -159,7 +163,12 @@ async def ceiling_run(server_dsn: str, *, batch: int, jobs: int, tenants: int) -
 
 
 async def ceiling(
-    server_dsn: str, *, jobs: int, tenants: int, repeat: int, batches: Sequence[int] = CEILING_BATCHES
+    server_dsn: str,
+    *,
+    jobs: int,
+    tenants: int,
+    repeat: int,
+    batches: Sequence[int] = CEILING_BATCHES,
 ) -> list[CeilingRun]:
     """The ceiling at each batch size, ``repeat`` rounds (interleaved), medians."""
     rounds: dict[int, list[CeilingRun]] = {b: [] for b in batches}
