@@ -1,7 +1,8 @@
 """``enqueue``: what an INSERT into pgwake.jobs costs, and what the NOTIFY trigger adds.
 
-Two ways of enqueuing, each with the insert trigger on and with it disabled (so the
-NOTIFY and job-event cost is visible), no worker running:
+Two ways of enqueuing, each with the insert trigger on (with job events on, as by
+default, and off for the inserting sessions) and with the trigger disabled, so the cost
+of the NOTIFY (and of the job events, one NOTIFY per row) is visible; no worker runs:
 
 - ``single``: ``connections`` (default 8) concurrent connections each insert one job per
   statement (autocommit, a prepared plain INSERT, as an application does) for
@@ -31,9 +32,10 @@ BULK_STATEMENTS = 5
 
 @dataclass(frozen=True, slots=True)
 class EnqueueRun:
-    """Enqueue rates with the trigger on or off."""
+    """Enqueue rates with the trigger on or off, and job events on or off."""
 
     trigger: bool
+    events: bool
     connections: int
     seconds: float
     single_rows: int
@@ -42,9 +44,13 @@ class EnqueueRun:
     bulk_rows_per_s: float
 
 
-async def _single(dsn: str, *, connections: int, seconds: float) -> int:
+def _session(events: bool) -> dict[str, str]:
+    return {} if events else {"pgwake.job_events": "off"}
+
+
+async def _single(dsn: str, *, connections: int, seconds: float, events: bool) -> int:
     """Rows inserted one per statement by ``connections`` connections in ``seconds``."""
-    conns = [await db.connect(dsn) for _ in range(connections)]
+    conns = [await db.connect(dsn, session_settings=_session(events)) for _ in range(connections)]
     counts = [0] * connections
     try:
         deadline = time.monotonic() + seconds
@@ -65,9 +71,9 @@ async def _single(dsn: str, *, connections: int, seconds: float) -> int:
     return sum(counts)
 
 
-async def _bulk(dsn: str, *, rows: int) -> float:
+async def _bulk(dsn: str, *, rows: int, events: bool) -> float:
     """Rows/s of one INSERT of ``rows`` jobs (median of BULK_STATEMENTS)."""
-    conn = await db.connect(dsn)
+    conn = await db.connect(dsn, session_settings=_session(events))
     try:
         stmt = await conn.prepare(QUERIES["bench_enqueue_arrays"])
         tenants = [f"bench-t{i % 10}" for i in range(rows)]
@@ -83,9 +89,10 @@ async def _bulk(dsn: str, *, rows: int) -> float:
 
 
 async def enqueue_run(
-    server_dsn: str, *, trigger: bool, connections: int, seconds: float, rows: int
+    server_dsn: str, *, trigger: bool, events: bool, connections: int, seconds: float, rows: int
 ) -> EnqueueRun:
-    """Both ways of enqueuing with the trigger on or off, in a fresh database."""
+    """Both ways of enqueuing with the trigger and job events on or off, in a fresh
+    database."""
     async with bench_database(server_dsn) as dsn:
         if not trigger:
             conn = await db.connect(dsn)
@@ -93,10 +100,11 @@ async def enqueue_run(
                 await conn.execute(QUERIES["bench_disable_insert_trigger"])
             finally:
                 await conn.close()
-        single = await _single(dsn, connections=connections, seconds=seconds)
-        bulk = await _bulk(dsn, rows=rows)
+        single = await _single(dsn, connections=connections, seconds=seconds, events=events)
+        bulk = await _bulk(dsn, rows=rows, events=events)
     return EnqueueRun(
         trigger=trigger,
+        events=events,
         connections=connections,
         seconds=seconds,
         single_rows=single,
@@ -109,13 +117,20 @@ async def enqueue_run(
 async def enqueue(
     server_dsn: str, *, connections: int, seconds: float, rows: int, repeat: int
 ) -> list[EnqueueRun]:
-    """With and without the trigger, ``repeat`` rounds (interleaved), medians."""
-    rounds: dict[bool, list[EnqueueRun]] = {True: [], False: []}
+    """With the trigger (job events on, then off) and without it, ``repeat`` rounds
+    (interleaved), medians."""
+    modes = ((True, True), (True, False), (False, False))
+    rounds: dict[tuple[bool, bool], list[EnqueueRun]] = {mode: [] for mode in modes}
     for _ in range(repeat):
-        for trigger, runs in rounds.items():
+        for (trigger, events), runs in rounds.items():
             runs.append(
                 await enqueue_run(
-                    server_dsn, trigger=trigger, connections=connections, seconds=seconds, rows=rows
+                    server_dsn,
+                    trigger=trigger,
+                    events=events,
+                    connections=connections,
+                    seconds=seconds,
+                    rows=rows,
                 )
             )
     return [median_run(runs) for runs in rounds.values()]
@@ -125,13 +140,13 @@ def render_enqueue(runs: Sequence[EnqueueRun]) -> str:
     """Enqueue rates as a table."""
     lines = [
         (
-            f"{'trigger':<8} {'single-row inserts/s':>20} {'(connections)':>13} "
-            f"{'bulk rows/s':>12} {'(rows)':>8}"
+            f"{'trigger':<7} {'events':<6} {'single-row inserts/s':>20} {'(connections)':>13} "
+            f"{'bulk rows/s':>12} {'(rows)':>7}"
         )
     ]
     lines += [
-        f"{'on' if r.trigger else 'off':<8} {r.single_rows_per_s:>20g} {r.connections:>13} "
-        f"{r.bulk_rows_per_s:>12g} {r.bulk_rows:>8}"
+        f"{'on' if r.trigger else 'off':<7} {'on' if r.events else 'off':<6} "
+        f"{r.single_rows_per_s:>20g} {r.connections:>13} {r.bulk_rows_per_s:>12g} {r.bulk_rows:>7}"
         for r in runs
     ]
     return "\n".join(lines)
