@@ -60,10 +60,10 @@ def bench_cmd(
     ] = 10,
     drain_concurrency: Annotated[
         int, typer.Option(min=1, help="drain, scale: worker concurrency (also per tenant).")
-    ] = 500,
+    ] = 2000,
     drain_batch: Annotated[
         int, typer.Option(min=1, help="drain, scale: the workers' claim_batch.")
-    ] = 250,
+    ] = 1000,
     processes: Annotated[
         list[int] | None,
         typer.Option(help="scale: numbers of worker processes (repeatable; default 1, 2, 4)."),
