@@ -155,8 +155,16 @@ class Completer:
             [o.attempt for o in batch],
             [o.status for o in batch],
             [o.refund for o in batch],
-            [o.delay for o in batch],
-            [o.result for o in batch],
-            [o.error for o in batch],
+            _nulls_as_none([o.delay for o in batch]),
+            _nulls_as_none([o.result for o in batch]),
+            _nulls_as_none([o.error for o in batch]),
         )
         return rows
+
+
+def _nulls_as_none(values: list[Any]) -> list[Any] | None:
+    """``values``, or None when they are all None: the statement reads a NULL array as
+    all NULLs (unnest pads it), and encoding a long array of NULLs costs the client
+    about as much as the rest of the batch (a usual batch of successes has no delays,
+    results or errors)."""
+    return None if all(v is None for v in values) else values

@@ -74,6 +74,26 @@ def _requeue_status(delay: float) -> OutcomeStatus:
     return "scheduled" if delay > 0 else "queued"
 
 
+class _JobLog:
+    """A handler's logger (``ctx.log``): the executor's logger with the job's id, tenant,
+    kind and attempt bound, bound on first use, since most handlers never log."""
+
+    __slots__ = ("_bound", "_job", "_log")
+
+    def __init__(self, log: Any, job: Job) -> None:
+        self._log = log
+        self._job = job
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._bound is None:
+            job = self._job
+            self._bound = self._log.bind(
+                job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
+            )
+        return getattr(self._bound, name)
+
+
 class Executor:
     """Runs jobs with the registry's handlers."""
 
@@ -153,10 +173,12 @@ class Executor:
                 error=redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS],
             )
         reporter = JobProgress(job, self._progress) if self._progress is not None else None
-        log = self._log.bind(
-            job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
+        ctx = JobContext(
+            job=job,
+            log=_JobLog(self._log, job),
+            databases=self._databases,
+            progress_reporter=reporter,
         )
-        ctx = JobContext(job=job, log=log, databases=self._databases, progress_reporter=reporter)
         try:
             result = await handler.fn(payload, ctx)
             if reporter is not None:

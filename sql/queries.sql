@@ -320,6 +320,7 @@ CREATE INDEX IF NOT EXISTS jobs_fifo_idx ON pgwake.jobs (priority DESC, run_at, 
 -- $5 attempts to give back: 1 for a snooze or a put-back, else 0 (int[])
 -- $6 delay in seconds before the job runs again, NULL to keep run_at (float8[])
 -- $7 result (jsonb[]), $8 error text (text[]; NULL keeps the previous error)
+-- $6, $7 and $8 may each be NULL instead of an array of NULLs (unnest pads them).
 -- Returns the ids that were changed. When a finished job belongs to a tenant with a
 -- fleet-wide cap, it also wakes every worker (one NOTIFY): a slot of that tenant is
 -- free now, and whichever worker is idle may take it.
