@@ -1,31 +1,43 @@
-"""The claim loop: claims jobs in batches sized to free capacity and starts them.
+"""The claim loop and its runners: claims jobs in batches sized to free capacity and
+runs them.
 
 Invariants:
 - Never runs more handlers than ``concurrency``, nor more than ``tenant_concurrency``
   of one tenant: the claim asks only for free slots, per tenant, in the SQL itself. A
   handler's slot frees when it returns, while its outcome is written in the background;
   jobs running plus those whose outcome is not stored yet stay under 2 x concurrency.
-- Claims only kinds in the registry.
+- Claims only kinds in the registry, on one pool connection kept for the purpose
+  (``HeldConnection``), so a claim is one round trip.
 - Claims again as soon as there is room while the last claim came back full (a
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job; otherwise waits for a wake (NOTIFY, promotion,
   reconnect) or the poll interval. A claim that could not reach the database is tried
   again every second (at most the poll interval) until one does.
+- Claimed jobs are run by at most ``concurrency`` runner tasks, started when needed and
+  then kept (parked while there is nothing to run). A runner takes claimed jobs one
+  after another and wakes one more runner whenever jobs are left waiting, so jobs that
+  wait on I/O run side by side while jobs that never wait cost no task switch. No task
+  is created per job.
+- A runner keeps one cancel scope for as long as its jobs end on their own. Stopping one
+  job (a cancel request, an abandon, or its timeout, which one watchdog task enforces
+  for all runners) cancels the scope of the runner running it, which records why and
+  goes on in a fresh scope. Nothing per job touches a timer.
 - After ``stop()`` no new claim starts. Running jobs get ``drain_timeout`` seconds to
   finish; the rest are cancelled, and the service puts them back.
-- Every running handler has a cancel scope of its own. ``request_cancel`` stops the
-  handlers of jobs whose cancellation was requested; they are recorded ``cancelled``
-  with no retry. ``abandon_all`` (this worker was declared lost and its jobs given to
-  others) stops every handler and writes nothing for them.
+- ``request_cancel`` stops the handlers of jobs whose cancellation was requested; they
+  are recorded ``cancelled`` with no retry. ``abandon_all`` (this worker was declared
+  lost and its jobs given to others) stops every handler, drops the claimed jobs not
+  started yet, and writes nothing for any of them.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import string
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 
 import anyio
@@ -35,6 +47,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from listener.completer import Completer
 from listener.db import is_transient
 from listener.executor import Executor
+from listener.held import HeldConnection
 from listener.jobs import Job, Outcome
 from listener.logs import get_logger
 from listener.metrics import Metrics
@@ -47,8 +60,22 @@ from listener.wake import Wake
 MAX_PARTIAL_WALKS = 100
 
 
+class _Runner:
+    """What one runner task is doing."""
+
+    __slots__ = ("deadline", "job", "scope", "started", "stop_reason")
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+        self.scope = anyio.CancelScope()
+        self.deadline = math.inf
+        self.started = 0.0
+        # Why the scope was cancelled: "timeout", "cancel" or "abandon".
+        self.stop_reason: str | None = None
+
+
 class Claimer:
-    """Claims and dispatches jobs for one worker process."""
+    """Claims and runs jobs for one worker process."""
 
     def __init__(
         self,
@@ -67,11 +94,12 @@ class Claimer:
         metrics: Metrics,
         fifo: bool = False,
     ) -> None:
-        self._pool = pool
+        self._db = HeldConnection(pool)
         self._worker_id = worker_id
         self._kinds = list(kinds)
         self._executor = executor
         self._completer = completer
+        completer.when_stored(self._stored)
         self._wake = wake
         self._concurrency = concurrency
         self._tenant_concurrency = tenant_concurrency
@@ -82,18 +110,30 @@ class Claimer:
         self._fifo = fifo
         self._metrics = metrics
         metrics.capacity.set(concurrency)
+        metrics.in_flight.set_function(lambda: self._in_flight)
         # In a backlog, claim again once this many slots are free (or refill_wait passed).
         self._refill = max(1, min(claim_batch, concurrency) // 2)
         self._refill_wait = 0.002
         self._log = get_logger("claimer")
         self._outage = OutageLog(self._log, "claim")
         self._running: Counter[str] = Counter()
-        self._scopes: dict[int, anyio.CancelScope] = {}
-        # Jobs this worker knows it holds: running, or finished with the outcome not
-        # stored yet. Unknown ids the database reports are suspects for one beat.
+        # Jobs this worker knows it holds: claimed (waiting or running), or finished
+        # with the outcome not stored yet. Unknown ids the database reports are suspects
+        # for one beat.
         self._known: set[int] = set()
         self._suspects: set[int] = set()
-        self._cancel_requested: set[int] = set()
+        # Claimed jobs waiting for a runner; the runners' state; runners parked (idle).
+        self._ready: deque[Job] = deque()
+        self._holders: dict[int, _Runner] = {}
+        self._parked: list[anyio.Event] = []
+        self._runners = 0
+        # Runners woken (or started) that have not taken a job yet: at most one, so a
+        # batch of jobs that never wait is not spread over many task switches.
+        self._waking = 0
+        self._jobs: TaskGroup | None = None
+        # The earliest deadline the watchdog waits for, and how to make it look again.
+        self._next_deadline = math.inf
+        self._deadlines_changed = anyio.Event()
         self._in_flight = 0
         self._unacked = 0
         self._slot_freed = anyio.Event()
@@ -107,8 +147,9 @@ class Claimer:
         self.claims = 0
 
     def _free(self) -> int:
-        """Slots a claim may fill: handlers running stay under ``concurrency``, and
-        running plus finished-but-not-yet-stored jobs under twice that."""
+        """Slots a claim may fill: jobs claimed and not finished stay under
+        ``concurrency``, and those plus finished-but-not-yet-stored jobs under twice
+        that."""
         return min(
             self._concurrency - self._in_flight,
             2 * self._concurrency - self._in_flight - self._unacked,
@@ -116,7 +157,7 @@ class Claimer:
 
     @property
     def in_flight(self) -> int:
-        """Jobs this worker is running now."""
+        """Jobs this worker has claimed and not finished (running or about to)."""
         return self._in_flight
 
     @property
@@ -127,11 +168,11 @@ class Claimer:
     def request_cancel(self, job_ids: Sequence[int]) -> None:
         """Stop the handlers of these jobs (those running here); they end cancelled."""
         for job_id in job_ids:
-            scope = self._scopes.get(job_id)
-            if scope is not None and job_id not in self._cancel_requested:
-                self._cancel_requested.add(job_id)
+            runner = self._holders.get(job_id)
+            if runner is not None and runner.stop_reason is None:
+                runner.stop_reason = "cancel"
                 self._log.info("cancelling running job on request", job_id=job_id)
-                scope.cancel()
+                runner.scope.cancel()
 
     def reconcile(self, held: Sequence[int]) -> list[int]:
         """Of the ids the database says this worker runs, those it has not known of at
@@ -143,10 +184,16 @@ class Claimer:
         return sorted(orphans)
 
     def abandon_all(self) -> None:
-        """Stop every running handler without recording an outcome: the jobs belong to
-        other workers now."""
-        for scope in self._scopes.values():
-            scope.cancel()
+        """Stop every running handler and drop the claimed jobs not started yet, without
+        recording an outcome: the jobs belong to other workers now."""
+        for runner in self._holders.values():
+            if runner.stop_reason != "abandon":
+                runner.stop_reason = "abandon"
+                runner.scope.cancel()
+        while self._ready:
+            job = self._ready.popleft()
+            self._release(job)
+            self._known.discard(job.id)
 
     def stop(self, *, now: bool = False) -> None:
         """Stop claiming; with ``now`` skip the rest of the drain."""
@@ -156,31 +203,36 @@ class Claimer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Claim until stopped, then drain. Returns when no job of ours is running."""
-        async with anyio.create_task_group() as jobs:
-            task_status.started()
-            async with anyio.create_task_group() as loop:
-                loop.start_soon(self._claim_loop, jobs)
-                await self._stop.wait()
-                loop.cancel_scope.cancel()
-            if self._in_flight:
-                self._log.info("draining", running=self._in_flight, timeout=self._drain_timeout)
-                with anyio.move_on_after(self._drain_timeout):
-                    async with anyio.create_task_group() as waiters:
-                        waiters.start_soon(self._cancel_on, self._stop_now, waiters)
-                        await self._idle.wait()
-                        waiters.cancel_scope.cancel()
-            if self._in_flight:
-                self._log.warning(
-                    "drain timeout: putting back running jobs", running=self._in_flight
-                )
-            jobs.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as jobs:
+                self._jobs = jobs
+                jobs.start_soon(self._watch_deadlines)
+                task_status.started()
+                async with anyio.create_task_group() as loop:
+                    loop.start_soon(self._claim_loop)
+                    await self._stop.wait()
+                    loop.cancel_scope.cancel()
+                if self._in_flight:
+                    self._log.info("draining", running=self._in_flight, timeout=self._drain_timeout)
+                    with anyio.move_on_after(self._drain_timeout):
+                        async with anyio.create_task_group() as waiters:
+                            waiters.start_soon(self._cancel_on, self._stop_now, waiters)
+                            await self._idle.wait()
+                            waiters.cancel_scope.cancel()
+                if self._in_flight:
+                    self._log.warning(
+                        "drain timeout: putting back running jobs", running=self._in_flight
+                    )
+                jobs.cancel_scope.cancel()
+        finally:
+            await self._db.release()
 
     @staticmethod
     async def _cancel_on(event: anyio.Event, group: TaskGroup) -> None:
         await event.wait()
         group.cancel_scope.cancel()
 
-    async def _claim_loop(self, jobs: TaskGroup) -> None:
+    async def _claim_loop(self) -> None:
         backlog = False
         partial_walks = 0
         while True:
@@ -194,8 +246,8 @@ class Claimer:
                 await self._wait_for_slots(self._refill, self._refill_wait)
             want = min(self._free(), self._claim_batch)
             claimed, walk_cut_short, more = await self._claim(want)
-            for job in claimed:
-                self._start(jobs, job)
+            if claimed:
+                self._dispatch(claimed)
             # A full claim, or one where a tenant was held to its share, leaves ready
             # jobs behind: claim again as soon as there is room.
             backlog = bool(claimed) and (len(claimed) >= want or more)
@@ -241,7 +293,7 @@ class Claimer:
                 ),
             )
         try:
-            rows = await self._pool.fetch(query, *args)
+            rows = await self._db.fetch(query, *args)
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -265,59 +317,153 @@ class Claimer:
         self.claimed += len(jobs)
         return jobs, cut_short, more
 
-    def _start(self, jobs: TaskGroup, job: Job) -> None:
-        self._in_flight += 1
-        self._metrics.in_flight.set(self._in_flight)
-        self._running[job.tenant_id] += 1
-        self._known.add(job.id)
-        self._idle = anyio.Event()
-        jobs.start_soon(self._execute, job, name=f"job-{job.id}")
+    def _dispatch(self, jobs: list[Job]) -> None:
+        """Hand claimed jobs to the runners."""
+        if self._in_flight == 0:
+            self._idle = anyio.Event()
+        self._in_flight += len(jobs)
+        running = self._running
+        known = self._known
+        for job in jobs:
+            running[job.tenant_id] += 1
+            known.add(job.id)
+        self._ready.extend(jobs)
+        self._wake_runner()
 
-    async def _execute(self, job: Job) -> None:
-        started = time.perf_counter()
-        outcome: Outcome | None = None
-        scope = anyio.CancelScope()
-        self._scopes[job.id] = scope
+    def _wake_runner(self) -> None:
+        """Get one more runner onto the waiting jobs, unless one is on its way."""
+        if self._waking or not self._ready:
+            return
+        if self._parked:
+            self._waking += 1
+            self._parked.pop().set()
+        elif self._runners < self._concurrency and self._jobs is not None:
+            self._waking += 1
+            self._runners += 1
+            self._jobs.start_soon(self._runner)
+        # Otherwise every runner is busy, and each takes the next job when it is done.
+
+    async def _runner(self) -> None:
+        me = _Runner()
+        self._waking -= 1
         try:
-            with scope:
-                outcome = await self._executor.execute(job)
-            if outcome is None and job.id in self._cancel_requested:
-                self._metrics.jobs_cancelled_running.inc()
-                outcome = Outcome(
-                    job.id, job.attempt, "cancelled", error="cancelled: requested while running"
-                )
-            if outcome is None:
-                self._known.discard(job.id)
-                return  # abandoned: the job is another worker's now
-            stored = self._completer.submit(outcome)
-        except BaseException:
-            self._known.discard(job.id)  # cancelled at shutdown: put back by the service
-            raise
+            while True:
+                with anyio.CancelScope() as me.scope:
+                    await self._run_jobs(me)
+                self._interrupted(me)
         finally:
-            del self._scopes[job.id]
-            self._cancel_requested.discard(job.id)
+            self._runners -= 1
+            job = me.job
+            if job is not None:
+                # Cancelled at shutdown (the drain timed out): the service puts it back.
+                me.job = None
+                del self._holders[job.id]
+                self._release(job)
+                self._known.discard(job.id)
+
+    async def _run_jobs(self, me: _Runner) -> None:
+        """Run waiting jobs one after another; return when this runner's scope was
+        cancelled during a job that still ended on its own (the scope is spent)."""
+        ready = self._ready
+        while True:
+            if not ready:
+                await self._park()
+                continue
+            job = ready.popleft()
+            if ready:
+                self._wake_runner()
+            me.job = job
+            self._holders[job.id] = me
+            me.started = started = time.monotonic()
+            me.deadline = started + job.timeout
+            if me.deadline < self._next_deadline:
+                self._deadlines_changed.set()
+            outcome = await self._executor.attempt(job)
+            me.job = None
+            del self._holders[job.id]
+            self._finished(job, outcome, me.started)
+            if me.scope.cancel_called:
+                return
+
+    async def _park(self) -> None:
+        """Wait until woken for more jobs."""
+        event = anyio.Event()
+        self._parked.append(event)
+        try:
+            await event.wait()
+        finally:
+            if event.is_set():
+                self._waking -= 1
+            else:
+                self._parked.remove(event)
+
+    async def _watch_deadlines(self) -> None:
+        """Stop jobs that run past their timeout: sleeps until the earliest deadline of
+        the running jobs, and looks again when a job starts with an earlier one."""
+        while True:
+            now = time.monotonic()
+            soonest = math.inf
+            for runner in self._holders.values():
+                if runner.deadline <= now:
+                    if runner.stop_reason is None:
+                        runner.stop_reason = "timeout"
+                        runner.scope.cancel()
+                elif runner.deadline < soonest:
+                    soonest = runner.deadline
+            self._next_deadline = soonest
+            with anyio.move_on_after(soonest - now):
+                await self._deadlines_changed.wait()
+            self._deadlines_changed = anyio.Event()
+
+    def _interrupted(self, me: _Runner) -> None:
+        """The runner's scope caught a cancellation: record how the job it ran ended."""
+        job, me.job = me.job, None
+        reason, me.stop_reason = me.stop_reason, None
+        if job is None:
+            return
+        del self._holders[job.id]
+        if reason == "abandon":
             self._release(job)
-        self._metrics.observe_finished(job.kind, outcome.label, time.perf_counter() - started)
+            self._known.discard(job.id)  # another worker's now
+            return
+        if reason == "cancel":
+            self._metrics.jobs_cancelled_running.inc()
+            outcome = Outcome(
+                job.id, job.attempt, "cancelled", error="cancelled: requested while running"
+            )
+        else:
+            outcome = self._executor.timed_out(job)
+        self._finished(job, outcome, me.started)
+
+    def _finished(self, job: Job, outcome: Outcome, started: float) -> None:
+        """A handler ended with ``outcome``: free its slot and have the outcome stored."""
+        self._release(job)
+        self._metrics.observe_finished(job.kind, outcome.label, time.monotonic() - started)
         # The handler's slot is free, but the job stays `running` in the database until
         # its outcome is stored; such jobs are bounded too (see _free).
         self._unacked += 1
-        try:
-            await stored.wait()
-        finally:
-            self._known.discard(job.id)
-            self._unacked -= 1
-            self._slot_freed.set()
+        self._completer.submit(outcome)
+
+    def _stored(self, outcomes: Sequence[Outcome]) -> None:
+        """The completer stored these outcomes (or they were fenced off)."""
+        self._unacked -= len(outcomes)
+        known = self._known
+        for outcome in outcomes:
+            known.discard(outcome.job_id)
+        self._slot_freed.set()
 
     def _release(self, job: Job) -> None:
         self._in_flight -= 1
-        self._metrics.in_flight.set(self._in_flight)
-        if self._running[job.tenant_id] >= self._tenant_concurrency:
+        tenant = job.tenant_id
+        running = self._running[tenant]
+        if running >= self._tenant_concurrency:
             # The tenant was at its cap, so the last claim may have skipped its
             # jobs: claim again now rather than at the next poll.
             self._wake.set("slot")
-        self._running[job.tenant_id] -= 1
-        if self._running[job.tenant_id] <= 0:
-            del self._running[job.tenant_id]
+        if running <= 1:
+            del self._running[tenant]
+        else:
+            self._running[tenant] = running - 1
         self._slot_freed.set()
         if self._in_flight == 0:
             self._idle.set()

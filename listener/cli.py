@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import typer
 
 from listener import __version__, logs
+from listener.bench.command import bench_cmd
 from listener.cli_support import (
     ConfigOpt,
     DataDirOpt,
@@ -263,95 +263,7 @@ def enqueue_cmd(
 
 
 app.command("status")(status_cmd)
-
-BENCH_WORKLOADS = ("fairness", "claim", "retention", "recovery")
-
-
-@app.command("bench")
-def bench_cmd(
-    workloads: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help=f"Workloads to run: {', '.join(BENCH_WORKLOADS)} (default: all).",
-            show_default=False,
-        ),
-    ] = None,
-    big_jobs: Annotated[int, typer.Option(min=1, help="fairness: jobs of tenant big.")] = 20_000,
-    small_jobs: Annotated[int, typer.Option(min=1, help="fairness: jobs of tenant small.")] = 100,
-    small_interval: Annotated[
-        float, typer.Option(min=0.0, help="fairness: seconds between small's jobs.")
-    ] = 0.1,
-    concurrency: Annotated[int, typer.Option(min=1, help="Worker concurrency.")] = 32,
-    repeat: Annotated[
-        int,
-        typer.Option(
-            min=1, help="fairness: rounds of all modes (medians are shown); recovery: runs."
-        ),
-    ] = 3,
-    tenants: Annotated[
-        int, typer.Option(min=1, help="claim: tenants at the large scale.")
-    ] = 10_000,
-    queued: Annotated[
-        int, typer.Option(min=1, help="claim: queued jobs at the large scale.")
-    ] = 1_000_000,
-    claims: Annotated[int, typer.Option(min=1, help="claim: claims timed per scale.")] = 500,
-    finished: Annotated[
-        int, typer.Option(min=1, help="retention: finished jobs past their retention.")
-    ] = 1_000_000,
-    batch: Annotated[int, typer.Option(min=1, help="claim: jobs asked for per claim.")] = 32,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Run benchmark workloads in a database of their own and print the figures."""
-    from listener import bench  # noqa: PLC0415 - only for this command
-
-    chosen = workloads or list(BENCH_WORKLOADS)
-    unknown = [w for w in chosen if w not in BENCH_WORKLOADS]
-    if unknown:
-        raise fail(
-            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(BENCH_WORKLOADS)}", 2
-        )
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
-    logs.configure(settings.log_format, "warning")
-    results: dict[str, Any] = {}
-    with database(settings, announce=False) as url:
-        if "fairness" in chosen:
-            results["fairness"] = guard(
-                run_async,
-                lambda: bench.fairness(
-                    url,
-                    big_jobs=big_jobs,
-                    small_jobs=small_jobs,
-                    small_interval=small_interval,
-                    concurrency=concurrency,
-                    repeat=repeat,
-                ),
-            )
-        if "claim" in chosen:
-            results["claim"] = guard(
-                run_async,
-                lambda: bench.claim_cost(
-                    url, tenants=tenants, queued=queued, claims=claims, batch=batch
-                ),
-            )
-        if "retention" in chosen:
-            results["retention"] = guard(
-                run_async, lambda: bench.retention_cost(url, finished=finished)
-            )
-        if "recovery" in chosen:
-            results["recovery"] = guard(run_async, lambda: bench.recovery(url, repeat=repeat))
-    if as_json:
-        typer.echo(bench.as_json(results))
-        return
-    renders: dict[str, Callable[[Any], str]] = {
-        "fairness": bench.render_fairness,
-        "claim": bench.render_claim,
-        "retention": bench.render_retention,
-        "recovery": bench.render_recovery,
-    }
-    typer.echo("\n\n".join(renders[name](rows) for name, rows in results.items()))
+app.command("bench")(bench_cmd)
 
 
 @app.command("version")

@@ -4,16 +4,20 @@ Invariants:
 - ``submit`` never blocks and never loses an outcome: it goes into a buffer, and the
   run loop writes whatever has gathered in one ``job_finish_many`` statement. While a
   write is in flight, new outcomes gather for the next one, so batches grow with load
-  and an idle worker writes at once. The event ``submit`` returns is set once the
-  outcome is stored, so callers can bound the jobs whose outcome is still pending.
+  and an idle worker writes at once. Once a batch is stored, the callbacks given to
+  ``when_stored`` get its outcomes, so callers can bound the jobs whose outcome is still
+  pending.
+- The writes run one after another on one connection kept for the purpose
+  (``HeldConnection``): no pool round trips per batch.
 - Writes are fenced on (worker, job id, attempt): an outcome for a job this worker no
   longer holds changes nothing and is counted in ``fenced_off``.
 - A transient error (lost connection, deadlock, shutdown...) keeps the batch and retries
   it with backoff; handlers are never re-run because of it. A batch the database refuses
   for another reason is split, so one bad row cannot block the others; a row refused on
   its own is recorded as failed with the database's message.
-- ``run`` returns only after ``close()`` and once the buffer is empty, so the service
-  can put back held jobs knowing every finished outcome is stored.
+- ``run`` returns only after ``close()`` and once the buffer is empty (and then gives
+  its connection back), so the service can put back held jobs knowing every finished
+  outcome is stored.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from listener.db import is_transient
+from listener.held import HeldConnection
 from listener.jobs import Outcome
 from listener.logs import get_logger
 from listener.queries import QUERIES
@@ -45,25 +50,28 @@ class Completer:
         on_scheduled: Callable[[], None] | None = None,
         max_backoff: float = 2.0,
     ) -> None:
-        self._pool = pool
+        self._db = HeldConnection(pool)
         self._worker_id = worker_id
         self._max_batch = max_batch
         self._on_scheduled = on_scheduled
         self._max_backoff = max_backoff
         self._buffer: list[Outcome] = []
         self._pending = anyio.Event()
-        self._stored = anyio.Event()
+        self._listeners: list[Callable[[Sequence[Outcome]], None]] = []
         self._closed = False
         self._log = get_logger("completer")
         self.written = 0
         self.fenced_off = 0
 
-    def submit(self, outcome: Outcome) -> anyio.Event:
-        """Queue an outcome for writing; the event is set once it is stored (or fenced
-        off)."""
+    def submit(self, outcome: Outcome) -> None:
+        """Queue an outcome for writing."""
         self._buffer.append(outcome)
         self._pending.set()
-        return self._stored
+
+    def when_stored(self, callback: Callable[[Sequence[Outcome]], None]) -> None:
+        """Call ``callback`` with the outcomes of every batch once it is stored (or its
+        writes were fenced off)."""
+        self._listeners.append(callback)
 
     def close(self) -> None:
         """Finish: write what is buffered, then let ``run`` return."""
@@ -74,18 +82,21 @@ class Completer:
         """Write batches until closed and drained. Shielded: a cancel of the service
         does not drop outcomes that are already buffered."""
         task_status.started()
-        while True:
-            await self._pending.wait()
-            self._pending = anyio.Event()
-            while self._buffer:
-                batch, self._buffer = self._buffer, []
-                stored, self._stored = self._stored, anyio.Event()
-                with anyio.CancelScope(shield=True):
-                    for start in range(0, len(batch), self._max_batch):
-                        await self._write_with_retry(batch[start : start + self._max_batch])
-                stored.set()
-            if self._closed and not self._buffer:
-                return
+        try:
+            while True:
+                await self._pending.wait()
+                self._pending = anyio.Event()
+                while self._buffer:
+                    batch, self._buffer = self._buffer, []
+                    with anyio.CancelScope(shield=True):
+                        for start in range(0, len(batch), self._max_batch):
+                            await self._write_with_retry(batch[start : start + self._max_batch])
+                    for callback in self._listeners:
+                        callback(batch)
+                if self._closed and not self._buffer:
+                    return
+        finally:
+            await self._db.release()
 
     async def _write_with_retry(self, batch: list[Outcome]) -> None:
         backoff = 0.05
@@ -137,15 +148,23 @@ class Completer:
         self.written += len(changed)
 
     async def _execute(self, batch: Sequence[Outcome]) -> list[Any]:
-        rows: list[Any] = await self._pool.fetch(
+        rows: list[Any] = await self._db.fetch(
             QUERIES["job_finish_many"],
             self._worker_id,
             [o.job_id for o in batch],
             [o.attempt for o in batch],
             [o.status for o in batch],
             [o.refund for o in batch],
-            [o.delay for o in batch],
-            [o.result for o in batch],
-            [o.error for o in batch],
+            _nulls_as_none([o.delay for o in batch]),
+            _nulls_as_none([o.result for o in batch]),
+            _nulls_as_none([o.error for o in batch]),
         )
         return rows
+
+
+def _nulls_as_none(values: list[Any]) -> list[Any] | None:
+    """``values``, or None when they are all None: the statement reads a NULL array as
+    all NULLs (unnest pads it), and encoding a long array of NULLs costs the client
+    about as much as the rest of the batch (a usual batch of successes has no delays,
+    results or errors)."""
+    return None if all(v is None for v in values) else values

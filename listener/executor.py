@@ -8,6 +8,11 @@ Invariants:
   again from the database after its backoff.
 - Invalid payloads, unknown kinds, ``PermanentError`` and results that are not JSON fail
   the job at once; other exceptions and timeouts retry until ``max_attempts``.
+- ``execute`` enforces the job's timeout itself; ``attempt`` leaves it to the caller
+  (the claimer's runners hold one cancel scope each for all their jobs, which is much
+  cheaper than a scope per job) and ``timed_out`` is the outcome it then records.
+- While the handler runs, ``CURRENT_JOB`` names the job, so every line logged in it
+  carries the job's id, tenant, kind and attempt.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pydantic import ValidationError
 
 from listener.context import JobContext
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
-from listener.jobs import Job, Outcome, OutcomeStatus
+from listener.jobs import CURRENT_JOB, Job, Outcome, OutcomeStatus
 from listener.progress import JobProgress, ProgressWriter
 from listener.redact import redact
 from listener.registry import Registry
@@ -48,6 +53,8 @@ def _describe(exc: BaseException, *, with_traceback: bool) -> str:
 
 def _check_result(result: Any) -> str | None:
     """None when ``result`` can be stored as JSON, else why not."""
+    if result is None:
+        return None
     try:
         encoded = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -65,6 +72,26 @@ def _check_result(result: Any) -> str | None:
 def _requeue_status(delay: float) -> OutcomeStatus:
     """A job that runs again later is scheduled; one that may run now is queued."""
     return "scheduled" if delay > 0 else "queued"
+
+
+class _JobLog:
+    """A handler's logger (``ctx.log``): the executor's logger with the job's id, tenant,
+    kind and attempt bound, bound on first use, since most handlers never log."""
+
+    __slots__ = ("_bound", "_job", "_log")
+
+    def __init__(self, log: Any, job: Job) -> None:
+        self._log = log
+        self._job = job
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._bound is None:
+            job = self._job
+            self._bound = self._log.bind(
+                job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
+            )
+        return getattr(self._bound, name)
 
 
 class Executor:
@@ -91,23 +118,45 @@ class Executor:
         return Outcome(job.id, job.attempt, _requeue_status(wait), delay=wait, error=error)
 
     async def execute(self, job: Job) -> Outcome:
-        """Run ``job`` once and return how it ended."""
+        """Run ``job`` once, within its timeout, and return how it ended."""
+        with anyio.move_on_after(job.timeout):
+            return await self.attempt(job)
+        return self.timed_out(job)
+
+    async def attempt(self, job: Job) -> Outcome:
+        """Run ``job`` once and return how it ended. The caller enforces the job's
+        timeout (and records ``timed_out`` when it strikes); a cancellation from outside
+        propagates."""
+        token = CURRENT_JOB.set(job)
+        try:
+            outcome = await self._run(job)
+        finally:
+            CURRENT_JOB.reset(token)
+        self._report(job, outcome)
+        return outcome
+
+    def timed_out(self, job: Job) -> Outcome:
+        """The outcome of an attempt that ran past the job's timeout."""
+        outcome = self._failure(job, f"TimeoutError: job timed out after {job.timeout:g}s")
+        self._report(job, outcome)
+        return outcome
+
+    def _report(self, job: Job, outcome: Outcome) -> None:
+        """Log failures and retries (successes are not logged: at thousands of jobs a
+        second that would be most of the worker's work)."""
+        label = outcome.label
+        if label not in ("failed", "retried"):
+            return
         log = self._log.bind(
             job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
         )
-        with structlog.contextvars.bound_contextvars(
-            job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
-        ):
-            outcome = await self._run(job, log)
-        if outcome.label == "failed":
-            log.warning("job failed", error=(outcome.error or "").split("\n", 1)[0])
-        elif outcome.label == "retried":
-            log.info(
-                "job will retry", delay=outcome.delay, error=(outcome.error or "").split("\n", 1)[0]
-            )
-        return outcome
+        error = (outcome.error or "").split("\n", 1)[0]
+        if label == "failed":
+            log.warning("job failed", error=error)
+        else:
+            log.info("job will retry", delay=outcome.delay, error=error)
 
-    async def _run(self, job: Job, log: Any) -> Outcome:  # noqa: PLR0911 - one return per outcome
+    async def _run(self, job: Job) -> Outcome:  # noqa: PLR0911 - one return per outcome
         handler = self._registry.get(job.kind)
         if handler is None:
             error = ConfigurationError(f"no handler for kind {job.kind!r} in this worker")
@@ -124,14 +173,16 @@ class Executor:
                 error=redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS],
             )
         reporter = JobProgress(job, self._progress) if self._progress is not None else None
-        ctx = JobContext(job=job, log=log, databases=self._databases, progress_reporter=reporter)
-        timed_out = False
+        ctx = JobContext(
+            job=job,
+            log=_JobLog(self._log, job),
+            databases=self._databases,
+            progress_reporter=reporter,
+        )
         try:
-            with anyio.move_on_after(job.timeout) as scope:
-                result = await handler.fn(payload, ctx)
-                if reporter is not None:
-                    await reporter.flush()  # the last progress reported, before the outcome
-            timed_out = scope.cancelled_caught
+            result = await handler.fn(payload, ctx)
+            if reporter is not None:
+                await reporter.flush()  # the last progress reported, before the outcome
         except Snooze as exc:
             return Outcome(
                 job.id, job.attempt, _requeue_status(exc.delay), refund=1, delay=exc.delay
@@ -144,8 +195,6 @@ class Executor:
             return Outcome(job.id, job.attempt, "failed", error=_describe(exc, with_traceback=True))
         except Exception as exc:  # noqa: BLE001 - any other exception is a job failure
             return self._failure(job, _describe(exc, with_traceback=True))
-        if timed_out:
-            return self._failure(job, f"TimeoutError: job timed out after {job.timeout:g}s")
         problem = _check_result(result)
         if problem is not None:
             return Outcome(job.id, job.attempt, "failed", error=problem)

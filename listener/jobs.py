@@ -4,10 +4,15 @@ Invariants:
 - A ``Job`` is what the claim returned; ``attempt`` is the attempt this worker holds.
   Together with the worker id it is the lease that fences every later write.
 - An ``Outcome`` is written once, by the completer, fenced on (worker, id, attempt).
+- ``CURRENT_JOB`` holds the job whose handler runs in the current context (None
+  elsewhere); the log configuration adds its id, tenant, kind and attempt to every line
+  logged there.
 """
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -54,7 +59,24 @@ class Job:
         )
 
 
-@dataclass(frozen=True, slots=True)
+CURRENT_JOB: ContextVar[Job | None] = ContextVar("pgwake_current_job", default=None)
+
+
+def add_job_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """structlog processor: the running job's id, tenant, kind and attempt, on every line
+    logged while its handler runs (fields the caller set win)."""
+    job = CURRENT_JOB.get()
+    if job is not None:
+        event.setdefault("job_id", job.id)
+        event.setdefault("tenant", job.tenant_id)
+        event.setdefault("kind", job.kind)
+        event.setdefault("attempt", job.attempt)
+    return event
+
+
+# Not frozen: outcomes are internal and made once per job, and a frozen dataclass costs
+# several times more to build. Nothing changes one after it is made.
+@dataclass(slots=True)
 class Outcome:
     """How one attempt of a job ended, as the completer will write it.
 

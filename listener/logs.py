@@ -11,8 +11,9 @@ Invariants:
   created, so any other handler (pytest's capture, an embedding application's own
   handlers) gets them masked too.
 - Context bound with ``structlog.contextvars`` appears on every line logged in that
-  context: inside a job (the executor binds job_id, tenant, kind and attempt) that holds
-  for lines logged through ``ctx.log``, ``structlog.get_logger()`` and ``logging`` alike.
+  context, and so do the job_id, tenant, kind and attempt of the job whose handler runs
+  there (``listener.jobs.CURRENT_JOB``), for lines logged through ``ctx.log``,
+  ``structlog.get_logger()`` and ``logging`` alike.
 - Tracebacks are plain text, never with local variables (pretty tracebacks that show
   locals would print a connection string held in one).
 """
@@ -29,6 +30,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.stdlib import ProcessorFormatter
 
+from listener.jobs import add_job_fields
 from listener.redact import redact, redact_field
 
 LogFormat = Literal["auto", "json", "console"]
@@ -121,6 +123,7 @@ def configure(
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_job_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

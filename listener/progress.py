@@ -81,9 +81,9 @@ class JobProgress:
         self._interval = writer.interval
         self._last_write = -math.inf
         self._pending: dict[str, Any] | None = None
-        self._lock = anyio.Lock()
+        # Made on the first write: most jobs never report progress.
+        self._lock: anyio.Lock | None = None
         self._failed = False
-        self._log = get_logger("progress").bind(job_id=job.id)
 
     @property
     def job_id(self) -> int:
@@ -126,8 +126,12 @@ class JobProgress:
 
     async def flush(self) -> None:
         """Write the pending report, if any (the newest one, whoever calls)."""
+        if self._pending is None:
+            return
+        if self._lock is None:
+            self._lock = anyio.Lock()
         async with self._lock:
-            if self._pending is None:
+            if self._pending is None:  # written meanwhile by whoever held the lock
                 return
             value, self._pending = self._pending, None
             self._writer.release(self)
@@ -137,4 +141,7 @@ class JobProgress:
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
                 if not self._failed:
                     self._failed = True
-                    self._log.warning("could not record progress", error=redact(str(exc)))
+                    # The logger is made here, not per job: most jobs never need it.
+                    get_logger("progress").warning(
+                        "could not record progress", job_id=self._job.id, error=redact(str(exc))
+                    )

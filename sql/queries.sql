@@ -260,8 +260,6 @@ claimed AS (
 )
 SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked, NULL::boolean AS more
   FROM claimed AS c
- -- One job event per claimed job (a no-op when job events are off).
- CROSS JOIN LATERAL pgwake.job_event(c.id, c.tenant_id, c.kind, 'running') AS e
 UNION ALL
 -- One last row (id NULL) says where the walk ended and how many tenants it visited, so
 -- the next claim continues after it; a walk that visited $3 tenants may have stopped
@@ -270,7 +268,11 @@ UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT w.tenant_id FROM walk AS w ORDER BY w.lap DESC, w.step DESC LIMIT 1),
        (SELECT count(*) FROM walk),
-       EXISTS (SELECT 1 FROM candidates WHERE share_full);
+       EXISTS (SELECT 1 FROM candidates WHERE share_full)
+ -- One job event per claimed job (none when job events are off), all in one call.
+ WHERE (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id), array_agg(c.kind),
+                                 array_agg('running'::text))
+          FROM claimed AS c) >= 0;
 
 -- name: job_claim_fifo
 -- The unfair claim, for comparison benchmarks only (claim_order = "fifo"): up to $3
@@ -318,6 +320,7 @@ CREATE INDEX IF NOT EXISTS jobs_fifo_idx ON pgwake.jobs (priority DESC, run_at, 
 -- $5 attempts to give back: 1 for a snooze or a put-back, else 0 (int[])
 -- $6 delay in seconds before the job runs again, NULL to keep run_at (float8[])
 -- $7 result (jsonb[]), $8 error text (text[]; NULL keeps the previous error)
+-- $6, $7 and $8 may each be NULL instead of an array of NULLs (unnest pads them).
 -- Returns the ids that were changed. When a finished job belongs to a tenant with a
 -- fleet-wide cap, it also wakes every worker (one NOTIFY): a slot of that tenant is
 -- free now, and whichever worker is idle may take it.
@@ -335,14 +338,17 @@ UPDATE pgwake.jobs AS j
               $8::text[]) AS u(id, attempt, status, refund, delay, result, error)
  WHERE j.id = u.id
    -- The fence. Wrapped in IS TRUE on purpose: as plain conditions they let the planner
-   -- drive the update from jobs_running_idx (it often believes one row is running) and
+   -- drive the update from jobs_running_tenant_idx (it often believes one row is running) and
    -- rescan the unnest() for every running job, O(running x batch). This way each
    -- outcome is one primary-key probe.
    AND (j.status = 'running' AND j.claimed_by = $1 AND j.attempts = u.attempt) IS TRUE
 RETURNING j.id, j.tenant_id, j.kind, j.status
 ),
+-- One job event per changed job (none when job events are off), all in one call.
 events AS (
-    SELECT pgwake.job_event(f.id, f.tenant_id, f.kind, f.status) FROM finished AS f
+    SELECT pgwake.job_events(array_agg(f.id), array_agg(f.tenant_id), array_agg(f.kind),
+                             array_agg(f.status)) AS sent
+      FROM finished AS f
 ),
 capped_slot_freed AS (
     SELECT pg_notify('pgwake_jobs', '')
@@ -351,11 +357,11 @@ capped_slot_freed AS (
                      JOIN pgwake.tenants AS t ON t.tenant_id = f.tenant_id
                     WHERE t.max_concurrency IS NOT NULL)
 )
--- The count(*) conditions make sure both side-effect CTEs run (a SELECT CTE that is
--- not referenced is never evaluated).
+-- The conditions make sure both side-effect CTEs run (a SELECT CTE that is not
+-- referenced is never evaluated).
 SELECT f.id FROM finished AS f
  WHERE (SELECT count(*) FROM capped_slot_freed) >= 0
-   AND (SELECT count(*) FROM events) >= 0;
+   AND (SELECT sent FROM events) >= 0;
 
 -- name: job_put_back_held
 -- On shutdown, after the drain: every job this worker still holds goes back to the
@@ -826,6 +832,64 @@ SELECT 'bench-t' || (g % $3::int), 'noop', 'succeeded', 1,
 -- How many jobs have finished (succeeded or failed).
 -- No parameters.
 SELECT count(*) FROM pgwake.jobs WHERE status IN ('succeeded', 'failed');
+
+-- name: bench_active
+-- Whether any job is still scheduled, queued or running: one probe of each partial
+-- index, cheap enough to poll while a drain is timed.
+-- No parameters.
+SELECT EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'queued')
+    OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'running')
+    OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'scheduled');
+
+-- name: bench_drain_seconds
+-- Seconds from the first claim to the last finish (database clock).
+-- No parameters.
+SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM pgwake.jobs;
+
+-- name: bench_ceiling_claim
+-- The raw-SQL ceiling, first step (benchmarks only; no pgwake bookkeeping): takes up
+-- to $1 queued jobs with FOR UPDATE SKIP LOCKED, returning what a worker would need
+-- to run them. bench_ceiling_delete deletes them in the same transaction.
+-- $1 how many at most.
+SELECT j.id, j.tenant_id, j.kind, j.payload
+  FROM pgwake.jobs AS j
+ WHERE j.status = 'queued'
+ LIMIT $1::int
+   FOR UPDATE SKIP LOCKED;
+
+-- name: bench_ceiling_delete
+-- The raw-SQL ceiling, second step: deletes the jobs bench_ceiling_claim took.
+-- $1 job ids (bigint[]).
+DELETE FROM pgwake.jobs WHERE id = ANY ($1::bigint[]);
+
+-- name: bench_enqueue_one
+-- Enqueues one no-op job for tenant $1, as an application's plain INSERT does.
+INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ($1, 'noop');
+
+-- name: bench_enqueue_arrays
+-- Enqueues one job per element of $1 (tenants) and $3 (payloads, jsonb[]), of kind $2,
+-- in one statement, as an application enqueuing a batch does.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload)
+SELECT u.tenant_id, $2, u.payload FROM unnest($1::text[], $3::jsonb[]) AS u(tenant_id, payload);
+
+-- name: bench_disable_insert_trigger
+-- Disables the NOTIFY trigger on insert (only ever in a benchmark's own database, to
+-- measure what the trigger costs). Not preparable (DDL).
+-- No parameters.
+ALTER TABLE pgwake.jobs DISABLE TRIGGER jobs_notify_after_insert;
+
+-- name: bench_enqueue_started
+-- Enqueues one job of the latency benchmark's kind (bench.started); returns its id.
+-- No parameters.
+INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('latency', 'bench.started') RETURNING id;
+
+-- name: bench_started_times
+-- Per finished job of the latency benchmark: its id and the wall-clock time its handler
+-- started (the handler's result).
+-- No parameters.
+SELECT id, (result ->> 'started')::float8 AS started
+  FROM pgwake.jobs
+ WHERE kind = 'bench.started' AND status = 'succeeded';
 
 -- name: bench_job_times
 -- Per job: tenant, insert time, claim time, finish time, and the wait between insert

@@ -94,6 +94,97 @@ def test_bench_retention_smoke(server_dsn: str) -> None:
     assert run["alone_p50_ms"] <= run["alone_p99_ms"]
 
 
+async def test_bench_throughput_latency_and_enqueue_smoke(server_dsn: str) -> None:
+    """One small run of the workloads the performance targets are measured with, and
+    the summary that checks them (the figures are not asserted: a test is no
+    benchmark)."""
+    done = pgwake(
+        "bench",
+        "drain",
+        "latency",
+        "enqueue",
+        "ceiling",
+        "scale",
+        "--repeat",
+        "1",
+        "--jobs",
+        "1200",
+        "--processes",
+        "1",
+        "--processes",
+        "2",
+        "--latency-jobs",
+        "10",
+        "--latency-interval",
+        "0.01",
+        "--enqueue-connections",
+        "2",
+        "--enqueue-seconds",
+        "0.3",
+        "--enqueue-rows",
+        "300",
+        "--finished",
+        "2000",
+        "--tenants",
+        "40",
+        "--claims",
+        "10",
+        "--json",
+        dsn=server_dsn,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    ((drain,),) = [out["drain"]]
+    assert (drain["processes"], drain["jobs"], drain["tenants"]) == (1, 1200, 10)
+    assert drain["jobs_per_s"] > 0
+    assert [r["processes"] for r in out["scale"]] == [1, 2]
+    assert [r["batch"] for r in out["ceiling"]] == [1, 10, 100, 1000]
+    # Each ceiling run takes at most 1,000 batches, so batch 1 drains 1,000 jobs.
+    assert [r["jobs"] for r in out["ceiling"]] == [1000, 1200, 1200, 1200]
+    (latency,) = out["latency"]
+    assert latency["jobs"] == 10
+    assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert {r["trigger"] for r in out["enqueue"]} == {True, False}
+    for run in out["enqueue"]:
+        assert run["single_rows"] > 0
+        assert run["bulk_rows"] == 300
+    assert [r["finished"] for r in out["history"]] == [0, 2000]
+    assert all(r["tenants"] == 40 and r["claims"] == 10 for r in out["history"])
+    # The summary names every target whose workload ran.
+    targets = " | ".join(c["target"] for c in out["summary"])
+    for word in ("drain, one process", "ceiling", "latency", "trigger", "INSERT", "2 processes"):
+        assert word in targets
+    assert all(isinstance(c["met"], bool) for c in out["summary"])
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        left = await admin.fetchval(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgwake_bench_%'"
+        )
+    finally:
+        await admin.close()
+    assert left == 0
+
+
+def test_bench_tables_name_each_workload(server_dsn: str) -> None:
+    done = pgwake(
+        "bench",
+        "drain",
+        "ceiling",
+        "--repeat",
+        "1",
+        "--jobs",
+        "300",
+        dsn=server_dsn,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("drain\n")
+    assert "\nceiling\n" in done.stdout
+    assert "\nsummary\n" in done.stdout
+    assert "drain >= 0.5 x the ceiling at batch 100" in done.stdout
+
+
 def test_bench_unknown_workload() -> None:
     done = pgwake("bench", "nosuch")
     assert done.returncode == 2

@@ -83,3 +83,39 @@ async def test_claim_plan_uses_the_ready_index_with_ten_thousand_tenants(
         n.get("Actual Loops", 0) for n in scans_on_jobs if n.get("Index Name") == "jobs_ready_idx"
     )
     assert probes <= 300, probes
+
+
+async def test_lookups_of_one_workers_jobs_read_only_the_running_index(
+    conn: asyncpg.Connection,
+) -> None:
+    """One index on running jobs, led by tenant_id, serves the per-worker lookups too
+    (heartbeat, put-back): they scan the running jobs, never the table's history."""
+    workers = [uuid.uuid4() for _ in range(4)]
+    for worker in workers:
+        await conn.execute(QUERIES["worker_register"], worker, "plan", 1, ["k"], 100, None)
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, status, finished_at) "
+        "SELECT 'tenant' || (i % 100), 'k', 'succeeded', now() FROM generate_series(1, 50000) i"
+    )
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, status, claimed_by, attempts, started_at) "
+        "SELECT 'tenant' || (i % 100), 'k', 'running', ($1::uuid[])[1 + i % 4], 1, now() "
+        "FROM generate_series(1, 400) i",
+        workers,
+    )
+    await conn.execute("ANALYZE pgwake.jobs")
+    for name, args in [
+        ("worker_heartbeat", (workers[0],)),
+        ("job_put_back_held", (workers[0], "test")),
+    ]:
+        explained = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[name], *args)
+        scans = [
+            n
+            for n in nodes(explained[0]["Plan"])
+            if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]
+        ]
+        assert scans, name
+        assert {n.get("Index Name") for n in scans} == {"jobs_running_tenant_idx"}, (
+            name,
+            json.dumps(explained),
+        )

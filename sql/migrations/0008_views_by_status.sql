@@ -1,4 +1,4 @@
--- 0007_views_by_status: the psql views read each active status through its own partial
+-- 0008_views_by_status: the psql views read each active status through its own partial
 -- index. One scan with status IN ('scheduled', 'queued', 'running') can use none of
 -- them (each index's predicate names one status), so it read the whole table, finished
 -- history included: about 130 ms beside 1,000,000 finished jobs, against a couple of
