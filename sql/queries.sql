@@ -960,24 +960,16 @@ UNION
 (SELECT tenant_id, jobs FROM counts WHERE tenant_id = ANY ($2::text[]));
 
 -- name: status_kinds
--- For `pgwake status`: active jobs by kind and status (the view pgwake.queue_status),
--- with the seconds the oldest queued job of the kind has been due and the next
--- scheduled run, plus the failed jobs kept (dead letters) by kind. Each branch filters
--- the view on one status, which the planner pushes into the view's scan, so each reads
--- that status's partial index (jobs_ready_idx, jobs_running_idx, jobs_scheduled_idx,
--- jobs_finished_idx) and never the history of succeeded and cancelled jobs.
+-- For `pgwake status`: active jobs by kind and status (the view pgwake.queue_status,
+-- which reads each status through its partial index), with the seconds the oldest
+-- queued job of the kind has been due and the next scheduled run, plus the failed jobs
+-- kept (dead letters) by kind (jobs_finished_idx). Never reads the history of succeeded
+-- and cancelled jobs.
 -- No parameters.
 SELECT q.kind, q.status, q.jobs,
        extract(epoch FROM q.oldest_queued_wait)::float8 AS oldest_queued_seconds,
        q.next_scheduled_at
   FROM pgwake.queue_status AS q
- WHERE q.status = 'queued'
-UNION ALL
-SELECT q.kind, q.status, q.jobs, NULL, NULL FROM pgwake.queue_status AS q
- WHERE q.status = 'running'
-UNION ALL
-SELECT q.kind, q.status, q.jobs, NULL, q.next_scheduled_at FROM pgwake.queue_status AS q
- WHERE q.status = 'scheduled'
 UNION ALL
 SELECT j.kind, 'failed', count(*), NULL, NULL
   FROM pgwake.jobs AS j
@@ -985,57 +977,23 @@ SELECT j.kind, 'failed', count(*), NULL, NULL
  GROUP BY j.kind;
 
 -- name: status_tenants
--- For `pgwake status`: the $1 tenants with the most queued jobs, with their running
--- and scheduled jobs, the seconds their oldest queued job has been due, their settings,
--- and how many tenants have active and queued jobs in all. The same figures as the
--- view pgwake.tenant_backlog, but read status by status, each through its partial
--- index (the view's one scan of every active status cannot use them, and reads the
--- whole table, history included).
+-- For `pgwake status`: the $1 tenants with the most queued jobs (the view
+-- pgwake.tenant_backlog, which reads each status through its partial index), with the
+-- seconds their oldest queued job has been due, and how many tenants have active and
+-- queued jobs in all.
 -- $1 how many tenants.
-WITH queued AS (
-    SELECT j.tenant_id, count(*) AS queued, max(now() - j.run_at) AS oldest_queued_wait
-      FROM pgwake.jobs AS j
-     WHERE j.status = 'queued'
-     GROUP BY j.tenant_id
-),
-running AS (
-    SELECT j.tenant_id, count(*) AS running
-      FROM pgwake.jobs AS j
-     WHERE j.status = 'running'
-     GROUP BY j.tenant_id
-),
-scheduled AS (
-    SELECT j.tenant_id, count(*) AS scheduled
-      FROM pgwake.jobs AS j
-     WHERE j.status = 'scheduled'
-     GROUP BY j.tenant_id
-),
-active AS (
-    SELECT tenant_id FROM queued
-    UNION SELECT tenant_id FROM running
-    UNION SELECT tenant_id FROM scheduled
-)
-SELECT a.tenant_id,
-       coalesce(q.queued, 0) AS queued,
-       coalesce(r.running, 0) AS running,
-       coalesce(s.scheduled, 0) AS scheduled,
-       extract(epoch FROM q.oldest_queued_wait)::float8 AS oldest_queued_seconds,
-       coalesce(t.paused, false) AS paused,
-       t.max_concurrency,
-       coalesce(t.weight, 1) AS weight,
+SELECT b.tenant_id, b.queued, b.running, b.scheduled,
+       extract(epoch FROM b.oldest_queued_wait)::float8 AS oldest_queued_seconds,
+       b.paused, b.max_concurrency, b.weight,
        count(*) OVER () AS active_tenants,
-       count(q.tenant_id) OVER () AS tenants_with_backlog
-  FROM active AS a
-  LEFT JOIN queued AS q ON q.tenant_id = a.tenant_id
-  LEFT JOIN running AS r ON r.tenant_id = a.tenant_id
-  LEFT JOIN scheduled AS s ON s.tenant_id = a.tenant_id
-  LEFT JOIN pgwake.tenants AS t ON t.tenant_id = a.tenant_id
- ORDER BY queued DESC, running DESC, a.tenant_id
+       count(*) FILTER (WHERE b.queued > 0) OVER () AS tenants_with_backlog
+  FROM pgwake.tenant_backlog AS b
+ ORDER BY b.queued DESC, b.running DESC, b.tenant_id
  LIMIT $1::int;
 
 -- name: status_workers
 -- For `pgwake status`: every registered worker with its heartbeat's age, the jobs it
--- runs now (jobs_running_idx), whether its liveness lock is held (not held: the process
+-- runs now (jobs_running_tenant_idx), whether its liveness lock is held (not held: the process
 -- or its connection is gone; the same lock as in workers_lost), and whether it is the
 -- metrics leader (it holds the metrics lock of metrics_leader on a session whose
 -- application_name, set in db.py, names its host and pid).
