@@ -11,7 +11,11 @@ Invariants:
 - Claims again as soon as there is room while the last claim came back full (a
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job; otherwise waits for a wake (NOTIFY, promotion,
-  reconnect) or the poll interval. A claim that could not reach the database is tried
+  reconnect) or the poll interval.
+- Inserts notify only while this worker waits (``Doorbell``, the listener): before
+  each wait the claimer asks ``before_sleep`` and claims once more when told to, so a
+  job committed while the worker was busy is never left waiting for the poll; a
+  backlog tells the doorbell it is ``busy``. A claim that could not reach the database is tried
   again every second (at most the poll interval) until one does.
 - Claimed jobs are run by at most ``concurrency`` runner tasks, started when needed and
   then kept (parked while there is nothing to run). A runner takes claimed jobs one
@@ -39,6 +43,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
+from typing import Protocol
 
 import anyio
 import asyncpg
@@ -58,6 +63,22 @@ from listener.wake import Wake
 # Claims in a row that may continue a walk cut short by its tenant limit before the
 # loop waits for a wake: bounds the work when no tenant has anything for this worker.
 MAX_PARTIAL_WALKS = 100
+
+
+class Doorbell(Protocol):
+    """What tells the database whether this worker waits to be woken (the listener)."""
+
+    async def before_sleep(self) -> bool:
+        """Called before each wait; True: claim once more first."""
+        ...
+
+    def sleep_limit(self, poll_interval: float) -> float:
+        """The longest the next wait may be."""
+        ...
+
+    async def busy(self) -> None:
+        """A backlog: no notification needed until the next wait."""
+        ...
 
 
 class _Runner:
@@ -85,6 +106,7 @@ class Claimer:
         executor: Executor,
         completer: Completer,
         wake: Wake,
+        doorbell: Doorbell,
         *,
         concurrency: int,
         tenant_concurrency: int,
@@ -101,6 +123,7 @@ class Claimer:
         self._completer = completer
         completer.when_stored(self._stored)
         self._wake = wake
+        self._doorbell = doorbell
         self._concurrency = concurrency
         self._tenant_concurrency = tenant_concurrency
         self._claim_batch = claim_batch
@@ -251,6 +274,8 @@ class Claimer:
             # A full claim, or one where a tenant was held to its share, leaves ready
             # jobs behind: claim again as soon as there is room.
             backlog = bool(claimed) and (len(claimed) >= want or more)
+            if backlog:
+                await self._doorbell.busy()
             if backlog or self._outage.failing:
                 # A failed claim is retried after its pause, not at the next wake: the
                 # worker is not ready until a claim reaches the database again.
@@ -261,7 +286,9 @@ class Claimer:
                 partial_walks += 1
                 continue
             partial_walks = 0
-            source = await self._wake.wait(self._poll_interval)
+            if await self._doorbell.before_sleep():
+                continue  # jobs may have come without a notification: look once more
+            source = await self._wake.wait(self._doorbell.sleep_limit(self._poll_interval))
             self._metrics.wakes.labels(source).inc()
 
     async def _wait_for_slots(self, wanted: int, timeout: float | None) -> None:

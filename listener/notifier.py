@@ -11,6 +11,14 @@ Invariants:
   notification within ``probe_timeout``. This catches what a plain query would not (a
   session that answers queries but no longer delivers notifications) and, with TCP
   keepalives (db.py), a half-open socket whose peer vanished without a FIN.
+- Inserts notify only while some worker waits (see sql/migrations/0009). The claimer
+  calls ``before_sleep`` each time it is about to wait for a wake: the first call on a
+  connection starts waiting (the session's waiting lock) and asks for one more claim;
+  so does the call that finds every transaction gone that looked before the lock was
+  taken (until then ``sleep_limit`` keeps the sleeps short). Only then may the claimer
+  sleep on notifications. ``busy`` (a backlog) stops waiting. A new connection starts
+  not waiting, and the reconnect wakes the claimer, which starts again.
+- Queries on the connection (probes, waiting) take turns; asyncpg runs one at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from listener.wake import Wake
 CHANNEL = "pgwake_jobs"
 # pgwake.cancel_job notifies here with the id of a running job to stop.
 CANCEL_CHANNEL = "pgwake_cancel"
+# Seconds between looks while starting to wait is not settled (transactions that looked
+# before are still open, or the waiting lock was busy for an instant).
+SETTLE_INTERVAL = 0.01
 
 
 class Listener:
@@ -65,6 +76,14 @@ class Listener:
         self.probes = 0
         self.notifications = 0
         self.reconnects = 0
+        # The connection now listening (None while down), and one query at a time on it.
+        self._conn: asyncpg.Connection | None = None
+        self._conn_lock = anyio.Lock()
+        # Whether this connection holds the waiting lock; the transactions that looked
+        # before it was taken and were open then; whether taking it must be tried again.
+        self._waiting = False
+        self._looking: list[str] = []
+        self._retry_wait = False
 
     def _wake_all(self, source: str) -> None:
         for wake in self._wakes:
@@ -83,7 +102,10 @@ class Listener:
         self._probe_token = uuid.uuid4().hex
         self._probe_reply = anyio.Event()
         with anyio.fail_after(self._probe_timeout):
-            await conn.execute(QUERIES["listener_probe"], self._probe_channel, self._probe_token)
+            async with self._conn_lock:
+                await conn.execute(
+                    QUERIES["listener_probe"], self._probe_channel, self._probe_token
+                )
             await self._probe_reply.wait()
         self.probes += 1
 
@@ -95,11 +117,63 @@ class Listener:
             return
         self._on_cancel([job_id])
 
+    async def before_sleep(self) -> bool:
+        """Called before the claimer waits for a wake. True: claim once more first (new
+        jobs committed until now may not have notified). False: sleep (at most
+        ``sleep_limit``); whatever commits from now on notifies."""
+        conn = self._conn
+        if conn is None:
+            return False  # down: the reconnect wakes the claimer
+        try:
+            async with self._conn_lock:
+                if not self._waiting:
+                    looked: list[str] | None = await conn.fetchval(
+                        QUERIES["listener_start_waiting"]
+                    )
+                    self._retry_wait = looked is None
+                    if looked is None:
+                        return False  # someone is looking this instant: soon again
+                    self._waiting, self._looking = True, looked
+                    return True
+                if self._looking:
+                    still: list[str] = await conn.fetchval(
+                        QUERIES["listener_transactions_open"], self._looking
+                    )
+                    self._looking = still
+                    return not still
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            # The connection is failing; the listener notices and reconnects.
+        return False
+
+    def sleep_limit(self, poll_interval: float) -> float:
+        """How long the claimer may sleep now: short while waiting is not settled."""
+        if self._retry_wait or self._looking:
+            return min(poll_interval, SETTLE_INTERVAL)
+        return poll_interval
+
+    async def busy(self) -> None:
+        """The claimer has a backlog: it claims without being woken, so inserts need
+        not notify."""
+        conn = self._conn
+        if conn is None or not self._waiting:
+            return
+        try:
+            async with self._conn_lock:
+                await conn.execute(QUERIES["listener_stop_waiting"])
+                self._waiting, self._looking = False, []
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+
     def _set_down(self, error: str) -> None:
         if self._state != "down":
             self._log.warning("listener disconnected; reconnecting", error=error)
         self._state = "down"
         self.listening = False
+        self._conn = None
+        self._waiting, self._looking, self._retry_wait = False, [], False
         self._metrics.listener_up.set(0)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -119,7 +193,13 @@ class Listener:
             backoff = 0.05
             try:
                 await self._serve(conn, first=not started, task_status=task_status)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                TimeoutError,
+            ) as exc:
                 self._set_down(f"{type(exc).__name__}: {exc}")
             finally:
                 conn.terminate()
@@ -133,6 +213,8 @@ class Listener:
         await conn.add_listener(CHANNEL, self._on_notify)
         await conn.add_listener(CANCEL_CHANNEL, self._on_cancel_notify)
         await conn.add_listener(self._probe_channel, self._on_probe)
+        self._conn = conn
+        self._waiting, self._looking, self._retry_wait = False, [], False
         self.listening = True
         self._state = "listening"
         self._metrics.listener_up.set(1)

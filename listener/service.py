@@ -248,6 +248,7 @@ class Service:
             executor,
             completer,
             self.claim_wake,
+            self.listener,
             concurrency=s.concurrency,
             tenant_concurrency=s.tenant_concurrency,
             claim_batch=s.claim_batch,

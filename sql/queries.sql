@@ -558,7 +558,8 @@ SELECT count(*)::int FROM purged;
 
 -- name: job_progress
 -- Stores a running job's progress, fenced on worker and attempt, and announces it on
--- pgwake_events (status running, with the progress) unless job events are off.
+-- pgwake_events (status running, with the progress) while someone follows job events
+-- (pgwake.events_wanted).
 -- Returns whether the row was updated.
 -- $1 job id, $2 worker id, $3 attempt, $4 progress (jsonb).
 WITH updated AS (
@@ -573,7 +574,7 @@ announced AS (
                      json_build_object('id', u.id, 'tenant', u.tenant_id, 'kind', u.kind,
                                        'status', 'running', 'progress', $4::jsonb)::text)
       FROM updated AS u
-     WHERE coalesce(current_setting('pgwake.job_events', true), '') <> 'off'
+     WHERE pgwake.events_wanted()
 )
 SELECT EXISTS (SELECT 1 FROM updated) AND (SELECT count(*) FROM announced) >= 0;
 
@@ -697,6 +698,24 @@ SELECT pg_notify('pgwake_jobs', '');
 -- channel, which it must receive back (notifier.py).
 -- $1 the channel, $2 a fresh token.
 SELECT pg_notify($1, $2);
+
+-- name: listener_start_waiting
+-- The worker waits for new jobs from now on (pgwake.start_waiting, on the LISTEN
+-- connection): inserts notify while it does. Returns the transactions that looked
+-- before and are still open (the worker claims again once they have ended), or NULL
+-- when the lock could not be had at this instant.
+-- No parameters.
+SELECT pgwake.start_waiting(0);
+
+-- name: listener_transactions_open
+-- Which of the transactions start_waiting returned are still open.
+-- $1 virtual transaction ids (text[]).
+SELECT pgwake.transactions_open($1::text[]);
+
+-- name: listener_stop_waiting
+-- The worker has a backlog and claims without being woken: inserts need not notify.
+-- No parameters.
+SELECT pgwake.stop_waiting(0);
 
 -- name: job_enqueue
 -- Enqueues one job (the CLI's `pgwake enqueue`; applications use a plain INSERT).

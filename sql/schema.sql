@@ -120,44 +120,158 @@ CREATE INDEX jobs_running_tenant_idx ON pgwake.jobs (tenant_id, claimed_by)
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgwake.jobs (tenant_id, kind, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running');
 
+-- Notifications are sent only when a session waits for them. A transaction that
+-- sends a NOTIFY holds a database-wide lock from its commit until the commit is on
+-- disk, so notifying transactions commit one at a time; most notifications would wake
+-- nobody (a worker with a backlog claims again without being told). A session that
+-- wants to be woken holds a session-level advisory lock in shared mode: (1885828967, 0)
+-- for a worker waiting for new jobs, (1885828967, 1) for a session following job
+-- events. pgwake.someone_waits(n) tries that lock in exclusive mode for an instant.
+-- Waking is never lost: each looker first marks its transaction with a shared lock on
+-- (1885828967, 100 + n); a session that starts waiting (pgwake.start_waiting) takes its
+-- lock, then lists the transactions that looked before it, and looks for work once
+-- they have all ended. Whoever looks after that sees the lock and notifies.
+
 -- Job events: one NOTIFY on channel pgwake_events per change of a job's status, with a
--- JSON payload {"id", "tenant", "kind", "status"}. Switched off for a session, role or
--- database with the setting pgwake.job_events = 'off' (for example
+-- JSON payload {"id", "tenant", "kind", "status"}, sent while some session follows
+-- them (pgwake.follow_events). Switched off for a session, role or database with the
+-- setting pgwake.job_events = 'off' (for example
 -- ALTER DATABASE app SET pgwake.job_events = 'off'); on when unset.
-CREATE FUNCTION pgwake.job_event(p_id bigint, p_tenant_id text, p_kind text, p_status text)
+
+-- True when some session (this one included) waits to be woken by notifications of
+-- kind p_what (0: new jobs, 1: job events). Marks the calling transaction as one that
+-- looked, for pgwake.start_waiting.
+CREATE FUNCTION pgwake.someone_waits(p_what integer) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(1885828967, 100 + p_what);
+    IF current_setting('pgwake.waiting_' || p_what, true) = 'on' THEN
+        RETURN true;  -- this session waits (its own lock never conflicts with itself)
+    END IF;
+    IF pg_try_advisory_lock(1885828967, p_what) THEN
+        PERFORM pg_advisory_unlock(1885828967, p_what);
+        RETURN false;
+    END IF;
+    RETURN true;
+END;
+$$;
+
+-- Start waiting for notifications of kind p_what in this session: takes the session's
+-- shared lock and returns the virtual transaction ids of the transactions that looked
+-- (pgwake.someone_waits) before and have not ended yet. The caller looks for work once
+-- none of them is left (pgwake.transactions_open); everything committed later notifies.
+-- Returns NULL when the lock is taken in exclusive mode at this instant (someone is
+-- looking): try again.
+CREATE FUNCTION pgwake.start_waiting(p_what integer) RETURNS text[]
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+BEGIN
+    IF current_setting('pgwake.waiting_' || p_what, true) IS DISTINCT FROM 'on' THEN
+        IF NOT pg_try_advisory_lock_shared(1885828967, p_what) THEN
+            RETURN NULL;
+        END IF;
+        PERFORM set_config('pgwake.waiting_' || p_what, 'on', false);
+    END IF;
+    RETURN ARRAY(
+        SELECT l.virtualtransaction
+          FROM pg_locks AS l
+         WHERE l.locktype = 'advisory'
+           AND l.database = (SELECT d.oid FROM pg_database AS d
+                              WHERE d.datname = current_database())
+           AND l.classid = 1885828967::oid
+           AND l.objid = (100 + p_what)::oid
+           AND l.objsubid = 2
+           AND l.granted
+           AND l.pid <> pg_backend_pid());
+END;
+$$;
+
+-- Which of the virtual transactions p_ids are still open.
+CREATE FUNCTION pgwake.transactions_open(p_ids text[]) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT ARRAY(SELECT l.virtualxid
+                   FROM pg_locks AS l
+                  WHERE l.locktype = 'virtualxid' AND l.virtualxid = ANY (p_ids));
+$$;
+
+-- Stop waiting for notifications of kind p_what in this session.
+CREATE FUNCTION pgwake.stop_waiting(p_what integer) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+BEGIN
+    IF current_setting('pgwake.waiting_' || p_what, true) = 'on' THEN
+        PERFORM pg_advisory_unlock_shared(1885828967, p_what);
+        PERFORM set_config('pgwake.waiting_' || p_what, 'off', false);
+    END IF;
+END;
+$$;
+
+-- For applications: follow job events in this session (LISTEN pgwake_events, and say
+-- so, so that status changes are announced). Changes that commit after it returns are
+-- announced; read a job's row after following to know where it stands.
+CREATE FUNCTION pgwake.follow_events() RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+BEGIN
+    WHILE pgwake.start_waiting(1) IS NULL LOOP
+        PERFORM pg_sleep(0.001);
+    END LOOP;
+    LISTEN pgwake_events;
+END;
+$$;
+
+-- For applications: stop following job events in this session.
+CREATE FUNCTION pgwake.unfollow_events() RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+BEGIN
+    UNLISTEN pgwake_events;
+    PERFORM pgwake.stop_waiting(1);
+END;
+$$;
+
+-- Job events are sent only when job events are on for the session (pgwake.job_events)
+-- and some session follows them.
+CREATE FUNCTION pgwake.events_wanted() RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
+    SELECT coalesce(current_setting('pgwake.job_events', true), '') <> 'off'
+           AND pgwake.someone_waits(1);
+$$;
+
+CREATE FUNCTION pgwake.job_event(p_id bigint, p_tenant_id text, p_kind text,
+                                            p_status text)
 RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
     SELECT pg_notify('pgwake_events',
                      json_build_object('id', p_id, 'tenant', p_tenant_id, 'kind', p_kind,
                                        'status', p_status)::text)
-     WHERE coalesce(current_setting('pgwake.job_events', true), '') <> 'off';
+     WHERE pgwake.events_wanted();
 $$;
 
--- Job events for many jobs at once (same payload as pgwake.job_event, one NOTIFY per
--- job): the claim, the batched outcome write and the insert trigger call it once per
--- statement rather than once per row, which costs a few microseconds per call.
--- Returns how many events were sent (0 when job events are off).
-CREATE FUNCTION pgwake.job_events(p_ids bigint[], p_tenant_ids text[], p_kinds text[],
-                                  p_statuses text[])
+CREATE FUNCTION pgwake.job_events(p_ids bigint[], p_tenant_ids text[],
+                                             p_kinds text[], p_statuses text[])
 RETURNS integer
 LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
-    SELECT count(pg_notify('pgwake_events',
-                           json_build_object('id', e.id, 'tenant', e.tenant_id, 'kind', e.kind,
-                                             'status', e.status)::text))::integer
-      FROM unnest(p_ids, p_tenant_ids, p_kinds, p_statuses) AS e(id, tenant_id, kind, status)
-     WHERE coalesce(current_setting('pgwake.job_events', true), '') <> 'off';
+    SELECT CASE WHEN cardinality(p_ids) > 0 AND pgwake.events_wanted() THEN
+               (SELECT count(pg_notify('pgwake_events',
+                                       json_build_object('id', e.id, 'tenant', e.tenant_id,
+                                                         'kind', e.kind,
+                                                         'status', e.status)::text))::integer
+                  FROM unnest(p_ids, p_tenant_ids, p_kinds, p_statuses)
+                           AS e(id, tenant_id, kind, status))
+           ELSE 0
+           END;
 $$;
 
 -- After each INSERT statement: mark rows whose run_at is still ahead as scheduled, and
--- send one NOTIFY with a constant payload. Postgres folds identical notifications in a
--- transaction, so a 10,000-row INSERT (or many INSERTs in one transaction) wakes the
--- workers once. There is deliberately no trigger on UPDATE or DELETE. It also sends one
--- job event per new row unless job events are off (pgwake.job_events).
+-- send one NOTIFY with a constant payload when a worker waits for new jobs (always when
+-- a job is due later: the promoters sleep until the earliest due job). Postgres folds
+-- identical notifications in a transaction, so a 10,000-row INSERT (or many INSERTs in
+-- one transaction) wakes the workers once. There is deliberately no trigger on UPDATE
+-- or DELETE. It also sends one job event per new row while someone follows job events.
 -- It runs with its owner's privileges, so an application role needs only INSERT.
 CREATE FUNCTION pgwake.jobs_after_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgwake AS $$
+DECLARE
+    v_future boolean := EXISTS (SELECT 1 FROM new_jobs WHERE status = 'queued' AND run_at > now());
 BEGIN
-    IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'queued' AND run_at > now()) THEN
+    IF v_future THEN
         UPDATE pgwake.jobs AS j
            SET status = 'scheduled'
           FROM new_jobs AS n
@@ -165,8 +279,10 @@ BEGIN
            AND n.status = 'queued'
            AND n.run_at > now();
     END IF;
-    PERFORM pg_notify('pgwake_jobs', '');
-    IF coalesce(current_setting('pgwake.job_events', true), '') <> 'off' THEN
+    IF v_future OR pgwake.someone_waits(0) THEN
+        PERFORM pg_notify('pgwake_jobs', '');
+    END IF;
+    IF pgwake.events_wanted() THEN
         PERFORM pgwake.job_events(
             array_agg(n.id), array_agg(n.tenant_id), array_agg(n.kind),
             array_agg(CASE WHEN n.status = 'queued' AND n.run_at > now()

@@ -30,10 +30,13 @@ def registry() -> Registry:
 
 
 async def listen(dsn: str, events: list[dict[str, Any]]) -> asyncpg.Connection:
+    """A session following job events, as an application does: LISTEN (asyncpg's
+    add_listener) and pgwake.follow_events()."""
     conn = await asyncpg.connect(dsn)
     await conn.add_listener(
         "pgwake_events", lambda _c, _p, _ch, payload: events.append(json.loads(payload))
     )
+    await conn.execute("SELECT pgwake.follow_events()")
     return conn
 
 
@@ -181,3 +184,41 @@ async def test_progress_is_stored_throttled_and_announced(
         assert "ValueError: progress done cannot be negative (-1)" in error
     finally:
         await listener.close()
+
+
+async def test_events_cost_nothing_until_someone_follows(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A session that only LISTENs gets nothing: no event is sent (no NOTIFY, so no
+    commit waits for the notification lock) until a session follows them; the
+    follower then also gets the events of its own inserts."""
+    heard: list[dict[str, Any]] = []
+    bystander = await asyncpg.connect(dsn)
+    follower_events: list[dict[str, Any]] = []
+    try:
+        await bystander.add_listener(
+            "pgwake_events", lambda _c, _p, _ch, payload: heard.append(json.loads(payload))
+        )
+        await conn.execute("INSERT INTO pgwake.jobs (kind) VALUES ('unheard')")
+        follower = await listen(dsn, follower_events)
+        try:
+            await follower.execute("INSERT INTO pgwake.jobs (kind) VALUES ('own')")
+            await conn.execute("INSERT INTO pgwake.jobs (kind) VALUES ('other')")
+
+            async def both() -> bool:
+                return {e["kind"] for e in follower_events} == {"own", "other"}
+
+            await eventually(both, timeout=10)
+
+            async def bystander_heard_both() -> bool:
+                return len(heard) >= 2
+
+            await eventually(bystander_heard_both, timeout=10)
+            await follower.execute("SELECT pgwake.unfollow_events()")
+            assert await conn.fetchval("SELECT pgwake.someone_waits(1)") is False
+        finally:
+            await follower.close()
+    finally:
+        await bystander.close()
+    # The bystander heard only what was sent while the follower followed.
+    assert [e["kind"] for e in heard] == ["own", "other"]

@@ -71,9 +71,12 @@ async def test_null_kind_is_refused(conn: asyncpg.Connection) -> None:
         await conn.execute("INSERT INTO pgwake.jobs (payload) VALUES ('{}')")
 
 
-async def test_ten_thousand_row_insert_sends_exactly_one_notification(
-    dsn: str, conn: asyncpg.Connection
-) -> None:
+async def notifications_of(
+    dsn: str, conn: asyncpg.Connection, sql: str, *, waiting: bool
+) -> list[tuple[str, str]]:
+    """What a session listening on pgwake_jobs receives while ``conn`` runs ``sql``;
+    ``waiting``: that session waits for new jobs (pgwake.start_waiting), as an idle
+    worker's LISTEN connection does."""
     received: list[tuple[str, str]] = []
     sentinel = asyncio.Event()
 
@@ -86,19 +89,65 @@ async def test_ten_thousand_row_insert_sends_exactly_one_notification(
     try:
         await listener.add_listener("pgwake_jobs", on_notify)
         await listener.add_listener("test_sentinel", on_notify)
-        await conn.execute(
-            "INSERT INTO pgwake.jobs (tenant_id, kind, payload) "
-            "SELECT 't' || (i % 10), 'noop', jsonb_build_object('i', i) "
-            "FROM generate_series(1, 10000) AS i"
-        )
+        if waiting:
+            assert await listener.fetchval("SELECT pgwake.start_waiting(0)") == []
+        await conn.execute(sql)
         # Notifications arrive in commit order: once the sentinel (sent after the
-        # insert committed) is here, every notification of the insert is here too.
+        # statement committed) is here, every notification of the statement is too.
         await conn.execute("SELECT pg_notify('test_sentinel', '')")
         await asyncio.wait_for(sentinel.wait(), 10)
     finally:
         await listener.close()
+    return received
+
+
+TEN_THOUSAND = (
+    "INSERT INTO pgwake.jobs (tenant_id, kind, payload) "
+    "SELECT 't' || (i % 10), 'noop', jsonb_build_object('i', i) "
+    "FROM generate_series(1, 10000) AS i"
+)
+
+
+async def test_ten_thousand_row_insert_sends_exactly_one_notification(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    received = await notifications_of(dsn, conn, TEN_THOUSAND, waiting=True)
     assert received == [("pgwake_jobs", ""), ("test_sentinel", "")]
     assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 10000
+
+
+async def test_inserts_notify_only_while_a_worker_waits(dsn: str, conn: asyncpg.Connection) -> None:
+    """No worker waits (none runs, or all have a backlog): an insert sends nothing, so
+    inserting sessions do not commit one at a time. A job due later always notifies
+    (the promoters sleep until the earliest due job)."""
+    assert await notifications_of(dsn, conn, TEN_THOUSAND, waiting=False) == [("test_sentinel", "")]
+    later = "INSERT INTO pgwake.jobs (kind, run_at) VALUES ('k', now() + interval '1 hour')"
+    assert await notifications_of(dsn, conn, later, waiting=False) == [
+        ("pgwake_jobs", ""),
+        ("test_sentinel", ""),
+    ]
+
+
+async def test_starting_to_wait_names_the_transactions_that_looked_before(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """An insert that found nobody waiting and has not committed yet is named to the
+    session that starts waiting, until it ends: no wake-up can fall between the two."""
+    waiter = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("INSERT INTO pgwake.jobs (kind) VALUES ('k')")
+            looked = await waiter.fetchval("SELECT pgwake.start_waiting(0)")
+            assert len(looked) == 1
+            assert await waiter.fetchval("SELECT pgwake.transactions_open($1)", looked) == looked
+            # From now on an insert sees the waiter.
+            assert await conn.fetchval("SELECT pgwake.someone_waits(0)") is True
+        assert await waiter.fetchval("SELECT pgwake.transactions_open($1)", looked) == []
+        await waiter.execute("SELECT pgwake.stop_waiting(0)")
+        assert await conn.fetchval("SELECT pgwake.someone_waits(0)") is False
+    finally:
+        await waiter.close()
+    assert await conn.fetchval("SELECT pgwake.someone_waits(0)") is False
 
 
 async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import time
 from datetime import timedelta
 from typing import Any
@@ -80,6 +81,70 @@ async def _claims_done(service: Any) -> bool:
 
 async def _succeeded(conn: asyncpg.Connection, job_id: int) -> bool:
     return await status_of(conn, job_id, "succeeded")
+
+
+async def test_no_insert_waits_for_the_poll_while_the_worker_goes_idle_and_busy(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Inserts notify only while the worker waits. Rounds of inserts from several
+    sessions (single rows, bursts, transactions that stay open a while) race the worker
+    going from busy to waiting and back; with an hour-long poll every round must still
+    finish, its last insert included (no later insert can cover a missed wake-up)."""
+    registry = Registry()
+
+    @registry.handler("tick")
+    async def tick(payload: dict[str, Any], ctx: JobContext) -> None:
+        await anyio.sleep(payload["ms"] / 1000)
+
+    rng = random.Random(7)
+    producers = [await db.connect(dsn) for _ in range(3)]
+
+    async def produce(session: asyncpg.Connection, seed: int) -> None:
+        local = random.Random(seed)
+        for _ in range(local.randint(1, 6)):
+            shape = local.choice(("one", "burst", "open"))
+            ms = local.choice((0, 1, 3))
+            if shape == "one":
+                await session.execute(
+                    "INSERT INTO pgwake.jobs (kind, payload) VALUES ('tick', $1)", {"ms": ms}
+                )
+            elif shape == "burst":
+                await session.execute(
+                    "INSERT INTO pgwake.jobs (kind, payload) "
+                    "SELECT 'tick', jsonb_build_object('ms', $1::int) FROM generate_series(1, 12)",
+                    ms,
+                )
+            else:
+                async with session.transaction():
+                    await session.execute(
+                        "INSERT INTO pgwake.jobs (kind, payload) VALUES ('tick', $1)", {"ms": ms}
+                    )
+                    await anyio.sleep(local.uniform(0, 0.05))
+            await anyio.sleep(local.uniform(0, 0.02))
+
+    async def round_done() -> bool:
+        left = await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status <> 'succeeded'")
+        return left == 0
+
+    try:
+        async with running_worker(
+            dsn, registry, poll_interval=3600, concurrency=4, tenant_concurrency=4, claim_batch=4
+        ):
+            for _ in range(15):
+                async with anyio.create_task_group() as tg:
+                    for session in producers:
+                        tg.start_soon(produce, session, rng.randrange(10**6))
+                await eventually(round_done, timeout=30)
+                # Let the worker go idle (and start waiting) before the next round, now
+                # and then; otherwise the next round meets it still busy.
+                if rng.random() < 0.5:
+                    await anyio.sleep(0.05)
+    finally:
+        for session in producers:
+            await session.close()
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE attempts = 1") == (
+        await conn.fetchval("SELECT count(*) FROM pgwake.jobs")
+    )
 
 
 async def test_handler_failure_retries_with_growing_delays_then_fails(
