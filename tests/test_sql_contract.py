@@ -151,16 +151,26 @@ async def test_starting_to_wait_names_the_transactions_that_looked_before(
 
 
 async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:
-    triggers = await conn.fetch(
-        "SELECT tgname, tgtype FROM pg_trigger "
-        "WHERE tgrelid = 'pgwake.jobs'::regclass AND NOT tgisinternal"
-    )
-    assert [t["tgname"] for t in triggers] == ["jobs_notify_after_insert"]
-    # tgtype bits: 1 = row-level (must be off), 4 = INSERT, 8 = DELETE, 16 = UPDATE.
-    tgtype = triggers[0]["tgtype"]
-    assert tgtype & 1 == 0
-    assert tgtype & 4
-    assert tgtype & (8 | 16) == 0
+    """Only inserts fire triggers: the statement-level one that notifies, and a row-level
+    one that a WHEN clause limits to jobs due later (it marks them scheduled)."""
+    triggers = {
+        t["tgname"]: t
+        for t in await conn.fetch(
+            "SELECT tgname, tgtype, pg_get_triggerdef(oid) AS def FROM pg_trigger "
+            "WHERE tgrelid = 'pgwake.jobs'::regclass AND NOT tgisinternal"
+        )
+    }
+    assert sorted(triggers) == ["jobs_notify_after_insert", "jobs_schedule_before_insert"]
+    # tgtype bits: 1 = row-level, 2 = BEFORE, 4 = INSERT, 8 = DELETE, 16 = UPDATE.
+    notify = triggers["jobs_notify_after_insert"]["tgtype"]
+    assert notify & 1 == 0
+    assert notify & 2 == 0
+    schedule = triggers["jobs_schedule_before_insert"]
+    assert schedule["tgtype"] & (1 | 2) == 1 | 2
+    assert "WHEN (((new.status = 'queued'::text) AND (new.run_at > now())))" in schedule["def"]
+    for t in triggers.values():
+        assert t["tgtype"] & 4
+        assert t["tgtype"] & (8 | 16) == 0
 
 
 async def test_future_run_at_is_scheduled_and_now_is_queued(conn: asyncpg.Connection) -> None:

@@ -138,29 +138,58 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
            END;
 $$;
 
--- New jobs wake the workers only when one waits for them; jobs due later always wake
--- the promoters, which sleep until the earliest due job.
-CREATE OR REPLACE FUNCTION pgwake.jobs_after_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgwake AS $$
-DECLARE
-    v_future boolean := EXISTS (SELECT 1 FROM new_jobs WHERE status = 'queued' AND run_at > now());
+-- A job inserted with run_at still ahead is scheduled: a row trigger, called only for
+-- such rows (its WHEN is checked without calling anything), sets its status and notes
+-- for the statement trigger below that a job is due later.
+CREATE FUNCTION pgwake.jobs_before_insert_due_later() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
-    IF v_future THEN
-        UPDATE pgwake.jobs AS j
-           SET status = 'scheduled'
-          FROM new_jobs AS n
-         WHERE j.id = n.id
-           AND n.status = 'queued'
-           AND n.run_at > now();
+    NEW.status := 'scheduled';
+    PERFORM set_config('pgwake.inserted_due_later', 'on', true);
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER jobs_schedule_before_insert
+    BEFORE INSERT ON pgwake.jobs
+    FOR EACH ROW
+    WHEN (NEW.status = 'queued' AND NEW.run_at > now())
+    EXECUTE FUNCTION pgwake.jobs_before_insert_due_later();
+
+-- After each INSERT statement: one NOTIFY when a worker waits for new jobs, and always
+-- when a job is due later (the promoters sleep until the earliest due job); the job
+-- events of the new rows while a session follows them. The steps of
+-- pgwake.someone_waits are written out here rather than called: this runs for every
+-- insert statement, and each call would cost about as much as the steps themselves.
+-- No SECURITY DEFINER: it changes no row, so an application role needs only INSERT.
+CREATE OR REPLACE FUNCTION pgwake.jobs_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_events boolean := false;
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(1885828967, 100);
+    IF pg_catalog.current_setting('pgwake.inserted_due_later', true) = 'on' THEN
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+    ELSIF pg_catalog.current_setting('pgwake.waiting_0', true) = 'on' THEN
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+    ELSIF pg_catalog.pg_try_advisory_lock(1885828967, 0) THEN
+        PERFORM pg_catalog.pg_advisory_unlock(1885828967, 0);  -- nobody waits
+    ELSE
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
     END IF;
-    IF v_future OR pgwake.someone_waits(0) THEN
-        PERFORM pg_notify('pgwake_jobs', '');
+    IF coalesce(pg_catalog.current_setting('pgwake.job_events', true), '') <> 'off' THEN
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1885828967, 101);
+        IF pg_catalog.current_setting('pgwake.waiting_1', true) = 'on' THEN
+            v_events := true;
+        ELSIF pg_catalog.pg_try_advisory_lock(1885828967, 1) THEN
+            PERFORM pg_catalog.pg_advisory_unlock(1885828967, 1);  -- nobody follows
+        ELSE
+            v_events := true;
+        END IF;
     END IF;
-    IF pgwake.events_wanted() THEN
-        PERFORM pgwake.job_events(
-            array_agg(n.id), array_agg(n.tenant_id), array_agg(n.kind),
-            array_agg(CASE WHEN n.status = 'queued' AND n.run_at > now()
-                           THEN 'scheduled' ELSE n.status END))
+    IF v_events THEN
+        PERFORM pgwake.job_events(array_agg(n.id), array_agg(n.tenant_id),
+                                  array_agg(n.kind), array_agg(n.status))
            FROM new_jobs AS n;
     END IF;
     RETURN NULL;
