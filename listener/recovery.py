@@ -19,17 +19,15 @@ Invariants:
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from listener.db import is_transient
 from listener.logs import get_logger
 from listener.metrics import Metrics
-from listener.outage import OutageLog
+from listener.outage import OutageLog, run_rounds
 from listener.queries import QUERIES
 
 
@@ -69,20 +67,13 @@ class Recoverer:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover forever."""
         task_status.started()
-        while True:
-            # Jitter, so that workers started together do not all ask at once.
-            await anyio.sleep(self._interval * random.uniform(0.8, 1.2))
-            try:
-                done = await self.round()
-                # A full batch: more jobs are waiting; go on at once.
-                while done.recovered >= self._batch:
-                    done = await self.round()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self._outage.failed(exc)
-            else:
-                self._outage.succeeded()
+        await run_rounds(self._interval, self._catch_up, self._outage)
+
+    async def _catch_up(self) -> None:
+        """Rounds until one recovers less than a full batch (more jobs were waiting)."""
+        done = await self.round()
+        while done.recovered >= self._batch:
+            done = await self.round()
 
     async def round(self) -> Round:
         """One round: if this worker gets the maintenance lock, recover lost workers."""

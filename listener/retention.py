@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 
 import anyio
@@ -21,10 +20,9 @@ import anyio.lowlevel
 import asyncpg
 from anyio.abc import TaskStatus
 
-from listener.db import is_transient
 from listener.logs import get_logger
 from listener.metrics import Metrics
-from listener.outage import OutageLog
+from listener.outage import OutageLog, run_rounds
 from listener.queries import QUERIES
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -55,16 +53,7 @@ class Pruner:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Prune forever."""
         task_status.started()
-        while True:
-            await anyio.sleep(self._interval * random.uniform(0.8, 1.2))
-            try:
-                await self.prune()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self._outage.failed(exc)
-            else:
-                self._outage.succeeded()
+        await run_rounds(self._interval, self.prune, self._outage)
 
     async def prune(self) -> int:
         """Delete every finished job past its retention, batch by batch; return how many.

@@ -16,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import random
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -26,9 +25,8 @@ from anyio.abc import TaskStatus
 from asyncpg.pool import PoolConnectionProxy
 from cronsim import CronSim, CronSimError
 
-from listener.db import is_transient
 from listener.logs import get_logger
-from listener.outage import OutageLog
+from listener.outage import OutageLog, run_rounds
 from listener.queries import QUERIES
 
 MAX_CATCH_UP = 1000
@@ -86,16 +84,7 @@ class Scheduler:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run rounds forever."""
         task_status.started()
-        while True:
-            await anyio.sleep(self._interval * random.uniform(0.8, 1.2))
-            try:
-                await self.round()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self._outage.failed(exc)
-            else:
-                self._outage.succeeded()
+        await run_rounds(self._interval, self.round, self._outage)
 
     async def round(self) -> int | None:
         """One round; the number of jobs enqueued, or None when another worker leads."""
