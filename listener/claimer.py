@@ -338,9 +338,8 @@ class Claimer:
                 cut_short = row["walked"] >= want
                 more = bool(row["more"])
                 continue
-            job = Job.from_record(row)
-            self._metrics.observe_claimed(job.kind, job.started_at, job.run_at)
-            jobs.append(job)
+            jobs.append(Job.from_record(row))
+        self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
         self.claimed += len(jobs)
         return jobs, cut_short, more
 
@@ -474,6 +473,7 @@ class Claimer:
     def _stored(self, outcomes: Sequence[Outcome]) -> None:
         """The completer stored these outcomes (or they were fenced off)."""
         self._unacked -= len(outcomes)
+        self._metrics.flush_finished()
         known = self._known
         for outcome in outcomes:
             known.discard(outcome.job_id)

@@ -4,10 +4,14 @@ Invariants:
 - Every series is named ``pgwake_...`` and created here; other modules only call the
   ``observe_*``/``set_*``/``watch_*`` helpers, so names cannot drift from the
   dashboards and alert rules in ``grafana/``.
-- Hot-path instrumentation (claims, outcomes, durations, latencies) costs a dict lookup
-  and an increment per job. Its ``kind`` label takes only the kinds this worker has
-  handlers for; their series are created at 0 when the worker starts, so ``rate()``
-  and ``increase()`` see the first failure too.
+- Hot-path instrumentation (claims, outcomes, durations, latencies) is applied in bulk:
+  a claim's jobs in one call, and finished attempts noted in a list that is applied
+  when their outcomes are stored and before every collection (a collector registered
+  first does it), so a scrape never misses an attempt that ended before it. Each
+  applied batch is one increment per series and one per histogram bucket touched, not
+  one per job. The ``kind`` label takes only the kinds this worker has handlers for;
+  their series are created at 0 when the worker starts, so ``rate()`` and
+  ``increase()`` see the first failure too.
 - Tenant labels are bounded. ``pgwake_tenant_queued_jobs`` has at most
   ``top_n + len(opt_in) + 1`` series: the top-N tenants by backlog, the opt-in tenants,
   and ``tenant="_other"`` for the rest; ``pgwake_tenant_db_connections`` has the opt-in
@@ -26,6 +30,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import time
@@ -87,6 +92,42 @@ LOST_WHY = ("gone", "hung")
 RECOVERED_WHY = (*LOST_WHY, "unregistered")
 RECOVERED_STATUSES = ("queued", "failed")
 PRUNED_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values``, as one increment per bucket
+    touched. Relies on the histogram child's bucket counters (prometheus-client keeps
+    them as ``_upper_bounds``, ``_buckets`` and ``_sum``); without them it observes one
+    by one."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    total.inc(math.fsum(values))
+
+
+class _FlushCollector(Collector):
+    """Registered first: applies the finished attempts noted since the last flush, so
+    every collection sees them. Exports nothing itself."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        self._flush()
+        return iter(())
 
 
 class _TenantPoolCollector(Collector):
@@ -157,6 +198,9 @@ class Metrics:
 
     def __init__(self, *, top_n_tenants: int = 20, tenants_opt_in: Sequence[str] = ()) -> None:
         self.registry = CollectorRegistry()
+        # Finished attempts not applied yet: (kind, outcome, seconds).
+        self._pending: list[tuple[str, str, float]] = []
+        self.registry.register(_FlushCollector(self.flush_finished))
         self.top_n_tenants = top_n_tenants
         self.tenants_opt_in = list(tenants_opt_in)
         r = self.registry
@@ -294,19 +338,38 @@ class Metrics:
             for outcome in OUTCOMES:
                 self._finished[kind, outcome] = self.finished.labels(kind, outcome)
 
-    def observe_claimed(self, kind: str, started_at: datetime, due_at: datetime) -> None:
-        """A job was claimed; ``due_at`` is its run_at."""
-        if kind not in self._claimed:
-            self.register_kinds([kind])
-        self._claimed[kind].inc()
-        self._latency[kind].observe(max((started_at - due_at).total_seconds(), 0))
+    def observe_claimed(self, jobs: Iterable[tuple[str, datetime, datetime]]) -> None:
+        """Jobs were claimed: (kind, started_at, run_at) of each."""
+        latencies: dict[str, list[float]] = {}
+        for kind, started_at, due_at in jobs:
+            latencies.setdefault(kind, []).append(max((started_at - due_at).total_seconds(), 0))
+        for kind, values in latencies.items():
+            if kind not in self._claimed:
+                self.register_kinds([kind])
+            self._claimed[kind].inc(len(values))
+            observe_many(self._latency[kind], values)
 
     def observe_finished(self, kind: str, outcome: str, seconds: float) -> None:
-        """An attempt ended."""
-        if kind not in self._claimed:
-            self.register_kinds([kind])
-        self._finished[kind, outcome].inc()
-        self._duration[kind].observe(seconds)
+        """An attempt ended (applied at the next ``flush_finished``)."""
+        self._pending.append((kind, outcome, seconds))
+
+    def flush_finished(self) -> None:
+        """Apply the finished attempts noted so far."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        counts: dict[tuple[str, str], int] = {}
+        durations: dict[str, list[float]] = {}
+        for kind, outcome, seconds in pending:
+            counts[kind, outcome] = counts.get((kind, outcome), 0) + 1
+            durations.setdefault(kind, []).append(seconds)
+        for kind in durations:
+            if kind not in self._claimed:
+                self.register_kinds([kind])
+        for key, count in counts.items():
+            self._finished[key].inc(count)
+        for kind, values in durations.items():
+            observe_many(self._duration[kind], values)
 
     def watch_ready(self, ready: Callable[[], bool]) -> None:
         """Export ``ready()`` as ``pgwake_ready``, read at each scrape."""

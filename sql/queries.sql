@@ -214,22 +214,24 @@ slots_free AS MATERIALIZED (
                           LIMIT 1) AS s ON true
 ),
 -- How many jobs each tenant may have locked for this claim: its free slots, and its
--- share of $3 by weight with room to spare (twice an even split), so that a claim
--- over many tenants locks about $3 rows, not $3 per tenant.
+-- share of $3 by weight (an even split), so that a claim locks about the $3 rows it
+-- takes, not $3 per tenant. A tenant held to its share sets `more`, and the worker
+-- claims again at once: one more claim when tenants' backlogs differ, none when they
+-- are all deep.
 slots AS (
     SELECT t.tenant_id, t.pos, t.weight, t.free,
-           least(t.free, $3::int, t.weight * ceil(2.0 * $3::int / t.walked)::int) AS share
+           least(t.free, $3::int, t.weight * ceil(1.0 * $3::int / t.walked)::int) AS share
       FROM slots_free AS t
 ),
 -- Each tenant's best ready jobs of our kinds, at most its share, locked.
 candidates AS (
-    SELECT c.id, t.pos, (c.rn - 1) / t.weight AS round,
+    SELECT c.id, c.ctid, t.pos, (c.rn - 1) / t.weight AS round,
            -- The share, not the free slots, stopped this tenant: it may have more.
            c.rn = t.share AND t.share < least(t.free, $3::int) AS share_full
       FROM slots AS t
      CROSS JOIN LATERAL (
-            SELECT j.id, row_number() OVER () AS rn
-              FROM (SELECT j.id
+            SELECT j.id, j.ctid, row_number() OVER () AS rn
+              FROM (SELECT j.id, j.ctid
                       FROM pgwake.jobs AS j
                      WHERE j.tenant_id = t.tenant_id
                        AND j.status = 'queued'
@@ -243,17 +245,18 @@ candidates AS (
 ),
 -- Interleave tenants by weight: every tenant's first round before any tenant's second.
 chosen AS (
-    SELECT id FROM candidates WHERE EXISTS (SELECT 1 FROM me) ORDER BY round, pos LIMIT $3::int
+    SELECT id, ctid FROM candidates WHERE EXISTS (SELECT 1 FROM me) ORDER BY round, pos LIMIT $3::int
 ),
--- The ids go in as an array so the update is primary-key probes whatever the planner
--- guesses for LIMIT $3 (a join could hash the whole table).
+-- The locked rows go in as an array of ctids so the update reads them directly (a Tid
+-- Scan, no index probe) whatever the planner guesses for LIMIT $3. A ctid is stable
+-- while the row is locked.
 claimed AS (
     UPDATE pgwake.jobs AS j
        SET status = 'running',
            claimed_by = $1,
            attempts = j.attempts + 1,
            started_at = now()
-     WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))
+     WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
     RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
               extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
               j.started_at
@@ -269,6 +272,10 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT w.tenant_id FROM walk AS w ORDER BY w.lap DESC, w.step DESC LIMIT 1),
        (SELECT count(*) FROM walk),
        EXISTS (SELECT 1 FROM candidates WHERE share_full)
+           -- A locked row whose newest version this statement cannot see (another
+           -- transaction updated it after the claim began) is not updated by its ctid:
+           -- it stays queued, and the next claim, right away, takes it.
+           OR (SELECT count(*) FROM chosen) > (SELECT count(*) FROM claimed)
  -- One job event per claimed job (none when job events are off), all in one call.
  WHERE (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id), array_agg(c.kind),
                                  array_agg('running'::text))
@@ -336,7 +343,9 @@ UPDATE pgwake.jobs AS j
        last_error = coalesce(u.error, j.last_error)
   FROM unnest($2::bigint[], $3::int[], $4::text[], $5::int[], $6::float8[], $7::jsonb[],
               $8::text[]) AS u(id, attempt, status, refund, delay, result, error)
- WHERE j.id = u.id
+ WHERE j.id = ANY ($2::bigint[]) AND j.id = u.id
+   -- j.id = ANY ($2) makes the rows primary-key probes: as a plain join on u.id the
+   -- planner may hash the whole table when it is small.
    -- The fence. Wrapped in IS TRUE on purpose: as plain conditions they let the planner
    -- drive the update from jobs_running_tenant_idx (it often believes one row is running) and
    -- rescan the unnest() for every running job, O(running x batch). This way each

@@ -6,15 +6,17 @@ import re
 import socket
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from listener.api import JobContext, Registry
-from listener.metrics import Metrics
+from listener.metrics import LATENCY_BUCKETS, Metrics, observe_many
 from tests.conftest import ROOT, eventually, running_worker
 from tests.test_cli import pgwake
 
@@ -306,3 +308,30 @@ def test_readme_lists_every_series() -> None:
     section = readme.split("### Metrics and health", 1)[1].split("\n### ", 1)[0]
     listed = set(re.findall(r"^\| `(pgwake_\w+)`", section, re.MULTILINE))
     assert listed == exported
+
+
+def test_bulk_observations_equal_one_by_one() -> None:
+    """Claims and finished attempts are applied in bulk; the exposition is the same as
+    observing each job on its own, and a collection applies what was noted before it."""
+    values = [0.0, 0.0004, 0.001, 0.0011, 0.25, 3.0, 1e9, 0.001, 7.5]
+    one, bulk = CollectorRegistry(), CollectorRegistry()
+    a = Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=one)
+    b = Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=bulk)
+    for value in values:
+        a.observe(value)
+    observe_many(b, values[:4])
+    observe_many(b, values[4:])
+    assert generate_latest(one) == generate_latest(bulk)
+
+    metrics = Metrics()
+    metrics.register_kinds(["work"])
+    now = datetime.now(UTC)
+    metrics.observe_claimed([("work", now, now - timedelta(seconds=0.002)), ("other", now, now)])
+    for outcome in ("succeeded", "succeeded", "failed"):
+        metrics.observe_finished("work", outcome, 0.5)
+    text = generate_latest(metrics.registry).decode()
+    assert 'pgwake_jobs_claimed_total{kind="work"} 1.0' in text
+    assert 'pgwake_jobs_claimed_total{kind="other"} 1.0' in text
+    assert 'pgwake_jobs_finished_total{kind="work",outcome="succeeded"} 2.0' in text
+    assert 'pgwake_jobs_finished_total{kind="work",outcome="failed"} 1.0' in text
+    assert 'pgwake_job_duration_seconds_count{kind="work"} 3.0' in text
