@@ -276,8 +276,10 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            -- transaction updated it after the claim began) is not updated by its ctid:
            -- it stays queued, and the next claim, right away, takes it.
            OR (SELECT count(*) FROM chosen) > (SELECT count(*) FROM claimed)
- -- One job event per claimed job (none when job events are off), all in one call.
- WHERE (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id), array_agg(c.kind),
+ -- One job event per claimed job, all in one call; when nobody follows job events (or
+ -- they are off) the arrays are not even built.
+ WHERE NOT pgwake.events_wanted()
+    OR (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id), array_agg(c.kind),
                                  array_agg('running'::text))
           FROM claimed AS c) >= 0;
 
@@ -353,17 +355,22 @@ UPDATE pgwake.jobs AS j
    AND (j.status = 'running' AND j.claimed_by = $1 AND j.attempts = u.attempt) IS TRUE
 RETURNING j.id, j.tenant_id, j.kind, j.status
 ),
--- One job event per changed job (none when job events are off), all in one call.
+-- One job event per changed job, all in one call; when nobody follows job events (or
+-- they are off) the arrays are not even built.
 events AS (
-    SELECT pgwake.job_events(array_agg(f.id), array_agg(f.tenant_id), array_agg(f.kind),
-                             array_agg(f.status)) AS sent
-      FROM finished AS f
+    SELECT CASE WHEN pgwake.events_wanted()
+                THEN (SELECT pgwake.job_events(array_agg(f.id), array_agg(f.tenant_id),
+                                               array_agg(f.kind), array_agg(f.status))
+                        FROM finished AS f)
+                ELSE 0
+           END AS sent
 ),
 capped_slot_freed AS (
+    -- One primary-key probe per tenant of the batch, not per job.
     SELECT pg_notify('pgwake_jobs', '')
      WHERE EXISTS (SELECT 1
-                     FROM finished AS f
-                     JOIN pgwake.tenants AS t ON t.tenant_id = f.tenant_id
+                     FROM (SELECT DISTINCT f.tenant_id FROM finished AS f) AS d
+                     JOIN pgwake.tenants AS t ON t.tenant_id = d.tenant_id
                     WHERE t.max_concurrency IS NOT NULL)
 )
 -- The conditions make sure both side-effect CTEs run (a SELECT CTE that is not
