@@ -914,12 +914,13 @@ SELECT u.tenant_id, $2, u.payload FROM unnest($1::text[], $3::jsonb[]) AS u(tena
 ALTER TABLE pgwake.jobs DISABLE TRIGGER jobs_notify_after_insert;
 
 -- name: bench_enqueue_started
--- Enqueues one job of the latency benchmark's kind (bench.started); returns its id.
--- No parameters.
-INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('latency', 'bench.started') RETURNING id;
+-- Enqueues one job of kind bench.started (the latency and fairness benchmarks) for
+-- tenant $1 with payload $2; returns its id.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload)
+VALUES ($1, 'bench.started', $2::jsonb) RETURNING id;
 
 -- name: bench_started_times
--- Per finished job of the latency benchmark: its id and the wall-clock time its handler
+-- Per finished job of kind bench.started: its id and the wall-clock time its handler
 -- started (the handler's result).
 -- No parameters.
 SELECT id, (result ->> 'started')::float8 AS started
@@ -927,12 +928,9 @@ SELECT id, (result ->> 'started')::float8 AS started
  WHERE kind = 'bench.started' AND status = 'succeeded';
 
 -- name: bench_job_times
--- Per job: tenant, insert time, claim time, finish time, and the wait between insert
--- and claim in milliseconds (database clock on both ends).
+-- Per job: id, tenant, insert time and finish time (database clock).
 -- No parameters.
-SELECT tenant_id, created_at, started_at, finished_at,
-       1000 * extract(epoch FROM started_at - created_at)::float8 AS wait_ms
-  FROM pgwake.jobs;
+SELECT id, tenant_id, created_at, finished_at FROM pgwake.jobs;
 
 -- name: tenant_dsn_get
 -- A tenant's encrypted own-database DSN (NULL or no row: it has none).

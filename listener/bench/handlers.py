@@ -2,14 +2,17 @@
 (``PGWAKE_HANDLERS=listener.bench.handlers``), no other worker does.
 
 - ``bench.started`` returns the wall-clock time (``time.time()``) at which its handler
-  started, so the latency workload can compare it with the producer's clock at commit
-  (both processes on the same host, the same clock).
+  started, then sleeps ``seconds`` (payload, default 0), so the latency and fairness
+  workloads can compare it with the producer's clock at commit (both processes on the
+  same host, the same clock).
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+import anyio
 
 from listener.api import JobContext, handler
 
@@ -18,5 +21,10 @@ STARTED = "bench.started"
 
 @handler(STARTED)
 async def started(payload: dict[str, Any], ctx: JobContext) -> dict[str, float]:
-    """Return when this handler started."""
-    return {"started": time.time()}
+    """Note when this handler started, sleep ``payload["seconds"]`` (if given), and
+    return the start."""
+    began = time.time()
+    seconds = float(payload.get("seconds", 0))
+    if seconds > 0:
+        await anyio.sleep(seconds)
+    return {"started": began}

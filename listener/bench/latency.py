@@ -53,7 +53,7 @@ async def latency_run(server_dsn: str, *, jobs: int, interval: float) -> Latency
             start = time.monotonic()
             for i in range(jobs):
                 await anyio.sleep(max(0.0, start + i * interval - time.monotonic()))
-                job_id = await enqueue.fetchval()
+                job_id = await enqueue.fetchval("latency", {})
                 committed[job_id] = time.time()
             await wait_all_finished(conn, jobs, timeout=120)
             rows = await conn.fetch(QUERIES["bench_started_times"])
