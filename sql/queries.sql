@@ -122,7 +122,8 @@ DELETE FROM pgwake.workers WHERE id = $1;
 -- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
 -- Returns the claimed jobs, already marked running with attempts incremented, then
 -- one row with id NULL giving walk_end (the last tenant visited), walked (how many)
--- and more (a tenant was held to its share of $3 and may have more ready jobs).
+-- and more (a tenant was held to its share of $3, or a locked job was left queued: claim
+-- again at once).
 WITH RECURSIVE
 -- The worker must still be registered: a worker declared lost claims nothing until it
 -- registers again. KEY SHARE makes the leader's recovery of this worker wait for the
