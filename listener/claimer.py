@@ -16,7 +16,8 @@ Invariants:
   each wait the claimer asks ``before_sleep`` and claims once more when told to, so a
   job committed while the worker was busy is never left waiting for the poll; a
   backlog tells the doorbell it is ``busy``. A claim that could not reach the database is tried
-  again every second (at most the poll interval) until one does.
+  again at once, then every second (at most the poll interval) until one does, and at
+  once when the listener reconnects or a notification comes.
 - Claimed jobs are run by at most ``concurrency`` runner tasks, started when needed and
   then kept (parked while there is nothing to run). A runner takes claimed jobs one
   after another and wakes one more runner whenever jobs are left waiting, so jobs that
@@ -324,8 +325,16 @@ class Claimer:
         except Exception as exc:
             if not is_transient(exc):
                 raise
+            again = self._outage.failing
             self._outage.failed(exc)
-            await anyio.sleep(min(self._poll_interval, 1.0))
+            if again:
+                # Pause, but not past the listener's reconnect or a notification:
+                # either says the database is back, and a job may be waiting.
+                await self._wake.wait(min(self._poll_interval, 1.0))
+            # else: a first failure is most often the kept connection the server
+            # dropped (a restart); the retry, at once, takes a fresh one. Inserts do not
+            # notify a worker that is not waiting, so a pause would leave their jobs
+            # waiting for it.
             return [], False, False
         self._outage.succeeded()
         self.claims += 1
