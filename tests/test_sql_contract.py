@@ -12,6 +12,7 @@ import pytest
 
 from listener import db
 from listener.queries import QUERIES
+from tests.conftest import eventually
 
 
 async def test_plain_insert_gets_defaults(conn: asyncpg.Connection) -> None:
@@ -317,6 +318,49 @@ async def test_claim_round_robin_cursor_wraps(conn: asyncpg.Connection) -> None:
     assert [r["tenant_id"] for r in await claim(conn, worker, 2, cursor="b")] == ["c", "d"]
     got = sorted(r["tenant_id"] for r in await claim(conn, worker, 3, cursor="c"))
     assert got == ["a", "b", "d"]
+
+
+async def test_claim_leaves_a_job_updated_after_it_began_queued_and_says_so(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The claim updates the rows it locked by ctid. A queued job that another
+    transaction updates after the claim's snapshot was taken is locked in its newest
+    version, which that snapshot cannot see: the claim leaves it queued (nothing lost,
+    no attempt counted), says ``more``, and the next claim takes it."""
+    job = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('t', 'k') RETURNING id"
+    )
+    worker = await register(conn)
+    blocker, claimer = await db.connect(dsn), await db.connect(dsn)
+    try:
+        # Hold the worker's row so the claim stops at its registration check, after its
+        # snapshot was taken and before it locks any job.
+        hold = blocker.transaction()
+        await hold.start()
+        await blocker.execute("SELECT 1 FROM pgwake.workers WHERE id = $1 FOR UPDATE", worker)
+        pid = claimer.get_server_pid()
+        pending = asyncio.ensure_future(
+            claimer.fetch(QUERIES["job_claim"], worker, ["k"], 10, 1000, [], [], "")
+        )
+
+        async def claim_waits() -> bool:
+            waiting: bool = await conn.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+            )
+            return waiting
+
+        await eventually(claim_waits)
+        await conn.execute("UPDATE pgwake.jobs SET priority = 5 WHERE id = $1", job)
+        await hold.rollback()
+        rows = await asyncio.wait_for(pending, 10)
+    finally:
+        await blocker.close()
+        await claimer.close()
+    assert [r["id"] for r in rows if r["id"] is not None] == []
+    assert rows[-1]["more"] is True
+    left = await conn.fetchrow("SELECT status, attempts FROM pgwake.jobs WHERE id = $1", job)
+    assert (left["status"], left["attempts"]) == ("queued", 0)
+    assert [r["id"] for r in await claim(conn, worker, 10)] == [job]
 
 
 async def test_two_claimers_racing_never_share_a_job(dsn: str, conn: asyncpg.Connection) -> None:
