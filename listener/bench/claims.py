@@ -26,7 +26,7 @@ import anyio
 import asyncpg
 
 from listener import db
-from listener.bench.common import bench_database, median_run, ms, percentile
+from listener.bench.common import bench_database, interleaved_medians, ms, percentile
 from listener.queries import QUERIES
 
 
@@ -287,27 +287,25 @@ async def claim_history(
                 await conn.execute(
                     QUERIES["worker_register"], workers[history], "bench", 0, ["noop"], batch, None
                 )
-            rounds: dict[int, list[HistoryRun]] = {history: [] for history in conns}
-            for _ in range(repeat):
-                for history, conn in conns.items():
-                    times = await _time_claims(
-                        conn, workers[history], count=claims, until=None, batch=batch
-                    )
-                    rounds[history].append(
-                        HistoryRun(
-                            finished=history,
-                            tenants=tenants,
-                            queued=queued,
-                            claims=claims,
-                            batch=batch,
-                            p50_ms=ms(percentile(times, 50)),
-                            p99_ms=ms(percentile(times, 99)),
-                        )
-                    )
+
+            async def one_round(history: int) -> HistoryRun:
+                times = await _time_claims(
+                    conns[history], workers[history], count=claims, until=None, batch=batch
+                )
+                return HistoryRun(
+                    finished=history,
+                    tenants=tenants,
+                    queued=queued,
+                    claims=claims,
+                    batch=batch,
+                    p50_ms=ms(percentile(times, 50)),
+                    p99_ms=ms(percentile(times, 99)),
+                )
+
+            return await interleaved_medians(conns, repeat, one_round)
         finally:
             for conn in conns.values():
                 await conn.close()
-    return [median_run(runs) for runs in rounds.values()]
 
 
 def render_history(runs: Sequence[HistoryRun]) -> str:

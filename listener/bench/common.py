@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from listener.queries import QUERIES
 BENCH_HANDLERS = "listener.bench.handlers"
 
 R = TypeVar("R")
+K = TypeVar("K")
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -67,6 +68,19 @@ def median_run(runs: Sequence[R]) -> R:
             values[field.name] = column[0]
     made: R = type(first)(**values)
     return made
+
+
+async def interleaved_medians(
+    variants: Iterable[K], repeat: int, run: Callable[[K], Awaitable[R]]
+) -> list[R]:
+    """``repeat`` rounds, each running every variant once, in order (so drift on the
+    machine hits every variant alike); one run per variant holding the medians of its
+    rounds (``median_run``)."""
+    rounds: dict[K, list[R]] = {variant: [] for variant in variants}
+    for _ in range(repeat):
+        for variant, runs in rounds.items():
+            runs.append(await run(variant))
+    return [median_run(runs) for runs in rounds.values()]
 
 
 def as_json(results: dict[str, Sequence[Any]]) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import anyio
 
 from listener import db
-from listener.bench.common import bench_database, median_run
+from listener.bench.common import bench_database, interleaved_medians
 from listener.queries import QUERIES
 
 BULK_STATEMENTS = 5
@@ -120,20 +120,18 @@ async def enqueue(
     """With the trigger (job events on, then off) and without it, ``repeat`` rounds
     (interleaved), medians."""
     modes = ((True, True), (True, False), (False, False))
-    rounds: dict[tuple[bool, bool], list[EnqueueRun]] = {mode: [] for mode in modes}
-    for _ in range(repeat):
-        for (trigger, events), runs in rounds.items():
-            runs.append(
-                await enqueue_run(
-                    server_dsn,
-                    trigger=trigger,
-                    events=events,
-                    connections=connections,
-                    seconds=seconds,
-                    rows=rows,
-                )
-            )
-    return [median_run(runs) for runs in rounds.values()]
+    return await interleaved_medians(
+        modes,
+        repeat,
+        lambda mode: enqueue_run(
+            server_dsn,
+            trigger=mode[0],
+            events=mode[1],
+            connections=connections,
+            seconds=seconds,
+            rows=rows,
+        ),
+    )
 
 
 def render_enqueue(runs: Sequence[EnqueueRun]) -> str:

@@ -26,7 +26,7 @@ from listener import db
 from listener.bench.common import (
     BENCH_HANDLERS,
     bench_database,
-    median_run,
+    interleaved_medians,
     percentile,
     wait_all_finished,
     worker_processes,
@@ -132,20 +132,18 @@ async def fairness(
     """The fairness workload in its three modes, ``repeat`` rounds of all three
     (interleaved, so drift on the machine hits every mode alike); one run per mode
     holding the median of each figure over the rounds."""
-    rounds: dict[str, list[FairnessRun]] = {"idle": [], "fair": [], "fifo": []}
-    for _ in range(repeat):
-        for mode, runs in rounds.items():
-            runs.append(
-                await fairness_run(
-                    server_dsn,
-                    mode,
-                    big_jobs=big_jobs,
-                    small_jobs=small_jobs,
-                    small_interval=small_interval,
-                    concurrency=concurrency,
-                )
-            )
-    return [median_run(runs) for runs in rounds.values()]
+    return await interleaved_medians(
+        ("idle", "fair", "fifo"),
+        repeat,
+        lambda mode: fairness_run(
+            server_dsn,
+            mode,
+            big_jobs=big_jobs,
+            small_jobs=small_jobs,
+            small_interval=small_interval,
+            concurrency=concurrency,
+        ),
+    )
 
 
 def render_fairness(runs: Sequence[FairnessRun]) -> str:

@@ -21,7 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from listener import db
-from listener.bench.common import bench_database, median_run, wait_queue_empty, worker_processes
+from listener.bench.common import (
+    bench_database,
+    interleaved_medians,
+    wait_queue_empty,
+    worker_processes,
+)
 from listener.queries import QUERIES
 
 CEILING_BATCHES = (1, 10, 100, 1000)
@@ -93,20 +98,18 @@ async def drain(
 ) -> list[DrainRun]:
     """Drains with each number of ``processes``, ``repeat`` rounds (interleaved); one
     row per number of processes holding the medians."""
-    rounds: dict[int, list[DrainRun]] = {p: [] for p in processes}
-    for _ in range(repeat):
-        for count, runs in rounds.items():
-            runs.append(
-                await drain_run(
-                    server_dsn,
-                    jobs=jobs,
-                    tenants=tenants,
-                    processes=count,
-                    concurrency=concurrency,
-                    claim_batch=claim_batch,
-                )
-            )
-    return [median_run(runs) for runs in rounds.values()]
+    return await interleaved_medians(
+        processes,
+        repeat,
+        lambda count: drain_run(
+            server_dsn,
+            jobs=jobs,
+            tenants=tenants,
+            processes=count,
+            concurrency=concurrency,
+            claim_batch=claim_batch,
+        ),
+    )
 
 
 def render_drain(runs: Sequence[DrainRun]) -> str:
@@ -171,11 +174,11 @@ async def ceiling(
     batches: Sequence[int] = CEILING_BATCHES,
 ) -> list[CeilingRun]:
     """The ceiling at each batch size, ``repeat`` rounds (interleaved), medians."""
-    rounds: dict[int, list[CeilingRun]] = {b: [] for b in batches}
-    for _ in range(repeat):
-        for batch, runs in rounds.items():
-            runs.append(await ceiling_run(server_dsn, batch=batch, jobs=jobs, tenants=tenants))
-    return [median_run(runs) for runs in rounds.values()]
+    return await interleaved_medians(
+        batches,
+        repeat,
+        lambda batch: ceiling_run(server_dsn, batch=batch, jobs=jobs, tenants=tenants),
+    )
 
 
 def render_ceiling(runs: Sequence[CeilingRun]) -> str:
