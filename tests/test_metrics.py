@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,20 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from listener.api import JobContext, Registry
 from listener.metrics import LATENCY_BUCKETS, Metrics, observe_many
-from tests.conftest import ROOT, eventually, running_worker
+from tests.conftest import ROOT, eventually, http_get, running_worker
 from tests.test_cli import pgwake
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, text = await anyio.to_thread.run_sync(get, port, "/metrics")
+    status, text = await anyio.to_thread.run_sync(http_get, port, "/metrics")
     assert status == 200
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -68,9 +58,9 @@ async def test_metrics_health_and_bounded_tenant_series(dsn: str, conn: asyncpg.
     ) as service:
         port = service.http.port
         assert port
-        assert await anyio.to_thread.run_sync(get, port, "/healthz") == (200, "ok\n")
-        assert await anyio.to_thread.run_sync(get, port, "/readyz") == (200, "ready\n")
-        assert (await anyio.to_thread.run_sync(get, port, "/nope"))[0] == 404
+        assert await anyio.to_thread.run_sync(http_get, port, "/healthz") == (200, "ok\n")
+        assert await anyio.to_thread.run_sync(http_get, port, "/readyz") == (200, "ready\n")
+        assert (await anyio.to_thread.run_sync(http_get, port, "/nope"))[0] == 404
         await eventually(
             lambda: conn.fetchval(
                 "SELECT count(*) = 7 FROM pgwake.jobs WHERE kind = 'work' AND status = 'succeeded'"
@@ -159,8 +149,8 @@ async def test_metrics_health_and_bounded_tenant_series(dsn: str, conn: asyncpg.
 
         await eventually(handler_running)
         service.stop()
-        assert (await anyio.to_thread.run_sync(get, port, "/readyz"))[0] == 503
-        assert (await anyio.to_thread.run_sync(get, port, "/healthz"))[0] == 200
+        assert (await anyio.to_thread.run_sync(http_get, port, "/readyz"))[0] == 503
+        assert (await anyio.to_thread.run_sync(http_get, port, "/healthz"))[0] == 200
         release.set()
 
 

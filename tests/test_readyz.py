@@ -5,8 +5,6 @@ the database is back; /healthz answers 200 throughout."""
 from __future__ import annotations
 
 import socket
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +12,7 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import eventually, spawn_worker, stop_process
+from tests.conftest import eventually, http_get, spawn_worker, stop_process
 from tests.private_server import PrivateServer, _free_port
 from tests.test_faults import private_server, probe_start_seconds
 from tests.test_roles import as_user
@@ -22,19 +20,8 @@ from tests.test_roles import as_user
 __all__ = ["private_server"]  # the fixture, imported for these tests
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    """Status and body of GET ``path``; (0, reason) when nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        return 0, str(exc)
-
-
 async def probe(port: int, path: str = "/readyz") -> tuple[int, str]:
-    return await anyio.to_thread.run_sync(get, port, path)
+    return await anyio.to_thread.run_sync(http_get, port, path, 2.0)
 
 
 async def answers(port: int, expected: tuple[int, str], timeout: float = 60) -> None:
