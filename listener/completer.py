@@ -14,7 +14,10 @@ Invariants:
 - A transient error (lost connection, deadlock, shutdown...) keeps the batch and retries
   it with backoff; handlers are never re-run because of it. A batch the database refuses
   for another reason is split, so one bad row cannot block the others; a row refused on
-  its own is recorded as failed with the database's message.
+  its own is recorded as failed with the database's message; so is an outcome the
+  client cannot encode (a result nested too deep, say).
+- Error text is stored through ``jobs.storable_text``: a message holding NUL or a lone
+  surrogate is kept, escaped, and the job is retried as for any other error.
 - ``run`` returns only after ``close()`` and once the buffer is empty (and then gives
   its connection back), so the service can put back held jobs knowing every finished
   outcome is stored.
@@ -32,7 +35,7 @@ from anyio.abc import TaskStatus
 
 from listener.db import is_transient
 from listener.held import HeldConnection
-from listener.jobs import Outcome
+from listener.jobs import Outcome, storable_text
 from listener.logs import get_logger
 from listener.queries import QUERIES
 from listener.redact import redact
@@ -124,7 +127,9 @@ class Completer:
     async def _write(self, batch: Sequence[Outcome]) -> None:
         try:
             changed = await self._execute(batch)
-        except asyncpg.PostgresError as exc:
+        except (asyncpg.PostgresError, ValueError, TypeError, RecursionError) as exc:
+            # ValueError, TypeError, RecursionError: the client could not encode a value
+            # of the batch (asyncpg raises them before anything is sent).
             if is_transient(exc):
                 raise
             await self._isolate(batch, exc)
@@ -134,14 +139,18 @@ class Completer:
         if self._on_scheduled is not None and any(o.status == "scheduled" for o in batch):
             self._on_scheduled()
 
-    async def _isolate(self, batch: Sequence[Outcome], exc: asyncpg.PostgresError) -> None:
+    async def _isolate(self, batch: Sequence[Outcome], exc: Exception) -> None:
         if len(batch) > 1:
             mid = len(batch) // 2
             await self._write(batch[:mid])
             await self._write(batch[mid:])
             return
         (outcome,) = batch
-        message = redact(f"the database refused this job's outcome: {exc}")
+        if isinstance(exc, asyncpg.PostgresError):
+            message = f"the database refused this job's outcome: {exc}"
+        else:
+            message = f"this job's outcome cannot be encoded: {type(exc).__name__}: {exc}"
+        message = storable_text(redact(message))
         self._log.error("job outcome refused", job_id=outcome.job_id, error=message)
         failed = Outcome(outcome.job_id, outcome.attempt, "failed", error=message)
         changed = await self._execute([failed])
@@ -157,7 +166,7 @@ class Completer:
             [o.refund for o in batch],
             _nulls_as_none([o.delay for o in batch]),
             _nulls_as_none([o.result for o in batch]),
-            _nulls_as_none([o.error for o in batch]),
+            _nulls_as_none([None if o.error is None else storable_text(o.error) for o in batch]),
         )
         return rows
 

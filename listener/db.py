@@ -3,6 +3,11 @@
 Invariants:
 - Every connection pgwake opens decodes json/jsonb to Python objects and back, so
   payloads and results cross the boundary as dicts, never as JSON strings.
+- Decoding never raises: a value PostgreSQL holds but Python's decoder refuses (a number
+  of more than 4300 digits such as ``1e5000``, nesting deeper than the recursion limit)
+  is decoded as an :class:`UndecodableJson` holding its text and the reason, so one such
+  row never fails the statement that reads it (a claim, a listing) for the other rows.
+  Whoever uses the value checks for it (the executor fails that one job for good).
 - The LISTEN connection is separate from the pool (see notifier.py); pool connections
   are only borrowed for one statement or one short transaction.
 - Errors that say nothing about the data (serialization failure, deadlock, shutdown,
@@ -101,6 +106,45 @@ def set_keepalive(conn: asyncpg.Connection) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+class UndecodableJson:
+    """A json/jsonb value that Python's decoder refuses: ``text`` is the value as
+    PostgreSQL printed it, ``reason`` says why it cannot be decoded. ``str()`` gives the
+    text, so listings print it as it is stored."""
+
+    __slots__ = ("reason", "text")
+
+    def __init__(self, text: str, reason: str) -> None:
+        self.text = text
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"UndecodableJson({self.reason!r}, {len(self.text)} chars)"
+
+
+# The decoder json.loads itself uses; calling it directly costs no more than json.loads.
+_decode = json.JSONDecoder().decode
+
+
+def decode_json(text: str) -> Any:
+    """Decode one json/jsonb value, or say why Python cannot (never raises). The cost
+    for a value that decodes is that of json.loads: the try is free until it raises."""
+    try:
+        return _decode(text)
+    except RecursionError:
+        return UndecodableJson(
+            text, "JSON Python cannot decode: nested deeper than its decoder allows"
+        )
+    except ValueError as exc:
+        # e.g. "Exceeds the limit (4300 digits) for integer string conversion: value has
+        # 5001 digits; use sys.set_int_max_str_digits() ...": the advice is for whoever
+        # runs Python, not for whoever reads last_error.
+        reason = str(exc).split("; use ", 1)[0]
+        return UndecodableJson(text, f"JSON Python cannot decode: {reason}")
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Per-connection setup: TCP keepalives, JSON codecs."""
     set_keepalive(conn)
@@ -109,7 +153,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
             typename,
             schema="pg_catalog",
             encoder=json.dumps,
-            decoder=json.loads,
+            decoder=decode_json,
             format="text",
         )
 

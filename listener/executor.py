@@ -6,8 +6,10 @@ Invariants:
   the job is put back by the service.
 - The handler is never re-run inside the process: a retry is a new attempt, claimed
   again from the database after its backoff.
-- Invalid payloads, unknown kinds, ``PermanentError`` and results that are not JSON fail
-  the job at once; other exceptions and timeouts retry until ``max_attempts``.
+- Invalid payloads (including one Python cannot decode: db.UndecodableJson), unknown
+  kinds, ``PermanentError`` and results that are not JSON (or nested too deep to
+  encode) fail the job at once; other exceptions and timeouts retry until
+  ``max_attempts``.
 - ``execute`` enforces the job's timeout itself; ``attempt`` leaves it to the caller
   (the claimer's runners hold one cancel scope each for all their jobs, which is much
   cheaper than a scope per job) and ``timed_out`` is the outcome it then records.
@@ -26,6 +28,7 @@ import structlog
 from pydantic import ValidationError
 
 from listener.context import JobContext
+from listener.db import UndecodableJson
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
 from listener.jobs import CURRENT_JOB, Job, Outcome, OutcomeStatus
 from listener.progress import JobProgress, ProgressWriter
@@ -59,6 +62,8 @@ def _check_result(result: Any) -> str | None:
         encoded = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
         return f"the handler's result is not JSON: {exc}"
+    except RecursionError:
+        return "the handler's result is nested too deep to encode as JSON"
     if "\\u0000" in encoded:
         return "the handler's result contains a NUL character, which jsonb cannot store"
     if len(encoded) > MAX_RESULT_BYTES:
@@ -163,6 +168,13 @@ class Executor:
             return Outcome(
                 job.id, job.attempt, "failed", error=_describe(error, with_traceback=False)
             )
+        if isinstance(job.payload, UndecodableJson):
+            return Outcome(
+                job.id,
+                job.attempt,
+                "failed",
+                error=f"invalid payload for {job.kind!r}: {job.payload.reason}",
+            )
         try:
             payload = handler.parse_payload(job.payload)
         except ValidationError as exc:
@@ -171,6 +183,13 @@ class Executor:
                 job.attempt,
                 "failed",
                 error=redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS],
+            )
+        except RecursionError:
+            return Outcome(
+                job.id,
+                job.attempt,
+                "failed",
+                error=f"invalid payload for {job.kind!r}: nested too deep to validate",
             )
         reporter = JobProgress(job, self._progress) if self._progress is not None else None
         ctx = JobContext(

@@ -2,8 +2,13 @@
 
 Invariants:
 - A ``Job`` is what the claim returned; ``attempt`` is the attempt this worker holds.
+  Its ``payload`` is an :class:`~listener.db.UndecodableJson` when Python cannot decode
+  it (the executor fails that job for good; the rest of the batch runs).
   Together with the worker id it is the lease that fences every later write.
 - An ``Outcome`` is written once, by the completer, fenced on (worker, id, attempt).
+- Text written to a job's row goes through :func:`storable_text` first: PostgreSQL
+  text holds neither NUL nor lone surrogates, and a message holding them is stored
+  escaped rather than refused (which would lose it).
 - ``CURRENT_JOB`` holds the job whose handler runs in the current context (None
   elsewhere); the log configuration adds its id, tenant, kind and attempt to every line
   logged there.
@@ -19,6 +24,8 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
+from listener.db import UndecodableJson
+
 STATUSES: Final = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -32,7 +39,7 @@ class Job:
     id: int
     tenant_id: str
     kind: str
-    payload: dict[str, Any]
+    payload: dict[str, Any] | UndecodableJson
     priority: int
     attempt: int
     max_attempts: int
@@ -57,6 +64,18 @@ class Job:
             run_at=row["run_at"],
             started_at=row["started_at"],
         )
+
+
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL as ``\\x00`` and lone surrogates as
+    ``\\udXXX``, everything else unchanged (the common case returns ``text`` itself)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 CURRENT_JOB: ContextVar[Job | None] = ContextVar("pgwake_current_job", default=None)

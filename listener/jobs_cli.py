@@ -6,6 +6,8 @@ Invariants:
   holding it is told to stop its handler, which then records ``cancelled`` (no retry).
 - It exits 0 when every job given was cancelled or its cancellation requested, and 1
   when any was already finished or does not exist (named on stderr).
+- ``list`` and ``show`` work for every row the table holds: a payload, progress or
+  result Python cannot decode is shown as stored, with the reason (db.UndecodableJson).
 - ``retry`` touches only failed or cancelled jobs; ``purge`` only finished ones, and asks
   for confirmation (or ``--yes``). No command here ever changes a running job's row
   except through ``pgwake.cancel_job``.
@@ -30,6 +32,7 @@ from listener.cli_support import (
     settings_from,
     with_connection,
 )
+from listener.db import UndecodableJson
 from listener.queries import QUERIES
 
 jobs_app = typer.Typer(
@@ -124,6 +127,8 @@ def show_cmd(
         return
     for key, value in job.items():
         shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+        if isinstance(value, UndecodableJson):  # stored as is; Python cannot decode it
+            shown = f"{value.text}\n  ({value.reason})"
         if key == "last_error" and value:
             typer.echo(f"{key}:\n{value}")
         else:

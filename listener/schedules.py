@@ -8,15 +8,23 @@ Invariants:
 - Slots are computed with cronsim (Debian cron semantics) in the schedule's time zone,
   so "0 9 * * *" in Europe/Paris is 09:00 Paris time on both sides of a DST change.
 - After downtime, ``missed = 'skip'`` enqueues only the most recent missed slot (late);
-  ``'catch_up'`` enqueues every missed slot, at most ``MAX_CATCH_UP`` per round.
-- A new schedule's first slot is the first one after the round that sees it.
-- A schedule whose cron or time zone cannot be evaluated is disabled with the reason in
-  ``last_error`` (it was written to the table by hand); the others go on.
+  ``'catch_up'`` enqueues every missed slot, at most ``MAX_CATCH_UP`` per round. A
+  ``skip`` schedule computes that slot directly (cron walked backwards from now), never
+  walking the slots it missed: one years behind costs a round no more than one on time.
+- A new schedule's first slot is the first one after the round that sees it; so is
+  the first slot after an edit of its cron or time zone (a trigger clears next_run_at).
+- Each schedule is served in a savepoint of its own. A schedule whose cron or time zone
+  cannot be evaluated, or whose jobs the jobs table refuses (written to the table by
+  hand past its checks), is disabled with the reason in ``last_error`` and logged; the
+  others go on. Only an error that says nothing about the schedule (the database is
+  unreachable, say: db.is_transient) ends the round, to be tried again.
+- A job's columns are copied from the schedule's row in SQL, so its payload never
+  passes through the client.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
@@ -25,6 +33,8 @@ from anyio.abc import TaskStatus
 from asyncpg.pool import PoolConnectionProxy
 from cronsim import CronSim, CronSimError
 
+from listener.db import is_transient
+from listener.jobs import storable_text
 from listener.logs import get_logger
 from listener.outage import OutageLog, run_rounds
 from listener.queries import QUERIES
@@ -53,21 +63,31 @@ def slots_after(cron: str, timezone: str, after: datetime) -> CronSim:
     return CronSim(cron, after.astimezone(ZoneInfo(timezone)))
 
 
+def latest_slot(cron: str, timezone: str, now: datetime) -> datetime:
+    """The schedule's last slot at or before ``now`` (cron walked backwards from now)."""
+    just_after = (now + timedelta(microseconds=1)).astimezone(ZoneInfo(timezone))
+    return next(iter(CronSim(cron, just_after, reverse=True)))
+
+
 def due_slots(
     cron: str, timezone: str, next_run_at: datetime, now: datetime, missed: str
 ) -> tuple[list[datetime], datetime]:
     """The slots to enqueue (``next_run_at`` and every later one up to ``now``, cut to
-    the last for ``skip``) and the next slot after ``now``."""
+    the last for ``skip``) and the next slot after ``now``. ``skip`` computes both
+    directly, whatever the number of slots missed."""
+    if missed == "skip":
+        if next_run_at > now:  # not due yet
+            return [next_run_at], next(iter(slots_after(cron, timezone, next_run_at)))
+        latest = latest_slot(cron, timezone, now)
+        return [max(latest, next_run_at)], next(iter(slots_after(cron, timezone, now)))
     slots = [next_run_at]
     for slot in slots_after(cron, timezone, next_run_at):
         # The first slot after now, or (catching up) the first one past this round's
         # share: the next round starts there.
-        if slot > now or (missed == "catch_up" and len(slots) >= MAX_CATCH_UP):
+        if slot > now or len(slots) >= MAX_CATCH_UP:
             following = slot
             break
         slots.append(slot)
-    if missed == "skip":
-        slots = slots[-1:]
     return slots, following
 
 
@@ -93,16 +113,26 @@ class Scheduler:
             if not await conn.fetchval(QUERIES["schedules_leader"]):
                 return None
             for row in await conn.fetch(QUERIES["schedules_due"]):
-                enqueued += await self._serve(conn, row)
+                try:
+                    async with conn.transaction():  # a savepoint: this schedule only
+                        enqueued += await self._serve(conn, row)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    await self._disable(conn, row["name"], _reason(exc))
         self.enqueued += enqueued
         return enqueued
+
+    async def _disable(self, conn: PoolConnectionProxy, name: str, reason: str) -> None:
+        reason = storable_text(reason)
+        await conn.execute(QUERIES["schedule_disable"], name, reason)
+        self._log.error("schedule disabled", schedule=name, reason=reason)
 
     async def _serve(self, conn: PoolConnectionProxy, row: asyncpg.Record) -> int:
         name, cron, timezone, now = row["name"], row["cron"], row["timezone"], row["db_now"]
         problem = check_schedule(cron, timezone)
         if problem is not None:
-            await conn.execute(QUERIES["schedule_disable"], name, problem)
-            self._log.error("schedule disabled", schedule=name, reason=problem)
+            await self._disable(conn, name, problem)
             return 0
         if row["next_run_at"] is None:
             first = next(iter(slots_after(cron, timezone, now)))
@@ -112,15 +142,17 @@ class Scheduler:
         enqueued = 0
         for slot in slots:
             enqueued += await conn.fetchval(
-                QUERIES["schedule_enqueue"],
-                row["tenant_id"],
-                row["kind"],
-                row["payload"],
-                row["priority"],
-                row["max_attempts"],
-                f"schedule:{name}:{slot.isoformat()}",
+                QUERIES["schedule_enqueue"], name, f"schedule:{name}:{slot.isoformat()}"
             )
         await conn.execute(QUERIES["schedule_advance"], name, following, slots[-1])
         if enqueued:
             self._log.info("schedule enqueued", schedule=name, slots=len(slots), jobs=enqueued)
         return enqueued
+
+
+def _reason(exc: Exception) -> str:
+    """Why a schedule was disabled, in one line: the database's refusal of its jobs, or
+    the error its slots raised."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"its jobs cannot be enqueued: {exc}".split("\n", 1)[0]
+    return f"its slots cannot be computed: {type(exc).__name__}: {exc}".split("\n", 1)[0]

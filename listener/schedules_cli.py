@@ -3,7 +3,11 @@
 Invariants:
 - ``add`` refuses (exit 2) a cron expression or time zone the workers could not
   evaluate, a payload that is not a JSON object and an unknown missed-slot policy;
-  nothing is written then.
+  nothing is written then. What the jobs table would refuse in the schedule's jobs
+  (a blank or over 200-character tenant, a payload over 1 MiB) is refused too (exit 2)
+  by pgwake.schedules' own checks, named as the jobs table names them
+  (schedules_tenant_id_not_empty for jobs_tenant_id_not_empty, and so on).
+- ``list`` shows a disabled schedule with the reason the leader recorded.
 - A schedule's first slot is the first one after a worker's next round sees it.
 """
 
@@ -87,10 +91,12 @@ def add_cmd(
             )
         except asyncpg.UniqueViolationError:
             raise fail(f"schedule {name!r} exists already", 1) from None
+        except asyncpg.CheckViolationError as exc:
+            raise fail(f"the database refused the schedule: {exc}", 2) from None
 
     with database(settings, announce=False) as url:
         with_connection(url, add, what="schedule")
-    who = f"tenant {tenant}" if tenant else "every tenant"
+    who = "every tenant" if tenant is None else f"tenant {tenant}"
     text = f"added schedule {name}: {cron} ({timezone}) enqueues {kind} for {who}"
     typer.echo(json.dumps({"added": name}) if as_json else text)
 
@@ -115,10 +121,10 @@ def list_cmd(
         return
     for r in rows:
         state = "enabled" if r["enabled"] else f"DISABLED ({r['last_error'] or 'by hand'})"
+        tenant = "every tenant" if r["tenant_id"] is None else r["tenant_id"]
         typer.echo(
-            f"{r['name']}: '{r['cron']}' {r['timezone']} -> {r['kind']} for "
-            f"{r['tenant_id'] or 'every tenant'}; next {r['next_run_at'] or 'at the next round'}"
-            f"; missed={r['missed']}; {state}"
+            f"{r['name']}: '{r['cron']}' {r['timezone']} -> {r['kind']} for {tenant}; "
+            f"next {r['next_run_at'] or 'at the next round'}; missed={r['missed']}; {state}"
         )
 
 

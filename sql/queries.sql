@@ -644,26 +644,33 @@ SELECT pg_try_advisory_xact_lock(1885828965, 0);
 -- Enabled schedules whose next slot has come (or was never computed), locked for the
 -- rest of the leader's transaction, and the database's clock.
 -- No parameters.
-SELECT s.name, s.cron, s.timezone, s.kind, s.payload, s.tenant_id, s.priority,
-       s.max_attempts, s.missed, s.next_run_at, now() AS db_now
+SELECT s.name, s.cron, s.timezone, s.missed, s.next_run_at, now() AS db_now
   FROM pgwake.schedules AS s
  WHERE s.enabled AND (s.next_run_at IS NULL OR s.next_run_at <= now())
  ORDER BY s.next_run_at NULLS FIRST
    FOR UPDATE SKIP LOCKED;
 
 -- name: schedule_enqueue
--- Enqueues one slot of a schedule: one job for its tenant, or one for every tenant in
--- pgwake.tenants when it has none. unique_key names the schedule and the slot.
--- $1 tenant or NULL, $2 kind, $3 payload, $4 priority, $5 max attempts, $6 unique key.
+-- Enqueues one slot of schedule $1: one job for its tenant, or one for every tenant in
+-- pgwake.tenants when it has none. The job's columns are copied from the schedule's row
+-- here, never through the client, so a payload is enqueued exactly as stored (whether
+-- or not Python could decode it). unique_key names the schedule and the slot.
+-- $1 schedule name, $2 unique key.
 -- Returns how many jobs were enqueued.
-WITH targets AS (
-    SELECT $1::text AS tenant_id WHERE $1::text IS NOT NULL
+WITH s AS (
+    SELECT tenant_id, kind, payload, priority, max_attempts
+      FROM pgwake.schedules
+     WHERE name = $1::text
+),
+targets AS (
+    SELECT s.tenant_id FROM s WHERE s.tenant_id IS NOT NULL
     UNION ALL
-    SELECT t.tenant_id FROM pgwake.tenants AS t WHERE $1::text IS NULL
+    SELECT t.tenant_id FROM pgwake.tenants AS t, s WHERE s.tenant_id IS NULL
 ),
 inserted AS (
     INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, max_attempts, unique_key)
-    SELECT t.tenant_id, $2, $3::jsonb, $4, $5, $6 FROM targets AS t
+    SELECT t.tenant_id, s.kind, s.payload, s.priority, s.max_attempts, $2::text
+      FROM targets AS t CROSS JOIN s
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
@@ -677,7 +684,8 @@ UPDATE pgwake.schedules
  WHERE name = $1;
 
 -- name: schedule_disable
--- Disables a schedule the leader cannot evaluate, with the reason.
+-- Disables a schedule the leader cannot evaluate or whose jobs cannot be enqueued, with
+-- the reason.
 -- $1 name, $2 reason.
 UPDATE pgwake.schedules
    SET enabled = false, last_error = $2, updated_at = now()

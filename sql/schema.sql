@@ -84,7 +84,12 @@ CREATE TABLE pgwake.jobs (
     CONSTRAINT jobs_attempts_not_negative
         CHECK (attempts >= 0),
     CONSTRAINT jobs_running_has_claimant
-        CHECK ((status = 'running') = (claimed_by IS NOT NULL))
+        CHECK ((status = 'running') = (claimed_by IS NOT NULL)),
+    -- Neither infinity (the promoter could not compute how long to sleep) nor a year
+    -- that clients such as Python's datetime cannot represent (a claim reading one
+    -- would fail for its whole batch).
+    CONSTRAINT jobs_run_at_between_years_1_and_9999
+        CHECK (run_at >= '0001-01-01 00:00:00+00' AND run_at < '10000-01-01 00:00:00+00')
 ) WITH (
     -- Jobs are updated in place (claim, finish); leave room for HOT updates and let
     -- autovacuum keep up with a queue's churn instead of waiting for 20% dead rows.
@@ -535,7 +540,8 @@ CREATE TABLE pgwake.schedules (
     -- The next slot to enqueue; NULL until the leader first computes it.
     next_run_at  timestamptz,
     last_slot    timestamptz,
-    -- Why the leader disabled the schedule (an invalid cron or time zone).
+    -- Why the leader disabled the schedule (an invalid cron or time zone, jobs the jobs
+    -- table refuses).
     last_error   text,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
@@ -548,7 +554,40 @@ CREATE TABLE pgwake.schedules (
     CONSTRAINT schedules_missed_valid CHECK (missed IN ('skip', 'catch_up')),
     CONSTRAINT schedules_priority_between_minus_1000_and_1000
         CHECK (priority BETWEEN -1000 AND 1000),
-    CONSTRAINT schedules_max_attempts_between_1_and_1000 CHECK (max_attempts BETWEEN 1 AND 1000)
+    CONSTRAINT schedules_max_attempts_between_1_and_1000 CHECK (max_attempts BETWEEN 1 AND 1000),
+    -- What a schedule copies into its jobs is checked as pgwake.jobs checks it, with
+    -- the same words (jobs_tenant_id_not_empty, jobs_payload_at_most_1mib), so a
+    -- schedule whose jobs would be refused is refused itself.
+    CONSTRAINT schedules_tenant_id_not_empty
+        CHECK (tenant_id IS NULL
+               OR (length(btrim(tenant_id)) > 0 AND length(tenant_id) <= 200)),
+    CONSTRAINT schedules_payload_at_most_1mib
+        CHECK (octet_length(payload::text) <= 1048576),
+    CONSTRAINT schedules_next_run_at_between_years_1_and_9999
+        CHECK (next_run_at >= '0001-01-01 00:00:00+00' AND next_run_at < '10000-01-01 00:00:00+00'),
+    CONSTRAINT schedules_last_slot_between_years_1_and_9999
+        CHECK (last_slot >= '0001-01-01 00:00:00+00' AND last_slot < '10000-01-01 00:00:00+00')
 );
 
 CREATE INDEX schedules_due_idx ON pgwake.schedules (next_run_at) WHERE enabled;
+
+-- Editing a schedule's cron or time zone (by SQL) takes effect at once: next_run_at is
+-- cleared, unless the same UPDATE changes it too, and the leader's next round computes the
+-- first slot after now from the new cron. No slot of the old cron is enqueued after
+-- the edit commits.
+CREATE FUNCTION pgwake.schedules_before_update_of_cron() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF (NEW.cron, NEW.timezone) IS DISTINCT FROM (OLD.cron, OLD.timezone)
+       AND NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at THEN
+        NEW.next_run_at := NULL;
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER schedules_cron_edit_takes_effect_at_once
+    BEFORE UPDATE OF cron, timezone ON pgwake.schedules
+    FOR EACH ROW
+    EXECUTE FUNCTION pgwake.schedules_before_update_of_cron();
