@@ -17,7 +17,8 @@ import pytest
 
 from listener import db
 from listener.api import JobContext, Registry, Retry
-from listener.migrate import latest_version
+from listener.migrate import latest_version, load_migrations
+from listener.queries import QUERIES
 from listener.schedules import Scheduler, due_slots
 from tests.conftest import ROOT, eventually, running_worker
 from tests.test_cli import pgwake
@@ -426,3 +427,55 @@ async def test_readme_says_what_insert_returning_status_shows(conn: asyncpg.Conn
     assert definers == 0
     assert "runs with its owner's privileges (`SECURITY DEFINER`)" not in readme
     assert "they are not\n`SECURITY DEFINER`" in readme
+
+
+# --- Migration 0010 with rows written before it -------------------------------------
+
+
+async def test_migration_0010_fails_old_unreadable_jobs_and_names_bad_schedules(
+    empty_dsn: str,
+) -> None:
+    """Rows written before 0010 that its checks refuse: a job with an infinite run_at
+    (which stopped every worker) fails, with the reason and its old run_at in
+    last_error; a schedule whose jobs could never be enqueued stops the migration with
+    its name, for an operator to fix, and nothing is lost."""
+    migrations = load_migrations()
+    assert migrations[9].version == 10
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(QUERIES["migration_create_schema"])
+        for migration in migrations[:9]:
+            await conn.execute(migration.sql)
+        await conn.execute(
+            """INSERT INTO pgwake.jobs (tenant_id, kind, run_at, status, last_error)
+               VALUES ('a', 'echo', 'infinity', 'scheduled', NULL),
+                      ('a', 'echo', '-infinity', 'queued', 'earlier error'),
+                      ('a', 'echo', '20000-01-01', 'succeeded', NULL),
+                      ('a', 'echo', now(), 'queued', NULL)"""
+        )
+        await conn.execute(
+            "INSERT INTO pgwake.schedules (name, cron, kind, tenant_id) "
+            "VALUES ('blank', '* * * * *', 'echo', ''), ('fine', '* * * * *', 'echo', 'a')"
+        )
+        with pytest.raises(asyncpg.RaiseError) as stopped:
+            async with conn.transaction():
+                await conn.execute(migrations[9].sql)
+        assert str(stopped.value).startswith("schedules 'blank' cannot enqueue their jobs")
+        await conn.execute("UPDATE pgwake.schedules SET tenant_id = 'a' WHERE name = 'blank'")
+        await conn.execute(migrations[9].sql)
+        rows = await conn.fetch(
+            "SELECT status, run_at::text, last_error, finished_at IS NOT NULL AS finished "
+            "FROM pgwake.jobs ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    assert [r["status"] for r in rows] == ["failed", "failed", "succeeded", "queued"]
+    assert rows[0]["run_at"] == "9999-12-31 23:59:59+00"
+    assert rows[0]["last_error"] == (
+        "run_at infinity is outside years 1 to 9999 (UTC); set to the nearest allowed instant"
+    )
+    assert rows[1]["run_at"] == "0001-01-01 00:00:00+00"
+    assert rows[1]["last_error"].endswith("nearest allowed instant\nearlier error")
+    assert rows[2]["last_error"].startswith("run_at 20000-01-01 00:00:00+00 is outside")
+    assert all(r["finished"] for r in rows[:3])
+    assert rows[3]["last_error"] is None

@@ -16,7 +16,8 @@ The invariant, checked row by row as it is inserted and for all rows at the end:
 - a row is refused at INSERT either by a named constraint (SQLSTATE class 23, with the
   constraint's name) or because PostgreSQL does not accept the value at all (class 22,
   a data exception such as ``\\u0000`` in jsonb, or class 54, a program limit such as
-  nesting deeper than its parser's stack): then it is not a row PostgreSQL accepts;
+  nesting deeper than its parser's stack): then it is not a row PostgreSQL accepts (nor
+  is text holding a lone surrogate, which the client cannot even send);
 - or, for a job of a handled kind (echo, noop) that is due, it reaches a final state:
   ``succeeded``, or ``failed`` with a last_error naming the problem (a payload Python
   cannot decode fails for good at its first attempt); a payload Python decodes (and is
@@ -348,6 +349,10 @@ def refusal(exc: asyncpg.PostgresError, seen: dict[str, str]) -> str:
         assert name, f"refused by a constraint with no name: {exc!r}"
         return f"constraint {name}"
     assert state[:2] in ("22", "54"), f"refused for an unexpected reason: {state} {exc}"
+    if str(exc).startswith("invalid input for query argument"):
+        # asyncpg's own DataError: a Python str holding a lone surrogate cannot be sent
+        # as UTF-8 at all, so PostgreSQL never sees the row.
+        return "not sendable (lone surrogate in a Python str)"
     kind = f"value {state}"
     seen.setdefault(kind, str(exc).split("\n", 1)[0][:80])
     return kind
