@@ -8,6 +8,12 @@ Invariants:
   again from the database after its backoff.
 - Invalid payloads, unknown kinds, ``PermanentError`` and results that are not JSON fail
   the job at once; other exceptions and timeouts retry until ``max_attempts``.
+- Nothing a handler raises leaves the executor except the cancellation the worker itself
+  asked for (a timeout, a cancel request, the end of the drain: the task has a pending
+  cancellation request). ``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, any
+  other ``BaseException`` and a ``CancelledError`` nobody requested are the job's failure
+  like any exception (attempt counted, retried until ``max_attempts``); the worker goes
+  on.
 - ``execute`` enforces the job's timeout itself; ``attempt`` leaves it to the caller
   (the claimer's runners hold one cancel scope each for all their jobs, which is much
   cheaper than a scope per job) and ``timed_out`` is the outcome it then records.
@@ -17,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import traceback
 from typing import Any
@@ -40,8 +47,10 @@ MAX_ERROR_CHARS = 8000
 MAX_RESULT_BYTES = 1_048_576
 
 
-def _describe(exc: BaseException, *, with_traceback: bool) -> str:
+def _describe(exc: BaseException, *, with_traceback: bool, base: bool = False) -> str:
     text = f"{type(exc).__name__}: {exc}"
+    if base:
+        text += " (a BaseException raised by the handler; the worker went on)"
     if with_traceback:
         tb = "".join(traceback.format_exception(exc)).rstrip()
         text = f"{text}\n{tb}"
@@ -49,6 +58,16 @@ def _describe(exc: BaseException, *, with_traceback: bool) -> str:
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS // 2] + "\n...\n" + text[-MAX_ERROR_CHARS // 2 :]
     return text
+
+
+def _cancelled_by_worker(exc: BaseException) -> bool:
+    """True when ``exc`` is the cancellation the worker asked for (a cancel scope around
+    the handler was cancelled: its task has a pending cancellation request), which must
+    propagate; False for a ``CancelledError`` the handler raised on its own."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _check_result(result: Any) -> str | None:
@@ -195,6 +214,13 @@ class Executor:
             return Outcome(job.id, job.attempt, "failed", error=_describe(exc, with_traceback=True))
         except Exception as exc:  # noqa: BLE001 - any other exception is a job failure
             return self._failure(job, _describe(exc, with_traceback=True))
+        except BaseException as exc:
+            if _cancelled_by_worker(exc):
+                raise
+            # KeyboardInterrupt, SystemExit, GeneratorExit, a BaseException subclass of
+            # the handler's own: left to propagate, each would end the worker and put
+            # the job back for the next worker to die of.
+            return self._failure(job, _describe(exc, with_traceback=True, base=True))
         problem = _check_result(result)
         if problem is not None:
             return Outcome(job.id, job.attempt, "failed", error=problem)

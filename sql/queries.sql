@@ -396,6 +396,25 @@ WITH put_back AS (
 )
 SELECT p.id FROM put_back AS p CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
 
+-- name: job_put_back_held_counted
+-- When the worker ends without a clean stop (it crashed, or was cancelled from outside):
+-- every job it still holds goes back with its attempt counted, as recovery of a dead
+-- worker would do, so a job that kills workers uses up its attempts. Queued again, or
+-- failed when that was its last attempt.
+-- $1 worker id, $2 the reason kept in last_error.
+-- Returns the ids put back and their new status.
+WITH put_back AS (
+    UPDATE pgwake.jobs AS j
+       SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END,
+           finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+           claimed_by = NULL,
+           last_error = $2
+     WHERE j.claimed_by = $1 AND j.status = 'running'
+    RETURNING j.id, j.tenant_id, j.kind, j.status
+)
+SELECT p.id, p.status FROM put_back AS p
+ CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, p.status) AS e;
+
 -- name: job_promote_due
 -- Moves up to $1 scheduled jobs whose run_at has come to queued, on one worker at a
 -- time: it takes the promotion lock for its transaction first; leader is false (and
