@@ -29,6 +29,7 @@ from listener.cli_support import (
     with_connection,
 )
 from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring, load_keyring
+from listener.dsn import SCHEMES, DsnError, parse_dsn
 from listener.errors import PgwakeError
 from listener.queries import QUERIES
 
@@ -78,12 +79,16 @@ def _read_dsn(tenant: str) -> str:
     else:
         dsn = sys.stdin.readline()
     dsn = dsn.strip()
-    if not dsn.startswith(("postgresql://", "postgres://")):
+    if not dsn.startswith(SCHEMES):
         raise fail(
             "the tenant database DSN must be a libpq URL starting with postgresql:// or "
             "postgres://",
             2,
         )
+    try:
+        parse_dsn(dsn)
+    except DsnError as exc:
+        raise fail(f"the tenant database DSN is refused: {exc}", 2) from None
     return dsn
 
 
