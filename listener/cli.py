@@ -25,6 +25,7 @@ from listener.cli_support import (
     fail,
     guard,
     migrate_dsn,
+    name_problem,
     run_async,
     settings_from,
     with_connection,
@@ -242,6 +243,10 @@ def enqueue_cmd(
         raise fail(f"--payload is not valid JSON: {exc}", 2) from None
     if not isinstance(body, dict):
         raise fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
+    for flag, value in (("KIND", kind), ("--tenant", tenant)):
+        problem = name_problem(value)
+        if problem is not None:
+            raise fail(f"{flag} {problem}", 2)
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
     logs.configure(settings.log_format, settings.log_level)
     args = (tenant, kind, body, priority, delay, max_attempts, unique_key, timeout)

@@ -32,6 +32,7 @@ from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring, load_keyring
 from listener.dsn import SCHEMES, DsnError, parse_dsn
 from listener.errors import PgwakeError
 from listener.queries import QUERIES
+from listener.terminal import shown
 
 tenants_app = typer.Typer(
     help="Per-tenant settings: fleet-wide caps, weights, pausing, own databases.",
@@ -261,7 +262,7 @@ def list_cmd(
     for item in items:
         cap = "-" if item["max_concurrency"] is None else str(item["max_concurrency"])
         typer.echo(
-            f"{item['tenant_id']:<24} {cap:>6} {item['weight']:>6} "
+            f"{shown(item['tenant_id']):<24} {cap:>6} {item['weight']:>6} "
             f"{'yes' if item['paused'] else 'no':>6} "
             f"{'yes' if item['has_database'] else 'no':>6} "
             f"{item['queued']:>8} {item['running']:>8}"
@@ -287,7 +288,7 @@ def show_cmd(
         typer.echo(json.dumps(item, default=str))
         return
     for key, value in item.items():
-        typer.echo(f"{key}: {value}")
+        typer.echo(f"{key}: {shown(value)}")
 
 
 @tenants_app.command("rotate-key")
@@ -337,6 +338,6 @@ def rotate_key_cmd(
         f"{keyring.primary_id!r}; {current} already used it; {len(failures)} failed",
     )
     for failure in failures:
-        typer.echo(f"pgwake: error: {failure}", err=True)
+        typer.echo(f"pgwake: error: {shown(failure)}", err=True)
     if failures:
         raise typer.Exit(1)
