@@ -39,6 +39,7 @@ from listener.registry import DEFAULT_REGISTRY, load_modules
 from listener.schedules_cli import schedules_app
 from listener.status_cli import status_cmd
 from listener.tenants_cli import tenants_app
+from listener.terminal import shown
 
 BUILTIN_HANDLERS = "handlers.builtin"
 
@@ -277,9 +278,29 @@ def version_cmd() -> None:
     typer.echo(f"pgwake {__version__} (schema {latest_version():04d})")
 
 
+# click's exception classes, reached through typer's public BadParameter (typer vendors
+# click in recent versions and depends on it in older ones).
+_USAGE_ERROR: type[Exception] = next(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError"
+)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A usage error (unknown option or command, a missing
+    or malformed argument) is one line on stderr like every other error, exit 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(130)
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    except _USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # a group without a subcommand: its help was printed
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = exc.format_message()  # type: ignore[attr-defined]
+        typer.echo(f"pgwake: error: {shown(message)}{where}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
