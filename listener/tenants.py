@@ -48,7 +48,8 @@ class TenantDatabases:
         self._cache: dict[str, tuple[float, str | None]] = {}
 
     async def dsn(self, tenant_id: str) -> str | None:
-        """The tenant's decrypted DSN, or None when it has no database of its own."""
+        """The tenant's decrypted DSN, or None when it has no database of its own;
+        :class:`TenantDatabaseError` when its stored DSN is refused (listener/dsn.py)."""
         cached = self._cache.get(tenant_id)  # only DSNs: "none" is looked up every time
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
@@ -61,6 +62,12 @@ class TenantDatabases:
                     f"no encryption key ({NO_KEY_HINT})"
                 )
             dsn = self._keyring.decrypt(tenant_id, ciphertext)
+            try:
+                parse_dsn(dsn)  # once per lookup, not per connection: refused ones are not cached
+            except DsnError as exc:
+                raise TenantDatabaseError(
+                    tenant_id, f"tenant {tenant_id!r}: its database DSN is refused: {exc}"
+                ) from None
         if dsn is not None:
             self._cache[tenant_id] = (time.monotonic() + self._cache_ttl, dsn)
         else:
@@ -73,11 +80,5 @@ class TenantDatabases:
         dsn = await self.dsn(tenant_id)
         if dsn is None:
             raise ConfigurationError(f"tenant {tenant_id!r} has no database of its own")
-        try:
-            parse_dsn(dsn)
-        except DsnError as exc:
-            raise TenantDatabaseError(
-                tenant_id, f"tenant {tenant_id!r}: its database DSN is refused: {exc}"
-            ) from None
         async with self.pools.connection(tenant_id, dsn) as conn:
             yield conn
