@@ -25,6 +25,7 @@ from listener.cli_support import (
     fail,
     guard,
     migrate_dsn,
+    name_problem,
     run_async,
     settings_from,
     with_connection,
@@ -38,6 +39,7 @@ from listener.registry import DEFAULT_REGISTRY, load_modules
 from listener.schedules_cli import schedules_app
 from listener.status_cli import status_cmd
 from listener.tenants_cli import tenants_app
+from listener.terminal import shown
 
 BUILTIN_HANDLERS = "handlers.builtin"
 
@@ -242,6 +244,10 @@ def enqueue_cmd(
         raise fail(f"--payload is not valid JSON: {exc}", 2) from None
     if not isinstance(body, dict):
         raise fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
+    for flag, value in (("KIND", kind), ("--tenant", tenant)):
+        problem = name_problem(value)
+        if problem is not None:
+            raise fail(f"{flag} {problem}", 2)
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
     logs.configure(settings.log_format, settings.log_level)
     args = (tenant, kind, body, priority, delay, max_attempts, unique_key, timeout)
@@ -272,9 +278,29 @@ def version_cmd() -> None:
     typer.echo(f"pgwake {__version__} (schema {latest_version():04d})")
 
 
+# click's exception classes, reached through typer's public BadParameter (typer vendors
+# click in recent versions and depends on it in older ones).
+_USAGE_ERROR: type[Exception] = next(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError"
+)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A usage error (unknown option or command, a missing
+    or malformed argument) is one line on stderr like every other error, exit 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(130)
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    except _USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # a group without a subcommand: its help was printed
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = exc.format_message()  # type: ignore[attr-defined]
+        typer.echo(f"pgwake: error: {shown(message)}{where}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

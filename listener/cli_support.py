@@ -2,7 +2,11 @@
 the embedded server), running async code, and turning errors into exit codes.
 
 Invariant: every command reports a failure as one line on stderr,
-``pgwake: error: <message>``, with secrets masked, and exits with the error's code.
+``pgwake: error: <message>``, with secrets masked and control characters escaped (text
+from the database may hold any), and exits with the error's code. A statement the
+database refuses is reported by its one-line message (never its DETAIL, which holds
+the whole row): exit 2 when the values given were refused (a CHECK or NOT NULL
+constraint, a data exception), else 1.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from listener.errors import PgwakeError
 from listener.migrate import migrate
 from listener.proctitle import scrub_argv
 from listener.redact import redact
+from listener.terminal import shown
 
 T = TypeVar("T")
 
@@ -48,7 +53,7 @@ DataDirOpt = Annotated[
 
 def fail(message: str, code: int) -> typer.Exit:
     """Print ``message`` as an error; return the Exit to raise."""
-    typer.echo(f"pgwake: error: {redact(message)}", err=True)
+    typer.echo(f"pgwake: error: {shown(redact(message))}", err=True)
     return typer.Exit(code)
 
 
@@ -141,5 +146,36 @@ def with_connection(
     try:
         result: T = guard(run_async, body)
     except asyncpg.PostgresError as exc:
-        raise fail(f"the database refused the {what}: {exc}", 1) from None
+        raise fail(f"the database refused the {what}: {refusal(exc)}", refusal_code(exc)) from None
     return result
+
+
+# Tenant ids, kinds and schedule names: what the tables' CHECK constraints allow.
+MAX_NAME_CHARS = 200
+
+
+def name_problem(value: str) -> str | None:
+    """None when ``value`` is a tenant id, kind or schedule name the tables accept (1 to
+    200 characters, not all blank), else what is wrong with it."""
+    if not value.strip():
+        return "must not be empty or blank"
+    if len(value) > MAX_NAME_CHARS:
+        return f"must be at most {MAX_NAME_CHARS} characters; got {len(value)}"
+    return None
+
+
+# SQLSTATEs of a value refused: not_null_violation, check_violation; and class 22.
+_BAD_VALUE_SQLSTATES = frozenset({"23502", "23514"})
+
+
+def refusal(exc: asyncpg.PostgresError) -> str:
+    """The database's one-line message for ``exc``, without its DETAIL (a refused row
+    is shown whole there, payload included)."""
+    message = getattr(exc, "message", None) or str(exc)
+    return str(message).split("\n", 1)[0]
+
+
+def refusal_code(exc: asyncpg.PostgresError) -> int:
+    """2 when the database refused the values given (bad arguments), else 1."""
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    return 2 if sqlstate.startswith("22") or sqlstate in _BAD_VALUE_SQLSTATES else 1

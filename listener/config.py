@@ -16,8 +16,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from listener.dsn import SCHEMES, parse_dsn
 from listener.errors import ConfigError
 from listener.http import parse_addr
 
@@ -172,6 +181,16 @@ class Settings(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, dsn: SecretStr | None) -> SecretStr | None:
+        """A DSN asyncpg would misread (an unencoded '#' or '/' in the password, a
+        malformed IPv6 host...) is refused here, with a message that holds no part of
+        it (listener/dsn.py)."""
+        if dsn is not None and dsn.get_secret_value().startswith(SCHEMES):
+            parse_dsn(dsn.get_secret_value())  # DsnError is a ValueError
+        return dsn
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         parse_addr(self.metrics_addr)  # raises ValueError naming the setting
@@ -189,9 +208,7 @@ class Settings(BaseModel):
             raise ValueError(
                 f"retry_base ({self.retry_base}) cannot exceed retry_cap ({self.retry_cap})"
             )
-        if self.dsn is not None and not self.dsn.get_secret_value().startswith(
-            ("postgres://", "postgresql://")
-        ):
+        if self.dsn is not None and not self.dsn.get_secret_value().startswith(SCHEMES):
             raise ValueError("dsn must be a libpq URL starting with postgresql://")
         return self
 
@@ -213,14 +230,31 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _from_file(path: Path) -> dict[str, Any]:
+    """The ``[pgwake]`` table of the TOML file at ``path``. Anything else at the top
+    level is refused, so a setting put outside the table is not silently ignored (nor
+    silently read)."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}), as TOML must be"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    section = data.get("pgwake", data)
+    outside = sorted(key for key in data if key != "pgwake")
+    if outside:
+        raise ConfigError(
+            f"config file {path}: {', '.join(map(repr, outside))} outside the [pgwake] "
+            "table; settings go under [pgwake]"
+        )
+    section = data.get("pgwake", {})
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [pgwake] must be a table")
     return section

@@ -10,6 +10,12 @@ Invariants:
   kinds, ``PermanentError`` and results that are not JSON (or nested too deep to
   encode) fail the job at once; other exceptions and timeouts retry until
   ``max_attempts``.
+- Nothing a handler raises leaves the executor except the cancellation the worker itself
+  asked for (a timeout, a cancel request, the end of the drain: the task has a pending
+  cancellation request). ``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, any
+  other ``BaseException`` and a ``CancelledError`` nobody requested are the job's failure
+  like any exception (attempt counted, retried until ``max_attempts``); the worker goes
+  on.
 - ``execute`` enforces the job's timeout itself; ``attempt`` leaves it to the caller
   (the claimer's runners hold one cancel scope each for all their jobs, which is much
   cheaper than a scope per job) and ``timed_out`` is the outcome it then records.
@@ -19,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import traceback
 from typing import Any
@@ -33,7 +40,7 @@ from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, S
 from listener.jobs import CURRENT_JOB, Job, Outcome, OutcomeStatus
 from listener.progress import JobProgress, ProgressWriter
 from listener.redact import redact
-from listener.registry import Registry
+from listener.registry import Handler, Registry
 from listener.retry import Backoff
 from listener.tenants import TenantDatabases
 
@@ -43,8 +50,10 @@ MAX_ERROR_CHARS = 8000
 MAX_RESULT_BYTES = 1_048_576
 
 
-def _describe(exc: BaseException, *, with_traceback: bool) -> str:
+def _describe(exc: BaseException, *, with_traceback: bool, base: bool = False) -> str:
     text = f"{type(exc).__name__}: {exc}"
+    if base:
+        text += " (a BaseException raised by the handler; the worker went on)"
     if with_traceback:
         tb = "".join(traceback.format_exception(exc)).rstrip()
         text = f"{text}\n{tb}"
@@ -52,6 +61,16 @@ def _describe(exc: BaseException, *, with_traceback: bool) -> str:
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS // 2] + "\n...\n" + text[-MAX_ERROR_CHARS // 2 :]
     return text
+
+
+def _cancelled_by_worker(exc: BaseException) -> bool:
+    """True when ``exc`` is the cancellation the worker asked for (a cancel scope around
+    the handler was cancelled: its task has a pending cancellation request), which must
+    propagate; False for a ``CancelledError`` the handler raised on its own."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _check_result(result: Any) -> str | None:
@@ -168,29 +187,9 @@ class Executor:
             return Outcome(
                 job.id, job.attempt, "failed", error=_describe(error, with_traceback=False)
             )
-        if isinstance(job.payload, UndecodableJson):
-            return Outcome(
-                job.id,
-                job.attempt,
-                "failed",
-                error=f"invalid payload for {job.kind!r}: {job.payload.reason}",
-            )
-        try:
-            payload = handler.parse_payload(job.payload)
-        except ValidationError as exc:
-            return Outcome(
-                job.id,
-                job.attempt,
-                "failed",
-                error=redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS],
-            )
-        except RecursionError:
-            return Outcome(
-                job.id,
-                job.attempt,
-                "failed",
-                error=f"invalid payload for {job.kind!r}: nested too deep to validate",
-            )
+        payload, refused = _parse_payload(handler, job)
+        if refused is not None:
+            return refused
         reporter = JobProgress(job, self._progress) if self._progress is not None else None
         ctx = JobContext(
             job=job,
@@ -214,7 +213,29 @@ class Executor:
             return Outcome(job.id, job.attempt, "failed", error=_describe(exc, with_traceback=True))
         except Exception as exc:  # noqa: BLE001 - any other exception is a job failure
             return self._failure(job, _describe(exc, with_traceback=True))
+        except BaseException as exc:
+            if _cancelled_by_worker(exc):
+                raise
+            # KeyboardInterrupt, SystemExit, GeneratorExit, a BaseException subclass of
+            # the handler's own: left to propagate, each would end the worker and put
+            # the job back for the next worker to die of.
+            return self._failure(job, _describe(exc, with_traceback=True, base=True))
         problem = _check_result(result)
         if problem is not None:
             return Outcome(job.id, job.attempt, "failed", error=problem)
         return Outcome(job.id, job.attempt, "succeeded", result=result)
+
+
+def _parse_payload(handler: Handler, job: Job) -> tuple[Any, Outcome | None]:
+    """The handler's payload for ``job``, or the failed outcome of a payload that is not
+    one (undecodable, invalid for the handler's model, or nested too deep to validate)."""
+    if isinstance(job.payload, UndecodableJson):
+        error = f"invalid payload for {job.kind!r}: {job.payload.reason}"
+        return None, Outcome(job.id, job.attempt, "failed", error=error)
+    try:
+        return handler.parse_payload(job.payload), None
+    except ValidationError as exc:
+        error = redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS]
+    except RecursionError:
+        error = f"invalid payload for {job.kind!r}: nested too deep to validate"
+    return None, Outcome(job.id, job.attempt, "failed", error=error)

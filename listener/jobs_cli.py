@@ -11,6 +11,12 @@ Invariants:
 - ``retry`` touches only failed or cancelled jobs; ``purge`` only finished ones, and asks
   for confirmation (or ``--yes``). No command here ever changes a running job's row
   except through ``pgwake.cancel_job``.
+- ``retry`` queues again every job it can: a job whose unique key an active job holds
+  (or another job retried with it) stays as it is, and is named with the reason; the
+  command then exits 1.
+- A job id is 1..2^63-1 (a bigint); any other exits 2 before anything is read.
+- Text from the database is printed with control characters escaped
+  (listener/terminal.py); ``--json`` output is escaped by JSON itself.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from listener.cli_support import (
 )
 from listener.db import UndecodableJson
 from listener.queries import QUERIES
+from listener.terminal import shown, shown_lines
 
 jobs_app = typer.Typer(
     help="Look at and act on jobs: list, show, retry, cancel, purge.", no_args_is_help=True
@@ -43,6 +50,16 @@ STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = ("succeeded", "failed", "cancelled")
 TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's jobs.")]
 KindOpt = Annotated[str | None, typer.Option("--kind", help="Only jobs of this kind.")]
+
+
+MAX_JOB_ID = 2**63 - 1
+
+
+def _check_ids(ids: list[int] | None, what: str = "job id") -> None:
+    """Exit 2 unless every id is a positive bigint."""
+    for job_id in ids or ():
+        if not 1 <= job_id <= MAX_JOB_ID:
+            raise fail(f"{what} must be from 1 to {MAX_JOB_ID}; got {job_id}", 2)
 
 
 def _check_status(status: str | None, allowed: tuple[str, ...]) -> None:
@@ -79,6 +96,7 @@ def list_cmd(
 ) -> None:
     """List jobs, newest first. Page with --before LAST_ID."""
     _check_status(status, STATUSES)
+    _check_ids([before] if before is not None else None, "--before")
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
@@ -96,8 +114,8 @@ def list_cmd(
     for r in rows:
         attempts = f"{r['attempts']}/{r['max_attempts']}"
         typer.echo(
-            f"{r['id']:>10} {r['status']:<10} {r['tenant_id'][:16]:<16} {r['kind'][:24]:<24} "
-            f"{attempts:>7}  {(r['error'] or '')[:80]}"
+            f"{r['id']:>10} {r['status']:<10} {shown(r['tenant_id'])[:16]:<16} "
+            f"{shown(r['kind'])[:24]:<24} {attempts:>7}  {shown(r['error'] or '')[:80]}"
         )
     if len(rows) == limit:
         typer.echo(f"(more: --before {rows[-1]['id']})")
@@ -112,6 +130,7 @@ def show_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Show one job: every column, including payload, progress, result and error."""
+    _check_ids([job_id])
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> dict[str, Any] | None:
@@ -126,13 +145,13 @@ def show_cmd(
         typer.echo(_json(job))
         return
     for key, value in job.items():
-        shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+        text = json.dumps(value) if isinstance(value, (dict, list)) else value
         if isinstance(value, UndecodableJson):  # stored as is; Python cannot decode it
-            shown = f"{value.text}\n  ({value.reason})"
+            text = f"{value.text}  ({value.reason})"
         if key == "last_error" and value:
-            typer.echo(f"{key}:\n{value}")
+            typer.echo(f"{key}:\n{shown_lines(value)}")
         else:
-            typer.echo(f"{key}: {'' if shown is None else shown}")
+            typer.echo(f"{key}: {'' if text is None else shown(text)}")
 
 
 @jobs_app.command("retry")
@@ -156,29 +175,62 @@ def retry_cmd(
         raise fail("give job ids, or --failed (with --kind/--tenant to narrow), not both", 2)
     if job_ids and (kind or tenant):
         raise fail("--kind and --tenant go with --failed, not with job ids", 2)
+    _check_ids(job_ids)
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
-    async def retry(conn: asyncpg.Connection) -> list[int]:
-        rows = await conn.fetch(QUERIES["jobs_retry"], job_ids or None, kind, tenant)
-        if rows:
+    async def retry(conn: asyncpg.Connection) -> tuple[list[int], dict[int, str]]:
+        # The statement leaves out jobs whose unique key is taken; an active job
+        # inserted between its look and its update still makes it fail: look again.
+        for attempt in range(RETRY_RACES):
+            try:
+                rows = await conn.fetch(QUERIES["jobs_retry"], job_ids or None, kind, tenant)
+                break
+            except asyncpg.UniqueViolationError:
+                if attempt == RETRY_RACES - 1:
+                    raise
+        retried = [r["id"] for r in rows if r["retried"]]
+        if retried:
             await conn.execute(QUERIES["workers_wake"])
-        return [r["id"] for r in rows]
+        skipped = {
+            r["id"]: (
+                f"job {r['held_by']}, with the same unique key, is retried instead"
+                if r["instead"]
+                else f"its unique key is held by active job {r['held_by']}"
+            )
+            for r in rows
+            if not r["retried"]
+        }
+        return retried, skipped
 
     with database(settings, announce=False) as url:
-        retried = with_connection(url, retry, what="retry")
+        retried, skipped = with_connection(url, retry, what="retry")
     if as_json:
-        typer.echo(_json({"retried": retried}))
+        data: dict[str, Any] = {"retried": retried}
+        if skipped:
+            data["not_retried"] = {str(k): v for k, v in skipped.items()}
+        typer.echo(_json(data))
     else:
         typer.echo(
             f"queued again: {len(retried)} job(s)"
             + (f" ({', '.join(map(str, retried))})" if retried and len(retried) <= 20 else "")
         )
-    missing = sorted(set(job_ids or ()) - set(retried))
+    missing = sorted(set(job_ids or ()) - set(retried) - set(skipped))
+    problems = []
     if missing:
-        raise fail(
-            "not retried (not failed or cancelled, or not found): " + ", ".join(map(str, missing)),
-            1,
+        problems.append(
+            "not retried (not failed or cancelled, or not found): " + ", ".join(map(str, missing))
         )
+    if skipped:
+        problems.append(
+            "not retried (unique key taken): "
+            + ", ".join(f"{job_id} ({why})" for job_id, why in sorted(skipped.items()))
+        )
+    if problems:
+        raise fail("; ".join(problems), 1)
+
+
+# Times jobs retry runs its statement when an active job takes a unique key meanwhile.
+RETRY_RACES = 3
 
 
 @jobs_app.command("purge")
@@ -220,7 +272,7 @@ def purge_cmd(
 
 @jobs_app.command("cancel")
 def cancel_cmd(
-    job_ids: Annotated[list[int], typer.Argument(help="Ids of the jobs to cancel.", min=1)],
+    job_ids: Annotated[list[int], typer.Argument(help="Ids of the jobs to cancel.")],
     as_json: JsonOpt = False,
     dsn: DsnOpt = None,
     config: ConfigOpt = None,
@@ -228,6 +280,7 @@ def cancel_cmd(
 ) -> None:
     """Cancel jobs: queued and scheduled ones at once; running ones are stopped by the
     worker that runs them within about a second."""
+    _check_ids(job_ids)
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def cancel(conn: asyncpg.Connection) -> dict[int, str]:

@@ -4,7 +4,8 @@ Invariants:
 - Any text that may carry a connection string passes through :func:`redact` before it
   is logged or stored. It masks, with ``***``:
   - the password of a libpq URL (``postgresql://user:PASSWORD@host``, any case, also
-    inside a longer text such as an exception message or a traceback);
+    inside a longer text such as an exception message or a traceback), up to the URL's
+    last ``@``, so an unencoded ``@``, ``/`` or ``#`` in it does not leave a part shown;
   - the value of ``password=`` in a libpq keyword string or an environment dump
     (``password='a b'``, ``PGPASSWORD=x``);
   - every secret registered with :func:`register_secret`, wherever it appears: the key
@@ -25,12 +26,15 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+
+from listener.dsn import dsn_passwords
 
 MASK = "***"
 
+# The password runs to the last '@' of the URL: one that holds an unencoded '@', '/',
+# '?' or '#' (refused as a DSN, listener/dsn.py, but possibly in an error) is masked whole.
 _URL_PASSWORD = re.compile(
-    r"(?P<scheme>postgres(?:ql)?://)(?P<user>[^:@/\s]*):(?P<pw>[^@\s]*)@", re.IGNORECASE
+    r"(?P<scheme>postgres(?:ql)?://)(?P<user>[^:@/\s]*):(?P<pw>[^\s]*)@", re.IGNORECASE
 )
 # A quoted libpq value may hold escaped quotes ('it\'s'); an unquoted one ends at a space.
 _KV_PASSWORD = re.compile(r"(?P<key>password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
@@ -70,14 +74,10 @@ def register_key_material(material: bytes) -> None:
 
 
 def register_dsn(dsn: str) -> None:
-    """Register the password of a libpq URL (raw and percent-decoded), if it has one."""
-    try:
-        password = urlsplit(dsn).password
-    except ValueError:
-        return
-    if password:
+    """Register the password of a libpq URL (raw and percent-decoded, and every reading
+    of a malformed one: listener/dsn.py), if it has one."""
+    for password in dsn_passwords(dsn):
         register_secret(password)
-        register_secret(unquote(password))
 
 
 def redact(text: str) -> str:

@@ -26,11 +26,13 @@ from listener.cli_support import (
     JsonOpt,
     database,
     fail,
+    name_problem,
     settings_from,
     with_connection,
 )
 from listener.queries import QUERIES
 from listener.schedules import MISSED_POLICIES, check_schedule
+from listener.terminal import shown
 
 schedules_app = typer.Typer(
     help="Cron schedules that enqueue jobs: add, list, remove.", no_args_is_help=True
@@ -62,6 +64,9 @@ def add_cmd(
 ) -> None:
     """Add a schedule: every slot of --cron (in --timezone) enqueues one job of --kind
     for --tenant, or one for every tenant in pgwake.tenants."""
+    name_error = name_problem(name)
+    if name_error is not None:
+        raise fail(f"the schedule name {name_error}", 2)
     problem = check_schedule(cron, timezone)
     if problem is not None:
         raise fail(problem, 2)
@@ -123,8 +128,10 @@ def list_cmd(
         state = "enabled" if r["enabled"] else f"DISABLED ({r['last_error'] or 'by hand'})"
         tenant = "every tenant" if r["tenant_id"] is None else r["tenant_id"]
         typer.echo(
-            f"{r['name']}: '{r['cron']}' {r['timezone']} -> {r['kind']} for {tenant}; "
-            f"next {r['next_run_at'] or 'at the next round'}; missed={r['missed']}; {state}"
+            shown(
+                f"{r['name']}: '{r['cron']}' {r['timezone']} -> {r['kind']} for {tenant}; "
+                f"next {r['next_run_at'] or 'at the next round'}; missed={r['missed']}; {state}"
+            )
         )
 
 

@@ -13,8 +13,11 @@ Lifecycle invariants:
 - Stop (``stop()``, SIGTERM/SIGINT in the CLI): claiming stops at once; running jobs get
   the drain timeout; outcomes already produced are all written; whatever this worker
   still holds is put back to ``queued`` with its attempt given back; the worker row is
-  removed. No job is left ``running`` by a clean stop. ``STOPPING=1`` extends systemd's
-  stop timeout to the drain timeout plus ``RELEASE_MARGIN``.
+  removed. A worker that ends any other way (an error, a cancellation from outside)
+  puts back what it holds with the attempt counted (``failed`` when it was the last),
+  as recovery does for a worker that died. No job is left ``running`` by a clean stop.
+  ``STOPPING=1`` extends systemd's stop timeout to the drain timeout plus
+  ``RELEASE_MARGIN``.
 """
 
 from __future__ import annotations
@@ -208,11 +211,13 @@ class Service:
             )
             await heartbeat.register()
             self.metrics.watch_heartbeat(lambda: heartbeat.last_beat)
+            clean = False
             try:
                 await self._serve(pool, heartbeat, kinds, task_status)
+                clean = True  # only a stop() lets _serve return
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self._release(pool, heartbeat)
+                    await self._release(pool, heartbeat, clean=clean)
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.close()
@@ -317,16 +322,30 @@ class Service:
                 task_status.started()
             background.cancel_scope.cancel()
 
-    async def _release(self, pool: asyncpg.Pool, heartbeat: Heartbeat) -> None:
-        """Put back whatever this worker still holds, then deregister."""
+    async def _release(self, pool: asyncpg.Pool, heartbeat: Heartbeat, *, clean: bool) -> None:
+        """Put back whatever this worker still holds, then deregister. After a clean stop
+        (the drain timed out) the attempt is given back; after a crash it counts, as when
+        a dead worker's jobs are recovered, so a job that kills workers ends failed
+        after ``max_attempts``."""
         try:
-            put_back = await pool.fetch(
-                QUERIES["job_put_back_held"],
-                self.worker_id,
-                "put back: the worker stopped before the job finished",
-            )
+            if clean:
+                put_back = await pool.fetch(
+                    QUERIES["job_put_back_held"],
+                    self.worker_id,
+                    "put back: the worker stopped before the job finished",
+                )
+            else:
+                put_back = await pool.fetch(
+                    QUERIES["job_put_back_held_counted"],
+                    self.worker_id,
+                    "put back: the worker died while the job ran (the attempt counts)",
+                )
             if put_back:
-                self._log.warning("put back unfinished jobs", jobs=[r["id"] for r in put_back])
+                self._log.warning(
+                    "put back unfinished jobs",
+                    jobs=[r["id"] for r in put_back],
+                    attempt_counted=not clean,
+                )
             await pool.execute(QUERIES["worker_deregister"], self.worker_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self._log.error(

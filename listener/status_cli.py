@@ -14,6 +14,9 @@ Invariants:
   the maintenance rounds (recovery, retention, schedules) have no standing leader: each
   round goes to whichever worker takes its lock first, so none is shown.
 - The database is shown with its password masked; nothing else secret is read.
+- Text from the database (kinds, tenants, host names) is printed with control
+  characters escaped (listener/terminal.py): a kind like ``E'x\x1b]0;owned\x07'``
+  cannot retitle the terminal, nor ``E'x\nINJECTED'`` forge a line.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from listener.config import Settings
 from listener.migrate import check_schema
 from listener.queries import QUERIES
 from listener.redact import display_dsn
+from listener.terminal import shown
 
 ACTIVE = ("scheduled", "queued", "running")
 COUNTED = (*ACTIVE, "failed")
@@ -227,7 +231,7 @@ def render(status: Status) -> str:
     """The tables a person reads."""
     t = status.totals
     out = [
-        f"pgwake status of {status.database} at {status.at:%Y-%m-%d %H:%M:%S} UTC",
+        f"pgwake status of {shown(status.database)} at {status.at:%Y-%m-%d %H:%M:%S} UTC",
         "",
         f"jobs: {_n(t['queued'])} queued, {_n(t['running'])} running, "
         f"{_n(t['scheduled'])} scheduled, {_n(t['failed'])} failed; "
@@ -243,7 +247,7 @@ def render(status: Status) -> str:
             ["KIND", "QUEUED", "RUNNING", "SCHEDULED", "FAILED", "OLDEST QUEUED"],
             [
                 [
-                    k.kind,
+                    shown(k.kind),
                     _n(k.queued),
                     _n(k.running),
                     _n(k.scheduled),
@@ -254,12 +258,12 @@ def render(status: Status) -> str:
             ],
         )
     if status.tenants:
-        shown = len(status.tenants)
+        listed = len(status.tenants)
         out += [
             "",
             f"tenants: {status.tenants_with_backlog:,} with queued jobs, "
             f"{status.active_tenants:,} with active jobs"
-            + (f"; the top {shown} by backlog:" if shown < status.active_tenants else ":"),
+            + (f"; the top {listed} by backlog:" if listed < status.active_tenants else ":"),
         ]
         out += table(
             [
@@ -274,7 +278,7 @@ def render(status: Status) -> str:
             ],
             [
                 [
-                    r.tenant,
+                    shown(r.tenant),
                     _n(r.queued),
                     _n(r.running),
                     _n(r.scheduled),
@@ -287,7 +291,7 @@ def render(status: Status) -> str:
             ],
         )
     live = sum(w.live for w in status.workers)
-    leaders = [f"{w.hostname} pid {w.pid}" for w in status.workers if w.metrics_leader]
+    leaders = [f"{shown(w.hostname)} pid {w.pid}" for w in status.workers if w.metrics_leader]
     out += [
         "",
         f"workers: {live} live of {len(status.workers)} registered"
@@ -298,13 +302,13 @@ def render(status: Status) -> str:
             ["HOST", "PID", "STATE", "HEARTBEAT", "RUNNING", "UP", "KINDS"],
             [
                 [
-                    w.hostname,
+                    shown(w.hostname),
                     str(w.pid),
                     w.state,
                     f"{age(w.heartbeat_age_seconds)} ago",
                     f"{w.running}/{w.concurrency}",
                     age((status.at - w.started_at).total_seconds()),
-                    ", ".join(w.kinds),
+                    shown(", ".join(w.kinds)),
                 ]
                 for w in status.workers
             ],
@@ -313,7 +317,8 @@ def render(status: Status) -> str:
     if status.unhandled_kinds:
         out += ["", "queued jobs no live worker claims:"]
         out += [
-            f"  {k.kind}: {_n(k.queued)} queued, oldest due {age(k.oldest_queued_seconds)} ago"
+            f"  {shown(k.kind)}: {_n(k.queued)} queued, "
+            f"oldest due {age(k.oldest_queued_seconds)} ago"
             for k in status.unhandled_kinds
         ]
     return "\n".join(out)

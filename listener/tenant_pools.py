@@ -42,13 +42,11 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import anyio
 import asyncpg
@@ -56,6 +54,7 @@ from anyio.abc import TaskStatus
 from asyncpg.pool import PoolConnectionProxy
 
 from listener.db import init_connection
+from listener.dsn import MIN_PIECE, dsn_passwords
 from listener.logs import get_logger
 from listener.redact import redact
 
@@ -67,7 +66,6 @@ _CONNECT_ERRORS = (
     asyncpg.InterfaceError,
     ValueError,
 )
-_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*(?:'([^']*)'|([^\s&]+))", re.IGNORECASE)
 
 
 class TenantDatabaseError(Exception):
@@ -78,24 +76,17 @@ class TenantDatabaseError(Exception):
         self.tenant_id = tenant_id
 
 
-def _passwords(dsn: str) -> set[str]:
-    found: set[str] = set()
-    with contextlib.suppress(ValueError):
-        password = urlsplit(dsn).password
-        if password:
-            found.update({password, unquote(password)})
-    for match in _KV_PASSWORD.finditer(dsn):
-        value = match.group(1) or match.group(2) or ""
-        found.update({value, unquote(value)})
-    found.discard("")
-    return found
-
-
-def _tenant_error(tenant_id: str, dsn: str, exc: BaseException) -> TenantDatabaseError:
-    detail = redact(f"{type(exc).__name__}: {exc}")
+def _tenant_error(
+    tenant_id: str, dsn: str, exc: BaseException, connect_timeout: float
+) -> TenantDatabaseError:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        detail = f"no connection within the connect timeout ({connect_timeout:g}s)"
+    else:
+        detail = redact(f"{type(exc).__name__}: {exc}")
     # Belt and braces: the error text of a malformed DSN may echo parts of it.
-    for password in sorted(_passwords(dsn), key=len, reverse=True):
-        detail = detail.replace(password, "***")
+    for password in sorted(dsn_passwords(dsn), key=len, reverse=True):
+        if len(password) >= MIN_PIECE:
+            detail = detail.replace(password, "***")
     return TenantDatabaseError(
         tenant_id, f"tenant {tenant_id!r}: cannot connect to its database: {detail}"
     )
@@ -237,7 +228,7 @@ class TenantPools:
         except _CONNECT_ERRORS as exc:
             if entry.users == 1 and entry.opened == 0:
                 self._retire(entry)  # a pool that never connected: drop it
-            raise _tenant_error(entry.tenant_id, entry.dsn, exc) from None
+            raise _tenant_error(entry.tenant_id, entry.dsn, exc, self._connect_timeout) from None
         return conn
 
     async def _give_back(self, entry: _Tenant, conn: PoolConnectionProxy) -> None:

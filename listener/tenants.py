@@ -3,7 +3,11 @@ out a connection from the bounded per-tenant pools.
 
 Invariants:
 - A DSN is decrypted in memory only and never logged; lookups are cached for
-  ``cache_ttl`` seconds, so a changed DSN is used within that time.
+  ``cache_ttl`` seconds, so a changed DSN is used within that time. "No database of its
+  own" is never cached: a database registered for a tenant is used by its next job.
+- A stored DSN that listener/dsn.py refuses (one written by SQL or an older pgwake, with
+  an unencoded '#' in its password, say) fails the job like an unreachable database,
+  with a message that holds no part of it; asyncpg never sees it.
 - A job of a tenant without a database of its own that asks for one fails at once
   (ConfigurationError): retrying cannot help. A database that is down or a key that is
   missing fails the job like any error, so it is retried with backoff, and other
@@ -20,9 +24,10 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring
+from listener.dsn import DsnError, parse_dsn
 from listener.errors import ConfigurationError
 from listener.queries import QUERIES
-from listener.tenant_pools import TenantPools
+from listener.tenant_pools import TenantDatabaseError, TenantPools
 
 
 class TenantDatabases:
@@ -43,8 +48,9 @@ class TenantDatabases:
         self._cache: dict[str, tuple[float, str | None]] = {}
 
     async def dsn(self, tenant_id: str) -> str | None:
-        """The tenant's decrypted DSN, or None when it has no database of its own."""
-        cached = self._cache.get(tenant_id)
+        """The tenant's decrypted DSN, or None when it has no database of its own;
+        :class:`TenantDatabaseError` when its stored DSN is refused (listener/dsn.py)."""
+        cached = self._cache.get(tenant_id)  # only DSNs: "none" is looked up every time
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         ciphertext: str | None = await self._central.fetchval(QUERIES["tenant_dsn_get"], tenant_id)
@@ -56,7 +62,16 @@ class TenantDatabases:
                     f"no encryption key ({NO_KEY_HINT})"
                 )
             dsn = self._keyring.decrypt(tenant_id, ciphertext)
-        self._cache[tenant_id] = (time.monotonic() + self._cache_ttl, dsn)
+            try:
+                parse_dsn(dsn)  # once per lookup, not per connection: refused ones are not cached
+            except DsnError as exc:
+                raise TenantDatabaseError(
+                    tenant_id, f"tenant {tenant_id!r}: its database DSN is refused: {exc}"
+                ) from None
+        if dsn is not None:
+            self._cache[tenant_id] = (time.monotonic() + self._cache_ttl, dsn)
+        else:
+            self._cache.pop(tenant_id, None)
         return dsn
 
     @contextlib.asynccontextmanager

@@ -29,8 +29,10 @@ from listener.cli_support import (
     with_connection,
 )
 from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring, load_keyring
+from listener.dsn import SCHEMES, DsnError, parse_dsn
 from listener.errors import PgwakeError
 from listener.queries import QUERIES
+from listener.terminal import shown
 
 tenants_app = typer.Typer(
     help="Per-tenant settings: fleet-wide caps, weights, pausing, own databases.",
@@ -78,12 +80,16 @@ def _read_dsn(tenant: str) -> str:
     else:
         dsn = sys.stdin.readline()
     dsn = dsn.strip()
-    if not dsn.startswith(("postgresql://", "postgres://")):
+    if not dsn.startswith(SCHEMES):
         raise fail(
             "the tenant database DSN must be a libpq URL starting with postgresql:// or "
             "postgres://",
             2,
         )
+    try:
+        parse_dsn(dsn)
+    except DsnError as exc:
+        raise fail(f"the tenant database DSN is refused: {exc}", 2) from None
     return dsn
 
 
@@ -256,7 +262,7 @@ def list_cmd(
     for item in items:
         cap = "-" if item["max_concurrency"] is None else str(item["max_concurrency"])
         typer.echo(
-            f"{item['tenant_id']:<24} {cap:>6} {item['weight']:>6} "
+            f"{shown(item['tenant_id']):<24} {cap:>6} {item['weight']:>6} "
             f"{'yes' if item['paused'] else 'no':>6} "
             f"{'yes' if item['has_database'] else 'no':>6} "
             f"{item['queued']:>8} {item['running']:>8}"
@@ -282,7 +288,7 @@ def show_cmd(
         typer.echo(json.dumps(item, default=str))
         return
     for key, value in item.items():
-        typer.echo(f"{key}: {value}")
+        typer.echo(f"{key}: {shown(value)}")
 
 
 @tenants_app.command("rotate-key")
@@ -332,6 +338,6 @@ def rotate_key_cmd(
         f"{keyring.primary_id!r}; {current} already used it; {len(failures)} failed",
     )
     for failure in failures:
-        typer.echo(f"pgwake: error: {failure}", err=True)
+        typer.echo(f"pgwake: error: {shown(failure)}", err=True)
     if failures:
         raise typer.Exit(1)

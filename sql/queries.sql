@@ -396,6 +396,25 @@ WITH put_back AS (
 )
 SELECT p.id FROM put_back AS p CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
 
+-- name: job_put_back_held_counted
+-- When the worker ends without a clean stop (it crashed, or was cancelled from outside):
+-- every job it still holds goes back with its attempt counted, as recovery of a dead
+-- worker would do, so a job that kills workers uses up its attempts. Queued again, or
+-- failed when that was its last attempt.
+-- $1 worker id, $2 the reason kept in last_error.
+-- Returns the ids put back and their new status.
+WITH put_back AS (
+    UPDATE pgwake.jobs AS j
+       SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END,
+           finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+           claimed_by = NULL,
+           last_error = $2
+     WHERE j.claimed_by = $1 AND j.status = 'running'
+    RETURNING j.id, j.tenant_id, j.kind, j.status
+)
+SELECT p.id, p.status FROM put_back AS p
+ CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, p.status) AS e;
+
 -- name: job_promote_due
 -- Moves up to $1 scheduled jobs whose run_at has come to queued, on one worker at a
 -- time: it takes the promotion lock for its transaction first; leader is false (and
@@ -544,21 +563,55 @@ SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
 -- name: jobs_retry
 -- Runs finished jobs again: failed or cancelled jobs (by id, or all failed ones of a
 -- kind and tenant) go back to queued with their attempts reset, due now. last_error is
--- kept. Returns the ids queued again.
+-- kept. A chosen job whose unique key an active job (scheduled, queued, running) holds
+-- stays as it is, and so does each but the newest of chosen jobs sharing one key (only
+-- one of them may be active), so one such job does not stop the others being retried.
+-- Returns one row per chosen job: its id, whether it was retried, and else the job that
+-- holds its key (held_by) and whether that one is being retried instead (instead).
 -- $1 job ids (bigint[], NULL: select by status), $2 kind or NULL, $3 tenant or NULL.
-WITH retried AS (
-    UPDATE pgwake.jobs AS j
-       SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
-           result = NULL, progress = NULL, cancel_requested_at = NULL
+WITH chosen AS (
+    SELECT j.id, j.tenant_id, j.kind, j.unique_key
+      FROM pgwake.jobs AS j
      WHERE j.status IN ('failed', 'cancelled')
        AND CASE WHEN $1::bigint[] IS NOT NULL THEN j.id = ANY ($1::bigint[])
                 ELSE j.status = 'failed'
                      AND ($2::text IS NULL OR j.kind = $2)
                      AND ($3::text IS NULL OR j.tenant_id = $3) END
+),
+held AS (
+    SELECT c.id, a.id AS held_by, false AS instead
+      FROM chosen AS c
+      JOIN pgwake.jobs AS a
+        ON a.tenant_id = c.tenant_id AND a.kind = c.kind AND a.unique_key = c.unique_key
+       AND a.status IN ('scheduled', 'queued', 'running')
+),
+newest AS (
+    SELECT c.id, first_value(c.id) OVER (PARTITION BY c.tenant_id, c.kind, c.unique_key
+                                         ORDER BY c.id DESC) AS newest
+      FROM chosen AS c
+     WHERE c.unique_key IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM held AS h WHERE h.id = c.id)
+),
+blocked AS (
+    SELECT h.id, h.held_by, h.instead FROM held AS h
+    UNION ALL
+    SELECT n.id, n.newest, true FROM newest AS n WHERE n.id <> n.newest
+),
+retried AS (
+    UPDATE pgwake.jobs AS j
+       SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+           result = NULL, progress = NULL, cancel_requested_at = NULL
+      FROM chosen AS c
+     WHERE j.id = c.id
+       AND j.status IN ('failed', 'cancelled')
+       AND NOT EXISTS (SELECT 1 FROM blocked AS b WHERE b.id = c.id)
     RETURNING j.id, j.tenant_id, j.kind
 )
-SELECT r.id FROM retried AS r
- CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, 'queued') AS e;
+SELECT r.id, true AS retried, NULL::bigint AS held_by, NULL::boolean AS instead
+  FROM retried AS r
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, 'queued') AS e
+ UNION ALL
+SELECT b.id, false, b.held_by, b.instead FROM blocked AS b;
 
 -- name: jobs_purge
 -- Deletes finished jobs (never queued, scheduled or running ones) with status $1 (NULL:

@@ -111,8 +111,8 @@ async def test_enqueue_delay_and_unique_key(dsn: str, conn: asyncpg.Connection) 
     [
         (["enqueue", "echo", "--payload", "{not json"], 2, "--payload is not valid JSON"),
         (["enqueue", "echo", "--payload", "[1, 2]"], 2, "--payload must be a JSON object"),
-        (["enqueue", "", "--payload", "{}"], 1, "jobs_kind_not_empty"),
-        (["enqueue", "echo", "--priority", "9999"], 1, "jobs_priority_between_minus_1000_and_1000"),
+        (["enqueue", "", "--payload", "{}"], 2, "KIND must not be empty or blank"),
+        (["enqueue", "echo", "--priority", "9999"], 2, "jobs_priority_between_minus_1000_and_1000"),
         (["enqueue", "echo", "--priority", "high"], 2, "Invalid value for '--priority'"),
         (["enqueue"], 2, "Missing argument 'kind'"),
         (["run", "--concurrency", "0"], 3, "concurrency (from command line)"),

@@ -83,7 +83,7 @@ async def test_show(dsn: str, conn: asyncpg.Connection) -> None:
     assert job["progress"] == {"done": 3, "total": 3, "message": "sent"}
     assert job["payload"] == {"n": 1}
     text = pgwake("jobs", "show", str(ids["failed_email"]), dsn=dsn)
-    assert "last_error:\nboom\ntraceback line" in text.stdout
+    assert "last_error:\n  boom\n  traceback line" in text.stdout
     missing = pgwake("jobs", "show", "999999", dsn=dsn)
     assert missing.returncode == 1
     assert "job 999999 not found" in missing.stderr

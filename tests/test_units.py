@@ -39,7 +39,7 @@ def test_settings_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
 
 def test_settings_file_from_env_and_secret_dsn(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text("dsn = 'postgresql://u:s3cret@db/x'\n")
+    config.write_text("[pgwake]\ndsn = 'postgresql://u:s3cret@db/x'\n")
     settings = load_settings({}, env={"PGWAKE_CONFIG": str(config)})
     assert settings.dsn is not None
     assert settings.dsn.get_secret_value() == "postgresql://u:s3cret@db/x"
