@@ -81,7 +81,11 @@ def database(settings: Settings, *, announce: bool) -> Iterator[str]:
         typer.echo(
             f"pgwake: no DSN given; using the embedded PostgreSQL in {settings.data_dir}", err=True
         )
-    with embedded_postgres(settings.data_dir) as dsn:
+    with contextlib.ExitStack() as stack:
+        try:
+            dsn = stack.enter_context(embedded_postgres(settings.data_dir))
+        except PgwakeError as exc:  # cannot start (exit 4), or a signal during the start
+            raise fail(str(exc), exc.exit_code) from None
         guard(run_async, migrate_dsn, dsn)  # zero-config: always at this pgwake's schema
         yield dsn
 

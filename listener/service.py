@@ -63,7 +63,9 @@ from listener.wake import Wake
 # are separate.)
 POOL_SIZE = 6
 # What a stop may take beyond the drain timeout: putting back held jobs, deregistering,
-# closing connections. The stop timeout systemd enforces is extended to cover both.
+# closing connections (the tenant pools take at most their close_timeout, 2 s, whatever
+# tenants' databases do; the rest is a few statements on the central database). The
+# stop timeout systemd enforces is extended to cover both.
 RELEASE_MARGIN = 15.0
 
 

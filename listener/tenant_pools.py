@@ -17,21 +17,36 @@ Invariants:
   waits for the server to end the session, so a slot is not reused while the server
   still lists the old session. (A connection asyncpg ends abruptly instead: idle past
   ``idle_ttl`` in a pool still in use, a failed reset, a connect that fails or is
-  cancelled, gives its slot back once its socket is dropped; the server may list that
-  session for a moment longer.)
-- When no slot is free, the task that needs one evicts the least recently used pool
-  that has open connections, none checked out and no task waiting on it; when there is
-  none it waits until a slot frees or a pool becomes idle. It never exceeds the cap,
-  and waiting is not bounded by a timeout.
+  cancelled, a graceful close that took longer than ``close_timeout``, gives its slot
+  back once its socket is dropped; the server may list that session for a moment
+  longer.)
+- One tenant's database never costs another tenant's job more than a moment: closing a
+  pool and giving a connection back run in the background (tasks of :meth:`run`), each
+  bounded by ``close_timeout``, after which the connections left are terminated and a
+  warning names the tenant and how many were abandoned. A job's ``connection()`` block
+  ends as soon as its body does, whatever the tenant's database does, so a job's
+  timeout holds. (Without :meth:`run` these steps run in the caller, still bounded.)
+- When no slot is free, the task that needs one starts closing the least recently used
+  pool that has open connections, none checked out and no task waiting on it, and
+  waits for the slot. When the pools being closed do not free enough slots within
+  ``EVICT_PATIENCE`` (a hung database does not answer the close), it closes the next
+  idle pool rather than wait for the hung one. When no pool is idle it waits until a
+  slot frees or a pool becomes idle. It never exceeds the cap, and waiting is not
+  bounded by a timeout.
 - While any task waits for a slot, a connection given back is closed instead of kept
   idle (unless another task of the same tenant is queued for it), so idle connections
   cannot hold slots others need, and a tenant waiting for a second connection cannot
   be stuck behind its own idle one.
-- A pool is closed (``close()``, then ``terminate()`` after ``connect_timeout``) only
+- A connection comes back to its pool as a fresh session would be (``RESET_SESSION``:
+  an open transaction rolled back, role and settings reset, temporary tables, cursors,
+  prepared statements, listeners, advisory locks and sequence state discarded), or is
+  terminated when that fails: the next job of the tenant never sees what the last left.
+- A pool is closed (``close()``, then ``terminate()`` after ``close_timeout``) only
   when none of its connections is checked out: on eviction, after ``idle_ttl`` seconds
   unused (:meth:`TenantPools.run`), when its tenant's DSN changes (once its last user is
   done). Only :meth:`TenantPools.aclose` closes pools in use, and it waits up to
-  ``connect_timeout`` for their connections to come back first.
+  ``close_timeout`` for their connections to come back first: a stop takes at most
+  about ``close_timeout`` for the tenant pools, whatever their databases do.
 - A tenant whose database cannot be reached gets :class:`TenantDatabaseError`, naming
   the tenant and the error, never the DSN, with passwords masked; its slot was already
   given back, and a pool that never connected is dropped.
@@ -42,6 +57,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import time
 from collections import OrderedDict
@@ -50,7 +66,7 @@ from typing import Any
 
 import anyio
 import asyncpg
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolConnectionProxy
 
 from listener.db import init_connection
@@ -66,6 +82,32 @@ _CONNECT_ERRORS = (
     asyncpg.InterfaceError,
     ValueError,
 )
+# How long a task that needs a slot waits for the pools being closed for it before it
+# closes another idle pool (a healthy close takes milliseconds; a hung one, forever).
+EVICT_PATIENCE = 0.1
+# What a connection given back runs, one round trip (asyncpg has rolled back an open
+# transaction first): DISCARD ALL but for DEALLOCATE ALL, which would drop asyncpg's own
+# cached statements under it; prepared statements the session made with SQL PREPARE are
+# deallocated instead. (DISCARD ALL itself cannot run in the implicit transaction of a
+# multi-statement query.)
+RESET_SESSION = """
+CLOSE ALL;
+SET SESSION AUTHORIZATION DEFAULT;
+RESET ALL;
+UNLISTEN *;
+SELECT pg_catalog.pg_advisory_unlock_all();
+DISCARD TEMP;
+DISCARD SEQUENCES;
+DO $reset$
+DECLARE
+    statement record;
+BEGIN
+    FOR statement IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql LOOP
+        EXECUTE pg_catalog.format('DEALLOCATE %I', statement.name);
+    END LOOP;
+END
+$reset$;
+"""
 
 
 class TenantDatabaseError(Exception):
@@ -74,6 +116,17 @@ class TenantDatabaseError(Exception):
     def __init__(self, tenant_id: str, message: str) -> None:
         super().__init__(message)
         self.tenant_id = tenant_id
+
+
+def _describe(exc: BaseException, bound: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {bound:g}s"
+    return redact(f"{type(exc).__name__}: {exc}")
+
+
+async def _reset_session(conn: asyncpg.Connection) -> None:
+    """The pool's ``reset``: the connection as a fresh session would be."""
+    await conn.execute(RESET_SESSION)
 
 
 def _tenant_error(
@@ -104,9 +157,11 @@ class _Tenant:
         self.users = 0  # tasks inside connection() for this pool, waiting or holding
         self.held = 0  # connections checked out
         self.connecting = 0  # tasks opening a connection (or waiting for a slot)
+        self.returning = 0  # connections being given back (reset or closed)
         self.opened = 0  # slots held: connections opened and not yet closed
         self.retired = False  # out of the LRU; closes when its last user is done
         self.closing = False
+        self.close_started = 0.0
         self.last_used = time.monotonic()
 
 
@@ -120,18 +175,22 @@ class TenantPools:
         per_tenant: int = 5,
         idle_ttl: float = 300.0,
         connect_timeout: float = 10.0,
+        close_timeout: float = 2.0,
     ) -> None:
         if max_connections < 1 or per_tenant < 1:
             raise ValueError("max_connections and per_tenant must be at least 1")
-        if idle_ttl <= 0 or connect_timeout <= 0:
-            raise ValueError("idle_ttl and connect_timeout must be positive")
+        if idle_ttl <= 0 or connect_timeout <= 0 or close_timeout <= 0:
+            raise ValueError("idle_ttl, connect_timeout and close_timeout must be positive")
         self._max = max_connections
         self._per_tenant = min(per_tenant, max_connections)
         self._idle_ttl = idle_ttl
         self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
         self._sweep_interval = min(max(idle_ttl / 4, 0.01), 30.0)
         self._tenants: OrderedDict[str, _Tenant] = OrderedDict()  # least recent first
         self._pools: set[_Tenant] = set()  # every pool created and not yet closed
+        self._closing: set[_Tenant] = set()  # pools being closed
+        self._tasks: TaskGroup | None = None  # run()'s, for closes and give-backs
         self._open = 0
         self._waiting = 0
         self._changed: anyio.Event | None = None
@@ -183,25 +242,45 @@ class TenantPools:
         else:
             self._tenants.move_to_end(tenant_id)
         entry.users += 1
+        handed_back = False
         try:
             if stale is not None and stale.users == 0:
-                await self._close(stale)
+                await self._close_soon(stale)
             conn = await self._acquire(entry)
             entry.held += 1
             try:
                 yield conn
             finally:
                 entry.held -= 1
-                await self._give_back(entry, conn)
+                # Keep the connection idle for reuse, unless a task waits for a slot and
+                # no task of this tenant is queued for the connection: then close it.
+                queued = entry.users - 1 - entry.held - entry.connecting - entry.returning
+                close = bool(self._waiting) and queued <= 0
+                entry.returning += 1
+                handed_back = True
+                await self._background(self._give_back, entry, conn, close)
         finally:
-            entry.users -= 1
-            if entry.users == 0:
-                entry.last_used = time.monotonic()
-                if entry.retired:
-                    await self._close(entry)
-                elif self._tenants.get(tenant_id) is entry:
-                    self._tenants.move_to_end(tenant_id)
-                self._notify()
+            if not handed_back:
+                await self._leave(entry)
+
+    async def _leave(self, entry: _Tenant) -> None:
+        """A task is done with ``entry`` (its connection, if any, is back)."""
+        entry.users -= 1
+        if entry.users == 0:
+            entry.last_used = time.monotonic()
+            if entry.retired:
+                await self._close_soon(entry)
+            elif self._tenants.get(entry.tenant_id) is entry:
+                self._tenants.move_to_end(entry.tenant_id)
+            self._notify()
+
+    async def _background(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Run ``fn`` as a task of :meth:`run`; without it, here (``fn`` is bounded and
+        shielded, so this waits at most about ``close_timeout``)."""
+        if self._tasks is not None:
+            self._tasks.start_soon(fn, *args)
+        else:
+            await fn(*args)
 
     async def _acquire(self, entry: _Tenant) -> PoolConnectionProxy:
         try:
@@ -217,6 +296,7 @@ class TenantPools:
                         max_size=self._per_tenant,
                         max_inactive_connection_lifetime=self._idle_ttl,
                         init=init_connection,
+                        reset=_reset_session,
                         connect=self._connector(entry),
                         timeout=self._connect_timeout,
                         server_settings=self._server_settings,
@@ -231,23 +311,32 @@ class TenantPools:
             raise _tenant_error(entry.tenant_id, entry.dsn, exc, self._connect_timeout) from None
         return conn
 
-    async def _give_back(self, entry: _Tenant, conn: PoolConnectionProxy) -> None:
-        # Keep the connection idle for reuse, unless a task is waiting for a slot and no
-        # task of this tenant is queued for the connection: then close it, freeing a slot.
-        queued = entry.users - 1 - entry.held - entry.connecting
+    async def _give_back(self, entry: _Tenant, conn: PoolConnectionProxy, close: bool) -> None:
+        """Reset ``conn`` and put it back in its pool (or close it), within
+        ``close_timeout``; terminate it when that fails or takes longer."""
+        # The connection itself: the proxy is detached once released.
+        raw: asyncpg.Connection | None = getattr(conn, "_con", None)
         with anyio.CancelScope(shield=True):
             try:
-                if self._waiting and queued <= 0:
-                    await conn.close(timeout=self._connect_timeout)
-                else:
-                    assert entry.pool is not None
-                    await entry.pool.release(conn, timeout=self._connect_timeout)
-            except Exception as exc:  # noqa: BLE001 - asyncpg has terminated the connection
+                # asyncpg terminates the connection when its timeout passes; the outer
+                # bound is for what it does not cover.
+                with anyio.fail_after(self._close_timeout + 0.5):
+                    if close:
+                        await conn.close(timeout=self._close_timeout)
+                    else:
+                        assert entry.pool is not None
+                        await entry.pool.release(conn, timeout=self._close_timeout)
+            except Exception as exc:  # noqa: BLE001 - terminated below; the job is done
+                if raw is not None and not raw.is_closed():
+                    raw.terminate()
                 self._log.warning(
-                    "tenant connection not given back cleanly",
+                    "tenant connection not given back cleanly; terminated",
                     tenant=entry.tenant_id,
-                    error=redact(f"{type(exc).__name__}: {exc}"),
+                    error=_describe(exc, self._close_timeout),
                 )
+            finally:
+                entry.returning -= 1
+                await self._leave(entry)
 
     # -- the cap ------------------------------------------------------------------
 
@@ -291,18 +380,28 @@ class TenantPools:
             if self._open < self._max:
                 self._open += 1
                 return
-            victim = self._least_recent_idle()
-            if victim is not None:
-                await self._close(victim)
-                continue
+            if self._freeing() <= self._waiting:
+                victim = self._least_recent_idle()
+                if victim is not None:
+                    await self._close_soon(victim)
+                    continue
             if self._changed is None:
                 self._changed = anyio.Event()
             changed = self._changed
             self._waiting += 1
             try:
-                await changed.wait()
+                # Not forever while pools are being closed for us: one that does not
+                # free its slots in time (a hung database) is passed over.
+                with anyio.move_on_after(EVICT_PATIENCE if self._closing else math.inf):
+                    await changed.wait()
             finally:
                 self._waiting -= 1
+
+    def _freeing(self) -> int:
+        """Slots the pools being closed are about to give back: those whose close began
+        less than ``EVICT_PATIENCE`` ago (a close that takes longer is stuck)."""
+        recent = time.monotonic() - EVICT_PATIENCE
+        return sum(e.opened for e in self._closing if e.close_started > recent)
 
     def _slot_freed(self, entry: _Tenant) -> None:
         self._open -= 1
@@ -328,54 +427,82 @@ class TenantPools:
         if self._tenants.get(entry.tenant_id) is entry:
             del self._tenants[entry.tenant_id]
 
-    async def _close(self, entry: _Tenant) -> None:
-        """Close ``entry``'s pool (waiting for checked-out connections), once."""
+    def _begin_close(self, entry: _Tenant) -> bool:
+        """Take ``entry`` out of use for good and count it as closing (at once, so no
+        other task picks it again); False when it already was."""
         self._retire(entry)
         if entry.closing:
+            return False
+        entry.closing = True
+        entry.close_started = time.monotonic()
+        self._closing.add(entry)
+        return True
+
+    async def _close_soon(self, entry: _Tenant) -> None:
+        """Close ``entry``'s pool in the background (see :meth:`_background`)."""
+        if self._begin_close(entry):
+            await self._background(self._finish_close, entry)
+
+    async def _close(self, entry: _Tenant) -> None:
+        """Close ``entry``'s pool and wait until it is closed."""
+        if self._begin_close(entry):
+            await self._finish_close(entry)
+        else:
             with anyio.CancelScope(shield=True):
                 await entry.closed.wait()
-            return
-        entry.closing = True
+
+    async def _finish_close(self, entry: _Tenant) -> None:
+        """Close the pool (waiting for checked-out connections) within
+        ``close_timeout``; then terminate what is left and say so."""
         pool = entry.pool
         with anyio.CancelScope(shield=True):
-            if pool is not None:
-                with anyio.move_on_after(self._connect_timeout):
+            try:
+                if pool is not None:
                     try:
-                        await pool.close()
-                    except Exception as exc:  # noqa: BLE001 - close() has terminated the pool
+                        with anyio.fail_after(self._close_timeout):
+                            await pool.close()
+                    except Exception as exc:  # noqa: BLE001 - terminated below
                         self._log.warning(
-                            "tenant pool not closed cleanly",
+                            "tenant pool not closed cleanly; its connections were terminated",
                             tenant=entry.tenant_id,
-                            error=redact(f"{type(exc).__name__}: {exc}"),
+                            abandoned=entry.opened,
+                            error=_describe(exc, self._close_timeout),
                         )
-                pool.terminate()  # after a clean close: nothing left to do
-            self._pools.discard(entry)
-            entry.closed.set()
-            self._notify()
+                    pool.terminate()  # after a clean close: nothing left to do
+            finally:
+                self._closing.discard(entry)
+                self._pools.discard(entry)
+                entry.closed.set()
+                self._notify()
 
     async def _close_idle(self) -> None:
         deadline = time.monotonic() - self._idle_ttl
         for entry in list(self._tenants.values()):
             # Checked again for each: closing the one before may have let tasks run.
             if entry.users == 0 and entry.last_used <= deadline and not entry.retired:
-                await self._close(entry)
+                await self._close_soon(entry)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Close pools unused for ``idle_ttl`` until :meth:`aclose`; on the way out
-        (also when cancelled) close every pool."""
+        """Close pools unused for ``idle_ttl`` until :meth:`aclose`, and run the closes
+        and give-backs in the background; on the way out (also when cancelled) close
+        every pool, which takes at most about ``close_timeout``."""
         self._stop = stop = anyio.Event()
-        task_status.started()
-        try:
-            while not self._closed:
-                with anyio.move_on_after(self._sweep_interval):
-                    await stop.wait()
-                await self._close_idle()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            task_status.started()
+            try:
+                while not self._closed:
+                    with anyio.move_on_after(self._sweep_interval):
+                        await stop.wait()
+                    await self._close_idle()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+                self._tasks = None
+        # Here every close and give-back started has ended (each is bounded).
 
     async def aclose(self) -> None:
-        """Close every pool (in-use connections get ``connect_timeout`` to come back);
+        """Close every pool (in-use connections get ``close_timeout`` to come back);
         later calls to :meth:`connection` raise :class:`TenantDatabaseError`."""
         self._closed = True
         if self._stop is not None:

@@ -627,10 +627,13 @@ WITH purged AS (
 SELECT count(*)::int FROM purged;
 
 -- name: job_progress
--- Stores a running job's progress, fenced on worker and attempt, and announces it on
--- pgwake_events (status running, with the progress) while someone follows job events
--- (pgwake.events_wanted).
--- Returns whether the row was updated.
+-- Stores a running job's progress, fenced on worker and attempt. Returns whether the row
+-- was updated (stored) and, while someone follows job events (pgwake.events_wanted),
+-- the event announcing it (status running, with the progress), else NULL. The caller
+-- sends the event with job_progress_event, a statement of its own: storing the
+-- progress never depends on its event being sendable. An event is cut to fit NOTIFY's
+-- payload limit (under 8000 bytes): its progress message is shortened (each character
+-- takes at most 6 bytes of JSON, \uXXXX) and it says "truncated": true.
 -- $1 job id, $2 worker id, $3 attempt, $4 progress (jsonb).
 WITH updated AS (
     UPDATE pgwake.jobs AS j
@@ -639,14 +642,33 @@ WITH updated AS (
        AND (j.status = 'running' AND j.claimed_by = $2 AND j.attempts = $3) IS TRUE
     RETURNING j.id, j.tenant_id, j.kind
 ),
-announced AS (
-    SELECT pg_notify('pgwake_events',
-                     json_build_object('id', u.id, 'tenant', u.tenant_id, 'kind', u.kind,
-                                       'status', 'running', 'progress', $4::jsonb)::text)
+event AS (
+    SELECT json_build_object('id', u.id, 'tenant', u.tenant_id, 'kind', u.kind,
+                             'status', 'running', 'progress', $4::jsonb)::text AS whole,
+           json_build_object('id', u.id, 'tenant', u.tenant_id, 'kind', u.kind,
+                             'status', 'running',
+                             'progress', $4::jsonb || '{"message": ""}'::jsonb,
+                             'truncated', true)::text AS bare,
+           u.id, u.tenant_id, u.kind
       FROM updated AS u
      WHERE pgwake.events_wanted()
 )
-SELECT EXISTS (SELECT 1 FROM updated) AND (SELECT count(*) FROM announced) >= 0;
+SELECT EXISTS (SELECT 1 FROM updated) AS stored,
+       (SELECT CASE WHEN octet_length(e.whole) < 8000 THEN e.whole
+               ELSE json_build_object(
+                        'id', e.id, 'tenant', e.tenant_id, 'kind', e.kind,
+                        'status', 'running',
+                        'progress', $4::jsonb || jsonb_build_object(
+                            'message',
+                            left($4::jsonb ->> 'message', (7999 - octet_length(e.bare)) / 6)),
+                        'truncated', true)::text
+               END
+          FROM event AS e) AS event;
+
+-- name: job_progress_event
+-- Sends a job event built by job_progress on pgwake_events.
+-- $1 the event (JSON text, under 8000 bytes).
+SELECT pg_notify('pgwake_events', $1::text);
 
 -- name: job_cancel
 -- Cancels one job through pgwake.cancel_job and says what happened: cancelled (it was

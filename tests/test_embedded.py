@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 
 from listener.embedded import clear_dead_pids
@@ -146,3 +150,114 @@ def test_suite_falls_back_to_embedded_when_no_server_answers() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no server at 127.0.0.1:1; embedded PostgreSQL in" in done.stderr + done.stdout
     assert "2 passed" in done.stdout
+
+
+def pgwake(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """``python -m listener ARGS`` without a DSN, output piped (stderr to stdout)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "listener", *args],
+        env=clean_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def processes_under(root: Path) -> list[psutil.Process]:
+    """Processes whose command line names a path under ``root`` (initdb, postgres)."""
+    found = []
+    for proc in psutil.process_iter(attrs=("cmdline",)):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(root) in cmdline and proc.pid != os.getpid() and "pytest" not in cmdline:
+            found.append(proc)
+    return found
+
+
+async def in_initdb(root: Path) -> bool:
+    """True once initdb (under ``root``) runs its own backend (bootstrap or single-user,
+    which takes the data directory from the environment, not its command line)."""
+    for initdb in processes_under(root):
+        with contextlib.suppress(psutil.Error):
+            if "initdb" not in initdb.name():
+                continue
+            for child in initdb.children():
+                command = " ".join(child.cmdline())
+                if "--boot" in command or "--single" in command:
+                    return True
+    return False
+
+
+def normal_start(data_dir: Path) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "listener", "migrate", "--data-dir", str(data_dir)],
+        env=clean_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+async def test_a_start_killed_during_initdb_recovers_on_the_next_start(data_dir: Path) -> None:
+    """The first start is killed (SIGKILL to its whole process group, initdb included)
+    while initdb runs; the next normal start comes up, with a message saying what it
+    mended.
+
+    Fails on 8feecbc: the kill left PG_VERSION and a postmaster.pid holding initdb's
+    negative pid in the data directory, and every later start failed with a traceback."""
+    first = pgwake("migrate", "--data-dir", str(data_dir), start_new_session=True)
+    try:
+        await eventually(lambda: in_initdb(data_dir.parent), timeout=90, interval=0.01)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    code, out = normal_start(data_dir)
+    assert code == 0, out
+    assert "schema is at version" in out
+    assert "half-done initdb" in out or "never finished" in out, out
+    assert "Traceback" not in out
+    assert not (data_dir / "postmaster.pid").exists(), "the embedded server was not stopped"
+
+
+async def test_sigterm_during_an_embedded_start_stops_what_it_started(data_dir: Path) -> None:
+    """SIGTERM while the embedded server's cluster is being made: the start stops
+    initdb, exits 143 (documented) with one line, leaves no process behind, and the
+    next start comes up.
+
+    Fails on 8feecbc: the default SIGTERM action killed pgwake alone and left initdb
+    running as an orphan (and, later in the start, the embedded postmaster)."""
+    worker = pgwake("run", "--data-dir", str(data_dir))
+    try:
+        await eventually(lambda: in_initdb(data_dir.parent), timeout=90, interval=0.01)
+    finally:
+        code, out = stop_process(worker, timeout=60)
+    assert code == 143, out
+    errors = [line for line in out.splitlines() if line.startswith("pgwake: error:")]
+    assert errors == [
+        "pgwake: error: SIGTERM while starting the embedded PostgreSQL: stopped what was started"
+    ], out
+    assert "Traceback" not in out
+
+    async def none_left() -> bool:
+        return not processes_under(data_dir.parent)
+
+    await eventually(none_left, timeout=30)
+    code, out = normal_start(data_dir)
+    assert code == 0, out
+
+
+def test_a_data_dir_that_is_a_file_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    """Fails on 8feecbc: a 50-line traceback and exit 1."""
+    not_a_dir = tmp_path / "pgdata"
+    not_a_dir.write_text("")
+    code, out = normal_start(not_a_dir)
+    assert code == 4, out
+    assert out.splitlines()[-1] == (
+        f"pgwake: error: cannot start the embedded PostgreSQL: {not_a_dir} is not a directory; "
+        "point --data-dir (or PGWAKE_DATA_DIR) at a directory"
+    ), out
+    assert "Traceback" not in out

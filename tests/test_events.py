@@ -222,3 +222,63 @@ async def test_events_cost_nothing_until_someone_follows(
         await bystander.close()
     # The bystander heard only what was sent while the follower followed.
     assert [e["kind"] for e in heard] == ["own", "other"]
+
+
+async def test_progress_is_stored_when_its_event_would_pass_notifys_limit(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A progress report whose event would be over NOTIFY's 8000 bytes (a 200-character
+    tenant and kind and a 1000-character message, all of characters JSON escapes to six
+    bytes) is stored in full, and its event is cut to fit and says so.
+
+    Fails on 8feecbc: the UPDATE and the pg_notify were one statement, so "payload string
+    too long" lost the progress too (jobs.progress stayed NULL)."""
+    tenant, kind, message = "\x02" * 200, "\x03" * 200, "\x01" * 1000
+    reg = Registry()
+    reported = anyio.Event()
+    proceed = anyio.Event()
+
+    @reg.handler(kind)
+    async def long_report(_payload: dict[str, Any], ctx: JobContext) -> str:
+        await ctx.progress(5, 10, message)
+        reported.set()
+        await proceed.wait()
+        return "ok"
+
+    events: list[dict[str, Any]] = []
+    listener = await listen(dsn, events)
+    try:
+        async with running_worker(dsn, reg, poll_interval=3600):
+            job_id = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ($1, $2) RETURNING id",
+                tenant,
+                kind,
+            )
+            await reported.wait()
+
+            async def announced() -> list[dict[str, Any]]:
+                return [e for e in events if e["id"] == job_id and e.get("progress")]
+
+            (event,) = await eventually(announced, timeout=15)
+            stored = await conn.fetchval("SELECT progress FROM pgwake.jobs WHERE id = $1", job_id)
+            proceed.set()
+        assert (stored["done"], stored["total"], stored["message"]) == (5, 10, message)
+        assert event["truncated"] is True
+        assert (event["tenant"], event["kind"], event["status"]) == (tenant, kind, "running")
+        cut = event["progress"]["message"]
+        assert 0 < len(cut) < len(message)
+        assert message.startswith(cut)
+        assert (event["progress"]["done"], event["progress"]["total"]) == (5, 10)
+        # What the channel carried fits its limit.
+        sent = await conn.fetchval(
+            "SELECT octet_length(json_build_object('id', $1::bigint, 'tenant', $2::text,"
+            " 'kind', $3::text, 'status', 'running', 'progress', $4::jsonb,"
+            " 'truncated', true)::text)",
+            job_id,
+            tenant,
+            kind,
+            event["progress"],
+        )
+        assert sent < 8000
+    finally:
+        await listener.close()
