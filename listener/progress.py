@@ -3,8 +3,9 @@
 Invariants:
 - The value stored in ``jobs.progress`` is ``{"done", "total", "message", "at"}``; it is
   written fenced (only while this worker runs this attempt of the job) and announced
-  on ``pgwake_events`` with status ``running`` and the progress (unless job events are
-  off).
+  on ``pgwake_events`` with status ``running`` and ``"progress": true`` (unless job
+  events are off). The event carries no message: anyone may listen, and the message
+  is read from the row, under row-level security.
 - Writes are throttled to one per ``interval`` seconds per job. A report that comes
   sooner is kept, and written by the worker's flusher once the interval has passed
   (or before the outcome, when the handler returns), so the last value reported always
