@@ -403,13 +403,19 @@ SELECT p.id FROM put_back AS p CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenan
 
 -- name: job_promote_due
 -- Moves up to $1 scheduled jobs whose run_at has come to queued, on one worker at a
--- time: it locks the 'promotion' row of pgwake.leaders for its transaction first; leader is false (and
+-- time: it locks the 'promotion' row of pgwake.leaders for its transaction first, but
+-- only when a job is due (every NOTIFY wakes the promoters, and a row lock makes the
+-- transaction a write that waits for the disk at commit); leader is false (and
 -- nothing is promoted) when another worker holds it. Returns how many were promoted.
 -- $1 batch size.
 WITH leader AS (
-    SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
-                                   WHERE l.name = 'promotion'
-                                     FOR NO KEY UPDATE SKIP LOCKED) AS held) AS ok
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pgwake.jobs AS j
+                              WHERE j.status = 'scheduled' AND j.run_at <= now())
+                THEN EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                             WHERE l.name = 'promotion'
+                                               FOR NO KEY UPDATE SKIP LOCKED) AS held)
+                ELSE true  -- nothing due: nothing to lead
+           END AS ok
 ),
 due AS (
     SELECT id
@@ -443,11 +449,15 @@ SELECT CASE WHEN min(run_at) IS NOT NULL
 -- the calling transaction: true for at most one worker at a time, which does this round
 -- of recovery. Nothing waits for a leader that died or hangs; the next round simply
 -- goes to another worker. A row lock needs UPDATE on pgwake.leaders: no role without
--- pgwake's privileges can hold recovery back (an advisory lock anyone could take).
+-- pgwake's privileges can hold recovery back (an advisory lock anyone could take). The
+-- round's commit does not wait for the disk (synchronous_commit off for it): a round
+-- lost in a crash is done again by the next one, and most rounds write nothing but
+-- the lock.
 -- No parameters.
-SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
-                               WHERE l.name = 'maintenance'
-                                 FOR NO KEY UPDATE SKIP LOCKED) AS held);
+SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL
+       AND EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'maintenance'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held);
 
 -- name: workers_lost
 -- Workers that are gone or hung, locked for recovery (in the leader's transaction):
@@ -668,11 +678,14 @@ SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS
 -- name: schedules_leader
 -- Takes the schedules lock (the 'schedules' row of pgwake.leaders) for the rest of the
 -- calling transaction: true for at most one worker at a time, which enqueues this
--- round's due slots.
+-- round's due slots. The round's commit does not wait for the disk (synchronous_commit
+-- off for it): a round lost in a crash, slots and next_run_at together, is done again
+-- by the next one, and most rounds write nothing but the lock.
 -- No parameters.
-SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
-                               WHERE l.name = 'schedules'
-                                 FOR NO KEY UPDATE SKIP LOCKED) AS held);
+SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL
+       AND EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'schedules'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held);
 
 -- name: schedules_due
 -- Enabled schedules whose next slot has come (or was never computed), locked for the
