@@ -724,7 +724,14 @@ async def attack(
                 if objid is None
                 else f"SELECT pg_try_advisory_lock({classid}, {objid})"
             )
-            held = await hostile.fetchval(sql)
+            # pgwake holds some keys for an instant (a looking transaction, shared):
+            # try a few times, as a squatter would.
+            held = False
+            for _ in range(50):
+                held = await hostile.fetchval(sql)
+                if held:
+                    break
+                await anyio.sleep(0.005)
             outcome[f"lock {classid}/{objid}"] = "held" if held else "busy"
         # Hold them for a while as the stream runs: a stall would show in its latency.
         await anyio.sleep(1.0)
