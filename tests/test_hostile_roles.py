@@ -635,7 +635,12 @@ async def test_hostile_role_matrix(server_dsn: str, dsn: str, conn: asyncpg.Conn
         )
         assert p99 < 2.0, "another tenant's jobs stalled"
         for login, outcome in results.items():
-            print(f"{login}: {json.dumps(outcome, sort_keys=True)}")
+            locks = [v for k, v in outcome.items() if k.startswith("lock ")]
+            rest = {k: v for k, v in outcome.items() if not k.startswith("lock ")}
+            print(
+                f"{login}: held {locks.count('held')} of {len(locks)} pgwake lock keys; "
+                f"{json.dumps(rest, sort_keys=True)}"
+            )
         # Advisory locks need no privilege: every login could take pgwake's keys (those
         # no pgwake session held at that instant), and nothing stalled (above).
         for outcome in results.values():
