@@ -82,6 +82,9 @@ class Heartbeat:
         self._cut = anyio.Event()
         self._down = False
         self._locked = False
+        # Whether "liveness lock held by another session" was logged since the lock was
+        # last held (logged once per change).
+        self._lock_busy_logged = False
         self.beats = 0
         self.lost = 0
         # time.monotonic() of the last heartbeat written (registration included).
@@ -118,6 +121,7 @@ class Heartbeat:
                 if not self._locked:
                     # Some session that is not this worker's took the key (advisory locks
                     # need no privilege); it proves nothing about this worker.
+                    self._lock_busy_logged = True
                     self._log.warning(
                         "liveness lock held by another session; running without it until "
                         "it is free (recovery then judges this worker by its heartbeat)",
@@ -178,10 +182,16 @@ class Heartbeat:
             self._conn = conn
         if not self._locked and self._lock_key is not None:
             self._locked = await conn.fetchval(QUERIES["worker_lock"], self._lock_key)
-            if not self._locked:
-                # The server has not noticed yet that our previous connection died; it
-                # still holds the lock for us. Beat anyway and try again next time.
-                self._log.info("liveness lock still held by the previous connection")
+            if not self._locked and not self._lock_busy_logged:
+                # Our previous connection has not ended yet, or a session that is not
+                # this worker's holds the key. Beat anyway and try again next time.
+                self._lock_busy_logged = True
+                self._log.info(
+                    "liveness lock held by another session (a previous connection not yet "
+                    "gone, or not this worker's); beating without it until it is free"
+                )
+            elif self._locked:
+                self._lock_busy_logged = False
         with anyio.fail_after(max(self._interval, 2.0) * 2):
             row = await conn.fetchrow(QUERIES["worker_heartbeat"], self._worker_id, self._locked)
         if row is None:
