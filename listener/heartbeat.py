@@ -7,8 +7,16 @@ Invariants:
   process dies, the lock dies with the connection and the maintenance leader recovers
   the worker's jobs within seconds (recovery.py).
 - While this loop runs, the worker's row has a heartbeat no older than the interval
-  (plus the write's latency). When the connection is lost it reconnects with backoff
-  and takes the lock again, logging once per change of state.
+  (plus the write's latency). When the connection is lost (a session cut by
+  ``pg_terminate_backend``, a network error) it reconnects at once, then with backoff of
+  at most a quarter of the interval, takes the lock again and beats, logging once per
+  change of state. So a cut session costs the worker one reconnect, well within the
+  grace of two intervals recovery allows a missing lock (recovery.py).
+- Anyone can take an advisory lock, so the lock counts only in the session that holds
+  it: each beat from a session holding it records that session (``session_pid``), and
+  recovery ignores the key held by any other session. A key some other session holds
+  does not stop the worker: it runs without its lock (found dead by the heartbeat's age
+  alone, after the same grace) and tries again at every beat.
 - If the row is gone (the leader declared the worker lost: it was silent longer than
   the heartbeat timeout), ``on_lost`` is called first, so the worker drops the jobs it
   no longer owns, and then the worker registers again under the same id and lock key.
@@ -34,7 +42,7 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from listener import db
-from listener.errors import DatabaseUnavailableError, PgwakeError
+from listener.errors import DatabaseUnavailableError
 from listener.logs import get_logger
 from listener.queries import QUERIES
 from listener.redact import redact
@@ -70,8 +78,13 @@ class Heartbeat:
         self._conn: asyncpg.Connection | None = None
         self._lock_key: int | None = None
         self._log = get_logger("heartbeat")
+        # Set when the heartbeat session ends under the worker: reconnect at once.
+        self._cut = anyio.Event()
         self._down = False
         self._locked = False
+        # Whether "liveness lock held by another session" was logged since the lock was
+        # last held (logged once per change).
+        self._lock_busy_logged = False
         self.beats = 0
         self.lost = 0
         # time.monotonic() of the last heartbeat written (registration included).
@@ -84,8 +97,13 @@ class Heartbeat:
 
     async def register(self) -> None:
         """Open the heartbeat connection, insert the worker's row and take its lock."""
-        self._conn = await db.connect(self._dsn, session_settings=self._session_settings)
+        self._conn = await self._connect(timeout=10.0)
         await self._register(self._conn)
+
+    async def _connect(self, timeout: float) -> asyncpg.Connection:
+        conn = await db.connect(self._dsn, timeout=timeout, session_settings=self._session_settings)
+        conn.add_termination_listener(lambda _c: self._cut.set())
+        return conn
 
     async def _register(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
@@ -98,11 +116,18 @@ class Heartbeat:
                 self._concurrency,
                 self._lock_key,
             )
-            if not self._locked and not await conn.fetchval(QUERIES["worker_lock"], key):
-                # A fresh key from the sequence: no other session can hold it.
-                raise PgwakeError(f"liveness lock {key} is held by another session")
+            if not self._locked:
+                self._locked = bool(await conn.fetchval(QUERIES["worker_lock"], key))
+                if not self._locked:
+                    # Some session that is not this worker's took the key (advisory locks
+                    # need no privilege); it proves nothing about this worker.
+                    self._lock_busy_logged = True
+                    self._log.warning(
+                        "liveness lock held by another session; running without it until "
+                        "it is free (recovery then judges this worker by its heartbeat)",
+                        lock_key=key,
+                    )
         self._lock_key = key
-        self._locked = True
         self.last_beat = time.monotonic()
 
     async def close(self) -> None:
@@ -115,16 +140,25 @@ class Heartbeat:
         """Beat forever, reconnecting (and re-locking) when the connection is lost."""
         task_status.started()
         backoff = 0.05
+        # Reconnects wait at most a quarter of the interval: recovery's grace for a
+        # missing lock is two intervals.
+        max_backoff = min(self._max_backoff, self._interval / 4)
         while True:
-            await anyio.sleep(self._interval if not self._down else backoff)
+            with anyio.move_on_after(self._interval if not self._down else backoff):
+                await self._cut.wait()
+            if self._cut.is_set():
+                self._cut = anyio.Event()
+                if not self._down:
+                    self._set_down("the heartbeat session was closed by the server")
+                backoff = 0.05
             try:
                 await self._beat()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 self._set_down(f"{type(exc).__name__}: {redact(str(exc))}")
-                backoff = min(backoff * 2, self._max_backoff)
+                backoff = min(backoff * 2, max_backoff)
             except DatabaseUnavailableError as exc:
                 self._set_down(str(exc))
-                backoff = min(backoff * 2, self._max_backoff)
+                backoff = min(backoff * 2, max_backoff)
             else:
                 backoff = 0.05
                 if self._down:
@@ -144,18 +178,22 @@ class Heartbeat:
         conn = self._conn
         if conn is None or conn.is_closed():
             self._locked = False
-            conn = await db.connect(
-                self._dsn, timeout=max(self._interval, 2.0), session_settings=self._session_settings
-            )
+            conn = await self._connect(timeout=max(self._interval, 2.0))
             self._conn = conn
         if not self._locked and self._lock_key is not None:
             self._locked = await conn.fetchval(QUERIES["worker_lock"], self._lock_key)
-            if not self._locked:
-                # The server has not noticed yet that our previous connection died; it
-                # still holds the lock for us. Beat anyway and try again next time.
-                self._log.info("liveness lock still held by the previous connection")
+            if not self._locked and not self._lock_busy_logged:
+                # Our previous connection has not ended yet, or a session that is not
+                # this worker's holds the key. Beat anyway and try again next time.
+                self._lock_busy_logged = True
+                self._log.info(
+                    "liveness lock held by another session (a previous connection not yet "
+                    "gone, or not this worker's); beating without it until it is free"
+                )
+            elif self._locked:
+                self._lock_busy_logged = False
         with anyio.fail_after(max(self._interval, 2.0) * 2):
-            row = await conn.fetchrow(QUERIES["worker_heartbeat"], self._worker_id)
+            row = await conn.fetchrow(QUERIES["worker_heartbeat"], self._worker_id, self._locked)
         if row is None:
             self.lost += 1
             self._log.error(

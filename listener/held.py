@@ -9,7 +9,7 @@ Invariants:
   next statement, and by ``release()`` when the loop ends (the pool cannot close while a
   connection is out).
 - The kept session has no state of its own: only single statements run on it, and the
-  advisory locks they take are transaction-scoped.
+  locks they take are transaction-scoped.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Invariants:
 - A scheduled job becomes queued within a few milliseconds of its run_at: the loop
   sleeps until the earliest due time (never longer than the poll interval) and is woken
   by every NOTIFY, since a new insert may be due sooner.
-- Promotion is batched and done by one worker at a time (a transaction-scoped
-  advisory lock taken by the promoting statement itself). Every worker runs this loop,
+- Promotion is batched and done by one worker at a time (the 'promotion' row of
+  pgwake.leaders, locked by the promoting statement itself). Every worker runs this loop,
   so whichever worker's timer fires first at a run_at promotes; the others find the
   lock taken or nothing due. Nobody waits for a promoter that died.
 - After promoting, every worker is woken with one NOTIFY.

@@ -19,6 +19,8 @@ Invariants:
   sleep on notifications. ``busy`` (a backlog) stops waiting. A new connection starts
   not waiting, and the reconnect wakes the claimer, which starts again.
 - Queries on the connection (probes, waiting) take turns; asyncpg runs one at a time.
+- A notification on ``pgwake_cancel`` only calls ``on_cancel_hint``; it never names a
+  job to stop (cancels.py reads the rows).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from listener.queries import QUERIES
 from listener.wake import Wake
 
 CHANNEL = "pgwake_jobs"
-# pgwake.cancel_job notifies here with the id of a running job to stop.
+# pgwake.cancel_job notifies here when it marks a running job's row for cancelling. A
+# hint only: anyone can notify any channel, so the worker checks the rows (cancels.py).
 CANCEL_CHANNEL = "pgwake_cancel"
 # Seconds between looks while starting to wait is not settled (transactions that looked
 # before are still open, or the waiting lock was busy for an instant).
@@ -57,10 +60,10 @@ class Listener:
         probe_timeout: float = 5.0,
         metrics: Metrics,
         max_backoff: float = 5.0,
-        on_cancel: Callable[[Sequence[int]], None] = lambda _ids: None,
+        on_cancel_hint: Callable[[], None] = lambda: None,
     ) -> None:
         self._dsn = dsn
-        self._on_cancel = on_cancel
+        self._on_cancel_hint = on_cancel_hint
         self._wakes = list(wakes)
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
@@ -109,13 +112,9 @@ class Listener:
             await self._probe_reply.wait()
         self.probes += 1
 
-    def _on_cancel_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        try:
-            job_id = int(str(payload))
-        except ValueError:
-            self._log.warning("ignored a malformed cancel notification", payload=str(payload))
-            return
-        self._on_cancel([job_id])
+    def _on_cancel_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        # The payload is not trusted, not even parsed: the rows say what to cancel.
+        self._on_cancel_hint()
 
     async def before_sleep(self) -> bool:
         """Called before the claimer waits for a wake. True: claim once more first (new

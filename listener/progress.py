@@ -3,10 +3,9 @@
 Invariants:
 - The value stored in ``jobs.progress`` is ``{"done", "total", "message", "at"}``; it is
   written fenced (only while this worker runs this attempt of the job) and announced
-  on ``pgwake_events`` with status ``running`` and the progress (unless job events are
-  off), in a statement of its own after the value is stored: an event that cannot be
-  sent never loses the progress. An event that would pass NOTIFY's limit (8000 bytes)
-  is cut to fit (a shorter message) and says ``"truncated": true``.
+  on ``pgwake_events`` with status ``running`` and ``"progress": true`` (unless job
+  events are off). The event carries no message: anyone may listen, and the message
+  is read from the row, under row-level security.
 - Writes are throttled to one per ``interval`` seconds per job. A report that comes
   sooner is kept, and written by the worker's flusher once the interval has passed
   (or before the outcome, when the handler returns), so the last value reported always
@@ -49,16 +48,10 @@ class ProgressWriter:
         self._held: dict[int, JobProgress] = {}
 
     async def write(self, job: Job, value: dict[str, Any]) -> bool:
-        """Store ``value`` as the job's progress, then announce it; False when the job is
-        no longer ours. Raises on database errors, also when only the event failed (the
-        progress is stored by then)."""
-        row = await self._pool.fetchrow(
+        """Store ``value`` as the job's progress; False when the job is no longer ours."""
+        stored: bool = await self._pool.fetchval(
             QUERIES["job_progress"], job.id, self._worker_id, job.attempt, value
         )
-        assert row is not None
-        if row["event"] is not None:
-            await self._pool.execute(QUERIES["job_progress_event"], row["event"])
-        stored: bool = row["stored"]
         return stored
 
     def hold(self, progress: JobProgress) -> None:

@@ -2,11 +2,14 @@
 
 Invariants:
 - At most one worker recovers at a time: each round runs in one transaction that first
-  takes the maintenance lock (a transaction-scoped advisory lock). Every worker tries
-  each round, so when a leader dies or hangs the next round goes to another worker;
-  nobody waits for a dead leader.
-- A worker is lost when its liveness lock is gone and its heartbeat is older than the
-  heartbeat interval (its process or connection died: found within seconds), or when
+  takes the maintenance lock (a row lock on pgwake.leaders, held by the transaction; no
+  role without pgwake's privileges can take it). Every worker tries each round, so
+  when a leader dies or hangs the next round goes to another worker; nobody waits for
+  a dead leader.
+- A worker is lost when its liveness lock is gone (not held by its heartbeat session)
+  and its heartbeat is older than two heartbeat intervals (its process died: found
+  within seconds; a live worker whose session was cut reconnects and beats within that
+  grace, so it is never declared lost for a cut session), or when
   its heartbeat is older than the heartbeat timeout (hung; see queries.sql:
   workers_lost). Running jobs claimed by a worker that is not registered are
   recovered too.
@@ -29,6 +32,10 @@ from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.outage import OutageLog, run_rounds
 from listener.queries import QUERIES
+
+# Heartbeat intervals a worker whose liveness lock is gone has to beat again before it
+# is declared lost.
+LOCK_GRACE_BEATS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +63,8 @@ class Recoverer:
         self._pool = pool
         self._metrics = metrics
         self._interval = interval
-        self._grace = heartbeat_interval
+        # A missing lock counts only once the heartbeat is this old (see the docstring).
+        self._grace = LOCK_GRACE_BEATS * heartbeat_interval
         self._timeout = heartbeat_timeout
         self._batch = batch
         self._log = get_logger("recovery")

@@ -2,9 +2,9 @@
 
 Invariants:
 - Each slot of a schedule is enqueued exactly once across the fleet: the leader of a
-  round (a transaction-scoped advisory lock) locks the due schedule rows, inserts the
-  slot's jobs and moves ``next_run_at`` past now, all in one transaction. A second
-  leader sees the new ``next_run_at``; a crash rolls everything back.
+  round (the 'schedules' row of pgwake.leaders, locked for its transaction) locks the
+  due schedule rows, inserts the slot's jobs and moves ``next_run_at`` past now, all in
+  one transaction. A second leader sees the new ``next_run_at``; a crash rolls everything back.
 - Slots are computed with cronsim (Debian cron semantics) in the schedule's time zone,
   so "0 9 * * *" in Europe/Paris is 09:00 Paris time on both sides of a DST change.
 - After downtime, ``missed = 'skip'`` enqueues only the most recent missed slot (late);

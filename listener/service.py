@@ -31,6 +31,7 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from listener import db, gctune
+from listener.cancels import CancelChecker
 from listener.claimer import Claimer
 from listener.completer import Completer
 from listener.config import Settings
@@ -73,7 +74,7 @@ def session_settings(settings: Settings) -> dict[str, str]:
     """Run-time parameters of every session of the worker's pool and heartbeat.
 
     ``idle_in_transaction_session_timeout`` is the maintenance lease: a round's leader
-    holds a transaction-scoped advisory lock, and a leader that stalls inside that
+    holds a row lock on pgwake.leaders for its transaction, and a leader that stalls inside that
     transaction (a blocked event loop, a stopped process) would hold it, and with it
     every round of the fleet, for as long as it stalls. The server ends such a session
     after the lease, the lock goes with it, and the next round goes to another worker.
@@ -114,7 +115,7 @@ class Service:
             dsn,
             [self.claim_wake, self.promote_wake],
             metrics=self.metrics,
-            on_cancel=self._cancel_running,
+            on_cancel_hint=self._cancel_hint,
         )
         self.session_settings = session_settings(settings)
         self._log = get_logger("service").bind(worker_id=str(self.worker_id))
@@ -122,6 +123,11 @@ class Service:
         # Built in run(), once the pool exists.
         self.claimer: Claimer | None = None
         self.completer: Completer | None = None
+        self.cancels: CancelChecker | None = None
+
+    def _cancel_hint(self) -> None:
+        if self.cancels is not None:
+            self.cancels.hint()
 
     def _cancel_running(self, job_ids: Sequence[int]) -> None:
         if self.claimer is not None:
@@ -265,6 +271,8 @@ class Service:
             fifo=s.claim_order == "fifo",
         )
         self.completer, self.claimer = completer, claimer
+        cancels = CancelChecker(pool, self.worker_id, self._cancel_running)
+        self.cancels = cancels
         promoter = Promoter(pool, self.promote_wake, poll_interval=s.poll_interval)
         recoverer = Recoverer(
             pool,
@@ -292,6 +300,7 @@ class Service:
 
         sampler = Sampler(pool, self.metrics, kinds, interval=s.metrics_interval)
         async with anyio.create_task_group() as background:
+            await background.start(cancels.run)
             await background.start(self.listener.run)
             await background.start(sampler.run)
             await background.start(promoter.run)

@@ -46,12 +46,14 @@ SELECT version, name, checksum FROM pgwake.schema_migrations ORDER BY version;
 INSERT INTO pgwake.schema_migrations (version, name, checksum) VALUES ($1, $2, $3);
 
 -- name: worker_register
--- Registers a worker process and returns the key of its liveness lock. $6 reuses a key
--- the worker already holds the lock for (re-registering after it was declared lost);
--- NULL takes a new one.
+-- Registers a worker process (on its heartbeat session, which holds or is about to take
+-- the liveness lock) and returns the key of its liveness lock. $6 reuses a key the
+-- worker already holds the lock for (re-registering after it was declared lost); NULL
+-- takes a new one.
 -- $1 worker id, $2 hostname, $3 pid, $4 kinds it handles, $5 its concurrency, $6 key.
-INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency, lock_key)
-VALUES ($1, $2, $3, $4, $5, coalesce($6::int, nextval('pgwake.worker_lock_keys')::int))
+INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency, lock_key, session_pid)
+VALUES ($1, $2, $3, $4, $5, coalesce($6::int, nextval('pgwake.worker_lock_keys')::int),
+        pg_backend_pid())
 RETURNING lock_key;
 
 -- name: worker_lock
@@ -65,14 +67,17 @@ SELECT pg_try_advisory_lock(1885828962, $1::int);
 -- is registered: the ids of the jobs the database says it runs (held_ids, so it can
 -- find claims whose reply it never got) and of those whose cancellation was requested
 -- (cancel_ids, in case the NOTIFY was missed). Nothing when it was declared lost.
--- $1 worker id.
+-- When $2 (this session holds the worker's liveness lock) it also records the session
+-- as the lock's holder (session_pid), so that workers_lost counts only its lock.
+-- $1 worker id, $2 whether this session holds the liveness lock.
 WITH held AS (
     SELECT j.id, j.cancel_requested_at
       FROM pgwake.jobs AS j
      WHERE j.claimed_by = $1 AND j.status = 'running'
 )
 UPDATE pgwake.workers AS w
-   SET heartbeat_at = now()
+   SET heartbeat_at = now(),
+       session_pid = CASE WHEN $2::bool THEN pg_backend_pid() ELSE w.session_pid END
  WHERE w.id = $1
 RETURNING coalesce((SELECT array_agg(h.id) FROM held AS h), '{}') AS held_ids,
           coalesce((SELECT array_agg(h.id) FROM held AS h
@@ -417,11 +422,19 @@ SELECT p.id, p.status FROM put_back AS p
 
 -- name: job_promote_due
 -- Moves up to $1 scheduled jobs whose run_at has come to queued, on one worker at a
--- time: it takes the promotion lock for its transaction first; leader is false (and
+-- time: it locks the 'promotion' row of pgwake.leaders for its transaction first, but
+-- only when a job is due (every NOTIFY wakes the promoters, and a row lock makes the
+-- transaction a write that waits for the disk at commit); leader is false (and
 -- nothing is promoted) when another worker holds it. Returns how many were promoted.
 -- $1 batch size.
 WITH leader AS (
-    SELECT pg_try_advisory_xact_lock(1885828966, 0) AS ok
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pgwake.jobs AS j
+                              WHERE j.status = 'scheduled' AND j.run_at <= now())
+                THEN EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                             WHERE l.name = 'promotion'
+                                               FOR NO KEY UPDATE SKIP LOCKED) AS held)
+                ELSE true  -- nothing due: nothing to lead
+           END AS ok
 ),
 due AS (
     SELECT id
@@ -451,18 +464,28 @@ SELECT CASE WHEN min(run_at) IS NOT NULL
  WHERE status = 'scheduled';
 
 -- name: maintenance_leader
--- Takes the maintenance lock for the rest of the calling transaction: true for at most
--- one worker at a time, which does this round of recovery. Nothing waits for a leader
--- that died or hangs; the next round simply goes to another worker.
+-- Takes the maintenance lock (the 'maintenance' row of pgwake.leaders) for the rest of
+-- the calling transaction: true for at most one worker at a time, which does this round
+-- of recovery. Nothing waits for a leader that died or hangs; the next round simply
+-- goes to another worker. A row lock needs UPDATE on pgwake.leaders: no role without
+-- pgwake's privileges can hold recovery back (an advisory lock anyone could take). The
+-- round's commit does not wait for the disk (synchronous_commit off for it): a round
+-- lost in a crash is done again by the next one, and most rounds write nothing but
+-- the lock.
 -- No parameters.
-SELECT pg_try_advisory_xact_lock(1885828963, 0);
+SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL
+       AND EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'maintenance'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held);
 
 -- name: workers_lost
 -- Workers that are gone or hung, locked for recovery (in the leader's transaction):
--- - gone: its liveness lock is no longer held (the process or its connection died)
---   and its last heartbeat is older than $1 seconds. Judged only once the server has
---   been up for $2 seconds, so that after a server restart live workers have had time
---   to reconnect and take their locks again.
+-- - gone: its liveness lock is no longer held by its heartbeat session (session_pid;
+--   the same key held by any other session does not count) and its last heartbeat is
+--   older than $1 seconds (a few heartbeat intervals, so a live worker whose session
+--   was cut has beaten again from a new one). Judged only once the server has been up
+--   for $2 seconds, so that after a server restart live workers have had time to
+--   reconnect and take their locks again.
 -- - hung: no heartbeat for $2 seconds, lock or not (an event loop blocked, a stopped
 --   process, a partitioned host).
 -- FOR UPDATE waits for a claim of that worker in flight (which holds KEY SHARE), so the
@@ -484,12 +507,14 @@ SELECT w.id, w.hostname, w.pid,
                            AND l.classid = 1885828962::oid
                            AND l.objid = w.lock_key::oid
                            AND l.objsubid = 2
+                           AND l.pid = w.session_pid
                            AND l.granted))
    FOR UPDATE OF w;
 
 -- name: jobs_recover
 -- Puts back up to $3 running jobs of lost workers: queued again, or failed when the
--- lost attempt was their last. The attempt counts (it was counted when claimed) and the
+-- lost attempt was their last, or cancelled when their cancellation was requested
+-- (pgwake.cancel_job; the request is never lost with the worker). The attempt counts (it was counted when claimed) and the
 -- reason goes to last_error. Also takes running jobs whose claimant is not registered
 -- at all. Returns each job, its new status, and the lost worker it was taken from
 -- (NULL when its claimant is not registered).
@@ -511,11 +536,15 @@ victims AS (
 ),
 recovered AS (
     UPDATE pgwake.jobs AS j
-       SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END,
-           finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+       SET status = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                         WHEN j.attempts >= j.max_attempts THEN 'failed'
+                         ELSE 'queued' END,
+           finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                                   OR j.attempts >= j.max_attempts THEN now() END,
            claimed_by = NULL,
-           cancel_requested_at = NULL,
-           last_error = v.reason
+           last_error = CASE WHEN j.cancel_requested_at IS NOT NULL
+                             THEN 'cancelled: requested while running; ' || v.reason
+                             ELSE v.reason END
       FROM victims AS v
      WHERE j.id = v.id
     RETURNING j.id, j.tenant_id, j.kind, j.status, v.lost_worker
@@ -627,13 +656,11 @@ WITH purged AS (
 SELECT count(*)::int FROM purged;
 
 -- name: job_progress
--- Stores a running job's progress, fenced on worker and attempt. Returns whether the row
--- was updated (stored) and, while someone follows job events (pgwake.events_wanted),
--- the event announcing it (status running, with the progress), else NULL. The caller
--- sends the event with job_progress_event, a statement of its own: storing the
--- progress never depends on its event being sendable. An event is cut to fit NOTIFY's
--- payload limit (under 8000 bytes): its progress message is shortened (each character
--- takes at most 6 bytes of JSON, \uXXXX) and it says "truncated": true.
+-- Stores a running job's progress, fenced on worker and attempt, and announces it on
+-- pgwake_events (status running, "progress": true; the progress itself is read from the
+-- row, under row-level security) while someone follows job events
+-- (pgwake.events_wanted).
+-- Returns whether the row was updated.
 -- $1 job id, $2 worker id, $3 attempt, $4 progress (jsonb).
 WITH updated AS (
     UPDATE pgwake.jobs AS j
@@ -642,33 +669,23 @@ WITH updated AS (
        AND (j.status = 'running' AND j.claimed_by = $2 AND j.attempts = $3) IS TRUE
     RETURNING j.id, j.tenant_id, j.kind
 ),
-event AS (
-    SELECT json_build_object('id', u.id, 'tenant', u.tenant_id, 'kind', u.kind,
-                             'status', 'running', 'progress', $4::jsonb)::text AS whole,
-           json_build_object('id', u.id, 'tenant', u.tenant_id, 'kind', u.kind,
-                             'status', 'running',
-                             'progress', $4::jsonb || '{"message": ""}'::jsonb,
-                             'truncated', true)::text AS bare,
-           u.id, u.tenant_id, u.kind
+announced AS (
+    SELECT pg_notify('pgwake_events',
+                     json_build_object('id', u.id, 'tenant', u.tenant_id,
+                                       'status', 'running', 'progress', true)::text)
       FROM updated AS u
      WHERE pgwake.events_wanted()
 )
-SELECT EXISTS (SELECT 1 FROM updated) AS stored,
-       (SELECT CASE WHEN octet_length(e.whole) < 8000 THEN e.whole
-               ELSE json_build_object(
-                        'id', e.id, 'tenant', e.tenant_id, 'kind', e.kind,
-                        'status', 'running',
-                        'progress', $4::jsonb || jsonb_build_object(
-                            'message',
-                            left($4::jsonb ->> 'message', (7999 - octet_length(e.bare)) / 6)),
-                        'truncated', true)::text
-               END
-          FROM event AS e) AS event;
+SELECT EXISTS (SELECT 1 FROM updated) AND (SELECT count(*) FROM announced) >= 0;
 
--- name: job_progress_event
--- Sends a job event built by job_progress on pgwake_events.
--- $1 the event (JSON text, under 8000 bytes).
-SELECT pg_notify('pgwake_events', $1::text);
+-- name: jobs_cancel_requested
+-- Running jobs of worker $1 whose cancellation was requested (pgwake.cancel_job marks
+-- the row; only a role allowed to cancel the job can). The worker runs this when a
+-- NOTIFY on pgwake_cancel arrives and stops only these: a notification is a hint.
+-- $1 worker id.
+SELECT j.id
+  FROM pgwake.jobs AS j
+ WHERE j.claimed_by = $1 AND j.status = 'running' AND j.cancel_requested_at IS NOT NULL;
 
 -- name: job_cancel
 -- Cancels one job through pgwake.cancel_job and says what happened: cancelled (it was
@@ -687,11 +704,13 @@ SELECT CASE WHEN d.ok AND j.status = 'running' THEN 'requested'
 -- name: jobs_prune
 -- One batch of retention: deletes up to $3 jobs with status $1 (succeeded, failed or
 -- cancelled only) that finished more than $2 seconds ago, oldest first. Takes the
--- retention lock for its transaction first; leader is false (and nothing is deleted)
+-- retention lock (the 'retention' row of pgwake.leaders) for its transaction first; leader is false (and nothing is deleted)
 -- when another worker holds it.
 -- $1 status, $2 retention in seconds, $3 batch size.
 WITH leader AS (
-    SELECT pg_try_advisory_xact_lock(1885828964, 0) AS ok
+    SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'retention'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held) AS ok
 ),
 doomed AS (
     SELECT j.id
@@ -710,10 +729,16 @@ deleted AS (
 SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS deleted;
 
 -- name: schedules_leader
--- Takes the schedules lock for the rest of the calling transaction: true for at most
--- one worker at a time, which enqueues this round's due slots.
+-- Takes the schedules lock (the 'schedules' row of pgwake.leaders) for the rest of the
+-- calling transaction: true for at most one worker at a time, which enqueues this
+-- round's due slots. The round's commit does not wait for the disk (synchronous_commit
+-- off for it): a round lost in a crash, slots and next_run_at together, is done again
+-- by the next one, and most rounds write nothing but the lock.
 -- No parameters.
-SELECT pg_try_advisory_xact_lock(1885828965, 0);
+SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL
+       AND EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'schedules'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held);
 
 -- name: schedules_due
 -- Enabled schedules whose next slot has come (or was never computed), locked for the
@@ -1116,7 +1141,7 @@ SELECT b.tenant_id, b.queued, b.running, b.scheduled,
 -- application_name, set in db.py, names its host and pid).
 -- No parameters.
 WITH locks AS (
-    SELECT l.classid, l.objid, a.application_name
+    SELECT l.classid, l.objid, l.pid, a.application_name
       FROM pg_locks AS l
       LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
      WHERE l.locktype = 'advisory'
@@ -1130,7 +1155,8 @@ SELECT w.id, w.hostname, w.pid, w.kinds, w.concurrency, w.started_at,
        (SELECT count(*) FROM pgwake.jobs AS j
          WHERE j.claimed_by = w.id AND j.status = 'running') AS running,
        EXISTS (SELECT 1 FROM locks AS l
-                WHERE l.classid = 1885828962::oid AND l.objid = w.lock_key::oid) AS lock_held,
+                WHERE l.classid = 1885828962::oid AND l.objid = w.lock_key::oid
+                  AND l.pid = w.session_pid) AS lock_held,
        EXISTS (SELECT 1 FROM locks AS l
                 WHERE l.classid = 1885828963::oid AND l.objid = 1::oid
                   AND l.application_name = 'pgwake@' || w.hostname || ':' || w.pid)

@@ -22,7 +22,9 @@ CREATE SEQUENCE pgwake.worker_lock_keys AS integer MINVALUE 1 CYCLE;
 -- Every worker also holds a session-level advisory lock, pg_advisory_lock(1885828962,
 -- lock_key), on a connection of its own while it runs: when the process dies the lock
 -- vanishes with its connection, and the maintenance leader recovers its jobs within
--- seconds (queries.sql: workers_lost). A worker that is alive but silent for longer
+-- seconds (queries.sql: workers_lost). Only the lock held by the session recorded in
+-- session_pid counts: anyone can take an advisory lock, so a lock on the same key held
+-- by another session neither keeps a dead worker alive nor stops a live one. A worker that is alive but silent for longer
 -- than the heartbeat timeout is recovered too.
 CREATE TABLE pgwake.workers (
     id           uuid        PRIMARY KEY,
@@ -33,6 +35,9 @@ CREATE TABLE pgwake.workers (
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     lock_key     integer     NOT NULL DEFAULT nextval('pgwake.worker_lock_keys'),
+    -- The backend that holds the liveness lock (the heartbeat session, set by each beat
+    -- that holds it): a lock on the same key held by any other session does not count.
+    session_pid  integer,
 
     CONSTRAINT workers_lock_key_unique UNIQUE (lock_key)
 );
@@ -136,12 +141,17 @@ CREATE UNIQUE INDEX jobs_unique_key_idx ON pgwake.jobs (tenant_id, kind, unique_
 -- (1885828967, 100 + n); a session that starts waiting (pgwake.start_waiting) takes its
 -- lock, then lists the transactions that looked before it, and looks for work once
 -- they have all ended. Whoever looks after that sees the lock and notifies.
+-- pgwake takes (1885828967, 100 + n) only in shared mode and never waits for it: a
+-- transaction that cannot take it at once (a session that is not pgwake holds it
+-- exclusively) notifies, so such a session costs notifications but stalls nothing.
 
 -- Job events: one NOTIFY on channel pgwake_events per change of a job's status, with a
--- JSON payload {"id", "tenant", "kind", "status"}, sent while some session follows
+-- JSON payload {"id", "tenant", "status"}, sent while some session follows
 -- them (pgwake.follow_events). Switched off for a session, role or database with the
 -- setting pgwake.job_events = 'off' (for example
--- ALTER DATABASE app SET pgwake.job_events = 'off'); on when unset.
+-- ALTER DATABASE app SET pgwake.job_events = 'off'); on when unset. Events carry no
+-- free text (no kind, no progress message): anyone may LISTEN, and what an application
+-- or a handler wrote is read from the job's row, under row-level security.
 
 -- True when some session (this one included) waits to be woken by notifications of
 -- kind p_what (0: new jobs, 1: job events). Marks the calling transaction as one that
@@ -149,7 +159,9 @@ CREATE UNIQUE INDEX jobs_unique_key_idx ON pgwake.jobs (tenant_id, kind, unique_
 CREATE FUNCTION pgwake.someone_waits(p_what integer) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1885828967, 100 + p_what);
+    IF NOT pg_try_advisory_xact_lock_shared(1885828967, 100 + p_what) THEN
+        RETURN true;  -- held exclusively by a session that is not pgwake: notify
+    END IF;
     IF current_setting('pgwake.waiting_' || p_what, true) = 'on' THEN
         RETURN true;  -- this session waits (its own lock never conflicts with itself)
     END IF;
@@ -212,10 +224,21 @@ $$;
 -- For applications: follow job events in this session (LISTEN pgwake_events, and say
 -- so, so that status changes are announced). Changes that commit after it returns are
 -- announced; read a job's row after following to know where it stands.
+-- Starting to follow waits at most about a second for the waiting lock: it is busy only
+-- for an instant while a transaction looks, unless a session that is not pgwake holds
+-- it exclusively.
 CREATE FUNCTION pgwake.follow_events() RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+DECLARE
+    v_tries integer := 0;
 BEGIN
     WHILE pgwake.start_waiting(1) IS NULL LOOP
+        v_tries := v_tries + 1;
+        IF v_tries > 1000 THEN
+            RAISE EXCEPTION 'pgwake.follow_events: the events lock (1885828967, 1) is held '
+                            'exclusively by another session; try again'
+                USING ERRCODE = 'lock_not_available';
+        END IF;
         PERFORM pg_sleep(0.001);
     END LOOP;
     LISTEN pgwake_events;
@@ -239,12 +262,14 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
            AND pgwake.someone_waits(1);
 $$;
 
+-- p_kind is kept for the callers' sake and not sent: a kind is text an application
+-- wrote, and followers of other tenants may not read it.
 CREATE FUNCTION pgwake.job_event(p_id bigint, p_tenant_id text, p_kind text,
                                             p_status text)
 RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
     SELECT pg_notify('pgwake_events',
-                     json_build_object('id', p_id, 'tenant', p_tenant_id, 'kind', p_kind,
+                     json_build_object('id', p_id, 'tenant', p_tenant_id,
                                        'status', p_status)::text)
      WHERE pgwake.events_wanted();
 $$;
@@ -256,10 +281,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
     SELECT CASE WHEN cardinality(p_ids) > 0 AND pgwake.events_wanted() THEN
                (SELECT count(pg_notify('pgwake_events',
                                        json_build_object('id', e.id, 'tenant', e.tenant_id,
-                                                         'kind', e.kind,
                                                          'status', e.status)::text))::integer
-                  FROM unnest(p_ids, p_tenant_ids, p_kinds, p_statuses)
-                           AS e(id, tenant_id, kind, status))
+                  FROM unnest(p_ids, p_tenant_ids, p_statuses) AS e(id, tenant_id, status))
            ELSE 0
            END;
 $$;
@@ -293,8 +316,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_events boolean := false;
 BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock_shared(1885828967, 100);
-    IF pg_catalog.current_setting('pgwake.inserted_due_later', true) = 'on' THEN
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 100) THEN
+        -- Held exclusively by a session that is not pgwake: notify rather than wait.
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+    ELSIF pg_catalog.current_setting('pgwake.inserted_due_later', true) = 'on' THEN
         PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
     ELSIF pg_catalog.current_setting('pgwake.waiting_0', true) = 'on' THEN
         PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
@@ -304,8 +329,9 @@ BEGIN
         PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
     END IF;
     IF coalesce(pg_catalog.current_setting('pgwake.job_events', true), '') <> 'off' THEN
-        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1885828967, 101);
-        IF pg_catalog.current_setting('pgwake.waiting_1', true) = 'on' THEN
+        IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 101) THEN
+            v_events := true;
+        ELSIF pg_catalog.current_setting('pgwake.waiting_1', true) = 'on' THEN
             v_events := true;
         ELSIF pg_catalog.pg_try_advisory_lock(1885828967, 1) THEN
             PERFORM pg_catalog.pg_advisory_unlock(1885828967, 1);  -- nobody follows
@@ -327,39 +353,6 @@ CREATE TRIGGER jobs_notify_after_insert
     REFERENCING NEW TABLE AS new_jobs
     FOR EACH STATEMENT
     EXECUTE FUNCTION pgwake.jobs_after_insert();
-
--- Cancel a job from SQL. A queued or scheduled job becomes cancelled at once; for a
--- running job the cancellation is requested: the worker holding it is told at once
--- (NOTIFY pgwake_cancel) and also sees the request with its next heartbeat, stops the
--- handler and records the job cancelled, with no retry. Returns true when the job was
--- cancelled or its cancellation requested; false when it had already finished (or
--- does not exist).
-CREATE FUNCTION pgwake.cancel_job(job_id bigint) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    found_status text;
-    found_tenant text;
-    found_kind   text;
-BEGIN
-    UPDATE pgwake.jobs
-       SET status = 'cancelled', finished_at = now(), last_error = 'cancelled'
-     WHERE id = job_id AND status IN ('scheduled', 'queued')
-    RETURNING status, tenant_id, kind INTO found_status, found_tenant, found_kind;
-    IF found_status IS NOT NULL THEN
-        PERFORM pgwake.job_event(job_id, found_tenant, found_kind, 'cancelled');
-        RETURN true;
-    END IF;
-    UPDATE pgwake.jobs
-       SET cancel_requested_at = coalesce(cancel_requested_at, now())
-     WHERE id = job_id AND status = 'running'
-    RETURNING status INTO found_status;
-    IF found_status IS NOT NULL THEN
-        PERFORM pg_notify('pgwake_cancel', job_id::text);
-        RETURN true;
-    END IF;
-    RETURN false;
-END;
-$$;
 
 -- Settings per tenant. A job whose tenant has no row here uses the defaults: no
 -- fleet-wide cap, weight 1, not paused, no database of its own.
@@ -393,17 +386,22 @@ COMMENT ON TABLE pgwake.tenants IS
 
 -- Free fleet-wide slots of a capped tenant, for the claim.
 --
--- Claims for one capped tenant are serialised across the fleet with a transaction-level
--- advisory lock (try-lock: a claimer that cannot get it skips the tenant this round;
--- whoever holds it is serving the tenant). The count runs after the lock is taken, and
--- since this function is VOLATILE its query gets a fresh snapshot under READ COMMITTED:
--- it sees every claim committed by the previous holder of the lock. So the count plus
--- what this claim takes never exceeds the cap. The lock is released when the claiming
--- statement's transaction ends.
-CREATE FUNCTION pgwake.tenant_free_slots(p_tenant_id text, p_cap integer) RETURNS integer
+-- Claims for one capped tenant are serialised across the fleet by a row lock on the
+-- tenant's pgwake.tenants row (FOR NO KEY UPDATE SKIP LOCKED: a claimer that cannot get
+-- it skips the tenant this round; whoever holds it is serving the tenant). Taking it
+-- needs UPDATE on pgwake.tenants, so no application role can hold a tenant's claims
+-- back. The count runs after the lock is taken, and since this function is VOLATILE
+-- its query gets a fresh snapshot under READ COMMITTED: it sees every claim committed
+-- by the previous holder of the lock. So the count plus what this claim takes never
+-- exceeds the cap. The lock is released when the claiming statement's transaction ends.
+CREATE FUNCTION pgwake.tenant_free_slots(p_tenant_id text, p_cap integer)
+RETURNS integer
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(1885828961, hashtext(p_tenant_id)) THEN
+    PERFORM 1 FROM pgwake.tenants AS t
+      WHERE t.tenant_id = p_tenant_id
+        FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
         RETURN 0;
     END IF;
     RETURN greatest(
@@ -415,7 +413,9 @@ END;
 $$;
 
 -- Application roles confined to their tenants by row-level security. A role listed in
--- pgwake.tenant_roles sees and inserts only its tenants' jobs; other roles are unaffected.
+-- pgwake.tenant_roles, and every role that is a member of it (directly, through a
+-- chain, with or without INHERIT: any role that could SET ROLE to it), sees and inserts
+-- only its tenants' jobs; other roles are unaffected.
 CREATE TABLE pgwake.tenant_roles (
     role_name  name        NOT NULL,
     tenant_id  text        NOT NULL,
@@ -426,37 +426,184 @@ CREATE TABLE pgwake.tenant_roles (
 COMMENT ON TABLE pgwake.tenant_roles IS
     'Roles confined by row-level security to the jobs of the listed tenants.';
 
+ALTER TABLE pgwake.tenant_roles ENABLE ROW LEVEL SECURITY;
+
+-- Each role sees the rows of the roles it is a member of (for a superuser: all).
+CREATE POLICY tenant_roles_of_own_memberships ON pgwake.tenant_roles FOR SELECT
+    USING (EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS g
+                    WHERE g.rolname = role_name
+                      AND pg_catalog.pg_has_role(g.oid, 'MEMBER')));
+
+GRANT SELECT ON pgwake.tenant_roles TO PUBLIC;
+
 ALTER TABLE pgwake.jobs ENABLE ROW LEVEL SECURITY;
 
--- The tenants a role is confined to, or NULL when it is not confined. SECURITY DEFINER
--- because confined roles cannot read pgwake.tenant_roles; the policies pass
--- current_user, which inside the function would be its owner.
-CREATE FUNCTION pgwake.confined_tenants(p_role name) RETURNS text[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pgwake AS $$
-    SELECT array_agg(r.tenant_id) FROM pgwake.tenant_roles AS r WHERE r.role_name = p_role;
+-- The tenants the calling role is confined to, or NULL when it is not confined. A role
+-- is confined when it is a member of any role listed in pgwake.tenant_roles (itself
+-- included), to all those roles' tenants; superusers and BYPASSRLS roles never are.
+-- SECURITY INVOKER on purpose: current_user is the caller, and the table's row-level
+-- security shows it only its own memberships.
+CREATE FUNCTION pgwake.confined_tenants() RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT array_agg(DISTINCT r.tenant_id ORDER BY r.tenant_id)
+      FROM pgwake.tenant_roles AS r
+      JOIN pg_roles AS g ON g.rolname = r.role_name
+     WHERE pg_has_role(g.oid, 'MEMBER')
+       AND NOT EXISTS (SELECT 1 FROM pg_roles AS me
+                        WHERE me.rolname = current_user AND (me.rolsuper OR me.rolbypassrls));
 $$;
 
 -- Confined roles read and write only their own tenants' rows; other roles are not
--- restricted by rows (only by their privileges).
+-- restricted by rows (only by their privileges). The scalar subqueries make the
+-- function run once per statement, not once per row.
 CREATE POLICY jobs_confined_to_own_tenants ON pgwake.jobs
-    USING (pgwake.confined_tenants(current_user) IS NULL
-           OR tenant_id = ANY (pgwake.confined_tenants(current_user)))
-    WITH CHECK (pgwake.confined_tenants(current_user) IS NULL
-                OR tenant_id = ANY (pgwake.confined_tenants(current_user)));
+    USING ((SELECT pgwake.confined_tenants()) IS NULL
+           OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]))
+    WITH CHECK ((SELECT pgwake.confined_tenants()) IS NULL
+                OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]));
+
+-- The same for tenants' settings (confined roles may read some columns of their own).
+ALTER TABLE pgwake.tenants ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY tenants_confined_to_own_tenants ON pgwake.tenants
+    USING ((SELECT pgwake.confined_tenants()) IS NULL
+           OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]))
+    WITH CHECK ((SELECT pgwake.confined_tenants()) IS NULL
+                OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]));
+
+-- The jobs role p_as may cancel or retry: NULL for every tenant's, else its tenants'.
+-- For pgwake's own SECURITY DEFINER functions, which pass the caller's current_user.
+-- Raises unless the session may act as p_as (session_user is p_as or a member of it: it
+-- could SET ROLE to it), so it answers only about the caller, and unless p_as is
+-- confined or may UPDATE pgwake.jobs.
+CREATE FUNCTION pgwake.acting_tenants(p_as name) RETURNS text[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+    v_tenants text[];
+BEGIN
+    IF NOT pg_has_role(session_user, p_as, 'MEMBER') THEN
+        RAISE EXCEPTION 'pgwake: session role % may not act as role %', session_user, p_as
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles AS me
+                WHERE me.rolname = p_as AND (me.rolsuper OR me.rolbypassrls)) THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(DISTINCT r.tenant_id ORDER BY r.tenant_id) INTO v_tenants
+      FROM pgwake.tenant_roles AS r
+      JOIN pg_roles AS g ON g.rolname = r.role_name
+     WHERE pg_has_role(p_as, g.oid, 'MEMBER');
+    IF v_tenants IS NULL AND NOT has_table_privilege(p_as, 'pgwake.jobs', 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied: role % may neither update pgwake.jobs nor is it '
+                        'confined to tenants', p_as
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN v_tenants;
+END;
+$$;
+
+-- Cancels job p_job_id as role p_as (see pgwake.cancel_job).
+CREATE FUNCTION pgwake.job_cancel_as(p_job_id bigint, p_as name) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+    v_tenants text[] := pgwake.acting_tenants(p_as);
+    v_tenant  text;
+BEGIN
+    UPDATE pgwake.jobs
+       SET status = 'cancelled', finished_at = now(), last_error = 'cancelled by ' || p_as
+     WHERE id = p_job_id AND status IN ('scheduled', 'queued')
+       AND (v_tenants IS NULL OR tenant_id = ANY (v_tenants))
+    RETURNING tenant_id INTO v_tenant;
+    IF v_tenant IS NOT NULL THEN
+        PERFORM pgwake.job_event(p_job_id, v_tenant, NULL, 'cancelled');
+        RETURN true;
+    END IF;
+    UPDATE pgwake.jobs
+       SET cancel_requested_at = coalesce(cancel_requested_at, now())
+     WHERE id = p_job_id AND status = 'running'
+       AND (v_tenants IS NULL OR tenant_id = ANY (v_tenants))
+    RETURNING tenant_id INTO v_tenant;
+    IF v_tenant IS NOT NULL THEN
+        -- A hint: the worker checks the row before it stops anything.
+        PERFORM pg_notify('pgwake_cancel', p_job_id::text);
+        RETURN true;
+    END IF;
+    RETURN false;
+END;
+$$;
+
+-- Cancel a job from SQL, as the calling role: one with UPDATE on pgwake.jobs (and not
+-- confined) may cancel any job, a confined role only its tenants' jobs. A queued or
+-- scheduled job becomes cancelled at once; for a running job the cancellation is
+-- recorded in the row (cancel_requested_at), and the worker holding it, told at once
+-- by a NOTIFY on pgwake_cancel that it checks against the row (and by its next
+-- heartbeat in any case), stops the handler and records the job cancelled, with no
+-- retry. Returns true when the job was cancelled or its cancellation requested; false
+-- when it had already finished, does not exist, or is not the caller's to cancel.
+CREATE FUNCTION pgwake.cancel_job(job_id bigint) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
+    SELECT pgwake.job_cancel_as(job_id, current_user);
+$$;
+
+-- Retries job p_job_id as role p_as (see pgwake.retry_job).
+CREATE FUNCTION pgwake.job_retry_as(p_job_id bigint, p_as name) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+    v_tenants text[] := pgwake.acting_tenants(p_as);
+    v_tenant  text;
+BEGIN
+    UPDATE pgwake.jobs
+       SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+           result = NULL, progress = NULL, cancel_requested_at = NULL
+     WHERE id = p_job_id AND status IN ('failed', 'cancelled')
+       AND (v_tenants IS NULL OR tenant_id = ANY (v_tenants))
+    RETURNING tenant_id INTO v_tenant;
+    IF v_tenant IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM pgwake.job_event(p_job_id, v_tenant, NULL, 'queued');
+    IF pgwake.someone_waits(0) THEN
+        PERFORM pg_notify('pgwake_jobs', '');
+    END IF;
+    RETURN true;
+END;
+$$;
+
+-- Run a failed or cancelled job again, as the calling role (the same rule as
+-- pgwake.cancel_job): it goes back to queued, due now, with its attempts reset;
+-- last_error is kept. Returns false when the job is not failed or cancelled, does not
+-- exist, or is not the caller's to retry. A job whose unique_key is taken by an active
+-- job fails with the unique violation of jobs_unique_key_idx.
+CREATE FUNCTION pgwake.retry_job(job_id bigint) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
+    SELECT pgwake.job_retry_as(job_id, current_user);
+$$;
 
 -- Confines an existing role to a tenant and grants what an app needs to enqueue:
--- USAGE on the schema, INSERT of the app columns, SELECT of its own jobs. Call it once
--- per (role, tenant) as an administrator:
+-- USAGE on the schema, INSERT of the app columns, SELECT of its own jobs, of the views
+-- and of its tenants' settings (not their DSNs). Refuses roles that bypass row-level
+-- security. Call it once per (role, tenant) as an administrator:
 --     CREATE ROLE acme_app LOGIN PASSWORD '...';
 --     SELECT pgwake.confine_role_to_tenant('acme_app', 'acme');
-CREATE FUNCTION pgwake.confine_role_to_tenant(p_role name, p_tenant_id text) RETURNS void
+CREATE FUNCTION pgwake.confine_role_to_tenant(p_role name, p_tenant_id text)
+RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r
+                WHERE r.rolname = p_role AND (r.rolsuper OR r.rolbypassrls)) THEN
+        RAISE EXCEPTION 'role % bypasses row-level security (superuser or BYPASSRLS) and '
+                        'cannot be confined to a tenant', p_role
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA pgwake TO %I', p_role);
     EXECUTE format(
         'GRANT SELECT, INSERT (tenant_id, kind, payload, priority, run_at, max_attempts, '
         'unique_key, timeout) ON pgwake.jobs TO %I', p_role);
     EXECUTE format('GRANT USAGE ON SEQUENCE pgwake.jobs_id_seq TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON pgwake.queue_status, pgwake.failed_jobs, '
+                   'pgwake.tenant_backlog TO %I', p_role);
+    EXECUTE format('GRANT SELECT (tenant_id, max_concurrency, weight, paused) '
+                   'ON pgwake.tenants TO %I', p_role);
     INSERT INTO pgwake.tenant_roles (role_name, tenant_id) VALUES (p_role, p_tenant_id)
     ON CONFLICT DO NOTHING;
 END;
@@ -591,3 +738,15 @@ CREATE TRIGGER schedules_cron_edit_takes_effect_at_once
     BEFORE UPDATE OF cron, timezone ON pgwake.schedules
     FOR EACH ROW
     EXECUTE FUNCTION pgwake.schedules_before_update_of_cron();
+
+-- One row per leader role of a round; the leader of a round holds its row locked (FOR
+-- NO KEY UPDATE SKIP LOCKED) until its transaction ends. Row locks need UPDATE on this
+-- table, which only pgwake's own roles have, where advisory locks need no privilege.
+CREATE TABLE pgwake.leaders (
+    name text PRIMARY KEY,
+    CONSTRAINT leaders_name_known
+        CHECK (name IN ('maintenance', 'promotion', 'retention', 'schedules'))
+);
+
+INSERT INTO pgwake.leaders (name)
+VALUES ('maintenance'), ('promotion'), ('retention'), ('schedules');

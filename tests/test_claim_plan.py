@@ -91,7 +91,8 @@ async def test_lookups_of_one_workers_jobs_read_only_the_running_index(
     conn: asyncpg.Connection,
 ) -> None:
     """One index on running jobs, led by tenant_id, serves the per-worker lookups too
-    (heartbeat, put-back): they scan the running jobs, never the table's history."""
+    (heartbeat, put-back, cancel requests): they scan the running jobs, never the table's
+    history."""
     workers = [uuid.uuid4() for _ in range(4)]
     for worker in workers:
         await conn.execute(QUERIES["worker_register"], worker, "plan", 1, ["k"], 100, None)
@@ -107,8 +108,9 @@ async def test_lookups_of_one_workers_jobs_read_only_the_running_index(
     )
     await conn.execute("ANALYZE pgwake.jobs")
     for name, args in [
-        ("worker_heartbeat", (workers[0],)),
+        ("worker_heartbeat", (workers[0], True)),
         ("job_put_back_held", (workers[0], "test")),
+        ("jobs_cancel_requested", (workers[0],)),
     ]:
         explained = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[name], *args)
         scans = [

@@ -73,7 +73,9 @@ async def test_prune_skips_while_another_worker_prunes(dsn: str, conn: asyncpg.C
     try:
         async with conn.transaction():
             # Another worker is in the middle of a batch: it holds the retention lock.
-            await conn.execute("SELECT pg_advisory_xact_lock(1885828964, 0)")
+            await conn.execute(
+                "SELECT 1 FROM pgwake.leaders WHERE name = 'retention' FOR NO KEY UPDATE"
+            )
             assert await Pruner(pool, Metrics(), RETENTION).prune() == 0
         assert await Pruner(pool, Metrics(), RETENTION).prune() == 1
     finally:

@@ -87,6 +87,13 @@ async def known_queue(dsn: str, conn: asyncpg.Connection) -> AsyncIterator[dict[
         ):
             key = await register(conn, host, kinds, age)
             assert await locks.fetchval(QUERIES["worker_lock"], key)
+            # The lock counts only in the session the worker's row names (as a beat
+            # from that session records it).
+            await conn.execute(
+                "UPDATE pgwake.workers SET session_pid = $2 WHERE lock_key = $1",
+                key,
+                locks.get_server_pid(),
+            )
         yield {"pid": worker.pid}
     finally:
         await locks.close()

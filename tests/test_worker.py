@@ -400,7 +400,9 @@ async def test_one_worker_at_a_time_promotes(dsn: str, conn: asyncpg.Connection)
     try:
         promoter = Promoter(pool, Wake(), poll_interval=60)
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(1885828966, 0)")
+            await conn.execute(
+                "SELECT 1 FROM pgwake.leaders WHERE name = 'promotion' FOR NO KEY UPDATE"
+            )
             wait = await promoter._promote_due()
             assert promoter.promoted == 0
             assert 0 < wait < 1  # busy: another look soon, not after the poll interval
