@@ -12,6 +12,9 @@ Invariants:
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job; otherwise waits for a wake (NOTIFY, promotion,
   reconnect) or the poll interval.
+- A tenant a claim held to its cap (it got every slot ``tenant_concurrency`` left it)
+  may have more ready jobs: the first of its jobs to finish afterwards wakes the claim
+  loop, so its backlog never waits for a NOTIFY or the poll.
 - Inserts notify only while this worker waits (``Doorbell``, the listener): before
   each wait the claimer asks ``before_sleep`` and claims once more when told to, so a
   job committed while the worker was busy is never left waiting for the poll; a
@@ -62,7 +65,9 @@ from listener.queries import QUERIES
 from listener.wake import Wake
 
 # Claims in a row that may continue a walk cut short by its tenant limit before the
-# loop waits for a wake: bounds the work when no tenant has anything for this worker.
+# loop waits for a wake: bounds the work when the tenants walked have nothing this
+# worker may take now (paused, or their jobs locked by other claims). Tenants whose
+# jobs are all of kinds this worker does not handle are not walked at all.
 MAX_PARTIAL_WALKS = 100
 
 
@@ -141,6 +146,9 @@ class Claimer:
         self._log = get_logger("claimer")
         self._outage = OutageLog(self._log, "claim")
         self._running: Counter[str] = Counter()
+        # Tenants the last claims held to their local cap (tenant_concurrency): they may
+        # have more ready jobs, so a slot of theirs that frees is claimed again at once.
+        self._capped: set[str] = set()
         # Jobs this worker knows it holds: claimed (waiting or running), or finished
         # with the outcome not stored yet. Unknown ids the database reports are suspects
         # for one beat.
@@ -167,6 +175,8 @@ class Claimer:
         self._stop_now = anyio.Event()
         # Start the round-robin at a random tenant so workers do not all begin together.
         self._cursor = random.choice(string.ascii_letters)
+        # Tenants the claim being dispatched held to their cap (set by _claim).
+        self._cap_held: list[str] = []
         self.claimed = 0
         self.claims = 0
 
@@ -340,6 +350,7 @@ class Claimer:
         self.claims += 1
         jobs: list[Job] = []
         cut_short = more = False
+        got: Counter[str] = Counter()
         for row in rows:
             if row["id"] is None:  # the walk summary row (job_claim only)
                 if row["walk_end"] is not None:
@@ -347,7 +358,18 @@ class Claimer:
                 cut_short = row["walked"] >= want
                 more = bool(row["more"])
                 continue
-            jobs.append(Job.from_record(row))
+            job = Job.from_record(row)
+            got[job.tenant_id] += 1
+            jobs.append(job)
+        if not self._fifo:
+            # A tenant that got all the slots it had free is held to its cap and may have
+            # more ready jobs (see _capped, _dispatch).
+            running_then = dict(busy)
+            self._cap_held = [
+                tenant
+                for tenant, count in got.items()
+                if count >= self._tenant_concurrency - running_then.get(tenant, 0)
+            ]
         self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
         self.claimed += len(jobs)
         return jobs, cut_short, more
@@ -363,6 +385,14 @@ class Claimer:
             running[job.tenant_id] += 1
             known.add(job.id)
         self._ready.extend(jobs)
+        held, self._cap_held = self._cap_held, []
+        for tenant in held:
+            if running[tenant] >= self._tenant_concurrency:
+                self._capped.add(tenant)
+            else:
+                # One of its jobs finished while the claim was on its way: a slot of a
+                # tenant that may have more is free already.
+                self._wake.set("slot")
         self._wake_runner()
 
     def _wake_runner(self) -> None:
@@ -492,9 +522,12 @@ class Claimer:
         self._in_flight -= 1
         tenant = job.tenant_id
         running = self._running[tenant]
-        if running >= self._tenant_concurrency:
-            # The tenant was at its cap, so the last claim may have skipped its
-            # jobs: claim again now rather than at the next poll.
+        if tenant in self._capped:
+            # The tenant was held to its cap, so it may have more ready jobs: claim
+            # again now rather than at the next wake or poll. (Whether it is at its cap
+            # right now is no test: jobs that finish while a claim is on its way take
+            # the tenant below it before the claim's jobs take it back.)
+            self._capped.discard(tenant)
             self._wake.set("slot")
         if running <= 1:
             del self._running[tenant]

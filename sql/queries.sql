@@ -136,17 +136,22 @@ local_running AS (
       FROM unnest($5::text[], $6::int[]) AS b(tenant_id, running)
 ),
 -- Tenants after the cursor, in order: each step finds the next tenant_id that has a
--- queued job with one probe of jobs_ready_idx.
+-- queued job of our kinds with one probe of jobs_ready_idx. The probe reads the queued
+-- jobs of other kinds it passes (their kind is in the row, not in the index), so a
+-- tenant whose jobs are all of kinds this worker does not handle costs the walk those
+-- reads, never a step: however many such tenants there are, the walk reaches the next
+-- tenant with work for us in the same claim.
 after_cursor (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
-      WHERE j.status = 'queued' AND j.tenant_id > $7::text
+      WHERE j.status = 'queued' AND j.tenant_id > $7::text AND j.kind = ANY ($2::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
              WHERE j.status = 'queued' AND j.tenant_id > a.tenant_id
+               AND j.kind = ANY ($2::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
            a.step + 1
@@ -157,13 +162,14 @@ after_cursor (tenant_id, step) AS (
 before_cursor (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
-      WHERE j.status = 'queued' AND j.tenant_id <= $7::text
+      WHERE j.status = 'queued' AND j.tenant_id <= $7::text AND j.kind = ANY ($2::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
              WHERE j.status = 'queued' AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
+               AND j.kind = ANY ($2::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
            b.step + 1
