@@ -939,6 +939,30 @@ SELECT id, (result ->> 'started')::float8 AS started
 -- No parameters.
 SELECT id, tenant_id, created_at, finished_at FROM pgwake.jobs;
 
+-- name: bench_drain_seconds_of
+-- Seconds from the first claim to the last finish of the jobs of tenants whose id
+-- starts with $1 (database clock).
+SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8
+  FROM pgwake.jobs
+ WHERE starts_with(tenant_id, $1::text);
+
+-- name: bench_longest_claim_gap
+-- The longest time, in milliseconds, between two successive claims of the jobs of
+-- tenants whose id starts with $1: a claim stamps its jobs with its transaction's start
+-- (started_at), so while a backlog drains this bounds the slowest claim from above.
+SELECT coalesce(max(g.gap), 0)::float8
+  FROM (SELECT extract(epoch FROM d.s - lag(d.s) OVER (ORDER BY d.s)) * 1000 AS gap
+          FROM (SELECT DISTINCT started_at AS s
+                  FROM pgwake.jobs
+                 WHERE starts_with(tenant_id, $1::text)) AS d) AS g;
+
+-- name: bench_enqueue_foreign
+-- Enqueues one job of kind $2 for each of $1 tenants (foreign-0, foreign-1, ...), in
+-- one statement: tenants whose only jobs are of a kind the benchmark's worker does not
+-- handle.
+INSERT INTO pgwake.jobs (tenant_id, kind)
+SELECT 'foreign-' || g, $2::text FROM generate_series(0, $1::int - 1) AS g;
+
 -- name: tenant_dsn_get
 -- A tenant's encrypted own-database DSN (NULL or no row: it has none).
 -- $1 tenant id.
