@@ -83,11 +83,17 @@ def session_settings(settings: Settings) -> dict[str, str]:
     off, a sequential scan is chosen only where no index can serve, whatever the
     statistics said when the statement was prepared. (``plan_cache_mode =
     force_custom_plan`` fixes the same trap by planning every execution, which doubles
-    the cost of a small claim; see the README, "Plans on kept connections".)
+    the cost of a small claim; see the README, "Plans that do not go stale".)
+
+    ``jit = off`` goes with it: a plan that must read a table sequentially (the few
+    rows of pgwake.workers, say) now costs more than ``jit_above_cost``, and compiling
+    it took about 100 ms per run. None of the worker's statements is long enough for
+    JIT compilation to pay.
     """
     values = {
         "idle_in_transaction_session_timeout": str(int(settings.maintenance_lease * 1000)),
         "enable_seqscan": "off",
+        "jit": "off",
     }
     if not settings.job_events:
         values["pgwake.job_events"] = "off"
