@@ -116,9 +116,10 @@ DELETE FROM pgwake.workers WHERE id = $1;
 -- $1 worker id (uuid)
 -- $2 kinds this worker has handlers for (text[])
 -- $3 how many jobs to claim at most (int)
--- $4 per-tenant cap inside this worker (int)
--- $5 tenants that already have jobs running in this worker (text[])
--- $6 how many each of those has running, same order as $5 (int[])
+-- $4 per-tenant cap of claimed jobs inside this worker (int)
+-- $5 tenants that already have jobs claimed in this worker (text[])
+-- $6 how many each of those counts against $4, same order as $5 (int[]; below its
+--    claimed jobs, even below zero, for a tenant the worker lets borrow idle slots)
 -- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
 -- Returns the claimed jobs, already marked running with attempts incremented, then
 -- one row with id NULL giving walk_end (the last tenant visited), walked (how many)

@@ -34,7 +34,7 @@ async def count_status(conn: asyncpg.Connection, status: str) -> int:
 async def test_single_tenant_backlog_drains_with_defaults_and_no_poll(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
-    """With the default concurrency (32), tenant_concurrency (8) and claim_batch (100),
+    """With the default concurrency (32), tenant_concurrency (8) and claim_batch,
     one tenant's backlog of 1 ms and 10 ms jobs drains to the end although the worker
     polls only once an hour: when a slot frees, the tenant held to its cap is claimed
     again at once.
@@ -107,3 +107,63 @@ async def test_handled_job_starts_past_ten_thousand_tenants_of_other_kinds(
         )
         == 10000
     )
+
+
+async def test_lone_tenant_borrows_idle_slots_and_a_newcomer_starts_at_once(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    """With the defaults (concurrency 32, tenant_concurrency 8), a tenant alone with a
+    backlog runs 28 jobs at once: the idle slots but a reserve of 4 (an eighth). A
+    tenant that comes while those 28 still run starts on a reserved slot at once, and
+    the lone tenant takes no new slot while the newcomer has jobs ready.
+
+    Fails on 8feecbc: a lone tenant never ran more than tenant_concurrency (8) jobs."""
+    registry = Registry()
+    release = anyio.Event()
+    running: dict[str, int] = {}
+
+    @registry.handler("hold")
+    async def hold(payload: dict[str, Any], ctx: JobContext) -> None:
+        running[ctx.tenant] = running.get(ctx.tenant, 0) + 1
+        try:
+            if ctx.tenant == "lone":
+                await release.wait()
+        finally:
+            running[ctx.tenant] -= 1
+
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT 'lone', 'hold' FROM generate_series(1, 100)"
+    )
+    async with running_worker(dsn, registry, poll_interval=3600):
+
+        async def lone_running() -> int:
+            return running.get("lone", 0)
+
+        await eventually(lambda: _equals(lone_running, 28))
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) "
+            "SELECT 'newcomer', 'hold' FROM generate_series(1, 3)"
+        )
+
+        async def newcomer_done() -> bool:
+            return await conn.fetchval(
+                "SELECT count(*) = 3 FROM pgwake.jobs "
+                "WHERE tenant_id = 'newcomer' AND status = 'succeeded'"
+            )
+
+        await eventually(newcomer_done)
+        # The lone tenant's jobs never finished, so it still runs its 28 and no more.
+        assert running["lone"] == 28
+        release.set()
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 100 FROM pgwake.jobs "
+                "WHERE tenant_id = 'lone' AND status = 'succeeded'"
+            ),
+            timeout=60,
+        )
+
+
+async def _equals(read: Any, value: int) -> bool:
+    return bool(await read() == value)
