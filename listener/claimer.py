@@ -80,8 +80,10 @@ MAX_PARTIAL_WALKS = 100
 # A lone tenant may borrow idle slots beyond tenant_concurrency, but this share of the
 # worker's slots (at least one) stays free for a tenant that comes next.
 RESERVE_SHARE = 8
-# Weight of the newest sample in the running averages of claim and job durations.
+# Weight of the newest sample in the running average of claim durations.
 SMOOTHING = 0.1
+# How much the longest recent job duration fades with every job that ends.
+JOB_FADE = 0.99
 
 
 class Doorbell(Protocol):
@@ -430,7 +432,13 @@ class Claimer:
                 for tenant, count in got.items()
                 if count >= cap - running_then.get(tenant, 0)
             ]
-            self._borrowing(got, running_then, walked, cap)
+            # A claim that filled its ask, or held a tenant to its share, says nothing
+            # about whether a tenant has more.
+            full = len(jobs) >= want or more
+            # The walk ended before its limit (it found every tenant with ready jobs
+            # it could serve), and every tenant it found got jobs.
+            whole = walked < want and walked <= len(got)
+            self._borrowing(got, running_then, cap, full=full, whole=whole)
         self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
         self.claimed += len(jobs)
         return jobs, cut_short, more
@@ -450,23 +458,35 @@ class Claimer:
             return running - (self._claim_cap(self._lone_extra) - self._claim_cap())
         return running
 
-    def _borrowing(self, got: Counter[str], counted: dict[str, int], walked: int, cap: int) -> None:
-        """After a claim (``got`` jobs per tenant, with ``counted`` running per tenant
-        and ``walked`` tenants visited): decide whether a lone tenant borrows idle slots.
+    def _borrowing(
+        self, got: Counter[str], counted: dict[str, int], cap: int, *, full: bool, whole: bool
+    ) -> None:
+        """After a claim (``got`` jobs per tenant, ``counted`` claimed jobs per tenant
+        when it began, against ``cap``; ``full``: it filled its ask or held a tenant to
+        its share; ``whole``: its walk found every tenant with ready jobs and each got
+        jobs): decide whether a lone tenant borrows idle slots.
 
-        A tenant starts borrowing when a claim found no tenant with ready jobs it could
-        serve (none walked) while exactly one tenant is held to its cap: no other tenant
-        waits. It stops as soon as a claim serves another tenant (one has come: from the
-        next claim on the lone tenant counts all its jobs again, so freed slots go to
-        the newcomer until it is back under its cap), or when it got fewer jobs than it
-        had slots for (its backlog is done)."""
+        A tenant starts borrowing when a whole claim found no tenant with ready jobs but
+        that one, held to its cap (by this claim, or at it when the claim began), and no
+        other tenant was at its cap then: no other tenant waits. It stops as soon as a
+        claim serves another tenant (one has come: from the next claim on the lone
+        tenant counts all its jobs again, so freed slots go to the newcomer until it is
+        back under its cap), or when a claim that was not ``full`` gave it fewer jobs
+        than it had slots for (its backlog is done)."""
         lone = self._lone
         if lone is not None:
             free = cap - counted.get(lone, 0)
-            if any(tenant != lone for tenant in got) or (free > 0 and got[lone] < free):
+            done = not full and free > 0 and got[lone] < free
+            if done or any(tenant != lone for tenant in got):
                 self._lone = None
-        elif walked == 0 and not got and len(self._capped) == 1 and self._lone_extra > 0:
-            (self._lone,) = self._capped
+        elif self._lone_extra > 0:
+            # The tenants this claim held to their cap, and those it passed over for
+            # being at it when it began (they may have ready jobs too).
+            held = {tenant for tenant, count in counted.items() if count >= cap}
+            held.update(self._cap_held)
+            # The walk found every tenant with ready jobs, and they all are that one.
+            if whole and len(held) == 1 and held.issuperset(got):
+                (self._lone,) = held
 
     def _dispatch(self, jobs: list[Job]) -> None:
         """Hand claimed jobs to the runners."""
@@ -660,10 +680,10 @@ class Claimer:
         self._release(job)
         took = time.monotonic() - started
         self._metrics.observe_finished(job.kind, outcome.label, took)
-        if self._job_seconds == math.inf:
-            self._job_seconds = took
-        else:
-            self._job_seconds += SMOOTHING * (took - self._job_seconds)
+        # The longest recent job, fading by JOB_FADE per job: one long job stops the
+        # claims ahead at once, and they resume only after many short ones.
+        last = self._job_seconds
+        self._job_seconds = took if last == math.inf else max(took, last * JOB_FADE)
         # The handler's slot is free, but the job stays `running` in the database until
         # its outcome is stored; such jobs are bounded too (see _free).
         self._unacked += 1
