@@ -3,15 +3,26 @@ runs them.
 
 Invariants:
 - Never runs more handlers than ``concurrency``, nor more than ``tenant_concurrency``
-  of one tenant: the claim asks only for free slots, per tenant, in the SQL itself. A
-  handler's slot frees when it returns, while its outcome is written in the background;
-  jobs running plus those whose outcome is not stored yet stay under 2 x concurrency.
+  of one tenant while another tenant has ready jobs: runners start a tenant's next
+  claimed job only while it runs fewer (tenants take turns), and the claim asks only
+  for free slots, per tenant, in the SQL itself. A tenant alone with ready jobs, held
+  to its cap, may borrow the idle slots but a reserve (an eighth, at least one) kept
+  for the next tenant, until a claim serves another tenant. A handler's slot frees
+  when it returns, while its outcome is written in the background.
+- Claims are pipelined and sized by time: when jobs run shorter than a claim takes,
+  as many more jobs as the runners finish during one claim (at most ``claim_batch``)
+  are claimed ahead of free slots, and a tenant's share of claimed jobs grows in
+  proportion, so the runners do not idle while the next claim runs (see ``_free``).
+  Jobs that run longer than a claim takes are claimed only for free slots.
 - Claims only kinds in the registry, on one pool connection kept for the purpose
   (``HeldConnection``), so a claim is one round trip.
 - Claims again as soon as there is room while the last claim came back full (a
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job; otherwise waits for a wake (NOTIFY, promotion,
   reconnect) or the poll interval.
+- A tenant a claim held to its cap (it got every slot ``tenant_concurrency`` left it)
+  may have more ready jobs: the first of its jobs to finish afterwards wakes the claim
+  loop, so its backlog never waits for a NOTIFY or the poll.
 - Inserts notify only while this worker waits (``Doorbell``, the listener): before
   each wait the claimer asks ``before_sleep`` and claims once more when told to, so a
   job committed while the worker was busy is never left waiting for the poll; a
@@ -62,8 +73,17 @@ from listener.queries import QUERIES
 from listener.wake import Wake
 
 # Claims in a row that may continue a walk cut short by its tenant limit before the
-# loop waits for a wake: bounds the work when no tenant has anything for this worker.
+# loop waits for a wake: bounds the work when the tenants walked have nothing this
+# worker may take now (paused, or their jobs locked by other claims). Tenants whose
+# jobs are all of kinds this worker does not handle are not walked at all.
 MAX_PARTIAL_WALKS = 100
+# A lone tenant may borrow idle slots beyond tenant_concurrency, but this share of the
+# worker's slots (at least one) stays free for a tenant that comes next.
+RESERVE_SHARE = 8
+# Weight of the newest sample in the running average of claim durations.
+SMOOTHING = 0.1
+# How much the longest recent job duration fades with every job that ends.
+JOB_FADE = 0.99
 
 
 class Doorbell(Protocol):
@@ -141,13 +161,29 @@ class Claimer:
         self._log = get_logger("claimer")
         self._outage = OutageLog(self._log, "claim")
         self._running: Counter[str] = Counter()
+        # Tenants the last claims held to their local cap (tenant_concurrency): they may
+        # have more ready jobs, so a slot of theirs that frees is claimed again at once.
+        self._capped: set[str] = set()
+        # The tenant that borrows idle slots: the only one with ready jobs, held to its
+        # cap. It may run up to concurrency minus the reserve; every other tenant still
+        # up to tenant_concurrency. None while no tenant borrows.
+        self._lone: str | None = None
+        self._lone_extra = max(
+            0, concurrency - max(1, concurrency // RESERVE_SHARE) - tenant_concurrency
+        )
         # Jobs this worker knows it holds: claimed (waiting or running), or finished
         # with the outcome not stored yet. Unknown ids the database reports are suspects
         # for one beat.
         self._known: set[int] = set()
         self._suspects: set[int] = set()
-        # Claimed jobs waiting for a runner; the runners' state; runners parked (idle).
-        self._ready: deque[Job] = deque()
+        # Claimed jobs waiting for a runner, by tenant; the tenants whose next waiting
+        # job a runner may start now (under their cap of running jobs), in turn; how
+        # many jobs of each tenant runners run. Then the runners' state and the runners
+        # parked (idle).
+        self._ready: dict[str, deque[Job]] = {}
+        self._startable: deque[str] = deque()
+        self._startable_set: set[str] = set()
+        self._started: Counter[str] = Counter()
         self._holders: dict[int, _Runner] = {}
         self._parked: list[anyio.Event] = []
         self._runners = 0
@@ -167,17 +203,34 @@ class Claimer:
         self._stop_now = anyio.Event()
         # Start the round-robin at a random tenant so workers do not all begin together.
         self._cursor = random.choice(string.ascii_letters)
-        self.claimed = 0
-        self.claims = 0
+        # Tenants the claim being dispatched held to their cap (set by _claim).
+        self._cap_held: list[str] = []
+        self.claimed = self.claims = 0
+        # Running averages of how long a claim takes and how long a job runs (seconds),
+        # and the jobs claimed ahead of free slots that they give (see _free).
+        self._claim_seconds, self._job_seconds, self._ahead = 0.0, math.inf, 0
 
     def _free(self) -> int:
         """Slots a claim may fill: jobs claimed and not finished stay under
-        ``concurrency``, and those plus finished-but-not-yet-stored jobs under twice
-        that."""
-        return min(
-            self._concurrency - self._in_flight,
-            2 * self._concurrency - self._in_flight - self._unacked,
-        )
+        ``concurrency`` plus ``_ahead`` (the limit), and those plus finished jobs whose
+        outcome is not stored yet under twice the limit.
+
+        ``_ahead`` pipelines the claims: as many jobs as the runners finish while one
+        claim is on its way (concurrency x claim time / job time, at most claim_batch)
+        are claimed before their slots free, so the runners do not idle while the next
+        claim runs. They wait for a runner, and their tenant's turn (see _take). Jobs
+        that run longer than a claim takes get none (the ratio rounds down to 0), so
+        no job waits for a runner behind a slow one."""
+        limit = self._concurrency + self._ahead
+        return min(limit - self._in_flight, 2 * limit - self._in_flight - self._unacked)
+
+    def _update_ahead(self) -> None:
+        """Jobs to claim ahead of free slots, from the running averages."""
+        if self._job_seconds == math.inf:
+            self._ahead = 0
+            return
+        covered = self._concurrency * self._claim_seconds / max(self._job_seconds, 1e-6)
+        self._ahead = min(self._claim_batch, int(covered))
 
     @property
     def in_flight(self) -> int:
@@ -214,8 +267,11 @@ class Claimer:
             if runner.stop_reason != "abandon":
                 runner.stop_reason = "abandon"
                 runner.scope.cancel()
-        while self._ready:
-            job = self._ready.popleft()
+        waiting = [job for queue in self._ready.values() for job in queue]
+        self._ready.clear()
+        self._startable.clear()
+        self._startable_set.clear()
+        for job in waiting:
             self._release(job)
             self._known.discard(job.id)
 
@@ -269,9 +325,12 @@ class Claimer:
                 # instead of one round trip per finished job.
                 await self._wait_for_slots(self._refill, self._refill_wait)
             want = min(self._free(), self._claim_batch)
+            lone = self._lone
             claimed, walk_cut_short, more = await self._claim(want)
             if claimed:
                 self._dispatch(claimed)
+            if lone is None and self._lone is not None:
+                continue  # a lone tenant may borrow the idle slots: claim them now
             # A full claim, or one where a tenant was held to its share, leaves ready
             # jobs behind: claim again as soon as there is room.
             backlog = bool(claimed) and (len(claimed) >= want or more)
@@ -303,7 +362,11 @@ class Claimer:
         """Claim up to ``want`` jobs; also say whether the tenant walk stopped at its
         limit (there may be more tenants after it) and whether a tenant was held to
         its share of the claim (it may have more ready jobs)."""
-        busy = list(self._running.items())
+        # What each tenant running here counts against tenant_concurrency: its jobs, but
+        # for the lone tenant fewer by the slots it may borrow (the count may go below
+        # zero; the claim gives it tenant_concurrency minus the count).
+        cap = self._claim_cap()
+        busy = [(tenant, self._counted(tenant, count)) for tenant, count in self._running.items()]
         args: tuple[object, ...]
         if self._fifo:
             query, args = QUERIES["job_claim_fifo"], (self._worker_id, self._kinds, want)
@@ -314,12 +377,13 @@ class Claimer:
                     self._worker_id,
                     self._kinds,
                     want,
-                    self._tenant_concurrency,
+                    cap,
                     [tenant for tenant, _ in busy],
                     [count for _, count in busy],
                     self._cursor,
                 ),
             )
+        began = time.monotonic()
         try:
             rows = await self._db.fetch(query, *args)
         except Exception as exc:
@@ -338,19 +402,91 @@ class Claimer:
             return [], False, False
         self._outage.succeeded()
         self.claims += 1
+        took = time.monotonic() - began
+        if self._claim_seconds == 0.0:
+            self._claim_seconds = took
+        else:
+            self._claim_seconds += SMOOTHING * (took - self._claim_seconds)
+        self._update_ahead()
         jobs: list[Job] = []
         cut_short = more = False
+        walked = 0
+        got: Counter[str] = Counter()
         for row in rows:
             if row["id"] is None:  # the walk summary row (job_claim only)
                 if row["walk_end"] is not None:
                     self._cursor = row["walk_end"]
-                cut_short = row["walked"] >= want
+                walked = row["walked"]
+                cut_short = walked >= want
                 more = bool(row["more"])
                 continue
-            jobs.append(Job.from_record(row))
+            job = Job.from_record(row)
+            got[job.tenant_id] += 1
+            jobs.append(job)
+        if not self._fifo:
+            # A tenant that got all the slots it had free is held to its cap and may have
+            # more ready jobs (see _capped, _dispatch).
+            running_then = dict(busy)
+            self._cap_held = [
+                tenant
+                for tenant, count in got.items()
+                if count >= cap - running_then.get(tenant, 0)
+            ]
+            # A claim that filled its ask, or held a tenant to its share, says nothing
+            # about whether a tenant has more.
+            full = len(jobs) >= want or more
+            # The walk ended before its limit (it found every tenant with ready jobs
+            # it could serve), and every tenant it found got jobs.
+            whole = walked < want and walked <= len(got)
+            self._borrowing(got, running_then, cap, full=full, whole=whole)
         self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
         self.claimed += len(jobs)
         return jobs, cut_short, more
+
+    def _claim_cap(self, extra: int = 0) -> int:
+        """The jobs of one tenant (``extra`` more for the lone tenant) this worker may
+        hold claimed and not finished: its cap of running jobs, grown in proportion to
+        the jobs claimed ahead (see _free), since those wait for a runner."""
+        slots = self._tenant_concurrency + extra
+        return math.ceil(slots * (self._concurrency + self._ahead) / self._concurrency)
+
+    def _counted(self, tenant: str, running: int) -> int:
+        """What ``running`` claimed jobs of ``tenant`` count against the claim's cap
+        (``_claim_cap()``): all of them, but fewer by the slots the lone tenant borrows
+        (the count may go below zero; the claim gives a tenant the cap minus it)."""
+        if tenant == self._lone:
+            return running - (self._claim_cap(self._lone_extra) - self._claim_cap())
+        return running
+
+    def _borrowing(
+        self, got: Counter[str], counted: dict[str, int], cap: int, *, full: bool, whole: bool
+    ) -> None:
+        """After a claim (``got`` jobs per tenant, ``counted`` claimed jobs per tenant
+        when it began, against ``cap``; ``full``: it filled its ask or held a tenant to
+        its share; ``whole``: its walk found every tenant with ready jobs and each got
+        jobs): decide whether a lone tenant borrows idle slots.
+
+        A tenant starts borrowing when a whole claim found no tenant with ready jobs but
+        that one, held to its cap (by this claim, or at it when the claim began), and no
+        other tenant was at its cap then: no other tenant waits. It stops as soon as a
+        claim serves another tenant (one has come: from the next claim on the lone
+        tenant counts all its jobs again, so freed slots go to the newcomer until it is
+        back under its cap), or when a claim that was not ``full`` gave it fewer jobs
+        than it had slots for (its backlog is done)."""
+        lone = self._lone
+        if lone is not None:
+            free = cap - counted.get(lone, 0)
+            done = not full and free > 0 and got[lone] < free
+            if done or any(tenant != lone for tenant in got):
+                self._lone = None
+        elif self._lone_extra > 0:
+            # The tenants this claim held to their cap, and those it passed over for
+            # being at it when it began (they may have ready jobs too).
+            held = {tenant for tenant, count in counted.items() if count >= cap}
+            held.update(self._cap_held)
+            # The walk found every tenant with ready jobs, and they all are that one.
+            if whole and len(held) == 1 and held.issuperset(got):
+                (self._lone,) = held
 
     def _dispatch(self, jobs: list[Job]) -> None:
         """Hand claimed jobs to the runners."""
@@ -359,15 +495,29 @@ class Claimer:
         self._in_flight += len(jobs)
         running = self._running
         known = self._known
+        ready = self._ready
         for job in jobs:
-            running[job.tenant_id] += 1
+            tenant = job.tenant_id
+            running[tenant] += 1
             known.add(job.id)
-        self._ready.extend(jobs)
+            queue = ready.get(tenant)
+            if queue is None:
+                queue = ready[tenant] = deque()
+            queue.append(job)
+            self._make_startable(tenant)
+        held, self._cap_held = self._cap_held, []
+        for tenant in held:
+            if self._counted(tenant, running[tenant]) >= self._claim_cap():
+                self._capped.add(tenant)
+            else:
+                # One of its jobs finished while the claim was on its way: a slot of a
+                # tenant that may have more is free already.
+                self._wake.set("slot")
         self._wake_runner()
 
     def _wake_runner(self) -> None:
         """Get one more runner onto the waiting jobs, unless one is on its way."""
-        if self._waking or not self._ready:
+        if self._waking or not self._startable:
             return
         if self._parked:
             self._waking += 1
@@ -393,19 +543,72 @@ class Claimer:
                 # Cancelled at shutdown (the drain timed out): the service puts it back.
                 me.job = None
                 del self._holders[job.id]
+                self._stopped(job)
                 self._release(job)
                 self._known.discard(job.id)
+
+    def _run_cap(self, tenant: str) -> int:
+        """How many jobs of ``tenant`` runners may run at once."""
+        if tenant == self._lone:
+            return self._tenant_concurrency + self._lone_extra
+        return self._tenant_concurrency
+
+    def _take(self) -> Job | None:
+        """The next job a runner may start: the first waiting job of the next tenant in
+        turn that runs fewer jobs than its cap (None if there is none)."""
+        startable, ready, started = self._startable, self._ready, self._started
+        while startable:
+            tenant = startable.popleft()
+            self._startable_set.discard(tenant)
+            queue = ready.get(tenant)
+            if not queue:
+                continue
+            count = started[tenant]
+            if count >= self._run_cap(tenant):
+                continue  # its cap shrank (it stopped borrowing): back when one ends
+            job = queue.popleft()
+            started[tenant] = count + 1
+            if not queue:
+                del ready[tenant]
+            elif count + 1 < self._run_cap(tenant):
+                startable.append(tenant)
+                self._startable_set.add(tenant)
+            return job
+        return None
+
+    def _stopped(self, job: Job) -> None:
+        """A runner is done with ``job``: its tenant may start its next waiting job."""
+        tenant = job.tenant_id
+        count = self._started[tenant] - 1
+        if count:
+            self._started[tenant] = count
+        else:
+            del self._started[tenant]
+        if self._make_startable(tenant):
+            self._wake_runner()
+
+    def _make_startable(self, tenant: str) -> bool:
+        """Put ``tenant`` in turn to start a job if it has one waiting and runs fewer
+        than its cap; True if it was not in turn before."""
+        if (
+            tenant in self._startable_set
+            or tenant not in self._ready
+            or self._started[tenant] >= self._run_cap(tenant)
+        ):
+            return False
+        self._startable.append(tenant)
+        self._startable_set.add(tenant)
+        return True
 
     async def _run_jobs(self, me: _Runner) -> None:
         """Run waiting jobs one after another; return when this runner's scope was
         cancelled during a job that still ended on its own (the scope is spent)."""
-        ready = self._ready
         while True:
-            if not ready:
+            job = self._take()
+            if job is None:
                 await self._park()
                 continue
-            job = ready.popleft()
-            if ready:
+            if self._startable:
                 self._wake_runner()
             me.job = job
             self._holders[job.id] = me
@@ -416,6 +619,7 @@ class Claimer:
             outcome = await self._executor.attempt(job)
             me.job = None
             del self._holders[job.id]
+            self._stopped(job)
             self._finished(job, outcome, me.started)
             if me.scope.cancel_called:
                 return
@@ -457,6 +661,7 @@ class Claimer:
         if job is None:
             return
         del self._holders[job.id]
+        self._stopped(job)
         if reason == "abandon":
             self._release(job)
             self._known.discard(job.id)  # another worker's now
@@ -473,7 +678,12 @@ class Claimer:
     def _finished(self, job: Job, outcome: Outcome, started: float) -> None:
         """A handler ended with ``outcome``: free its slot and have the outcome stored."""
         self._release(job)
-        self._metrics.observe_finished(job.kind, outcome.label, time.monotonic() - started)
+        took = time.monotonic() - started
+        self._metrics.observe_finished(job.kind, outcome.label, took)
+        # The longest recent job, fading by JOB_FADE per job: one long job stops the
+        # claims ahead at once, and they resume only after many short ones.
+        last = self._job_seconds
+        self._job_seconds = took if last == math.inf else max(took, last * JOB_FADE)
         # The handler's slot is free, but the job stays `running` in the database until
         # its outcome is stored; such jobs are bounded too (see _free).
         self._unacked += 1
@@ -492,9 +702,19 @@ class Claimer:
         self._in_flight -= 1
         tenant = job.tenant_id
         running = self._running[tenant]
-        if running >= self._tenant_concurrency:
-            # The tenant was at its cap, so the last claim may have skipped its
-            # jobs: claim again now rather than at the next poll.
+        if tenant in self._capped and self._counted(tenant, running - 1) < self._claim_cap():
+            # The tenant was held to its cap and is under it now, so it may have more
+            # ready jobs: claim again now rather than at the next wake or poll.
+            self._capped.discard(tenant)
+            self._wake.set("slot")
+        elif (
+            self._lone is None
+            and self._lone_extra
+            and len(self._capped) == 1
+            and tenant not in self._capped
+        ):
+            # One tenant is held to its cap and another's job ended: if that one has
+            # nothing more, the capped tenant is alone and may borrow (see _borrowing).
             self._wake.set("slot")
         if running <= 1:
             del self._running[tenant]

@@ -69,7 +69,11 @@ class Settings(BaseModel):
         default=8, ge=1, le=10_000, description="Jobs of one tenant run at once in this worker."
     )
     claim_batch: int = Field(
-        default=100, ge=1, le=10_000, description="Most jobs claimed in one statement."
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Most jobs claimed in one statement (claims are sized by how long "
+        "jobs take, up to this).",
     )
     poll_interval: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between claims when no NOTIFY arrives."

@@ -78,8 +78,29 @@ def session_settings(settings: Settings) -> dict[str, str]:
     transaction (a blocked event loop, a stopped process) would hold it, and with it
     every round of the fleet, for as long as it stalls. The server ends such a session
     after the lease, the lock goes with it, and the next round goes to another worker.
+
+    ``enable_seqscan = off`` keeps the plans of the statements these sessions prepare
+    once and run for hours right for every table size. Each of them reads pgwake.jobs
+    through a partial index (queued, scheduled, running, finished) or by primary key or
+    ctid, so its cost grows with the rows it touches; the one plan that grows with the
+    table is a sequential scan, and that is what PostgreSQL's cached generic plan picks
+    when the statement was prepared on an empty queue (a table of a few rows): a burst
+    that comes later is then claimed with a scan of the whole table per claim. Turned
+    off, a sequential scan is chosen only where no index can serve, whatever the
+    statistics said when the statement was prepared. (``plan_cache_mode =
+    force_custom_plan`` fixes the same trap by planning every execution, which doubles
+    the cost of a small claim; see the README, "Plans that do not go stale".)
+
+    ``jit = off`` goes with it: a plan that must read a table sequentially (the few
+    rows of pgwake.workers, say) now costs more than ``jit_above_cost``, and compiling
+    it took about 100 ms per run. None of the worker's statements is long enough for
+    JIT compilation to pay.
     """
-    values = {"idle_in_transaction_session_timeout": str(int(settings.maintenance_lease * 1000))}
+    values = {
+        "idle_in_transaction_session_timeout": str(int(settings.maintenance_lease * 1000)),
+        "enable_seqscan": "off",
+        "jit": "off",
+    }
     if not settings.job_events:
         values["pgwake.job_events"] = "off"
     return values

@@ -121,9 +121,10 @@ DELETE FROM pgwake.workers WHERE id = $1;
 -- $1 worker id (uuid)
 -- $2 kinds this worker has handlers for (text[])
 -- $3 how many jobs to claim at most (int)
--- $4 per-tenant cap inside this worker (int)
--- $5 tenants that already have jobs running in this worker (text[])
--- $6 how many each of those has running, same order as $5 (int[])
+-- $4 per-tenant cap of claimed jobs inside this worker (int)
+-- $5 tenants that already have jobs claimed in this worker (text[])
+-- $6 how many each of those counts against $4, same order as $5 (int[]; below its
+--    claimed jobs, even below zero, for a tenant the worker lets borrow idle slots)
 -- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
 -- Returns the claimed jobs, already marked running with attempts incremented, then
 -- one row with id NULL giving walk_end (the last tenant visited), walked (how many)
@@ -141,17 +142,22 @@ local_running AS (
       FROM unnest($5::text[], $6::int[]) AS b(tenant_id, running)
 ),
 -- Tenants after the cursor, in order: each step finds the next tenant_id that has a
--- queued job with one probe of jobs_ready_idx.
+-- queued job of our kinds with one probe of jobs_ready_idx. The probe reads the queued
+-- jobs of other kinds it passes (their kind is in the row, not in the index), so a
+-- tenant whose jobs are all of kinds this worker does not handle costs the walk those
+-- reads, never a step: however many such tenants there are, the walk reaches the next
+-- tenant with work for us in the same claim.
 after_cursor (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
-      WHERE j.status = 'queued' AND j.tenant_id > $7::text
+      WHERE j.status = 'queued' AND j.tenant_id > $7::text AND j.kind = ANY ($2::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
              WHERE j.status = 'queued' AND j.tenant_id > a.tenant_id
+               AND j.kind = ANY ($2::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
            a.step + 1
@@ -162,13 +168,14 @@ after_cursor (tenant_id, step) AS (
 before_cursor (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
-      WHERE j.status = 'queued' AND j.tenant_id <= $7::text
+      WHERE j.status = 'queued' AND j.tenant_id <= $7::text AND j.kind = ANY ($2::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
              WHERE j.status = 'queued' AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
+               AND j.kind = ANY ($2::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
            b.step + 1
@@ -1040,6 +1047,30 @@ SELECT id, (result ->> 'started')::float8 AS started
 -- Per job: id, tenant, insert time and finish time (database clock).
 -- No parameters.
 SELECT id, tenant_id, created_at, finished_at FROM pgwake.jobs;
+
+-- name: bench_drain_seconds_of
+-- Seconds from the first claim to the last finish of the jobs of tenants whose id
+-- starts with $1 (database clock).
+SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8
+  FROM pgwake.jobs
+ WHERE starts_with(tenant_id, $1::text);
+
+-- name: bench_longest_claim_gap
+-- The longest time, in milliseconds, between two successive claims of the jobs of
+-- tenants whose id starts with $1: a claim stamps its jobs with its transaction's start
+-- (started_at), so while a backlog drains this bounds the slowest claim from above.
+SELECT coalesce(max(g.gap), 0)::float8
+  FROM (SELECT extract(epoch FROM d.s - lag(d.s) OVER (ORDER BY d.s)) * 1000 AS gap
+          FROM (SELECT DISTINCT started_at AS s
+                  FROM pgwake.jobs
+                 WHERE starts_with(tenant_id, $1::text)) AS d) AS g;
+
+-- name: bench_enqueue_foreign
+-- Enqueues one job of kind $2 for each of $1 tenants (foreign-0, foreign-1, ...), in
+-- one statement: tenants whose only jobs are of a kind the benchmark's worker does not
+-- handle.
+INSERT INTO pgwake.jobs (tenant_id, kind)
+SELECT 'foreign-' || g, $2::text FROM generate_series(0, $1::int - 1) AS g;
 
 -- name: tenant_dsn_get
 -- A tenant's encrypted own-database DSN (NULL or no row: it has none).

@@ -190,3 +190,74 @@ def test_bench_unknown_workload() -> None:
     done = pgwake("bench", "nosuch")
     assert done.returncode == 2
     assert "unknown workload(s) nosuch" in done.stderr
+
+
+async def test_bench_realistic_workloads_smoke(server_dsn: str) -> None:
+    """One tiny run of warm-start, defaults, mixed and foreign-kinds: every case ran and
+    its jobs all finished (the figures themselves are not asserted)."""
+    before = await bench_databases(server_dsn)
+    done = pgwake(
+        "bench",
+        "warm-start",
+        "defaults",
+        "mixed",
+        "foreign-kinds",
+        "--repeat",
+        "1",
+        "--burst-jobs",
+        "2000",
+        "--jobs",
+        "1000",
+        "--single-jobs",
+        "200",
+        "--big-jobs",
+        "200",
+        "--small-jobs",
+        "3",
+        "--latency-jobs",
+        "5",
+        "--mixed-producers",
+        "2",
+        "--mixed-seconds",
+        "0.5",
+        "--foreign-tenants",
+        "300",
+        "--foreign-jobs",
+        "3",
+        "--json",
+        dsn=server_dsn,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    warm = {run["worker"]: run for run in results["warm-start"]}
+    assert set(warm) == {"warm", "fresh"}
+    for run in warm.values():
+        assert run["jobs"] == 2000
+        assert run["tenants"] == 100
+        assert run["jobs_per_s"] > 0
+        assert run["longest_claim_gap_ms"] >= 0
+    cases = {run["case"]: run for run in results["defaults"]}
+    assert set(cases) == {
+        "drain",
+        "drain-tuned",
+        "one-tenant",
+        "one-tenant-all-slots",
+        "small-beside-big",
+        "idle-wake",
+    }
+    for name in ("drain", "drain-tuned", "one-tenant", "one-tenant-all-slots"):
+        assert cases[name]["jobs_per_s"] > 0, name
+    assert cases["small-beside-big"]["jobs"] == 3
+    assert cases["idle-wake"]["jobs"] == 5
+    assert cases["idle-wake"]["p50_ms"] <= cases["idle-wake"]["p99_ms"]
+    mixed = {run["worker"]: run for run in results["mixed"]}
+    assert mixed[False]["inserted"] > 0
+    assert mixed[False]["start_p50_ms"] is None
+    assert mixed[True]["inserted"] > 0
+    assert mixed[True]["start_p50_ms"] <= mixed[True]["start_p99_ms"]
+    (foreign,) = results["foreign-kinds"]
+    assert foreign["tenants"] == 300
+    assert foreign["jobs"] == 3
+    assert foreign["p50_ms"] <= foreign["p99_ms"] <= foreign["max_ms"]
+    assert await bench_databases(server_dsn) <= before

@@ -9,7 +9,11 @@ from typing import Any
 
 import asyncpg
 
+from listener import db
+from listener.config import load_settings
+from listener.held import HeldConnection
 from listener.queries import QUERIES
+from listener.service import session_settings
 
 
 def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,3 +127,106 @@ async def test_lookups_of_one_workers_jobs_read_only_the_running_index(
             name,
             json.dumps(explained),
         )
+
+
+def _literal(value: object) -> str:
+    """``value`` as an SQL literal for EXPLAIN EXECUTE (which takes no bind parameters)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        inner = ",".join(str(v) for v in value)
+        return "'{" + inner + "}'"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
+    dsn: str,
+) -> None:
+    """A worker's kept connection prepares its statements while the queue is empty and
+    runs them for a trickle of jobs; then 100,000 jobs over 100 tenants arrive. The
+    plans those prepared statements run now must still read pgwake.jobs through its
+    indexes (or by ctid), never by a sequential scan.
+
+    Fails on 8feecbc: after five executions on the empty table PostgreSQL caches a
+    generic plan costed for a table of a few rows; the claim's UPDATE reads the table
+    with a Seq Scan (filter ctid = ANY ...) instead of a Tid Scan, so each claim of the
+    burst scans every row (hundreds of milliseconds at 100,000 queued).
+    """
+    settings = load_settings({}, env={})
+    # The worker's pool, with the session settings every worker session gets.
+    pool = await db.create_pool(dsn, size=2, session_settings=session_settings(settings))
+    admin = await db.connect(dsn)
+    held = HeldConnection(pool)
+    worker = uuid.uuid4()
+    try:
+        await admin.execute(QUERIES["worker_register"], worker, "plan", 1, ["k"], 100, None)
+
+        def claim_args(cursor: str) -> tuple[object, ...]:
+            return (worker, ["k"], 32, 8, [], [], cursor)
+
+        # The trickle: one job at a time, claimed, finished, beside heartbeats and
+        # promotions, all on the kept connection (more than the five custom plans after
+        # which PostgreSQL may switch a prepared statement to its generic plan).
+        last_id = 0
+        for _ in range(20):
+            await admin.execute("INSERT INTO pgwake.jobs (kind) VALUES ('k')")
+            rows = await held.fetch(QUERIES["job_claim"], *claim_args(""))
+            claimed = [r for r in rows if r["id"] is not None]
+            assert len(claimed) == 1
+            last_id = claimed[0]["id"]
+            finished = await held.fetch(
+                QUERIES["job_finish_many"],
+                worker,
+                [last_id],
+                [1],
+                ["succeeded"],
+                [0],
+                None,
+                None,
+                None,
+            )
+            assert len(finished) == 1
+            await held.fetch(QUERIES["worker_heartbeat"], worker)
+            await held.fetch(QUERIES["job_promote_due"], 100)
+        # The burst, in one statement.
+        await admin.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) "
+            "SELECT 'tenant' || lpad((i % 100)::text, 3, '0'), 'k' "
+            "FROM generate_series(1, 100000) AS i"
+        )
+        conn = held._conn  # the kept connection itself: its prepared statements
+        assert conn is not None
+        explained_args: dict[str, tuple[object, ...]] = {
+            "job_claim": claim_args("tenant050"),
+            "job_finish_many": (worker, [last_id], [1], ["succeeded"], [0], None, None, None),
+            "worker_heartbeat": (worker,),
+            "job_promote_due": (100,),
+        }
+        for name, args in explained_args.items():
+            statement = await conn.fetchval(
+                "SELECT name FROM pg_prepared_statements WHERE statement = $1", QUERIES[name]
+            )
+            assert statement is not None, name
+            params = ", ".join(_literal(a) for a in args)
+            explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {statement}({params})")
+            scans = [
+                n
+                for n in nodes(explained[0]["Plan"])
+                if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]
+            ]
+            assert scans, name
+            assert not [n for n in scans if n["Node Type"] == "Seq Scan"], (
+                name,
+                json.dumps(explained),
+            )
+            if name == "job_claim":
+                # The walk and the candidates probe the ready index; the update reads
+                # the locked rows by ctid.
+                assert "jobs_ready_idx" in {n.get("Index Name") for n in scans}
+                assert [n for n in scans if n["Node Type"] == "Tid Scan"], json.dumps(explained)
+    finally:
+        await held.release()
+        await admin.close()
+        await pool.close()

@@ -37,6 +37,10 @@ WORKLOADS = (
     "claim",
     "retention",
     "recovery",
+    "warm-start",
+    "defaults",
+    "mixed",
+    "foreign-kinds",
 )
 
 
@@ -103,6 +107,24 @@ def bench_cmd(
     batch: Annotated[
         int, typer.Option(min=1, help="claim, scale: jobs asked for per timed claim.")
     ] = 32,
+    burst_jobs: Annotated[
+        int, typer.Option(min=1, help="warm-start: no-op jobs of the burst (over 100 tenants).")
+    ] = 100_000,
+    single_jobs: Annotated[
+        int, typer.Option(min=1, help="defaults: jobs of 1 ms of the single-tenant drain.")
+    ] = 5_000,
+    mixed_producers: Annotated[
+        int, typer.Option(min=1, help="mixed: connections inserting single jobs.")
+    ] = 8,
+    mixed_seconds: Annotated[
+        float, typer.Option(min=0.1, help="mixed: seconds the producers insert.")
+    ] = 10.0,
+    foreign_tenants: Annotated[
+        int, typer.Option(min=1, help="foreign-kinds: tenants holding only other kinds.")
+    ] = 10_000,
+    foreign_jobs: Annotated[
+        int, typer.Option(min=1, help="foreign-kinds: handled jobs, one every 100 ms.")
+    ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     dsn: DsnOpt = None,
     config: ConfigOpt = None,
@@ -117,6 +139,7 @@ def bench_cmd(
         enqueue,
         fairness,
         latency,
+        realistic,
         recovery,
         summary,
         throughput,
@@ -176,6 +199,22 @@ def bench_cmd(
             ),
             "retention": lambda: claim_bench.retention_cost(url, finished=finished),
             "recovery": lambda: recovery.recovery(url, repeat=repeat),
+            "warm-start": lambda: realistic.warm_start(url, jobs=burst_jobs, repeat=repeat),
+            "defaults": lambda: realistic.defaults(
+                url,
+                jobs=jobs,
+                single_jobs=single_jobs,
+                big_jobs=big_jobs,
+                small_jobs=small_jobs,
+                wake_jobs=latency_jobs,
+                repeat=repeat,
+            ),
+            "mixed": lambda: realistic.mixed(
+                url, producers=mixed_producers, seconds=mixed_seconds, repeat=repeat
+            ),
+            "foreign-kinds": lambda: realistic.foreign_kinds(
+                url, tenants=foreign_tenants, jobs=foreign_jobs, repeat=repeat
+            ),
         }
         for name in WORKLOADS:
             if name in chosen:
@@ -197,6 +236,10 @@ def bench_cmd(
         "claim": claim_bench.render_claim,
         "retention": claim_bench.render_retention,
         "recovery": recovery.render_recovery,
+        "warm-start": realistic.render_warm_start,
+        "defaults": realistic.render_defaults,
+        "mixed": realistic.render_mixed,
+        "foreign-kinds": realistic.render_foreign_kinds,
     }
     sections = [f"{name}\n{renders[name](rows)}" for name, rows in results.items()]
     if checks:

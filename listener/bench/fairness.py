@@ -59,19 +59,22 @@ async def fairness_run(
     big_jobs: int,
     small_jobs: int,
     small_interval: float,
-    concurrency: int,
+    concurrency: int | None,
 ) -> FairnessRun:
-    """One fairness run: ``mode`` is fair, fifo or idle (small alone)."""
+    """One fairness run: ``mode`` is fair, fifo or idle (small alone). ``concurrency``
+    None: the worker runs with the default settings."""
     async with bench_database(server_dsn, fifo_index=mode == "fifo") as dsn:
         order = "fifo" if mode == "fifo" else "fair"
-        async with worker_processes(
-            dsn,
-            handlers=BENCH_HANDLERS,
-            concurrency=concurrency,
-            tenant_concurrency=concurrency,
-            claim_batch=concurrency,
-            claim_order=order,
-        ):
+        tuned = (
+            {}
+            if concurrency is None
+            else {
+                "concurrency": concurrency,
+                "tenant_concurrency": concurrency,
+                "claim_batch": concurrency,
+            }
+        )
+        async with worker_processes(dsn, handlers=BENCH_HANDLERS, claim_order=order, **tuned):
             conn = await db.connect(dsn)
             try:
                 if mode != "idle":
