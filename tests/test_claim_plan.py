@@ -188,7 +188,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
                 None,
             )
             assert len(finished) == 1
-            await held.fetch(QUERIES["worker_heartbeat"], worker)
+            await held.fetch(QUERIES["worker_heartbeat"], worker, False)
             await held.fetch(QUERIES["job_promote_due"], 100)
         # The burst, in one statement.
         await admin.execute(
@@ -201,7 +201,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
         explained_args: dict[str, tuple[object, ...]] = {
             "job_claim": claim_args("tenant050"),
             "job_finish_many": (worker, [last_id], [1], ["succeeded"], [0], None, None, None),
-            "worker_heartbeat": (worker,),
+            "worker_heartbeat": (worker, False),
             "job_promote_due": (100,),
         }
         for name, args in explained_args.items():
