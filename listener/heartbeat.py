@@ -11,7 +11,7 @@ Invariants:
   ``pg_terminate_backend``, a network error) it reconnects at once, then with backoff of
   at most a quarter of the interval, takes the lock again and beats, logging once per
   change of state. So a cut session costs the worker one reconnect, well within the
-  grace of two intervals recovery allows a missing lock (recovery.py).
+  grace of one and a half intervals recovery allows a missing lock (recovery.py).
 - Anyone can take an advisory lock, so the lock counts only in the session that holds
   it: each beat from a session holding it records that session (``session_pid``), and
   recovery ignores the key held by any other session. A key some other session holds
@@ -141,7 +141,7 @@ class Heartbeat:
         task_status.started()
         backoff = 0.05
         # Reconnects wait at most a quarter of the interval: recovery's grace for a
-        # missing lock is two intervals.
+        # missing lock is one and a half intervals.
         max_backoff = min(self._max_backoff, self._interval / 4)
         while True:
             with anyio.move_on_after(self._interval if not self._down else backoff):
@@ -153,7 +153,15 @@ class Heartbeat:
                 backoff = 0.05
             try:
                 await self._beat()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                # The server ended the session between two protocol messages (a
+                # terminated backend): the connection is unusable, like a lost one.
+                asyncpg.InternalClientError,
+                TimeoutError,
+            ) as exc:
                 self._set_down(f"{type(exc).__name__}: {redact(str(exc))}")
                 backoff = min(backoff * 2, max_backoff)
             except DatabaseUnavailableError as exc:

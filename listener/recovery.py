@@ -34,8 +34,10 @@ from listener.outage import OutageLog, run_rounds
 from listener.queries import QUERIES
 
 # Heartbeat intervals a worker whose liveness lock is gone has to beat again before it
-# is declared lost.
-LOCK_GRACE_BEATS = 2
+# is declared lost. Its heartbeat reconnects within a quarter interval of a cut session,
+# so one and a half intervals leave it room while a killed worker is recovered within
+# about two intervals and a round.
+LOCK_GRACE_BEATS = 1.5
 
 
 @dataclass(frozen=True, slots=True)

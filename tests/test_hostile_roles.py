@@ -320,7 +320,7 @@ async def test_a_live_worker_whose_heartbeat_session_is_cut_is_not_declared_lost
     one interval old, so a live worker whose heartbeat session was terminated right
     after a beat, and which could not reconnect within that interval, was declared
     lost and its running jobs were run again. Now a missing lock counts only once the
-    heartbeat is two intervals old, and the worker reconnects as soon as its session is
+    heartbeat is one and a half intervals old, and the worker reconnects as soon as its session is
     cut. Here the heartbeat session is terminated with pg_terminate_backend right after
     a beat, three times, and once while new connections are refused for most of the
     grace."""
@@ -381,7 +381,7 @@ async def test_a_live_worker_whose_heartbeat_session_is_cut_is_not_declared_lost
             await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
             try:
                 # One interval (the grace of 8feecbc) and several maintenance rounds
-                # past the beat; within the grace of two intervals.
+                # past the beat; within the grace of one and a half (3 s).
                 await eventually(lambda: heartbeat_age_at_least(2.6), timeout=10, interval=0.01)
             finally:
                 await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
