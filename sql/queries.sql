@@ -497,7 +497,7 @@ SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL
 --   process, a partitioned host).
 -- FOR UPDATE waits for a claim of that worker in flight (which holds KEY SHARE), so the
 -- recovery that follows sees every job the worker claimed.
--- $1 grace in seconds (the heartbeat interval), $2 heartbeat timeout in seconds.
+-- $1 grace in seconds (one and a half heartbeat intervals), $2 heartbeat timeout in seconds.
 SELECT w.id, w.hostname, w.pid,
        CASE WHEN w.heartbeat_at < now() - make_interval(secs => $2) THEN 'hung' ELSE 'gone' END
            AS why,
