@@ -40,8 +40,9 @@ class PausableProxy:
     accepts connections and reads what comes, but forwards nothing either way and closes
     nothing, as a hung server (or a network that drops everything) would."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, unix_socket: str | None = None) -> None:
         self._target = (host, port)
+        self._unix_socket = unix_socket  # the server's socket, when it has no TCP port
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._server: asyncio.Server | None = None
@@ -66,7 +67,10 @@ class PausableProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        if self._unix_socket is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self._unix_socket)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
         self._writers.append(up_writer)
         await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
 
@@ -83,13 +87,20 @@ class PausableProxy:
 
 @contextlib.asynccontextmanager
 async def proxy_to(dsn: str) -> AsyncIterator[tuple[PausableProxy, str]]:
-    """A pausable proxy in front of the server of ``dsn``; the DSN through it."""
+    """A pausable proxy in front of the server of ``dsn`` (over TCP, or to its unix
+    socket when the test connects through one: the embedded server); the DSN through
+    it."""
     server = await asyncpg.connect(dsn)
     try:
         port = int(await server.fetchval("SELECT current_setting('port')"))
+        over_tcp = await server.fetchval("SELECT inet_server_addr() IS NOT NULL")
+        directories = await server.fetchval("SELECT current_setting('unix_socket_directories')")
     finally:
         await server.close()
-    proxy = PausableProxy("127.0.0.1", port)
+    unix_socket = None
+    if not over_tcp:
+        unix_socket = f"{directories.split(',')[0].strip()}/.s.PGSQL.{port}"
+    proxy = PausableProxy("127.0.0.1", port, unix_socket)
     await proxy.start()
     try:
         yield proxy, f"postgresql://postgres@127.0.0.1:{proxy.port}/{database_name(dsn)}"
