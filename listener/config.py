@@ -95,7 +95,7 @@ class Settings(BaseModel):
         gt=0,
         le=600,
         description="Seconds between worker heartbeats. A worker whose process died is "
-        "recovered once its liveness lock is gone and its last heartbeat is this old.",
+        "recovered once its liveness lock is gone and its last heartbeat is 1.5 times this old.",
     )
     heartbeat_timeout: float = Field(
         default=30.0,

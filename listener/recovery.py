@@ -7,7 +7,7 @@ Invariants:
   when a leader dies or hangs the next round goes to another worker; nobody waits for
   a dead leader.
 - A worker is lost when its liveness lock is gone (not held by its heartbeat session)
-  and its heartbeat is older than two heartbeat intervals (its process died: found
+  and its heartbeat is older than one and a half heartbeat intervals (its process died: found
   within seconds; a live worker whose session was cut reconnects and beats within that
   grace, so it is never declared lost for a cut session), or when
   its heartbeat is older than the heartbeat timeout (hung; see queries.sql:

@@ -360,18 +360,15 @@ class Service:
         a dead worker's jobs are recovered, so a job that kills workers ends failed
         after ``max_attempts``."""
         try:
-            if clean:
-                put_back = await pool.fetch(
-                    QUERIES["job_put_back_held"],
-                    self.worker_id,
-                    "put back: the worker stopped before the job finished",
-                )
-            else:
-                put_back = await pool.fetch(
-                    QUERIES["job_put_back_held_counted"],
-                    self.worker_id,
+            query, reason = (
+                ("job_put_back_held", "put back: the worker stopped before the job finished")
+                if clean
+                else (
+                    "job_put_back_held_counted",
                     "put back: the worker died while the job ran (the attempt counts)",
                 )
+            )
+            put_back = await pool.fetch(QUERIES[query], self.worker_id, reason)
             if put_back:
                 self._log.warning(
                     "put back unfinished jobs",
