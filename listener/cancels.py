@@ -40,7 +40,6 @@ class CancelChecker:
         self._on_cancel = on_cancel
         self._hinted = anyio.Event()
         self._log = get_logger("cancels")
-        self.checks = 0
 
     def hint(self) -> None:
         """Some session says a cancellation was requested: check the rows soon."""
@@ -56,7 +55,6 @@ class CancelChecker:
 
     async def check(self) -> None:
         """Stop the handlers of this worker's jobs whose cancellation was requested."""
-        self.checks += 1
         try:
             rows = await self._pool.fetch(QUERIES["jobs_cancel_requested"], self._worker_id)
         except Exception as exc:
