@@ -361,14 +361,17 @@ class Service:
         after ``max_attempts``."""
         try:
             query, reason = (
-                ("job_put_back_held", "put back: the worker stopped before the job finished")
+                (
+                    QUERIES["job_put_back_held"],
+                    "put back: the worker stopped before the job finished",
+                )
                 if clean
                 else (
-                    "job_put_back_held_counted",
+                    QUERIES["job_put_back_held_counted"],
                     "put back: the worker died while the job ran (the attempt counts)",
                 )
             )
-            put_back = await pool.fetch(QUERIES[query], self.worker_id, reason)
+            put_back = await pool.fetch(query, self.worker_id, reason)
             if put_back:
                 self._log.warning(
                     "put back unfinished jobs",
