@@ -8,7 +8,7 @@ Invariants:
   ``when_stored`` get its outcomes, so callers can bound the jobs whose outcome is still
   pending.
 - The writes run one after another on one connection kept for the purpose
-  (``HeldConnection``): no pool round trips per batch.
+  (``KeptConnection``): no pool round trips per batch.
 - Writes are fenced on (worker, job id, attempt): an outcome for a job this worker no
   longer holds changes nothing and is counted in ``fenced_off``.
 - A transient error (lost connection, deadlock, shutdown...) keeps the batch and retries
@@ -34,8 +34,8 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from listener.db import is_transient
-from listener.held import HeldConnection
 from listener.jobs import Outcome, storable_text
+from listener.kept_connection import KeptConnection
 from listener.logs import get_logger
 from listener.queries import QUERIES
 from listener.redact import redact
@@ -53,7 +53,7 @@ class Completer:
         on_scheduled: Callable[[], None] | None = None,
         max_backoff: float = 2.0,
     ) -> None:
-        self._db = HeldConnection(pool)
+        self._db = KeptConnection(pool)
         self._worker_id = worker_id
         self._max_batch = max_batch
         self._on_scheduled = on_scheduled

@@ -17,7 +17,7 @@ from listener.progress import JobProgress
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-    from listener.tenants import TenantDatabases
+    from listener.tenant_databases import TenantDatabases
 
 
 @dataclass(frozen=True, slots=True)

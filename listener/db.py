@@ -8,7 +8,7 @@ Invariants:
   is decoded as an :class:`UndecodableJson` holding its text and the reason, so one such
   row never fails the statement that reads it (a claim, a listing) for the other rows.
   Whoever uses the value checks for it (the executor fails that one job for good).
-- The LISTEN connection is separate from the pool (see notifier.py); pool connections
+- The LISTEN connection is separate from the pool (see notifications.py); pool connections
   are only borrowed for one statement or one short transaction.
 - Errors that say nothing about the data (serialization failure, deadlock, shutdown,
   lost connection) are *transient*: bookkeeping writes are retried on them, handlers

@@ -42,7 +42,7 @@ from listener.progress import JobProgress, ProgressWriter
 from listener.redact import redact
 from listener.registry import Handler, Registry
 from listener.retry import Backoff
-from listener.tenants import TenantDatabases
+from listener.tenant_databases import TenantDatabases
 
 # last_error keeps the message and the end of the traceback, not megabytes of it.
 MAX_ERROR_CHARS = 8000

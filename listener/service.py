@@ -41,21 +41,21 @@ from listener.executor import Executor
 from listener.heartbeat import Heartbeat
 from listener.http import HttpEndpoint
 from listener.logs import get_logger
-from listener.maintenance import Promoter
+from listener.maintenance.promoter import Promoter
+from listener.maintenance.recovery import Recoverer
+from listener.maintenance.retention import Pruner
+from listener.maintenance.schedules import Scheduler
 from listener.metrics import Metrics, Sampler
 from listener.migrate import check_schema
-from listener.notifier import Listener
+from listener.notifications import Listener
 from listener.progress import ProgressWriter
 from listener.queries import QUERIES
-from listener.recovery import Recoverer
 from listener.redact import display_dsn, redact, register_dsn
 from listener.registry import Registry
-from listener.retention import Pruner
 from listener.retry import Backoff
-from listener.schedules import Scheduler
-from listener.sdnotify import Notifier as SdNotifier
+from listener.systemd import SystemdNotifier
+from listener.tenant_databases import TenantDatabases
 from listener.tenant_pools import TenantPools
-from listener.tenants import TenantDatabases
 from listener.wake import Wake
 
 # Claims, outcome writes, promotion, recovery, metrics samples (on the metrics leader,
@@ -123,7 +123,7 @@ class Service:
         self.stopped = anyio.Event()
         self.claim_wake = Wake()
         self.promote_wake = Wake()
-        self.sd = SdNotifier.from_environment()
+        self.sd = SystemdNotifier.from_environment()
         self.metrics = Metrics(
             top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
         )

@@ -11,7 +11,7 @@ import asyncpg
 
 from listener import db
 from listener.config import load_settings
-from listener.held import HeldConnection
+from listener.kept_connection import KeptConnection
 from listener.queries import QUERIES
 from listener.service import session_settings
 
@@ -158,7 +158,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
     # The worker's pool, with the session settings every worker session gets.
     pool = await db.create_pool(dsn, size=2, session_settings=session_settings(settings))
     admin = await db.connect(dsn)
-    held = HeldConnection(pool)
+    held = KeptConnection(pool)
     worker = uuid.uuid4()
     try:
         await admin.execute(QUERIES["worker_register"], worker, "plan", 1, ["k"], 100, None)

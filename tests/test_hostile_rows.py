@@ -17,9 +17,9 @@ import pytest
 
 from listener import db
 from listener.api import JobContext, Registry, Retry
+from listener.maintenance.schedules import Scheduler, due_slots
 from listener.migrate import latest_version, load_migrations
 from listener.queries import QUERIES
-from listener.schedules import Scheduler, due_slots
 from tests.conftest import ROOT, eventually, running_worker
 from tests.test_cli import pgwake
 from tests.test_schedules import add_schedule

@@ -18,9 +18,9 @@ import pytest
 from listener import db
 from listener.api import JobContext
 from listener.config import load_settings
+from listener.maintenance.recovery import Recoverer
 from listener.metrics import Metrics
 from listener.queries import QUERIES
-from listener.recovery import Recoverer
 from listener.registry import Registry
 from listener.service import session_settings
 from tests.conftest import eventually, running_worker, spawn_worker, stop_process, wait_ready

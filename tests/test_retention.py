@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncpg
 
 from listener import db
+from listener.maintenance.retention import Pruner
 from listener.metrics import Metrics
-from listener.retention import Pruner
 
 RETENTION = {"succeeded": 3600.0, "failed": 7200.0, "cancelled": 60.0}
 

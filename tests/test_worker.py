@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from listener import db
 from listener.api import Cancel, JobContext, PermanentError, Registry, Retry, Snooze
 from listener.executor import MAX_RESULT_BYTES
-from listener.maintenance import Promoter
+from listener.maintenance.promoter import Promoter
 from listener.wake import Wake
 from tests.conftest import eventually, running_worker
 from tests.test_cli import pgwake

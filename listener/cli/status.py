@@ -15,7 +15,7 @@ Invariants:
   round goes to whichever worker takes its lock first, so none is shown.
 - The database is shown with its password masked; nothing else secret is read.
 - Text from the database (kinds, tenants, host names) is printed with control
-  characters escaped (listener/terminal.py): a kind like ``E'x\x1b]0;owned\x07'``
+  characters escaped (listener/cli/terminal.py): a kind like ``E'x\x1b]0;owned\x07'``
   cannot retitle the terminal, nor ``E'x\nINJECTED'`` forge a line.
 """
 
@@ -30,7 +30,7 @@ from typing import Annotated
 import asyncpg
 import typer
 
-from listener.cli_support import (
+from listener.cli.support import (
     ConfigOpt,
     DataDirOpt,
     DsnOpt,
@@ -39,11 +39,11 @@ from listener.cli_support import (
     settings_from,
     with_connection,
 )
+from listener.cli.terminal import shown
 from listener.config import Settings
 from listener.migrate import check_schema
 from listener.queries import QUERIES
 from listener.redact import display_dsn
-from listener.terminal import shown
 
 ACTIVE = ("scheduled", "queued", "running")
 COUNTED = (*ACTIVE, "failed")

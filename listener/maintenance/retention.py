@@ -21,8 +21,9 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from listener.logs import get_logger
+from listener.maintenance.rounds import run_rounds
 from listener.metrics import Metrics
-from listener.outage import OutageLog, run_rounds
+from listener.outage import OutageLog
 from listener.queries import QUERIES
 
 FINISHED = ("succeeded", "failed", "cancelled")

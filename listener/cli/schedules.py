@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from listener.cli_support import (
+from listener.cli.support import (
     ConfigOpt,
     DataDirOpt,
     DsnOpt,
@@ -30,9 +30,9 @@ from listener.cli_support import (
     settings_from,
     with_connection,
 )
+from listener.cli.terminal import shown
+from listener.maintenance.schedules import MISSED_POLICIES, check_schedule
 from listener.queries import QUERIES
-from listener.schedules import MISSED_POLICIES, check_schedule
-from listener.terminal import shown
 
 schedules_app = typer.Typer(
     help="Cron schedules that enqueue jobs: add, list, remove.", no_args_is_help=True

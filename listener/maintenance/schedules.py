@@ -36,7 +36,8 @@ from cronsim import CronSim, CronSimError
 from listener.db import is_transient
 from listener.jobs import storable_text
 from listener.logs import get_logger
-from listener.outage import OutageLog, run_rounds
+from listener.maintenance.rounds import run_rounds
+from listener.outage import OutageLog
 from listener.queries import QUERIES
 
 MAX_CATCH_UP = 1000

@@ -21,12 +21,12 @@ import asyncpg
 import typer
 
 from listener import db
+from listener.cli.terminal import shown
 from listener.config import Settings, load_settings
 from listener.errors import PgwakeError
 from listener.migrate import migrate
 from listener.proctitle import scrub_argv
 from listener.redact import redact
-from listener.terminal import shown
 
 T = TypeVar("T")
 

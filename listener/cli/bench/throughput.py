@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from listener import db
-from listener.bench.common import (
+from listener.cli.bench.common import (
     bench_database,
     interleaved_medians,
     wait_queue_empty,

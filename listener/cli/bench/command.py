@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from listener import logs
-from listener.cli_support import (
+from listener.cli.support import (
     ConfigOpt,
     DataDirOpt,
     DsnOpt,
@@ -131,10 +131,10 @@ def bench_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run benchmark workloads in databases of their own and print the figures."""
-    from listener.bench import (  # noqa: PLC0415 - only for this command
+    from listener.cli.bench import (  # noqa: PLC0415 - only for this command
         claims as claim_bench,
     )
-    from listener.bench import (  # noqa: PLC0415
+    from listener.cli.bench import (  # noqa: PLC0415
         common,
         enqueue,
         fairness,

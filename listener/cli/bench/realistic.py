@@ -35,7 +35,7 @@ import anyio
 import asyncpg
 
 from listener import db
-from listener.bench.common import (
+from listener.cli.bench.common import (
     BENCH_HANDLERS,
     bench_database,
     interleaved_medians,
@@ -45,8 +45,8 @@ from listener.bench.common import (
     wait_queue_empty,
     worker_processes,
 )
-from listener.bench.fairness import fairness_run
-from listener.bench.latency import latency_run
+from listener.cli.bench.fairness import fairness_run
+from listener.cli.bench.latency import latency_run
 from listener.queries import QUERIES
 
 TRICKLE_JOBS = 20

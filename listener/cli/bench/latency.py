@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import anyio
 
 from listener import db
-from listener.bench.common import (
+from listener.cli.bench.common import (
     BENCH_HANDLERS,
     bench_database,
     median_run,

@@ -5,7 +5,7 @@
 Invariants:
 - Without ``NOTIFY_SOCKET`` every call is a no-op, so the worker runs the same outside
   systemd.
-- :meth:`Notifier.from_environment` removes ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and
+- :meth:`SystemdNotifier.from_environment` removes ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and
   ``WATCHDOG_PID`` from the process environment (as ``sd_notify``'s
   ``unset_environment`` does), so processes a handler starts do not talk to systemd in
   the worker's name.
@@ -42,11 +42,11 @@ def _socket_address(value: str) -> str | None:
     return None
 
 
-class Notifier:
+class SystemdNotifier:
     """Sends ``READY=1``, ``STATUS=``, ``STOPPING=1`` and ``WATCHDOG=1`` to systemd."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self._log = get_logger("sdnotify")
+        self._log = get_logger("systemd")
         raw = env.get("NOTIFY_SOCKET", "")
         self._address = _socket_address(raw)
         if raw and self._address is None:
@@ -66,7 +66,7 @@ class Notifier:
         self._last_status: str | None = None
 
     @classmethod
-    def from_environment(cls) -> Notifier:
+    def from_environment(cls) -> SystemdNotifier:
         """A notifier for this process, taking the variables out of ``os.environ``."""
         env = {name: os.environ.pop(name) for name in ENV_VARS if name in os.environ}
         return cls(env)

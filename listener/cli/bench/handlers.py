@@ -1,5 +1,5 @@
 """Job kinds only the benchmarks use; their workers import this module
-(``PGWAKE_HANDLERS=listener.bench.handlers``), no other worker does.
+(``PGWAKE_HANDLERS=listener.cli.bench.handlers``), no other worker does.
 
 - ``bench.started`` returns the wall-clock time (``time.time()``) at which its handler
   started, then sleeps ``seconds`` (payload, default 0), so the latency and fairness

@@ -16,8 +16,12 @@ import anyio
 import typer
 
 from listener import __version__, logs
-from listener.bench.command import bench_cmd
-from listener.cli_support import (
+from listener.cli.bench.command import bench_cmd
+from listener.cli.jobs import jobs_app
+from listener.cli.keys import keys_app
+from listener.cli.schedules import schedules_app
+from listener.cli.status import status_cmd
+from listener.cli.support import (
     ConfigOpt,
     DataDirOpt,
     DsnOpt,
@@ -30,16 +34,12 @@ from listener.cli_support import (
     settings_from,
     with_connection,
 )
+from listener.cli.tenants import tenants_app
+from listener.cli.terminal import shown
 from listener.config import Settings
-from listener.jobs_cli import jobs_app
-from listener.keys_cli import keys_app
 from listener.migrate import latest_version
 from listener.queries import QUERIES
 from listener.registry import DEFAULT_REGISTRY, load_modules
-from listener.schedules_cli import schedules_app
-from listener.status_cli import status_cmd
-from listener.tenants_cli import tenants_app
-from listener.terminal import shown
 
 BUILTIN_HANDLERS = "handlers.builtin"
 

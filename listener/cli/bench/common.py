@@ -35,7 +35,7 @@ from listener.migrate import migrate
 from listener.queries import QUERIES
 
 # The job kinds of the benchmarks that need a handler of their own (see handlers.py).
-BENCH_HANDLERS = "listener.bench.handlers"
+BENCH_HANDLERS = "listener.cli.bench.handlers"
 
 R = TypeVar("R")
 K = TypeVar("K")

@@ -26,7 +26,7 @@ import anyio
 import asyncpg
 
 from listener import db
-from listener.bench.common import bench_database, interleaved_medians, ms, percentile
+from listener.cli.bench.common import bench_database, interleaved_medians, ms, percentile
 from listener.queries import QUERIES
 
 
@@ -72,8 +72,8 @@ async def retention_cost(
     server_dsn: str, *, finished: int = 1_000_000, queued: int = 100_000
 ) -> list[RetentionRun]:
     """The retention workload (see the module docstring)."""
+    from listener.maintenance.retention import Pruner  # noqa: PLC0415
     from listener.metrics import Metrics  # noqa: PLC0415 - only for this workload
-    from listener.retention import Pruner  # noqa: PLC0415
 
     async with bench_database(server_dsn) as dsn:
         conn = await db.connect(dsn)

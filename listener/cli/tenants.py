@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from listener.cli_support import (
+from listener.cli.support import (
     ConfigOpt,
     DataDirOpt,
     DsnOpt,
@@ -28,11 +28,11 @@ from listener.cli_support import (
     settings_from,
     with_connection,
 )
+from listener.cli.terminal import shown
 from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring, load_keyring
 from listener.dsn import SCHEMES, DsnError, parse_dsn
 from listener.errors import PgwakeError
 from listener.queries import QUERIES
-from listener.terminal import shown
 
 tenants_app = typer.Typer(
     help="Per-tenant settings: fleet-wide caps, weights, pausing, own databases.",

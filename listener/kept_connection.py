@@ -24,7 +24,7 @@ import asyncpg
 RELEASE_TIMEOUT = 5.0
 
 
-class HeldConnection:
+class KeptConnection:
     """Runs statements on one pool connection, kept between statements."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:

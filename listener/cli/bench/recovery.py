@@ -16,7 +16,7 @@ import anyio
 import asyncpg
 
 from listener import db
-from listener.bench.common import bench_database, wait_all_finished, worker_processes
+from listener.cli.bench.common import bench_database, wait_all_finished, worker_processes
 from listener.config import Settings
 from listener.errors import PgwakeError
 from listener.queries import QUERIES

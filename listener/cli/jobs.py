@@ -16,7 +16,7 @@ Invariants:
   command then exits 1.
 - A job id is 1..2^63-1 (a bigint); any other exits 2 before anything is read.
 - Text from the database is printed with control characters escaped
-  (listener/terminal.py); ``--json`` output is escaped by JSON itself.
+  (listener/cli/terminal.py); ``--json`` output is escaped by JSON itself.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from listener.cli_support import (
+from listener.cli.support import (
     ConfigOpt,
     DataDirOpt,
     DsnOpt,
@@ -38,9 +38,9 @@ from listener.cli_support import (
     settings_from,
     with_connection,
 )
+from listener.cli.terminal import shown, shown_lines
 from listener.db import UndecodableJson
 from listener.queries import QUERIES
-from listener.terminal import shown, shown_lines
 
 jobs_app = typer.Typer(
     help="Look at and act on jobs: list, show, retry, cancel, purge.", no_args_is_help=True

@@ -22,8 +22,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from listener.sdnotify import Notifier
 from listener.service import RELEASE_MARGIN
+from listener.systemd import SystemdNotifier
 from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
 
 RECORDING = "tests.recording_handlers"
@@ -185,7 +185,7 @@ async def _at_least(n: int, count: Awaitable[int]) -> bool:
 
 
 def test_notifier_is_silent_without_systemd() -> None:
-    notifier = Notifier(env={})
+    notifier = SystemdNotifier(env={})
     assert not notifier.enabled
     assert notifier.watchdog_interval is None
     assert not notifier.send("READY=1")
@@ -194,19 +194,19 @@ def test_notifier_is_silent_without_systemd() -> None:
 
 def test_watchdog_interval_is_half_of_watchdog_usec_for_this_pid_only() -> None:
     here = {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "2000000"}
-    assert Notifier(env=here).watchdog_interval == 1.0
-    assert Notifier(env={**here, "WATCHDOG_PID": str(os.getpid())}).watchdog_interval == 1.0
-    assert Notifier(env={**here, "WATCHDOG_PID": "1"}).watchdog_interval is None
-    assert Notifier(env={**here, "WATCHDOG_USEC": "0"}).watchdog_interval is None
-    assert Notifier(env={"WATCHDOG_USEC": "2000000"}).watchdog_interval is None
-    assert not Notifier(env={"NOTIFY_SOCKET": "vsock:2:1"}).enabled
+    assert SystemdNotifier(env=here).watchdog_interval == 1.0
+    assert SystemdNotifier(env={**here, "WATCHDOG_PID": str(os.getpid())}).watchdog_interval == 1.0
+    assert SystemdNotifier(env={**here, "WATCHDOG_PID": "1"}).watchdog_interval is None
+    assert SystemdNotifier(env={**here, "WATCHDOG_USEC": "0"}).watchdog_interval is None
+    assert SystemdNotifier(env={"WATCHDOG_USEC": "2000000"}).watchdog_interval is None
+    assert not SystemdNotifier(env={"NOTIFY_SOCKET": "vsock:2:1"}).enabled
 
 
 def test_from_environment_takes_the_variables_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    notifier = Notifier.from_environment()
+    notifier = SystemdNotifier.from_environment()
     assert notifier.enabled
     assert notifier.watchdog_interval == 15.0
     # Processes started by handlers must not notify systemd in the worker's name.
@@ -217,7 +217,7 @@ async def test_abstract_socket_and_status_sent_once_per_change() -> None:
     name = f"pgwake-test-{uuid.uuid4().hex}"
     systemd = NotifySocket("\0" + name)
     try:
-        notifier = Notifier(env={"NOTIFY_SOCKET": "@" + name})
+        notifier = SystemdNotifier(env={"NOTIFY_SOCKET": "@" + name})
         notifier.status("a")
         notifier.status("a")
         notifier.status("b")
@@ -237,7 +237,7 @@ async def test_abstract_socket_and_status_sent_once_per_change() -> None:
 async def test_a_missing_socket_is_survived(tmp_path: Path) -> None:
     # The socket is not there (systemd re-executing, or gone): sends fail, never raise.
     path = tmp_path / "later.sock"
-    notifier = Notifier(env={"NOTIFY_SOCKET": str(path)})
+    notifier = SystemdNotifier(env={"NOTIFY_SOCKET": str(path)})
     assert not notifier.send("WATCHDOG=1")
     notifier.status("x")
     systemd = NotifySocket(str(path))

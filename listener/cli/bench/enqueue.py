@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import anyio
 
 from listener import db
-from listener.bench.common import bench_database, interleaved_medians
+from listener.cli.bench.common import bench_database, interleaved_medians
 from listener.queries import QUERIES
 
 BULK_STATEMENTS = 5

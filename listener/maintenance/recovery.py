@@ -29,8 +29,9 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from listener.logs import get_logger
+from listener.maintenance.rounds import run_rounds
 from listener.metrics import Metrics
-from listener.outage import OutageLog, run_rounds
+from listener.outage import OutageLog
 from listener.queries import QUERIES
 
 # Heartbeat intervals a worker whose liveness lock is gone has to beat again before it
