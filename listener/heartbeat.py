@@ -220,7 +220,7 @@ class Heartbeat:
         if unknown:
             put_back = await conn.fetch(QUERIES["job_put_back_unknown"], self._worker_id, unknown)
             if put_back:
-                await conn.execute(QUERIES["workers_wake"])
+                await conn.execute(QUERIES["worker_wake"])
                 self._log.warning(
                     "put back jobs claimed for this worker that it never received "
                     "(the claim's reply was lost)",

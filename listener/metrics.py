@@ -482,7 +482,7 @@ class Sampler:
             conn = await self._pool.acquire()
             got = False
             try:
-                got = bool(await conn.fetchval(QUERIES["metrics_leader"]))
+                got = bool(await conn.fetchval(QUERIES["leader_elect_metrics"]))
             except BaseException:
                 _terminate(conn)  # in whatever state it is; the pool opens another
                 raise
@@ -501,10 +501,10 @@ class Sampler:
         """Take one sample of every database-derived gauge, in one snapshot."""
         m = self._metrics
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            workers = await conn.fetchrow(QUERIES["metrics_workers"])
-            depth = await conn.fetch(QUERIES["metrics_queue_depth"])
+            workers = await conn.fetchrow(QUERIES["worker_count"])
+            depth = await conn.fetch(QUERIES["job_count_active"])
             top = await conn.fetch(
-                QUERIES["metrics_tenant_backlog"], m.top_n_tenants, m.tenants_opt_in
+                QUERIES["tenant_count_queued"], m.top_n_tenants, m.tenants_opt_in
             )
         assert workers is not None
         m.set_workers(workers["workers"], workers["heartbeat_age_max"])

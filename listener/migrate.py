@@ -72,7 +72,7 @@ def latest_version() -> int:
 async def schema_version(conn: Conn) -> int:
     """The version applied in the database (0 when never migrated)."""
     try:
-        version: int = await conn.fetchval(QUERIES["schema_version"])
+        version: int = await conn.fetchval(QUERIES["migration_get_latest"])
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
         return 0
     return version
@@ -85,7 +85,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     try:
         await conn.execute(QUERIES["migration_create_schema"])
         await conn.execute(QUERIES["migration_create_table"])
-        rows = await conn.fetch(QUERIES["migrations_applied"])
+        rows = await conn.fetch(QUERIES["migration_list"])
         applied = {row["version"]: row for row in rows}
         known = {m.version: m for m in migrations}
         ahead = sorted(set(applied) - set(known))

@@ -136,7 +136,7 @@ class Listener:
                     return True
                 if self._looking:
                     still: list[str] = await conn.fetchval(
-                        QUERIES["listener_transactions_open"], self._looking
+                        QUERIES["listener_list_open_transactions"], self._looking
                     )
                     self._looking = still
                     return not still

@@ -50,7 +50,7 @@ class ProgressWriter:
     async def write(self, job: Job, value: dict[str, Any]) -> bool:
         """Store ``value`` as the job's progress; False when the job is no longer ours."""
         stored: bool = await self._pool.fetchval(
-            QUERIES["job_progress"], job.id, self._worker_id, job.attempt, value
+            QUERIES["job_set_progress"], job.id, self._worker_id, job.attempt, value
         )
         return stored
 

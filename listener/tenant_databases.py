@@ -53,7 +53,7 @@ class TenantDatabases:
         cached = self._cache.get(tenant_id)  # only DSNs: "none" is looked up every time
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        ciphertext: str | None = await self._central.fetchval(QUERIES["tenant_dsn_get"], tenant_id)
+        ciphertext: str | None = await self._central.fetchval(QUERIES["tenant_get_dsn"], tenant_id)
         dsn: str | None = None
         if ciphertext is not None:
             if self._keyring is None:

@@ -449,7 +449,7 @@ async def test_a_leader_stalled_inside_a_round_loses_the_lead_after_the_lease(
         # maintenance lock taken (and nothing sent afterwards).
         transaction = stalled.transaction()
         await transaction.start()
-        assert await stalled.fetchval(QUERIES["maintenance_leader"])
+        assert await stalled.fetchval(QUERIES["leader_elect_maintenance"])
         orphan = await conn.fetchval(
             "INSERT INTO pgwake.jobs (kind, status, claimed_by, attempts, started_at) "
             "VALUES ('k', 'running', $1, 1, now()) RETURNING id",

@@ -101,7 +101,7 @@ def list_cmd(
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         rows = await conn.fetch(
-            QUERIES["jobs_list"], tenant, kind, status, older_than, limit, before
+            QUERIES["job_list"], tenant, kind, status, older_than, limit, before
         )
         return [dict(r) for r in rows]
 
@@ -134,7 +134,7 @@ def show_cmd(
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> dict[str, Any] | None:
-        row = await conn.fetchrow(QUERIES["job_show"], job_id)
+        row = await conn.fetchrow(QUERIES["job_get"], job_id)
         return dict(row) if row is not None else None
 
     with database(settings, announce=False) as url:
@@ -183,14 +183,14 @@ def retry_cmd(
         # inserted between its look and its update still makes it fail: look again.
         for attempt in range(RETRY_RACES):
             try:
-                rows = await conn.fetch(QUERIES["jobs_retry"], job_ids or None, kind, tenant)
+                rows = await conn.fetch(QUERIES["job_retry"], job_ids or None, kind, tenant)
                 break
             except asyncpg.UniqueViolationError:
                 if attempt == RETRY_RACES - 1:
                     raise
         retried = [r["id"] for r in rows if r["retried"]]
         if retried:
-            await conn.execute(QUERIES["workers_wake"])
+            await conn.execute(QUERIES["worker_wake"])
         skipped = {
             r["id"]: (
                 f"job {r['held_by']}, with the same unique key, is retried instead"
@@ -262,7 +262,7 @@ def purge_cmd(
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def purge(conn: asyncpg.Connection) -> int:
-        deleted: int = await conn.fetchval(QUERIES["jobs_purge"], status, older_than)
+        deleted: int = await conn.fetchval(QUERIES["job_purge"], status, older_than)
         return deleted
 
     with database(settings, announce=False) as url:

@@ -117,7 +117,7 @@ def list_cmd(
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-        return [dict(r) for r in await conn.fetch(QUERIES["schedules_list"])]
+        return [dict(r) for r in await conn.fetch(QUERIES["schedule_list"])]
 
     with database(settings, announce=False) as url:
         rows = with_connection(url, fetch)

@@ -1,10 +1,11 @@
 """``pgwake status``: queue health at a terminal, as tables or JSON.
 
 Invariants:
-- Read only: three statements (queries.sql: status_kinds, status_tenants,
-  status_workers) in one read-only REPEATABLE READ transaction, so every figure comes
-  from the same snapshot. Their cost grows with the active jobs (scheduled, queued,
-  running) and the failed ones kept, never with the history of finished jobs.
+- Read only: three statements (sql/queries/cli.sql: job_count_by_kind,
+  tenant_list_backlog, worker_list) in one read-only REPEATABLE READ transaction, so
+  every figure comes from the same snapshot. Their cost grows with the active jobs
+  (scheduled, queued, running) and the failed ones kept, never with the history of
+  finished jobs.
 - A worker is *live* while it holds its liveness lock and its heartbeat is no older
   than ``heartbeat_timeout`` (the settings this command reads, like the workers'):
   ``gone`` without the lock (the maintenance leader recovers its jobs), ``hung`` past
@@ -186,9 +187,9 @@ async def fetch(conn: asyncpg.Connection, dsn: str, settings: Settings, top: int
     """Read the queue's state in one snapshot."""
     await check_schema(conn)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        kinds = await conn.fetch(QUERIES["status_kinds"])
-        tenants = await conn.fetch(QUERIES["status_tenants"], top)
-        workers = await conn.fetch(QUERIES["status_workers"])
+        kinds = await conn.fetch(QUERIES["job_count_by_kind"])
+        tenants = await conn.fetch(QUERIES["tenant_list_backlog"], top)
+        workers = await conn.fetch(QUERIES["worker_list"])
     return build(dsn, settings, kinds, tenants, workers, datetime.now(UTC))
 
 

@@ -174,7 +174,7 @@ def _set_paused(tenant: str, paused: bool, as_json: bool, settings_flags: dict[s
     async def apply(conn: asyncpg.Connection) -> None:
         await conn.fetchval(QUERIES["tenant_set_paused"], tenant, paused)
         if not paused:
-            await conn.execute(QUERIES["workers_wake"])
+            await conn.execute(QUERIES["worker_wake"])
 
     with database(settings, announce=False) as url:
         with_connection(url, apply)
@@ -306,7 +306,7 @@ def rotate_key_cmd(
 
     async def rotate(conn: asyncpg.Connection) -> tuple[int, int]:
         rotated = current = 0
-        for row in await conn.fetch(QUERIES["tenant_dsns"]):
+        for row in await conn.fetch(QUERIES["tenant_list_dsns"]):
             tenant, old = row["tenant_id"], row["db_dsn_encrypted"]
             try:
                 plaintext = keyring.decrypt(tenant, old)  # also proves current ones decrypt
@@ -317,7 +317,7 @@ def rotate_key_cmd(
                 current += 1
                 continue
             new = keyring.encrypt(tenant, plaintext)
-            if await conn.fetchval(QUERIES["tenant_dsn_replace"], tenant, old, new):
+            if await conn.fetchval(QUERIES["tenant_replace_dsn"], tenant, old, new):
                 rotated += 1
             else:
                 failures.append(f"tenant {tenant!r}: its DSN changed during rotation; run again")

@@ -67,10 +67,10 @@ class Promoter:
                 promoted: int = row["promoted"]
                 if promoted:
                     self.promoted += promoted
-                    await conn.execute(QUERIES["workers_wake"])
+                    await conn.execute(QUERIES["worker_wake"])
                 if promoted < self._batch:
                     break
-            seconds: float | None = await conn.fetchval(QUERIES["job_next_due"])
+            seconds: float | None = await conn.fetchval(QUERIES["job_get_next_due"])
         if seconds is None:
             return self._poll_interval
         if not leader:

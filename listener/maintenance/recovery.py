@@ -10,9 +10,9 @@ Invariants:
   and its heartbeat is older than one and a half heartbeat intervals (its process died: found
   within seconds; a live worker whose session was cut reconnects and beats within that
   grace, so it is never declared lost for a cut session), or when
-  its heartbeat is older than the heartbeat timeout (hung; see queries.sql:
-  workers_lost). Running jobs claimed by a worker that is not registered are
-  recovered too.
+  its heartbeat is older than the heartbeat timeout (hung; see
+  sql/queries/maintenance.sql: worker_list_lost). Running jobs claimed by a worker that
+  is not registered are recovered too.
 - A recovered job keeps its attempt (counted at the claim) and the reason in
   last_error; it goes back to queued, or to failed when that was its last attempt.
   Jobs are recovered at most ``batch`` per round; a lost worker's row is deleted once
@@ -89,21 +89,21 @@ class Recoverer:
     async def round(self) -> Round:
         """One round: if this worker gets the maintenance lock, recover lost workers."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(QUERIES["maintenance_leader"]):
+            if not await conn.fetchval(QUERIES["leader_elect_maintenance"]):
                 return Round(leader=False)
             self.rounds_led += 1
             self._metrics.maintenance_rounds_led.inc()
-            lost = await conn.fetch(QUERIES["workers_lost"], self._grace, self._timeout)
+            lost = await conn.fetch(QUERIES["worker_list_lost"], self._grace, self._timeout)
             ids = [row["id"] for row in lost]
             reasons = [self._reason(row) for row in lost]
-            recovered = await conn.fetch(QUERIES["jobs_recover"], ids, reasons, self._batch)
+            recovered = await conn.fetch(QUERIES["job_recover"], ids, reasons, self._batch)
             removed = (
-                {r["id"] for r in await conn.fetch(QUERIES["workers_remove_lost"], ids)}
+                {r["id"] for r in await conn.fetch(QUERIES["worker_remove_lost"], ids)}
                 if ids
                 else set()
             )
             if recovered:
-                await conn.execute(QUERIES["workers_wake"])
+                await conn.execute(QUERIES["worker_wake"])
         for row in lost:
             # Counted once, in the round that removes the worker.
             if row["id"] in removed:

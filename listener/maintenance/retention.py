@@ -64,7 +64,7 @@ class Pruner:
             while True:
                 async with self._pool.acquire() as conn:
                     row = await conn.fetchrow(
-                        QUERIES["jobs_prune"], status, self._retention[status], self._batch
+                        QUERIES["job_prune"], status, self._retention[status], self._batch
                     )
                 assert row is not None
                 if not row["leader"]:

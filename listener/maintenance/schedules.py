@@ -111,9 +111,9 @@ class Scheduler:
         """One round; the number of jobs enqueued, or None when another worker leads."""
         enqueued = 0
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(QUERIES["schedules_leader"]):
+            if not await conn.fetchval(QUERIES["leader_elect_schedules"]):
                 return None
-            for row in await conn.fetch(QUERIES["schedules_due"]):
+            for row in await conn.fetch(QUERIES["schedule_list_due"]):
                 try:
                     async with conn.transaction():  # a savepoint: this schedule only
                         enqueued += await self._serve(conn, row)

@@ -27,6 +27,7 @@ import asyncpg
 
 from listener import db
 from listener.cli.bench.common import bench_database, interleaved_medians, ms, percentile
+from listener.cli.bench.queries import BENCH_QUERIES
 from listener.queries import QUERIES
 
 
@@ -82,13 +83,13 @@ async def retention_cost(
             chunk = 100_000
             for first in range(0, finished, chunk):
                 await conn.execute(
-                    QUERIES["bench_insert_finished"], first, min(chunk, finished - first), 100
+                    BENCH_QUERIES["job_insert_finished"], first, min(chunk, finished - first), 100
                 )
             for first in range(0, queued, chunk):
                 await conn.execute(
-                    QUERIES["bench_enqueue_spread"], first, min(chunk, queued - first), 100
+                    BENCH_QUERIES["job_enqueue_spread"], first, min(chunk, queued - first), 100
                 )
-            await conn.execute(QUERIES["bench_analyze"])
+            await conn.execute(BENCH_QUERIES["job_analyze"])
             worker = uuid.uuid4()
             await conn.execute(QUERIES["worker_register"], worker, "bench", 0, ["noop"], 32, None)
             alone = await _time_claims(conn, worker, count=300, until=None)
@@ -174,8 +175,8 @@ async def _claim_at_scale(
             chunk = 100_000  # keeps each statement's transition table small
             for first in range(0, queued, chunk):
                 count = min(chunk, queued - first)
-                await conn.execute(QUERIES["bench_enqueue_spread"], first, count, tenants)
-            await conn.execute(QUERIES["bench_analyze"])
+                await conn.execute(BENCH_QUERIES["job_enqueue_spread"], first, count, tenants)
+            await conn.execute(BENCH_QUERIES["job_analyze"])
             worker = uuid.uuid4()
             await conn.execute(
                 QUERIES["worker_register"], worker, "bench", 0, ["noop"], batch, None
@@ -274,15 +275,15 @@ async def claim_history(
             for history, conn in conns.items():
                 for first in range(0, history, chunk):
                     await conn.execute(
-                        QUERIES["bench_insert_finished"],
+                        BENCH_QUERIES["job_insert_finished"],
                         first,
                         min(chunk, history - first),
                         tenants,
                     )
                 for first in range(0, queued, chunk):
                     count = min(chunk, queued - first)
-                    await conn.execute(QUERIES["bench_enqueue_spread"], first, count, tenants)
-                await conn.execute(QUERIES["bench_analyze"])
+                    await conn.execute(BENCH_QUERIES["job_enqueue_spread"], first, count, tenants)
+                await conn.execute(BENCH_QUERIES["job_analyze"])
                 workers[history] = uuid.uuid4()
                 await conn.execute(
                     QUERIES["worker_register"], workers[history], "bench", 0, ["noop"], batch, None

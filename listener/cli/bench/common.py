@@ -30,9 +30,9 @@ import anyio
 import asyncpg
 
 from listener import db
+from listener.cli.bench.queries import BENCH_QUERIES
 from listener.errors import PgwakeError
 from listener.migrate import migrate
-from listener.queries import QUERIES
 
 # The job kinds of the benchmarks that need a handler of their own (see handlers.py).
 BENCH_HANDLERS = "listener.cli.bench.handlers"
@@ -110,7 +110,7 @@ async def bench_database(server_dsn: str, *, fifo_index: bool = False) -> AsyncI
             try:
                 await migrate(conn)
                 if fifo_index:
-                    await conn.execute(QUERIES["bench_create_fifo_index"])
+                    await conn.execute(BENCH_QUERIES["bench_create_fifo_index"])
             finally:
                 await conn.close()
             yield url
@@ -143,7 +143,7 @@ async def worker_processes(
         try:
             deadline = time.monotonic() + 60
             want = count if expect_registered is None else expect_registered
-            while await conn.fetchval(QUERIES["bench_workers_registered"]) < want:
+            while await conn.fetchval(BENCH_QUERIES["worker_count_registered"]) < want:
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise PgwakeError("benchmark workers did not start")
                 await anyio.sleep(0.05)
@@ -165,7 +165,7 @@ async def worker_processes(
 async def wait_all_finished(conn: asyncpg.Connection, total: int, timeout: float) -> None:
     """Wait until ``total`` jobs have succeeded or failed."""
     deadline = time.monotonic() + timeout
-    while await conn.fetchval(QUERIES["bench_finished"]) < total:
+    while await conn.fetchval(BENCH_QUERIES["job_count_finished"]) < total:
         if time.monotonic() > deadline:
             raise PgwakeError(f"benchmark jobs did not finish within {timeout:.0f}s")
         await anyio.sleep(0.05)
@@ -175,7 +175,7 @@ async def wait_queue_empty(conn: asyncpg.Connection, timeout: float) -> None:
     """Wait until no job is scheduled, queued or running (probes of the partial indexes,
     cheap enough to poll often while a drain is timed)."""
     deadline = time.monotonic() + timeout
-    while await conn.fetchval(QUERIES["bench_active"]):
+    while await conn.fetchval(BENCH_QUERIES["job_exists_active"]):
         if time.monotonic() > deadline:
             raise PgwakeError(f"benchmark jobs did not finish within {timeout:.0f}s")
         await anyio.sleep(0.02)

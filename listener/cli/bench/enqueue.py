@@ -25,7 +25,7 @@ import anyio
 
 from listener import db
 from listener.cli.bench.common import bench_database, interleaved_medians
-from listener.queries import QUERIES
+from listener.cli.bench.queries import BENCH_QUERIES
 
 BULK_STATEMENTS = 5
 
@@ -56,7 +56,7 @@ async def _single(dsn: str, *, connections: int, seconds: float, events: bool) -
         deadline = time.monotonic() + seconds
 
         async def insert(i: int) -> None:
-            stmt = await conns[i].prepare(QUERIES["bench_enqueue_one"])
+            stmt = await conns[i].prepare(BENCH_QUERIES["job_enqueue_one"])
             tenant = f"bench-t{i}"
             while time.monotonic() < deadline:
                 await stmt.fetch(tenant)
@@ -75,7 +75,7 @@ async def _bulk(dsn: str, *, rows: int, events: bool) -> float:
     """Rows/s of one INSERT of ``rows`` jobs (median of BULK_STATEMENTS)."""
     conn = await db.connect(dsn, session_settings=_session(events))
     try:
-        stmt = await conn.prepare(QUERIES["bench_enqueue_arrays"])
+        stmt = await conn.prepare(BENCH_QUERIES["job_enqueue_arrays"])
         tenants = [f"bench-t{i % 10}" for i in range(rows)]
         payloads = [{"n": i} for i in range(rows)]
         rates = []
@@ -97,7 +97,7 @@ async def enqueue_run(
         if not trigger:
             conn = await db.connect(dsn)
             try:
-                await conn.execute(QUERIES["bench_disable_insert_trigger"])
+                await conn.execute(BENCH_QUERIES["job_disable_insert_trigger"])
             finally:
                 await conn.close()
         single = await _single(dsn, connections=connections, seconds=seconds, events=events)

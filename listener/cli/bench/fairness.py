@@ -31,7 +31,7 @@ from listener.cli.bench.common import (
     wait_all_finished,
     worker_processes,
 )
-from listener.queries import QUERIES
+from listener.cli.bench.queries import BENCH_QUERIES
 
 SLEEP_1MS = {"seconds": 0.001}
 
@@ -79,12 +79,12 @@ async def fairness_run(
             try:
                 if mode != "idle":
                     await conn.execute(
-                        QUERIES["bench_enqueue_many"], "big", "sleep", big_jobs, SLEEP_1MS
+                        BENCH_QUERIES["job_enqueue_many"], "big", "sleep", big_jobs, SLEEP_1MS
                     )
                     # Fresh statistics, as autovacuum would give a queue this size, so
                     # neither claim runs on the plan for an empty table.
-                    await conn.execute(QUERIES["bench_analyze"])
-                enqueue = await conn.prepare(QUERIES["bench_enqueue_started"])
+                    await conn.execute(BENCH_QUERIES["job_analyze"])
+                enqueue = await conn.prepare(BENCH_QUERIES["job_enqueue_started"])
                 committed: dict[int, float] = {}
                 start = time.monotonic()
                 for i in range(small_jobs):
@@ -93,9 +93,10 @@ async def fairness_run(
                     committed[job_id] = time.time()
                 total = small_jobs + (0 if mode == "idle" else big_jobs)
                 await wait_all_finished(conn, total, timeout=600)
-                rows = await conn.fetch(QUERIES["bench_job_times"])
+                rows = await conn.fetch(BENCH_QUERIES["job_list_times"])
                 started = {
-                    r["id"]: r["started"] for r in await conn.fetch(QUERIES["bench_started_times"])
+                    r["id"]: r["started"]
+                    for r in await conn.fetch(BENCH_QUERIES["job_list_started"])
                 }
             finally:
                 await conn.close()

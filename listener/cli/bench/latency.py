@@ -28,7 +28,7 @@ from listener.cli.bench.common import (
     wait_all_finished,
     worker_processes,
 )
-from listener.queries import QUERIES
+from listener.cli.bench.queries import BENCH_QUERIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ async def latency_run(server_dsn: str, *, jobs: int, interval: float) -> Latency
     async with bench_database(server_dsn) as dsn, worker_processes(dsn, handlers=BENCH_HANDLERS):
         conn = await db.connect(dsn)
         try:
-            enqueue = await conn.prepare(QUERIES["bench_enqueue_started"])
+            enqueue = await conn.prepare(BENCH_QUERIES["job_enqueue_started"])
             committed: dict[int, float] = {}
             start = time.monotonic()
             for i in range(jobs):
@@ -56,7 +56,7 @@ async def latency_run(server_dsn: str, *, jobs: int, interval: float) -> Latency
                 job_id = await enqueue.fetchval("latency", {})
                 committed[job_id] = time.time()
             await wait_all_finished(conn, jobs, timeout=120)
-            rows = await conn.fetch(QUERIES["bench_started_times"])
+            rows = await conn.fetch(BENCH_QUERIES["job_list_started"])
         finally:
             await conn.close()
     waits = [(row["started"] - committed[row["id"]]) * 1000 for row in rows]

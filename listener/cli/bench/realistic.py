@@ -47,7 +47,7 @@ from listener.cli.bench.common import (
 )
 from listener.cli.bench.fairness import fairness_run
 from listener.cli.bench.latency import latency_run
-from listener.queries import QUERIES
+from listener.cli.bench.queries import BENCH_QUERIES
 
 TRICKLE_JOBS = 20
 TRICKLE_INTERVAL = 0.1
@@ -78,17 +78,17 @@ async def warm_start_run(server_dsn: str, worker: str, *, jobs: int) -> WarmStar
             if worker == "warm":
                 async with worker_processes(dsn):
                     for _ in range(TRICKLE_JOBS):
-                        await conn.execute(QUERIES["bench_enqueue_one"], "trickle")
+                        await conn.execute(BENCH_QUERIES["job_enqueue_one"], "trickle")
                         await anyio.sleep(TRICKLE_INTERVAL)
                     await wait_queue_empty(conn, timeout=60)
-                    await conn.execute(QUERIES["bench_enqueue_spread"], 0, jobs, BURST_TENANTS)
+                    await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, BURST_TENANTS)
                     await wait_queue_empty(conn, timeout=1800)
             else:
-                await conn.execute(QUERIES["bench_enqueue_spread"], 0, jobs, BURST_TENANTS)
+                await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, BURST_TENANTS)
                 async with worker_processes(dsn):
                     await wait_queue_empty(conn, timeout=1800)
-            seconds: float = await conn.fetchval(QUERIES["bench_drain_seconds_of"], "bench-t")
-            gap: float = await conn.fetchval(QUERIES["bench_longest_claim_gap"], "bench-t")
+            seconds: float = await conn.fetchval(BENCH_QUERIES["job_measure_drain_of"], "bench-t")
+            gap: float = await conn.fetchval(BENCH_QUERIES["job_measure_claim_gap"], "bench-t")
         finally:
             await conn.close()
     return WarmStartRun(
@@ -146,11 +146,13 @@ async def _drain(
         conn = await db.connect(dsn)
         try:
             if tenants == 1:
-                await conn.execute(QUERIES["bench_enqueue_many"], "bench-t0", kind, jobs, payload)
+                await conn.execute(
+                    BENCH_QUERIES["job_enqueue_many"], "bench-t0", kind, jobs, payload
+                )
             else:
-                await conn.execute(QUERIES["bench_enqueue_spread"], 0, jobs, tenants)
+                await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, tenants)
             await wait_queue_empty(conn, timeout=1800)
-            seconds: float = await conn.fetchval(QUERIES["bench_drain_seconds"])
+            seconds: float = await conn.fetchval(BENCH_QUERIES["job_measure_drain"])
         finally:
             await conn.close()
     return round(jobs / seconds)
@@ -274,7 +276,7 @@ async def _produce(dsn: str, *, producers: int, seconds: float) -> dict[int, flo
         deadline = time.monotonic() + seconds
 
         async def insert(conn: asyncpg.Connection, tenant: str) -> None:
-            stmt = await conn.prepare(QUERIES["bench_enqueue_started"])
+            stmt = await conn.prepare(BENCH_QUERIES["job_enqueue_started"])
             while time.monotonic() < deadline:
                 job_id = await stmt.fetchval(tenant, {})
                 committed[job_id] = time.time()
@@ -300,7 +302,7 @@ async def mixed_run(server_dsn: str, worker: bool, *, producers: int, seconds: f
                 conn = await db.connect(dsn)
                 try:
                     await wait_all_finished(conn, len(committed), timeout=600)
-                    rows = await conn.fetch(QUERIES["bench_started_times"])
+                    rows = await conn.fetch(BENCH_QUERIES["job_list_started"])
                 finally:
                     await conn.close()
             waits = [(r["started"] - committed[r["id"]]) * 1000 for r in rows]
@@ -358,10 +360,10 @@ async def foreign_kinds_run(
     async with bench_database(server_dsn) as dsn:
         conn = await db.connect(dsn)
         try:
-            await conn.execute(QUERIES["bench_enqueue_foreign"], tenants, "bench.elsewhere")
-            await conn.execute(QUERIES["bench_analyze"])
+            await conn.execute(BENCH_QUERIES["job_enqueue_foreign"], tenants, "bench.elsewhere")
+            await conn.execute(BENCH_QUERIES["job_analyze"])
             async with worker_processes(dsn, handlers=BENCH_HANDLERS):
-                enqueue = await conn.prepare(QUERIES["bench_enqueue_started"])
+                enqueue = await conn.prepare(BENCH_QUERIES["job_enqueue_started"])
                 committed: dict[int, float] = {}
                 picks = random.Random(jobs)
                 start = time.monotonic()
@@ -371,7 +373,7 @@ async def foreign_kinds_run(
                     job_id = await enqueue.fetchval(tenant, {})
                     committed[job_id] = time.time()
                 await wait_all_finished(conn, jobs, timeout=600)
-                rows = await conn.fetch(QUERIES["bench_started_times"])
+                rows = await conn.fetch(BENCH_QUERIES["job_list_started"])
         finally:
             await conn.close()
     waits = [(r["started"] - committed[r["id"]]) * 1000 for r in rows]

@@ -17,9 +17,9 @@ import asyncpg
 
 from listener import db
 from listener.cli.bench.common import bench_database, wait_all_finished, worker_processes
+from listener.cli.bench.queries import BENCH_QUERIES
 from listener.config import Settings
 from listener.errors import PgwakeError
-from listener.queries import QUERIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class RecoveryRun:
 
 
 async def _held_by(conn: asyncpg.Connection, pid: int) -> int:
-    held: int = await conn.fetchval(QUERIES["bench_jobs_held_by_pid"], pid)
+    held: int = await conn.fetchval(BENCH_QUERIES["job_count_held_by_pid"], pid)
     return held
 
 
@@ -44,7 +44,7 @@ async def recovery_run(server_dsn: str, *, jobs: int = 20, job_seconds: float = 
             settings = {"concurrency": jobs, "tenant_concurrency": jobs}
             async with worker_processes(dsn, **settings) as (victim,):
                 await conn.execute(
-                    QUERIES["bench_enqueue_many"], "t", "sleep", jobs, {"seconds": job_seconds}
+                    BENCH_QUERIES["job_enqueue_many"], "t", "sleep", jobs, {"seconds": job_seconds}
                 )
                 deadline = time.monotonic() + 30
                 while await _held_by(conn, victim.pid) < jobs:
@@ -68,10 +68,10 @@ async def recovery_run(server_dsn: str, *, jobs: int = 20, job_seconds: float = 
 
 async def recovery(server_dsn: str, *, repeat: int) -> list[RecoveryRun]:
     """``repeat`` recovery runs, once the server has been up for the heartbeat timeout
-    (before that, a killed worker is found only by the timeout: see workers_lost)."""
+    (before that, a killed worker is found only by the timeout: see worker_list_lost)."""
     conn = await db.connect(server_dsn)
     try:
-        uptime: float = await conn.fetchval(QUERIES["bench_server_uptime"])
+        uptime: float = await conn.fetchval(BENCH_QUERIES["server_get_uptime"])
     finally:
         await conn.close()
     await anyio.sleep(max(0.0, Settings().heartbeat_timeout + 1 - uptime))

@@ -27,7 +27,7 @@ from listener.cli.bench.common import (
     wait_queue_empty,
     worker_processes,
 )
-from listener.queries import QUERIES
+from listener.cli.bench.queries import BENCH_QUERIES
 
 CEILING_BATCHES = (1, 10, 100, 1000)
 # The ceiling loop takes at most this many batches per size (batch 1 at 20,000 jobs
@@ -70,9 +70,9 @@ async def drain_run(
     ):
         conn = await db.connect(dsn)
         try:
-            await conn.execute(QUERIES["bench_enqueue_spread"], 0, jobs, tenants)
+            await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, tenants)
             await wait_queue_empty(conn, timeout=600)
-            seconds: float = await conn.fetchval(QUERIES["bench_drain_seconds"])
+            seconds: float = await conn.fetchval(BENCH_QUERIES["job_measure_drain"])
         finally:
             await conn.close()
     return DrainRun(
@@ -144,10 +144,10 @@ async def ceiling_run(server_dsn: str, *, batch: int, jobs: int, tenants: int) -
     async with bench_database(server_dsn) as dsn:
         conn = await db.connect(dsn)
         try:
-            await conn.execute(QUERIES["bench_enqueue_spread"], 0, jobs, tenants)
-            await conn.execute(QUERIES["bench_analyze"])
-            claim = await conn.prepare(QUERIES["bench_ceiling_claim"])
-            delete = await conn.prepare(QUERIES["bench_ceiling_delete"])
+            await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, tenants)
+            await conn.execute(BENCH_QUERIES["job_analyze"])
+            claim = await conn.prepare(BENCH_QUERIES["bench_ceiling_claim"])
+            delete = await conn.prepare(BENCH_QUERIES["bench_ceiling_delete"])
             taken = 0
             began = time.perf_counter()
             while True:
