@@ -360,18 +360,14 @@ class Service:
         a dead worker's jobs are recovered, so a job that kills workers ends failed
         after ``max_attempts``."""
         try:
-            query, reason = (
-                (
-                    QUERIES["job_put_back_held"],
-                    "put back: the worker stopped before the job finished",
-                )
+            reason = (
+                "put back: the worker stopped before the job finished"
                 if clean
-                else (
-                    QUERIES["job_put_back_held_counted"],
-                    "put back: the worker died while the job ran (the attempt counts)",
-                )
+                else "put back: the worker died while the job ran (the attempt counts)"
             )
-            put_back = await pool.fetch(query, self.worker_id, reason)
+            put_back = await pool.fetch(
+                QUERIES["job_put_back_held"], self.worker_id, reason, not clean
+            )
             if put_back:
                 self._log.warning(
                     "put back unfinished jobs",

@@ -113,7 +113,8 @@ async def test_lookups_of_one_workers_jobs_read_only_the_running_index(
     await conn.execute("ANALYZE pgwake.jobs")
     for name, args in [
         ("worker_heartbeat", (workers[0], True)),
-        ("job_put_back_held", (workers[0], "test")),
+        ("job_put_back_held", (workers[0], "test", False)),
+        ("job_put_back_held", (workers[0], "test", True)),
         ("job_list_cancel_requested", (workers[0],)),
     ]:
         explained = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[name], *args)

@@ -353,32 +353,20 @@ SELECT p.id FROM put_back AS p
  CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
 
 -- name: job_put_back_held
--- On shutdown, after the drain: every job this worker still holds goes back to the
--- queue with its attempt given back, so nothing is lost and nothing is left running.
--- $1 worker id, $2 the reason kept in last_error.
--- Returns the ids put back.
-WITH put_back AS (
-    UPDATE pgwake.jobs
-       SET status = 'queued',
-           claimed_by = NULL,
-           attempts = greatest(attempts - 1, 0),
-           last_error = $2
-     WHERE claimed_by = $1 AND status = 'running'
-    RETURNING id, tenant_id, kind
-)
-SELECT p.id FROM put_back AS p CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
-
--- name: job_put_back_held_counted
--- When the worker ends without a clean stop (it crashed, or was cancelled from outside):
--- every job it still holds goes back with its attempt counted, as recovery of a dead
--- worker would do, so a job that kills workers uses up its attempts. Queued again, or
--- failed when that was its last attempt.
--- $1 worker id, $2 the reason kept in last_error.
+-- When the worker ends, every job it still holds goes back to the queue, so nothing is
+-- left running. After a clean stop (the drain timed out) the attempt is given back:
+-- queued again. When the worker ends without a clean stop (it crashed, or was cancelled
+-- from outside) the attempt counts, as recovery of a dead worker would do, so a job
+-- that kills workers uses up its attempts: queued again, or failed when that was its
+-- last attempt.
+-- $1 worker id, $2 the reason kept in last_error, $3 whether the attempt counts (bool).
 -- Returns the ids put back and their new status.
 WITH put_back AS (
     UPDATE pgwake.jobs AS j
-       SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END,
-           finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+       SET status = CASE WHEN $3::bool AND j.attempts >= j.max_attempts THEN 'failed'
+                         ELSE 'queued' END,
+           finished_at = CASE WHEN $3::bool AND j.attempts >= j.max_attempts THEN now() END,
+           attempts = CASE WHEN $3::bool THEN j.attempts ELSE greatest(j.attempts - 1, 0) END,
            claimed_by = NULL,
            last_error = $2
      WHERE j.claimed_by = $1 AND j.status = 'running'
