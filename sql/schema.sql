@@ -34,14 +34,15 @@ CREATE TABLE pgwake.schema_migrations (
 CREATE SEQUENCE pgwake.worker_lock_keys AS integer MINVALUE 1 CYCLE;
 
 -- Workers register on start and heartbeat on an interval (one write per interval per
--- worker, never per job). jobs.claimed_by names the worker holding a running job.
--- Every worker also holds a session-level advisory lock, pg_advisory_lock(1885828962,
+-- worker, never per job). jobs.claimed_by names the worker holding a running job. Every
+-- worker also holds a session-level advisory lock, pg_advisory_lock(1885828962,
 -- lock_key), on a connection of its own while it runs: when the process dies the lock
 -- vanishes with its connection, and the maintenance leader recovers its jobs within
--- seconds (sql/queries/maintenance.sql: worker_list_lost). Only the lock held by the session recorded in
--- session_pid counts: anyone can take an advisory lock, so a lock on the same key held
--- by another session neither keeps a dead worker alive nor stops a live one. A worker that is alive but silent for longer
--- than the heartbeat timeout is recovered too.
+-- seconds (sql/queries/maintenance.sql: worker_list_lost). Only the lock held by the
+-- session recorded in session_pid counts: anyone can take an advisory lock, so a lock
+-- on the same key held by another session neither keeps a dead worker alive nor stops a
+-- live one. A worker that is alive but silent for longer than the heartbeat timeout is
+-- recovered too.
 CREATE TABLE pgwake.workers (
     id           uuid        PRIMARY KEY,
     hostname     text        NOT NULL,
