@@ -103,9 +103,9 @@ SELECT w.id, w.hostname, w.pid,
 -- name: job_recover
 -- Puts back up to $3 running jobs of lost workers: queued again, or failed when the
 -- lost attempt was their last, or cancelled when their cancellation was requested
--- (pgwake.cancel_job; the request is never lost with the worker). The attempt counts (it was counted when claimed) and the
--- reason goes to last_error. Also takes running jobs whose claimant is not registered
--- at all. Returns each job, its new status, and the lost worker it was taken from
+-- (pgwake.cancel_job; the request is never lost with the worker). The attempt counts
+-- (it was counted when claimed) and the reason goes to last_error. Also takes running
+-- jobs whose claimant is not registered at all. Returns each job, its new status, and the lost worker it was taken from
 -- (NULL when its claimant is not registered).
 -- $1 lost worker ids (uuid[]), $2 the reason for each (text[], same order), $3 limit.
 WITH lost AS (
@@ -154,8 +154,8 @@ RETURNING w.id;
 -- name: job_prune
 -- One batch of retention: deletes up to $3 jobs with status $1 (succeeded, failed or
 -- cancelled only) that finished more than $2 seconds ago, oldest first. Takes the
--- retention lock (the 'retention' row of pgwake.leaders) for its transaction first; leader is false (and nothing is deleted)
--- when another worker holds it.
+-- retention lock (the 'retention' row of pgwake.leaders) for its transaction first;
+-- leader is false (and nothing is deleted) when another worker holds it.
 -- $1 status, $2 retention in seconds, $3 batch size.
 WITH leader AS (
     SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
