@@ -1,5 +1,5 @@
--- Queries of the command line (listener/cli/): enqueue, jobs, tenants, keys,
--- schedules and status.
+-- Queries of the command line (listener/cli/): enqueue, jobs, tenants (with the
+-- rotation of their DSNs' key), schedules and status.
 --
 -- Named blocks; listener/queries.py loads every sql/queries/*.sql file into QUERIES.
 -- A block is a `-- name: <subject>_<verb>[_<detail>]` line, comment lines saying what
