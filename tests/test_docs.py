@@ -1,5 +1,6 @@
 """The docs hold together: every relative link resolves, every page is reachable from
-the README, the changelog names every migration, and CI runs the README's test command.
+the README, the changelog names every migration, the settings table is the settings
+model, and CI runs the README's test command.
 
 Links are checked as GitHub renders them: outside code, a relative target must name a
 file of the repository, and an anchor in a Markdown file must be the anchor of one of
@@ -14,7 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import typer
 
+from listener.cli import app
+from listener.config import Settings
 from tests.conftest import ROOT
 
 PAGES = sorted(
@@ -108,3 +112,26 @@ def test_ci_runs_the_readme_test_command() -> None:
     commands = re.findall(r"```sh\n(.*?)\n```", readme, re.DOTALL)
     test_command = next(c for c in commands if c.endswith("pytest"))
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_settings_table_is_the_settings_model() -> None:
+    """docs/configuration.md has one row per setting, with its environment variable,
+    a flag `pgwake run` takes, and its default."""
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    row = re.compile(r"^\| `(\w+)` \| (.*?) \| `(PGWAKE_\w+)` \| (.*?) \| .* \|$", re.M)
+    rows = {m[1]: (m[2], m[3], m[4]) for m in row.finditer(page)}
+    assert set(rows) == set(Settings.model_fields)
+    run = typer.main.get_command(app).commands["run"]
+    options = {opt for param in run.params for opt in (*param.opts, *param.secondary_opts)}
+    for name, (flags, env, default) in rows.items():
+        assert env == f"PGWAKE_{name.upper()}", name
+        named = set(re.findall(r"--[a-z-]+", flags))
+        assert named, name
+        assert named <= options, name
+        value = Settings.model_fields[name].default
+        if isinstance(value, bool):
+            assert default == str(value).lower(), name
+        elif isinstance(value, int | float):
+            assert float(default) == value, name
+        elif isinstance(value, str):
+            assert default == f"`{value}`", name
