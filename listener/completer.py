@@ -34,7 +34,7 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from listener.db import is_transient
-from listener.jobs import Outcome, storable_text
+from listener.jobs import Outcome, Status, storable_text
 from listener.kept_connection import KeptConnection
 from listener.logs import get_logger
 from listener.queries import QUERIES
@@ -136,7 +136,7 @@ class Completer:
             return
         self.written += len(changed)
         self.fenced_off += len(batch) - len(changed)
-        if self._on_scheduled is not None and any(o.status == "scheduled" for o in batch):
+        if self._on_scheduled is not None and any(o.status == Status.SCHEDULED for o in batch):
             self._on_scheduled()
 
     async def _isolate(self, batch: Sequence[Outcome], exc: Exception) -> None:
@@ -152,7 +152,7 @@ class Completer:
             message = f"this job's outcome cannot be encoded: {type(exc).__name__}: {exc}"
         message = storable_text(redact(message))
         self._log.error("job outcome refused", job_id=outcome.job_id, error=message)
-        failed = Outcome(outcome.job_id, outcome.attempt, "failed", error=message)
+        failed = Outcome(outcome.job_id, outcome.attempt, Status.FAILED, error=message)
         changed = await self._execute([failed])
         self.written += len(changed)
 

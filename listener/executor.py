@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from listener.context import JobContext
 from listener.db import UndecodableJson
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
-from listener.jobs import CURRENT_JOB, Job, Outcome, OutcomeStatus
+from listener.jobs import CURRENT_JOB, Job, Outcome, Status
 from listener.progress import JobProgress, ProgressWriter
 from listener.redact import redact
 from listener.registry import Handler, Registry
@@ -93,9 +93,9 @@ def _check_result(result: Any) -> str | None:
     return None
 
 
-def _requeue_status(delay: float) -> OutcomeStatus:
+def _requeue_status(delay: float) -> Status:
     """A job that runs again later is scheduled; one that may run now is queued."""
-    return "scheduled" if delay > 0 else "queued"
+    return Status.SCHEDULED if delay > 0 else Status.QUEUED
 
 
 class _JobLog:
@@ -137,7 +137,7 @@ class Executor:
     def _failure(self, job: Job, error: str, delay: float | None = None) -> Outcome:
         """A failed attempt: retried after a backoff unless attempts are used up."""
         if job.attempt >= job.max_attempts:
-            return Outcome(job.id, job.attempt, "failed", error=error)
+            return Outcome(job.id, job.attempt, Status.FAILED, error=error)
         wait = self._backoff.delay(job.attempt) if delay is None else delay
         return Outcome(job.id, job.attempt, _requeue_status(wait), delay=wait, error=error)
 
@@ -185,7 +185,7 @@ class Executor:
         if handler is None:
             error = ConfigurationError(f"no handler for kind {job.kind!r} in this worker")
             return Outcome(
-                job.id, job.attempt, "failed", error=_describe(error, with_traceback=False)
+                job.id, job.attempt, Status.FAILED, error=_describe(error, with_traceback=False)
             )
         payload, refused = _parse_payload(handler, job)
         if refused is not None:
@@ -206,11 +206,13 @@ class Executor:
                 job.id, job.attempt, _requeue_status(exc.delay), refund=1, delay=exc.delay
             )
         except Cancel as exc:
-            return Outcome(job.id, job.attempt, "cancelled", error=f"cancelled: {exc}")
+            return Outcome(job.id, job.attempt, Status.CANCELLED, error=f"cancelled: {exc}")
         except Retry as exc:
             return self._failure(job, _describe(exc, with_traceback=False), exc.delay)
         except PermanentError as exc:
-            return Outcome(job.id, job.attempt, "failed", error=_describe(exc, with_traceback=True))
+            return Outcome(
+                job.id, job.attempt, Status.FAILED, error=_describe(exc, with_traceback=True)
+            )
         except Exception as exc:  # noqa: BLE001 - any other exception is a job failure
             return self._failure(job, _describe(exc, with_traceback=True))
         except BaseException as exc:
@@ -222,8 +224,8 @@ class Executor:
             return self._failure(job, _describe(exc, with_traceback=True, base=True))
         problem = _check_result(result)
         if problem is not None:
-            return Outcome(job.id, job.attempt, "failed", error=problem)
-        return Outcome(job.id, job.attempt, "succeeded", result=result)
+            return Outcome(job.id, job.attempt, Status.FAILED, error=problem)
+        return Outcome(job.id, job.attempt, Status.SUCCEEDED, result=result)
 
 
 def _parse_payload(handler: Handler, job: Job) -> tuple[Any, Outcome | None]:
@@ -231,11 +233,11 @@ def _parse_payload(handler: Handler, job: Job) -> tuple[Any, Outcome | None]:
     one (undecodable, invalid for the handler's model, or nested too deep to validate)."""
     if isinstance(job.payload, UndecodableJson):
         error = f"invalid payload for {job.kind!r}: {job.payload.reason}"
-        return None, Outcome(job.id, job.attempt, "failed", error=error)
+        return None, Outcome(job.id, job.attempt, Status.FAILED, error=error)
     try:
         return handler.parse_payload(job.payload), None
     except ValidationError as exc:
         error = redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS]
     except RecursionError:
         error = f"invalid payload for {job.kind!r}: nested too deep to validate"
-    return None, Outcome(job.id, job.attempt, "failed", error=error)
+    return None, Outcome(job.id, job.attempt, Status.FAILED, error=error)

@@ -51,6 +51,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from listener.db import is_transient
+from listener.jobs import ACTIVE, FINISHED, Status
 from listener.logs import get_logger
 from listener.outage import OutageLog
 from listener.queries import QUERIES
@@ -87,11 +88,10 @@ OTHER_TENANTS = "_other"
 UNHANDLED_KIND = "_unhandled"
 OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "snoozed")
 WAKE_SOURCES = ("notify", "poll", "reconnect", "slot")
-QUEUE_STATUSES = ("scheduled", "queued", "running")
 LOST_WHY = ("gone", "hung")
 RECOVERED_WHY = (*LOST_WHY, "unregistered")
-RECOVERED_STATUSES = ("queued", "failed")
-PRUNED_STATUSES = ("succeeded", "failed", "cancelled")
+# A recovered job is queued again, or failed when that was its last attempt.
+RECOVERED_STATUSES = (Status.QUEUED, Status.FAILED)
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
@@ -320,7 +320,7 @@ class Metrics:
         for why in RECOVERED_WHY:
             for status in RECOVERED_STATUSES:
                 self.jobs_recovered.labels(why, status)
-        for status in PRUNED_STATUSES:
+        for status in FINISHED:
             self.jobs_pruned.labels(status)
         self._claimed: dict[str, Counter] = {}
         self._latency: dict[str, Histogram] = {}
@@ -413,12 +413,12 @@ class Metrics:
         oldest has been due); ``kinds`` (the handled ones, and ``_unhandled``) get
         series at 0 when they have no jobs."""
         jobs = {(status, kind): count for status, kind, count, _ in depth}
-        oldest = {kind: age for status, kind, _, age in depth if status == "queued"}
+        oldest = {kind: age for status, kind, _, age in depth if status == Status.QUEUED}
         every_kind = {*kinds, UNHANDLED_KIND, *(kind for _, kind in jobs)}
         self.queue_jobs.clear()
         self.oldest_queued.clear()
         for kind in sorted(every_kind):
-            for status in QUEUE_STATUSES:
+            for status in ACTIVE:
                 self.queue_jobs.labels(status, kind).set(jobs.get((status, kind), 0))
             self.oldest_queued.labels(kind).set(max(oldest.get(kind) or 0.0, 0.0))
 
@@ -512,7 +512,7 @@ class Sampler:
             [(r["status"], r["kind"], r["jobs"], r["oldest_seconds"]) for r in depth],
             {*self._kinds, *workers["kinds"]},
         )
-        total = sum(r["jobs"] for r in depth if r["status"] == "queued")
+        total = sum(r["jobs"] for r in depth if r["status"] == Status.QUEUED)
         m.set_tenant_backlog([(r["tenant_id"], r["jobs"]) for r in top], total)
 
     async def _resign(self, *, broken: bool = False) -> None:

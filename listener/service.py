@@ -40,6 +40,7 @@ from listener.errors import ConfigError
 from listener.executor import Executor
 from listener.heartbeat import Heartbeat
 from listener.http import HttpEndpoint
+from listener.jobs import Status
 from listener.logs import get_logger
 from listener.maintenance.promoter import Promoter
 from listener.maintenance.recovery import Recoverer
@@ -307,9 +308,9 @@ class Service:
             pool,
             self.metrics,
             {
-                "succeeded": s.retention_succeeded,
-                "failed": s.retention_failed,
-                "cancelled": s.retention_cancelled,
+                Status.SUCCEEDED: s.retention_succeeded,
+                Status.FAILED: s.retention_failed,
+                Status.CANCELLED: s.retention_cancelled,
             },
         )
 

@@ -28,6 +28,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
+from listener.jobs import Status
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_rounds
 from listener.metrics import Metrics
@@ -127,7 +128,7 @@ class Recoverer:
                     for row in lost
                 ],
                 jobs=[row["id"] for row in recovered],
-                failed=sum(1 for row in recovered if row["status"] == "failed"),
+                failed=sum(1 for row in recovered if row["status"] == Status.FAILED),
             )
         return Round(leader=True, lost_workers=len(lost), recovered=len(recovered))
 

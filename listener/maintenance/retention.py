@@ -20,13 +20,12 @@ import anyio.lowlevel
 import asyncpg
 from anyio.abc import TaskStatus
 
+from listener.jobs import FINISHED, Status
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_rounds
 from listener.metrics import Metrics
 from listener.outage import OutageLog
 from listener.queries import QUERIES
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class Pruner:
@@ -36,7 +35,7 @@ class Pruner:
         self,
         pool: asyncpg.Pool,
         metrics: Metrics,
-        retention: Mapping[str, float],
+        retention: Mapping[Status, float],
         *,
         interval: float = 10.0,
         batch: int = 1000,
