@@ -153,15 +153,7 @@ class Heartbeat:
                 backoff = 0.05
             try:
                 await self._beat()
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                # The server ended the session between two protocol messages (a
-                # terminated backend): the connection is unusable, like a lost one.
-                asyncpg.InternalClientError,
-                TimeoutError,
-            ) as exc:
+            except db.DATABASE_ERRORS as exc:
                 self._set_down(f"{type(exc).__name__}: {redact(str(exc))}")
                 backoff = min(backoff * 2, max_backoff)
             except DatabaseUnavailableError as exc:

@@ -192,13 +192,7 @@ class Listener:
             backoff = 0.05
             try:
                 await self._serve(conn, first=not started, task_status=task_status)
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-                TimeoutError,
-            ) as exc:
+            except db.DATABASE_ERRORS as exc:
                 self._set_down(f"{type(exc).__name__}: {exc}")
             finally:
                 conn.terminate()

@@ -380,7 +380,7 @@ class Service:
                     attempt_counted=not clean,
                 )
             await pool.execute(QUERIES["worker_deregister"], self.worker_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except db.DATABASE_ERRORS as exc:
             self._log.error(
                 "could not put back held jobs; the maintenance leader of another worker "
                 "will recover them",

@@ -69,19 +69,13 @@ import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolConnectionProxy
 
-from listener.db import init_connection
+from listener.db import DATABASE_ERRORS, init_connection
 from listener.dsn import MIN_PIECE, dsn_passwords
 from listener.logs import get_logger
 from listener.redact import redact
 
 # What failing to reach a tenant's database raises (a bad DSN raises ValueError).
-_CONNECT_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    ValueError,
-)
+_CONNECT_ERRORS = (*DATABASE_ERRORS, ValueError)
 # How long a task that needs a slot waits for the pools being closed for it before it
 # closes another idle pool (a healthy close takes milliseconds; a hung one, forever).
 EVICT_PATIENCE = 0.1
