@@ -39,6 +39,7 @@ from listener.kept_connection import KeptConnection
 from listener.logs import get_logger
 from listener.queries import QUERIES
 from listener.redact import redact
+from listener.retry import Reconnect
 
 
 class Completer:
@@ -102,7 +103,7 @@ class Completer:
             await self._db.release()
 
     async def _write_with_retry(self, batch: list[Outcome]) -> None:
-        backoff = 0.05
+        retry = Reconnect(cap=self._max_backoff)
         reported = False
         while True:
             try:
@@ -117,8 +118,7 @@ class Completer:
                         error=redact(f"{type(exc).__name__}: {exc}"),
                     )
                     reported = True
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
+                await retry.sleep()
             else:
                 if reported:
                     self._log.info("job outcomes recorded after retrying", jobs=len(batch))

@@ -46,6 +46,7 @@ from listener.errors import DatabaseUnavailableError
 from listener.logs import get_logger
 from listener.queries import QUERIES
 from listener.redact import redact
+from listener.retry import Reconnect
 
 
 class Heartbeat:
@@ -139,28 +140,30 @@ class Heartbeat:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Beat forever, reconnecting (and re-locking) when the connection is lost."""
         task_status.started()
-        backoff = 0.05
         # Reconnects wait at most a quarter of the interval: recovery's grace for a
-        # missing lock is one and a half intervals.
-        max_backoff = min(self._max_backoff, self._interval / 4)
+        # missing lock is one and a half intervals. A cut session is tried again at
+        # once, then after 0.1 s, 0.2 s...
+        retry = Reconnect(first=0.1, cap=min(self._max_backoff, self._interval / 4))
+        wait = self._interval
         while True:
-            with anyio.move_on_after(self._interval if not self._down else backoff):
+            with anyio.move_on_after(wait):
                 await self._cut.wait()
             if self._cut.is_set():
                 self._cut = anyio.Event()
                 if not self._down:
                     self._set_down("the heartbeat session was closed by the server")
-                backoff = 0.05
+                retry.reset()
             try:
                 await self._beat()
             except db.DATABASE_ERRORS as exc:
                 self._set_down(f"{type(exc).__name__}: {redact(str(exc))}")
-                backoff = min(backoff * 2, max_backoff)
+                wait = retry.next_delay()
             except DatabaseUnavailableError as exc:
                 self._set_down(str(exc))
-                backoff = min(backoff * 2, max_backoff)
+                wait = retry.next_delay()
             else:
-                backoff = 0.05
+                retry.reset()
+                wait = self._interval
                 if self._down:
                     self._down = False
                     self._log.info("heartbeat connection restored")

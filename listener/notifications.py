@@ -37,6 +37,7 @@ from listener.errors import DatabaseUnavailableError
 from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.queries import QUERIES
+from listener.retry import Reconnect
 from listener.wake import Wake
 
 CHANNEL = "pgwake_jobs"
@@ -178,7 +179,7 @@ class Listener:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen forever, reconnecting with backoff; started() once first listening."""
         started = False
-        backoff = 0.05
+        retry = Reconnect(cap=self._max_backoff)
         while True:
             try:
                 conn = await db.connect(self._dsn, timeout=self._probe_timeout)
@@ -186,10 +187,9 @@ class Listener:
                 if not started:
                     raise
                 self._set_down(str(exc))
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
+                await retry.sleep()
                 continue
-            backoff = 0.05
+            retry.reset()
             try:
                 await self._serve(conn, first=not started, task_status=task_status)
             except db.DATABASE_ERRORS as exc:

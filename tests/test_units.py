@@ -16,7 +16,7 @@ from listener.config import load_settings
 from listener.db import is_transient
 from listener.errors import ConfigError
 from listener.redact import redact
-from listener.retry import Backoff
+from listener.retry import FIRST_RECONNECT_DELAY, Backoff, Reconnect
 from listener.wake import Wake
 
 
@@ -118,6 +118,28 @@ def test_backoff_grows_with_jitter_and_respects_the_cap() -> None:
         assert 0.75 <= delays[0] <= 1.25
         assert all(d <= 100.0 for d in delays)
     assert backoff.delay(200) == 100.0
+
+
+def test_backoff_without_jitter_doubles_exactly() -> None:
+    backoff = Backoff(base=0.5, cap=3.0, jitter=0.0)
+    assert [backoff.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_reconnect_doubles_from_first_to_the_cap_and_starts_again_after_a_success() -> None:
+    retry = Reconnect(cap=1.0)
+    waits = [retry.next_delay() for _ in range(7)]
+    first = FIRST_RECONNECT_DELAY
+    assert waits == [first, first * 2, first * 4, first * 8, first * 16, 1.0, 1.0]
+    retry.reset()
+    assert retry.next_delay() == first
+    assert retry.next_delay() == first * 2
+
+
+def test_reconnect_never_waits_longer_than_its_cap() -> None:
+    """A cap below the first wait (a heartbeat of a fraction of a second) wins."""
+    retry = Reconnect(first=0.1, cap=0.03)
+    assert [retry.next_delay() for _ in range(3)] == [0.03, 0.03, 0.03]
+    assert [Reconnect(first=0.1, cap=5.0).next_delay() for _ in range(2)] == [0.1, 0.1]
 
 
 @pytest.mark.parametrize(
