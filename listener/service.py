@@ -45,8 +45,9 @@ from listener.logs import get_logger
 from listener.maintenance.promoter import Promoter
 from listener.maintenance.recovery import Recoverer
 from listener.maintenance.retention import Pruner
+from listener.maintenance.sampler import Sampler
 from listener.maintenance.schedules import Scheduler
-from listener.metrics import Metrics, Sampler
+from listener.metrics import Metrics
 from listener.migrate import check_schema
 from listener.notifications import Listener
 from listener.progress import ProgressWriter

@@ -15,6 +15,9 @@ from listener.api import JobContext, Registry
 from listener.config import load_settings
 from listener.db import is_transient
 from listener.errors import ConfigError
+from listener.logs import get_logger
+from listener.maintenance.rounds import run_paced_rounds
+from listener.outage import OutageLog
 from listener.redact import redact
 from listener.retry import FIRST_RECONNECT_DELAY, Backoff, Reconnect
 from listener.wake import Wake
@@ -244,3 +247,35 @@ def test_transient_errors_are_those_a_new_attempt_can_outlive() -> None:
     ]
     assert [is_transient(e) for e in transient] == [True] * len(transient)
     assert [is_transient(e) for e in lasting] == [False] * len(lasting)
+
+
+async def test_paced_rounds_wait_what_each_round_asks_and_ride_out_transient_errors() -> None:
+    """Each round's answer is the next wait (none when not positive); a transient error
+    is recorded, ``after_failure`` runs and the next round comes ``retry_after`` later;
+    any other error ends the loop."""
+    answers: list[float | Exception] = [0.5, ConnectionError("cut"), 0.0, 2.0, ValueError("bug")]
+    waits: list[float] = []
+    cleanups: list[int] = []
+    outage = OutageLog(get_logger("test"), "test rounds")
+
+    async def one_round() -> float:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        assert not outage.failing or answer == 0.0  # the round after the failure
+        return answer
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def after_failure() -> None:
+        cleanups.append(len(waits))
+
+    with pytest.raises(ValueError, match="bug"):
+        await run_paced_rounds(
+            one_round, outage, retry_after=1.0, sleep=sleep, after_failure=after_failure
+        )
+    assert waits == [0.5, 1.0, 2.0]
+    assert cleanups == [1]  # once, right after the failed round
+    assert not outage.failing  # the rounds after it succeeded
+    assert answers == []
