@@ -13,13 +13,16 @@ Invariants:
   text holds neither NUL nor lone surrogates, and a message holding them is stored
   escaped rather than refused (which would lose it).
 - ``CURRENT_JOB`` holds the job whose handler runs in the current context (None
-  elsewhere); the log configuration adds its id, tenant, kind and attempt to every line
-  logged there.
+  elsewhere; :func:`job_context` sets it); the log configuration adds its id, tenant,
+  kind and attempt to every line logged there. It is the one way a job's fields reach
+  a log line: ``ctx.log``, the executor's lines about the job, ``structlog`` and
+  ``logging`` alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,6 +98,16 @@ def storable_text(text: str) -> str:
 
 
 CURRENT_JOB: ContextVar[Job | None] = ContextVar("pgwake_current_job", default=None)
+
+
+@contextmanager
+def job_context(job: Job) -> Iterator[None]:
+    """Within it, every line logged names ``job`` (id, tenant, kind, attempt)."""
+    token = CURRENT_JOB.set(job)
+    try:
+        yield
+    finally:
+        CURRENT_JOB.reset(token)
 
 
 def add_job_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
