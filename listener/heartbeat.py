@@ -86,8 +86,6 @@ class Heartbeat:
         # Whether "liveness lock held by another session" was logged since the lock was
         # last held (logged once per change).
         self._lock_busy_logged = False
-        self.beats = 0
-        self.lost = 0
         # time.monotonic() of the last heartbeat written (registration included).
         self.last_beat: float | None = None
 
@@ -198,7 +196,6 @@ class Heartbeat:
         with anyio.fail_after(max(self._interval, 2.0) * 2):
             row = await conn.fetchrow(QUERIES["worker_heartbeat"], self._worker_id, self._locked)
         if row is None:
-            self.lost += 1
             self._log.error(
                 "this worker was declared lost (no heartbeat for longer than the heartbeat "
                 "timeout); dropping its running jobs, which were given to other workers, "
@@ -207,7 +204,6 @@ class Heartbeat:
             self._on_lost()
             await self._register(conn)
             return
-        self.beats += 1
         self.last_beat = time.monotonic()
         if row["cancel_ids"]:
             self._on_cancel(list(row["cancel_ids"]))

@@ -77,9 +77,6 @@ class Listener:
         self._probe_channel = f"pgwake_probe_{uuid.uuid4().hex}"
         self._probe_token = ""
         self._probe_reply = anyio.Event()
-        self.probes = 0
-        self.notifications = 0
-        self.reconnects = 0
         # The connection now listening (None while down), and one query at a time on it.
         self._conn: asyncpg.Connection | None = None
         self._conn_lock = anyio.Lock()
@@ -94,7 +91,6 @@ class Listener:
             wake.set(source)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
-        self.notifications += 1
         self._wake_all("notify")
 
     def _on_probe(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
@@ -111,7 +107,6 @@ class Listener:
                     QUERIES["listener_probe"], self._probe_channel, self._probe_token
                 )
             await self._probe_reply.wait()
-        self.probes += 1
 
     def _on_cancel_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         # The payload is not trusted, not even parsed: the rows say what to cancel.
@@ -214,7 +209,6 @@ class Listener:
         if first:
             task_status.started()
         else:
-            self.reconnects += 1
             self._metrics.listener_reconnects.inc()
             self._log.info("listener reconnected")
             self._wake_all("reconnect")

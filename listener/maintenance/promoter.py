@@ -39,7 +39,6 @@ class Promoter:
         self._batch = batch
         self._log = get_logger("maintenance")
         self._outage = OutageLog(self._log, "promotion of due jobs")
-        self.promoted = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Promote forever."""
@@ -60,7 +59,6 @@ class Promoter:
                 leader: bool = row["leader"]
                 promoted: int = row["promoted"]
                 if promoted:
-                    self.promoted += promoted
                     await conn.execute(QUERIES["workers_wake"])
                 if promoted < self._batch:
                     break

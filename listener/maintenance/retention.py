@@ -48,7 +48,6 @@ class Pruner:
         self._batch = batch
         self._log = get_logger("retention")
         self._outage = OutageLog(self._log, "retention")
-        self.pruned = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Prune forever."""
@@ -75,7 +74,6 @@ class Pruner:
                 if deleted < self._batch:
                     break
                 await anyio.lowlevel.checkpoint()  # let claims and outcomes through between batches
-        self.pruned += total
         if total:
             self._log.info("pruned finished jobs past their retention", jobs=total)
         return total
