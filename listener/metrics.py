@@ -75,7 +75,8 @@ LATENCY_BUCKETS = (
 OTHER_TENANTS = "_other"
 # Jobs of kinds no registered worker has a handler for are counted under this kind.
 UNHANDLED_KIND = "_unhandled"
-OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "snoozed")
+# How an attempt ends (jobs.Outcome.label): a finished status, or a run again later.
+OUTCOMES = (*FINISHED, "retried", "snoozed")
 WAKE_SOURCES = ("notify", "poll", "reconnect", "slot")
 LOST_WHY = ("gone", "hung")
 RECOVERED_WHY = (*LOST_WHY, "unregistered")
