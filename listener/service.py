@@ -40,12 +40,14 @@ from listener.errors import ConfigError
 from listener.executor import Executor
 from listener.heartbeat import Heartbeat
 from listener.http import HttpEndpoint
+from listener.jobs import Status
 from listener.logs import get_logger
 from listener.maintenance.promoter import Promoter
 from listener.maintenance.recovery import Recoverer
 from listener.maintenance.retention import Pruner
+from listener.maintenance.sampler import Sampler
 from listener.maintenance.schedules import Scheduler
-from listener.metrics import Metrics, Sampler
+from listener.metrics import Metrics
 from listener.migrate import check_schema
 from listener.notifications import Listener
 from listener.progress import ProgressWriter
@@ -307,9 +309,9 @@ class Service:
             pool,
             self.metrics,
             {
-                "succeeded": s.retention_succeeded,
-                "failed": s.retention_failed,
-                "cancelled": s.retention_cancelled,
+                Status.SUCCEEDED: s.retention_succeeded,
+                Status.FAILED: s.retention_failed,
+                Status.CANCELLED: s.retention_cancelled,
             },
         )
 
@@ -379,7 +381,7 @@ class Service:
                     attempt_counted=not clean,
                 )
             await pool.execute(QUERIES["worker_deregister"], self.worker_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except db.DATABASE_ERRORS as exc:
             self._log.error(
                 "could not put back held jobs; the maintenance leader of another worker "
                 "will recover them",
