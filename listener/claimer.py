@@ -64,7 +64,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from listener.completer import Completer
 from listener.db import is_transient
 from listener.executor import Executor
-from listener.jobs import Job, Outcome
+from listener.jobs import Job, Outcome, Status
 from listener.kept_connection import KeptConnection
 from listener.logs import get_logger
 from listener.metrics import Metrics
@@ -669,7 +669,7 @@ class Claimer:
         if reason == "cancel":
             self._metrics.jobs_cancelled_running.inc()
             outcome = Outcome(
-                job.id, job.attempt, "cancelled", error="cancelled: requested while running"
+                job.id, job.attempt, Status.CANCELLED, error="cancelled: requested while running"
             )
         else:
             outcome = self._executor.timed_out(job)

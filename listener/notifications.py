@@ -37,6 +37,7 @@ from listener.errors import DatabaseUnavailableError
 from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.queries import QUERIES
+from listener.retry import Reconnect
 from listener.wake import Wake
 
 CHANNEL = "pgwake_jobs"
@@ -76,9 +77,6 @@ class Listener:
         self._probe_channel = f"pgwake_probe_{uuid.uuid4().hex}"
         self._probe_token = ""
         self._probe_reply = anyio.Event()
-        self.probes = 0
-        self.notifications = 0
-        self.reconnects = 0
         # The connection now listening (None while down), and one query at a time on it.
         self._conn: asyncpg.Connection | None = None
         self._conn_lock = anyio.Lock()
@@ -93,7 +91,6 @@ class Listener:
             wake.set(source)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
-        self.notifications += 1
         self._wake_all("notify")
 
     def _on_probe(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
@@ -110,7 +107,6 @@ class Listener:
                     QUERIES["listener_probe"], self._probe_channel, self._probe_token
                 )
             await self._probe_reply.wait()
-        self.probes += 1
 
     def _on_cancel_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         # The payload is not trusted, not even parsed: the rows say what to cancel.
@@ -178,7 +174,7 @@ class Listener:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen forever, reconnecting with backoff; started() once first listening."""
         started = False
-        backoff = 0.05
+        retry = Reconnect(cap=self._max_backoff)
         while True:
             try:
                 conn = await db.connect(self._dsn, timeout=self._probe_timeout)
@@ -186,19 +182,12 @@ class Listener:
                 if not started:
                     raise
                 self._set_down(str(exc))
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
+                await retry.sleep()
                 continue
-            backoff = 0.05
+            retry.reset()
             try:
                 await self._serve(conn, first=not started, task_status=task_status)
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-                TimeoutError,
-            ) as exc:
+            except db.DATABASE_ERRORS as exc:
                 self._set_down(f"{type(exc).__name__}: {exc}")
             finally:
                 conn.terminate()
@@ -220,7 +209,6 @@ class Listener:
         if first:
             task_status.started()
         else:
-            self.reconnects += 1
             self._metrics.listener_reconnects.inc()
             self._log.info("listener reconnected")
             self._wake_all("reconnect")

@@ -40,12 +40,14 @@ from listener.errors import ConfigError
 from listener.executor import Executor
 from listener.heartbeat import Heartbeat
 from listener.http import HttpEndpoint
+from listener.jobs import Status
 from listener.logs import get_logger
 from listener.maintenance.promoter import Promoter
 from listener.maintenance.recovery import Recoverer
 from listener.maintenance.retention import Pruner
+from listener.maintenance.sampler import Sampler
 from listener.maintenance.schedules import Scheduler
-from listener.metrics import Metrics, Sampler
+from listener.metrics import Metrics
 from listener.migrate import check_schema
 from listener.notifications import Listener
 from listener.progress import ProgressWriter
@@ -89,7 +91,7 @@ def session_settings(settings: Settings) -> dict[str, str]:
     off, a sequential scan is chosen only where no index can serve, whatever the
     statistics said when the statement was prepared. (``plan_cache_mode =
     force_custom_plan`` fixes the same trap by planning every execution, which doubles
-    the cost of a small claim; see the README, "Plans that do not go stale".)
+    the cost of a small claim; see docs/architecture.md, "Plans that do not go stale".)
 
     ``jit = off`` goes with it: a plan that must read a table sequentially (the few
     rows of pgwake.workers, say) now costs more than ``jit_above_cost``, and compiling
@@ -307,9 +309,9 @@ class Service:
             pool,
             self.metrics,
             {
-                "succeeded": s.retention_succeeded,
-                "failed": s.retention_failed,
-                "cancelled": s.retention_cancelled,
+                Status.SUCCEEDED: s.retention_succeeded,
+                Status.FAILED: s.retention_failed,
+                Status.CANCELLED: s.retention_cancelled,
             },
         )
 
@@ -375,7 +377,7 @@ class Service:
                     attempt_counted=not clean,
                 )
             await pool.execute(QUERIES["worker_deregister"], self.worker_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except db.DATABASE_ERRORS as exc:
             self._log.error(
                 "could not put back held jobs; the maintenance leader of another worker "
                 "will recover them",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import asyncpg
@@ -40,14 +41,13 @@ from listener.cli.support import (
 )
 from listener.cli.terminal import shown, shown_lines
 from listener.db import UndecodableJson
+from listener.jobs import FINISHED, Status
 from listener.queries import QUERIES
 
 jobs_app = typer.Typer(
     help="Look at and act on jobs: list, show, retry, cancel, purge.", no_args_is_help=True
 )
 
-STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
 TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's jobs.")]
 KindOpt = Annotated[str | None, typer.Option("--kind", help="Only jobs of this kind.")]
 
@@ -62,7 +62,7 @@ def _check_ids(ids: list[int] | None, what: str = "job id") -> None:
             raise fail(f"{what} must be from 1 to {MAX_JOB_ID}; got {job_id}", 2)
 
 
-def _check_status(status: str | None, allowed: tuple[str, ...]) -> None:
+def _check_status(status: str | None, allowed: Sequence[Status]) -> None:
     if status is not None and status not in allowed:
         raise fail(f"--status must be one of {', '.join(allowed)}; got {status!r}", 2)
 
@@ -76,7 +76,7 @@ def list_cmd(
     tenant: TenantOpt = None,
     kind: KindOpt = None,
     status: Annotated[
-        str | None, typer.Option("--status", help=f"One of {', '.join(STATUSES)}.")
+        str | None, typer.Option("--status", help=f"One of {', '.join(Status)}.")
     ] = None,
     older_than: Annotated[
         float | None,
@@ -95,7 +95,7 @@ def list_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """List jobs, newest first. Page with --before LAST_ID."""
-    _check_status(status, STATUSES)
+    _check_status(status, list(Status))
     _check_ids([before] if before is not None else None, "--before")
     settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 

@@ -42,12 +42,14 @@ from listener.cli.support import (
 )
 from listener.cli.terminal import shown
 from listener.config import Settings
+from listener.jobs import ACTIVE
+from listener.jobs import Status as JobStatus
 from listener.migrate import check_schema
 from listener.queries import QUERIES
 from listener.redact import display_dsn
 
-ACTIVE = ("scheduled", "queued", "running")
-COUNTED = (*ACTIVE, "failed")
+# The statuses the summary counts: the jobs still to run, and those that failed.
+COUNTED = (*ACTIVE, JobStatus.FAILED)
 
 
 @dataclass
@@ -160,7 +162,7 @@ def build(
     return Status(
         database=display_dsn(dsn),
         at=at,
-        totals={status: sum(getattr(k, status) for k in kind_rows) for status in COUNTED},
+        totals={s.value: sum(getattr(k, s) for k in kind_rows) for s in COUNTED},
         oldest_queued_seconds=max(waits, default=None),
         kinds=kind_rows,
         tenants=[

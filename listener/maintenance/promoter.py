@@ -17,8 +17,8 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from listener.db import is_transient
 from listener.logs import get_logger
+from listener.maintenance.rounds import run_paced_rounds
 from listener.outage import OutageLog
 from listener.queries import QUERIES
 from listener.wake import Wake
@@ -39,23 +39,16 @@ class Promoter:
         self._batch = batch
         self._log = get_logger("maintenance")
         self._outage = OutageLog(self._log, "promotion of due jobs")
-        self.promoted = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Promote forever."""
         task_status.started()
-        while True:
-            try:
-                wait = await self._promote_due()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self._outage.failed(exc)
-                wait = min(self._poll_interval, 1.0)
-            else:
-                self._outage.succeeded()
-            if wait > 0:
-                await self._wake.wait(wait)
+        await run_paced_rounds(
+            self._promote_due,
+            self._outage,
+            retry_after=min(self._poll_interval, 1.0),
+            sleep=self._wake.wait,
+        )
 
     async def _promote_due(self) -> float:
         """Promote what is due; return seconds until the next job is due."""
@@ -66,7 +59,6 @@ class Promoter:
                 leader: bool = row["leader"]
                 promoted: int = row["promoted"]
                 if promoted:
-                    self.promoted += promoted
                     await conn.execute(QUERIES["worker_wake"])
                 if promoted < self._batch:
                     break

@@ -28,6 +28,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
+from listener.jobs import Status
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_rounds
 from listener.metrics import Metrics
@@ -72,8 +73,6 @@ class Recoverer:
         self._batch = batch
         self._log = get_logger("recovery")
         self._outage = OutageLog(self._log, "recovery round")
-        self.rounds_led = 0
-        self.recovered = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover forever."""
@@ -91,7 +90,6 @@ class Recoverer:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(QUERIES["leader_elect_maintenance"]):
                 return Round(leader=False)
-            self.rounds_led += 1
             self._metrics.maintenance_rounds_led.inc()
             lost = await conn.fetch(QUERIES["worker_list_lost"], self._grace, self._timeout)
             ids = [row["id"] for row in lost]
@@ -112,7 +110,6 @@ class Recoverer:
         for row in recovered:
             reason = why.get(row["lost_worker"], "unregistered")
             self._metrics.jobs_recovered.labels(reason, row["status"]).inc()
-        self.recovered += len(recovered)
         if lost or recovered:
             self._log.warning(
                 "recovered jobs of lost workers",
@@ -127,7 +124,7 @@ class Recoverer:
                     for row in lost
                 ],
                 jobs=[row["id"] for row in recovered],
-                failed=sum(1 for row in recovered if row["status"] == "failed"),
+                failed=sum(1 for row in recovered if row["status"] == Status.FAILED),
             )
         return Round(leader=True, lost_workers=len(lost), recovered=len(recovered))
 

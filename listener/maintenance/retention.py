@@ -20,13 +20,12 @@ import anyio.lowlevel
 import asyncpg
 from anyio.abc import TaskStatus
 
+from listener.jobs import FINISHED, Status
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_rounds
 from listener.metrics import Metrics
 from listener.outage import OutageLog
 from listener.queries import QUERIES
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class Pruner:
@@ -36,7 +35,7 @@ class Pruner:
         self,
         pool: asyncpg.Pool,
         metrics: Metrics,
-        retention: Mapping[str, float],
+        retention: Mapping[Status, float],
         *,
         interval: float = 10.0,
         batch: int = 1000,
@@ -49,7 +48,6 @@ class Pruner:
         self._batch = batch
         self._log = get_logger("retention")
         self._outage = OutageLog(self._log, "retention")
-        self.pruned = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Prune forever."""
@@ -76,7 +74,6 @@ class Pruner:
                 if deleted < self._batch:
                     break
                 await anyio.lowlevel.checkpoint()  # let claims and outcomes through between batches
-        self.pruned += total
         if total:
             self._log.info("pruned finished jobs past their retention", jobs=total)
         return total

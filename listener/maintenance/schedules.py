@@ -100,7 +100,6 @@ class Scheduler:
         self._interval = interval
         self._log = get_logger("schedules")
         self._outage = OutageLog(self._log, "schedules round")
-        self.enqueued = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run rounds forever."""
@@ -121,7 +120,6 @@ class Scheduler:
                     if is_transient(exc):
                         raise
                     await self._disable(conn, row["name"], _reason(exc))
-        self.enqueued += enqueued
         return enqueued
 
     async def _disable(self, conn: PoolConnectionProxy, name: str, reason: str) -> None:

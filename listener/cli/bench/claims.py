@@ -73,6 +73,7 @@ async def retention_cost(
     server_dsn: str, *, finished: int = 1_000_000, queued: int = 100_000
 ) -> list[RetentionRun]:
     """The retention workload (see the module docstring)."""
+    from listener.jobs import FINISHED  # noqa: PLC0415
     from listener.maintenance.retention import Pruner  # noqa: PLC0415
     from listener.metrics import Metrics  # noqa: PLC0415 - only for this workload
 
@@ -96,7 +97,7 @@ async def retention_cost(
             pruner = Pruner(
                 pool,
                 Metrics(),
-                {"succeeded": 86_400.0, "failed": 86_400.0, "cancelled": 86_400.0},
+                dict.fromkeys(FINISHED, 86_400.0),
             )
             done = anyio.Event()
             pruned = 0
