@@ -264,6 +264,27 @@ class Settings(BaseSettings):
         return self
 
 
+def _extra(name: str) -> dict[str, Any]:
+    extra = Settings.model_fields[name].json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def flag_names(name: str) -> list[str]:
+    """The flags of setting ``name`` on ``pgwake run``: ``--`` + the name with dashes,
+    then any other spelling the field names."""
+    return ["--" + name.replace("_", "-"), *_extra(name).get("flags", [])]
+
+
+def shown_default(name: str) -> str:
+    """The default of setting ``name`` as ``pgwake run --help`` and the docs show it."""
+    if "shown_default" in _extra(name):
+        return str(_extra(name)["shown_default"])
+    default = Settings.model_fields[name].default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return str(default)
+
+
 class _Environment(EnvSettingsSource):
     """``PGWAKE_`` variables of ``env`` (upper-case names only); a list is written with
     commas between its values (``PGWAKE_KINDS=email,sms``); an empty variable is unset."""
