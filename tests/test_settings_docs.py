@@ -1,0 +1,115 @@
+"""The settings are defined once, in listener/config.py: the settings table of the docs
+(README.md or a page of docs/) and the flags of ``pgwake run`` are held to the model."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import typer
+
+from listener.cli.app import app
+from listener.cli.options import DATABASE_SETTINGS
+from listener.config import ENV_PREFIX, Settings, flag_names, shown_default
+from tests.conftest import ROOT
+
+TABLE_HEADER = "| Setting / TOML key | Flag | Environment | Default | Meaning |"
+ROW = re.compile(r"^\| `(?P<name>[a-z_]+)` \| (?P<flag>.*?) \| (?P<env>.*?) \| (?P<default>.*?) \|")
+
+
+def settings_tables() -> dict[str, dict[str, dict[str, str]]]:
+    """Every settings table of README.md and docs/*.md: file -> setting -> cells."""
+    tables = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        lines = path.read_text().splitlines()
+        for start, line in enumerate(lines):
+            if line.strip() != TABLE_HEADER:
+                continue
+            rows: dict[str, dict[str, str]] = {}
+            for row in lines[start + 2 :]:
+                if not row.startswith("|"):
+                    break
+                match = ROW.match(row)
+                assert match is not None, f"{path.name}: a row not of a setting: {row}"
+                assert match["name"] not in rows, f"{path.name}: {match['name']} twice"
+                rows[match["name"]] = match.groupdict()
+            tables[f"{path.relative_to(ROOT)}:{start + 1}"] = rows
+    return tables
+
+
+# typer builds click commands (a click it may vendor): read as such, by duck typing.
+
+
+def run_command() -> Any:
+    return typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+
+
+def unquoted(cell: str) -> str:
+    return cell.strip().strip("`")
+
+
+@pytest.mark.parametrize(("where", "rows"), list(settings_tables().items()))
+def test_the_settings_table_is_the_model(where: str, rows: dict[str, dict[str, str]]) -> None:
+    """Every setting has a row, with its flags, environment variable and default; no row
+    names anything else."""
+    assert sorted(rows) == sorted(Settings.model_fields), where
+    flags = {param.name: {*param.opts, *param.secondary_opts} for param in run_command().params}
+    for name, cells in rows.items():
+        assert unquoted(cells["env"]) == ENV_PREFIX + name.upper(), (where, name)
+        written = re.findall(r"`(--[a-z-]+(?:/--[a-z-]+)?)`", cells["flag"])
+        assert written, (where, name, cells["flag"])
+        for flag in written:
+            assert set(flag.split("/")) <= flags[name], (where, name, flag, flags[name])
+        default = Settings.model_fields[name].default
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            assert float(unquoted(cells["default"])) == default, (where, name, cells["default"])
+        else:
+            assert unquoted(cells["default"]) == shown_default(name), (where, name)
+
+
+def test_there_is_a_settings_table() -> None:
+    assert settings_tables(), f"no table headed {TABLE_HEADER!r} in README.md or docs/"
+
+
+def test_run_has_a_flag_for_every_setting() -> None:
+    """The flags are derived from the model: each setting has its flag(s), its
+    description as help, its default shown, and None as the value when not given (so
+    the environment and the file still apply)."""
+    params = {param.name: param for param in run_command().params}
+    for name, field in Settings.model_fields.items():
+        param = params[name]
+        assert param.param_type_name == "option", name
+        assert set(flag_names(name)) <= {*param.opts, *param.secondary_opts}, name
+        if name in DATABASE_SETTINGS:
+            continue
+        assert param.help is not None, name
+        assert field.description is not None, name
+        assert param.help.startswith(field.description), name
+        assert param.help.endswith(f"Default: {shown_default(name)}."), name
+        assert param.default is None, name
+    assert set(params) == {*Settings.model_fields, "config"}
+
+
+def test_every_command_that_reaches_the_database_takes_the_same_options() -> None:
+    """--dsn, --config and --data-dir are one definition (listener/cli/options.py),
+    taken by every command but the two that need no database."""
+    without: list[str] = []
+    shapes: dict[str, set[str]] = {"dsn": set(), "config": set(), "data_dir": set()}
+
+    def walk(command: Any, path: str) -> None:
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}")
+            return
+        options = {p.name: p for p in command.params if p.name in shapes}
+        if not options:
+            without.append(path)
+        assert options == {} or set(options) == set(shapes), path
+        for name, param in options.items():
+            assert param.param_type_name == "option", (path, name)
+            shapes[name].add(f"{param.opts} {param.help} {param.default}")
+
+    walk(typer.main.get_command(app), "pgwake")
+    assert sorted(without) == ["pgwake keys generate", "pgwake version"]
+    assert all(len(shape) == 1 for shape in shapes.values()), shapes
