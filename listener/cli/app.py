@@ -22,7 +22,15 @@ from listener.cli.keys import keys_app
 from listener.cli.options import Database, database_options, settings_options
 from listener.cli.schedules import schedules_app
 from listener.cli.status import status_cmd
-from listener.cli.support import JsonOpt, fail, guard, migrate_dsn, name_problem, run_async
+from listener.cli.support import (
+    JsonOpt,
+    fail,
+    guard,
+    migrate_dsn,
+    name_problem,
+    payload_object,
+    run_async,
+)
 from listener.cli.tenants import tenants_app
 from listener.cli.terminal import shown
 from listener.config import Settings
@@ -114,12 +122,7 @@ def enqueue_cmd(
     db: Database,
 ) -> None:
     """Enqueue one job (applications can simply INSERT INTO pgwake.jobs)."""
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise fail(f"--payload is not valid JSON: {exc}", 2) from None
-    if not isinstance(body, dict):
-        raise fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
+    body = payload_object(payload)
     for flag, value in (("KIND", kind), ("--tenant", tenant)):
         problem = name_problem(value)
         if problem is not None:

@@ -20,7 +20,7 @@ import asyncpg
 import typer
 
 from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, fail, name_problem
+from listener.cli.support import JsonOpt, fail, name_problem, payload_object
 from listener.cli.terminal import shown
 from listener.maintenance.schedules import MISSED_POLICIES, check_schedule
 from listener.queries import QUERIES
@@ -63,12 +63,7 @@ def add_cmd(
         raise fail(problem, 2)
     if missed not in MISSED_POLICIES:
         raise fail(f"--missed must be one of {', '.join(MISSED_POLICIES)}; got {missed!r}", 2)
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise fail(f"--payload is not JSON: {exc}", 2) from None
-    if not isinstance(body, dict):
-        raise fail("--payload must be a JSON object", 2)
+    body = payload_object(payload)
 
     async def add(conn: asyncpg.Connection) -> None:
         try:

@@ -13,6 +13,7 @@ constraint, a data exception), else 1.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
@@ -134,6 +135,17 @@ def name_problem(value: str) -> str | None:
     if len(value) > MAX_NAME_CHARS:
         return f"must be at most {MAX_NAME_CHARS} characters; got {len(value)}"
     return None
+
+
+def payload_object(payload: str) -> dict[str, Any]:
+    """``--payload`` read as a JSON object; anything else exits 2."""
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--payload is not valid JSON: {exc}", 2) from None
+    if not isinstance(body, dict):
+        raise fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
+    return body
 
 
 # SQLSTATEs of a value refused: not_null_violation, check_violation; and class 22.
