@@ -11,7 +11,7 @@ import typer
 
 from listener.cli.app import app
 from listener.cli.options import DATABASE_SETTINGS
-from listener.config import ENV_PREFIX, Settings, flag_names, shown_default
+from listener.config import ENV_PREFIX, Settings, flag_names, load_settings, shown_default
 from tests.conftest import ROOT
 
 TABLE_HEADER = "| Setting / TOML key | Flag | Environment | Default | Meaning |"
@@ -113,3 +113,23 @@ def test_every_command_that_reaches_the_database_takes_the_same_options() -> Non
     walk(typer.main.get_command(app), "pgwake")
     assert sorted(without) == ["pgwake keys generate", "pgwake version"]
     assert all(len(shape) == 1 for shape in shapes.values()), shapes
+
+
+def test_the_environment_is_read_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PGWAKE_`` + the upper-case name; lists separated by commas (not JSON); an empty
+    variable is unset; ``Settings()`` alone reads no environment."""
+    env = {
+        "PGWAKE_CONCURRENCY": "",
+        "pgwake_concurrency": "9",
+        "Pgwake_Kinds": "email",
+        "PGWAKE_HANDLERS": "a.b, ,c ",
+        "PGWAKE_METRICS_TENANTS": '["t1","t2"]',
+    }
+    settings = load_settings({}, env=env)
+    assert settings.concurrency == Settings.model_fields["concurrency"].default
+    assert settings.kinds == []
+    assert settings.handlers == ["a.b", "c"]
+    assert settings.metrics_tenants == ['["t1"', '"t2"]']
+    assert load_settings({}, env={"PGWAKE_CONCURRENCY": "9"}).concurrency == 9
+    monkeypatch.setenv("PGWAKE_CONCURRENCY", "9")
+    assert Settings().concurrency == Settings.model_fields["concurrency"].default
