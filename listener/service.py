@@ -89,7 +89,7 @@ def session_settings(settings: Settings) -> dict[str, str]:
     off, a sequential scan is chosen only where no index can serve, whatever the
     statistics said when the statement was prepared. (``plan_cache_mode =
     force_custom_plan`` fixes the same trap by planning every execution, which doubles
-    the cost of a small claim; see the README, "Plans that do not go stale".)
+    the cost of a small claim; see docs/architecture.md, "Plans that do not go stale".)
 
     ``jit = off`` goes with it: a plan that must read a table sequentially (the few
     rows of pgwake.workers, say) now costs more than ``jit_above_cost``, and compiling
