@@ -6,8 +6,8 @@ Invariants:
   is ``--`` + the name with dashes (listener/cli/options.py derives the flags from this
   model: type, help from the description, default). A field may add other spellings of
   its flag (``json_schema_extra={"flags": [...]}``) and say its default in words when it
-  has no literal one (``{"shown_default": ...}``); the README's table is held to the
-  model by tests/test_settings.py.
+  has no literal one (``{"shown_default": ...}``); the table of docs/configuration.md is
+  held to the model by tests/test_docs.py, run's flags by tests/test_settings.py.
 - Invalid settings raise :class:`ConfigError`: one line naming each setting, where it
   came from and the problem, before anything connects to a database.
 - The DSN is a ``SecretStr``: printing settings never shows it.

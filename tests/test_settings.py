@@ -1,9 +1,9 @@
-"""The settings are defined once, in listener/config.py: the settings table of the docs
-(README.md or a page of docs/) and the flags of ``pgwake run`` are held to the model."""
+"""The settings are defined once, in listener/config.py: the flags of ``pgwake run``
+and the options every command shares are held to the model, and the environment is
+read as documented (the docs' settings table is held to the model in test_docs.py)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
@@ -11,65 +11,13 @@ import typer
 
 from listener.cli.app import app
 from listener.cli.options import DATABASE_SETTINGS
-from listener.config import ENV_PREFIX, Settings, flag_names, load_settings, shown_default
-from tests.conftest import ROOT
-
-TABLE_HEADER = "| Setting / TOML key | Flag | Environment | Default | Meaning |"
-ROW = re.compile(r"^\| `(?P<name>[a-z_]+)` \| (?P<flag>.*?) \| (?P<env>.*?) \| (?P<default>.*?) \|")
-
-
-def settings_tables() -> dict[str, dict[str, dict[str, str]]]:
-    """Every settings table of README.md and docs/*.md: file -> setting -> cells."""
-    tables = {}
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        lines = path.read_text().splitlines()
-        for start, line in enumerate(lines):
-            if line.strip() != TABLE_HEADER:
-                continue
-            rows: dict[str, dict[str, str]] = {}
-            for row in lines[start + 2 :]:
-                if not row.startswith("|"):
-                    break
-                match = ROW.match(row)
-                assert match is not None, f"{path.name}: a row not of a setting: {row}"
-                assert match["name"] not in rows, f"{path.name}: {match['name']} twice"
-                rows[match["name"]] = match.groupdict()
-            tables[f"{path.relative_to(ROOT)}:{start + 1}"] = rows
-    return tables
-
+from listener.config import Settings, flag_names, load_settings, shown_default
 
 # typer builds click commands (a click it may vendor): read as such, by duck typing.
 
 
 def run_command() -> Any:
     return typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
-
-
-def unquoted(cell: str) -> str:
-    return cell.strip().strip("`")
-
-
-@pytest.mark.parametrize(("where", "rows"), list(settings_tables().items()))
-def test_the_settings_table_is_the_model(where: str, rows: dict[str, dict[str, str]]) -> None:
-    """Every setting has a row, with its flags, environment variable and default; no row
-    names anything else."""
-    assert sorted(rows) == sorted(Settings.model_fields), where
-    flags = {param.name: {*param.opts, *param.secondary_opts} for param in run_command().params}
-    for name, cells in rows.items():
-        assert unquoted(cells["env"]) == ENV_PREFIX + name.upper(), (where, name)
-        written = re.findall(r"`(--[a-z-]+(?:/--[a-z-]+)?)`", cells["flag"])
-        assert written, (where, name, cells["flag"])
-        for flag in written:
-            assert set(flag.split("/")) <= flags[name], (where, name, flag, flags[name])
-        default = Settings.model_fields[name].default
-        if isinstance(default, int | float) and not isinstance(default, bool):
-            assert float(unquoted(cells["default"])) == default, (where, name, cells["default"])
-        else:
-            assert unquoted(cells["default"]) == shown_default(name), (where, name)
-
-
-def test_there_is_a_settings_table() -> None:
-    assert settings_tables(), f"no table headed {TABLE_HEADER!r} in README.md or docs/"
 
 
 def test_run_has_a_flag_for_every_setting() -> None:
