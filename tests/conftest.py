@@ -1,49 +1,46 @@
-"""Test fixtures: a real PostgreSQL, a migrated template, a fresh database per test.
+"""Fixtures and hooks of the suite: a real PostgreSQL, a migrated template, a fresh
+database per test, and the checks that run around every test. Helpers live in
+tests/support/ (tests import them from there, never from here).
 
 Which server: ``PGWAKE_TEST_DSN`` if set; else the server at ``PGWAKE_TEST_PROBE``
 (default 127.0.0.1:5432) if it answers; else an embedded PostgreSQL started for the
 session. Each test gets ``CREATE DATABASE ... TEMPLATE`` of a database migrated once,
 and it is dropped ``WITH (FORCE)`` afterwards.
 
+Cleanup is unconditional: every fixture that creates a database, a role, a process or
+a directory removes it in a ``finally``, and a process a test started and did not stop
+is killed when the test ends (``_no_process_left``), whether the test passed or failed
+(tests/test_cleanup.py fails a test on purpose and checks that nothing is left).
+
 Logs: the test process logs through pgwake's own pipeline (listener/logs.py, console
-format), and tests/secret_watch.py collects every log of the session (captured output,
-subprocess output, worker and server log files) and every secret the tests use; the
-session fails if any secret appears in any log (see the hooks at the end).
+format), and tests/support/secret_watch.py collects every log of the session
+(captured output, subprocess output, worker and server log files) and every secret the
+tests use; the session fails if any secret appears in any log (see the hooks at the
+end).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import signal
+import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
-import anyio
 import asyncpg
 import pytest
 
 from listener import db, logs
-from listener.config import load_settings
+from listener.crypto import generate_key
 from listener.db import with_database
 from listener.migrate import migrate
-from listener.registry import Registry
-from listener.service import Service
-from tests import secret_watch
-
-ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
+from tests.support import processes, secret_watch
+from tests.support.cli import pgwake
+from tests.support.databases import fresh_database
+from tests.support.private_server import PrivateServer
 
 secret_watch.install()
 logs.configure("console", "info")
@@ -56,11 +53,6 @@ def _probe(addr: str) -> bool:
             return True
     except OSError:
         return False
-
-
-def database_name(dsn: str) -> str:
-    """The database a DSN names (also for unix-socket DSNs with ?host=...)."""
-    return urlsplit(dsn).path.lstrip("/")
 
 
 @pytest.fixture(scope="session")
@@ -80,44 +72,30 @@ def server_dsn() -> Iterator[str]:
     # A short path: the unix socket lives in the data directory (108-byte limit).
     base = Path(tempfile.mkdtemp(prefix="pgwt-", dir="/tmp"))
     print(f"\npgwake tests: no server at {probe}; embedded PostgreSQL in {base}", file=sys.stderr)
-    with embedded_postgres(base / "data") as dsn:
-        yield dsn
-
-
-async def _admin(server_dsn: str) -> asyncpg.Connection:
-    return await asyncpg.connect(server_dsn)
+    try:
+        with embedded_postgres(base / "data") as dsn:
+            yield dsn
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 async def template_db(server_dsn: str) -> AsyncIterator[str]:
     """A database migrated once; tests clone it."""
     name = f"pgwake_tpl_{os.getpid()}"
-    admin = await _admin(server_dsn)
+    admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await db.connect(with_database(server_dsn, name))
         try:
-            await migrate(conn)
+            conn = await db.connect(with_database(server_dsn, name))
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+            yield name
         finally:
-            await conn.close()
-        yield name
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(server_dsn: str, template: str | None) -> AsyncIterator[str]:
-    """Create a uniquely named database (a copy of ``template`` when given), yield its
-    DSN, drop it afterwards."""
-    name = f"pgwake_t_{uuid.uuid4().hex[:12]}"
-    clause = f' TEMPLATE "{template}"' if template else ""
-    admin = await _admin(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
-        yield with_database(server_dsn, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
 
@@ -146,97 +124,44 @@ async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
-async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.02
-) -> T:
-    """Poll ``check`` until it returns a truthy value; fail with its last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s; last value: {last!r}")
-        await asyncio.sleep(interval)
+@pytest.fixture
+def keyring_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh encryption keyring in ``PGWAKE_ENCRYPTION_KEYS``; its text returned."""
+    keys = generate_key("k1")
+    monkeypatch.setenv("PGWAKE_ENCRYPTION_KEYS", keys)
+    return keys
 
 
-def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
-    """Status and body of GET ``path`` on 127.0.0.1:``port``; (0, reason) when nothing
-    answers."""
+@pytest.fixture
+def private_server() -> Iterator[PrivateServer]:
+    """A migrated PostgreSQL of the test's own (tests/support/private_server.py), stopped
+    and its directory removed afterwards."""
+    # Not under pytest's tmp_path: its parents are private to root, and the server runs
+    # as another user.
+    root = Path(tempfile.mkdtemp(prefix="pgwake_faults_"))
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        return 0, str(exc)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(dsn: str, registry: Registry, **overrides: Any) -> AsyncIterator[Service]:
-    """An in-process worker, ready (listening) on entry, stopped cleanly on exit."""
-    settings = load_settings({"metrics_addr": "127.0.0.1:0", **overrides}, env={})
-    service = Service(settings, registry, dsn)
-    async with anyio.create_task_group() as tg:
-        await tg.start(service.run)
+        server = PrivateServer(root)
         try:
-            yield service
+            server.init()
+            server.start()
+            done = pgwake("migrate", dsn=server.dsn)
+            assert done.returncode == 0, done.stderr
+            yield server
         finally:
-            service.stop()
-    assert service.stopped.is_set()
+            server.stop("immediate")  # harmless when it never started
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def spawn_worker(
-    dsn: str, *args: str, env: dict[str, str] | None = None, log: IO[str] | None = None
-) -> subprocess.Popen[str]:
-    """A worker in its own process (``python -m listener run``), DSN passed by env. Its
-    output is piped (read it with ``stop_process``), or written to ``log`` for long
-    runs whose output could fill a pipe."""
-    if log is not None:
-        secret_watch.current().add_log_file(Path(log.name), f"worker log {log.name}")
-    full_env = {
-        **os.environ,
-        "PGWAKE_DSN": dsn,
-        "PYTHONPATH": str(ROOT),
-        "PGWAKE_LOG_FORMAT": "json",
-        "PGWAKE_METRICS_ADDR": "127.0.0.1:0",
-        **(env or {}),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "listener", "run", *args],
-        env=full_env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE if log is None else log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop_process(
-    proc: subprocess.Popen[str], timeout: float = 30.0, *, terminate: bool = True
-) -> tuple[int, str]:
-    """SIGTERM ``proc`` (unless ``terminate`` is false), wait, return (exit code, output);
-    SIGKILL and fail if it does not exit in time."""
-    if terminate and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    """Kill what the test started and did not stop (a worker it never reached
+    ``stop_process`` for because it failed first), after its other fixtures."""
+    before = processes.children()
     try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"process did not stop within {timeout}s:\n{out}")
-    return proc.returncode, out
-
-
-async def wait_ready(conn: asyncpg.Connection, count: int = 1, timeout: float = 30.0) -> None:
-    """Wait until ``count`` workers have registered."""
-
-    async def registered() -> bool:
-        n = await conn.fetchval("SELECT count(*) FROM pgwake.workers")
-        return bool(n >= count)
-
-    await eventually(registered, timeout=timeout)
+        yield
+    finally:
+        processes.kill_new_children(before)
 
 
 # --- The secret watch: no DSN password or key in any log of the session --------------

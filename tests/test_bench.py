@@ -6,7 +6,7 @@ import json
 
 import asyncpg
 
-from tests.test_cli import pgwake
+from tests.support.cli import pgwake
 
 
 async def bench_databases(server_dsn: str) -> set[str]:

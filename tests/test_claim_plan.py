@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 import asyncpg
 
@@ -14,13 +13,7 @@ from listener.config import load_settings
 from listener.kept_connection import KeptConnection
 from listener.queries import QUERIES
 from listener.service import session_settings
-
-
-def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for child in plan.get("Plans", []):
-        found.extend(nodes(child))
-    return found
+from tests.support.plans import nodes
 
 
 async def test_claim_plan_uses_the_ready_index_with_ten_thousand_tenants(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -12,8 +11,8 @@ import pytest
 
 from listener import db
 from listener.cli.terminal import shown, shown_lines
-from tests.test_cli import pgwake
-from tests.test_roles import as_user
+from tests.support.cli import pgwake
+from tests.support.databases import as_user, fresh_role
 
 HOSTILE = "report\x1b]0;owned\x07\nINJECTED LINE\u202e"
 ESCAPED = "report\\x1b]0;owned\\x07\\nINJECTED LINE\\u202e"
@@ -41,10 +40,7 @@ async def hostile_rows(
     """A confined role (a real login) enqueues a job whose tenant and kind hold escape
     sequences, a line break and a bidi override; a failed job's error, a tenant's id and
     a schedule's name hold them too."""
-    role = f"pgwake_hostile_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
-    try:
+    async with fresh_role(server_dsn, dsn, "hostile") as role:
         await conn.execute("SELECT pgwake.confine_role_to_tenant($1, $2)", role, HOSTILE)
         app = await db.connect(as_user(dsn, role))
         try:
@@ -65,10 +61,6 @@ async def hostile_rows(
             HOSTILE,
         )
         yield {"queued": queued, "failed": failed}
-        await conn.execute(f'DROP OWNED BY "{role}"')
-    finally:
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
 
 
 async def test_text_from_the_database_is_printed_escaped(

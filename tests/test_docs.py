@@ -19,7 +19,7 @@ import typer
 
 from listener.cli import app
 from listener.config import Settings, shown_default
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 PAGES = sorted(
     [

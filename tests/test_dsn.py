@@ -18,9 +18,10 @@ from listener.crypto import generate_key
 from listener.dsn import DsnError, dsn_passwords, parse_dsn
 from listener.errors import ConfigError
 from listener.redact import MASK, redact
-from tests.conftest import eventually, running_worker
-from tests.test_cli import pgwake
-from tests.test_tenant_db import add_tenant, writer_registry
+from tests.support.cli import pgwake
+from tests.support.tenants import add_tenant, writer_registry
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 # PGWAKE_HYPOTHESIS_EXAMPLES=20000 for a longer run; CI runs the derandomized default.
 EXAMPLES = int(os.environ.get("PGWAKE_HYPOTHESIS_EXAMPLES", "400"))

@@ -19,7 +19,9 @@ import psutil
 import pytest
 
 from listener.embedded import clear_dead_pids
-from tests.conftest import ROOT, eventually, stop_process
+from tests.support.paths import ROOT
+from tests.support.waiting import eventually
+from tests.support.workers import stop_process
 
 
 def clean_env() -> dict[str, str]:

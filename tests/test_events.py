@@ -12,7 +12,8 @@ import asyncpg
 
 from listener.api import JobContext
 from listener.registry import Registry
-from tests.conftest import eventually, running_worker
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 def registry() -> Registry:

@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_cli import pgwake
+from tests.support.cli import pgwake
+from tests.support.paths import ROOT
 
 BIG = str(2**64)  # beyond bigint
 LONG = "x" * 201  # one character more than tenant ids, kinds and names may have

@@ -1,4 +1,4 @@
-"""Real faults on a server of the test's own (tests/private_server.py): PostgreSQL
+"""Real faults on a server of the test's own (tests/support/private_server.py): PostgreSQL
 crash-restarted under load, and every packet on its port dropped without a FIN. The
 worker must heal by itself, without being restarted, and lose nothing."""
 
@@ -9,54 +9,27 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import eventually, spawn_worker, stop_process
-from tests.private_server import PrivateServer, _free_port
-from tests.test_cli import pgwake
+from tests.support.private_server import (
+    PrivateServer,
+    connect_when_up,
+    free_port,
+    probe_start_seconds,
+)
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process
 
 # Far longer than any test waits: a job that starts in time was woken, not polled.
 POLL = "300"
-
-
-@pytest.fixture
-def private_server() -> Iterator[PrivateServer]:
-    # Not under pytest's tmp_path: its parents are private to root, and the server runs
-    # as another user.
-    root = Path(tempfile.mkdtemp(prefix="pgwake_faults_"))
-    try:
-        server = PrivateServer(root)
-        server.init()
-        server.start()
-        try:
-            done = pgwake("migrate", dsn=server.dsn)
-            assert done.returncode == 0, done.stderr
-            yield server
-        finally:
-            server.stop("immediate")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-async def connect_when_up(dsn: str, timeout: float = 60) -> asyncpg.Connection:
-    async def attempt() -> asyncpg.Connection | None:
-        try:
-            return await asyncpg.connect(dsn, timeout=2)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            return None
-
-    conn: asyncpg.Connection = await eventually(attempt, timeout=timeout, interval=0.1)
-    return conn
 
 
 async def enqueue_forever(dsn: str, stats: dict[str, int]) -> None:
@@ -81,27 +54,6 @@ async def enqueue_forever(dsn: str, stats: dict[str, int]) -> None:
     finally:
         if conn is not None:
             conn.terminate()
-
-
-async def probe_start_seconds(dsn: str) -> float:
-    """Insert one job and return how long it waited to be claimed (database clock)."""
-    conn = await connect_when_up(dsn)
-    try:
-        job_id = await conn.fetchval(
-            "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('probe', 'noop') RETURNING id"
-        )
-
-        async def started() -> float | None:
-            waited: float | None = await conn.fetchval(
-                "SELECT extract(epoch FROM started_at - created_at)::float8 "
-                "FROM pgwake.jobs WHERE id = $1 AND started_at IS NOT NULL",
-                job_id,
-            )
-            return waited
-
-        return await eventually(started, timeout=60, interval=0.02)
-    finally:
-        await conn.close()
 
 
 async def test_postgres_restarted_twice_under_load(private_server: PrivateServer) -> None:
@@ -218,7 +170,7 @@ def readyz(port: int) -> int:
 async def test_connection_cut_without_fin_is_detected_and_healed(
     private_server: PrivateServer,
 ) -> None:
-    metrics_port = _free_port()
+    metrics_port = free_port()
     worker = spawn_worker(
         private_server.dsn,
         "--poll-interval",

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from listener.metrics import Metrics
-from tests.grafana_queries import (
+from tests.support.grafana_queries import (
     DASHBOARDS,
     GRAFANA,
     RULE_TESTS,

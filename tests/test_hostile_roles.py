@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -25,7 +24,9 @@ import pytest
 from listener import db
 from listener.api import JobContext
 from listener.registry import Registry
-from tests.conftest import database_name, eventually, running_worker, spawn_worker, stop_process
+from tests.support.databases import ROLE_PREFIX, as_user, database_name, drop_role
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker, spawn_worker, stop_process
 
 # Every advisory-lock key pgwake uses or used (listener/locks.py names them all), as
 # (classid, objid); the tenant and worker keys are added per test.
@@ -42,12 +43,6 @@ PGWAKE_KEYS = [
 ]
 
 
-def as_user(dsn: str, user: str) -> str:
-    parts = urlsplit(dsn)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
-
-
 @contextlib.asynccontextmanager
 async def roles(server_dsn: str, dsn: str, *definitions: str) -> AsyncIterator[dict[str, str]]:
     """Creates roles from ``"name: CREATE ROLE options"`` definitions (``{name}`` in the
@@ -58,19 +53,15 @@ async def roles(server_dsn: str, dsn: str, *definitions: str) -> AsyncIterator[d
     try:
         for definition in definitions:
             key, _, options = definition.partition(":")
-            made[key] = f"pgwake_h_{key}_{uuid.uuid4().hex[:8]}"
+            made[key] = f"{ROLE_PREFIX}h_{key}_{uuid.uuid4().hex[:8]}"
             await admin.execute(f'CREATE ROLE "{made[key]}" ' + options.strip().format(**made))
         yield made
     finally:
-        local = await asyncpg.connect(dsn)
         try:
             for name in reversed(made.values()):
-                await local.execute(f'DROP OWNED BY "{name}"')
+                await drop_role(admin, dsn, name)
         finally:
-            await local.close()
-        for name in reversed(made.values()):
-            await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
-        await admin.close()
+            await admin.close()
 
 
 async def connect_as(dsn: str, role: str) -> asyncpg.Connection:

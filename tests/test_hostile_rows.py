@@ -20,9 +20,11 @@ from listener.api import JobContext, Registry, Retry
 from listener.maintenance.schedules import Scheduler, due_slots
 from listener.migrate import latest_version, load_migrations
 from listener.queries import QUERIES
-from tests.conftest import ROOT, eventually, running_worker
-from tests.test_cli import pgwake
-from tests.test_schedules import add_schedule
+from tests.support.cli import pgwake
+from tests.support.paths import ROOT
+from tests.support.schedules import add_schedule
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 # 15 bytes that PostgreSQL stores as a number of 5001 digits, which Python's int()
 # refuses (more than 4300 digits); and nesting deeper than Python's recursion limit.

@@ -54,7 +54,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from listener.db import UndecodableJson, decode_json
-from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process, wait_ready
 
 EXAMPLES = int(os.environ.get("PGWAKE_HYPOTHESIS_EXAMPLES", "0"))
 JOB_EXAMPLES = EXAMPLES or 120

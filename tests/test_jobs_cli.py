@@ -13,8 +13,8 @@ import sys
 import anyio
 import asyncpg
 
-from tests.conftest import ROOT
-from tests.test_cli import pgwake
+from tests.support.cli import pgwake
+from tests.support.paths import ROOT
 
 
 async def seed(conn: asyncpg.Connection) -> dict[str, int]:

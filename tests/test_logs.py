@@ -23,8 +23,10 @@ import structlog
 from listener import logs
 from listener.crypto import generate_key, parse_keys
 from listener.redact import MASK, redact, redact_value, register_dsn, register_secret
-from tests import secret_watch
-from tests.conftest import ROOT, eventually, spawn_worker, stop_process
+from tests.support import secret_watch
+from tests.support.paths import ROOT
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process
 
 
 def with_password(dsn: str) -> str:
@@ -64,7 +66,7 @@ async def test_lines_inside_a_job_carry_it_and_mask_secrets(
     worker = spawn_worker(
         secret_dsn,
         "--handlers",
-        "tests.logging_handlers",
+        "tests.support.logging_handlers",
         env={"PGWAKE_ENCRYPTION_KEYS": keys, "PGWAKE_LOG_FORMAT": "json"},
     )
     try:
@@ -122,7 +124,7 @@ async def test_console_format_is_readable_lines(dsn: str, conn: asyncpg.Connecti
     worker = spawn_worker(
         dsn,
         "--handlers",
-        "tests.logging_handlers",
+        "tests.support.logging_handlers",
         env={"PGWAKE_ENCRYPTION_KEYS": generate_key("k1"), "PGWAKE_LOG_FORMAT": "console"},
     )
     try:
@@ -315,7 +317,7 @@ async def test_secret_watch_catches_a_leak_in_a_worker_log(
         worker = spawn_worker(
             secret_dsn,
             "--handlers",
-            "tests.logging_handlers",
+            "tests.support.logging_handlers",
             env={"PGWAKE_ENCRYPTION_KEYS": keys, "PGWAKE_LOG_FORMAT": "json"},
         )
         try:

@@ -15,8 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from listener.api import JobContext, Registry
 from listener.metrics import LATENCY_BUCKETS, Metrics, observe_many
-from tests.conftest import ROOT, eventually, http_get, running_worker
-from tests.test_cli import pgwake
+from tests.support.cli import pgwake
+from tests.support.http import http_get
+from tests.support.paths import ROOT
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -6,16 +6,9 @@ import json
 
 import asyncpg
 
-from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
-
-RECORDING = "tests.recording_handlers"
-
-
-async def create_executions_table(conn: asyncpg.Connection) -> None:
-    await conn.execute(
-        "CREATE TABLE test_executions ("
-        " job_id bigint PRIMARY KEY, attempt int NOT NULL, pid int NOT NULL)"
-    )
+from tests.support.recording_handlers import RECORDING, create_executions_table
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process, wait_ready
 
 
 async def test_four_processes_run_every_job_exactly_once(

@@ -27,8 +27,7 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
-from tests.grafana_queries import (
+from tests.support.grafana_queries import (
     DASHBOARDS,
     RULES,
     alert_rules,
@@ -37,6 +36,8 @@ from tests.grafana_queries import (
     panel_queries,
     variable_queries,
 )
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process, wait_ready
 
 JOB = "pgwake"
 # What Grafana puts in for the dashboard variables: this scrape job, "All" workers and

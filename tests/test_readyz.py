@@ -5,19 +5,17 @@ the database is back; /healthz answers 200 throughout."""
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import AsyncIterator
 
 import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import eventually, http_get, spawn_worker, stop_process
-from tests.private_server import PrivateServer, _free_port
-from tests.test_faults import private_server, probe_start_seconds
-from tests.test_roles import as_user
-
-__all__ = ["private_server"]  # the fixture, imported for these tests
+from tests.support.databases import as_user, fresh_role
+from tests.support.http import http_get
+from tests.support.private_server import PrivateServer, free_port, probe_start_seconds
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process
 
 
 async def probe(port: int, path: str = "/readyz") -> tuple[int, str]:
@@ -49,7 +47,7 @@ READY = (200, "ready\n")
 async def test_readyz_follows_the_database_through_an_outage(
     private_server: PrivateServer,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     worker = spawn_worker(private_server.dsn, env={"PGWAKE_METRICS_ADDR": f"127.0.0.1:{port}"})
     try:
         await answers(port, READY)
@@ -76,7 +74,7 @@ async def test_readyz_follows_the_database_through_an_outage(
 async def test_readyz_is_503_before_the_worker_reaches_its_database() -> None:
     """The HTTP endpoint comes up first: a worker whose database does not answer yet
     is alive and not ready; when the connection fails it exits 4, as it always has."""
-    port = _free_port()
+    port = free_port()
     with socket.socket() as silent:  # accepts connections (in its backlog), never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
@@ -99,25 +97,22 @@ async def test_readyz_is_503_before_the_worker_reaches_its_database() -> None:
 
 @pytest.fixture
 async def limited_role(
-    server_dsn: str, conn: asyncpg.Connection
+    server_dsn: str, dsn: str, conn: asyncpg.Connection
 ) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
     """A login role that may run a worker in the test database (not a superuser, so a
     connection limit applies to it), and an admin connection to the server."""
-    role = f"pgwake_rz_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
-    try:
-        for grant in (
-            f'GRANT USAGE ON SCHEMA pgwake TO "{role}"',
-            f'GRANT ALL ON ALL TABLES IN SCHEMA pgwake TO "{role}"',
-            f'GRANT ALL ON ALL SEQUENCES IN SCHEMA pgwake TO "{role}"',
-        ):
-            await conn.execute(grant)
-        yield role, admin
-    finally:
-        await conn.execute(f'DROP OWNED BY "{role}"')
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
+    async with fresh_role(server_dsn, dsn, "readyz") as role:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            for grant in (
+                f'GRANT USAGE ON SCHEMA pgwake TO "{role}"',
+                f'GRANT ALL ON ALL TABLES IN SCHEMA pgwake TO "{role}"',
+                f'GRANT ALL ON ALL SEQUENCES IN SCHEMA pgwake TO "{role}"',
+            ):
+                await conn.execute(grant)
+            yield role, admin
+        finally:
+            await admin.close()
 
 
 async def test_readyz_falls_when_claims_cannot_reach_the_database(
@@ -127,7 +122,7 @@ async def test_readyz_falls_when_claims_cannot_reach_the_database(
     ones refused (the role's connection limit is reached): not ready until claims
     reach the database again."""
     role, admin = limited_role
-    port = _free_port()
+    port = free_port()
     # A poll far longer than the test: the failed claim is retried on its own, not at
     # the next poll.
     worker = spawn_worker(

@@ -23,9 +23,10 @@ from listener.metrics import Metrics
 from listener.queries import QUERIES
 from listener.registry import Registry
 from listener.service import session_settings
-from tests.conftest import eventually, running_worker, spawn_worker, stop_process, wait_ready
-from tests.test_cli import pgwake
-from tests.test_processes import RECORDING, create_executions_table
+from tests.support.cli import pgwake
+from tests.support.recording_handlers import RECORDING, create_executions_table
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker, spawn_worker, stop_process, wait_ready
 
 # Fast enough for tests, still well above scheduling noise.
 FAST = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "3", "--poll-interval", "60")

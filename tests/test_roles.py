@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from listener import db
-
-
-def as_user(dsn: str, user: str) -> str:
-    parts = urlsplit(dsn)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+from tests.support.databases import as_user, fresh_role
 
 
 @pytest.fixture
@@ -23,20 +16,13 @@ async def app_conn(
     server_dsn: str, dsn: str, conn: asyncpg.Connection
 ) -> AsyncIterator[asyncpg.Connection]:
     """A connection as a fresh login role confined to tenant 'acme'."""
-    role = f"pgwake_app_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
-    try:
+    async with fresh_role(server_dsn, dsn, "app") as role:
         await conn.execute("SELECT pgwake.confine_role_to_tenant($1, 'acme')", role)
         app = await db.connect(as_user(dsn, role))
         try:
             yield app
         finally:
             await app.close()
-            await conn.execute(f'DROP OWNED BY "{role}"')
-    finally:
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
 
 
 async def test_app_role_enqueues_only_for_its_tenant_and_sees_only_its_jobs(

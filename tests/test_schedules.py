@@ -15,8 +15,9 @@ import pytest
 
 from listener import db
 from listener.maintenance.schedules import MAX_CATCH_UP, Scheduler, due_slots
-from tests.conftest import spawn_worker, stop_process, wait_ready
-from tests.test_cli import pgwake
+from tests.support.cli import pgwake
+from tests.support.schedules import add_schedule
+from tests.support.workers import spawn_worker, stop_process, wait_ready
 
 
 def test_due_slots_skip_and_catch_up() -> None:
@@ -52,16 +53,6 @@ def test_slots_follow_the_time_zone_across_dst() -> None:
     now = datetime(2026, 3, 30, 12, 0, tzinfo=paris)
     slots, _ = due_slots("0 9 * * *", "Europe/Paris", before, now, "catch_up")
     assert [s.astimezone(UTC).hour for s in slots] == [8, 8, 7, 7]
-
-
-async def add_schedule(conn: asyncpg.Connection, name: str, **values: object) -> None:
-    row = {"cron": "* * * * *", "kind": "tick", "tenant_id": "acme", "missed": "skip"}
-    row.update(values)
-    columns = ", ".join(["name", *row])
-    params = ", ".join(f"${i}" for i in range(1, len(row) + 2))
-    await conn.execute(
-        f"INSERT INTO pgwake.schedules ({columns}) VALUES ({params})", name, *row.values()
-    )
 
 
 async def test_rounds_enqueue_each_slot_once(dsn: str, conn: asyncpg.Connection) -> None:

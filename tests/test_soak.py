@@ -18,10 +18,9 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import spawn_worker
-from tests.private_server import PrivateServer
-from tests.test_faults import connect_when_up, private_server  # noqa: F401 - fixture
-from tests.test_processes import RECORDING
+from tests.support.private_server import PrivateServer, connect_when_up
+from tests.support.recording_handlers import RECORDING
+from tests.support.workers import spawn_worker
 
 JOBS = int(os.environ.get("PGWAKE_SOAK_JOBS", "3000"))
 SLEEP = float(os.environ.get("PGWAKE_SOAK_SLEEP", "0.2"))
@@ -61,7 +60,7 @@ async def unfinished(dsn: str) -> int | None:
 
 # The run's own deadline below is the real limit; pytest's default timeout is not.
 @pytest.mark.timeout(int(900 + JOBS * SLEEP / 10))
-async def test_soak_under_chaos(private_server: PrivateServer) -> None:  # noqa: F811
+async def test_soak_under_chaos(private_server: PrivateServer) -> None:
     dsn = private_server.dsn
     rng = random.Random(SEED)
     conn = await connect_when_up(dsn)

@@ -12,7 +12,8 @@ import anyio
 import asyncpg
 
 from listener.api import JobContext, Registry
-from tests.conftest import eventually, running_worker
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 def sleeping_registry() -> Registry:

@@ -14,7 +14,8 @@ import pytest
 from listener import db
 from listener.jobs import ACTIVE, FINISHED, Status
 from listener.queries import QUERIES
-from tests.conftest import eventually
+from tests.support.claims import claim, register
+from tests.support.waiting import eventually
 
 
 async def test_plain_insert_gets_defaults(conn: asyncpg.Connection) -> None:
@@ -244,36 +245,6 @@ async def test_cancel_job_function(conn: asyncpg.Connection) -> None:
     assert await conn.fetchval("SELECT pgwake.cancel_job($1)", job_id) is True
     assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id=$1", job_id) == "cancelled"
     assert await conn.fetchval("SELECT pgwake.cancel_job($1)", job_id) is False
-
-
-async def claim(
-    conn: asyncpg.Connection,
-    worker: uuid.UUID,
-    limit: int,
-    *,
-    kinds: list[str] | None = None,
-    tenant_cap: int = 1000,
-    busy: dict[str, int] | None = None,
-    cursor: str = "",
-) -> list[asyncpg.Record]:
-    busy = busy or {}
-    rows = await conn.fetch(
-        QUERIES["job_claim"],
-        worker,
-        kinds or ["k"],
-        limit,
-        tenant_cap,
-        list(busy),
-        list(busy.values()),
-        cursor,
-    )
-    return [r for r in rows if r["id"] is not None]  # without the walk summary row
-
-
-async def register(conn: asyncpg.Connection) -> uuid.UUID:
-    worker = uuid.uuid4()
-    await conn.execute(QUERIES["worker_register"], worker, "test", 1, ["k"], 10, None)
-    return worker
 
 
 async def test_claim_interleaves_tenants(conn: asyncpg.Connection) -> None:

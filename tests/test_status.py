@@ -17,9 +17,10 @@ import pytest
 
 from listener.queries import QUERIES
 from listener.redact import redact
-from tests.conftest import eventually, spawn_worker, stop_process
-from tests.test_claim_plan import nodes
-from tests.test_cli import pgwake
+from tests.support.cli import pgwake
+from tests.support.plans import nodes
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process
 
 JOBS = """
 INSERT INTO pgwake.jobs (tenant_id, kind, run_at)

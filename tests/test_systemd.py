@@ -3,9 +3,9 @@
 The default suite verifies the unit files with ``systemd-analyze verify`` (on copies whose
 ExecStart names this checkout's ``pgwake``: verify insists the binary exists) and checks
 their sandbox's exposure score. With ``PGWAKE_SYSTEMD_TEST=1``, a Debian system boots in
-systemd-nspawn (tests/nspawn.py), pgwake is installed in it as docs/operations.md says, and the
-unchanged units run there against the tests' PostgreSQL (the container shares the
-host's network, so the DSNs the fixtures hand out work as they are).
+systemd-nspawn (tests/support/nspawn.py), pgwake is installed in it as docs/operations.md
+says, and the unchanged units run there against the tests' PostgreSQL (the container
+shares the host's network, so the DSNs the fixtures hand out work as they are).
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ from listener.config import load_settings
 from listener.crypto import generate_key, load_keyring
 from listener.migrate import latest_version
 from listener.service import RELEASE_MARGIN
-from tests.conftest import ROOT, eventually, fresh_database, wait_ready
-from tests.nspawn import Container, booted
+from tests.support.databases import fresh_database
+from tests.support.nspawn import Container, booted
+from tests.support.paths import ROOT
+from tests.support.waiting import eventually
+from tests.support.workers import wait_ready
 
 UNITS = ROOT / "systemd"
 INSTALLED_PGWAKE = "/opt/pgwake/bin/pgwake"
@@ -165,7 +168,7 @@ def systemd(container: Container) -> Iterator[Container]:
         container.run("systemctl", "daemon-reload")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -174,11 +177,11 @@ def _free_port() -> int:
 
 def configure(container: Container, dsn: str, name: str = "pgwake", **settings: str) -> int:
     """Write /etc/pgwake/NAME.env (mode 0600) for ``dsn``; returns its metrics port."""
-    port = _free_port()
+    port = free_port()
     env = {
         "PGWAKE_DSN": dsn,
         "PGWAKE_METRICS_ADDR": f"127.0.0.1:{port}",
-        "PGWAKE_HANDLERS": "tests.recording_handlers",
+        "PGWAKE_HANDLERS": "tests.support.recording_handlers",
         "PYTHONPATH": HANDLERS_INSIDE,
         **settings,
     }

@@ -24,9 +24,10 @@ import pytest
 
 from listener.service import RELEASE_MARGIN
 from listener.systemd import SystemdNotifier
-from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process, wait_ready
 
-RECORDING = "tests.recording_handlers"
+RECORDING = "tests.support.recording_handlers"
 UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 

@@ -3,54 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
-import anyio
 import asyncpg
-import pytest
 
 from listener import db
-from listener.api import JobContext, Registry
-from listener.crypto import generate_key, load_keyring
-from tests.conftest import database_name, eventually, fresh_database, running_worker
-
-
-@pytest.fixture
-def keyring_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    keys = generate_key("k1")
-    monkeypatch.setenv("PGWAKE_ENCRYPTION_KEYS", keys)
-    return keys
-
-
-def writer_registry() -> Registry:
-    registry = Registry()
-
-    @registry.handler("order.import")
-    async def import_order(payload: dict[str, Any], ctx: JobContext) -> str:
-        async with ctx.tenant_db() as conn:
-            await conn.execute("INSERT INTO orders (n) VALUES ($1)", payload["n"])
-            await anyio.sleep(payload.get("hold", 0))
-            return str(await conn.fetchval("SELECT current_database()"))
-
-    return registry
-
-
-async def add_tenant(conn: asyncpg.Connection, keys: str, tenant: str, dsn: str) -> None:
-    keyring = load_keyring({"PGWAKE_ENCRYPTION_KEYS": keys})
-    assert keyring is not None
-    await conn.execute(
-        "INSERT INTO pgwake.tenants (tenant_id, db_dsn_encrypted) VALUES ($1, $2)",
-        tenant,
-        keyring.encrypt(tenant, dsn),
-    )
-
-
-async def create_orders(dsn: str) -> None:
-    c = await db.connect(dsn)
-    try:
-        await c.execute("CREATE TABLE orders (n int NOT NULL)")
-    finally:
-        await c.close()
+from tests.support.databases import database_name, fresh_database
+from tests.support.tenants import add_tenant, create_orders, writer_registry
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def test_handler_writes_into_its_tenants_database_and_a_down_one_fails_alone(

@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 
 from listener.tenant_pools import TenantDatabaseError, TenantPools
-from tests.conftest import eventually, fresh_database, running_worker
-from tests.test_tenant_db import add_tenant, create_orders, keyring_env, writer_registry
-
-__all__ = ["keyring_env"]  # the fixture, used by name
+from tests.support.databases import fresh_database
+from tests.support.tenants import add_tenant, create_orders, writer_registry
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def _final(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:

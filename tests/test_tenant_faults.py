@@ -11,7 +11,6 @@ import contextlib
 import logging
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,15 +21,10 @@ import pytest
 from listener import db
 from listener.api import JobContext, Registry
 from listener.crypto import generate_key, load_keyring
-from tests import tenant_handlers
-from tests.conftest import (
-    database_name,
-    eventually,
-    fresh_database,
-    running_worker,
-    spawn_worker,
-    stop_process,
-)
+from tests.support import tenant_handlers
+from tests.support.databases import database_name, fresh_database, fresh_role
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker, spawn_worker, stop_process
 
 CONNECT_TIMEOUT = 10.0  # the worker's connect timeout for tenant databases
 
@@ -271,7 +265,7 @@ async def test_sigterm_with_a_job_on_a_hung_tenant_exits_within_drain_plus_five_
         worker = spawn_worker(
             dsn,
             "--handlers",
-            "tests.tenant_handlers",
+            "tests.support.tenant_handlers",
             "--drain-timeout",
             "2",
             env={"PGWAKE_ENCRYPTION_KEYS": keys},
@@ -314,7 +308,6 @@ async def test_a_connection_comes_back_as_a_fresh_session(
 
     Fails on 8feecbc: asyncpg's reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)
     left the role, the temporary table, the prepared statement and the sequence state."""
-    role = f"pgwake_other_{uuid.uuid4().hex[:8]}"
     reg = Registry()
 
     @reg.handler("dirty")
@@ -370,24 +363,24 @@ async def test_a_connection_comes_back_as_a_fresh_session(
             seen["custom"] = seen["custom"] or None
             return {**seen, "currval": currval, "in_transaction": in_transaction}
 
-    async with fresh_database(server_dsn, None) as shop:
+    async with (
+        fresh_database(server_dsn, None) as shop,
+        fresh_role(server_dsn, shop, "other", options="NOLOGIN") as role,
+    ):
         admin = await db.connect(shop)
         try:
-            await admin.execute(f'CREATE ROLE "{role}"')
             await admin.execute("CREATE SEQUENCE counter")
             await admin.execute(f'GRANT USAGE ON SEQUENCE counter TO "{role}"')
-            await add_tenant(conn, keys, "solo", shop)
-            async with running_worker(
-                dsn, reg, concurrency=1, tenant_concurrency=1, tenant_db_per_tenant=1
-            ):
-                first = await enqueue_kind(conn, "dirty")
-                (row,) = await finished(conn, [first])
-                second = await enqueue_kind(conn, "inspect")
-                (row2,) = await finished(conn, [second])
         finally:
-            await admin.execute(f'DROP OWNED BY "{role}"')
-            await admin.execute(f'DROP ROLE "{role}"')
             await admin.close()
+        await add_tenant(conn, keys, "solo", shop)
+        async with running_worker(
+            dsn, reg, concurrency=1, tenant_concurrency=1, tenant_db_per_tenant=1
+        ):
+            first = await enqueue_kind(conn, "dirty")
+            (row,) = await finished(conn, [first])
+            second = await enqueue_kind(conn, "inspect")
+            (row2,) = await finished(conn, [second])
     assert row["status"] == "succeeded", row["last_error"]
     assert row2["status"] == "succeeded", row2["last_error"]
     seen = row2["result"]

@@ -16,7 +16,8 @@ import asyncpg
 import pytest
 
 from listener.tenant_pools import TenantDatabaseError, TenantPools
-from tests.conftest import database_name, eventually, fresh_database
+from tests.support.databases import database_name, fresh_database
+from tests.support.waiting import eventually
 
 
 @contextlib.asynccontextmanager

