@@ -35,8 +35,15 @@ def clean_env() -> dict[str, str]:
 def data_dir() -> Iterator[Path]:
     # Short path: the server's unix socket lives in it.
     base = Path(tempfile.mkdtemp(prefix="pgwe-", dir="/tmp"))
-    yield base / "pgdata"
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        yield base / "pgdata"
+    finally:
+        # An embedded server (or initdb) a failed test left running in it: SIGQUIT is
+        # PostgreSQL's immediate shutdown, which takes its backends down with it.
+        for proc in processes_under(base):
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGQUIT)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_run_without_dsn_starts_uses_and_stops_an_embedded_server(data_dir: Path) -> None:
