@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from structlog.typing import FilteringBoundLogger
 
 from listener.errors import ConfigurationError
 from listener.jobs import Job
@@ -26,7 +28,10 @@ class JobContext:
     """What a handler may know and use about the job it runs."""
 
     job: Job
-    log: Any  # a structlog BoundLogger; the job's fields come from jobs.job_context
+    log: FilteringBoundLogger
+    """structlog's logger: ``ctx.log.info("event", key=value)``, ``await
+    ctx.log.ainfo(...)``, ``ctx.log.bind(...)``; the job's fields come from
+    ``jobs.job_context``."""
     databases: TenantDatabases | None = None
     progress_reporter: JobProgress | None = None
 

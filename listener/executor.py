@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 import structlog
 from pydantic import ValidationError
+from structlog.typing import FilteringBoundLogger
 
 from listener.context import JobContext
 from listener.db import UndecodableJson
@@ -113,7 +114,8 @@ class Executor:
         self._backoff = backoff
         self._databases = databases
         self._progress = progress
-        self._log = structlog.get_logger().bind(logger="executor")
+        # logs.configure makes structlog's wrapper class a FilteringBoundLogger.
+        self._log: FilteringBoundLogger = structlog.get_logger().bind(logger="executor")
 
     def _failure(self, job: Job, error: str, delay: float | None = None) -> Outcome:
         """A failed attempt: retried after a backoff unless attempts are used up."""
