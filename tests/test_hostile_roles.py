@@ -14,7 +14,7 @@ import signal
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -605,11 +605,22 @@ async def test_hostile_role_matrix(server_dsn: str, dsn: str, conn: asyncpg.Conn
                 finally:
                     await feeder.close()
 
+            async def jobs_flow() -> None:
+                """Ten victims' jobs inserted from now on have started."""
+                since = time.time()
+
+                async def ran() -> bool:
+                    return sum(t >= since and i in started for i, t in inserted.items()) >= 10
+
+                await eventually(ran, timeout=15)
+
             results: dict[str, dict[str, str]] = {}
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stream)
                 for login in ("confined", "member", "nobody"):
-                    results[login] = await attack(dsn, made[login], theirs, failed_id, relations)
+                    results[login] = await attack(
+                        dsn, made[login], theirs, failed_id, relations, jobs_flow
+                    )
                 stop_stream.set()
             # The victims' running job survived every attempt; release it.
             assert await status_of(conn, theirs) == "running"
@@ -677,9 +688,15 @@ async def test_hostile_role_matrix(server_dsn: str, dsn: str, conn: asyncpg.Conn
 
 
 async def attack(
-    dsn: str, role: str, theirs: int, failed: int, relations: list[tuple[str, str]]
+    dsn: str,
+    role: str,
+    theirs: int,
+    failed: int,
+    relations: list[tuple[str, str]],
+    jobs_flow: Callable[[], Awaitable[None]],
 ) -> dict[str, str]:
-    """Everything ``role`` tries, and how each attempt ended ('ok' or the error class)."""
+    """Everything ``role`` tries, and how each attempt ended ('ok' or the error class).
+    ``jobs_flow`` returns once the victims' jobs have gone on running meanwhile."""
     outcome: dict[str, str] = {}
     hostile = await connect_as(dsn, role)
     try:
@@ -738,8 +755,9 @@ async def attack(
                     break
                 await anyio.sleep(0.005)
             outcome[f"lock {classid}/{objid}"] = "held" if held else "busy"
-        # Hold them for a while as the stream runs: a stall would show in its latency.
-        await anyio.sleep(1.0)
+        # Hold them until victims' jobs inserted from now on have run: a stall would
+        # never let them (and would show in the latency the caller measures).
+        await jobs_flow()
         await hostile.execute("SELECT pg_advisory_unlock_all()")
     finally:
         await hostile.close()

@@ -223,12 +223,26 @@ async def test_cancel_running_job_from_sql_stops_its_handler(
         stopped_after = time.monotonic() - asked
         assert row["attempts"] == 1
         assert row["last_error"] == "cancelled: requested while running"
-        # No retry: it stays cancelled, and the handler never recorded anything.
-        await asyncio.sleep(1)
+        # No retry: a job inserted after it runs to its end, and the worker beats its
+        # heart after that, while it stays cancelled and the handler never recorded it.
+        marker = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind) VALUES ('record') RETURNING id"
+        )
+
+        async def marker_done_then_a_heartbeat() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT j.status = 'succeeded' AND w.heartbeat_at > j.finished_at "
+                    "FROM pgwake.jobs AS j, pgwake.workers AS w WHERE j.id = $1",
+                    marker,
+                )
+            )
+
+        await eventually(marker_done_then_a_heartbeat, timeout=30)
         assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", job_id) == (
             "cancelled"
         )
-        assert await conn.fetchval("SELECT count(*) FROM test_executions") == 0
+        assert await conn.fetchval("SELECT array_agg(job_id) FROM test_executions") == [marker]
         # A finished job cannot be cancelled again.
         assert await conn.fetchval("SELECT pgwake.cancel_job($1)", job_id) is False
         print(f"\nrunning job cancelled {stopped_after:.3f}s after pgwake.cancel_job")

@@ -138,10 +138,10 @@ async def test_no_insert_waits_for_the_poll_while_the_worker_goes_idle_and_busy(
                     for session in producers:
                         tg.start_soon(produce, session, rng.randrange(10**6))
                 await eventually(round_done, timeout=30)
-                # Let the worker go idle (and start waiting) before the next round, now
-                # and then; otherwise the next round meets it still busy.
+                # Now and then, let the worker go idle and start waiting before the next
+                # round; otherwise the next round meets it still busy.
                 if rng.random() < 0.5:
-                    await anyio.sleep(0.05)
+                    await eventually(lambda: conn.fetchval("SELECT pgwake.someone_waits(0)"))
     finally:
         for session in producers:
             await session.close()
