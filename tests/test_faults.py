@@ -4,6 +4,7 @@ worker must heal by itself, without being restarted, and lose nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -75,14 +76,20 @@ async def test_postgres_restarted_twice_under_load(private_server: PrivateServer
             await eventually(lambda: conn.fetchval("SELECT count(*) = 1 FROM pgwake.workers"))
         finally:
             await conn.close()
+
+        async def inserted(more: int) -> None:
+            """Wait until the producer has inserted ``more`` jobs from now on."""
+            target = stats["inserted"] + more
+            await eventually(lambda: asyncio.sleep(0, result=stats["inserted"] >= target))
+
         async with anyio.create_task_group() as producer:
             producer.start_soon(enqueue_forever, private_server.dsn, stats)
             for _ in range(2):
-                await anyio.sleep(2)
+                await inserted(100)  # under load
                 private_server.restart_immediate()
                 server_up.append(time.time())  # pg_ctl -w: accepting connections
                 waits.append(await probe_start_seconds(private_server.dsn))
-            await anyio.sleep(1)
+            await inserted(50)  # the producer is back too
             producer.cancel_scope.cancel()
         assert worker.poll() is None, "the worker died instead of reconnecting"
         conn = await connect_when_up(private_server.dsn)

@@ -17,6 +17,7 @@ from listener import db
 from listener.maintenance.schedules import MAX_CATCH_UP, Scheduler, due_slots
 from tests.support.cli import pgwake
 from tests.support.schedules import add_schedule
+from tests.support.waiting import eventually
 from tests.support.workers import spawn_worker, stop_process, wait_ready
 
 
@@ -138,6 +139,19 @@ async def sleep_until_second(conn: asyncpg.Connection, second: float) -> None:
     await anyio.sleep((second - now) % 60)
 
 
+async def slot_jobs_succeeded(conn: asyncpg.Connection, at_least: int) -> int:
+    """Wait until ``at_least`` jobs of the schedule have succeeded; how many have."""
+
+    async def succeeded() -> int:
+        n: int = await conn.fetchval(
+            "SELECT count(*) FROM pgwake.jobs WHERE unique_key LIKE 'schedule:minutely:%' "
+            "AND status = 'succeeded'"
+        )
+        return n if n >= at_least else 0
+
+    return await eventually(succeeded, timeout=120, interval=0.2)
+
+
 @pytest.mark.timeout(420)
 @pytest.mark.skipif(
     os.environ.get("PGWAKE_SKIP_SLOW") == "1", reason="PGWAKE_SKIP_SLOW=1: minutes long"
@@ -154,10 +168,11 @@ async def test_every_minute_with_three_workers_and_a_restart(
     started = await conn.fetchval("SELECT now()")
     try:
         await wait_ready(conn, 3)
-        # Up across at least one slot, then stopped 5 s past a minute and started again
-        # 15 s past the next one: down across exactly one slot, whatever the start-up
-        # takes (down across two, the skip policy would rightly enqueue only the later).
-        await anyio.sleep(60)
+        # Up across at least one slot (its job has run), then stopped 5 s past a minute
+        # and started again 15 s past the next one: down across exactly one slot,
+        # whatever the start-up takes (down across two, the skip policy would rightly
+        # enqueue only the later).
+        before = await slot_jobs_succeeded(conn, 1)
         await sleep_until_second(conn, 5)
         outputs = [stop_process(w) for w in workers]
         assert all(code == 0 for code, _ in outputs)
@@ -165,7 +180,7 @@ async def test_every_minute_with_three_workers_and_a_restart(
         await sleep_until_second(conn, 15)
         workers = [spawn_worker(dsn, *args) for _ in range(3)]
         await wait_ready(conn, 3)
-        await anyio.sleep(10)
+        await slot_jobs_succeeded(conn, before + 1)  # the missed slot, enqueued late
         await sleep_until_second(conn, 5)  # up across one more slot
     finally:
         for w in workers:
