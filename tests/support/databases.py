@@ -1,8 +1,8 @@
 """Databases and roles of a test's own on the session's server.
 
-Every name starts with ``pgwake_t_`` (databases) or ``pgwake_role_t_`` (roles, see
-``fresh_role``) so that a check can find anything a run left behind; both context
-managers drop what they created in a ``finally``, so a test that fails leaves nothing.
+Every database and role a test makes is named ``pgwake_t_...``, so anything a run left
+behind is easy to find; both context managers drop what they created in a
+``finally``, so a test that fails inside them leaves nothing (tests/test_cleanup.py).
 """
 
 from __future__ import annotations
