@@ -80,6 +80,7 @@ MAX_PARTIAL_WALKS = 100
 # A lone tenant may borrow idle slots beyond tenant_concurrency, but this share of the
 # worker's slots (at least one) stays free for a tenant that comes next.
 RESERVE_SHARE = 8
+STREAM_PAUSE = 0.005
 # Weight of the newest sample in the running average of claim durations.
 SMOOTHING = 0.1
 # How much the longest recent job duration fades with every job that ends.
@@ -346,6 +347,12 @@ class Claimer:
                 partial_walks += 1
                 continue
             partial_walks = 0
+            if claimed:
+                # A stream of jobs (producers inserting one at a time): look again after
+                # a short pause instead of asking every insert to notify.
+                await self._doorbell.busy()
+                await self._wake.wait(STREAM_PAUSE)
+                continue
             if await self._doorbell.before_sleep():
                 continue  # jobs may have come without a notification: look once more
             source = await self._wake.wait(self._doorbell.sleep_limit(self._poll_interval))
