@@ -7,7 +7,10 @@ Invariants:
   while jobs that never wait cost no task switch. No task is created per job.
 - Tenants take turns: a runner starts the first waiting job of the next tenant in turn
   that runs fewer jobs than its cap (``TenantShares.run_cap``). A tenant is in turn
-  (``_startable``) exactly while it has a waiting job and runs fewer than its cap.
+  exactly while it has a waiting job and runs fewer than its cap (``_Turns``). Where no
+  cap can bind (``tenant_concurrency`` equals ``concurrency``), jobs start in the order
+  the claim returned them, which interleaves tenants already (``_Fifo``), and nothing
+  is counted per tenant.
 - A runner keeps one cancel scope for as long as its jobs end on their own. Stopping one
   job (a cancel request, an abandon, or its timeout, which one watchdog task enforces
   for all runners) cancels the scope of the runner running it, which records why and
@@ -62,6 +65,114 @@ class _Runner:
         self.stop_reason: str | None = None
 
 
+class _Turns:
+    """Waiting jobs by tenant, and the tenants in turn to start one: a tenant is in
+    turn exactly while it has a waiting job and runs fewer jobs than its cap."""
+
+    __slots__ = ("_ready", "_run_cap", "_started", "_turn", "_turn_set")
+
+    def __init__(self, shares: TenantShares) -> None:
+        self._run_cap = shares.run_cap
+        self._ready: dict[str, deque[Job]] = {}
+        # The tenants in turn (a deque for the order, a set to test membership), and
+        # how many jobs of each tenant runners run.
+        self._turn: deque[str] = deque()
+        self._turn_set: set[str] = set()
+        self._started: Counter[str] = Counter()
+
+    def __bool__(self) -> bool:
+        """True while a runner may start a job."""
+        return bool(self._turn)
+
+    def add(self, jobs: Sequence[Job]) -> None:
+        ready, turn, turn_set = self._ready, self._turn, self._turn_set
+        started, run_cap = self._started, self._run_cap
+        for job in jobs:
+            tenant = job.tenant_id
+            queue = ready.get(tenant)
+            if queue is None:
+                queue = ready[tenant] = deque()
+            queue.append(job)
+            if tenant not in turn_set and started[tenant] < run_cap(tenant):
+                turn.append(tenant)
+                turn_set.add(tenant)
+
+    def take(self) -> Job | None:
+        """The first waiting job of the next tenant in turn (None if none is)."""
+        turn, ready, started, run_cap = self._turn, self._ready, self._started, self._run_cap
+        while turn:
+            tenant = turn.popleft()
+            self._turn_set.discard(tenant)
+            queue = ready.get(tenant)
+            if not queue:
+                continue
+            count = started[tenant]
+            cap = run_cap(tenant)
+            if count >= cap:
+                continue  # its cap shrank (it stopped borrowing): back when one ends
+            job = queue.popleft()
+            started[tenant] = count + 1
+            if not queue:
+                del ready[tenant]
+            elif count + 1 < cap:
+                turn.append(tenant)
+                self._turn_set.add(tenant)
+            return job
+        return None
+
+    def stopped(self, job: Job) -> bool:
+        """A runner is done with ``job``. True if its tenant came in turn again."""
+        tenant = job.tenant_id
+        started = self._started
+        count = started[tenant] - 1
+        if count:
+            started[tenant] = count
+        else:
+            del started[tenant]
+        if tenant not in self._turn_set and tenant in self._ready and count < self._run_cap(tenant):
+            self._turn.append(tenant)
+            self._turn_set.add(tenant)
+            return True
+        return False
+
+    def clear(self) -> list[Job]:
+        """Drop every waiting job; return them."""
+        waiting = [job for queue in self._ready.values() for job in queue]
+        self._ready.clear()
+        self._turn.clear()
+        self._turn_set.clear()
+        return waiting
+
+
+class _Fifo:
+    """Waiting jobs in claim order, when no tenant's cap can bind (``tenant_concurrency``
+    equals ``concurrency``): the claim already interleaves tenants, and nothing per
+    tenant needs counting."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: deque[Job] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def add(self, jobs: Sequence[Job]) -> None:
+        self._queue.extend(jobs)
+
+    def take(self) -> Job | None:
+        queue = self._queue
+        return queue.popleft() if queue else None
+
+    def stopped(self, job: Job) -> bool:
+        return False
+
+    def clear(self) -> list[Job]:
+        waiting = list(self._queue)
+        self._queue.clear()
+        return waiting
+
+
 class Runners:
     """Runs claimed jobs, tenants in turn, each under its timeout."""
 
@@ -80,13 +191,8 @@ class Runners:
         self._concurrency = concurrency
         self._metrics = metrics
         self._log = get_logger("runners")
-        # Claimed jobs waiting for a runner, by tenant; the tenants in turn to start
-        # one (a deque for the order, a set to test membership); how many jobs of each
-        # tenant runners run; the runner running each job.
-        self._ready: dict[str, deque[Job]] = {}
-        self._startable: deque[str] = deque()
-        self._startable_set: set[str] = set()
-        self._started: Counter[str] = Counter()
+        # Claimed jobs waiting for a runner, and the runner running each job.
+        self._waiting = _Turns(shares) if shares.caps_bind else _Fifo()
         self._holders: dict[int, _Runner] = {}
         # Runners parked (idle), how many there are, and how many were woken (or
         # started) and have not taken a job yet: at most one, so a batch of jobs that
@@ -109,17 +215,7 @@ class Runners:
 
     def add(self, jobs: Sequence[Job]) -> None:
         """Queue claimed jobs for the runners, each behind its tenant's earlier ones."""
-        ready, startable, startable_set = self._ready, self._startable, self._startable_set
-        started, run_cap = self._started, self._shares.run_cap
-        for job in jobs:
-            tenant = job.tenant_id
-            queue = ready.get(tenant)
-            if queue is None:
-                queue = ready[tenant] = deque()
-            queue.append(job)
-            if tenant not in startable_set and started[tenant] < run_cap(tenant):
-                startable.append(tenant)
-                startable_set.add(tenant)
+        self._waiting.add(jobs)
         self._wake_runner()
 
     def request_cancel(self, job_ids: Sequence[int]) -> None:
@@ -138,16 +234,12 @@ class Runners:
             if runner.stop_reason != "abandon":
                 runner.stop_reason = "abandon"
                 runner.scope.cancel()
-        waiting = [job for queue in self._ready.values() for job in queue]
-        self._ready.clear()
-        self._startable.clear()
-        self._startable_set.clear()
-        for job in waiting:
+        for job in self._waiting.clear():
             self._ends.dropped(job)
 
     def _wake_runner(self) -> None:
         """Get one more runner onto the waiting jobs, unless one is on its way."""
-        if self._waking or not self._startable:
+        if self._waking or not self._waiting:
             return
         if self._parked:
             self._waking += 1
@@ -177,59 +269,21 @@ class Runners:
                 self._stopped(job)
                 self._ends.dropped(job)
 
-    def _take(self) -> Job | None:
-        """The next job a runner may start: the first waiting job of the next tenant in
-        turn that runs fewer jobs than its cap (None if there is none)."""
-        startable, ready, started = self._startable, self._ready, self._started
-        run_cap = self._shares.run_cap
-        while startable:
-            tenant = startable.popleft()
-            self._startable_set.discard(tenant)
-            queue = ready.get(tenant)
-            if not queue:
-                continue
-            count = started[tenant]
-            cap = run_cap(tenant)
-            if count >= cap:
-                continue  # its cap shrank (it stopped borrowing): back when one ends
-            job = queue.popleft()
-            started[tenant] = count + 1
-            if not queue:
-                del ready[tenant]
-            elif count + 1 < cap:
-                startable.append(tenant)
-                self._startable_set.add(tenant)
-            return job
-        return None
-
     def _stopped(self, job: Job) -> None:
         """A runner is done with ``job``: its tenant may start its next waiting job."""
-        tenant = job.tenant_id
-        started = self._started
-        count = started[tenant] - 1
-        if count:
-            started[tenant] = count
-        else:
-            del started[tenant]
-        if (
-            tenant not in self._startable_set
-            and tenant in self._ready
-            and count < self._shares.run_cap(tenant)
-        ):
-            self._startable.append(tenant)
-            self._startable_set.add(tenant)
+        if self._waiting.stopped(job):
             self._wake_runner()
 
     async def _run_jobs(self, me: _Runner) -> None:
         """Run waiting jobs one after another; return when this runner's scope was
         cancelled during a job that still ended on its own (the scope is spent)."""
-        holders, attempt = self._holders, self._executor.attempt
+        holders, attempt, waiting = self._holders, self._executor.attempt, self._waiting
         while True:
-            job = self._take()
+            job = waiting.take()
             if job is None:
                 await self._park()
                 continue
-            if self._startable:
+            if waiting:
                 self._wake_runner()
             me.job = job
             holders[job.id] = me

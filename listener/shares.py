@@ -46,6 +46,12 @@ class TenantShares:
         # Tenants the last claims held to their cap: they may have more ready jobs.
         self._capped: set[str] = set()
 
+    @property
+    def caps_bind(self) -> bool:
+        """False when no tenant's cap can hold it below the worker's (``tenant_concurrency``
+        equals ``concurrency``): tenants need not be counted to run their jobs."""
+        return self._tenant_concurrency < self._concurrency
+
     def run_cap(self, tenant: str) -> int:
         """How many jobs of ``tenant`` may run at once."""
         if tenant == self.lone:
