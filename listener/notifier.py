@@ -16,7 +16,8 @@ Invariants:
   connection starts waiting (the session's waiting lock) and asks for one more claim;
   so does the call that finds every transaction gone that looked before the lock was
   taken (until then ``sleep_limit`` keeps the sleeps short). Only then may the claimer
-  sleep on notifications. ``busy`` (a backlog) stops waiting. A new connection starts
+  sleep on notifications. ``busy`` (a backlog, or a stream of jobs the claimer
+  looks for every few milliseconds) stops waiting. A new connection starts
   not waiting, and the reconnect wakes the claimer, which starts again.
 - Queries on the connection (probes, waiting) take turns; asyncpg runs one at a time.
 - A notification on ``pgwake_cancel`` only sets ``cancel_hints``; it never names a
@@ -154,8 +155,8 @@ class Listener:
         return poll_interval
 
     async def busy(self) -> None:
-        """The claimer has a backlog: it claims without being woken, so inserts need
-        not notify."""
+        """The claimer has a backlog, or a stream of jobs it looks for every few
+        milliseconds: it claims without being woken, so inserts need not notify."""
         conn = self._conn
         if conn is None or not self._waiting:
             return
