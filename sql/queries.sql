@@ -134,16 +134,8 @@ WITH RECURSIVE
 -- The worker must still be registered: a worker declared lost claims nothing until it
 -- registers again. KEY SHARE makes the leader's recovery of this worker wait for the
 -- claim to commit, and a claim that comes after it find no row.
--- The claim's commit does not wait for the disk (synchronous_commit off for its
--- transaction; about 0.4 ms of an idle worker's wake-up here): a claim lost in a crash
--- of the server leaves its jobs queued with the attempt not counted, and they run
--- again, as jobs cut short do (execution is at least once). A later commit that waits
--- for the disk (the jobs' outcomes, say) writes the claim with it.
 me AS (
-    SELECT w.id FROM pgwake.workers AS w
-     WHERE w.id = $1
-       AND pg_catalog.set_config('synchronous_commit', 'off', true) = 'off'
-       FOR KEY SHARE
+    SELECT w.id FROM pgwake.workers AS w WHERE w.id = $1 FOR KEY SHARE
 ),
 local_running AS (
     SELECT b.tenant_id, b.running
