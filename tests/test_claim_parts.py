@@ -1,18 +1,13 @@
-"""The parts the claim loop is made of, each on its own: the ledger of held jobs, the
-tenants' shares, the order in which runners start jobs; and the claim's commit mode on
-the real database."""
+"""The parts the claim loop is made of, each on its own (no database): the ledger of
+held jobs, the tenants' shares, the order in which runners start jobs."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from datetime import UTC, datetime
 
-import asyncpg
-
 from listener.jobs import Job
 from listener.ledger import Ledger
-from listener.queries import QUERIES
 from listener.runners import _Fifo, _Turns
 from listener.shares import TenantShares
 
@@ -137,40 +132,3 @@ def test_fifo_keeps_the_claims_order() -> None:
     assert not fifo.stopped(first)
     assert fifo.clear() == jobs[1:]
     assert fifo.take() is None
-
-
-async def test_claim_commits_without_waiting_for_the_disk_and_outcomes_do_wait(
-    conn: asyncpg.Connection,
-) -> None:
-    """The claim's transaction runs with synchronous_commit off (a claim lost in a server
-    crash leaves its jobs queued, to run again); outcome writes keep the session's
-    setting, so a finished job stays finished."""
-    worker = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency) "
-        "VALUES ($1, 'h', 1, '{k}', 1)",
-        worker,
-    )
-    await conn.execute("INSERT INTO pgwake.jobs (kind) VALUES ('k')")
-    assert await conn.fetchval("SHOW synchronous_commit") == "on"
-    async with conn.transaction():
-        rows = await conn.fetch(QUERIES["job_claim"], worker, ["k"], 10, 10, [], [], "")
-        claimed = [row for row in rows if row["id"] is not None]
-        assert len(claimed) == 1
-        assert await conn.fetchval("SHOW synchronous_commit") == "off"
-    assert await conn.fetchval("SHOW synchronous_commit") == "on"
-    async with conn.transaction():
-        await conn.fetch(
-            QUERIES["job_finish_many"],
-            worker,
-            [claimed[0]["id"]],
-            [claimed[0]["attempts"]],
-            ["succeeded"],
-            [0],
-            [None],
-            [None],
-            [None],
-        )
-        assert await conn.fetchval("SHOW synchronous_commit") == "on"
-    status = await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", claimed[0]["id"])
-    assert status == "succeeded"
