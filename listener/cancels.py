@@ -64,7 +64,7 @@ class CancelChecker:
     async def check(self) -> None:
         """Stop the handlers of this worker's jobs whose cancellation was requested."""
         try:
-            rows = await self._pool.fetch(QUERIES["jobs_cancel_requested"], self._worker_id)
+            rows = await self._pool.fetch(QUERIES["job_list_cancel_requested"], self._worker_id)
         except Exception as exc:
             if not db.is_transient(exc):
                 raise

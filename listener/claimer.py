@@ -15,7 +15,7 @@ Invariants:
   proportion, so the runners do not idle while the next claim runs (see ``_free``).
   Jobs that run longer than a claim takes are claimed only for free slots.
 - Claims only kinds in the registry, on one pool connection kept for the purpose
-  (``HeldConnection``), so a claim is one round trip.
+  (``KeptConnection``), so a claim is one round trip.
 - Claims again as soon as there is room while the last claim came back full (a
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job.
@@ -58,8 +58,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from listener.db import is_transient
 from listener.executor import Executor
-from listener.held import HeldConnection
 from listener.jobs import Job, Outcome
+from listener.kept_connection import KeptConnection
 from listener.ledger import Ledger
 from listener.logs import get_logger
 from listener.metrics import Metrics
@@ -128,7 +128,7 @@ class Claimer:
         metrics: Metrics,
         fifo: bool = False,
     ) -> None:
-        self._db = HeldConnection(pool)
+        self._db = KeptConnection(pool)
         self._worker_id = worker_id
         self._kinds = list(kinds)
         self._outcomes = outcomes

@@ -8,9 +8,9 @@ Invariants:
   ``when_stored`` get its outcomes, so callers can bound the jobs whose outcome is still
   pending.
 - The writes run one after another on one connection kept for the purpose
-  (``HeldConnection``): no pool round trips per batch.
+  (``KeptConnection``): no pool round trips per batch.
 - Writes are fenced on (worker, job id, attempt): an outcome for a job this worker no
-  longer holds changes nothing and is counted in ``fenced_off``.
+  longer holds changes nothing.
 - A transient error (lost connection, deadlock, shutdown...) keeps the batch and retries
   it with backoff; handlers are never re-run because of it. A batch the database refuses
   for another reason is split, so one bad row cannot block the others; a row refused on
@@ -34,11 +34,12 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from listener.db import is_transient
-from listener.held import HeldConnection
-from listener.jobs import Outcome, storable_text
+from listener.jobs import Outcome, Status, storable_text
+from listener.kept_connection import KeptConnection
 from listener.logs import get_logger
 from listener.queries import QUERIES
 from listener.redact import redact
+from listener.retry import Reconnect
 
 
 class Completer:
@@ -53,7 +54,7 @@ class Completer:
         on_scheduled: Callable[[], None] | None = None,
         max_backoff: float = 2.0,
     ) -> None:
-        self._db = HeldConnection(pool)
+        self._db = KeptConnection(pool)
         self._worker_id = worker_id
         self._max_batch = max_batch
         self._on_scheduled = on_scheduled
@@ -63,8 +64,6 @@ class Completer:
         self._listeners: list[Callable[[Sequence[Outcome]], None]] = []
         self._closed = False
         self._log = get_logger("completer")
-        self.written = 0
-        self.fenced_off = 0
 
     def submit(self, outcome: Outcome) -> None:
         """Queue an outcome for writing."""
@@ -102,7 +101,7 @@ class Completer:
             await self._db.release()
 
     async def _write_with_retry(self, batch: list[Outcome]) -> None:
-        backoff = 0.05
+        retry = Reconnect(cap=self._max_backoff)
         reported = False
         while True:
             try:
@@ -117,8 +116,7 @@ class Completer:
                         error=redact(f"{type(exc).__name__}: {exc}"),
                     )
                     reported = True
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
+                await retry.sleep()
             else:
                 if reported:
                     self._log.info("job outcomes recorded after retrying", jobs=len(batch))
@@ -126,7 +124,7 @@ class Completer:
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
         try:
-            changed = await self._execute(batch)
+            await self._execute(batch)
         except (asyncpg.PostgresError, ValueError, TypeError, RecursionError) as exc:
             # ValueError, TypeError, RecursionError: the client could not encode a value
             # of the batch (asyncpg raises them before anything is sent).
@@ -134,9 +132,7 @@ class Completer:
                 raise
             await self._isolate(batch, exc)
             return
-        self.written += len(changed)
-        self.fenced_off += len(batch) - len(changed)
-        if self._on_scheduled is not None and any(o.status == "scheduled" for o in batch):
+        if self._on_scheduled is not None and any(o.status == Status.SCHEDULED for o in batch):
             self._on_scheduled()
 
     async def _isolate(self, batch: Sequence[Outcome], exc: Exception) -> None:
@@ -152,12 +148,11 @@ class Completer:
             message = f"this job's outcome cannot be encoded: {type(exc).__name__}: {exc}"
         message = storable_text(redact(message))
         self._log.error("job outcome refused", job_id=outcome.job_id, error=message)
-        failed = Outcome(outcome.job_id, outcome.attempt, "failed", error=message)
-        changed = await self._execute([failed])
-        self.written += len(changed)
+        failed = Outcome(outcome.job_id, outcome.attempt, Status.FAILED, error=message)
+        await self._execute([failed])
 
-    async def _execute(self, batch: Sequence[Outcome]) -> list[Any]:
-        rows: list[Any] = await self._db.fetch(
+    async def _execute(self, batch: Sequence[Outcome]) -> None:
+        await self._db.fetch(
             QUERIES["job_finish_many"],
             self._worker_id,
             [o.job_id for o in batch],
@@ -168,7 +163,6 @@ class Completer:
             _nulls_as_none([o.result for o in batch]),
             _nulls_as_none([None if o.error is None else storable_text(o.error) for o in batch]),
         )
-        return rows
 
 
 def _nulls_as_none(values: list[Any]) -> list[Any] | None:

@@ -1,7 +1,8 @@
 """The context a handler receives with its payload.
 
-Invariant: a context belongs to one attempt of one job; its logger has the job's id,
-tenant, kind and attempt bound, so every line a handler logs names its job.
+Invariant: a context belongs to one attempt of one job. Every line its logger logs while
+the handler runs names the job (id, tenant, kind and attempt): the executor runs the
+handler in ``jobs.job_context``, which the log configuration reads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from listener.progress import JobProgress
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-    from listener.tenants import TenantDatabases
+    from listener.tenant_databases import TenantDatabases
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class JobContext:
     """What a handler may know and use about the job it runs."""
 
     job: Job
-    log: Any  # a structlog BoundLogger with job_id, tenant, kind and attempt bound
+    log: Any  # a structlog BoundLogger; the job's fields come from jobs.job_context
     databases: TenantDatabases | None = None
     progress_reporter: JobProgress | None = None
 

@@ -8,11 +8,15 @@ Invariants:
   is decoded as an :class:`UndecodableJson` holding its text and the reason, so one such
   row never fails the statement that reads it (a claim, a listing) for the other rows.
   Whoever uses the value checks for it (the executor fails that one job for good).
-- The LISTEN connection is separate from the pool (see notifier.py); pool connections
+- The LISTEN connection is separate from the pool (see notifications.py); pool connections
   are only borrowed for one statement or one short transaction.
+- :data:`DATABASE_ERRORS` is every error talking to PostgreSQL raises (the server's, the
+  client library's, the network's, a timeout); :data:`CONNECTION_ERRORS` those of them
+  that mean the connection failed, whatever the statement. Code that rides out a
+  database problem catches these, never a list of its own.
 - Errors that say nothing about the data (serialization failure, deadlock, shutdown,
-  lost connection) are *transient*: bookkeeping writes are retried on them, handlers
-  are never re-run because of them.
+  lost connection: :func:`is_transient`) are *transient*: bookkeeping writes are retried
+  on them, handlers are never re-run because of them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -47,23 +51,27 @@ TRANSIENT_SQLSTATES = frozenset(
 )
 
 
+# The connection failed, whatever the statement was: the network (OSError, which
+# includes ConnectionError), no answer in time, or the client library's own errors.
+# InternalClientError: the server ended the session between two messages of the protocol
+# (pg_terminate_backend, a restart), so no query can start on that connection; like a
+# lost connection, the next attempt takes another one.
+CONNECTION_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+# Everything talking to PostgreSQL raises: the server's errors and the connection's.
+DATABASE_ERRORS: Final = (asyncpg.PostgresError, *CONNECTION_ERRORS)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for errors after which the same statement may well succeed."""
+    """True for errors after which the same statement may well succeed: a failed
+    connection, or a server error whose SQLSTATE is in TRANSIENT_SQLSTATES."""
     if isinstance(exc, asyncpg.PostgresError):
         return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
-    # InternalClientError: the server ended the session between two messages of the
-    # protocol (pg_terminate_backend, a restart), so no query can start on that
-    # connection; like a lost connection, the next attempt takes another one.
-    return isinstance(
-        exc,
-        (
-            asyncpg.InternalClientError,
-            asyncpg.InterfaceError,
-            ConnectionError,
-            OSError,
-            TimeoutError,
-        ),
-    )
+    return isinstance(exc, CONNECTION_ERRORS)
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -184,7 +192,7 @@ async def connect(
         conn: asyncpg.Connection = await asyncpg.connect(
             dsn, timeout=timeout, **_connect_kwargs(session_settings)
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable(dsn, exc) from None
     await init_connection(conn)
     return conn
@@ -209,7 +217,7 @@ async def open_pool(pool: asyncpg.Pool, dsn: str) -> None:
     """Connect a pool from ``new_pool``; raise a clear error when unreachable."""
     try:
         await pool
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable(dsn, exc) from None
 
 

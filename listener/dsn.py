@@ -18,6 +18,10 @@ Invariants:
   one :func:`parse_dsn` refuses (each reading of a malformed URL), for masking: the
   URL's password raw and percent-decoded, the values of ``password=`` in its query, and
   the pieces a malformed password falls into.
+- :data:`URL_IN_TEXT` finds the user and password of every libpq URL inside a longer
+  text (an exception message, a traceback), reading the password as a person meant it,
+  up to the URL's last ``@``, as :func:`dsn_passwords` also does. listener/redact.py
+  masks with these two and parses no URL of its own.
 """
 
 from __future__ import annotations
@@ -178,6 +182,12 @@ def check_dsn(dsn: str) -> str:
     return dsn
 
 
+# A libpq URL's scheme, user and password inside a longer text (any case). The password
+# runs to the last '@' before a space: one that holds an unencoded '@', '/', '?' or '#'
+# (refused by parse_dsn, but possibly in an error message) is found whole.
+URL_IN_TEXT = re.compile(
+    r"(?P<scheme>postgres(?:ql)?://)(?P<user>[^:@/\s]*):(?P<password>[^\s]*)@", re.IGNORECASE
+)
 # The shortest piece of a malformed password that dsn_passwords reports on its own.
 MIN_PIECE = 4
 _QUERY_PASSWORD = re.compile(r"(?:^|[?&])password=([^&]*)", re.IGNORECASE)

@@ -19,8 +19,9 @@ Invariants:
 - ``execute`` enforces the job's timeout itself; ``attempt`` leaves it to the caller
   (the claimer's runners hold one cancel scope each for all their jobs, which is much
   cheaper than a scope per job) and ``timed_out`` is the outcome it then records.
-- While the handler runs, ``CURRENT_JOB`` names the job, so every line logged in it
-  carries the job's id, tenant, kind and attempt.
+- While the handler runs, and while the executor logs how it ended, ``CURRENT_JOB``
+  names the job (``jobs.job_context``), so every line logged then, through ``ctx.log``
+  or any other logger, carries the job's id, tenant, kind and attempt.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from pydantic import ValidationError
 from listener.context import JobContext
 from listener.db import UndecodableJson
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
-from listener.jobs import CURRENT_JOB, Job, Outcome, OutcomeStatus
+from listener.jobs import Job, Outcome, Status, job_context
 from listener.progress import JobProgress, ProgressWriter
 from listener.redact import redact
 from listener.registry import Handler, Registry
 from listener.retry import Backoff
-from listener.tenants import TenantDatabases
+from listener.tenant_databases import TenantDatabases
 
 # last_error keeps the message and the end of the traceback, not megabytes of it.
 MAX_ERROR_CHARS = 8000
@@ -93,29 +94,9 @@ def _check_result(result: Any) -> str | None:
     return None
 
 
-def _requeue_status(delay: float) -> OutcomeStatus:
+def _requeue_status(delay: float) -> Status:
     """A job that runs again later is scheduled; one that may run now is queued."""
-    return "scheduled" if delay > 0 else "queued"
-
-
-class _JobLog:
-    """A handler's logger (``ctx.log``): the executor's logger with the job's id, tenant,
-    kind and attempt bound, bound on first use, since most handlers never log."""
-
-    __slots__ = ("_bound", "_job", "_log")
-
-    def __init__(self, log: Any, job: Job) -> None:
-        self._log = log
-        self._job = job
-        self._bound: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._bound is None:
-            job = self._job
-            self._bound = self._log.bind(
-                job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
-            )
-        return getattr(self._bound, name)
+    return Status.SCHEDULED if delay > 0 else Status.QUEUED
 
 
 class Executor:
@@ -137,7 +118,7 @@ class Executor:
     def _failure(self, job: Job, error: str, delay: float | None = None) -> Outcome:
         """A failed attempt: retried after a backoff unless attempts are used up."""
         if job.attempt >= job.max_attempts:
-            return Outcome(job.id, job.attempt, "failed", error=error)
+            return Outcome(job.id, job.attempt, Status.FAILED, error=error)
         wait = self._backoff.delay(job.attempt) if delay is None else delay
         return Outcome(job.id, job.attempt, _requeue_status(wait), delay=wait, error=error)
 
@@ -151,41 +132,36 @@ class Executor:
         """Run ``job`` once and return how it ended. The caller enforces the job's
         timeout (and records ``timed_out`` when it strikes); a cancellation from outside
         propagates."""
-        token = CURRENT_JOB.set(job)
-        try:
+        with job_context(job):
             outcome = await self._run(job)
-        finally:
-            CURRENT_JOB.reset(token)
-        self._report(job, outcome)
+            self._report(outcome)
         return outcome
 
     def timed_out(self, job: Job) -> Outcome:
         """The outcome of an attempt that ran past the job's timeout."""
         outcome = self._failure(job, f"TimeoutError: job timed out after {job.timeout:g}s")
-        self._report(job, outcome)
+        with job_context(job):
+            self._report(outcome)
         return outcome
 
-    def _report(self, job: Job, outcome: Outcome) -> None:
-        """Log failures and retries (successes are not logged: at thousands of jobs a
-        second that would be most of the worker's work)."""
+    def _report(self, outcome: Outcome) -> None:
+        """Log failures and retries, in the job's context (successes are not logged: at
+        thousands of jobs a second that would be most of the worker's work)."""
         label = outcome.label
         if label not in ("failed", "retried"):
             return
-        log = self._log.bind(
-            job_id=job.id, tenant=job.tenant_id, kind=job.kind, attempt=job.attempt
-        )
         error = (outcome.error or "").split("\n", 1)[0]
         if label == "failed":
-            log.warning("job failed", error=error)
+            self._log.warning("job failed", error=error)
         else:
-            log.info("job will retry", delay=outcome.delay, error=error)
+            self._log.info("job will retry", delay=outcome.delay, error=error)
 
     async def _run(self, job: Job) -> Outcome:  # noqa: PLR0911 - one return per outcome
         handler = self._registry.get(job.kind)
         if handler is None:
             error = ConfigurationError(f"no handler for kind {job.kind!r} in this worker")
             return Outcome(
-                job.id, job.attempt, "failed", error=_describe(error, with_traceback=False)
+                job.id, job.attempt, Status.FAILED, error=_describe(error, with_traceback=False)
             )
         payload, refused = _parse_payload(handler, job)
         if refused is not None:
@@ -193,7 +169,7 @@ class Executor:
         reporter = JobProgress(job, self._progress) if self._progress is not None else None
         ctx = JobContext(
             job=job,
-            log=_JobLog(self._log, job),
+            log=self._log,
             databases=self._databases,
             progress_reporter=reporter,
         )
@@ -206,11 +182,13 @@ class Executor:
                 job.id, job.attempt, _requeue_status(exc.delay), refund=1, delay=exc.delay
             )
         except Cancel as exc:
-            return Outcome(job.id, job.attempt, "cancelled", error=f"cancelled: {exc}")
+            return Outcome(job.id, job.attempt, Status.CANCELLED, error=f"cancelled: {exc}")
         except Retry as exc:
             return self._failure(job, _describe(exc, with_traceback=False), exc.delay)
         except PermanentError as exc:
-            return Outcome(job.id, job.attempt, "failed", error=_describe(exc, with_traceback=True))
+            return Outcome(
+                job.id, job.attempt, Status.FAILED, error=_describe(exc, with_traceback=True)
+            )
         except Exception as exc:  # noqa: BLE001 - any other exception is a job failure
             return self._failure(job, _describe(exc, with_traceback=True))
         except BaseException as exc:
@@ -222,8 +200,8 @@ class Executor:
             return self._failure(job, _describe(exc, with_traceback=True, base=True))
         problem = _check_result(result)
         if problem is not None:
-            return Outcome(job.id, job.attempt, "failed", error=problem)
-        return Outcome(job.id, job.attempt, "succeeded", result=result)
+            return Outcome(job.id, job.attempt, Status.FAILED, error=problem)
+        return Outcome(job.id, job.attempt, Status.SUCCEEDED, result=result)
 
 
 def _parse_payload(handler: Handler, job: Job) -> tuple[Any, Outcome | None]:
@@ -231,11 +209,11 @@ def _parse_payload(handler: Handler, job: Job) -> tuple[Any, Outcome | None]:
     one (undecodable, invalid for the handler's model, or nested too deep to validate)."""
     if isinstance(job.payload, UndecodableJson):
         error = f"invalid payload for {job.kind!r}: {job.payload.reason}"
-        return None, Outcome(job.id, job.attempt, "failed", error=error)
+        return None, Outcome(job.id, job.attempt, Status.FAILED, error=error)
     try:
         return handler.parse_payload(job.payload), None
     except ValidationError as exc:
         error = redact(f"invalid payload for {job.kind!r}: {exc}")[:MAX_ERROR_CHARS]
     except RecursionError:
         error = f"invalid payload for {job.kind!r}: nested too deep to validate"
-    return None, Outcome(job.id, job.attempt, "failed", error=error)
+    return None, Outcome(job.id, job.attempt, Status.FAILED, error=error)

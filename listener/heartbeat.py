@@ -48,6 +48,7 @@ from listener.errors import DatabaseUnavailableError
 from listener.logs import get_logger
 from listener.queries import QUERIES
 from listener.redact import redact
+from listener.retry import Reconnect
 
 
 class HeldJobs(Protocol):
@@ -99,8 +100,6 @@ class Heartbeat:
         # Whether "liveness lock held by another session" was logged since the lock was
         # last held (logged once per change).
         self._lock_busy_logged = False
-        self.beats = 0
-        self.lost = 0
         # time.monotonic() of the last heartbeat written (registration included).
         self.last_beat: float | None = None
 
@@ -153,36 +152,30 @@ class Heartbeat:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Beat forever, reconnecting (and re-locking) when the connection is lost."""
         task_status.started()
-        backoff = 0.05
         # Reconnects wait at most a quarter of the interval: recovery's grace for a
-        # missing lock is one and a half intervals.
-        max_backoff = min(self._max_backoff, self._interval / 4)
+        # missing lock is one and a half intervals. A cut session is tried again at
+        # once, then after 0.1 s, 0.2 s...
+        retry = Reconnect(first=0.1, cap=min(self._max_backoff, self._interval / 4))
+        wait = self._interval
         while True:
-            with anyio.move_on_after(self._interval if not self._down else backoff):
+            with anyio.move_on_after(wait):
                 await self._cut.wait()
             if self._cut.is_set():
                 self._cut = anyio.Event()
                 if not self._down:
                     self._set_down("the heartbeat session was closed by the server")
-                backoff = 0.05
+                retry.reset()
             try:
                 await self._beat()
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                # The server ended the session between two protocol messages (a
-                # terminated backend): the connection is unusable, like a lost one.
-                asyncpg.InternalClientError,
-                TimeoutError,
-            ) as exc:
+            except db.DATABASE_ERRORS as exc:
                 self._set_down(f"{type(exc).__name__}: {redact(str(exc))}")
-                backoff = min(backoff * 2, max_backoff)
+                wait = retry.next_delay()
             except DatabaseUnavailableError as exc:
                 self._set_down(str(exc))
-                backoff = min(backoff * 2, max_backoff)
+                wait = retry.next_delay()
             else:
-                backoff = 0.05
+                retry.reset()
+                wait = self._interval
                 if self._down:
                     self._down = False
                     self._log.info("heartbeat connection restored")
@@ -217,7 +210,6 @@ class Heartbeat:
         with anyio.fail_after(max(self._interval, 2.0) * 2):
             row = await conn.fetchrow(QUERIES["worker_heartbeat"], self._worker_id, self._locked)
         if row is None:
-            self.lost += 1
             self._log.error(
                 "this worker was declared lost (no heartbeat for longer than the heartbeat "
                 "timeout); dropping its running jobs, which were given to other workers, "
@@ -226,7 +218,6 @@ class Heartbeat:
             self._jobs.abandon_all()
             await self._register(conn)
             return
-        self.beats += 1
         self.last_beat = time.monotonic()
         if row["cancel_ids"]:
             self._jobs.request_cancel(list(row["cancel_ids"]))
@@ -234,7 +225,7 @@ class Heartbeat:
         if unknown:
             put_back = await conn.fetch(QUERIES["job_put_back_unknown"], self._worker_id, unknown)
             if put_back:
-                await conn.execute(QUERIES["workers_wake"])
+                await conn.execute(QUERIES["worker_wake"])
                 self._log.warning(
                     "put back jobs claimed for this worker that it never received "
                     "(the claim's reply was lost)",

@@ -5,31 +5,50 @@ Invariants:
   Its ``payload`` is an :class:`~listener.db.UndecodableJson` when Python cannot decode
   it (the executor fails that job for good; the rest of the batch runs).
   Together with the worker id it is the lease that fences every later write.
+- :class:`Status` is the one list of a job's statuses; the ``jobs_status_valid`` CHECK
+  of ``pgwake.jobs`` allows exactly these (a test holds the two together).
+  ``ACTIVE`` are the statuses of a job still to run, ``FINISHED`` those of one that ended.
 - An ``Outcome`` is written once, by the completer, fenced on (worker, id, attempt).
 - Text written to a job's row goes through :func:`storable_text` first: PostgreSQL
   text holds neither NUL nor lone surrogates, and a message holding them is stored
   escaped rather than refused (which would lose it).
 - ``CURRENT_JOB`` holds the job whose handler runs in the current context (None
-  elsewhere); the log configuration adds its id, tenant, kind and attempt to every line
-  logged there.
+  elsewhere; :func:`job_context` sets it); the log configuration adds its id, tenant,
+  kind and attempt to every line logged there. It is the one way a job's fields reach
+  a log line: ``ctx.log``, the executor's lines about the job, ``structlog`` and
+  ``logging`` alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from enum import StrEnum
+from typing import Any, Final
 
 import asyncpg
 
 from listener.db import UndecodableJson
 
-STATUSES: Final = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
 
-OutcomeStatus = Literal["succeeded", "failed", "cancelled", "queued", "scheduled"]
+class Status(StrEnum):
+    """A job's status, as ``pgwake.jobs.status`` holds it (compares equal to that text)."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# A job still to run (waiting for its time, waiting for a worker, or running)...
+ACTIVE: Final = (Status.SCHEDULED, Status.QUEUED, Status.RUNNING)
+# ...or one that ended for good (kept until its retention passes).
+FINISHED: Final = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +100,16 @@ def storable_text(text: str) -> str:
 CURRENT_JOB: ContextVar[Job | None] = ContextVar("pgwake_current_job", default=None)
 
 
+@contextmanager
+def job_context(job: Job) -> Iterator[None]:
+    """Within it, every line logged names ``job`` (id, tenant, kind, attempt)."""
+    token = CURRENT_JOB.set(job)
+    try:
+        yield
+    finally:
+        CURRENT_JOB.reset(token)
+
+
 def add_job_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
     """structlog processor: the running job's id, tenant, kind and attempt, on every line
     logged while its handler runs (fields the caller set win)."""
@@ -105,7 +134,7 @@ class Outcome:
 
     job_id: int
     attempt: int
-    status: OutcomeStatus
+    status: Status
     refund: int = 0
     delay: float | None = None
     result: Any = None
@@ -115,6 +144,6 @@ class Outcome:
     def label(self) -> str:
         """How the attempt ended, for logs and metrics: succeeded, failed or cancelled,
         or for a job that runs again, snoozed (attempt given back) or retried."""
-        if self.status in ("queued", "scheduled"):
+        if self.status in (Status.QUEUED, Status.SCHEDULED):
             return "snoozed" if self.refund else "retried"
         return self.status

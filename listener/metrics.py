@@ -1,4 +1,4 @@
-"""Prometheus metrics of one worker, and the sampler of database-derived gauges.
+"""Prometheus metrics of one worker.
 
 Invariants:
 - Every series is named ``pgwake_...`` and created here; other modules only call the
@@ -17,13 +17,10 @@ Invariants:
   and ``tenant="_other"`` for the rest; ``pgwake_tenant_db_connections`` has the opt-in
   tenants and ``_other``. 10,000 tenants never make 10,000 series.
 - Database-derived gauges (queue depth, oldest job age, tenant backlogs, registered
-  workers) are exported by one worker of the fleet only, the metrics leader: the worker
-  whose pooled connection holds the metrics lock, a session-level advisory lock. The
-  leader samples them every ``metrics_interval`` seconds with three queries on that
-  connection, never per scrape and never per tenant; the other workers export none of
-  them (and ``pgwake_leader 0``), so summing over workers does not double count. The
-  lock dies with the leader's connection or process, and another worker takes over
-  within one interval. A leader that loses its connection clears the gauges at once.
+  workers) are exported by one worker of the fleet only, the metrics leader, which
+  samples them (listener/maintenance/sampler.py), never per scrape and never per
+  tenant; the other workers export none of them (and ``pgwake_leader 0``), so summing
+  over workers does not double count.
 - Process-local gauges (in flight, readiness, heartbeat age, tenant pools) are read at
   scrape time from memory: no query.
 """
@@ -31,15 +28,11 @@ Invariants:
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 
-import anyio
-import asyncpg
-from anyio.abc import TaskStatus
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -50,10 +43,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from listener.db import is_transient
-from listener.logs import get_logger
-from listener.outage import OutageLog
-from listener.queries import QUERIES
+from listener.jobs import ACTIVE, FINISHED, Status
 from listener.tenant_pools import TenantPools
 
 # No ``*_created`` series beside every counter and histogram: they would double the
@@ -85,13 +75,13 @@ LATENCY_BUCKETS = (
 OTHER_TENANTS = "_other"
 # Jobs of kinds no registered worker has a handler for are counted under this kind.
 UNHANDLED_KIND = "_unhandled"
-OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "snoozed")
+# How an attempt ends (jobs.Outcome.label): a finished status, or a run again later.
+OUTCOMES = (*FINISHED, "retried", "snoozed")
 WAKE_SOURCES = ("notify", "poll", "reconnect", "slot")
-QUEUE_STATUSES = ("scheduled", "queued", "running")
 LOST_WHY = ("gone", "hung")
 RECOVERED_WHY = (*LOST_WHY, "unregistered")
-RECOVERED_STATUSES = ("queued", "failed")
-PRUNED_STATUSES = ("succeeded", "failed", "cancelled")
+# A recovered job is queued again, or failed when that was its last attempt.
+RECOVERED_STATUSES = (Status.QUEUED, Status.FAILED)
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
@@ -320,7 +310,7 @@ class Metrics:
         for why in RECOVERED_WHY:
             for status in RECOVERED_STATUSES:
                 self.jobs_recovered.labels(why, status)
-        for status in PRUNED_STATUSES:
+        for status in FINISHED:
             self.jobs_pruned.labels(status)
         self._claimed: dict[str, Counter] = {}
         self._latency: dict[str, Histogram] = {}
@@ -413,12 +403,12 @@ class Metrics:
         oldest has been due); ``kinds`` (the handled ones, and ``_unhandled``) get
         series at 0 when they have no jobs."""
         jobs = {(status, kind): count for status, kind, count, _ in depth}
-        oldest = {kind: age for status, kind, _, age in depth if status == "queued"}
+        oldest = {kind: age for status, kind, _, age in depth if status == Status.QUEUED}
         every_kind = {*kinds, UNHANDLED_KIND, *(kind for _, kind in jobs)}
         self.queue_jobs.clear()
         self.oldest_queued.clear()
         for kind in sorted(every_kind):
-            for status in QUEUE_STATUSES:
+            for status in ACTIVE:
                 self.queue_jobs.labels(status, kind).set(jobs.get((status, kind), 0))
             self.oldest_queued.labels(kind).set(max(oldest.get(kind) or 0.0, 0.0))
 
@@ -431,111 +421,3 @@ class Metrics:
             self.tenant_queued.labels(tenant).set(queued)
             shown += queued
         self.tenant_queued.labels(OTHER_TENANTS).set(max(total - shown, 0))
-
-
-class Sampler:
-    """Competes for the metrics lock and, while it holds it, samples the
-    database-derived gauges every ``interval`` seconds."""
-
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        metrics: Metrics,
-        kinds: Sequence[str],
-        *,
-        interval: float,
-    ) -> None:
-        self._pool = pool
-        self._metrics = metrics
-        self._kinds = list(kinds)
-        self._interval = interval
-        # The pooled connection holding the metrics lock while this worker leads.
-        self._conn: asyncpg.pool.PoolConnectionProxy | None = None
-        self._log = get_logger("metrics")
-        self._outage = OutageLog(self._log, "metrics sample")
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Try to lead, and sample while leading, until cancelled; gives the lock back
-        (with its connection) on the way out."""
-        self._metrics.set_leader(False)
-        task_status.started()
-        try:
-            while True:
-                try:
-                    await self.round()
-                except Exception as exc:
-                    if not is_transient(exc):
-                        raise
-                    self._outage.failed(exc)
-                    await self._resign(broken=True)
-                else:
-                    self._outage.succeeded()
-                await anyio.sleep(self._interval)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._resign()
-
-    async def round(self) -> bool:
-        """Take the lock if it is free; sample if this worker holds it. Returns whether
-        this worker leads."""
-        if self._conn is None:
-            conn = await self._pool.acquire()
-            got = False
-            try:
-                got = bool(await conn.fetchval(QUERIES["metrics_leader"]))
-            except BaseException:
-                _terminate(conn)  # in whatever state it is; the pool opens another
-                raise
-            finally:
-                if not got:
-                    await self._pool.release(conn)
-            if not got:
-                return False
-            self._conn = conn
-            self._metrics.set_leader(True)
-            self._log.info("metrics leader: sampling queue depth for the fleet")
-        await self.sample(self._conn)
-        return True
-
-    async def sample(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
-        """Take one sample of every database-derived gauge, in one snapshot."""
-        m = self._metrics
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            workers = await conn.fetchrow(QUERIES["metrics_workers"])
-            depth = await conn.fetch(QUERIES["metrics_queue_depth"])
-            top = await conn.fetch(
-                QUERIES["metrics_tenant_backlog"], m.top_n_tenants, m.tenants_opt_in
-            )
-        assert workers is not None
-        m.set_workers(workers["workers"], workers["heartbeat_age_max"])
-        m.set_queue(
-            [(r["status"], r["kind"], r["jobs"], r["oldest_seconds"]) for r in depth],
-            {*self._kinds, *workers["kinds"]},
-        )
-        total = sum(r["jobs"] for r in depth if r["status"] == "queued")
-        m.set_tenant_backlog([(r["tenant_id"], r["jobs"]) for r in top], total)
-
-    async def _resign(self, *, broken: bool = False) -> None:
-        """Stop leading: clear the sampled gauges, give the connection (and with it the
-        lock: the pool's reset releases advisory locks) back; a ``broken`` one is closed
-        first."""
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        self._metrics.set_leader(False)
-        self._log.info("no longer the metrics leader")
-        if broken:
-            _terminate(conn)
-        try:
-            await self._pool.release(conn, timeout=5)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            _terminate(conn)
-
-
-def _terminate(conn: asyncpg.pool.PoolConnectionProxy) -> None:
-    """Close a pooled connection at once, unless the pool has taken it back already (it
-    does when the server closes the connection)."""
-    with contextlib.suppress(asyncpg.InterfaceError):
-        conn.terminate()

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import asyncpg
 
+from listener import locks
 from listener.errors import SchemaMismatchError
 from listener.queries import QUERIES, sql_dir
 
 # A plain connection or one borrowed from a pool.
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-
-# Key of the advisory lock that serialises migrations ("pgwake" as a number).
-MIGRATION_LOCK_KEY = 0x7067_7761_6B65
 
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
@@ -72,7 +70,7 @@ def latest_version() -> int:
 async def schema_version(conn: Conn) -> int:
     """The version applied in the database (0 when never migrated)."""
     try:
-        version: int = await conn.fetchval(QUERIES["schema_version"])
+        version: int = await conn.fetchval(QUERIES["migration_get_latest"])
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
         return 0
     return version
@@ -81,11 +79,11 @@ async def schema_version(conn: Conn) -> int:
 async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     """Apply pending migrations; return the ones applied (empty when up to date)."""
     migrations = load_migrations()
-    await conn.execute(QUERIES["migration_lock"], MIGRATION_LOCK_KEY)
+    await conn.execute(QUERIES["migration_lock"], locks.MIGRATE.classid)
     try:
         await conn.execute(QUERIES["migration_create_schema"])
         await conn.execute(QUERIES["migration_create_table"])
-        rows = await conn.fetch(QUERIES["migrations_applied"])
+        rows = await conn.fetch(QUERIES["migration_list"])
         applied = {row["version"]: row for row in rows}
         known = {m.version: m for m in migrations}
         ahead = sorted(set(applied) - set(known))
@@ -115,7 +113,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
             done.append(migration)
         return done
     finally:
-        await conn.execute(QUERIES["migration_unlock"], MIGRATION_LOCK_KEY)
+        await conn.execute(QUERIES["migration_unlock"], locks.MIGRATE.classid)
 
 
 async def check_schema(conn: Conn) -> int:

@@ -28,6 +28,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
+from listener.db import DATABASE_ERRORS
 from listener.jobs import Job
 from listener.logs import get_logger
 from listener.queries import QUERIES
@@ -50,7 +51,7 @@ class ProgressWriter:
     async def write(self, job: Job, value: dict[str, Any]) -> bool:
         """Store ``value`` as the job's progress; False when the job is no longer ours."""
         stored: bool = await self._pool.fetchval(
-            QUERIES["job_progress"], job.id, self._worker_id, job.attempt, value
+            QUERIES["job_set_progress"], job.id, self._worker_id, job.attempt, value
         )
         return stored
 
@@ -139,7 +140,7 @@ class JobProgress:
             self._last_write = time.monotonic()
             try:
                 await self._writer.write(self._job, value)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 if not self._failed:
                     self._failed = True
                     # The logger is made here, not per job: most jobs never need it.

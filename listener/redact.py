@@ -12,6 +12,9 @@ Invariants:
     material of every keyring the process loaded (listener/crypto.py registers it) and
     the password of the worker's own DSN, so that even a bare password or key in an
     error message is masked.
+- :func:`redact_with_dsn` also masks the password of one given DSN that nobody
+  registered (a tenant's), every reading of it that listener/dsn.py finds.
+- Passwords are found by listener/dsn.py (the one parser of libpq URLs), never here.
 - :func:`redact_value` redacts any value a log line may carry: strings, the keys and
   values of mappings, the items of sequences, and every other object through its text
   (exceptions, paths, UUIDs...), so what reaches a renderer is plain data already masked.
@@ -27,15 +30,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from listener.dsn import dsn_passwords
+from listener.dsn import MIN_PIECE, URL_IN_TEXT, dsn_passwords
 
 MASK = "***"
 
-# The password runs to the last '@' of the URL: one that holds an unencoded '@', '/',
-# '?' or '#' (refused as a DSN, listener/dsn.py, but possibly in an error) is masked whole.
-_URL_PASSWORD = re.compile(
-    r"(?P<scheme>postgres(?:ql)?://)(?P<user>[^:@/\s]*):(?P<pw>[^\s]*)@", re.IGNORECASE
-)
 # A quoted libpq value may hold escaped quotes ('it\'s'); an unquoted one ends at a space.
 _KV_PASSWORD = re.compile(r"(?P<key>password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
 # Field names whose value is a secret whatever it looks like.
@@ -83,11 +81,22 @@ def register_dsn(dsn: str) -> None:
 def redact(text: str) -> str:
     """Return ``text`` with passwords in libpq URLs and key=value strings, and every
     registered secret, masked."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = URL_IN_TEXT.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     text = _KV_PASSWORD.sub(lambda m: f"{m['key']}{MASK}", text)
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
+    return text
+
+
+def redact_with_dsn(text: str, dsn: str) -> str:
+    """:func:`redact` ``text``, and mask every reading of ``dsn``'s password in it too
+    (listener/dsn.py; pieces shorter than MIN_PIECE are left): the error text of a
+    malformed DSN nobody registered (a tenant's) may echo parts of it."""
+    text = redact(text)
+    for password in sorted(dsn_passwords(dsn), key=len, reverse=True):
+        if len(password) >= MIN_PIECE:
+            text = text.replace(password, MASK)
     return text
 
 

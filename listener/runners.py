@@ -33,7 +33,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from listener.executor import Executor
-from listener.jobs import Job, Outcome
+from listener.jobs import Job, Outcome, Status
 from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.shares import TenantShares
@@ -343,7 +343,7 @@ class Runners:
         if reason == "cancel":
             self._metrics.jobs_cancelled_running.inc()
             outcome = Outcome(
-                job.id, job.attempt, "cancelled", error="cancelled: requested while running"
+                job.id, job.attempt, Status.CANCELLED, error="cancelled: requested while running"
             )
         else:
             outcome = self._executor.timed_out(job)

@@ -27,7 +27,6 @@ from collections import Counter
 from functools import partial
 
 import anyio
-import asyncpg
 from anyio.abc import TaskStatus
 
 from listener import db, gctune
@@ -40,22 +39,24 @@ from listener.errors import ConfigError
 from listener.executor import Executor
 from listener.heartbeat import Heartbeat
 from listener.http import HttpEndpoint
+from listener.jobs import Status
 from listener.logs import get_logger
-from listener.maintenance import Promoter
-from listener.metrics import Metrics, Sampler
+from listener.maintenance.promoter import Promoter
+from listener.maintenance.recovery import Recoverer
+from listener.maintenance.retention import Pruner
+from listener.maintenance.sampler import Sampler
+from listener.maintenance.schedules import Scheduler
+from listener.metrics import Metrics
 from listener.migrate import check_schema
-from listener.notifier import Listener
+from listener.notifications import Listener
 from listener.progress import ProgressWriter
 from listener.queries import QUERIES
-from listener.recovery import Recoverer
 from listener.redact import display_dsn, redact, register_dsn
 from listener.registry import Registry
-from listener.retention import Pruner
 from listener.retry import Backoff
-from listener.schedules import Scheduler
-from listener.sdnotify import Notifier as SdNotifier
+from listener.systemd import SystemdNotifier
+from listener.tenant_databases import TenantDatabases
 from listener.tenant_pools import TenantPools
-from listener.tenants import TenantDatabases
 from listener.wake import Wake
 
 # Claims, outcome writes, promotion, recovery, metrics samples (on the metrics leader,
@@ -89,7 +90,7 @@ def session_settings(settings: Settings) -> dict[str, str]:
     off, a sequential scan is chosen only where no index can serve, whatever the
     statistics said when the statement was prepared. (``plan_cache_mode =
     force_custom_plan`` fixes the same trap by planning every execution, which doubles
-    the cost of a small claim; see the README, "Plans that do not go stale".)
+    the cost of a small claim; see docs/architecture.md, "Plans that do not go stale".)
 
     ``jit = off`` goes with it: a plan that must read a table sequentially (the few
     rows of pgwake.workers, say) now costs more than ``jit_above_cost``, and compiling
@@ -138,7 +139,7 @@ class Service:
         self.claim_wake = Wake()
         self.promote_wake = Wake()
         self.cancel_hints = Wake()
-        self.sd = SdNotifier.from_environment()
+        self.sd = SystemdNotifier.from_environment()
         self._log = get_logger("service").bind(worker_id=str(worker_id))
         self._stopping = False
         self.session_settings = session_settings(s)
@@ -216,9 +217,9 @@ class Service:
             pool,
             metrics,
             {
-                "succeeded": s.retention_succeeded,
-                "failed": s.retention_failed,
-                "cancelled": s.retention_cancelled,
+                Status.SUCCEEDED: s.retention_succeeded,
+                Status.FAILED: s.retention_failed,
+                Status.CANCELLED: s.retention_cancelled,
             },
         )
         self.sampler = Sampler(pool, metrics, kinds, interval=s.metrics_interval)
@@ -348,18 +349,14 @@ class Service:
         a dead worker's jobs are recovered, so a job that kills workers ends failed
         after ``max_attempts``."""
         try:
-            query, reason = (
-                (
-                    QUERIES["job_put_back_held"],
-                    "put back: the worker stopped before the job finished",
-                )
+            reason = (
+                "put back: the worker stopped before the job finished"
                 if clean
-                else (
-                    QUERIES["job_put_back_held_counted"],
-                    "put back: the worker died while the job ran (the attempt counts)",
-                )
+                else "put back: the worker died while the job ran (the attempt counts)"
             )
-            put_back = await self.pool.fetch(query, self.worker_id, reason)
+            put_back = await self.pool.fetch(
+                QUERIES["job_put_back_held"], self.worker_id, reason, not clean
+            )
             if put_back:
                 self._log.warning(
                     "put back unfinished jobs",
@@ -367,7 +364,7 @@ class Service:
                     attempt_counted=not clean,
                 )
             await self.pool.execute(QUERIES["worker_deregister"], self.worker_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except db.DATABASE_ERRORS as exc:
             self._log.error(
                 "could not put back held jobs; the maintenance leader of another worker "
                 "will recover them",

@@ -69,19 +69,12 @@ import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg.pool import PoolConnectionProxy
 
-from listener.db import init_connection
-from listener.dsn import MIN_PIECE, dsn_passwords
+from listener.db import DATABASE_ERRORS, init_connection
 from listener.logs import get_logger
-from listener.redact import redact
+from listener.redact import redact, redact_with_dsn
 
 # What failing to reach a tenant's database raises (a bad DSN raises ValueError).
-_CONNECT_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    ValueError,
-)
+_CONNECT_ERRORS = (*DATABASE_ERRORS, ValueError)
 # How long a task that needs a slot waits for the pools being closed for it before it
 # closes another idle pool (a healthy close takes milliseconds; a hung one, forever).
 EVICT_PATIENCE = 0.1
@@ -135,11 +128,8 @@ def _tenant_error(
     if isinstance(exc, TimeoutError) and not str(exc):
         detail = f"no connection within the connect timeout ({connect_timeout:g}s)"
     else:
-        detail = redact(f"{type(exc).__name__}: {exc}")
-    # Belt and braces: the error text of a malformed DSN may echo parts of it.
-    for password in sorted(dsn_passwords(dsn), key=len, reverse=True):
-        if len(password) >= MIN_PIECE:
-            detail = detail.replace(password, "***")
+        # The error text of a malformed DSN may echo parts of it.
+        detail = redact_with_dsn(f"{type(exc).__name__}: {exc}", dsn)
     return TenantDatabaseError(
         tenant_id, f"tenant {tenant_id!r}: cannot connect to its database: {detail}"
     )

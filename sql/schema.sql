@@ -1,10 +1,24 @@
--- pgwake: the whole current schema, in one file.
+-- pgwake: the whole current schema, ordered by object: the reading copy.
 --
--- This is what applying every file in sql/migrations/ in order produces; a test applies
--- both to fresh databases and compares the catalogs. Read this file to learn the schema;
--- change it only together with a new migration.
+-- The migrations in sql/migrations/ are the truth: `pgwake migrate` applies them, and
+-- this file is what applying all of them in order produces. A test applies both to
+-- fresh databases and compares their catalogs (columns, constraints, indexes,
+-- triggers, policies, grants, functions with their bodies, views with their
+-- definitions, comments, sequences, and the rows this file inserts). Read this file to
+-- learn the schema; change the schema with a new migration, then bring this file in
+-- line.
+--
+-- Order: the schema; each table with its sequence, constraints, comment, indexes,
+-- row-level security and policies, grants, and triggers with their functions (tables
+-- in the order their policies need them: the confinement table before the tables it
+-- confines); then the other functions (waiting and notifications, job events, the
+-- claim's tenant cap, cancel and retry, administration); then the views.
+--
+-- Lock keys named below are listed in listener/locks.py.
 
 CREATE SCHEMA pgwake;
+
+-- Table pgwake.schema_migrations ------------------------------------------------------
 
 -- Applied migrations (written by `pgwake migrate`).
 CREATE TABLE pgwake.schema_migrations (
@@ -14,18 +28,21 @@ CREATE TABLE pgwake.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Table pgwake.workers ----------------------------------------------------------------
+
 -- Keys of the workers' liveness locks (see pgwake.workers.lock_key).
 CREATE SEQUENCE pgwake.worker_lock_keys AS integer MINVALUE 1 CYCLE;
 
 -- Workers register on start and heartbeat on an interval (one write per interval per
--- worker, never per job). jobs.claimed_by names the worker holding a running job.
--- Every worker also holds a session-level advisory lock, pg_advisory_lock(1885828962,
+-- worker, never per job). jobs.claimed_by names the worker holding a running job. Every
+-- worker also holds a session-level advisory lock, pg_advisory_lock(1885828962,
 -- lock_key), on a connection of its own while it runs: when the process dies the lock
 -- vanishes with its connection, and the maintenance leader recovers its jobs within
--- seconds (queries.sql: workers_lost). Only the lock held by the session recorded in
--- session_pid counts: anyone can take an advisory lock, so a lock on the same key held
--- by another session neither keeps a dead worker alive nor stops a live one. A worker that is alive but silent for longer
--- than the heartbeat timeout is recovered too.
+-- seconds (sql/queries/maintenance.sql: worker_list_lost). Only the lock held by the
+-- session recorded in session_pid counts: anyone can take an advisory lock, so a lock
+-- on the same key held by another session neither keeps a dead worker alive nor stops a
+-- live one. A worker that is alive but silent for longer than the heartbeat timeout is
+-- recovered too.
 CREATE TABLE pgwake.workers (
     id           uuid        PRIMARY KEY,
     hostname     text        NOT NULL,
@@ -43,6 +60,50 @@ CREATE TABLE pgwake.workers (
 );
 
 ALTER SEQUENCE pgwake.worker_lock_keys OWNED BY pgwake.workers.lock_key;
+
+-- Table pgwake.tenant_roles -----------------------------------------------------------
+
+-- Application roles confined to their tenants by row-level security. A role listed in
+-- pgwake.tenant_roles, and every role that is a member of it (directly, through a
+-- chain, with or without INHERIT: any role that could SET ROLE to it), sees and inserts
+-- only its tenants' jobs; other roles are unaffected.
+CREATE TABLE pgwake.tenant_roles (
+    role_name  name        NOT NULL,
+    tenant_id  text        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (role_name, tenant_id)
+);
+
+COMMENT ON TABLE pgwake.tenant_roles IS
+    'Roles confined by row-level security to the jobs of the listed tenants.';
+
+ALTER TABLE pgwake.tenant_roles ENABLE ROW LEVEL SECURITY;
+
+-- Each role sees the rows of the roles it is a member of (for a superuser: all).
+CREATE POLICY tenant_roles_of_own_memberships ON pgwake.tenant_roles FOR SELECT
+    USING (EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS g
+                    WHERE g.rolname = role_name
+                      AND pg_catalog.pg_has_role(g.oid, 'MEMBER')));
+
+GRANT SELECT ON pgwake.tenant_roles TO PUBLIC;
+
+-- The tenants the calling role is confined to, or NULL when it is not confined. A role
+-- is confined when it is a member of any role listed in pgwake.tenant_roles (itself
+-- included), to all those roles' tenants; superusers and BYPASSRLS roles never are.
+-- SECURITY INVOKER on purpose: current_user is the caller, and the table's row-level
+-- security shows it only its own memberships. The policies of pgwake.jobs and
+-- pgwake.tenants call it.
+CREATE FUNCTION pgwake.confined_tenants() RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT array_agg(DISTINCT r.tenant_id ORDER BY r.tenant_id)
+      FROM pgwake.tenant_roles AS r
+      JOIN pg_roles AS g ON g.rolname = r.role_name
+     WHERE pg_has_role(g.oid, 'MEMBER')
+       AND NOT EXISTS (SELECT 1 FROM pg_roles AS me
+                        WHERE me.rolname = current_user AND (me.rolsuper OR me.rolbypassrls));
+$$;
+
+-- Table pgwake.jobs -------------------------------------------------------------------
 
 CREATE TABLE pgwake.jobs (
     -- Columns an application may set on INSERT (all but kind have defaults).
@@ -129,6 +190,224 @@ CREATE INDEX jobs_running_tenant_idx ON pgwake.jobs (tenant_id, claimed_by)
 -- Apps may rely on INSERT ... ON CONFLICT DO NOTHING with this index.
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgwake.jobs (tenant_id, kind, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running');
+
+-- Retention deletes finished jobs oldest first, per status; the failed-jobs view lists
+-- the newest failures first. Neither touches queued or running rows.
+CREATE INDEX jobs_finished_idx ON pgwake.jobs (status, finished_at)
+    WHERE status IN ('succeeded', 'failed', 'cancelled');
+
+ALTER TABLE pgwake.jobs ENABLE ROW LEVEL SECURITY;
+
+-- Confined roles read and write only their own tenants' rows; other roles are not
+-- restricted by rows (only by their privileges). The scalar subqueries make the
+-- function run once per statement, not once per row.
+CREATE POLICY jobs_confined_to_own_tenants ON pgwake.jobs
+    USING ((SELECT pgwake.confined_tenants()) IS NULL
+           OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]))
+    WITH CHECK ((SELECT pgwake.confined_tenants()) IS NULL
+                OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]));
+
+-- A job inserted with run_at still ahead is scheduled: a row trigger, called only for
+-- such rows (its WHEN is checked without calling anything), sets its status and notes
+-- for the statement trigger below that a job is due later.
+CREATE FUNCTION pgwake.jobs_before_insert_due_later() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    NEW.status := 'scheduled';
+    PERFORM set_config('pgwake.inserted_due_later', 'on', true);
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER jobs_schedule_before_insert
+    BEFORE INSERT ON pgwake.jobs
+    FOR EACH ROW
+    WHEN (NEW.status = 'queued' AND NEW.run_at > now())
+    EXECUTE FUNCTION pgwake.jobs_before_insert_due_later();
+
+-- After each INSERT statement: one NOTIFY when a worker waits for new jobs, and always
+-- when a job is due later (the promoters sleep until the earliest due job); the job
+-- events of the new rows while a session follows them. The steps of
+-- pgwake.someone_waits (see "Functions: waiting for notifications" below) are written
+-- out here rather than called: this runs for every insert statement, and each call
+-- would cost about as much as the steps themselves.
+-- No SECURITY DEFINER: it changes no row, so an application role needs only INSERT.
+CREATE FUNCTION pgwake.jobs_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_events boolean := false;
+BEGIN
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 100) THEN
+        -- Held exclusively by a session that is not pgwake: notify rather than wait.
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+    ELSIF pg_catalog.current_setting('pgwake.inserted_due_later', true) = 'on' THEN
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+    ELSIF pg_catalog.current_setting('pgwake.waiting_0', true) = 'on' THEN
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+    ELSIF pg_catalog.pg_try_advisory_lock(1885828967, 0) THEN
+        PERFORM pg_catalog.pg_advisory_unlock(1885828967, 0);  -- nobody waits
+    ELSE
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+    END IF;
+    IF coalesce(pg_catalog.current_setting('pgwake.job_events', true), '') <> 'off' THEN
+        IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 101) THEN
+            v_events := true;
+        ELSIF pg_catalog.current_setting('pgwake.waiting_1', true) = 'on' THEN
+            v_events := true;
+        ELSIF pg_catalog.pg_try_advisory_lock(1885828967, 1) THEN
+            PERFORM pg_catalog.pg_advisory_unlock(1885828967, 1);  -- nobody follows
+        ELSE
+            v_events := true;
+        END IF;
+    END IF;
+    IF v_events THEN
+        PERFORM pgwake.job_events(array_agg(n.id), array_agg(n.tenant_id),
+                                  array_agg(n.kind), array_agg(n.status))
+           FROM new_jobs AS n;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER jobs_notify_after_insert
+    AFTER INSERT ON pgwake.jobs
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION pgwake.jobs_after_insert();
+
+-- Table pgwake.tenants ----------------------------------------------------------------
+
+-- Settings per tenant. A job whose tenant has no row here uses the defaults: no
+-- fleet-wide cap, weight 1, not paused, no database of its own.
+CREATE TABLE pgwake.tenants (
+    tenant_id        text        PRIMARY KEY,
+    -- Most jobs of this tenant running at once across every worker process and host;
+    -- NULL: no fleet-wide cap (each worker still applies its tenant_concurrency).
+    max_concurrency  integer,
+    -- Share of each claim relative to other tenants: a tenant with weight 3 gets up to
+    -- three jobs for every one of a weight-1 tenant when both have a backlog.
+    weight           integer     NOT NULL DEFAULT 1,
+    -- A paused tenant's jobs stay queued; no worker claims them until it is resumed.
+    paused           boolean     NOT NULL DEFAULT false,
+    -- The tenant's own database, encrypted (listener/crypto.py); NULL: none.
+    db_dsn_encrypted text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+
+    CONSTRAINT tenants_tenant_id_not_empty
+        CHECK (length(btrim(tenant_id)) > 0 AND length(tenant_id) <= 200),
+    CONSTRAINT tenants_max_concurrency_between_0_and_100000
+        CHECK (max_concurrency IS NULL OR max_concurrency BETWEEN 0 AND 100000),
+    CONSTRAINT tenants_weight_between_1_and_100
+        CHECK (weight BETWEEN 1 AND 100),
+    CONSTRAINT tenants_db_dsn_is_ciphertext
+        CHECK (db_dsn_encrypted IS NULL OR db_dsn_encrypted LIKE 'pgwake:v1:%')
+);
+
+COMMENT ON TABLE pgwake.tenants IS
+    'pgwake per-tenant settings: fleet-wide max_concurrency, weight, paused, encrypted own-database DSN.';
+
+-- The same for tenants' settings (confined roles may read some columns of their own).
+ALTER TABLE pgwake.tenants ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY tenants_confined_to_own_tenants ON pgwake.tenants
+    USING ((SELECT pgwake.confined_tenants()) IS NULL
+           OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]))
+    WITH CHECK ((SELECT pgwake.confined_tenants()) IS NULL
+                OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]));
+
+-- Table pgwake.schedules --------------------------------------------------------------
+
+-- One row per schedule. The maintenance leader of a round (sql/queries/maintenance.sql:
+-- schedule_list_due) enqueues the jobs of every slot that has come and moves next_run_at
+-- to the next slot, in one transaction with the row locked: each slot is enqueued
+-- exactly once, whatever the number of workers.
+CREATE TABLE pgwake.schedules (
+    name         text        PRIMARY KEY,
+    -- Standard 5-field cron (minute hour day-of-month month day-of-week), evaluated in
+    -- the time zone below.
+    cron         text        NOT NULL,
+    timezone     text        NOT NULL DEFAULT 'UTC',
+    kind         text        NOT NULL,
+    payload      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    -- The tenant to enqueue for; NULL: one job for every tenant in pgwake.tenants.
+    tenant_id    text,
+    priority     integer     NOT NULL DEFAULT 0,
+    max_attempts integer     NOT NULL DEFAULT 20,
+    -- After downtime: 'skip' enqueues only the most recent missed slot, 'catch_up'
+    -- every missed slot (at most 1000 per round).
+    missed       text        NOT NULL DEFAULT 'skip',
+    enabled      boolean     NOT NULL DEFAULT true,
+    -- The next slot to enqueue; NULL until the leader first computes it.
+    next_run_at  timestamptz,
+    last_slot    timestamptz,
+    -- Why the leader disabled the schedule (an invalid cron or time zone, jobs the jobs
+    -- table refuses).
+    last_error   text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+
+    CONSTRAINT schedules_name_not_empty
+        CHECK (length(btrim(name)) > 0 AND length(name) <= 200),
+    CONSTRAINT schedules_cron_not_empty CHECK (length(btrim(cron)) > 0),
+    CONSTRAINT schedules_kind_not_empty CHECK (length(btrim(kind)) > 0 AND length(kind) <= 200),
+    CONSTRAINT schedules_payload_must_be_json_object CHECK (jsonb_typeof(payload) = 'object'),
+    CONSTRAINT schedules_missed_valid CHECK (missed IN ('skip', 'catch_up')),
+    CONSTRAINT schedules_priority_between_minus_1000_and_1000
+        CHECK (priority BETWEEN -1000 AND 1000),
+    CONSTRAINT schedules_max_attempts_between_1_and_1000 CHECK (max_attempts BETWEEN 1 AND 1000),
+    -- What a schedule copies into its jobs is checked as pgwake.jobs checks it, with
+    -- the same words (jobs_tenant_id_not_empty, jobs_payload_at_most_1mib), so a
+    -- schedule whose jobs would be refused is refused itself.
+    CONSTRAINT schedules_tenant_id_not_empty
+        CHECK (tenant_id IS NULL
+               OR (length(btrim(tenant_id)) > 0 AND length(tenant_id) <= 200)),
+    CONSTRAINT schedules_payload_at_most_1mib
+        CHECK (octet_length(payload::text) <= 1048576),
+    CONSTRAINT schedules_next_run_at_between_years_1_and_9999
+        CHECK (next_run_at >= '0001-01-01 00:00:00+00' AND next_run_at < '10000-01-01 00:00:00+00'),
+    CONSTRAINT schedules_last_slot_between_years_1_and_9999
+        CHECK (last_slot >= '0001-01-01 00:00:00+00' AND last_slot < '10000-01-01 00:00:00+00')
+);
+
+CREATE INDEX schedules_due_idx ON pgwake.schedules (next_run_at) WHERE enabled;
+
+-- Editing a schedule's cron or time zone (by SQL) takes effect at once: next_run_at is
+-- cleared, unless the same UPDATE changes it too, and the leader's next round computes the
+-- first slot after now from the new cron. No slot of the old cron is enqueued after
+-- the edit commits.
+CREATE FUNCTION pgwake.schedules_before_update_of_cron() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF (NEW.cron, NEW.timezone) IS DISTINCT FROM (OLD.cron, OLD.timezone)
+       AND NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at THEN
+        NEW.next_run_at := NULL;
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER schedules_cron_edit_takes_effect_at_once
+    BEFORE UPDATE OF cron, timezone ON pgwake.schedules
+    FOR EACH ROW
+    EXECUTE FUNCTION pgwake.schedules_before_update_of_cron();
+
+-- Table pgwake.leaders ----------------------------------------------------------------
+
+-- One row per leader role of a round; the leader of a round holds its row locked (FOR
+-- NO KEY UPDATE SKIP LOCKED) until its transaction ends. Row locks need UPDATE on this
+-- table, which only pgwake's own roles have, where advisory locks need no privilege.
+CREATE TABLE pgwake.leaders (
+    name text PRIMARY KEY,
+    CONSTRAINT leaders_name_known
+        CHECK (name IN ('maintenance', 'promotion', 'retention', 'schedules'))
+);
+
+INSERT INTO pgwake.leaders (name)
+VALUES ('maintenance'), ('promotion'), ('retention'), ('schedules');
+
+-- Functions: waiting for notifications, and job events --------------------------------
 
 -- Notifications are sent only when a session waits for them. A transaction that
 -- sends a NOTIFY holds a database-wide lock from its commit until the commit is on
@@ -287,102 +566,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
            END;
 $$;
 
--- A job inserted with run_at still ahead is scheduled: a row trigger, called only for
--- such rows (its WHEN is checked without calling anything), sets its status and notes
--- for the statement trigger below that a job is due later.
-CREATE FUNCTION pgwake.jobs_before_insert_due_later() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-BEGIN
-    NEW.status := 'scheduled';
-    PERFORM set_config('pgwake.inserted_due_later', 'on', true);
-    RETURN NEW;
-END;
-$$;
-
-CREATE TRIGGER jobs_schedule_before_insert
-    BEFORE INSERT ON pgwake.jobs
-    FOR EACH ROW
-    WHEN (NEW.status = 'queued' AND NEW.run_at > now())
-    EXECUTE FUNCTION pgwake.jobs_before_insert_due_later();
-
--- After each INSERT statement: one NOTIFY when a worker waits for new jobs, and always
--- when a job is due later (the promoters sleep until the earliest due job); the job
--- events of the new rows while a session follows them. The steps of
--- pgwake.someone_waits are written out here rather than called: this runs for every
--- insert statement, and each call would cost about as much as the steps themselves.
--- No SECURITY DEFINER: it changes no row, so an application role needs only INSERT.
-CREATE FUNCTION pgwake.jobs_after_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_events boolean := false;
-BEGIN
-    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 100) THEN
-        -- Held exclusively by a session that is not pgwake: notify rather than wait.
-        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
-    ELSIF pg_catalog.current_setting('pgwake.inserted_due_later', true) = 'on' THEN
-        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
-    ELSIF pg_catalog.current_setting('pgwake.waiting_0', true) = 'on' THEN
-        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
-    ELSIF pg_catalog.pg_try_advisory_lock(1885828967, 0) THEN
-        PERFORM pg_catalog.pg_advisory_unlock(1885828967, 0);  -- nobody waits
-    ELSE
-        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
-    END IF;
-    IF coalesce(pg_catalog.current_setting('pgwake.job_events', true), '') <> 'off' THEN
-        IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 101) THEN
-            v_events := true;
-        ELSIF pg_catalog.current_setting('pgwake.waiting_1', true) = 'on' THEN
-            v_events := true;
-        ELSIF pg_catalog.pg_try_advisory_lock(1885828967, 1) THEN
-            PERFORM pg_catalog.pg_advisory_unlock(1885828967, 1);  -- nobody follows
-        ELSE
-            v_events := true;
-        END IF;
-    END IF;
-    IF v_events THEN
-        PERFORM pgwake.job_events(array_agg(n.id), array_agg(n.tenant_id),
-                                  array_agg(n.kind), array_agg(n.status))
-           FROM new_jobs AS n;
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER jobs_notify_after_insert
-    AFTER INSERT ON pgwake.jobs
-    REFERENCING NEW TABLE AS new_jobs
-    FOR EACH STATEMENT
-    EXECUTE FUNCTION pgwake.jobs_after_insert();
-
--- Settings per tenant. A job whose tenant has no row here uses the defaults: no
--- fleet-wide cap, weight 1, not paused, no database of its own.
-CREATE TABLE pgwake.tenants (
-    tenant_id        text        PRIMARY KEY,
-    -- Most jobs of this tenant running at once across every worker process and host;
-    -- NULL: no fleet-wide cap (each worker still applies its tenant_concurrency).
-    max_concurrency  integer,
-    -- Share of each claim relative to other tenants: a tenant with weight 3 gets up to
-    -- three jobs for every one of a weight-1 tenant when both have a backlog.
-    weight           integer     NOT NULL DEFAULT 1,
-    -- A paused tenant's jobs stay queued; no worker claims them until it is resumed.
-    paused           boolean     NOT NULL DEFAULT false,
-    -- The tenant's own database, encrypted (listener/crypto.py); NULL: none.
-    db_dsn_encrypted text,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now(),
-
-    CONSTRAINT tenants_tenant_id_not_empty
-        CHECK (length(btrim(tenant_id)) > 0 AND length(tenant_id) <= 200),
-    CONSTRAINT tenants_max_concurrency_between_0_and_100000
-        CHECK (max_concurrency IS NULL OR max_concurrency BETWEEN 0 AND 100000),
-    CONSTRAINT tenants_weight_between_1_and_100
-        CHECK (weight BETWEEN 1 AND 100),
-    CONSTRAINT tenants_db_dsn_is_ciphertext
-        CHECK (db_dsn_encrypted IS NULL OR db_dsn_encrypted LIKE 'pgwake:v1:%')
-);
-
-COMMENT ON TABLE pgwake.tenants IS
-    'pgwake per-tenant settings: fleet-wide max_concurrency, weight, paused, encrypted own-database DSN.';
+-- Function of the claim: a capped tenant's free slots ---------------------------------
 
 -- Free fleet-wide slots of a capped tenant, for the claim.
 --
@@ -412,64 +596,7 @@ BEGIN
 END;
 $$;
 
--- Application roles confined to their tenants by row-level security. A role listed in
--- pgwake.tenant_roles, and every role that is a member of it (directly, through a
--- chain, with or without INHERIT: any role that could SET ROLE to it), sees and inserts
--- only its tenants' jobs; other roles are unaffected.
-CREATE TABLE pgwake.tenant_roles (
-    role_name  name        NOT NULL,
-    tenant_id  text        NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (role_name, tenant_id)
-);
-
-COMMENT ON TABLE pgwake.tenant_roles IS
-    'Roles confined by row-level security to the jobs of the listed tenants.';
-
-ALTER TABLE pgwake.tenant_roles ENABLE ROW LEVEL SECURITY;
-
--- Each role sees the rows of the roles it is a member of (for a superuser: all).
-CREATE POLICY tenant_roles_of_own_memberships ON pgwake.tenant_roles FOR SELECT
-    USING (EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS g
-                    WHERE g.rolname = role_name
-                      AND pg_catalog.pg_has_role(g.oid, 'MEMBER')));
-
-GRANT SELECT ON pgwake.tenant_roles TO PUBLIC;
-
-ALTER TABLE pgwake.jobs ENABLE ROW LEVEL SECURITY;
-
--- The tenants the calling role is confined to, or NULL when it is not confined. A role
--- is confined when it is a member of any role listed in pgwake.tenant_roles (itself
--- included), to all those roles' tenants; superusers and BYPASSRLS roles never are.
--- SECURITY INVOKER on purpose: current_user is the caller, and the table's row-level
--- security shows it only its own memberships.
-CREATE FUNCTION pgwake.confined_tenants() RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-    SELECT array_agg(DISTINCT r.tenant_id ORDER BY r.tenant_id)
-      FROM pgwake.tenant_roles AS r
-      JOIN pg_roles AS g ON g.rolname = r.role_name
-     WHERE pg_has_role(g.oid, 'MEMBER')
-       AND NOT EXISTS (SELECT 1 FROM pg_roles AS me
-                        WHERE me.rolname = current_user AND (me.rolsuper OR me.rolbypassrls));
-$$;
-
--- Confined roles read and write only their own tenants' rows; other roles are not
--- restricted by rows (only by their privileges). The scalar subqueries make the
--- function run once per statement, not once per row.
-CREATE POLICY jobs_confined_to_own_tenants ON pgwake.jobs
-    USING ((SELECT pgwake.confined_tenants()) IS NULL
-           OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]))
-    WITH CHECK ((SELECT pgwake.confined_tenants()) IS NULL
-                OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]));
-
--- The same for tenants' settings (confined roles may read some columns of their own).
-ALTER TABLE pgwake.tenants ENABLE ROW LEVEL SECURITY;
-
-CREATE POLICY tenants_confined_to_own_tenants ON pgwake.tenants
-    USING ((SELECT pgwake.confined_tenants()) IS NULL
-           OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]))
-    WITH CHECK ((SELECT pgwake.confined_tenants()) IS NULL
-                OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]));
+-- Functions: cancel and retry as the calling role -------------------------------------
 
 -- The jobs role p_as may cancel or retry: NULL for every tenant's, else its tenants'.
 -- For pgwake's own SECURITY DEFINER functions, which pass the caller's current_user.
@@ -579,6 +706,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
     SELECT pgwake.job_retry_as(job_id, current_user);
 $$;
 
+-- Function for administrators: confine a role to a tenant -----------------------------
+
 -- Confines an existing role to a tenant and grants what an app needs to enqueue:
 -- USAGE on the schema, INSERT of the app columns, SELECT of its own jobs, of the views
 -- and of its tenants' settings (not their DSNs). Refuses roles that bypass row-level
@@ -609,10 +738,7 @@ BEGIN
 END;
 $$;
 
--- Retention deletes finished jobs oldest first, per status; the failed-jobs view lists
--- the newest failures first. Neither touches queued or running rows.
-CREATE INDEX jobs_finished_idx ON pgwake.jobs (status, finished_at)
-    WHERE status IN ('succeeded', 'failed', 'cancelled');
+-- Views -------------------------------------------------------------------------------
 
 -- Active jobs by kind and status, with how long the oldest queued one has been due.
 -- security_invoker: a role confined to its tenants sees only its tenants here too.
@@ -663,90 +789,3 @@ SELECT j.tenant_id,
         SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'running') AS j
   LEFT JOIN pgwake.tenants AS t ON t.tenant_id = j.tenant_id
  GROUP BY j.tenant_id, t.paused, t.max_concurrency, t.weight;
-
--- One row per schedule. The maintenance leader of a round (queries.sql:
--- schedules_due) enqueues the jobs of every slot that has come and moves next_run_at
--- to the next slot, in one transaction with the row locked: each slot is enqueued
--- exactly once, whatever the number of workers.
-CREATE TABLE pgwake.schedules (
-    name         text        PRIMARY KEY,
-    -- Standard 5-field cron (minute hour day-of-month month day-of-week), evaluated in
-    -- the time zone below.
-    cron         text        NOT NULL,
-    timezone     text        NOT NULL DEFAULT 'UTC',
-    kind         text        NOT NULL,
-    payload      jsonb       NOT NULL DEFAULT '{}'::jsonb,
-    -- The tenant to enqueue for; NULL: one job for every tenant in pgwake.tenants.
-    tenant_id    text,
-    priority     integer     NOT NULL DEFAULT 0,
-    max_attempts integer     NOT NULL DEFAULT 20,
-    -- After downtime: 'skip' enqueues only the most recent missed slot, 'catch_up'
-    -- every missed slot (at most 1000 per round).
-    missed       text        NOT NULL DEFAULT 'skip',
-    enabled      boolean     NOT NULL DEFAULT true,
-    -- The next slot to enqueue; NULL until the leader first computes it.
-    next_run_at  timestamptz,
-    last_slot    timestamptz,
-    -- Why the leader disabled the schedule (an invalid cron or time zone, jobs the jobs
-    -- table refuses).
-    last_error   text,
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    updated_at   timestamptz NOT NULL DEFAULT now(),
-
-    CONSTRAINT schedules_name_not_empty
-        CHECK (length(btrim(name)) > 0 AND length(name) <= 200),
-    CONSTRAINT schedules_cron_not_empty CHECK (length(btrim(cron)) > 0),
-    CONSTRAINT schedules_kind_not_empty CHECK (length(btrim(kind)) > 0 AND length(kind) <= 200),
-    CONSTRAINT schedules_payload_must_be_json_object CHECK (jsonb_typeof(payload) = 'object'),
-    CONSTRAINT schedules_missed_valid CHECK (missed IN ('skip', 'catch_up')),
-    CONSTRAINT schedules_priority_between_minus_1000_and_1000
-        CHECK (priority BETWEEN -1000 AND 1000),
-    CONSTRAINT schedules_max_attempts_between_1_and_1000 CHECK (max_attempts BETWEEN 1 AND 1000),
-    -- What a schedule copies into its jobs is checked as pgwake.jobs checks it, with
-    -- the same words (jobs_tenant_id_not_empty, jobs_payload_at_most_1mib), so a
-    -- schedule whose jobs would be refused is refused itself.
-    CONSTRAINT schedules_tenant_id_not_empty
-        CHECK (tenant_id IS NULL
-               OR (length(btrim(tenant_id)) > 0 AND length(tenant_id) <= 200)),
-    CONSTRAINT schedules_payload_at_most_1mib
-        CHECK (octet_length(payload::text) <= 1048576),
-    CONSTRAINT schedules_next_run_at_between_years_1_and_9999
-        CHECK (next_run_at >= '0001-01-01 00:00:00+00' AND next_run_at < '10000-01-01 00:00:00+00'),
-    CONSTRAINT schedules_last_slot_between_years_1_and_9999
-        CHECK (last_slot >= '0001-01-01 00:00:00+00' AND last_slot < '10000-01-01 00:00:00+00')
-);
-
-CREATE INDEX schedules_due_idx ON pgwake.schedules (next_run_at) WHERE enabled;
-
--- Editing a schedule's cron or time zone (by SQL) takes effect at once: next_run_at is
--- cleared, unless the same UPDATE changes it too, and the leader's next round computes the
--- first slot after now from the new cron. No slot of the old cron is enqueued after
--- the edit commits.
-CREATE FUNCTION pgwake.schedules_before_update_of_cron() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-BEGIN
-    IF (NEW.cron, NEW.timezone) IS DISTINCT FROM (OLD.cron, OLD.timezone)
-       AND NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at THEN
-        NEW.next_run_at := NULL;
-        NEW.updated_at := now();
-    END IF;
-    RETURN NEW;
-END;
-$$;
-
-CREATE TRIGGER schedules_cron_edit_takes_effect_at_once
-    BEFORE UPDATE OF cron, timezone ON pgwake.schedules
-    FOR EACH ROW
-    EXECUTE FUNCTION pgwake.schedules_before_update_of_cron();
-
--- One row per leader role of a round; the leader of a round holds its row locked (FOR
--- NO KEY UPDATE SKIP LOCKED) until its transaction ends. Row locks need UPDATE on this
--- table, which only pgwake's own roles have, where advisory locks need no privilege.
-CREATE TABLE pgwake.leaders (
-    name text PRIMARY KEY,
-    CONSTRAINT leaders_name_known
-        CHECK (name IN ('maintenance', 'promotion', 'retention', 'schedules'))
-);
-
-INSERT INTO pgwake.leaders (name)
-VALUES ('maintenance'), ('promotion'), ('retention'), ('schedules');

@@ -1,5 +1,5 @@
 """A Debian system booted by systemd in a ``systemd-nspawn`` container, with pgwake
-installed as the README's "Run it under systemd" says, for tests of the real units.
+installed as "Run it under systemd" in docs/operations.md says, for tests of the real units.
 
 Invariants:
 - The root is made by ``mmdebstrap`` once per package list and cached under
@@ -213,7 +213,7 @@ class Container:
             )
 
     def install_pgwake(self, project: Path) -> None:
-        """The README's install steps: a virtualenv in /opt/pgwake, the units in
+        """The install steps of docs/operations.md: a virtualenv in /opt/pgwake, the units in
         /etc/systemd/system."""
         self.run("python3", "-m", "venv", VENV)
         self.run(f"{VENV}/bin/pip", "install", "--quiet", "--no-index", "--find-links", WHEELS,

@@ -11,7 +11,7 @@ import asyncpg
 
 from listener import db
 from listener.config import load_settings
-from listener.held import HeldConnection
+from listener.kept_connection import KeptConnection
 from listener.queries import QUERIES
 from listener.service import session_settings
 
@@ -113,8 +113,9 @@ async def test_lookups_of_one_workers_jobs_read_only_the_running_index(
     await conn.execute("ANALYZE pgwake.jobs")
     for name, args in [
         ("worker_heartbeat", (workers[0], True)),
-        ("job_put_back_held", (workers[0], "test")),
-        ("jobs_cancel_requested", (workers[0],)),
+        ("job_put_back_held", (workers[0], "test", False)),
+        ("job_put_back_held", (workers[0], "test", True)),
+        ("job_list_cancel_requested", (workers[0],)),
     ]:
         explained = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[name], *args)
         scans = [
@@ -158,7 +159,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
     # The worker's pool, with the session settings every worker session gets.
     pool = await db.create_pool(dsn, size=2, session_settings=session_settings(settings))
     admin = await db.connect(dsn)
-    held = HeldConnection(pool)
+    held = KeptConnection(pool)
     worker = uuid.uuid4()
     try:
         await admin.execute(QUERIES["worker_register"], worker, "plan", 1, ["k"], 100, None)

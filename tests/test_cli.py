@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from listener import __version__
 from listener.migrate import latest_version
 from tests.conftest import ROOT
 
@@ -161,6 +163,10 @@ def test_bad_config_file(tmp_path: Path) -> None:
 
 
 def test_version() -> None:
+    """The version lives in listener/__init__.py alone: the installed distribution's
+    metadata reads it there (pyproject.toml, [tool.hatch.version]), and so does the
+    command. A mismatch means the checkout changed it since `pip install -e .`."""
+    assert version("pgwake") == __version__
     done = pgwake("version")
     assert done.returncode == 0
-    assert done.stdout.startswith(f"pgwake 0.1.0 (schema {latest_version():04d})")
+    assert done.stdout.startswith(f"pgwake {__version__} (schema {latest_version():04d})")

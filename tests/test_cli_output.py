@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from listener import db
-from listener.terminal import shown, shown_lines
+from listener.cli.terminal import shown, shown_lines
 from tests.test_cli import pgwake
 from tests.test_roles import as_user
 

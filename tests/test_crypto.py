@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from listener.cli.keys import keys_app
 from listener.crypto import (
     DecryptionError,
     EncryptionKeyError,
@@ -19,7 +20,6 @@ from listener.crypto import (
     parse_keys,
 )
 from listener.errors import ConfigError, PgwakeError
-from listener.keys_cli import keys_app
 
 HOST = "db-acme.internal.example.com"
 PASSWORD = "s3cr3t-Pa55word"

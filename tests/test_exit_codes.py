@@ -1,4 +1,4 @@
-"""The README's exit-code table, row by row: for each code, commands that must exit
+"""The exit-code table of docs/cli.md, row by row: for each code, commands that must exit
 with it, each with its one-line message (issue 15, points 6 and 7)."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ UNREACHABLE = "postgresql://app:Hunter2Secret9@127.0.0.1:1/nowhere"
 
 
 def readme_codes() -> dict[int, str]:
-    """The rows of the README's exit-code table: code -> meaning."""
-    text = (ROOT / "README.md").read_text()
-    table = text.split("### Exit codes", 1)[1].split("\n### ", 1)[0]
+    """The rows of the exit-code table in docs/cli.md: code -> meaning."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    table = text.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
     return {int(m[1]): m[2] for m in re.finditer(r"^\| (\d+) \| (.*) \|$", table, re.M)}
 
 

@@ -27,8 +27,8 @@ from listener.api import JobContext
 from listener.registry import Registry
 from tests.conftest import database_name, eventually, running_worker, spawn_worker, stop_process
 
-# Every advisory-lock key pgwake uses or used (listener/heartbeat.py, sql/queries.sql,
-# sql/schema.sql), as (classid, objid); the tenant and worker keys are added per test.
+# Every advisory-lock key pgwake uses or used (listener/locks.py names them all), as
+# (classid, objid); the tenant and worker keys are added per test.
 PGWAKE_KEYS = [
     (1885828967, 0),  # a worker waits for new jobs
     (1885828967, 1),  # a session follows job events

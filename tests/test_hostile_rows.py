@@ -17,9 +17,9 @@ import pytest
 
 from listener import db
 from listener.api import JobContext, Registry, Retry
+from listener.maintenance.schedules import Scheduler, due_slots
 from listener.migrate import latest_version, load_migrations
 from listener.queries import QUERIES
-from listener.schedules import Scheduler, due_slots
 from tests.conftest import ROOT, eventually, running_worker
 from tests.test_cli import pgwake
 from tests.test_schedules import add_schedule
@@ -390,16 +390,22 @@ async def test_error_text_with_nul_or_surrogate_is_stored_escaped_and_retried(
     assert errors[1] == "Retry: lone \\ud800 surrogate in the reason"
 
 
-# --- README drift (point 17) ------------------------------------------------------------
+# --- Docs drift (point 17) --------------------------------------------------------------
+
+
+def docs_text() -> str:
+    """The README and every page of the docs, one after the other."""
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(page.read_text() for page in pages)
 
 
 def test_readme_prints_the_newest_schema_version() -> None:
     """Fails on 8feecbc: the README said "schema is at version 0008" while the newest
-    migration was 0009. Every schema version the README prints is the newest migration
-    in sql/migrations (computed, so it holds after any later migration)."""
+    migration was 0009. Every schema version the README and the docs print is the newest
+    migration in sql/migrations (computed, so it holds after any later migration)."""
     newest = max(int(p.name[:4]) for p in (ROOT / "sql" / "migrations").glob("[0-9]*.sql"))
     assert newest == latest_version()
-    readme = (ROOT / "README.md").read_text()
+    readme = docs_text()
     printed = re.findall(r"schema is at version (\d{4})|\(schema (\d{4})\)", readme)
     versions = {int(a or b) for a, b in printed}
     assert len(printed) >= 3
@@ -415,7 +421,7 @@ async def test_readme_says_what_insert_returning_status_shows(conn: asyncpg.Conn
         "RETURNING status"
     )
     now = await conn.fetchval("INSERT INTO pgwake.jobs (kind) VALUES ('k') RETURNING status")
-    readme = (ROOT / "README.md").read_text()
+    readme = docs_text()
     paragraph = readme[readme.index("`INSERT ... RETURNING status`") :].split("\n\n", 1)[0]
     assert f"future `run_at` reads `{future}`" in paragraph
     assert f"due now reads `{now}`" in paragraph

@@ -18,9 +18,9 @@ import pytest
 from listener import db
 from listener.api import JobContext
 from listener.config import load_settings
+from listener.maintenance.recovery import Recoverer
 from listener.metrics import Metrics
 from listener.queries import QUERIES
-from listener.recovery import Recoverer
 from listener.registry import Registry
 from listener.service import session_settings
 from tests.conftest import eventually, running_worker, spawn_worker, stop_process, wait_ready
@@ -449,7 +449,7 @@ async def test_a_leader_stalled_inside_a_round_loses_the_lead_after_the_lease(
         # maintenance lock taken (and nothing sent afterwards).
         transaction = stalled.transaction()
         await transaction.start()
-        assert await stalled.fetchval(QUERIES["maintenance_leader"])
+        assert await stalled.fetchval(QUERIES["leader_elect_maintenance"])
         orphan = await conn.fetchval(
             "INSERT INTO pgwake.jobs (kind, status, claimed_by, attempts, started_at) "
             "VALUES ('k', 'running', $1, 1, now()) RETURNING id",

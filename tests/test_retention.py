@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncpg
 
 from listener import db
+from listener.jobs import Status
+from listener.maintenance.retention import Pruner
 from listener.metrics import Metrics
-from listener.retention import Pruner
 
-RETENTION = {"succeeded": 3600.0, "failed": 7200.0, "cancelled": 60.0}
+RETENTION = {Status.SUCCEEDED: 3600.0, Status.FAILED: 7200.0, Status.CANCELLED: 60.0}
 
 
 async def test_prune_deletes_only_what_is_past_its_time(dsn: str, conn: asyncpg.Connection) -> None:

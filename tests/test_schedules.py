@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from listener import db
-from listener.schedules import MAX_CATCH_UP, Scheduler, due_slots
+from listener.maintenance.schedules import MAX_CATCH_UP, Scheduler, due_slots
 from tests.conftest import spawn_worker, stop_process, wait_ready
 from tests.test_cli import pgwake
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ import asyncpg
 import pytest
 
 from listener import db
+from listener.jobs import ACTIVE, FINISHED, Status
 from listener.queries import QUERIES
 from tests.conftest import eventually
 
@@ -31,6 +33,27 @@ async def test_plain_insert_gets_defaults(conn: asyncpg.Connection) -> None:
     only_kind = await conn.fetchrow("INSERT INTO pgwake.jobs (kind) VALUES ('x') RETURNING *")
     assert only_kind["tenant_id"] == "default"
     assert only_kind["payload"] == {}
+
+
+async def test_status_enum_is_the_check_constraint(conn: asyncpg.Connection) -> None:
+    """``jobs.Status`` lists exactly the statuses the jobs_status_valid CHECK allows, in
+    its order; ACTIVE and FINISHED split them with none left over."""
+    definition: str = await conn.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conname = 'jobs_status_valid' AND conrelid = 'pgwake.jobs'::regclass"
+    )
+    allowed = re.findall(r"'([^']*)'::text", definition)
+    assert allowed == [status.value for status in Status], definition
+    assert sorted([*ACTIVE, *FINISHED]) == sorted(Status)
+    # Every one of them is a status a row can take; one more is refused.
+    for status in Status:
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (kind, status, claimed_by) VALUES ('k', $1, $2)",
+            status,
+            uuid.uuid4() if status is Status.RUNNING else None,
+        )
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("INSERT INTO pgwake.jobs (kind, status) VALUES ('k', 'paused')")
 
 
 BAD_ROWS = [

@@ -261,11 +261,11 @@ async def test_status_queries_and_views_read_indexes_not_the_history(
     statements = {
         name: (QUERIES[name], args)
         for name, args in (
-            ("status_kinds", ()),
-            ("status_tenants", (10,)),
-            ("status_workers", ()),
-            ("metrics_queue_depth", ()),
-            ("metrics_tenant_backlog", (5, ["t1"])),
+            ("job_count_by_kind", ()),
+            ("tenant_list_backlog", (10,)),
+            ("worker_list", ()),
+            ("job_count_active", ()),
+            ("tenant_count_queued", (5, ["t1"])),
         )
     }
     for view in ("queue_status", "tenant_backlog", "failed_jobs"):
@@ -274,5 +274,5 @@ async def test_status_queries_and_views_read_indexes_not_the_history(
         plan = (await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))[0]
         scans = [n for n in nodes(plan["Plan"]) if n.get("Relation Name") == "jobs"]
         assert all(n["Node Type"] != "Seq Scan" for n in scans), (name, json.dumps(plan))
-        if name != "status_workers":  # no worker registered: its subplan is not needed
+        if name != "worker_list":  # no worker registered: its subplan is not needed
             assert scans, name

@@ -3,7 +3,7 @@
 The default suite verifies the unit files with ``systemd-analyze verify`` (on copies whose
 ExecStart names this checkout's ``pgwake``: verify insists the binary exists) and checks
 their sandbox's exposure score. With ``PGWAKE_SYSTEMD_TEST=1``, a Debian system boots in
-systemd-nspawn (tests/nspawn.py), pgwake is installed in it as the README says, and the
+systemd-nspawn (tests/nspawn.py), pgwake is installed in it as docs/operations.md says, and the
 unchanged units run there against the tests' PostgreSQL (the container shares the
 host's network, so the DSNs the fixtures hand out work as they are).
 """
@@ -226,7 +226,7 @@ async def enqueue(
 
 @nspawn_test
 def test_installed_units_verify_in_place(systemd: Container) -> None:
-    # The unit files exactly as shipped, where the README installs them, with
+    # The unit files exactly as shipped, where docs/operations.md installs them, with
     # /opt/pgwake/bin/pgwake really there.
     units = [f"/etc/systemd/system/{u.name}" for u in sorted(UNITS.glob("*.service"))]
     done = systemd.run("systemd-analyze", "verify", "--recursive-errors=no", *units, check=False)

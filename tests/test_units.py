@@ -15,8 +15,11 @@ from listener.api import JobContext, Registry
 from listener.config import load_settings
 from listener.db import is_transient
 from listener.errors import ConfigError
+from listener.logs import get_logger
+from listener.maintenance.rounds import run_paced_rounds
+from listener.outage import OutageLog
 from listener.redact import redact
-from listener.retry import Backoff
+from listener.retry import FIRST_RECONNECT_DELAY, Backoff, Reconnect
 from listener.wake import Wake
 
 
@@ -118,6 +121,28 @@ def test_backoff_grows_with_jitter_and_respects_the_cap() -> None:
         assert 0.75 <= delays[0] <= 1.25
         assert all(d <= 100.0 for d in delays)
     assert backoff.delay(200) == 100.0
+
+
+def test_backoff_without_jitter_doubles_exactly() -> None:
+    backoff = Backoff(base=0.5, cap=3.0, jitter=0.0)
+    assert [backoff.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_reconnect_doubles_from_first_to_the_cap_and_starts_again_after_a_success() -> None:
+    retry = Reconnect(cap=1.0)
+    waits = [retry.next_delay() for _ in range(7)]
+    first = FIRST_RECONNECT_DELAY
+    assert waits == [first, first * 2, first * 4, first * 8, first * 16, 1.0, 1.0]
+    retry.reset()
+    assert retry.next_delay() == first
+    assert retry.next_delay() == first * 2
+
+
+def test_reconnect_never_waits_longer_than_its_cap() -> None:
+    """A cap below the first wait (a heartbeat of a fraction of a second) wins."""
+    retry = Reconnect(first=0.1, cap=0.03)
+    assert [retry.next_delay() for _ in range(3)] == [0.03, 0.03, 0.03]
+    assert [Reconnect(first=0.1, cap=5.0).next_delay() for _ in range(2)] == [0.1, 0.1]
 
 
 @pytest.mark.parametrize(
@@ -222,3 +247,35 @@ def test_transient_errors_are_those_a_new_attempt_can_outlive() -> None:
     ]
     assert [is_transient(e) for e in transient] == [True] * len(transient)
     assert [is_transient(e) for e in lasting] == [False] * len(lasting)
+
+
+async def test_paced_rounds_wait_what_each_round_asks_and_ride_out_transient_errors() -> None:
+    """Each round's answer is the next wait (none when not positive); a transient error
+    is recorded, ``after_failure`` runs and the next round comes ``retry_after`` later;
+    any other error ends the loop."""
+    answers: list[float | Exception] = [0.5, ConnectionError("cut"), 0.0, 2.0, ValueError("bug")]
+    waits: list[float] = []
+    cleanups: list[int] = []
+    outage = OutageLog(get_logger("test"), "test rounds")
+
+    async def one_round() -> float:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        assert not outage.failing or answer == 0.0  # the round after the failure
+        return answer
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def after_failure() -> None:
+        cleanups.append(len(waits))
+
+    with pytest.raises(ValueError, match="bug"):
+        await run_paced_rounds(
+            one_round, outage, retry_after=1.0, sleep=sleep, after_failure=after_failure
+        )
+    assert waits == [0.5, 1.0, 2.0]
+    assert cleanups == [1]  # once, right after the failed round
+    assert not outage.failing  # the rounds after it succeeded
+    assert answers == []

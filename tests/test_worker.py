@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from listener import db
 from listener.api import Cancel, JobContext, PermanentError, Registry, Retry, Snooze
 from listener.executor import MAX_RESULT_BYTES
-from listener.maintenance import Promoter
+from listener.maintenance.promoter import Promoter
 from listener.wake import Wake
 from tests.conftest import eventually, running_worker
 from tests.test_cli import pgwake
@@ -72,7 +72,9 @@ async def test_insert_from_plain_connection_wakes_idle_worker(dsn: str) -> None:
         finally:
             await plain.close()
         assert result == '{"greeting": "hello ada"}'
-        assert service.listener.notifications >= 1
+        # The claim loop was woken by the NOTIFY (it would have slept an hour).
+        sample = service.metrics.registry.get_sample_value
+        assert (sample("pgwake_wakes_total", {"source": "notify"}) or 0) >= 1
 
 
 async def _claims_done(service: Any) -> bool:
@@ -404,6 +406,9 @@ async def test_delayed_job_is_scheduled_then_runs(dsn: str, conn: asyncpg.Connec
     assert row["started_at"] >= row["run_at"]
 
 
+SCHEDULED_COUNT = "SELECT count(*) FROM pgwake.jobs WHERE status = 'scheduled'"
+
+
 async def test_one_worker_at_a_time_promotes(dsn: str, conn: asyncpg.Connection) -> None:
     """Promotion holds the promotion lock: while another worker holds it, a promoter
     promotes nothing and looks again shortly; then it promotes everything due."""
@@ -420,10 +425,10 @@ async def test_one_worker_at_a_time_promotes(dsn: str, conn: asyncpg.Connection)
                 "SELECT 1 FROM pgwake.leaders WHERE name = 'promotion' FOR NO KEY UPDATE"
             )
             wait = await promoter._promote_due()
-            assert promoter.promoted == 0
+            assert await conn.fetchval(SCHEDULED_COUNT) == 3  # none promoted
             assert 0 < wait < 1  # busy: another look soon, not after the poll interval
         assert await promoter._promote_due() == 60  # nothing scheduled any more
-        assert promoter.promoted == 3
+        assert await conn.fetchval(SCHEDULED_COUNT) == 0
     finally:
         await pool.close()
     assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'queued'") == 3

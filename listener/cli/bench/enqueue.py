@@ -1,0 +1,150 @@
+"""``enqueue``: what an INSERT into pgwake.jobs costs, and what the NOTIFY trigger adds.
+
+Two ways of enqueuing, each with the insert trigger on (with job events on, as by
+default, and off for the inserting sessions) and with the trigger disabled, so the cost
+of the NOTIFY (and of the job events, one NOTIFY per row) is visible; no worker runs:
+
+- ``single``: ``connections`` (default 8) concurrent connections each insert one job per
+  statement (autocommit, a prepared plain INSERT, as an application does) for
+  ``seconds``: rows/s over all of them.
+- ``bulk``: one INSERT of ``rows`` (default 10,000) jobs sent as arrays (``unnest``), as an
+  application enqueuing a batch does: rows/s of that statement, median of 5.
+
+Invariant: the trigger is disabled only in the benchmark's own database (``ALTER TABLE
+... DISABLE TRIGGER``), never anywhere else.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from listener import db
+from listener.cli.bench.common import bench_database, interleaved_medians
+from listener.cli.bench.queries import BENCH_QUERIES
+
+BULK_STATEMENTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRun:
+    """Enqueue rates with the trigger on or off, and job events on or off."""
+
+    trigger: bool
+    events: bool
+    connections: int
+    seconds: float
+    single_rows: int
+    single_rows_per_s: float
+    bulk_rows: int
+    bulk_rows_per_s: float
+
+
+def _session(events: bool) -> dict[str, str]:
+    return {} if events else {"pgwake.job_events": "off"}
+
+
+async def _single(dsn: str, *, connections: int, seconds: float, events: bool) -> int:
+    """Rows inserted one per statement by ``connections`` connections in ``seconds``."""
+    conns = [await db.connect(dsn, session_settings=_session(events)) for _ in range(connections)]
+    counts = [0] * connections
+    try:
+        deadline = time.monotonic() + seconds
+
+        async def insert(i: int) -> None:
+            stmt = await conns[i].prepare(BENCH_QUERIES["job_enqueue_one"])
+            tenant = f"bench-t{i}"
+            while time.monotonic() < deadline:
+                await stmt.fetch(tenant)
+                counts[i] += 1
+
+        async with anyio.create_task_group() as tg:
+            for i in range(connections):
+                tg.start_soon(insert, i)
+    finally:
+        for conn in conns:
+            await conn.close()
+    return sum(counts)
+
+
+async def _bulk(dsn: str, *, rows: int, events: bool) -> float:
+    """Rows/s of one INSERT of ``rows`` jobs (median of BULK_STATEMENTS)."""
+    conn = await db.connect(dsn, session_settings=_session(events))
+    try:
+        stmt = await conn.prepare(BENCH_QUERIES["job_enqueue_arrays"])
+        tenants = [f"bench-t{i % 10}" for i in range(rows)]
+        payloads = [{"n": i} for i in range(rows)]
+        rates = []
+        for _ in range(BULK_STATEMENTS):
+            began = time.perf_counter()
+            await stmt.fetch(tenants, "noop", payloads)
+            rates.append(rows / (time.perf_counter() - began))
+    finally:
+        await conn.close()
+    return statistics.median(rates)
+
+
+async def enqueue_run(
+    server_dsn: str, *, trigger: bool, events: bool, connections: int, seconds: float, rows: int
+) -> EnqueueRun:
+    """Both ways of enqueuing with the trigger and job events on or off, in a fresh
+    database."""
+    async with bench_database(server_dsn) as dsn:
+        if not trigger:
+            conn = await db.connect(dsn)
+            try:
+                await conn.execute(BENCH_QUERIES["job_disable_insert_trigger"])
+            finally:
+                await conn.close()
+        single = await _single(dsn, connections=connections, seconds=seconds, events=events)
+        bulk = await _bulk(dsn, rows=rows, events=events)
+    return EnqueueRun(
+        trigger=trigger,
+        events=events,
+        connections=connections,
+        seconds=seconds,
+        single_rows=single,
+        single_rows_per_s=round(single / seconds),
+        bulk_rows=rows,
+        bulk_rows_per_s=round(bulk),
+    )
+
+
+async def enqueue(
+    server_dsn: str, *, connections: int, seconds: float, rows: int, repeat: int
+) -> list[EnqueueRun]:
+    """With the trigger (job events on, then off) and without it, ``repeat`` rounds
+    (interleaved), medians."""
+    modes = ((True, True), (True, False), (False, False))
+    return await interleaved_medians(
+        modes,
+        repeat,
+        lambda mode: enqueue_run(
+            server_dsn,
+            trigger=mode[0],
+            events=mode[1],
+            connections=connections,
+            seconds=seconds,
+            rows=rows,
+        ),
+    )
+
+
+def render_enqueue(runs: Sequence[EnqueueRun]) -> str:
+    """Enqueue rates as a table."""
+    lines = [
+        (
+            f"{'trigger':<7} {'events':<6} {'single-row inserts/s':>20} {'(connections)':>13} "
+            f"{'bulk rows/s':>12} {'(rows)':>7}"
+        )
+    ]
+    lines += [
+        f"{'on' if r.trigger else 'off':<7} {'on' if r.events else 'off':<6} "
+        f"{r.single_rows_per_s:>20g} {r.connections:>13} {r.bulk_rows_per_s:>12g} {r.bulk_rows:>7}"
+        for r in runs
+    ]
+    return "\n".join(lines)

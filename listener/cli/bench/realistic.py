@@ -1,0 +1,406 @@
+"""``warm-start``, ``defaults``, ``mixed`` and ``foreign-kinds``: pgwake as a new user
+runs it, with the worker started first, the settings left alone, producers inserting
+beside it, and tenants whose jobs it does not handle.
+
+- ``warm-start``: a worker (default settings) starts on an empty queue; 20 single jobs
+  arrive 0.1 s apart (the trickle), then N no-op jobs (default 100,000) over 100 tenants
+  in one statement (the burst). Reports the burst's drain rate (first claim to last
+  finish) and the longest gap between two of its claims (an upper bound on the slowest
+  claim), for that ``warm`` worker and for a ``fresh`` one started after the burst.
+- ``defaults``: no setting changed. The drain of 20,000 no-op jobs over 10 tenants (and
+  the same with the tuned drain settings, the best any setting gives); one tenant's
+  backlog of 1 ms jobs (and the same with ``tenant_concurrency`` = ``concurrency``);
+  a small tenant's start latency while a big tenant's 20,000 jobs of 1 ms drain (as in
+  ``fairness``); and the idle wake-up latency (as in ``latency``).
+- ``mixed``: 8 producers insert single jobs as fast as they can for some seconds while
+  one worker (default settings) runs them: the start latency of their jobs (producer's
+  clock after commit to the handler's first line, p50 and p99) and their insert rate,
+  beside the same producers' rate with no worker running.
+- ``foreign-kinds``: 10,000 tenants hold one job each of a kind the worker has no
+  handler for; jobs of a handled kind are then committed one at a time, each in one of
+  those tenants, while the worker (default settings) idles: their start latency.
+
+Invariant: as everywhere in the benchmarks, every run has a database of its own and
+real ``pgwake run`` processes, and the figures are medians over interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+import asyncpg
+
+from listener import db
+from listener.cli.bench.common import (
+    BENCH_HANDLERS,
+    bench_database,
+    interleaved_medians,
+    ms,
+    percentile,
+    wait_all_finished,
+    wait_queue_empty,
+    worker_processes,
+)
+from listener.cli.bench.fairness import fairness_run
+from listener.cli.bench.latency import latency_run
+from listener.cli.bench.queries import BENCH_QUERIES
+
+TRICKLE_JOBS = 20
+TRICKLE_INTERVAL = 0.1
+BURST_TENANTS = 100
+# The tuned settings of the drain benchmark: the best drain any settings give.
+TUNED: dict[str, int] = {"concurrency": 2000, "tenant_concurrency": 2000, "claim_batch": 1000}
+SLEEP_1MS = {"seconds": 0.001}
+
+
+@dataclass(frozen=True, slots=True)
+class WarmStartRun:
+    """The drain of a burst by a worker that saw the queue empty first, or by a fresh one."""
+
+    worker: str
+    jobs: int
+    tenants: int
+    seconds: float
+    jobs_per_s: float
+    longest_claim_gap_ms: float
+
+
+async def warm_start_run(server_dsn: str, worker: str, *, jobs: int) -> WarmStartRun:
+    """``worker`` is ``warm`` (started on an empty queue, then a trickle, then the
+    burst) or ``fresh`` (started after the burst)."""
+    async with bench_database(server_dsn) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            if worker == "warm":
+                async with worker_processes(dsn):
+                    for _ in range(TRICKLE_JOBS):
+                        await conn.execute(BENCH_QUERIES["job_enqueue_one"], "trickle")
+                        await anyio.sleep(TRICKLE_INTERVAL)
+                    await wait_queue_empty(conn, timeout=60)
+                    await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, BURST_TENANTS)
+                    await wait_queue_empty(conn, timeout=1800)
+            else:
+                await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, BURST_TENANTS)
+                async with worker_processes(dsn):
+                    await wait_queue_empty(conn, timeout=1800)
+            seconds: float = await conn.fetchval(BENCH_QUERIES["job_measure_drain_of"], "bench-t")
+            gap: float = await conn.fetchval(BENCH_QUERIES["job_measure_claim_gap"], "bench-t")
+        finally:
+            await conn.close()
+    return WarmStartRun(
+        worker=worker,
+        jobs=jobs,
+        tenants=BURST_TENANTS,
+        seconds=round(seconds, 3),
+        jobs_per_s=round(jobs / seconds),
+        longest_claim_gap_ms=ms(gap),
+    )
+
+
+async def warm_start(server_dsn: str, *, jobs: int, repeat: int) -> list[WarmStartRun]:
+    """Warm and fresh workers, ``repeat`` interleaved rounds, medians."""
+    return await interleaved_medians(
+        ("warm", "fresh"), repeat, lambda worker: warm_start_run(server_dsn, worker, jobs=jobs)
+    )
+
+
+def render_warm_start(runs: Sequence[WarmStartRun]) -> str:
+    """Warm-start figures as a table."""
+    lines = [f"{'worker':<6} {'jobs':>7} {'tenants':>7} {'seconds':>8} {'jobs/s':>8} {'gap ms':>7}"]
+    lines += [
+        f"{r.worker:<6} {r.jobs:>7} {r.tenants:>7} {r.seconds:>8g} {r.jobs_per_s:>8g} "
+        f"{r.longest_claim_gap_ms:>7g}"
+        for r in runs
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultsRun:
+    """One case of the ``defaults`` workload: a rate, or latencies, or both."""
+
+    case: str
+    settings: str
+    jobs: int
+    jobs_per_s: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+async def _drain(
+    server_dsn: str,
+    *,
+    jobs: int,
+    tenants: int,
+    kind: str,
+    payload: dict[str, float],
+    settings: dict[str, int],
+) -> float:
+    """Jobs/s of one worker draining ``jobs`` jobs over ``tenants`` tenants enqueued in
+    one statement once it is ready."""
+    async with bench_database(server_dsn) as dsn, worker_processes(dsn, 1, **settings):
+        conn = await db.connect(dsn)
+        try:
+            if tenants == 1:
+                await conn.execute(
+                    BENCH_QUERIES["job_enqueue_many"], "bench-t0", kind, jobs, payload
+                )
+            else:
+                await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, tenants)
+            await wait_queue_empty(conn, timeout=1800)
+            seconds: float = await conn.fetchval(BENCH_QUERIES["job_measure_drain"])
+        finally:
+            await conn.close()
+    return round(jobs / seconds)
+
+
+DEFAULTS_CASES = (
+    "drain",
+    "drain-tuned",
+    "one-tenant",
+    "one-tenant-all-slots",
+    "small-beside-big",
+    "idle-wake",
+)
+
+
+async def defaults_run(
+    server_dsn: str,
+    case: str,
+    *,
+    jobs: int,
+    single_jobs: int,
+    big_jobs: int,
+    small_jobs: int,
+    wake_jobs: int,
+) -> DefaultsRun:
+    """One case of the ``defaults`` workload."""
+    if case in ("drain", "drain-tuned"):
+        tuned = TUNED if case == "drain-tuned" else {}
+        rate = await _drain(
+            server_dsn, jobs=jobs, tenants=10, kind="noop", payload={}, settings=tuned
+        )
+        return DefaultsRun(case, "tuned" if tuned else "defaults", jobs, rate, None, None)
+    if case in ("one-tenant", "one-tenant-all-slots"):
+        wide: dict[str, int] = {"tenant_concurrency": 32} if case == "one-tenant-all-slots" else {}
+        rate = await _drain(
+            server_dsn, jobs=single_jobs, tenants=1, kind="sleep", payload=SLEEP_1MS, settings=wide
+        )
+        label = "tenant_concurrency=32" if wide else "defaults"
+        return DefaultsRun(case, label, single_jobs, rate, None, None)
+    if case == "small-beside-big":
+        run = await fairness_run(
+            server_dsn,
+            "fair",
+            big_jobs=big_jobs,
+            small_jobs=small_jobs,
+            small_interval=0.1,
+            concurrency=None,
+        )
+        return DefaultsRun(
+            case,
+            "defaults",
+            run.small_jobs,
+            None,
+            run.small_during_drain_p50_ms,
+            run.small_during_drain_p99_ms,
+        )
+    wake = await latency_run(server_dsn, jobs=wake_jobs, interval=0.05)
+    return DefaultsRun(case, "defaults", wake.jobs, None, wake.p50_ms, wake.p99_ms)
+
+
+async def defaults(
+    server_dsn: str,
+    *,
+    jobs: int,
+    single_jobs: int,
+    big_jobs: int,
+    small_jobs: int,
+    wake_jobs: int,
+    repeat: int,
+) -> list[DefaultsRun]:
+    """Every case, ``repeat`` interleaved rounds, medians."""
+    return await interleaved_medians(
+        DEFAULTS_CASES,
+        repeat,
+        lambda case: defaults_run(
+            server_dsn,
+            case,
+            jobs=jobs,
+            single_jobs=single_jobs,
+            big_jobs=big_jobs,
+            small_jobs=small_jobs,
+            wake_jobs=wake_jobs,
+        ),
+    )
+
+
+def render_defaults(runs: Sequence[DefaultsRun]) -> str:
+    """The ``defaults`` cases as a table."""
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    lines = [f"{'case':<21} {'settings':<22} {'jobs':>6} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7}"]
+    lines += [
+        f"{r.case:<21} {r.settings:<22} {r.jobs:>6} {fmt(r.jobs_per_s):>8} {fmt(r.p50_ms):>7} "
+        f"{fmt(r.p99_ms):>7}"
+        for r in runs
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class MixedRun:
+    """Producers inserting single jobs, with a worker running them or none."""
+
+    worker: bool
+    producers: int
+    seconds: float
+    inserted: int
+    rows_per_s: float
+    start_p50_ms: float | None
+    start_p99_ms: float | None
+
+
+async def _produce(dsn: str, *, producers: int, seconds: float) -> dict[int, float]:
+    """``producers`` connections insert one bench.started job per statement for
+    ``seconds``; the wall-clock time right after each commit, by job id."""
+    conns = [await db.connect(dsn) for _ in range(producers)]
+    committed: dict[int, float] = {}
+    try:
+        deadline = time.monotonic() + seconds
+
+        async def insert(conn: asyncpg.Connection, tenant: str) -> None:
+            stmt = await conn.prepare(BENCH_QUERIES["job_enqueue_started"])
+            while time.monotonic() < deadline:
+                job_id = await stmt.fetchval(tenant, {})
+                committed[job_id] = time.time()
+
+        async with anyio.create_task_group() as tg:
+            for i, conn in enumerate(conns):
+                tg.start_soon(insert, conn, f"producer-{i}")
+    finally:
+        for conn in conns:
+            await conn.close()
+    return committed
+
+
+async def mixed_run(server_dsn: str, worker: bool, *, producers: int, seconds: float) -> MixedRun:
+    """One run with a worker (default settings) running the producers' jobs, or none."""
+    async with bench_database(server_dsn) as dsn:
+        if not worker:
+            committed = await _produce(dsn, producers=producers, seconds=seconds)
+            waits: list[float] = []
+        else:
+            async with worker_processes(dsn, handlers=BENCH_HANDLERS):
+                committed = await _produce(dsn, producers=producers, seconds=seconds)
+                conn = await db.connect(dsn)
+                try:
+                    await wait_all_finished(conn, len(committed), timeout=600)
+                    rows = await conn.fetch(BENCH_QUERIES["job_list_started"])
+                finally:
+                    await conn.close()
+            waits = [(r["started"] - committed[r["id"]]) * 1000 for r in rows]
+    return MixedRun(
+        worker=worker,
+        producers=producers,
+        seconds=seconds,
+        inserted=len(committed),
+        rows_per_s=round(len(committed) / seconds),
+        start_p50_ms=ms(percentile(waits, 50)) if waits else None,
+        start_p99_ms=ms(percentile(waits, 99)) if waits else None,
+    )
+
+
+async def mixed(server_dsn: str, *, producers: int, seconds: float, repeat: int) -> list[MixedRun]:
+    """Without and with a worker, ``repeat`` interleaved rounds, medians."""
+    return await interleaved_medians(
+        (False, True),
+        repeat,
+        lambda worker: mixed_run(server_dsn, worker, producers=producers, seconds=seconds),
+    )
+
+
+def render_mixed(runs: Sequence[MixedRun]) -> str:
+    """The ``mixed`` runs as a table."""
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    lines = [f"{'worker':<6} {'producers':>9} {'rows/s':>8} {'start p50 ms':>12} {'p99 ms':>7}"]
+    lines += [
+        f"{'yes' if r.worker else 'no':<6} {r.producers:>9} {r.rows_per_s:>8g} "
+        f"{fmt(r.start_p50_ms):>12} {fmt(r.start_p99_ms):>7}"
+        for r in runs
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKindsRun:
+    """Start latency of handled jobs among tenants that hold only other kinds."""
+
+    tenants: int
+    jobs: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+async def foreign_kinds_run(
+    server_dsn: str, *, tenants: int, jobs: int, interval: float
+) -> ForeignKindsRun:
+    """One run: ``tenants`` tenants of another kind, then ``jobs`` handled jobs, one
+    every ``interval`` seconds, each in a random one of those tenants."""
+    async with bench_database(server_dsn) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            await conn.execute(BENCH_QUERIES["job_enqueue_foreign"], tenants, "bench.elsewhere")
+            await conn.execute(BENCH_QUERIES["job_analyze"])
+            async with worker_processes(dsn, handlers=BENCH_HANDLERS):
+                enqueue = await conn.prepare(BENCH_QUERIES["job_enqueue_started"])
+                committed: dict[int, float] = {}
+                picks = random.Random(jobs)
+                start = time.monotonic()
+                for i in range(jobs):
+                    await anyio.sleep(max(0.0, start + i * interval - time.monotonic()))
+                    tenant = f"foreign-{picks.randrange(tenants)}"
+                    job_id = await enqueue.fetchval(tenant, {})
+                    committed[job_id] = time.time()
+                await wait_all_finished(conn, jobs, timeout=600)
+                rows = await conn.fetch(BENCH_QUERIES["job_list_started"])
+        finally:
+            await conn.close()
+    waits = [(r["started"] - committed[r["id"]]) * 1000 for r in rows]
+    return ForeignKindsRun(
+        tenants=tenants,
+        jobs=len(waits),
+        p50_ms=ms(percentile(waits, 50)),
+        p99_ms=ms(percentile(waits, 99)),
+        max_ms=ms(max(waits)),
+    )
+
+
+async def foreign_kinds(
+    server_dsn: str, *, tenants: int, jobs: int, repeat: int
+) -> list[ForeignKindsRun]:
+    """``repeat`` runs, medians."""
+    return await interleaved_medians(
+        ("run",),
+        repeat,
+        lambda _: foreign_kinds_run(server_dsn, tenants=tenants, jobs=jobs, interval=0.1),
+    )
+
+
+def render_foreign_kinds(runs: Sequence[ForeignKindsRun]) -> str:
+    """The ``foreign-kinds`` figures as a table."""
+    lines = [f"{'tenants':>7} {'jobs':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"]
+    lines += [
+        f"{r.tenants:>7} {r.jobs:>5} {r.p50_ms:>7g} {r.p99_ms:>7g} {r.max_ms:>7g}" for r in runs
+    ]
+    return "\n".join(lines)

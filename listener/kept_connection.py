@@ -1,0 +1,52 @@
+"""A pool connection one loop keeps for all its statements (the claim loop, the
+completer).
+
+Invariants:
+- Borrowed from the pool at the first statement and kept: no acquire and release per
+  statement, and so none of the reset asyncpg runs on every release (one more round
+  trip, which would double the cost of a claim).
+- Given back to the pool after any error, so a broken connection is replaced at the
+  next statement, and by ``release()`` when the loop ends (the pool cannot close while a
+  connection is out).
+- The kept session has no state of its own: only single statements run on it, and the
+  locks they take are transaction-scoped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import asyncpg
+
+# Seconds a release may take (asyncpg resets the session on release); a connection
+# that does not answer by then is terminated.
+RELEASE_TIMEOUT = 5.0
+
+
+class KeptConnection:
+    """Runs statements on one pool connection, kept between statements."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: Any = None
+
+    async def fetch(self, query: str, *args: object) -> list[Any]:
+        """Run ``query`` and return its rows (the statement is prepared once per
+        connection, by asyncpg's statement cache)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._pool.acquire()
+        try:
+            rows: list[Any] = await conn.fetch(query, *args)
+        except BaseException:
+            await self.release()
+            raise
+        return rows
+
+    async def release(self) -> None:
+        """Give the connection back to the pool (if one is held)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with anyio.CancelScope(shield=True):
+                await self._pool.release(conn, timeout=RELEASE_TIMEOUT)

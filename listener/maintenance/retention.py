@@ -1,0 +1,79 @@
+"""Retention: finished jobs are deleted once they are older than their status's
+retention, so the hot table stays small and vacuum keeps up.
+
+Invariants:
+- Only ``succeeded``, ``failed`` and ``cancelled`` rows are ever deleted, and only once
+  their ``finished_at`` is older than the retention for that status. Queued, scheduled
+  and running jobs are never touched.
+- Deletes run in batches of ``batch`` rows, each in its own short transaction, oldest
+  first, with ``SKIP LOCKED``; a claim never waits for them.
+- Each batch takes the retention lock (transaction-scoped), so at most one worker
+  prunes at a time across the fleet; the others skip the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+import anyio.lowlevel
+import asyncpg
+from anyio.abc import TaskStatus
+
+from listener.jobs import FINISHED, Status
+from listener.logs import get_logger
+from listener.maintenance.rounds import run_rounds
+from listener.metrics import Metrics
+from listener.outage import OutageLog
+from listener.queries import QUERIES
+
+
+class Pruner:
+    """Deletes finished jobs past their retention, every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        metrics: Metrics,
+        retention: Mapping[Status, float],
+        *,
+        interval: float = 10.0,
+        batch: int = 1000,
+    ) -> None:
+        assert set(retention) == set(FINISHED), retention
+        self._pool = pool
+        self._metrics = metrics
+        self._retention = dict(retention)
+        self._interval = interval
+        self._batch = batch
+        self._log = get_logger("retention")
+        self._outage = OutageLog(self._log, "retention")
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Prune forever."""
+        task_status.started()
+        await run_rounds(self._interval, self.prune, self._outage)
+
+    async def prune(self) -> int:
+        """Delete every finished job past its retention, batch by batch; return how many.
+        Stops early when another worker holds the retention lock."""
+        total = 0
+        for status in FINISHED:
+            while True:
+                async with self._pool.acquire() as conn:
+                    row = await conn.fetchrow(
+                        QUERIES["job_prune"], status, self._retention[status], self._batch
+                    )
+                assert row is not None
+                if not row["leader"]:
+                    return total
+                deleted: int = row["deleted"]
+                if deleted:
+                    self._metrics.jobs_pruned.labels(status).inc(deleted)
+                    total += deleted
+                if deleted < self._batch:
+                    break
+                await anyio.lowlevel.checkpoint()  # let claims and outcomes through between batches
+        if total:
+            self._log.info("pruned finished jobs past their retention", jobs=total)
+        return total

@@ -1,0 +1,291 @@
+-- Queries of the command line (listener/cli/): enqueue, jobs, tenants (with the
+-- rotation of their DSNs' key), schedules and status.
+--
+-- Named blocks; listener/queries.py loads every sql/queries/*.sql file into QUERIES.
+-- A block is a `-- name: <subject>_<verb>[_<detail>]` line, comment lines saying what
+-- the statement does, a line giving its parameters ("$1 ..., $2 ..." or "No
+-- parameters."), then the statement. The subject is the table or object the statement
+-- is about, in the singular (job, worker, tenant, schedule, migration, leader,
+-- listener, server); names are unique across all queries files. Tests PREPARE every
+-- block against the migrated schema and hold every block to this format.
+
+-- name: job_enqueue
+-- Enqueues one job (the CLI's `pgwake enqueue`; applications use a plain INSERT).
+-- $1 tenant, $2 kind, $3 payload (jsonb), $4 priority, $5 seconds from now until it may
+-- run (float8), $6 max attempts (NULL for the default), $7 unique key, $8 timeout in
+-- seconds (NULL for the default).
+-- Returns the new job's id and status, or nothing when the unique key is taken.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
+                         timeout, status)
+VALUES ($1, $2, $3::jsonb, $4, now() + make_interval(secs => $5::float8),
+        coalesce($6::int, 20), $7,
+        coalesce(make_interval(secs => $8::float8), interval '15 minutes'),
+        CASE WHEN $5::float8 > 0 THEN 'scheduled' ELSE 'queued' END)
+ON CONFLICT (tenant_id, kind, unique_key)
+   WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
+   DO NOTHING
+RETURNING id, status;
+
+-- name: job_list
+-- Jobs, newest first, filtered; NULL filters match everything. Paged by id: $6 gives
+-- the last id of the previous page (NULL for the first page).
+-- $1 tenant, $2 kind, $3 status, $4 created at least this many seconds ago,
+-- $5 page size, $6 list only ids below this.
+SELECT j.id, j.tenant_id, j.kind, j.status, j.priority, j.attempts, j.max_attempts,
+       j.created_at, j.run_at, j.started_at, j.finished_at,
+       split_part(j.last_error, E'\n', 1) AS error
+  FROM pgwake.jobs AS j
+ WHERE ($1::text IS NULL OR j.tenant_id = $1)
+   AND ($2::text IS NULL OR j.kind = $2)
+   AND ($3::text IS NULL OR j.status = $3)
+   AND ($4::float8 IS NULL OR j.created_at < now() - make_interval(secs => $4::float8))
+   AND ($6::bigint IS NULL OR j.id < $6)
+ ORDER BY j.id DESC
+ LIMIT $5::int;
+
+-- name: job_get
+-- One job, every column.
+-- $1 job id.
+SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
+       j.max_attempts, j.unique_key, extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
+       j.claimed_by, j.created_at, j.run_at, j.started_at, j.finished_at,
+       j.cancel_requested_at, j.progress, j.result, j.last_error
+  FROM pgwake.jobs AS j
+ WHERE j.id = $1;
+
+-- name: job_retry
+-- Runs finished jobs again: failed or cancelled jobs (by id, or all failed ones of a
+-- kind and tenant) go back to queued with their attempts reset, due now. last_error is
+-- kept. A chosen job whose unique key an active job (scheduled, queued, running) holds
+-- stays as it is, and so does each but the newest of chosen jobs sharing one key (only
+-- one of them may be active), so one such job does not stop the others being retried.
+-- Returns one row per chosen job: its id, whether it was retried, and else the job that
+-- holds its key (held_by) and whether that one is being retried instead (instead).
+-- $1 job ids (bigint[], NULL: select by status), $2 kind or NULL, $3 tenant or NULL.
+WITH chosen AS (
+    SELECT j.id, j.tenant_id, j.kind, j.unique_key
+      FROM pgwake.jobs AS j
+     WHERE j.status IN ('failed', 'cancelled')
+       AND CASE WHEN $1::bigint[] IS NOT NULL THEN j.id = ANY ($1::bigint[])
+                ELSE j.status = 'failed'
+                     AND ($2::text IS NULL OR j.kind = $2)
+                     AND ($3::text IS NULL OR j.tenant_id = $3) END
+),
+held AS (
+    SELECT c.id, a.id AS held_by, false AS instead
+      FROM chosen AS c
+      JOIN pgwake.jobs AS a
+        ON a.tenant_id = c.tenant_id AND a.kind = c.kind AND a.unique_key = c.unique_key
+       AND a.status IN ('scheduled', 'queued', 'running')
+),
+newest AS (
+    SELECT c.id, first_value(c.id) OVER (PARTITION BY c.tenant_id, c.kind, c.unique_key
+                                         ORDER BY c.id DESC) AS newest
+      FROM chosen AS c
+     WHERE c.unique_key IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM held AS h WHERE h.id = c.id)
+),
+blocked AS (
+    SELECT h.id, h.held_by, h.instead FROM held AS h
+    UNION ALL
+    SELECT n.id, n.newest, true FROM newest AS n WHERE n.id <> n.newest
+),
+retried AS (
+    UPDATE pgwake.jobs AS j
+       SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+           result = NULL, progress = NULL, cancel_requested_at = NULL
+      FROM chosen AS c
+     WHERE j.id = c.id
+       AND j.status IN ('failed', 'cancelled')
+       AND NOT EXISTS (SELECT 1 FROM blocked AS b WHERE b.id = c.id)
+    RETURNING j.id, j.tenant_id, j.kind
+)
+SELECT r.id, true AS retried, NULL::bigint AS held_by, NULL::boolean AS instead
+  FROM retried AS r
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, 'queued') AS e
+ UNION ALL
+SELECT b.id, false, b.held_by, b.instead FROM blocked AS b;
+
+-- name: job_cancel
+-- Cancels one job through pgwake.cancel_job and says what happened: cancelled (it was
+-- queued or scheduled), requested (it is running; its worker will stop it), finished
+-- (it had already ended) or not found.
+-- $1 job id.
+WITH done AS (SELECT pgwake.cancel_job($1::bigint) AS ok)
+SELECT CASE WHEN d.ok AND j.status = 'running' THEN 'requested'
+            WHEN d.ok THEN 'cancelled'
+            WHEN j.id IS NULL THEN 'not found'
+            ELSE 'finished'
+       END AS result
+  FROM done AS d
+  LEFT JOIN pgwake.jobs AS j ON j.id = $1::bigint;
+
+-- name: job_purge
+-- Deletes finished jobs (never queued, scheduled or running ones) of a status that
+-- finished long enough ago. Returns how many.
+-- $1 status (NULL: every finished status), $2 finished more than this many seconds ago
+-- (NULL: any time).
+WITH purged AS (
+    DELETE FROM pgwake.jobs AS j
+     WHERE j.status IN ('succeeded', 'failed', 'cancelled')
+       AND ($1::text IS NULL OR j.status = $1)
+       AND ($2::float8 IS NULL OR j.finished_at < now() - make_interval(secs => $2::float8))
+    RETURNING 1
+)
+SELECT count(*)::int FROM purged;
+
+-- name: tenant_list
+-- Every tenant with settings, with its queued and running job counts; of its own
+-- database only whether it has one and the id of the key that encrypted the DSN.
+-- No parameters.
+SELECT t.tenant_id, t.max_concurrency, t.weight, t.paused,
+       t.db_dsn_encrypted IS NOT NULL AS has_database,
+       split_part(t.db_dsn_encrypted, ':', 3) AS database_key, t.created_at, t.updated_at,
+       (SELECT count(*) FROM pgwake.jobs AS j
+         WHERE j.tenant_id = t.tenant_id AND j.status = 'queued') AS queued,
+       (SELECT count(*) FROM pgwake.jobs AS j
+         WHERE j.tenant_id = t.tenant_id AND j.status = 'running') AS running
+  FROM pgwake.tenants AS t
+ ORDER BY t.tenant_id;
+
+-- name: tenant_get
+-- One tenant's settings (the DSN only as ciphertext).
+-- $1 tenant id.
+SELECT tenant_id, max_concurrency, weight, paused, db_dsn_encrypted, created_at, updated_at
+  FROM pgwake.tenants
+ WHERE tenant_id = $1;
+
+-- name: tenant_add
+-- Adds a tenant; returns nothing when it exists already.
+-- $1 tenant id, $2 max concurrency (NULL: no fleet-wide cap), $3 weight, $4 paused,
+-- $5 encrypted DSN (NULL: no database of its own).
+INSERT INTO pgwake.tenants (tenant_id, max_concurrency, weight, paused, db_dsn_encrypted)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant_id) DO NOTHING
+RETURNING tenant_id;
+
+-- name: tenant_update
+-- Changes a tenant's settings; returns nothing when the tenant does not exist.
+-- $1 tenant id; $2 whether to set max_concurrency, $3 its new value (NULL: no cap);
+-- $4 new weight (NULL: keep); $5 whether to set the DSN, $6 the new ciphertext (NULL:
+-- no database of its own).
+UPDATE pgwake.tenants
+   SET max_concurrency = CASE WHEN $2::bool THEN $3::int ELSE max_concurrency END,
+       weight = coalesce($4::int, weight),
+       db_dsn_encrypted = CASE WHEN $5::bool THEN $6::text ELSE db_dsn_encrypted END,
+       updated_at = now()
+ WHERE tenant_id = $1
+RETURNING tenant_id;
+
+-- name: tenant_set_paused
+-- Pauses or resumes a tenant (creating its row with defaults when it has none). A
+-- paused tenant is skipped by the very next claim of every worker.
+-- $1 tenant id, $2 paused.
+INSERT INTO pgwake.tenants (tenant_id, paused) VALUES ($1, $2)
+ON CONFLICT (tenant_id) DO UPDATE SET paused = excluded.paused, updated_at = now()
+RETURNING tenant_id;
+
+-- name: tenant_remove
+-- Removes a tenant's settings (its jobs stay, and run with the defaults).
+-- $1 tenant id.
+DELETE FROM pgwake.tenants WHERE tenant_id = $1 RETURNING tenant_id;
+
+-- name: tenant_list_dsns
+-- Every encrypted tenant DSN, for key rotation.
+-- No parameters.
+SELECT tenant_id, db_dsn_encrypted FROM pgwake.tenants
+ WHERE db_dsn_encrypted IS NOT NULL
+ ORDER BY tenant_id;
+
+-- name: tenant_replace_dsn
+-- Replaces an encrypted DSN only if it is still the one read (compare-and-set), so a
+-- rotation never overwrites a DSN changed meanwhile.
+-- $1 tenant id, $2 the ciphertext read, $3 the new ciphertext.
+UPDATE pgwake.tenants SET db_dsn_encrypted = $3, updated_at = now()
+ WHERE tenant_id = $1 AND db_dsn_encrypted = $2
+RETURNING tenant_id;
+
+-- name: schedule_add
+-- Adds a schedule (next_run_at is computed by the next round of the leader).
+-- $1 name, $2 cron, $3 time zone, $4 kind, $5 payload, $6 tenant or NULL, $7 priority,
+-- $8 max attempts, $9 missed-slot policy.
+INSERT INTO pgwake.schedules (name, cron, timezone, kind, payload, tenant_id, priority,
+                              max_attempts, missed)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9)
+RETURNING name;
+
+-- name: schedule_list
+-- Every schedule, by name.
+-- No parameters.
+SELECT name, cron, timezone, kind, payload, tenant_id, priority, max_attempts, missed,
+       enabled, next_run_at, last_slot, last_error, created_at
+  FROM pgwake.schedules
+ ORDER BY name;
+
+-- name: schedule_remove
+-- Removes a schedule; jobs it enqueued stay. Returns the name, or nothing.
+-- $1 name.
+DELETE FROM pgwake.schedules WHERE name = $1 RETURNING name;
+
+-- name: job_count_by_kind
+-- For `pgwake status`: active jobs by kind and status (the view pgwake.queue_status,
+-- which reads each status through its partial index), with the seconds the oldest
+-- queued job of the kind has been due and the next scheduled run, plus the failed jobs
+-- kept (dead letters) by kind (jobs_finished_idx). Never reads the history of succeeded
+-- and cancelled jobs.
+-- No parameters.
+SELECT q.kind, q.status, q.jobs,
+       extract(epoch FROM q.oldest_queued_wait)::float8 AS oldest_queued_seconds,
+       q.next_scheduled_at
+  FROM pgwake.queue_status AS q
+UNION ALL
+SELECT j.kind, 'failed', count(*), NULL, NULL
+  FROM pgwake.jobs AS j
+ WHERE j.status = 'failed'
+ GROUP BY j.kind;
+
+-- name: tenant_list_backlog
+-- For `pgwake status`: the $1 tenants with the most queued jobs (the view
+-- pgwake.tenant_backlog, which reads each status through its partial index), with the
+-- seconds their oldest queued job has been due, and how many tenants have active and
+-- queued jobs in all.
+-- $1 how many tenants.
+SELECT b.tenant_id, b.queued, b.running, b.scheduled,
+       extract(epoch FROM b.oldest_queued_wait)::float8 AS oldest_queued_seconds,
+       b.paused, b.max_concurrency, b.weight,
+       count(*) OVER () AS active_tenants,
+       count(*) FILTER (WHERE b.queued > 0) OVER () AS tenants_with_backlog
+  FROM pgwake.tenant_backlog AS b
+ ORDER BY b.queued DESC, b.running DESC, b.tenant_id
+ LIMIT $1::int;
+
+-- name: worker_list
+-- For `pgwake status`: every registered worker with its heartbeat's age, the jobs it
+-- runs now (jobs_running_tenant_idx), whether its liveness lock is held (not held: the process
+-- or its connection is gone; the same lock as in worker_list_lost), and whether it is the
+-- metrics leader (it holds the metrics lock of leader_elect_metrics on a session whose
+-- application_name, set in db.py, names its host and pid).
+-- No parameters.
+WITH locks AS (
+    SELECT l.classid, l.objid, l.pid, a.application_name
+      FROM pg_locks AS l
+      LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory'
+       AND l.granted
+       AND l.objsubid = 2
+       AND l.database = (SELECT d.oid FROM pg_database AS d
+                          WHERE d.datname = current_database())
+)
+SELECT w.id, w.hostname, w.pid, w.kinds, w.concurrency, w.started_at,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_seconds,
+       (SELECT count(*) FROM pgwake.jobs AS j
+         WHERE j.claimed_by = w.id AND j.status = 'running') AS running,
+       EXISTS (SELECT 1 FROM locks AS l
+                WHERE l.classid = 1885828962::oid AND l.objid = w.lock_key::oid
+                  AND l.pid = w.session_pid) AS lock_held,
+       EXISTS (SELECT 1 FROM locks AS l
+                WHERE l.classid = 1885828963::oid AND l.objid = 1::oid
+                  AND l.application_name = 'pgwake@' || w.hostname || ':' || w.pid)
+           AS metrics_leader
+  FROM pgwake.workers AS w
+ ORDER BY w.hostname, w.pid, w.id;

@@ -1,0 +1,242 @@
+-- Queries of the leader loops (listener/maintenance/): promotion of scheduled jobs,
+-- recovery of lost workers' jobs, retention, and schedules.
+--
+-- Named blocks; listener/queries.py loads every sql/queries/*.sql file into QUERIES.
+-- A block is a `-- name: <subject>_<verb>[_<detail>]` line, comment lines saying what
+-- the statement does, a line giving its parameters ("$1 ..., $2 ..." or "No
+-- parameters."), then the statement. The subject is the table or object the statement
+-- is about, in the singular (job, worker, tenant, schedule, migration, leader,
+-- listener, server); names are unique across all queries files. Tests PREPARE every
+-- block against the migrated schema and hold every block to this format.
+
+-- name: job_promote_due
+-- Moves up to $1 scheduled jobs whose run_at has come to queued, on one worker at a
+-- time: it locks the 'promotion' row of pgwake.leaders for its transaction first, but
+-- only when a job is due (every NOTIFY wakes the promoters, and a row lock makes the
+-- transaction a write that waits for the disk at commit); leader is false (and
+-- nothing is promoted) when another worker holds it. Returns how many were promoted.
+-- $1 batch size.
+WITH leader AS (
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pgwake.jobs AS j
+                              WHERE j.status = 'scheduled' AND j.run_at <= now())
+                THEN EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                             WHERE l.name = 'promotion'
+                                               FOR NO KEY UPDATE SKIP LOCKED) AS held)
+                ELSE true  -- nothing due: nothing to lead
+           END AS ok
+),
+due AS (
+    SELECT id
+      FROM pgwake.jobs
+     WHERE (SELECT ok FROM leader) AND status = 'scheduled' AND run_at <= now()
+     ORDER BY run_at
+     LIMIT $1::int
+       FOR UPDATE SKIP LOCKED
+), promoted AS (
+    UPDATE pgwake.jobs AS j SET status = 'queued' FROM due WHERE j.id = due.id
+    RETURNING j.id, j.tenant_id, j.kind
+)
+SELECT (SELECT ok FROM leader) AS leader,
+       (SELECT count(*)::int
+          FROM promoted AS p
+         CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e)
+           AS promoted;
+
+-- name: job_get_next_due
+-- Seconds until the earliest scheduled job is due (0 when one is already due), or NULL
+-- when none is scheduled.
+-- No parameters.
+SELECT CASE WHEN min(run_at) IS NOT NULL
+            THEN greatest(extract(epoch FROM (min(run_at) - now())), 0)::float8
+       END AS seconds
+  FROM pgwake.jobs
+ WHERE status = 'scheduled';
+
+-- name: leader_elect_maintenance
+-- Takes the maintenance lock (the 'maintenance' row of pgwake.leaders) for the rest of
+-- the calling transaction: true for at most one worker at a time, which does this round
+-- of recovery. Nothing waits for a leader that died or hangs; the next round simply
+-- goes to another worker. A row lock needs UPDATE on pgwake.leaders: no role without
+-- pgwake's privileges can hold recovery back (an advisory lock anyone could take). The
+-- round's commit does not wait for the disk (synchronous_commit off for it): a round
+-- lost in a crash is done again by the next one, and most rounds write nothing but
+-- the lock.
+-- No parameters.
+SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL
+       AND EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'maintenance'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held);
+
+-- name: worker_list_lost
+-- Workers that are gone or hung, locked for recovery (in the leader's transaction):
+-- - gone: its liveness lock is no longer held by its heartbeat session (session_pid;
+--   the same key held by any other session does not count) and its last heartbeat is
+--   older than $1 seconds (a few heartbeat intervals, so a live worker whose session
+--   was cut has beaten again from a new one). Judged only once the server has been up
+--   for $2 seconds, so that after a server restart live workers have had time to
+--   reconnect and take their locks again.
+-- - hung: no heartbeat for $2 seconds, lock or not (an event loop blocked, a stopped
+--   process, a partitioned host).
+-- FOR UPDATE waits for a claim of that worker in flight (which holds KEY SHARE), so the
+-- recovery that follows sees every job the worker claimed.
+-- $1 grace in seconds (one and a half heartbeat intervals), $2 heartbeat timeout in seconds.
+SELECT w.id, w.hostname, w.pid,
+       CASE WHEN w.heartbeat_at < now() - make_interval(secs => $2) THEN 'hung' ELSE 'gone' END
+           AS why,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS silent_seconds
+  FROM pgwake.workers AS w
+ WHERE w.heartbeat_at < now() - make_interval(secs => $2)
+    OR (w.heartbeat_at < now() - make_interval(secs => $1)
+        AND now() - pg_postmaster_start_time() > make_interval(secs => $2)
+        AND NOT EXISTS (SELECT 1
+                          FROM pg_locks AS l
+                         WHERE l.locktype = 'advisory'
+                           AND l.database = (SELECT d.oid FROM pg_database AS d
+                                              WHERE d.datname = current_database())
+                           AND l.classid = 1885828962::oid
+                           AND l.objid = w.lock_key::oid
+                           AND l.objsubid = 2
+                           AND l.pid = w.session_pid
+                           AND l.granted))
+   FOR UPDATE OF w;
+
+-- name: job_recover
+-- Puts back up to $3 running jobs of lost workers: queued again, or failed when the
+-- lost attempt was their last, or cancelled when their cancellation was requested
+-- (pgwake.cancel_job; the request is never lost with the worker). The attempt counts
+-- (it was counted when claimed) and the reason goes to last_error. Also takes running
+-- jobs whose claimant is not registered at all. Returns each job, its new status, and the lost worker it was taken from
+-- (NULL when its claimant is not registered).
+-- $1 lost worker ids (uuid[]), $2 the reason for each (text[], same order), $3 limit.
+WITH lost AS (
+    SELECT l.worker_id, l.reason FROM unnest($1::uuid[], $2::text[]) AS l(worker_id, reason)
+),
+victims AS (
+    SELECT j.id, l.worker_id AS lost_worker,
+           coalesce(l.reason, 'recovered: claimed by worker ' || j.claimed_by
+                              || ', which is not registered') AS reason
+      FROM pgwake.jobs AS j
+      LEFT JOIN lost AS l ON l.worker_id = j.claimed_by
+     WHERE j.status = 'running'
+       AND (l.worker_id IS NOT NULL
+            OR NOT EXISTS (SELECT 1 FROM pgwake.workers AS w WHERE w.id = j.claimed_by))
+     LIMIT $3::int
+       FOR UPDATE OF j SKIP LOCKED
+),
+recovered AS (
+    UPDATE pgwake.jobs AS j
+       SET status = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                         WHEN j.attempts >= j.max_attempts THEN 'failed'
+                         ELSE 'queued' END,
+           finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                                   OR j.attempts >= j.max_attempts THEN now() END,
+           claimed_by = NULL,
+           last_error = CASE WHEN j.cancel_requested_at IS NOT NULL
+                             THEN 'cancelled: requested while running; ' || v.reason
+                             ELSE v.reason END
+      FROM victims AS v
+     WHERE j.id = v.id
+    RETURNING j.id, j.tenant_id, j.kind, j.status, v.lost_worker
+)
+SELECT r.id, r.status, r.lost_worker
+  FROM recovered AS r
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e;
+
+-- name: worker_remove_lost
+-- Deletes lost workers that hold no running job any more. Returns their ids.
+-- $1 lost worker ids (uuid[]).
+DELETE FROM pgwake.workers AS w
+ WHERE w.id = ANY ($1::uuid[])
+   AND NOT EXISTS (SELECT 1 FROM pgwake.jobs AS j
+                    WHERE j.claimed_by = w.id AND j.status = 'running')
+RETURNING w.id;
+
+-- name: job_prune
+-- One batch of retention: deletes up to $3 jobs with status $1 (succeeded, failed or
+-- cancelled only) that finished more than $2 seconds ago, oldest first. Takes the
+-- retention lock (the 'retention' row of pgwake.leaders) for its transaction first;
+-- leader is false (and nothing is deleted) when another worker holds it.
+-- $1 status, $2 retention in seconds, $3 batch size.
+WITH leader AS (
+    SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'retention'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held) AS ok
+),
+doomed AS (
+    SELECT j.id
+      FROM pgwake.jobs AS j
+     WHERE (SELECT ok FROM leader)
+       AND j.status = $1::text
+       AND j.status IN ('succeeded', 'failed', 'cancelled')
+       AND j.finished_at < now() - make_interval(secs => $2::float8)
+     ORDER BY j.finished_at
+     LIMIT $3::int
+       FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM pgwake.jobs AS j WHERE j.id IN (SELECT id FROM doomed) RETURNING 1
+)
+SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS deleted;
+
+-- name: leader_elect_schedules
+-- Takes the schedules lock (the 'schedules' row of pgwake.leaders) for the rest of the
+-- calling transaction: true for at most one worker at a time, which enqueues this
+-- round's due slots. The round's commit does not wait for the disk (synchronous_commit
+-- off for it): a round lost in a crash, slots and next_run_at together, is done again
+-- by the next one, and most rounds write nothing but the lock.
+-- No parameters.
+SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL
+       AND EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'schedules'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held);
+
+-- name: schedule_list_due
+-- Enabled schedules whose next slot has come (or was never computed), locked for the
+-- rest of the leader's transaction, and the database's clock.
+-- No parameters.
+SELECT s.name, s.cron, s.timezone, s.missed, s.next_run_at, now() AS db_now
+  FROM pgwake.schedules AS s
+ WHERE s.enabled AND (s.next_run_at IS NULL OR s.next_run_at <= now())
+ ORDER BY s.next_run_at NULLS FIRST
+   FOR UPDATE SKIP LOCKED;
+
+-- name: schedule_enqueue
+-- Enqueues one slot of schedule $1: one job for its tenant, or one for every tenant in
+-- pgwake.tenants when it has none. The job's columns are copied from the schedule's row
+-- here, never through the client, so a payload is enqueued exactly as stored (whether
+-- or not Python could decode it). unique_key names the schedule and the slot.
+-- $1 schedule name, $2 unique key.
+-- Returns how many jobs were enqueued.
+WITH s AS (
+    SELECT tenant_id, kind, payload, priority, max_attempts
+      FROM pgwake.schedules
+     WHERE name = $1::text
+),
+targets AS (
+    SELECT s.tenant_id FROM s WHERE s.tenant_id IS NOT NULL
+    UNION ALL
+    SELECT t.tenant_id FROM pgwake.tenants AS t, s WHERE s.tenant_id IS NULL
+),
+inserted AS (
+    INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, max_attempts, unique_key)
+    SELECT t.tenant_id, s.kind, s.payload, s.priority, s.max_attempts, $2::text
+      FROM targets AS t CROSS JOIN s
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*)::int FROM inserted;
+
+-- name: schedule_advance
+-- Moves a schedule to its next slot after enqueuing the due ones.
+-- $1 name, $2 next slot, $3 the last slot enqueued (NULL: none this time).
+UPDATE pgwake.schedules
+   SET next_run_at = $2, last_slot = coalesce($3, last_slot)
+ WHERE name = $1;
+
+-- name: schedule_disable
+-- Disables a schedule the leader cannot evaluate or whose jobs cannot be enqueued, with
+-- the reason.
+-- $1 name, $2 reason.
+UPDATE pgwake.schedules
+   SET enabled = false, last_error = $2, updated_at = now()
+ WHERE name = $1;

@@ -1,0 +1,442 @@
+-- Queries of the worker process: registration, heartbeat and liveness lock; the claim,
+-- outcomes, put-backs, progress and cancellation of the jobs it runs; the LISTEN
+-- connection (listener/heartbeat.py, claimer.py, completer.py, service.py,
+-- progress.py, cancels.py, notifications.py, tenant_databases.py).
+--
+-- Named blocks; listener/queries.py loads every sql/queries/*.sql file into QUERIES.
+-- A block is a `-- name: <subject>_<verb>[_<detail>]` line, comment lines saying what
+-- the statement does, a line giving its parameters ("$1 ..., $2 ..." or "No
+-- parameters."), then the statement. The subject is the table or object the statement
+-- is about, in the singular (job, worker, tenant, schedule, migration, leader,
+-- listener, server); names are unique across all queries files. Tests PREPARE every
+-- block against the migrated schema and hold every block to this format.
+
+-- name: worker_register
+-- Registers a worker process (on its heartbeat session, which holds or is about to take
+-- the liveness lock) and returns the key of its liveness lock. $6 reuses a key the
+-- worker already holds the lock for (re-registering after it was declared lost); NULL
+-- takes a new one.
+-- $1 worker id, $2 hostname, $3 pid, $4 kinds it handles, $5 its concurrency, $6 key.
+INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency, lock_key, session_pid)
+VALUES ($1, $2, $3, $4, $5, coalesce($6::int, nextval('pgwake.worker_lock_keys')::int),
+        pg_backend_pid())
+RETURNING lock_key;
+
+-- name: worker_lock
+-- Takes the worker's liveness lock on the calling session (held until it closes).
+-- Returns false when another session holds it.
+-- $1 lock key.
+SELECT pg_try_advisory_lock(1885828962, $1::int);
+
+-- name: worker_heartbeat
+-- One heartbeat for a worker and all the jobs it holds. Returns one row while the worker
+-- is registered: the ids of the jobs the database says it runs (held_ids, so it can
+-- find claims whose reply it never got) and of those whose cancellation was requested
+-- (cancel_ids, in case the NOTIFY was missed). Nothing when it was declared lost.
+-- When $2 (this session holds the worker's liveness lock) it also records the session
+-- as the lock's holder (session_pid), so that worker_list_lost counts only its lock.
+-- $1 worker id, $2 whether this session holds the liveness lock.
+WITH held AS (
+    SELECT j.id, j.cancel_requested_at
+      FROM pgwake.jobs AS j
+     WHERE j.claimed_by = $1 AND j.status = 'running'
+)
+UPDATE pgwake.workers AS w
+   SET heartbeat_at = now(),
+       session_pid = CASE WHEN $2::bool THEN pg_backend_pid() ELSE w.session_pid END
+ WHERE w.id = $1
+RETURNING coalesce((SELECT array_agg(h.id) FROM held AS h), '{}') AS held_ids,
+          coalesce((SELECT array_agg(h.id) FROM held AS h
+                     WHERE h.cancel_requested_at IS NOT NULL), '{}') AS cancel_ids;
+
+-- name: worker_deregister
+-- Removes a worker on clean exit (after its jobs were finished or put back).
+-- $1 worker id.
+DELETE FROM pgwake.workers WHERE id = $1;
+
+-- name: job_claim
+-- Claims up to $3 ready jobs for worker $1, fairly across tenants.
+--
+-- Tenants with ready jobs are walked in tenant_id order starting just after the cursor
+-- $7 and wrapping around (a loose index scan on jobs_ready_idx: one index probe per
+-- tenant, whatever the backlog); paused tenants are passed over. Each tenant gets at
+-- most its free slots: the local cap $4 minus what it runs in this worker, and for a
+-- tenant with max_concurrency its free fleet-wide slots (pgwake.tenant_free_slots,
+-- serialised per tenant by an advisory lock). Its best jobs (priority, then age) are
+-- locked with FOR UPDATE SKIP LOCKED, so concurrent claimers never take the same job,
+-- and the rows are interleaved by weight: every tenant's first job(s) before any
+-- tenant's next, so a tenant with one job is served in the same claim as a tenant with
+-- 100,000.
+--
+-- $1 worker id (uuid)
+-- $2 kinds this worker has handlers for (text[])
+-- $3 how many jobs to claim at most (int)
+-- $4 per-tenant cap of claimed jobs inside this worker (int)
+-- $5 tenants that already have jobs claimed in this worker (text[])
+-- $6 how many each of those counts against $4, same order as $5 (int[]; below its
+--    claimed jobs, even below zero, for a tenant the worker lets borrow idle slots)
+-- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
+-- Returns the claimed jobs, already marked running with attempts incremented, then
+-- one row with id NULL giving walk_end (the last tenant visited), walked (how many)
+-- and more (a tenant was held to its share of $3, or a locked job was left queued: claim
+-- again at once).
+WITH RECURSIVE
+-- The worker must still be registered: a worker declared lost claims nothing until it
+-- registers again. KEY SHARE makes the leader's recovery of this worker wait for the
+-- claim to commit, and a claim that comes after it find no row.
+me AS (
+    SELECT w.id FROM pgwake.workers AS w WHERE w.id = $1 FOR KEY SHARE
+),
+local_running AS (
+    SELECT b.tenant_id, b.running
+      FROM unnest($5::text[], $6::int[]) AS b(tenant_id, running)
+),
+-- Tenants after the cursor, in order: each step finds the next tenant_id that has a
+-- queued job of our kinds with one probe of jobs_ready_idx. The probe reads the queued
+-- jobs of other kinds it passes (their kind is in the row, not in the index), so a
+-- tenant whose jobs are all of kinds this worker does not handle costs the walk those
+-- reads, never a step: however many such tenants there are, the walk reaches the next
+-- tenant with work for us in the same claim.
+after_cursor (tenant_id, step) AS (
+    (SELECT j.tenant_id, 1
+       FROM pgwake.jobs AS j
+      WHERE j.status = 'queued' AND j.tenant_id > $7::text AND j.kind = ANY ($2::text[])
+      ORDER BY j.tenant_id
+      LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id
+              FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.tenant_id > a.tenant_id
+               AND j.kind = ANY ($2::text[])
+             ORDER BY j.tenant_id
+             LIMIT 1),
+           a.step + 1
+      FROM after_cursor AS a
+     WHERE a.tenant_id IS NOT NULL
+),
+-- The wrap-around: tenants from the beginning up to and including the cursor.
+before_cursor (tenant_id, step) AS (
+    (SELECT j.tenant_id, 1
+       FROM pgwake.jobs AS j
+      WHERE j.status = 'queued' AND j.tenant_id <= $7::text AND j.kind = ANY ($2::text[])
+      ORDER BY j.tenant_id
+      LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id
+              FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
+               AND j.kind = ANY ($2::text[])
+             ORDER BY j.tenant_id
+             LIMIT 1),
+           b.step + 1
+      FROM before_cursor AS b
+     WHERE b.tenant_id IS NOT NULL
+),
+-- At most $3 tenants, in round-robin order, that are not paused and still have a free
+-- local slot. The walk is lazy: it stops as soon as enough tenants are found. The paused
+-- check is a scalar subquery on purpose: one primary-key probe per walked tenant, where
+-- a join could scan every row of pgwake.tenants.
+walk AS MATERIALIZED (
+    SELECT w.tenant_id, w.lap, w.step
+      FROM (
+            (SELECT tenant_id, 1 AS lap, step FROM after_cursor AS c
+              WHERE tenant_id IS NOT NULL
+                AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+                AND (SELECT p.paused FROM pgwake.tenants AS p
+                      WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
+              LIMIT $3::int)
+            UNION ALL
+            (SELECT tenant_id, 2 AS lap, step FROM before_cursor AS c
+              WHERE tenant_id IS NOT NULL
+                AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+                AND (SELECT p.paused FROM pgwake.tenants AS p
+                      WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
+              LIMIT $3::int)
+           ) AS w
+     ORDER BY w.lap, w.step
+     LIMIT $3::int
+),
+-- Free slots per walked tenant: local, and fleet-wide for capped tenants. Computed only
+-- for the tenants the walk kept (the advisory lock is never taken for others).
+slots_free AS MATERIALIZED (
+    SELECT w.tenant_id,
+           row_number() OVER (ORDER BY w.lap, w.step) AS pos,
+           count(*) OVER () AS walked,
+           coalesce(s.weight, 1) AS weight,
+           CASE WHEN s.max_concurrency IS NULL
+                THEN $4::int - coalesce(r.running, 0)
+                ELSE least($4::int - coalesce(r.running, 0),
+                           pgwake.tenant_free_slots(w.tenant_id, s.max_concurrency))
+           END AS free
+      FROM walk AS w
+      LEFT JOIN local_running AS r ON r.tenant_id = w.tenant_id
+      -- LIMIT 1 keeps this a per-tenant primary-key probe (never a scan of all tenants).
+      LEFT JOIN LATERAL (SELECT t.weight, t.max_concurrency
+                           FROM pgwake.tenants AS t
+                          WHERE t.tenant_id = w.tenant_id
+                          LIMIT 1) AS s ON true
+),
+-- How many jobs each tenant may have locked for this claim: its free slots, and its
+-- share of $3 by weight (an even split), so that a claim locks about the $3 rows it
+-- takes, not $3 per tenant. A tenant held to its share sets `more`, and the worker
+-- claims again at once: one more claim when tenants' backlogs differ, none when they
+-- are all deep.
+slots AS (
+    SELECT t.tenant_id, t.pos, t.weight, t.free,
+           least(t.free, $3::int, t.weight * ceil(1.0 * $3::int / t.walked)::int) AS share
+      FROM slots_free AS t
+),
+-- Each tenant's best ready jobs of our kinds, at most its share, locked.
+candidates AS (
+    SELECT c.id, c.ctid, t.pos, (c.rn - 1) / t.weight AS round,
+           -- The share, not the free slots, stopped this tenant: it may have more.
+           c.rn = t.share AND t.share < least(t.free, $3::int) AS share_full
+      FROM slots AS t
+     CROSS JOIN LATERAL (
+            SELECT j.id, j.ctid, row_number() OVER () AS rn
+              FROM (SELECT j.id, j.ctid
+                      FROM pgwake.jobs AS j
+                     WHERE j.tenant_id = t.tenant_id
+                       AND j.status = 'queued'
+                       AND j.run_at <= now()
+                       AND j.kind = ANY ($2::text[])
+                     ORDER BY j.priority DESC, j.run_at, j.id
+                     LIMIT t.share
+                       FOR UPDATE SKIP LOCKED) AS j
+           ) AS c
+     WHERE t.share > 0
+),
+-- Interleave tenants by weight: every tenant's first round before any tenant's second.
+chosen AS (
+    SELECT id, ctid FROM candidates WHERE EXISTS (SELECT 1 FROM me) ORDER BY round, pos LIMIT $3::int
+),
+-- The locked rows go in as an array of ctids so the update reads them directly (a Tid
+-- Scan, no index probe) whatever the planner guesses for LIMIT $3. A ctid is stable
+-- while the row is locked.
+claimed AS (
+    UPDATE pgwake.jobs AS j
+       SET status = 'running',
+           claimed_by = $1,
+           attempts = j.attempts + 1,
+           started_at = now()
+     WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
+    RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+              extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
+              j.started_at
+)
+SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked, NULL::boolean AS more
+  FROM claimed AS c
+UNION ALL
+-- One last row (id NULL) says where the walk ended and how many tenants it visited, so
+-- the next claim continues after it; a walk that visited $3 tenants may have stopped
+-- short of more (for example past tenants whose jobs are all of other kinds). `more`
+-- says a tenant was held to its share and may have more ready jobs right now.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT w.tenant_id FROM walk AS w ORDER BY w.lap DESC, w.step DESC LIMIT 1),
+       (SELECT count(*) FROM walk),
+       EXISTS (SELECT 1 FROM candidates WHERE share_full)
+           -- A locked row whose newest version this statement cannot see (another
+           -- transaction updated it after the claim began) is not updated by its ctid:
+           -- it stays queued, and the next claim, right away, takes it.
+           OR (SELECT count(*) FROM chosen) > (SELECT count(*) FROM claimed)
+ -- One job event per claimed job, all in one call; when nobody follows job events (or
+ -- they are off) the arrays are not even built.
+ WHERE NOT pgwake.events_wanted()
+    OR (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id), array_agg(c.kind),
+                                 array_agg('running'::text))
+          FROM claimed AS c) >= 0;
+
+-- name: job_claim_fifo
+-- The unfair claim, for comparison benchmarks only (claim_order = "fifo"): up to $3
+-- ready jobs in global priority and age order, whatever their tenant. It skips paused
+-- tenants but applies no tenant caps or weights, and it needs the index
+-- jobs_fifo_idx (priority DESC, run_at, id) WHERE status = 'queued', which
+-- `pgwake bench` creates in its own database; the schema does not have it.
+-- $1 worker id, $2 kinds (text[]), $3 how many jobs at most.
+WITH chosen AS (
+    SELECT j.id
+      FROM pgwake.jobs AS j
+     WHERE j.status = 'queued'
+       AND j.run_at <= now()
+       AND j.kind = ANY ($2::text[])
+       AND NOT EXISTS (SELECT 1 FROM pgwake.tenants AS p
+                        WHERE p.tenant_id = j.tenant_id AND p.paused)
+     ORDER BY j.priority DESC, j.run_at, j.id
+     LIMIT $3::int
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE pgwake.jobs AS j
+   SET status = 'running',
+       claimed_by = $1,
+       attempts = j.attempts + 1,
+       started_at = now()
+ WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))
+RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+          extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
+          j.started_at;
+
+-- name: job_finish_many
+-- Records the outcome of jobs this worker ran, in one statement. Fenced: a row changes
+-- only while it is still running, held by this worker, in the same attempt; whatever a
+-- worker that lost the job writes later changes nothing.
+-- $1 worker id
+-- $2 job ids (bigint[])
+-- $3 the attempt each outcome belongs to (int[])
+-- $4 new status: succeeded, failed, cancelled, queued or scheduled (text[])
+-- $5 attempts to give back: 1 for a snooze or a put-back, else 0 (int[])
+-- $6 delay in seconds before the job runs again, NULL to keep run_at (float8[])
+-- $7 result (jsonb[]), $8 error text (text[]; NULL keeps the previous error)
+-- $6, $7 and $8 may each be NULL instead of an array of NULLs (unnest pads them).
+-- Returns the ids that were changed. When a finished job belongs to a tenant with a
+-- fleet-wide cap, it also wakes every worker (one NOTIFY): a slot of that tenant is
+-- free now, and whichever worker is idle may take it.
+WITH finished AS (
+UPDATE pgwake.jobs AS j
+   SET status = u.status,
+       attempts = greatest(j.attempts - u.refund, 0),
+       run_at = CASE WHEN u.delay IS NULL THEN j.run_at
+                     ELSE now() + make_interval(secs => u.delay) END,
+       finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+       claimed_by = NULL,
+       result = u.result,
+       last_error = coalesce(u.error, j.last_error)
+  FROM unnest($2::bigint[], $3::int[], $4::text[], $5::int[], $6::float8[], $7::jsonb[],
+              $8::text[]) AS u(id, attempt, status, refund, delay, result, error)
+ WHERE j.id = ANY ($2::bigint[]) AND j.id = u.id
+   -- j.id = ANY ($2) makes the rows primary-key probes: as a plain join on u.id the
+   -- planner may hash the whole table when it is small.
+   -- The fence. Wrapped in IS TRUE on purpose: as plain conditions they let the planner
+   -- drive the update from jobs_running_tenant_idx (it often believes one row is running) and
+   -- rescan the unnest() for every running job, O(running x batch). This way each
+   -- outcome is one primary-key probe.
+   AND (j.status = 'running' AND j.claimed_by = $1 AND j.attempts = u.attempt) IS TRUE
+RETURNING j.id, j.tenant_id, j.kind, j.status
+),
+-- One job event per changed job, all in one call; when nobody follows job events (or
+-- they are off) the arrays are not even built.
+events AS (
+    SELECT CASE WHEN pgwake.events_wanted()
+                THEN (SELECT pgwake.job_events(array_agg(f.id), array_agg(f.tenant_id),
+                                               array_agg(f.kind), array_agg(f.status))
+                        FROM finished AS f)
+                ELSE 0
+           END AS sent
+),
+capped_slot_freed AS (
+    -- One primary-key probe per tenant of the batch, not per job.
+    SELECT pg_notify('pgwake_jobs', '')
+     WHERE EXISTS (SELECT 1
+                     FROM (SELECT DISTINCT f.tenant_id FROM finished AS f) AS d
+                     JOIN pgwake.tenants AS t ON t.tenant_id = d.tenant_id
+                    WHERE t.max_concurrency IS NOT NULL)
+)
+-- The conditions make sure both side-effect CTEs run (a SELECT CTE that is not
+-- referenced is never evaluated).
+SELECT f.id FROM finished AS f
+ WHERE (SELECT count(*) FROM capped_slot_freed) >= 0
+   AND (SELECT sent FROM events) >= 0;
+
+-- name: job_put_back_unknown
+-- Puts back jobs the database says this worker runs but the worker does not know of (a
+-- claim that committed but whose reply was lost with the connection): queued again,
+-- the attempt given back since no handler ran. Fenced on the worker.
+-- $1 worker id, $2 job ids (bigint[]). Returns the ids put back.
+WITH put_back AS (
+    UPDATE pgwake.jobs
+       SET status = 'queued',
+           claimed_by = NULL,
+           attempts = greatest(attempts - 1, 0)
+     WHERE id = ANY ($2::bigint[]) AND claimed_by = $1 AND status = 'running'
+    RETURNING id, tenant_id, kind
+)
+SELECT p.id FROM put_back AS p
+ CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, 'queued') AS e;
+
+-- name: job_put_back_held
+-- When the worker ends, every job it still holds goes back to the queue, so nothing is
+-- left running. After a clean stop (the drain timed out) the attempt is given back:
+-- queued again. When the worker ends without a clean stop (it crashed, or was cancelled
+-- from outside) the attempt counts, as recovery of a dead worker would do, so a job
+-- that kills workers uses up its attempts: queued again, or failed when that was its
+-- last attempt.
+-- $1 worker id, $2 the reason kept in last_error, $3 whether the attempt counts (bool).
+-- Returns the ids put back and their new status.
+WITH put_back AS (
+    UPDATE pgwake.jobs AS j
+       SET status = CASE WHEN $3::bool AND j.attempts >= j.max_attempts THEN 'failed'
+                         ELSE 'queued' END,
+           finished_at = CASE WHEN $3::bool AND j.attempts >= j.max_attempts THEN now() END,
+           attempts = CASE WHEN $3::bool THEN j.attempts ELSE greatest(j.attempts - 1, 0) END,
+           claimed_by = NULL,
+           last_error = $2
+     WHERE j.claimed_by = $1 AND j.status = 'running'
+    RETURNING j.id, j.tenant_id, j.kind, j.status
+)
+SELECT p.id, p.status FROM put_back AS p
+ CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, p.status) AS e;
+
+-- name: job_set_progress
+-- Stores a running job's progress, fenced on worker and attempt, and announces it on
+-- pgwake_events (status running, "progress": true; the progress itself is read from the
+-- row, under row-level security) while someone follows job events
+-- (pgwake.events_wanted).
+-- Returns whether the row was updated.
+-- $1 job id, $2 worker id, $3 attempt, $4 progress (jsonb).
+WITH updated AS (
+    UPDATE pgwake.jobs AS j
+       SET progress = $4::jsonb
+     WHERE j.id = $1
+       AND (j.status = 'running' AND j.claimed_by = $2 AND j.attempts = $3) IS TRUE
+    RETURNING j.id, j.tenant_id, j.kind
+),
+announced AS (
+    SELECT pg_notify('pgwake_events',
+                     json_build_object('id', u.id, 'tenant', u.tenant_id,
+                                       'status', 'running', 'progress', true)::text)
+      FROM updated AS u
+     WHERE pgwake.events_wanted()
+)
+SELECT EXISTS (SELECT 1 FROM updated) AND (SELECT count(*) FROM announced) >= 0;
+
+-- name: job_list_cancel_requested
+-- Running jobs of worker $1 whose cancellation was requested (pgwake.cancel_job marks
+-- the row; only a role allowed to cancel the job can). The worker runs this when a
+-- NOTIFY on pgwake_cancel arrives and stops only these: a notification is a hint.
+-- $1 worker id.
+SELECT j.id
+  FROM pgwake.jobs AS j
+ WHERE j.claimed_by = $1 AND j.status = 'running' AND j.cancel_requested_at IS NOT NULL;
+
+-- name: tenant_get_dsn
+-- A tenant's encrypted own-database DSN (NULL or no row: it has none).
+-- $1 tenant id.
+SELECT db_dsn_encrypted FROM pgwake.tenants WHERE tenant_id = $1;
+
+-- name: worker_wake
+-- Wakes every listening worker (after promoting jobs, for example).
+-- No parameters.
+SELECT pg_notify('pgwake_jobs', '');
+
+-- name: listener_probe
+-- Round trip on the LISTEN connection: a notification to the listener's own private
+-- channel, which it must receive back (notifier.py).
+-- $1 the channel, $2 a fresh token.
+SELECT pg_notify($1, $2);
+
+-- name: listener_start_waiting
+-- The worker waits for new jobs from now on (pgwake.start_waiting, on the LISTEN
+-- connection): inserts notify while it does. Returns the transactions that looked
+-- before and are still open (the worker claims again once they have ended), or NULL
+-- when the lock could not be had at this instant.
+-- No parameters.
+SELECT pgwake.start_waiting(0);
+
+-- name: listener_list_open_transactions
+-- Which of the transactions start_waiting returned are still open.
+-- $1 virtual transaction ids (text[]).
+SELECT pgwake.transactions_open($1::text[]);
+
+-- name: listener_stop_waiting
+-- The worker has a backlog and claims without being woken: inserts need not notify.
+-- No parameters.
+SELECT pgwake.stop_waiting(0);
