@@ -18,7 +18,7 @@ import pytest
 import typer
 
 from listener.cli import app
-from listener.config import Settings
+from listener.config import Settings, shown_default
 from tests.conftest import ROOT
 
 PAGES = sorted(
@@ -116,18 +116,19 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_settings_table_is_the_settings_model() -> None:
     """docs/configuration.md has one row per setting, with its environment variable,
-    a flag `pgwake run` takes, and its default."""
+    flags `pgwake run` takes for that setting, and its default (as the model's field
+    says it in words where it has no literal one: config.shown_default)."""
     page = (ROOT / "docs" / "configuration.md").read_text()
     row = re.compile(r"^\| `(\w+)` \| (.*?) \| `(PGWAKE_\w+)` \| (.*?) \| .* \|$", re.M)
     rows = {m[1]: (m[2], m[3], m[4]) for m in row.finditer(page)}
     assert set(rows) == set(Settings.model_fields)
     run = typer.main.get_command(app).commands["run"]
-    options = {opt for param in run.params for opt in (*param.opts, *param.secondary_opts)}
+    options = {param.name: {*param.opts, *param.secondary_opts} for param in run.params}
     for name, (flags, env, default) in rows.items():
         assert env == f"PGWAKE_{name.upper()}", name
         named = set(re.findall(r"--[a-z-]+", flags))
         assert named, name
-        assert named <= options, name
+        assert named <= options[name], (name, named, options[name])
         value = Settings.model_fields[name].default
         if isinstance(value, bool):
             assert default == str(value).lower(), name
@@ -135,3 +136,5 @@ def test_settings_table_is_the_settings_model() -> None:
             assert float(default) == value, name
         elif isinstance(value, str):
             assert default == f"`{value}`", name
+        else:
+            assert default.strip("`") == shown_default(name), (name, default)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import typer
@@ -19,20 +19,17 @@ from listener import __version__, logs
 from listener.cli.bench.command import bench_cmd
 from listener.cli.jobs import jobs_app
 from listener.cli.keys import keys_app
+from listener.cli.options import Database, database_options, settings_options
 from listener.cli.schedules import schedules_app
 from listener.cli.status import status_cmd
 from listener.cli.support import (
-    ConfigOpt,
-    DataDirOpt,
-    DsnOpt,
-    database,
+    JsonOpt,
     fail,
     guard,
     migrate_dsn,
     name_problem,
+    payload_object,
     run_async,
-    settings_from,
-    with_connection,
 )
 from listener.cli.tenants import tenants_app
 from listener.cli.terminal import shown
@@ -58,11 +55,12 @@ app.add_typer(schedules_app, name="schedules")
 
 
 @app.command("migrate")
-def migrate_cmd(dsn: DsnOpt = None, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+@database_options
+def migrate_cmd(*, db: Database) -> None:
     """Apply pending schema migrations (safe to run concurrently; idempotent)."""
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
+    settings = db.settings()
     logs.configure(settings.log_format, settings.log_level)
-    with database(settings, announce=True) as url:
+    with db.url(announce=True) as url:
         applied = guard(run_async, migrate_dsn, url)
     if applied:
         for name in applied:
@@ -89,134 +87,21 @@ async def _serve(settings: Settings, dsn: str) -> None:
 
 
 @app.command("run")
-def run_cmd(
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    handlers: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--handlers", help="Handler module to import (repeatable).", show_default=False
-        ),
-    ] = None,
-    kinds: Annotated[
-        list[str] | None,
-        typer.Option("--kinds", help="Only claim this kind (repeatable).", show_default=False),
-    ] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once.")] = None,
-    tenant_concurrency: Annotated[
-        int | None, typer.Option(help="Jobs of one tenant run at once in this worker.")
-    ] = None,
-    claim_batch: Annotated[int | None, typer.Option(help="Most jobs per claim.")] = None,
-    poll_interval: Annotated[
-        float | None, typer.Option(help="Seconds between claims without NOTIFY.")
-    ] = None,
-    drain_timeout: Annotated[
-        float | None, typer.Option(help="Seconds to finish running jobs on SIGTERM.")
-    ] = None,
-    retry_base: Annotated[float | None, typer.Option(help="First retry backoff, seconds.")] = None,
-    retry_cap: Annotated[float | None, typer.Option(help="Longest retry backoff, seconds.")] = None,
-    heartbeat_interval: Annotated[float | None, typer.Option(help="Heartbeat seconds.")] = None,
-    heartbeat_timeout: Annotated[
-        float | None, typer.Option(help="Seconds without a heartbeat before a worker is lost.")
-    ] = None,
-    maintenance_interval: Annotated[
-        float | None, typer.Option(help="Seconds between recovery rounds.")
-    ] = None,
-    maintenance_lease: Annotated[
-        float | None, typer.Option(help="Seconds a stalled maintenance leader keeps the lead.")
-    ] = None,
-    retention_succeeded: Annotated[
-        float | None, typer.Option(help="Seconds to keep succeeded jobs.")
-    ] = None,
-    retention_failed: Annotated[
-        float | None, typer.Option(help="Seconds to keep failed jobs.")
-    ] = None,
-    retention_cancelled: Annotated[
-        float | None, typer.Option(help="Seconds to keep cancelled jobs.")
-    ] = None,
-    job_events: Annotated[
-        bool | None,
-        typer.Option(
-            "--job-events/--no-job-events",
-            help="NOTIFY pgwake_events on status changes.",
-            show_default=False,
-        ),
-    ] = None,
-    tenant_db_max_connections: Annotated[
-        int | None, typer.Option(help="Most connections to tenants' own databases.")
-    ] = None,
-    tenant_db_per_tenant: Annotated[
-        int | None, typer.Option(help="Most connections to one tenant's database.")
-    ] = None,
-    tenant_db_idle_ttl: Annotated[
-        float | None, typer.Option(help="Seconds an unused tenant database pool stays open.")
-    ] = None,
-    metrics_addr: Annotated[
-        str | None, typer.Option(help="host:port for /metrics, /healthz, /readyz.")
-    ] = None,
-    metrics_interval: Annotated[
-        float | None, typer.Option(help="Seconds between queue-depth samples.")
-    ] = None,
-    metrics_top_tenants: Annotated[
-        int | None, typer.Option(help="Tenants by backlog that get their own series.")
-    ] = None,
-    metrics_tenants: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metrics-tenant",
-            help="Tenant that always gets its own series (repeatable).",
-            show_default=False,
-        ),
-    ] = None,
-    claim_order: Annotated[
-        str | None, typer.Option(help="fair (default) or fifo (comparison benchmarks only).")
-    ] = None,
-    log_format: Annotated[str | None, typer.Option(help="auto, json or console.")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
-) -> None:
+@settings_options
+@database_options
+def run_cmd(*, db: Database, flags: dict[str, Any]) -> None:
     """Run the worker until SIGTERM/SIGINT (a second signal skips the drain)."""
-    settings = settings_from(
-        dsn=dsn,
-        config=config,
-        data_dir=data_dir,
-        handlers=handlers or None,
-        kinds=kinds or None,
-        concurrency=concurrency,
-        tenant_concurrency=tenant_concurrency,
-        claim_batch=claim_batch,
-        poll_interval=poll_interval,
-        drain_timeout=drain_timeout,
-        retry_base=retry_base,
-        retry_cap=retry_cap,
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_timeout=heartbeat_timeout,
-        maintenance_interval=maintenance_interval,
-        maintenance_lease=maintenance_lease,
-        job_events=job_events,
-        retention_succeeded=retention_succeeded,
-        retention_failed=retention_failed,
-        retention_cancelled=retention_cancelled,
-        tenant_db_max_connections=tenant_db_max_connections,
-        tenant_db_per_tenant=tenant_db_per_tenant,
-        tenant_db_idle_ttl=tenant_db_idle_ttl,
-        metrics_addr=metrics_addr,
-        metrics_interval=metrics_interval,
-        metrics_top_tenants=metrics_top_tenants,
-        metrics_tenants=metrics_tenants or None,
-        claim_order=claim_order,
-        log_format=log_format,
-        log_level=log_level,
-    )
+    settings = db.settings(flags)
     logs.configure(settings.log_format, settings.log_level)
     guard(load_modules, [BUILTIN_HANDLERS, *settings.handlers])
     if settings.kinds:
         guard(DEFAULT_REGISTRY.restricted_to, settings.kinds)  # fail before connecting
-    with database(settings, announce=True) as url:
+    with db.url(announce=True) as url:
         guard(run_async, _serve, settings, url)
 
 
 @app.command("enqueue")
+@database_options
 def enqueue_cmd(
     kind: Annotated[str, typer.Argument(help="The job kind (handler name).")],
     tenant: Annotated[str, typer.Option(help="Tenant id.")] = "default",
@@ -232,29 +117,20 @@ def enqueue_cmd(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds a run may take (default 900).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+    *,
+    db: Database,
 ) -> None:
     """Enqueue one job (applications can simply INSERT INTO pgwake.jobs)."""
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise fail(f"--payload is not valid JSON: {exc}", 2) from None
-    if not isinstance(body, dict):
-        raise fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
+    body = payload_object(payload)
     for flag, value in (("KIND", kind), ("--tenant", tenant)):
         problem = name_problem(value)
         if problem is not None:
             raise fail(f"{flag} {problem}", 2)
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
+    settings = db.settings()
     logs.configure(settings.log_format, settings.log_level)
     args = (tenant, kind, body, priority, delay, max_attempts, unique_key, timeout)
-    with database(settings, announce=False) as url:
-        row = with_connection(
-            url, lambda conn: conn.fetchrow(QUERIES["job_enqueue"], *args), what="job"
-        )
+    row = db.run(lambda conn: conn.fetchrow(QUERIES["job_enqueue"], *args), what="job")
     if row is None:
         message = {"enqueued": False, "reason": "unique_key is taken by an active job"}
         if as_json:

@@ -29,16 +29,8 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from listener.cli.support import (
-    ConfigOpt,
-    DataDirOpt,
-    DsnOpt,
-    JsonOpt,
-    database,
-    fail,
-    settings_from,
-    with_connection,
-)
+from listener.cli.options import Database, database_options
+from listener.cli.support import JsonOpt, fail
 from listener.cli.terminal import shown, shown_lines
 from listener.db import UndecodableJson
 from listener.jobs import FINISHED, Status
@@ -72,6 +64,7 @@ def _json(data: Any) -> str:
 
 
 @jobs_app.command("list")
+@database_options
 def list_cmd(
     tenant: TenantOpt = None,
     kind: KindOpt = None,
@@ -90,14 +83,12 @@ def list_cmd(
         typer.Option("--before", help="Only ids below this (the last id of the previous page)."),
     ] = None,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """List jobs, newest first. Page with --before LAST_ID."""
     _check_status(status, list(Status))
     _check_ids([before] if before is not None else None, "--before")
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         rows = await conn.fetch(
@@ -105,8 +96,7 @@ def list_cmd(
         )
         return [dict(r) for r in rows]
 
-    with database(settings, announce=False) as url:
-        rows = with_connection(url, fetch)
+    rows = db.run(fetch)
     if as_json:
         typer.echo(_json({"jobs": rows, "next_before": rows[-1]["id"] if rows else None}))
         return
@@ -122,23 +112,21 @@ def list_cmd(
 
 
 @jobs_app.command("show")
+@database_options
 def show_cmd(
     job_id: Annotated[int, typer.Argument(help="The job's id.")],
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Show one job: every column, including payload, progress, result and error."""
     _check_ids([job_id])
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> dict[str, Any] | None:
         row = await conn.fetchrow(QUERIES["job_get"], job_id)
         return dict(row) if row is not None else None
 
-    with database(settings, announce=False) as url:
-        job = with_connection(url, fetch)
+    job = db.run(fetch)
     if job is None:
         raise fail(f"job {job_id} not found", 1)
     if as_json:
@@ -155,6 +143,7 @@ def show_cmd(
 
 
 @jobs_app.command("retry")
+@database_options
 def retry_cmd(
     job_ids: Annotated[
         list[int] | None,
@@ -166,9 +155,8 @@ def retry_cmd(
     kind: KindOpt = None,
     tenant: TenantOpt = None,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Run failed or cancelled jobs again: queued now, attempts reset, last error kept."""
     if bool(job_ids) == failed:
@@ -176,7 +164,6 @@ def retry_cmd(
     if job_ids and (kind or tenant):
         raise fail("--kind and --tenant go with --failed, not with job ids", 2)
     _check_ids(job_ids)
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def retry(conn: asyncpg.Connection) -> tuple[list[int], dict[int, str]]:
         # The statement leaves out jobs whose unique key is taken; an active job
@@ -202,8 +189,7 @@ def retry_cmd(
         }
         return retried, skipped
 
-    with database(settings, announce=False) as url:
-        retried, skipped = with_connection(url, retry, what="retry")
+    retried, skipped = db.run(retry, what="retry")
     if as_json:
         data: dict[str, Any] = {"retried": retried}
         if skipped:
@@ -234,6 +220,7 @@ RETRY_RACES = 3
 
 
 @jobs_app.command("purge")
+@database_options
 def purge_cmd(
     status: Annotated[
         str | None,
@@ -247,9 +234,8 @@ def purge_cmd(
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Delete finished jobs now (never queued, scheduled or running ones)."""
     _check_status(status, FINISHED)
@@ -259,29 +245,26 @@ def purge_cmd(
         what = status or "finished"
         age = f" that finished over {older_than:g}s ago" if older_than is not None else ""
         typer.confirm(f"Delete every {what} job{age}?", abort=True)
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def purge(conn: asyncpg.Connection) -> int:
         deleted: int = await conn.fetchval(QUERIES["job_purge"], status, older_than)
         return deleted
 
-    with database(settings, announce=False) as url:
-        deleted = with_connection(url, purge, what="purge")
+    deleted = db.run(purge, what="purge")
     typer.echo(_json({"purged": deleted}) if as_json else f"purged {deleted} job(s)")
 
 
 @jobs_app.command("cancel")
+@database_options
 def cancel_cmd(
     job_ids: Annotated[list[int], typer.Argument(help="Ids of the jobs to cancel.")],
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Cancel jobs: queued and scheduled ones at once; running ones are stopped by the
     worker that runs them within about a second."""
     _check_ids(job_ids)
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def cancel(conn: asyncpg.Connection) -> dict[int, str]:
         outcome: dict[int, str] = {}
@@ -289,8 +272,7 @@ def cancel_cmd(
             outcome[job_id] = await conn.fetchval(QUERIES["job_cancel"], job_id)
         return outcome
 
-    with database(settings, announce=False) as url:
-        results = with_connection(url, cancel, what="cancellation")
+    results = db.run(cancel, what="cancellation")
     if as_json:
         typer.echo(json.dumps({str(k): v for k, v in results.items()}))
     else:

@@ -19,17 +19,8 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from listener.cli.support import (
-    ConfigOpt,
-    DataDirOpt,
-    DsnOpt,
-    JsonOpt,
-    database,
-    fail,
-    name_problem,
-    settings_from,
-    with_connection,
-)
+from listener.cli.options import Database, database_options
+from listener.cli.support import JsonOpt, fail, name_problem, payload_object
 from listener.cli.terminal import shown
 from listener.maintenance.schedules import MISSED_POLICIES, check_schedule
 from listener.queries import QUERIES
@@ -42,6 +33,7 @@ NameArg = Annotated[str, typer.Argument(help="The schedule's name (unique).")]
 
 
 @schedules_app.command("add")
+@database_options
 def add_cmd(
     name: NameArg,
     cron: Annotated[str, typer.Option("--cron", help="5-field cron, e.g. '0 */6 * * *'.")],
@@ -58,9 +50,8 @@ def add_cmd(
     priority: Annotated[int, typer.Option(min=-1000, max=1000, help="Job priority.")] = 0,
     max_attempts: Annotated[int, typer.Option(min=1, max=1000, help="Job attempts.")] = 20,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Add a schedule: every slot of --cron (in --timezone) enqueues one job of --kind
     for --tenant, or one for every tenant in pgwake.tenants."""
@@ -72,13 +63,7 @@ def add_cmd(
         raise fail(problem, 2)
     if missed not in MISSED_POLICIES:
         raise fail(f"--missed must be one of {', '.join(MISSED_POLICIES)}; got {missed!r}", 2)
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise fail(f"--payload is not JSON: {exc}", 2) from None
-    if not isinstance(body, dict):
-        raise fail("--payload must be a JSON object", 2)
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
+    body = payload_object(payload)
 
     async def add(conn: asyncpg.Connection) -> None:
         try:
@@ -99,28 +84,25 @@ def add_cmd(
         except asyncpg.CheckViolationError as exc:
             raise fail(f"the database refused the schedule: {exc}", 2) from None
 
-    with database(settings, announce=False) as url:
-        with_connection(url, add, what="schedule")
+    db.run(add, what="schedule")
     who = "every tenant" if tenant is None else f"tenant {tenant}"
     text = f"added schedule {name}: {cron} ({timezone}) enqueues {kind} for {who}"
     typer.echo(json.dumps({"added": name}) if as_json else text)
 
 
 @schedules_app.command("list")
+@database_options
 def list_cmd(
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """List schedules with their next slot."""
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         return [dict(r) for r in await conn.fetch(QUERIES["schedule_list"])]
 
-    with database(settings, announce=False) as url:
-        rows = with_connection(url, fetch)
+    rows = db.run(fetch)
     if as_json:
         typer.echo(json.dumps({"schedules": rows}, default=str))
         return
@@ -136,22 +118,20 @@ def list_cmd(
 
 
 @schedules_app.command("remove")
+@database_options
 def remove_cmd(
     name: NameArg,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Remove a schedule (the jobs it enqueued stay)."""
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
 
     async def remove(conn: asyncpg.Connection) -> str | None:
         removed: str | None = await conn.fetchval(QUERIES["schedule_remove"], name)
         return removed
 
-    with database(settings, announce=False) as url:
-        removed = with_connection(url, remove)
+    removed = db.run(remove)
     if removed is None:
         raise fail(f"schedule {name!r} does not exist", 1)
     typer.echo(json.dumps({"removed": name}) if as_json else f"removed schedule {name}")

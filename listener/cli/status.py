@@ -31,15 +31,8 @@ from typing import Annotated
 import asyncpg
 import typer
 
-from listener.cli.support import (
-    ConfigOpt,
-    DataDirOpt,
-    DsnOpt,
-    JsonOpt,
-    database,
-    settings_from,
-    with_connection,
-)
+from listener.cli.options import Database, database_options
+from listener.cli.support import JsonOpt, with_connection
 from listener.cli.terminal import shown
 from listener.config import Settings
 from listener.jobs import ACTIVE
@@ -332,20 +325,20 @@ def as_json(status: Status) -> str:
     return json.dumps(asdict(status), default=lambda v: v.isoformat(), indent=2)
 
 
+@database_options
 def status_cmd(
     top: Annotated[
         int,
         typer.Option("--tenants", min=1, max=1000, help="Tenants shown, by backlog."),
     ] = 10,
     as_json_: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Queue health: jobs by kind and status, tenants, workers, unhandled kinds.
 
     Also the oldest queued job, the workers' heartbeats and whether each is live."""
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
-    with database(settings, announce=False) as url:
+    settings = db.settings()
+    with db.url() as url:
         status = with_connection(url, lambda conn: fetch(conn, url, settings, top))
     typer.echo(as_json(status) if as_json_ else render(status))

@@ -1,5 +1,6 @@
-"""Shared pieces of the command line: common options, settings, the database (a DSN or
-the embedded server), running async code, and turning errors into exit codes.
+"""Shared pieces of the command line: the database (a DSN or the embedded server),
+running async code, and turning errors into exit codes (the options commands share are
+in :mod:`.options`).
 
 Invariant: every command reports a failure as one line on stderr,
 ``pgwake: error: <message>``, with secrets masked and control characters escaped (text
@@ -12,8 +13,8 @@ constraint, a data exception), else 1.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -22,50 +23,18 @@ import typer
 
 from listener import db
 from listener.cli.terminal import shown
-from listener.config import Settings, load_settings
+from listener.config import Settings
 from listener.errors import PgwakeError
 from listener.migrate import migrate
-from listener.proctitle import scrub_argv
 from listener.redact import redact
 
 T = TypeVar("T")
-
-DsnOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dsn",
-        help="libpq URL of the database (prefer PGWAKE_DSN: argv is visible to other users). "
-        "Without one, an embedded PostgreSQL is used.",
-        show_default=False,
-    ),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", help="TOML config file (also PGWAKE_CONFIG).", show_default=False),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Embedded PostgreSQL data directory (no DSN only).", show_default=False
-    ),
-]
 
 
 def fail(message: str, code: int) -> typer.Exit:
     """Print ``message`` as an error; return the Exit to raise."""
     typer.echo(f"pgwake: error: {shown(redact(message))}", err=True)
     return typer.Exit(code)
-
-
-def settings_from(**flags: Any) -> Settings:
-    """Settings from flags (None: not given), the environment and the config file."""
-    config = flags.pop("config", None)
-    if flags.get("dsn") is not None:
-        scrub_argv()
-    try:
-        return load_settings(flags, config_file=config)
-    except PgwakeError as exc:
-        raise fail(str(exc), exc.exit_code) from None
 
 
 @contextlib.contextmanager
@@ -166,6 +135,17 @@ def name_problem(value: str) -> str | None:
     if len(value) > MAX_NAME_CHARS:
         return f"must be at most {MAX_NAME_CHARS} characters; got {len(value)}"
     return None
+
+
+def payload_object(payload: str) -> dict[str, Any]:
+    """``--payload`` read as a JSON object; anything else exits 2."""
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--payload is not valid JSON: {exc}", 2) from None
+    if not isinstance(body, dict):
+        raise fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
+    return body
 
 
 # SQLSTATEs of a value refused: not_null_violation, check_violation; and class 22.

@@ -18,16 +18,8 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from listener.cli.support import (
-    ConfigOpt,
-    DataDirOpt,
-    DsnOpt,
-    JsonOpt,
-    database,
-    fail,
-    settings_from,
-    with_connection,
-)
+from listener.cli.options import Database, database_options
+from listener.cli.support import JsonOpt, fail
 from listener.cli.terminal import shown
 from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring, load_keyring
 from listener.dsn import SCHEMES, DsnError, parse_dsn
@@ -103,6 +95,7 @@ def _echo(data: Any, as_json: bool, text: str) -> None:
 
 
 @tenants_app.command("add")
+@database_options
 def add_cmd(
     tenant: TenantArg,
     max_concurrency: MaxConcurrencyOpt = None,
@@ -110,22 +103,21 @@ def add_cmd(
     paused: Annotated[bool, typer.Option("--paused", help="Start paused.")] = False,
     with_database: DatabaseOpt = False,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Add a tenant with its settings."""
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
+    db.settings()  # a bad setting exits before the DSN is asked for
     ciphertext = _encrypted_dsn(tenant) if with_database else None
     args = (tenant, max_concurrency, weight or 1, paused, ciphertext)
-    with database(settings, announce=False) as url:
-        row = with_connection(url, lambda c: c.fetchrow(QUERIES["tenant_add"], *args))
+    row = db.run(lambda c: c.fetchrow(QUERIES["tenant_add"], *args))
     if row is None:
         raise fail(f"tenant {tenant!r} exists already; change it with `pgwake tenants set`", 1)
     _echo({"added": tenant}, as_json, f"added tenant {tenant}")
 
 
 @tenants_app.command("set")
+@database_options
 def set_cmd(
     tenant: TenantArg,
     max_concurrency: MaxConcurrencyOpt = None,
@@ -138,9 +130,8 @@ def set_cmd(
         bool, typer.Option("--no-database", help="Forget the tenant's own database.")
     ] = False,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Change a tenant's settings (only the options given)."""
     if max_concurrency is not None and no_max_concurrency:
@@ -151,7 +142,7 @@ def set_cmd(
         no_max_concurrency or weight or with_database or no_database
     ):
         raise fail("nothing to change: give at least one option (see --help)", 2)
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
+    db.settings()  # a bad setting exits before the DSN is asked for
     ciphertext = _encrypted_dsn(tenant) if with_database else None
     args = (
         tenant,
@@ -161,68 +152,62 @@ def set_cmd(
         with_database or no_database,
         ciphertext,
     )
-    with database(settings, announce=False) as url:
-        row = with_connection(url, lambda c: c.fetchrow(QUERIES["tenant_update"], *args))
+    row = db.run(lambda c: c.fetchrow(QUERIES["tenant_update"], *args))
     if row is None:
         raise fail(f"no tenant {tenant!r}; add it with `pgwake tenants add`", 1)
     _echo({"updated": tenant}, as_json, f"updated tenant {tenant}")
 
 
-def _set_paused(tenant: str, paused: bool, as_json: bool, settings_flags: dict[str, Any]) -> None:
-    settings = settings_from(**settings_flags)
-
+def _set_paused(tenant: str, paused: bool, as_json: bool, db: Database) -> None:
     async def apply(conn: asyncpg.Connection) -> None:
         await conn.fetchval(QUERIES["tenant_set_paused"], tenant, paused)
         if not paused:
             await conn.execute(QUERIES["worker_wake"])
 
-    with database(settings, announce=False) as url:
-        with_connection(url, apply)
+    db.run(apply)
     word = "paused" if paused else "resumed"
     _echo({word: tenant}, as_json, f"{word} tenant {tenant}")
 
 
 @tenants_app.command("pause")
+@database_options
 def pause_cmd(
     tenant: TenantArg,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Stop claiming the tenant's jobs (running ones finish; queued ones wait)."""
-    _set_paused(tenant, True, as_json, {"dsn": dsn, "config": config, "data_dir": data_dir})
+    _set_paused(tenant, True, as_json, db)
 
 
 @tenants_app.command("resume")
+@database_options
 def resume_cmd(
     tenant: TenantArg,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Claim the tenant's jobs again, waking every worker."""
-    _set_paused(tenant, False, as_json, {"dsn": dsn, "config": config, "data_dir": data_dir})
+    _set_paused(tenant, False, as_json, db)
 
 
 @tenants_app.command("remove")
+@database_options
 def remove_cmd(
     tenant: TenantArg,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Remove a tenant's settings (its jobs stay and run with the defaults)."""
     if not yes:
         if not sys.stdin.isatty():
             raise fail("refusing to remove without confirmation: add --yes", 2)
         typer.confirm(f"Remove the settings of tenant {tenant!r}?", abort=True)
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
-    with database(settings, announce=False) as url:
-        row = with_connection(url, lambda c: c.fetchrow(QUERIES["tenant_remove"], tenant))
+    row = db.run(lambda c: c.fetchrow(QUERIES["tenant_remove"], tenant))
     if row is None:
         raise fail(f"no tenant {tenant!r}", 1)
     _echo({"removed": tenant}, as_json, f"removed tenant {tenant}")
@@ -240,16 +225,14 @@ def _describe(row: asyncpg.Record) -> dict[str, Any]:
 
 
 @tenants_app.command("list")
+@database_options
 def list_cmd(
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Tenants with settings, with their queued and running jobs."""
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
-    with database(settings, announce=False) as url:
-        rows = with_connection(url, lambda c: c.fetch(QUERIES["tenant_list"]))
+    rows = db.run(lambda c: c.fetch(QUERIES["tenant_list"]))
     items = [_describe(r) for r in rows]
     if as_json:
         typer.echo(json.dumps(items, default=str))
@@ -270,17 +253,15 @@ def list_cmd(
 
 
 @tenants_app.command("show")
+@database_options
 def show_cmd(
     tenant: TenantArg,
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """One tenant's settings (the DSN is never shown)."""
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
-    with database(settings, announce=False) as url:
-        row = with_connection(url, lambda c: c.fetchrow(QUERIES["tenant_get"], tenant))
+    row = db.run(lambda c: c.fetchrow(QUERIES["tenant_get"], tenant))
     if row is None:
         raise fail(f"no tenant {tenant!r}", 1)
     item = _describe(row)
@@ -292,16 +273,16 @@ def show_cmd(
 
 
 @tenants_app.command("rotate-key")
+@database_options
 def rotate_key_cmd(
     as_json: JsonOpt = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Re-encrypt every tenant DSN with the primary (first) key. Run it after putting
     a new key first; remove the old key once it reports nothing left to rotate."""
     keyring = _keyring()
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
+    db.settings()  # a bad setting exits before anything is read
     failures: list[str] = []
 
     async def rotate(conn: asyncpg.Connection) -> tuple[int, int]:
@@ -323,8 +304,7 @@ def rotate_key_cmd(
                 failures.append(f"tenant {tenant!r}: its DSN changed during rotation; run again")
         return rotated, current
 
-    with database(settings, announce=False) as url:
-        rotated, current = with_connection(url, rotate)
+    rotated, current = db.run(rotate)
     result = {
         "rotated": rotated,
         "already_current": current,

@@ -16,16 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from listener import logs
-from listener.cli.support import (
-    ConfigOpt,
-    DataDirOpt,
-    DsnOpt,
-    database,
-    fail,
-    guard,
-    run_async,
-    settings_from,
-)
+from listener.cli.options import Database, database_options
+from listener.cli.support import fail, guard, run_async
 
 WORKLOADS = (
     "drain",
@@ -44,6 +36,7 @@ WORKLOADS = (
 )
 
 
+@database_options
 def bench_cmd(
     workloads: Annotated[
         list[str] | None,
@@ -126,9 +119,8 @@ def bench_cmd(
         int, typer.Option(min=1, help="foreign-kinds: handled jobs, one every 100 ms.")
     ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    dsn: DsnOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    *,
+    db: Database,
 ) -> None:
     """Run benchmark workloads in databases of their own and print the figures."""
     from listener.cli.bench import (  # noqa: PLC0415 - only for this command
@@ -151,10 +143,9 @@ def bench_cmd(
         raise fail(
             f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}", 2
         )
-    settings = settings_from(dsn=dsn, config=config, data_dir=data_dir)
-    logs.configure(settings.log_format, "warning")
+    logs.configure(db.settings().log_format, "warning")
     results: dict[str, Any] = {}
-    with database(settings, announce=False) as url:
+    with db.url() as url:
 
         def drain(counts: tuple[int, ...]) -> Any:
             return throughput.drain(
