@@ -14,8 +14,10 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import anyio
 import asyncpg
@@ -24,6 +26,15 @@ from anyio.abc import TaskStatus
 from listener import db
 from listener.logs import get_logger
 from listener.queries import QUERIES
+from listener.wake import Wake
+
+
+class Cancellable(Protocol):
+    """What stops running handlers (the claimer)."""
+
+    def request_cancel(self, job_ids: Sequence[int]) -> None:
+        """Stop the handlers of these jobs (those running here); they end cancelled."""
+        ...
 
 
 class CancelChecker:
@@ -33,24 +44,21 @@ class CancelChecker:
         self,
         pool: asyncpg.Pool,
         worker_id: uuid.UUID,
-        on_cancel: Callable[[Sequence[int]], None],
+        jobs: Cancellable,
+        hints: Wake,
     ) -> None:
         self._pool = pool
         self._worker_id = worker_id
-        self._on_cancel = on_cancel
-        self._hinted = anyio.Event()
+        self._jobs = jobs
+        # Set by the listener on every NOTIFY on pgwake_cancel.
+        self._hints = hints
         self._log = get_logger("cancels")
-
-    def hint(self) -> None:
-        """Some session says a cancellation was requested: check the rows soon."""
-        self._hinted.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Check once per batch of hints, forever."""
         task_status.started()
         while True:
-            await self._hinted.wait()
-            self._hinted = anyio.Event()
+            await self._hints.wait(math.inf)
             await self.check()
 
     async def check(self) -> None:
@@ -64,4 +72,4 @@ class CancelChecker:
             self._log.warning("could not read cancel requests", error=type(exc).__name__)
             return
         if rows:
-            self._on_cancel([row["id"] for row in rows])
+            self._jobs.request_cancel([row["id"] for row in rows])

@@ -198,20 +198,33 @@ async def connect(
     return conn
 
 
+def new_pool(
+    dsn: str, *, size: int, timeout: float = 10.0, session_settings: dict[str, str] | None = None
+) -> asyncpg.Pool:
+    """A small pool for claims, acks and maintenance, not connected yet: parts can be
+    built on it before ``open_pool`` connects it (inside the running event loop)."""
+    return asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        init=init_connection,
+        timeout=timeout,
+        **_connect_kwargs(session_settings),
+    )
+
+
+async def open_pool(pool: asyncpg.Pool, dsn: str) -> None:
+    """Connect a pool from ``new_pool``; raise a clear error when unreachable."""
+    try:
+        await pool
+    except DATABASE_ERRORS as exc:
+        raise _unavailable(dsn, exc) from None
+
+
 async def create_pool(
     dsn: str, *, size: int, timeout: float = 10.0, session_settings: dict[str, str] | None = None
 ) -> asyncpg.Pool:
-    """A small pool for claims, acks and maintenance."""
-    try:
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=1,
-            max_size=size,
-            init=init_connection,
-            timeout=timeout,
-            **_connect_kwargs(session_settings),
-        )
-    except DATABASE_ERRORS as exc:
-        raise _unavailable(dsn, exc) from None
-    assert pool is not None
+    """A small pool for claims, acks and maintenance, connected."""
+    pool = new_pool(dsn, size=size, timeout=timeout, session_settings=session_settings)
+    await open_pool(pool, dsn)
     return pool

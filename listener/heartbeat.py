@@ -18,13 +18,14 @@ Invariants:
   does not stop the worker: it runs without its lock (found dead by the heartbeat's age
   alone, after the same grace) and tries again at every beat.
 - If the row is gone (the leader declared the worker lost: it was silent longer than
-  the heartbeat timeout), ``on_lost`` is called first, so the worker drops the jobs it
-  no longer owns, and then the worker registers again under the same id and lock key.
+  the heartbeat timeout), ``jobs.abandon_all`` is called first, so the worker drops the
+  jobs it no longer owns, and then the worker registers again under the same id and
+  lock key.
   Its late writes for the lost jobs change nothing (every write is fenced).
 - Each beat also returns the running jobs of this worker whose cancellation was
-  requested; ``on_cancel`` gets them, in case their NOTIFY was missed.
-- Each beat hands the ids the database says this worker runs to ``reconcile``, which
-  returns those the worker has not known of for two beats in a row (a claim that
+  requested; ``jobs.request_cancel`` gets them, in case their NOTIFY was missed.
+- Each beat hands the ids the database says this worker runs to ``jobs.reconcile``,
+  which returns those the worker has not known of for two beats in a row (a claim that
   committed while its reply was lost); they are put back to queued with the attempt
   given back, so no job stays running for a live worker that does not run it.
 """
@@ -35,7 +36,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import anyio
 import asyncpg
@@ -49,6 +51,22 @@ from listener.redact import redact
 from listener.retry import Reconnect
 
 
+class HeldJobs(Protocol):
+    """What the heartbeat asks of the jobs this worker holds (the claimer)."""
+
+    def abandon_all(self) -> None:
+        """This worker was declared lost: drop every job, recording no outcome."""
+        ...
+
+    def request_cancel(self, job_ids: Sequence[int]) -> None:
+        """Stop the handlers of these jobs, whose cancellation was requested."""
+        ...
+
+    def reconcile(self, held: Sequence[int]) -> Sequence[int]:
+        """Of the ids the database says this worker runs, those it never received."""
+        ...
+
+
 class Heartbeat:
     """Registers the worker, holds its liveness lock and keeps its heartbeat fresh."""
 
@@ -60,9 +78,7 @@ class Heartbeat:
         concurrency: int,
         *,
         interval: float,
-        on_lost: Callable[[], None] = lambda: None,
-        on_cancel: Callable[[Sequence[int]], None] = lambda _ids: None,
-        reconcile: Callable[[Sequence[int]], Sequence[int]] = lambda _ids: (),
+        jobs: HeldJobs,
         session_settings: dict[str, str] | None = None,
         max_backoff: float = 5.0,
     ) -> None:
@@ -71,9 +87,7 @@ class Heartbeat:
         self._kinds = list(kinds)
         self._concurrency = concurrency
         self._interval = interval
-        self._on_lost = on_lost
-        self._on_cancel = on_cancel
-        self._reconcile = reconcile
+        self._jobs = jobs
         self._session_settings = session_settings
         self._max_backoff = max_backoff
         self._conn: asyncpg.Connection | None = None
@@ -201,13 +215,13 @@ class Heartbeat:
                 "timeout); dropping its running jobs, which were given to other workers, "
                 "and registering again"
             )
-            self._on_lost()
+            self._jobs.abandon_all()
             await self._register(conn)
             return
         self.last_beat = time.monotonic()
         if row["cancel_ids"]:
-            self._on_cancel(list(row["cancel_ids"]))
-        unknown = self._reconcile(list(row["held_ids"]))
+            self._jobs.request_cancel(list(row["cancel_ids"]))
+        unknown = self._jobs.reconcile(list(row["held_ids"]))
         if unknown:
             put_back = await conn.fetch(QUERIES["job_put_back_unknown"], self._worker_id, unknown)
             if put_back:

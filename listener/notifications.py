@@ -16,17 +16,18 @@ Invariants:
   connection starts waiting (the session's waiting lock) and asks for one more claim;
   so does the call that finds every transaction gone that looked before the lock was
   taken (until then ``sleep_limit`` keeps the sleeps short). Only then may the claimer
-  sleep on notifications. ``busy`` (a backlog) stops waiting. A new connection starts
+  sleep on notifications. ``busy`` (a backlog, or a stream of jobs the claimer
+  looks for every few milliseconds) stops waiting. A new connection starts
   not waiting, and the reconnect wakes the claimer, which starts again.
 - Queries on the connection (probes, waiting) take turns; asyncpg runs one at a time.
-- A notification on ``pgwake_cancel`` only calls ``on_cancel_hint``; it never names a
+- A notification on ``pgwake_cancel`` only sets ``cancel_hints``; it never names a
   job to stop (cancels.py reads the rows).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import anyio
 import asyncpg
@@ -61,10 +62,10 @@ class Listener:
         probe_timeout: float = 5.0,
         metrics: Metrics,
         max_backoff: float = 5.0,
-        on_cancel_hint: Callable[[], None] = lambda: None,
+        cancel_hints: Wake | None = None,
     ) -> None:
         self._dsn = dsn
-        self._on_cancel_hint = on_cancel_hint
+        self._cancel_hints = cancel_hints
         self._wakes = list(wakes)
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
@@ -110,7 +111,8 @@ class Listener:
 
     def _on_cancel_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         # The payload is not trusted, not even parsed: the rows say what to cancel.
-        self._on_cancel_hint()
+        if self._cancel_hints is not None:
+            self._cancel_hints.set("cancel")
 
     async def before_sleep(self) -> bool:
         """Called before the claimer waits for a wake. True: claim once more first (new
@@ -149,8 +151,8 @@ class Listener:
         return poll_interval
 
     async def busy(self) -> None:
-        """The claimer has a backlog: it claims without being woken, so inserts need
-        not notify."""
+        """The claimer has a backlog, or a stream of jobs it looks for every few
+        milliseconds: it claims without being woken, so inserts need not notify."""
         conn = self._conn
         if conn is None or not self._waiting:
             return

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from functools import partial
 
 import anyio
-import asyncpg
 from anyio.abc import TaskStatus
 
 from listener import db, gctune
@@ -109,59 +108,122 @@ def session_settings(settings: Settings) -> dict[str, str]:
 
 
 class Service:
-    """One worker process's services, wired together."""
+    """One worker process's services, built and wired together in ``__init__`` (the one
+    place that does), then run by ``run``.
+
+    The wiring, each through a small typed interface:
+    - the listener sets ``claim_wake`` and ``promote_wake`` on every NOTIFY on
+      ``pgwake_jobs``, ``cancel_hints`` on every NOTIFY on ``pgwake_cancel``, and is the
+      claimer's ``Doorbell``;
+    - the claimer gives finished jobs' outcomes to the completer (its ``OutcomeSink``),
+      and the completer tells the claimer when they are stored (``when_stored``);
+    - the heartbeat asks the claimer about the jobs held (``heartbeat.HeldJobs``), the
+      cancel checker asks it to stop handlers (``cancels.Cancellable``);
+    - the metrics read the claimer's ledger and the heartbeat's last beat.
+    The pool is built here and connected in ``run``.
+    """
 
     def __init__(self, settings: Settings, registry: Registry, dsn: str) -> None:
-        self.settings = settings
-        self.registry = registry.restricted_to(settings.kinds) if settings.kinds else registry
-        if not self.registry.kinds():
+        s = self.settings = settings
+        self.registry = registry.restricted_to(s.kinds) if s.kinds else registry
+        kinds = self.registry.kinds()
+        if not kinds:
             raise ConfigError("no handlers registered: nothing to run")
         self.dsn = dsn
         register_dsn(dsn)  # its password is masked even where no URL surrounds it
         # Keys for tenants' database DSNs; a bad key configuration stops the start.
         self.keyring = load_keyring()
-        self.worker_id = uuid.uuid4()
+        self.worker_id = worker_id = uuid.uuid4()
         self.ready = anyio.Event()
         self.stopped = anyio.Event()
         self.claim_wake = Wake()
         self.promote_wake = Wake()
+        self.cancel_hints = Wake()
         self.sd = SystemdNotifier.from_environment()
-        self.metrics = Metrics(
-            top_n_tenants=settings.metrics_top_tenants, tenants_opt_in=settings.metrics_tenants
+        self._log = get_logger("service").bind(worker_id=str(worker_id))
+        self._stopping = False
+        self.session_settings = session_settings(s)
+
+        metrics = self.metrics = Metrics(
+            top_n_tenants=s.metrics_top_tenants, tenants_opt_in=s.metrics_tenants
         )
-        self.metrics.register_kinds(self.registry.kinds())
-        self.metrics.watch_ready(self.is_ready)
-        self.http = HttpEndpoint(
-            settings.metrics_addr, self.metrics.registry, self.not_ready_reason
-        )
+        metrics.register_kinds(kinds)
+        metrics.watch_ready(self.is_ready)
+        self.http = HttpEndpoint(s.metrics_addr, metrics.registry, self.not_ready_reason)
         self.listener = Listener(
             dsn,
             [self.claim_wake, self.promote_wake],
-            metrics=self.metrics,
-            on_cancel_hint=self._cancel_hint,
+            metrics=metrics,
+            cancel_hints=self.cancel_hints,
         )
-        self.session_settings = session_settings(settings)
-        self._log = get_logger("service").bind(worker_id=str(self.worker_id))
-        self._stopping = False
-        # Built in run(), once the pool exists.
-        self.claimer: Claimer | None = None
-        self.completer: Completer | None = None
-        self.cancels: CancelChecker | None = None
 
-    def _cancel_hint(self) -> None:
-        if self.cancels is not None:
-            self.cancels.hint()
-
-    def _cancel_running(self, job_ids: Sequence[int]) -> None:
-        if self.claimer is not None:
-            self.claimer.request_cancel(job_ids)
-
-    def _reconcile(self, held: Sequence[int]) -> Sequence[int]:
-        return self.claimer.reconcile(held) if self.claimer is not None else ()
-
-    def _abandon_running(self) -> None:
-        if self.claimer is not None:
-            self.claimer.abandon_all()
+        self.pool = pool = db.new_pool(dsn, size=POOL_SIZE, session_settings=self.session_settings)
+        self.completer = Completer(
+            pool, worker_id, on_scheduled=partial(self.promote_wake.set, "retry")
+        )
+        self.tenant_pools = TenantPools(
+            max_connections=s.tenant_db_max_connections,
+            per_tenant=s.tenant_db_per_tenant,
+            idle_ttl=s.tenant_db_idle_ttl,
+        )
+        metrics.watch_tenant_pools(self.tenant_pools, cap=s.tenant_db_max_connections)
+        self.progress = ProgressWriter(pool, worker_id)
+        executor = Executor(
+            self.registry,
+            Backoff(base=s.retry_base, cap=s.retry_cap),
+            TenantDatabases(pool, self.keyring, self.tenant_pools),
+            self.progress,
+        )
+        self.claimer = claimer = Claimer(
+            pool,
+            worker_id,
+            kinds,
+            executor,
+            self.completer,
+            self.claim_wake,
+            self.listener,
+            concurrency=s.concurrency,
+            tenant_concurrency=s.tenant_concurrency,
+            claim_batch=s.claim_batch,
+            poll_interval=s.poll_interval,
+            drain_timeout=s.drain_timeout,
+            metrics=metrics,
+            fifo=s.claim_order == "fifo",
+        )
+        self.completer.when_stored(claimer.stored)
+        metrics.capacity.set(s.concurrency)
+        ledger = claimer.ledger
+        metrics.in_flight.set_function(lambda: ledger.in_flight)
+        self.cancels = CancelChecker(pool, worker_id, claimer, self.cancel_hints)
+        self.heartbeat = heartbeat = Heartbeat(
+            dsn,
+            worker_id,
+            kinds,
+            s.concurrency,
+            interval=s.heartbeat_interval,
+            jobs=claimer,
+            session_settings=self.session_settings,
+        )
+        metrics.watch_heartbeat(lambda: heartbeat.last_beat)
+        self.promoter = Promoter(pool, self.promote_wake, poll_interval=s.poll_interval)
+        self.recoverer = Recoverer(
+            pool,
+            metrics,
+            interval=s.maintenance_interval,
+            heartbeat_interval=s.heartbeat_interval,
+            heartbeat_timeout=s.heartbeat_timeout,
+        )
+        self.pruner = Pruner(
+            pool,
+            metrics,
+            {
+                Status.SUCCEEDED: s.retention_succeeded,
+                Status.FAILED: s.retention_failed,
+                Status.CANCELLED: s.retention_cancelled,
+            },
+        )
+        self.sampler = Sampler(pool, metrics, kinds, interval=s.metrics_interval)
+        self.scheduler = Scheduler(pool)
 
     def not_ready_reason(self) -> str | None:
         """None while listening for NOTIFY and able to claim; else why not."""
@@ -171,7 +233,7 @@ class Service:
             return "starting"
         if not self.listener.listening:
             return "LISTEN connection down"
-        if self.claimer is not None and self.claimer.failing:
+        if self.claimer.failing:
             return "claims cannot reach the database"
         return None
 
@@ -189,13 +251,12 @@ class Service:
             self.sd.stopping(
                 self.status_line(), within=self.settings.drain_timeout + RELEASE_MARGIN
             )
-        if self.claimer is not None:
-            self.claimer.stop(now=now)
+        self.claimer.stop(now=now)
 
     def status_line(self) -> str:
         """The one-line summary systemd shows (``STATUS=``), from in-process counters."""
         state = "draining" if self._stopping else "ready" if self.ready.is_set() else "starting"
-        running = self.claimer.in_flight if self.claimer is not None else 0
+        running = self.claimer.in_flight
         outcomes: Counter[str] = Counter()
         for metric in self.metrics.finished.collect():
             for sample in metric.samples:
@@ -220,100 +281,29 @@ class Service:
                 endpoint.cancel_scope.cancel()
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
-        s = self.settings
-        pool = await db.create_pool(
-            self.dsn, size=POOL_SIZE, session_settings=self.session_settings
-        )
+        pool = self.pool
+        await db.open_pool(pool, self.dsn)
         try:
             async with pool.acquire() as conn:
                 await check_schema(conn)
-            kinds = self.registry.kinds()
             gctune.tune()
-            heartbeat = Heartbeat(
-                self.dsn,
-                self.worker_id,
-                kinds,
-                s.concurrency,
-                interval=s.heartbeat_interval,
-                on_lost=self._abandon_running,
-                on_cancel=self._cancel_running,
-                reconcile=self._reconcile,
-                session_settings=self.session_settings,
-            )
-            await heartbeat.register()
-            self.metrics.watch_heartbeat(lambda: heartbeat.last_beat)
+            await self.heartbeat.register()
             clean = False
             try:
-                await self._serve(pool, heartbeat, kinds, task_status)
+                await self._serve(task_status)
                 clean = True  # only a stop() lets _serve return
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self._release(pool, heartbeat, clean=clean)
+                    await self._release(clean=clean)
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.close()
             self.sd.close()
             self.stopped.set()
 
-    async def _serve(
-        self,
-        pool: asyncpg.Pool,
-        heartbeat: Heartbeat,
-        kinds: list[str],
-        task_status: TaskStatus[None],
-    ) -> None:
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
         s = self.settings
-        completer = Completer(
-            pool, self.worker_id, on_scheduled=lambda: self.promote_wake.set("retry")
-        )
-        tenant_pools = TenantPools(
-            max_connections=s.tenant_db_max_connections,
-            per_tenant=s.tenant_db_per_tenant,
-            idle_ttl=s.tenant_db_idle_ttl,
-        )
-        self.metrics.watch_tenant_pools(tenant_pools, cap=s.tenant_db_max_connections)
-        databases = TenantDatabases(pool, self.keyring, tenant_pools)
-        progress = ProgressWriter(pool, self.worker_id)
-        executor = Executor(
-            self.registry, Backoff(base=s.retry_base, cap=s.retry_cap), databases, progress
-        )
-        claimer = Claimer(
-            pool,
-            self.worker_id,
-            kinds,
-            executor,
-            completer,
-            self.claim_wake,
-            self.listener,
-            concurrency=s.concurrency,
-            tenant_concurrency=s.tenant_concurrency,
-            claim_batch=s.claim_batch,
-            poll_interval=s.poll_interval,
-            drain_timeout=s.drain_timeout,
-            metrics=self.metrics,
-            fifo=s.claim_order == "fifo",
-        )
-        self.completer, self.claimer = completer, claimer
-        cancels = CancelChecker(pool, self.worker_id, self._cancel_running)
-        self.cancels = cancels
-        promoter = Promoter(pool, self.promote_wake, poll_interval=s.poll_interval)
-        recoverer = Recoverer(
-            pool,
-            self.metrics,
-            interval=s.maintenance_interval,
-            heartbeat_interval=s.heartbeat_interval,
-            heartbeat_timeout=s.heartbeat_timeout,
-        )
-
-        pruner = Pruner(
-            pool,
-            self.metrics,
-            {
-                Status.SUCCEEDED: s.retention_succeeded,
-                Status.FAILED: s.retention_failed,
-                Status.CANCELLED: s.retention_cancelled,
-            },
-        )
+        claimer, completer = self.claimer, self.completer
 
         async def claim_then_close() -> None:
             try:
@@ -321,26 +311,23 @@ class Service:
             finally:
                 completer.close()
 
-        sampler = Sampler(pool, self.metrics, kinds, interval=s.metrics_interval)
         async with anyio.create_task_group() as background:
-            await background.start(cancels.run)
+            await background.start(self.cancels.run)
             await background.start(self.listener.run)
-            await background.start(sampler.run)
-            await background.start(promoter.run)
-            await background.start(heartbeat.run)
-            await background.start(recoverer.run)
-            await background.start(pruner.run)
-            await background.start(Scheduler(pool).run)
-            await background.start(tenant_pools.run)
-            await background.start(progress.run)
+            await background.start(self.sampler.run)
+            await background.start(self.promoter.run)
+            await background.start(self.heartbeat.run)
+            await background.start(self.recoverer.run)
+            await background.start(self.pruner.run)
+            await background.start(self.scheduler.run)
+            await background.start(self.tenant_pools.run)
+            await background.start(self.progress.run)
             async with anyio.create_task_group() as work:
                 await work.start(completer.run)
                 work.start_soon(claim_then_close)
-                if self._stopping:
-                    claimer.stop()
                 self._log.info(
                     "worker ready",
-                    kinds=kinds,
+                    kinds=self.registry.kinds(),
                     concurrency=s.concurrency,
                     tenant_concurrency=s.tenant_concurrency,
                     dsn=display_dsn(self.dsn),
@@ -356,7 +343,7 @@ class Service:
                 task_status.started()
             background.cancel_scope.cancel()
 
-    async def _release(self, pool: asyncpg.Pool, heartbeat: Heartbeat, *, clean: bool) -> None:
+    async def _release(self, *, clean: bool) -> None:
         """Put back whatever this worker still holds, then deregister. After a clean stop
         (the drain timed out) the attempt is given back; after a crash it counts, as when
         a dead worker's jobs are recovered, so a job that kills workers ends failed
@@ -367,7 +354,7 @@ class Service:
                 if clean
                 else "put back: the worker died while the job ran (the attempt counts)"
             )
-            put_back = await pool.fetch(
+            put_back = await self.pool.fetch(
                 QUERIES["job_put_back_held"], self.worker_id, reason, not clean
             )
             if put_back:
@@ -376,7 +363,7 @@ class Service:
                     jobs=[r["id"] for r in put_back],
                     attempt_counted=not clean,
                 )
-            await pool.execute(QUERIES["worker_deregister"], self.worker_id)
+            await self.pool.execute(QUERIES["worker_deregister"], self.worker_id)
         except db.DATABASE_ERRORS as exc:
             self._log.error(
                 "could not put back held jobs; the maintenance leader of another worker "
@@ -384,5 +371,5 @@ class Service:
                 error=redact(str(exc)),
             )
         finally:
-            await heartbeat.close()
+            await self.heartbeat.close()
         self._log.info("worker stopped")
