@@ -20,9 +20,10 @@ import pytest
 
 from listener import db
 from listener.api import JobContext, Registry
-from listener.crypto import generate_key, load_keyring
+from listener.crypto import generate_key
 from tests.support import tenant_handlers
 from tests.support.databases import database_name, fresh_database, fresh_role
+from tests.support.tenants import add_tenant
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker, spawn_worker, stop_process
 
@@ -107,16 +108,6 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> str:
     value = generate_key("k1")
     monkeypatch.setenv("PGWAKE_ENCRYPTION_KEYS", value)
     return value
-
-
-async def add_tenant(conn: asyncpg.Connection, keys: str, tenant: str, dsn: str) -> None:
-    keyring = load_keyring({"PGWAKE_ENCRYPTION_KEYS": keys})
-    assert keyring is not None
-    await conn.execute(
-        "INSERT INTO pgwake.tenants (tenant_id, db_dsn_encrypted) VALUES ($1, $2)",
-        tenant,
-        keyring.encrypt(tenant, dsn),
-    )
 
 
 async def enqueue(
