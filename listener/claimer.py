@@ -157,7 +157,6 @@ class Claimer:
         self._cursor = random.choice(string.ascii_letters)
         # Tenants the claim being dispatched held to their cap (set by _claim).
         self._cap_held: list[str] = []
-        self.claims = 0
         # Running averages of how long a claim takes and how long a job runs (seconds),
         # and the jobs claimed ahead of free slots that they give (see _free).
         self._claim_seconds, self._job_seconds, self._ahead = 0.0, math.inf, 0
@@ -376,7 +375,7 @@ class Claimer:
             # waiting for it.
             return [], False, False
         self._outage.succeeded()
-        self.claims += 1
+        self._metrics.claims.inc()
         took = time.monotonic() - began
         if self._claim_seconds == 0.0:
             self._claim_seconds = took

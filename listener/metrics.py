@@ -195,6 +195,12 @@ class Metrics:
         self.tenants_opt_in = list(tenants_opt_in)
         r = self.registry
         self.claimed = Counter("pgwake_jobs_claimed", "Jobs claimed.", ["kind"], registry=r)
+        self.claims = Counter(
+            "pgwake_claims",
+            "Claim statements run (each takes up to claim_batch jobs; many claims that find "
+            "few jobs each mean a stream of single inserts or a short poll interval).",
+            registry=r,
+        )
         self.finished = Counter(
             "pgwake_jobs_finished",
             "Attempts ended, by outcome (succeeded, failed, cancelled, retried, snoozed).",
