@@ -296,6 +296,8 @@ class Claimer:
             claimed, walk_cut_short, more = await self._claim(want)
             if claimed:
                 self._dispatch(claimed)
+            else:
+                self._remember_capped()
             if lone is None and self.shares.lone is not None:
                 continue  # a lone tenant may borrow the idle slots: claim them now
             # A full claim, or one where a tenant was held to its share, leaves ready
@@ -399,11 +401,18 @@ class Claimer:
             jobs.append(job)
         if not self._fifo:
             # A tenant that got all the slots it had free is held to its cap and may have
-            # more ready jobs (see TenantShares.held_to_cap).
+            # more ready jobs (see TenantShares.held_to_cap); so may one the walk passed
+            # over for being at its cap when the claim began. Both are remembered, so
+            # the first of their jobs to end asks for a claim: otherwise a tenant at its
+            # cap when a claim began (the cap moves with the jobs claimed ahead) would
+            # wait for the poll.
             counted = dict(busy)
             self._cap_held = [
                 tenant for tenant, count in got.items() if count >= cap - counted.get(tenant, 0)
             ]
+            self._cap_held.extend(
+                tenant for tenant, count in busy if count >= cap and tenant not in got
+            )
             # A claim that filled its ask, or held a tenant to its share, says nothing
             # about whether a tenant has more.
             full = len(jobs) >= want or more
@@ -417,9 +426,14 @@ class Claimer:
     def _dispatch(self, jobs: list[Job]) -> None:
         """Count claimed jobs in the ledger and hand them to the runners."""
         self.ledger.add(jobs)
+        self._remember_capped()
+        self.runners.add(jobs)
+
+    def _remember_capped(self) -> None:
+        """Remember the tenants the last claim held (or found) at their cap, once its
+        jobs are counted in the ledger."""
         held, self._cap_held = self._cap_held, []
         if self.shares.held_to_cap(held, self.ledger.claimed, self._ahead):
             # One of its jobs ended while the claim was on its way: a slot of a tenant
             # that may have more is free already.
             self._wake.set("slot")
-        self.runners.add(jobs)
