@@ -33,6 +33,17 @@ async def tenant_databases(server_dsn: str, count: int) -> AsyncIterator[list[st
                 await conn.execute("CREATE TABLE t (x int)")
             finally:
                 await conn.close()
+        # A closed connection's server process exits after close() returns: wait until
+        # these set-up sessions are gone, so the tests count only the pools' sessions.
+        watcher = await asyncpg.connect(server_dsn)
+        try:
+
+            async def no_sessions() -> bool:
+                return await sessions(watcher, dsns) == {}
+
+            await eventually(no_sessions)
+        finally:
+            await watcher.close()
         yield dsns
 
 
