@@ -219,6 +219,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug, info, warning or error."
     )
+    log_jobs: bool = Field(
+        default=True,
+        description="Log a line (info) when each job starts and one when it ends, with its "
+        "duration and outcome. Failures (error) and retries (warning) are logged either way.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -173,6 +173,7 @@ class Service:
             Backoff(base=s.retry_base, cap=s.retry_cap),
             TenantDatabases(pool, self.keyring, self.tenant_pools),
             self.progress,
+            log_jobs=s.log_jobs,
         )
         self.claimer = claimer = Claimer(
             pool,
