@@ -119,9 +119,8 @@ class Drain:
 
     window_seconds: float
     finished: dict[str, int]  # succeeded, failed, cancelled
-    per_minute: list[int]  # oldest minute first; the last is the current minute
+    per_minute: list[int]  # oldest minute first; the last is the current one, not over yet
     jobs_per_second: float
-    last_minute_jobs_per_second: float
     by_kind: dict[str, dict[str, int]]  # kind -> status -> jobs
 
 
@@ -279,7 +278,6 @@ def drain(rows: Sequence[asyncpg.Record], window: float) -> Drain:
         finished=finished,
         per_minute=per_minute,
         jobs_per_second=sum(finished.values()) / window,
-        last_minute_jobs_per_second=per_minute[-1] / 60,
         by_kind=dict(sorted(by_kind.items())),
     )
 
