@@ -518,6 +518,7 @@ async def test_journald_files_each_line_at_its_priority(
     and success are filed at info, below it."""
     configure(systemd, dsn, PGWAKE_HANDLERS="tests.support.logging_handlers")
     cursor = systemd.journal_cursor()
+    since = int(systemd.run("date", "+%s%6N").stdout)
     systemd.run("systemctl", "start", WORKER)
     ok = await enqueue(conn, "echo", {})
     failed = await enqueue(conn, "log.permanent", {})
@@ -525,17 +526,22 @@ async def test_journald_files_each_line_at_its_priority(
     await eventually(lambda: _has_status(conn, failed, "failed"))
 
     def errors() -> list[dict[str, Any]]:
+        """What ``journalctl -p err -u pgwake`` lists (of this test: the container's
+        journal holds the earlier tests' entries too)."""
         out = systemd.run(
-            "journalctl", "-p", "err", f"--unit={WORKER}", f"--after-cursor={cursor}",
-            "--output=json", "--no-pager",
-        ).stdout  # fmt: skip
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+            "journalctl", "-p", "err", f"--unit={WORKER}", "--output=json", "--no-pager"
+        ).stdout
+        entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [e for e in entries if int(e["__REALTIME_TIMESTAMP"]) >= since]
 
     async def logged_failure() -> list[dict[str, Any]]:
-        return [e for e in errors() if '"job failed"' in e.get("MESSAGE", "")]
+        return [
+            e for e in systemd.journal(WORKER, cursor) if '"job failed"' in e.get("MESSAGE", "")
+        ]
 
     (entry,) = await eventually(logged_failure, timeout=30)
-    assert entry["PRIORITY"] == "3"
+    assert entry["PRIORITY"] == "3", entry
+    assert entry["__CURSOR"] in {e["__CURSOR"] for e in errors()}
     line = json.loads(entry["MESSAGE"])  # the prefix was taken off
     assert (line["job_id"], line["level"]) == (failed, "error")
     assert line["error"] == "PermanentError: the order does not exist"
@@ -552,7 +558,7 @@ async def test_journald_files_each_line_at_its_priority(
     configure(
         systemd, dsn, PGWAKE_HANDLERS="tests.support.logging_handlers", PGWAKE_CONCURRENCY="0"
     )
-    cursor = systemd.journal_cursor()
+    since = int(systemd.run("date", "+%s%6N").stdout)
     systemd.run("systemctl", "start", WORKER, check=False)
     (bad,) = [e for e in errors() if '"invalid configuration' in e.get("MESSAGE", "")]
     assert bad["PRIORITY"] == "3"
