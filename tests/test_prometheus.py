@@ -6,8 +6,9 @@ Prometheus answers success with an empty result for a metric name that does not 
 so each query must return at least one sample with a number; a dashboard query must
 return no NaN at all (an idle kind's percentile or failure share is left out, not drawn
 as NaN). With kinds picked in the ``kind`` variable, the queue panels still show the
-jobs of kinds nobody handles (``_unhandled``); and once every worker has stopped, the
-dashboard shows a 0 ready and every target down, not "No data". The workload
+jobs of kinds nobody handles (``_unhandled``); and once one worker has stopped and the
+other hangs (SIGSTOP), the dashboard shows a 0 ready and both targets down, not "No
+data". The workload
 makes every series real: successes, failures, retries, a cancelled running job, a
 worker killed with a job in flight (recovered by a survivor), a backlog of a kind
 nobody handles across tenants, jobs in flight and a scheduled job.
@@ -372,13 +373,17 @@ async def test_every_dashboard_query_and_alert_expression_returns_data(
             )
         )
 
-        # A dead fleet: every scraped worker stopped. The ready stat shows a 0 (red),
-        # not "No data", and every target is down.
-        for worker in workers:
-            stop_process(worker)
-        panel = dict(panel_queries(load_dashboard(DASHBOARDS[0]), VARIABLES))
-        await settles(panel["Targets down [A]"], 2)
-        await settles(panel["Workers ready [A]"], 0)
+        # A dead fleet: one worker stopped, the other hung (SIGSTOP: its scrapes time
+        # out). The ready stat shows a 0 (red), not "No data", and both targets are down.
+        hung, dead = workers
+        stop_process(dead)
+        hung.send_signal(signal.SIGSTOP)
+        try:
+            panel = dict(panel_queries(load_dashboard(DASHBOARDS[0]), VARIABLES))
+            await settles(panel["Targets down [A]"], 2)
+            await settles(panel["Workers ready [A]"], 0)
+        finally:
+            hung.send_signal(signal.SIGCONT)
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
