@@ -166,6 +166,7 @@ async def test_a_changed_migration_is_refused(conn: asyncpg.Connection) -> None:
 
 async def test_every_named_query_prepares(conn: asyncpg.Connection) -> None:
     ddl = {"migration_create_schema", "migration_create_table", "bench_create_fifo_index"}
+    ddl.add("migration_create_column_breaking")
     # The runtime queries and the benchmark's (tests/test_queries.py checks their format).
     for name, sql in {**QUERIES, **BENCH_QUERIES}.items():
         if name in ddl:
