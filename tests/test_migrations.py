@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from dataclasses import replace
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -192,3 +195,104 @@ def test_parse_rejects_duplicates_and_empty_blocks() -> None:
 def test_migration_files_are_numbered_without_gaps() -> None:
     migrations = load_migrations()
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+
+
+# --- Marks: compatible or breaking (rolling upgrades) -----------------------------------
+
+
+def test_every_migration_starts_with_its_mark(tmp_path: Path) -> None:
+    """Each file's first line is its mark, and a file without one is refused by name."""
+    for migration in load_migrations():
+        first = migration.sql.split("\n", 1)[0]
+        assert first == ("-- pgwake: breaking" if migration.breaking else "-- pgwake: compatible")
+    # The marks given to the migrations before marks existed (CHANGELOG.md says why).
+    breaking = {m.version for m in load_migrations() if m.breaking}
+    assert {1, 2, 4, 9, 11} <= breaking
+    assert not {3, 5, 6, 7, 8, 10} & breaking
+    (tmp_path / "0001_first.sql").write_text("-- pgwake: compatible\nSELECT 1;\n")
+    assert load_migrations(tmp_path)[0].breaking is False
+    for text in ("-- 0002_second: no mark\nSELECT 1;\n", "-- pgwake: compatible, mostly\n", ""):
+        (tmp_path / "0002_second.sql").write_text(text)
+        with pytest.raises(ValueError, match=r"0002_second\.sql does not start with its mark"):
+            load_migrations(tmp_path)
+
+
+def test_the_checksum_leaves_out_the_mark() -> None:
+    """The checksum is that of the file without its first line, so the marks added to
+    the migrations written before marks left the checksums recorded for them as they
+    were."""
+    for migration in load_migrations():
+        body = migration.sql.split("\n", 1)[1]
+        assert migration.checksum == hashlib.sha256(body.encode()).hexdigest()
+    first = load_migrations()[0]
+    flipped = replace(first, sql=first.sql.replace("breaking", "compatible", 1))
+    assert flipped.checksum == first.checksum
+
+
+async def test_marks_are_recorded_and_filled_in_for_older_databases(
+    conn: asyncpg.Connection,
+) -> None:
+    """migrate records each migration's mark; on a database migrated before marks were
+    recorded (no column) it adds the column and fills in the marks from the files."""
+    marks = {m.version: m.breaking for m in load_migrations()}
+    recorded = "SELECT version, breaking FROM pgwake.schema_migrations ORDER BY version"
+    assert {r["version"]: r["breaking"] for r in await conn.fetch(recorded)} == marks
+    await conn.execute("ALTER TABLE pgwake.schema_migrations DROP COLUMN breaking")
+    assert await migrate(conn) == []
+    assert {r["version"]: r["breaking"] for r in await conn.fetch(recorded)} == marks
+
+
+async def test_a_changed_mark_is_refused(conn: asyncpg.Connection) -> None:
+    await conn.execute("UPDATE pgwake.schema_migrations SET breaking = false WHERE version = 2")
+    with pytest.raises(
+        SchemaMismatchError,
+        match=r"0002_tenants was applied marked compatible and its file now says breaking",
+    ):
+        await migrate(conn)
+
+
+async def test_a_newer_schema_is_accepted_only_when_every_newer_migration_is_compatible(
+    conn: asyncpg.Connection,
+) -> None:
+    """A worker (check_schema) and `pgwake migrate` of this pgwake accept a database
+    migrated further by a newer one while every migration past theirs is marked
+    compatible; the first breaking (or unmarked) one is refused by name."""
+    known = latest_version()
+    add = "INSERT INTO pgwake.schema_migrations (version, name, checksum, breaking) "
+    add += "VALUES ($1, $2, 'x', $3)"
+    await conn.execute(add, known + 1, "adds_a_column", False)
+    await conn.execute(add, known + 2, "adds_an_index", False)
+    assert await check_schema(conn) == known + 2
+    assert await migrate(conn) == []
+    # A worker of an older schema: the same rule, from its own version. The newest
+    # breaking migration here refuses the workers before it.
+    last = [m for m in load_migrations() if m.breaking][-1]
+    with pytest.raises(SchemaMismatchError, match=rf"{last.label} is marked breaking"):
+        await check_schema(conn, last.version - 1)
+    await conn.execute(add, known + 3, "drops_a_column", True)
+    refusal = (
+        rf"the database schema is at version {known + 3:04d}, newer than this pgwake knows "
+        rf"\({known:04d}\), and migration {known + 3:04d}_drops_a_column is marked breaking "
+        r"for older workers; upgrade pgwake"
+    )
+    with pytest.raises(SchemaMismatchError, match=refusal):
+        await check_schema(conn)
+    with pytest.raises(SchemaMismatchError, match=refusal):
+        await migrate(conn)
+    await conn.execute(
+        "UPDATE pgwake.schema_migrations SET breaking = NULL WHERE version = $1", known + 3
+    )
+    with pytest.raises(SchemaMismatchError, match=r"drops_a_column is not marked compatible"):
+        await check_schema(conn)
+    # A worker that knows the breaking migration runs against it.
+    assert await check_schema(conn, known + 3) == known + 3
+
+
+async def test_an_older_schema_is_refused(conn: asyncpg.Connection) -> None:
+    """A worker newer than the database asks for `pgwake migrate`, as before."""
+    known = latest_version()
+    with pytest.raises(
+        SchemaMismatchError,
+        match=rf"at version {known:04d}, this pgwake needs {known + 1:04d}; run `pgwake migrate`",
+    ):
+        await check_schema(conn, known + 1)
