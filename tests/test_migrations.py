@@ -296,3 +296,58 @@ async def test_an_older_schema_is_refused(conn: asyncpg.Connection) -> None:
         match=rf"at version {known:04d}, this pgwake needs {known + 1:04d}; run `pgwake migrate`",
     ):
         await check_schema(conn, known + 1)
+
+
+# What a worker of an older schema can name: every column of every table and view (its
+# type, nullability and default), every function by signature with its result, every
+# constraint and unique index with its definition, every trigger. A migration marked
+# compatible may add to this, never take away or change: that is the floor of "only
+# additions" a test can check (what a replaced function body or trigger does is for the
+# author and the reviewer to judge).
+SURFACE = """
+SELECT 'column ' || c.table_name || '.' || c.column_name AS name,
+       concat_ws(' ', c.data_type, c.is_nullable, c.column_default) AS def
+  FROM information_schema.columns c WHERE c.table_schema = 'pgwake'
+UNION ALL
+SELECT 'function ' || p.oid::regprocedure::text, pg_get_function_result(p.oid)
+  FROM pg_proc p WHERE p.pronamespace = 'pgwake'::regnamespace
+UNION ALL
+SELECT 'constraint ' || conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE connamespace = 'pgwake'::regnamespace
+UNION ALL
+SELECT 'unique index ' || i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class r ON r.oid = i.indrelid
+ WHERE r.relnamespace = 'pgwake'::regnamespace AND i.indisunique
+UNION ALL
+SELECT 'trigger ' || r.relname || '.' || t.tgname, ''
+  FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+ WHERE r.relnamespace = 'pgwake'::regnamespace AND NOT t.tgisinternal
+"""
+
+
+async def test_compatible_migrations_take_nothing_away(empty_dsn: str) -> None:
+    """Applied one by one, no migration marked compatible removes or changes anything
+    in SURFACE that the schema before it had. (Breaking ones may: 0011 replaced
+    pgwake.confined_tenants(name), which shows the check sees a removal.)"""
+    conn = await asyncpg.connect(empty_dsn)
+    taken: dict[str, list[tuple[str, str, str | None]]] = {}
+    try:
+        await conn.execute(QUERIES["migration_create_schema"])
+        before: dict[str, str] = {}
+        for migration in load_migrations():
+            await conn.execute(migration.sql)
+            after = {r["name"]: r["def"] for r in await conn.fetch(SURFACE)}
+            taken[migration.label] = [
+                (name, old, after.get(name))
+                for name, old in before.items()
+                if after.get(name) != old
+            ]
+            before = after
+    finally:
+        await conn.close()
+    assert len(before) > 100, "the surface query found too little"
+    assert {label: found for label, found in taken.items() if found} == {
+        m.label: taken[m.label] for m in load_migrations() if m.breaking and taken[m.label]
+    }
+    removed = [name for name, _, now in taken["0011_hostile_roles"] if now is None]
+    assert "function pgwake.confined_tenants(name)" in removed

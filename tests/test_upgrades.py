@@ -21,7 +21,8 @@ import anyio
 import asyncpg
 import pytest
 
-from listener.migrate import latest_version
+from listener.migrate import latest_version, load_migrations
+from tests.support.databases import as_user, fresh_role
 from tests.support.recording_handlers import RECORDING
 from tests.support.releases import Release, make_release
 from tests.support.waiting import eventually
@@ -345,3 +346,36 @@ async def test_a_breaking_migration_stops_old_workers_and_is_refused_at_their_st
     code, _ = stop_process(upgraded)
     assert code == 0
     print(f"\nbreaking migration: the running old worker exited 5 {noticed_after} s after it")
+
+
+async def test_no_role_without_pgwake_privileges_can_stop_the_fleet_with_a_mark(
+    server_dsn: str, dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Workers stop on a row of pgwake.schema_migrations marked breaking past their
+    schema. An application role (confined to its tenant, or granted what an app needs
+    to enqueue) can neither add such a row nor flip a recorded mark: only pgwake's own
+    role writes that table."""
+    async with (
+        fresh_role(server_dsn, dsn, "confined") as confined,
+        fresh_role(server_dsn, dsn, "enqueuer") as enqueuer,
+    ):
+        await conn.execute("SELECT pgwake.confine_role_to_tenant($1, 'acme')", confined)
+        await conn.execute(f'GRANT USAGE ON SCHEMA pgwake TO "{enqueuer}"')
+        await conn.execute(f'GRANT SELECT, INSERT ON pgwake.jobs TO "{enqueuer}"')
+        for role in (confined, enqueuer):
+            hostile = await asyncpg.connect(as_user(dsn, role))
+            try:
+                add = "INSERT INTO pgwake.schema_migrations (version, name, checksum, breaking) "
+                add += f"VALUES ({NEXT}, 'stop_everyone', 'x', true)"
+                for sql in (
+                    add,
+                    "UPDATE pgwake.schema_migrations SET breaking = true",
+                    "DELETE FROM pgwake.schema_migrations",
+                ):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                        await hostile.execute(sql)
+            finally:
+                await hostile.close()
+    rows = await conn.fetch("SELECT version, breaking FROM pgwake.schema_migrations")
+    assert [r["version"] for r in rows] == list(range(1, NEXT))
+    assert [r["breaking"] for r in rows] == [m.breaking for m in load_migrations()]
