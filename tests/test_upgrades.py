@@ -15,14 +15,20 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import anyio
 import asyncpg
 import pytest
 
+from listener.api import JobContext
+from listener.config import load_settings
+from listener.errors import SchemaMismatchError
 from listener.migrate import latest_version, load_migrations
+from listener.registry import Registry
+from listener.service import Service
 from tests.support.databases import as_user, fresh_role
+from tests.support.http import http_get
 from tests.support.recording_handlers import RECORDING
 from tests.support.releases import Release, make_release
 from tests.support.waiting import eventually
@@ -379,3 +385,78 @@ async def test_no_role_without_pgwake_privileges_can_stop_the_fleet_with_a_mark(
     rows = await conn.fetch("SELECT version, breaking FROM pgwake.schema_migrations")
     assert [r["version"] for r in rows] == list(range(1, NEXT))
     assert [r["breaking"] for r in rows] == [m.breaking for m in load_migrations()]
+
+
+async def test_a_worker_under_which_a_breaking_migration_lands_drains_and_says_why(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """In one process: a migration recorded past the worker's schema, marked compatible,
+    changes nothing; one marked breaking makes /readyz answer 503 with the reason while
+    the running job finishes, no job is claimed after it, and the worker's run raises
+    the SchemaMismatchError (exit 5 in the CLI) once the drain is over."""
+    release = anyio.Event()
+    started: list[int] = []
+    reg = Registry()
+
+    @reg.handler("hold")
+    async def hold(_payload: dict[str, Any], ctx: JobContext) -> None:
+        started.append(ctx.job.id)
+        await release.wait()
+
+    settings = load_settings(
+        {"metrics_addr": "127.0.0.1:0", "heartbeat_interval": 0.2, "drain_timeout": 30},
+        env={},
+    )
+    service = Service(settings, reg, dsn)
+    add = "INSERT INTO pgwake.schema_migrations (version, name, checksum, breaking) "
+    add += "VALUES ($1, $2, 'x', $3)"
+    ids: dict[str, int] = {}
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            ids["held"] = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind) VALUES ('hold') RETURNING id"
+            )
+
+            async def held_started() -> bool:
+                return started == [ids["held"]]
+
+            await eventually(held_started)
+            await conn.execute(add, NEXT, "adds_a_table", False)
+            assert await service.schema_watch.check() is False  # what each round does
+            assert service.is_ready()
+            await conn.execute(add, NEXT + 1, "renames_a_column", True)
+            reason = (
+                f"not ready: stopping: the database schema is at version {NEXT + 1:04d}, "
+                f"newer than this pgwake knows ({NEXT - 1:04d}), and migration "
+                f"{NEXT + 1:04d}_renames_a_column is marked breaking for older workers; "
+                "upgrade pgwake\n"
+            )
+            port = service.http.port
+
+            async def says_why() -> bool:
+                answer = await anyio.to_thread.run_sync(http_get, port, "/readyz")
+                return answer == (503, reason)
+
+            await eventually(says_why)
+            ids["late"] = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind) VALUES ('hold') RETURNING id"
+            )
+            release.set()
+            await service.stopped.wait()
+
+    with pytest.raises(ExceptionGroup) as ended:
+        await scenario()
+    [error] = ended.value.exceptions
+    assert isinstance(error, SchemaMismatchError)
+    assert error.exit_code == 5
+    assert f"{NEXT + 1:04d}_renames_a_column is marked breaking" in str(error)
+    held, late = ids["held"], ids["late"]
+    assert started == [held]
+    status = "SELECT id, status FROM pgwake.jobs ORDER BY id"
+    assert [tuple(r) for r in await conn.fetch(status)] == [
+        (held, "succeeded"),
+        (late, "queued"),
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.workers") == 0
