@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from datetime import datetime
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -303,7 +304,7 @@ async def test_a_breaking_migration_stops_old_workers_and_is_refused_at_their_st
 
     await eventually(long_job_running)
     migrated = new.command(dsn, "migrate")
-    applied_at = time.monotonic()
+    applied_at, applied_wall = time.monotonic(), time.time()
     assert migrated.returncode == 0, migrated.stderr
     assert f"applied {BREAKING_NAME}" in migrated.stdout.splitlines()
 
@@ -351,7 +352,12 @@ async def test_a_breaking_migration_stops_old_workers_and_is_refused_at_their_st
     await eventually(later_done, timeout=30)
     code, _ = stop_process(upgraded)
     assert code == 0
-    print(f"\nbreaking migration: the running old worker exited 5 {noticed_after} s after it")
+    noticed = datetime.fromisoformat(str(stopped["timestamp"])).timestamp() - applied_wall
+    print(
+        f"\nbreaking migration: the running old worker stopped claiming {noticed:.2f} s "
+        f"after migrate returned (heartbeat interval 0.5 s) and exited 5 after "
+        f"{noticed_after} s, once its 2 s job was done"
+    )
 
 
 async def test_no_role_without_pgwake_privileges_can_stop_the_fleet_with_a_mark(
