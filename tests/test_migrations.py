@@ -300,10 +300,11 @@ async def test_an_older_schema_is_refused(conn: asyncpg.Connection) -> None:
 
 # What a worker of an older schema can name: every column of every table and view (its
 # type, nullability and default), every function by signature with its result, every
-# constraint and unique index with its definition, every trigger. A migration marked
-# compatible may add to this, never take away or change: that is the floor of "only
-# additions" a test can check (what a replaced function body or trigger does is for the
-# author and the reviewer to judge).
+# unique index (what ON CONFLICT relies on) with its definition, every trigger. A
+# migration marked compatible may add to this, never take away or change: that is the
+# floor of "only additions" a test can check. What a replaced function body or trigger
+# does, and whether a new or changed CHECK could refuse what older workers write, is
+# for the author and the reviewer to judge.
 SURFACE = """
 SELECT 'column ' || c.table_name || '.' || c.column_name AS name,
        concat_ws(' ', c.data_type, c.is_nullable, c.column_default) AS def
@@ -311,9 +312,6 @@ SELECT 'column ' || c.table_name || '.' || c.column_name AS name,
 UNION ALL
 SELECT 'function ' || p.oid::regprocedure::text, pg_get_function_result(p.oid)
   FROM pg_proc p WHERE p.pronamespace = 'pgwake'::regnamespace
-UNION ALL
-SELECT 'constraint ' || conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
-  FROM pg_constraint WHERE connamespace = 'pgwake'::regnamespace
 UNION ALL
 SELECT 'unique index ' || i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
   FROM pg_index i JOIN pg_class r ON r.oid = i.indrelid
@@ -345,7 +343,7 @@ async def test_compatible_migrations_take_nothing_away(empty_dsn: str) -> None:
             before = after
     finally:
         await conn.close()
-    assert len(before) > 100, "the surface query found too little"
+    assert len(before) > 80, "the surface query found too little"
     assert {label: found for label, found in taken.items() if found} == {
         m.label: taken[m.label] for m in load_migrations() if m.breaking and taken[m.label]
     }
