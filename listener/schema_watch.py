@@ -1,10 +1,15 @@
-"""Watches for migrations applied under a running worker.
+"""The schema check: at start, and for migrations applied under a running worker.
 
-A worker checks the schema once at start (:func:`listener.migrate.check_schema`); this
-loop keeps checking while it runs, so that a migration applied under it by
-``pgwake migrate`` of a newer pgwake is noticed.
+A worker runs against the schema it knows, or a newer one whose every migration past
+its own is marked compatible (:func:`listener.migrate.check_schema`). The check runs
+once at start (``check_at_start``), then this loop keeps checking while the worker
+runs, so that a migration applied under it by ``pgwake migrate`` of a newer pgwake is
+noticed.
 
 Invariants:
+- At start, a schema the worker cannot run against raises
+  :class:`SchemaMismatchError` (exit 5); a newer compatible one is logged once, at
+  info, with both versions.
 - Once per interval (the heartbeat interval) it reads the migrations applied past the
   worker's own schema: one statement on the primary key that returns no rows while
   nothing newer is applied.
@@ -30,7 +35,7 @@ from anyio.abc import TaskStatus
 from listener import db
 from listener.errors import SchemaMismatchError
 from listener.logs import get_logger
-from listener.migrate import newer_migrations, refuse_breaking
+from listener.migrate import Conn, check_schema, newer_migrations, refuse_breaking
 from listener.redact import redact
 
 
@@ -51,15 +56,24 @@ class SchemaWatch:
         self._interval = interval
         self._on_breaking = on_breaking
         self._log = get_logger("schema")
-        # The newest version seen: the one found at start, then the newest logged.
+        # The newest version seen: ours, the one found at start, then the newest logged.
         self._seen = known
 
-    async def run(
-        self, found: int, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Check every interval until a breaking migration is found; ``found`` is the
-        database's schema version at start (newer than ``known`` only when compatible)."""
+    async def check_at_start(self, conn: Conn) -> int:
+        """The check at start: the database's schema version, when this worker can run
+        against it; else :class:`SchemaMismatchError` saying what to do."""
+        found = await check_schema(conn, self.known)
+        if found > self.known:
+            self._log.info(
+                "running against a newer schema, compatible with this worker",
+                worker_schema=f"{self.known:04d}",
+                database_schema=f"{found:04d}",
+            )
         self._seen = max(self._seen, found)
+        return found
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Check every interval until a breaking migration is found."""
         task_status.started()
         while True:
             await anyio.sleep(self._interval)

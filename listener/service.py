@@ -3,12 +3,10 @@ constructs the world.
 
 Lifecycle invariants:
 - Start: the HTTP endpoint (``/healthz`` 200, ``/readyz`` 503 from the start), then
-  pool, schema check (this pgwake's schema, or a newer one whose every newer migration
-  is marked compatible: listener/migrate.py), worker registered, LISTEN established,
-  then claiming. ``READY=1`` is sent (and ``ready`` set) only once the worker listens
-  and can claim; then ``WATCHDOG=1`` and ``STATUS=`` lines follow from the event loop
-  until it stops. A database that cannot be reached at start still stops the worker
-  (exit 4).
+  pool, schema check, worker registered, LISTEN established, then claiming. ``READY=1``
+  is sent (and ``ready`` set) only once the worker listens and can claim; then
+  ``WATCHDOG=1`` and ``STATUS=`` lines follow from the event loop until it stops. A
+  database that cannot be reached at start still stops the worker (exit 4).
 - Ready (``/readyz`` 200) exactly while: started, not stopping, the LISTEN connection
   is up, and the last claim reached the database. A lost LISTEN connection or a claim
   that cannot reach the database makes it not ready until that path works again.
@@ -20,10 +18,12 @@ Lifecycle invariants:
   as recovery does for a worker that died. No job is left ``running`` by a clean stop.
   ``STOPPING=1`` extends systemd's stop timeout to the drain timeout plus
   ``RELEASE_MARGIN``.
-- A migration that breaks this worker, applied while it runs, is noticed within a
-  heartbeat interval (listener/schema_watch.py): the worker stops as on SIGTERM (not
-  ready, with the reason) and ``run`` then raises the :class:`SchemaMismatchError`
-  (exit 5), as the schema check at start would have.
+- Schema (listener/schema_watch.py): the worker runs against this pgwake's schema, or a
+  newer one whose every migration past its own is marked compatible; any other stops
+  the start (exit 5). A migration that breaks this worker, applied while it runs, is
+  noticed within a heartbeat interval: the worker stops as on SIGTERM (not ready, with
+  the reason) and ``run`` then raises the :class:`SchemaMismatchError` (exit 5), as
+  the check at start would have.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from listener.maintenance.retention import Pruner
 from listener.maintenance.sampler import Sampler
 from listener.maintenance.schedules import Scheduler
 from listener.metrics import Metrics
-from listener.migrate import check_schema, latest_version
+from listener.migrate import latest_version
 from listener.notifications import Listener
 from listener.progress import ProgressWriter
 from listener.queries import QUERIES
@@ -313,18 +313,12 @@ class Service:
         await db.open_pool(pool, self.dsn)
         try:
             async with pool.acquire() as conn:
-                found = await check_schema(conn)
-            if found > self.schema_watch.known:
-                self._log.info(
-                    "running against a newer schema, compatible with this worker",
-                    worker_schema=f"{self.schema_watch.known:04d}",
-                    database_schema=f"{found:04d}",
-                )
+                await self.schema_watch.check_at_start(conn)
             gctune.tune()
             await self.heartbeat.register()
             clean = False
             try:
-                await self._serve(task_status, schema=found)
+                await self._serve(task_status)
                 clean = True  # only a stop() lets _serve return
             finally:
                 with anyio.CancelScope(shield=True):
@@ -335,7 +329,7 @@ class Service:
             self.sd.close()
             self.stopped.set()
 
-    async def _serve(self, task_status: TaskStatus[None], *, schema: int) -> None:
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
         s = self.settings
         claimer, completer = self.claimer, self.completer
 
@@ -356,7 +350,7 @@ class Service:
             await background.start(self.scheduler.run)
             await background.start(self.tenant_pools.run)
             await background.start(self.progress.run)
-            await background.start(self.schema_watch.run, schema)
+            await background.start(self.schema_watch.run)
             async with anyio.create_task_group() as work:
                 await work.start(completer.run)
                 work.start_soon(claim_then_close)
