@@ -27,7 +27,7 @@ from listener.cli.terminal import shown
 from listener.config import Settings
 from listener.errors import PgwakeError
 from listener.logs import LogFormat
-from listener.migrate import migrate
+from listener.migrate import migrate, schema_version
 from listener.redact import redact
 
 T = TypeVar("T")
@@ -95,11 +95,13 @@ def guard(fn: Any, *args: Any) -> Any:
         raise fail(str(found), found.exit_code) from None
 
 
-async def migrate_dsn(dsn: str) -> list[str]:
-    """Apply pending migrations; the names of those applied."""
+async def migrate_dsn(dsn: str) -> tuple[list[str], int]:
+    """Apply pending migrations; the names of those applied, and the database's schema
+    version after (newer than this pgwake's when a newer compatible one was there)."""
     conn = await db.connect(dsn)
     try:
-        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+        applied = [m.label for m in await migrate(conn)]
+        return applied, await schema_version(conn)
     finally:
         await conn.close()
 
