@@ -225,6 +225,14 @@ class Settings(BaseSettings):
         description="Log a line (info) when each job starts and one when it ends, with its "
         "duration and outcome. Failures (error) and retries (warning) are logged either way.",
     )
+    log_jobs_per_second: int = Field(
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description="At most this many of those info lines a second (0: no limit); the "
+        "lines left out are counted in one line a second. Failures and retries are never "
+        "left out.",
+    )
 
     @classmethod
     def settings_customise_sources(

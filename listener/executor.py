@@ -115,6 +115,7 @@ class Executor:
         progress: ProgressWriter | None = None,
         *,
         log_jobs: bool = True,
+        log_jobs_per_second: int = 0,
     ) -> None:
         self._registry = registry
         self._backoff = backoff
@@ -122,7 +123,7 @@ class Executor:
         self._progress = progress
         # logs.configure makes structlog's wrapper class a FilteringBoundLogger.
         self._log: FilteringBoundLogger = structlog.get_logger().bind(logger="executor")
-        self._job_log = JobLog(enabled=log_jobs)
+        self._job_log = JobLog(enabled=log_jobs, per_second=log_jobs_per_second)
 
     def _failure(self, job: Job, error: str, delay: float | None = None) -> Outcome:
         """A failed attempt: retried after a backoff unless attempts are used up."""

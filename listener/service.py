@@ -184,6 +184,7 @@ class Service:
             TenantDatabases(pool, self.keyring, self.tenant_pools),
             self.progress,
             log_jobs=s.log_jobs,
+            log_jobs_per_second=s.log_jobs_per_second,
         )
         self.claimer = claimer = Claimer(
             pool,
