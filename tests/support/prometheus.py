@@ -71,10 +71,12 @@ def start_prometheus(
     scrape_configs: list[dict[str, Any]],
     *,
     interval: str = "1s",
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
-    """Prometheus on a free port, scraping and evaluating every ``interval``."""
+    """Prometheus on ``port`` (default: a free one), scraping and evaluating every
+    ``interval``."""
     binary = require_tool("prometheus", "prometheus")
-    port = free_port()
+    port = port or free_port()
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(rules)],
