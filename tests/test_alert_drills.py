@@ -251,7 +251,19 @@ async def test_alert_drills(dsn: str, conn: asyncpg.Connection, tmp_path: Path) 
         )
         settled = time.monotonic() + 5
         while time.monotonic() < settled:
-            assert await anyio.to_thread.run_sync(alerts, port) == []
+            current = await anyio.to_thread.run_sync(alerts, port)
+            if current:
+                history = {
+                    q: await query(q)
+                    for q in (
+                        "min_over_time(up[60s])",
+                        "count_over_time(up[60s])",
+                        "min_over_time(pgwake_leader[60s])",
+                        "max_over_time(pgwake_leader[60s])",
+                        "count_over_time(pgwake_leader[60s])",
+                    )
+                }
+                pytest.fail(f"a healthy fleet fired {current}; {history}")
             await anyio.sleep(0.5)
 
         # 2. The seeds' alerts, all at once.
