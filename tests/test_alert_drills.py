@@ -251,7 +251,12 @@ async def test_alert_drills(dsn: str, conn: asyncpg.Connection, tmp_path: Path) 
         )
         settled = time.monotonic() + 5
         while time.monotonic() < settled:
-            current = await anyio.to_thread.run_sync(alerts, port)
+            # Firing, that is sent: a blip that leaves an alert pending for less than its
+            # (shortened) for: is not an alert. A loaded machine can miss a scrape of
+            # the metrics leader within the drill's 1 s scrape timeout.
+            current = [
+                a for a in await anyio.to_thread.run_sync(alerts, port) if a["state"] == "firing"
+            ]
             if current:
                 history = {
                     q: await query(q)
