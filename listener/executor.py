@@ -19,6 +19,8 @@ Invariants:
 - ``execute`` enforces the job's timeout itself; ``attempt`` leaves it to the caller
   (the claimer's runners hold one cancel scope each for all their jobs, which is much
   cheaper than a scope per job) and ``timed_out`` is the outcome it then records.
+- An outcome made after the handler ran carries the records it reported
+  (``ctx.add_records``; None when it reported none, and on a timeout).
 - While the handler runs, and while the executor logs its start and how it ended
   (listener/joblog.py: every outcome, also a timeout or a cancel request that stopped
   it), ``CURRENT_JOB`` names the job (``jobs.job_context``), so every line logged then,
@@ -169,7 +171,7 @@ class Executor:
             self._job_log.ended(outcome, started)
         return outcome
 
-    async def _run(self, job: Job) -> Outcome:  # noqa: PLR0911 - one return per outcome
+    async def _run(self, job: Job) -> Outcome:
         handler = self._registry.get(job.kind)
         if handler is None:
             error = ConfigurationError(f"no handler for kind {job.kind!r} in this worker")
@@ -186,6 +188,15 @@ class Executor:
             databases=self._databases,
             progress_reporter=reporter,
         )
+        outcome = await self._call(handler, payload, ctx)
+        outcome.records = ctx.records
+        return outcome
+
+    async def _call(  # noqa: PLR0911 - one return per outcome
+        self, handler: Handler, payload: Any, ctx: JobContext
+    ) -> Outcome:
+        """Run the handler and map how it ended to an outcome."""
+        job, reporter = ctx.job, ctx.progress_reporter
         try:
             result = await handler.fn(payload, ctx)
             if reporter is not None:

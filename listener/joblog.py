@@ -4,7 +4,9 @@ Invariants:
 - Every attempt that ends with an outcome is logged once at its end, with its
   ``outcome`` (the label of listener/jobs.py: succeeded, failed, retried, snoozed,
   cancelled) and ``duration_seconds`` (from the handler's start to its end, measured on
-  the monotonic clock). The level says what the operator must do about it:
+  the monotonic clock), and ``records`` when the handler reported some
+  (``ctx.add_records``; no field when it reported none). The level says what the
+  operator must do about it:
   - ``failed`` (out of attempts, or a failure that is never retried) at **error**,
     with the first line of the error in ``error`` and the traceback, when there is one,
     in ``exception``;
@@ -114,18 +116,22 @@ class JobLog:
         """The attempt that started at ``started`` (``time.monotonic()``) ended with
         ``outcome``."""
         label = outcome.label
+        # The records the handler reported (ctx.add_records), on every end line that has
+        # them; none when it reported nothing.
+        records: dict[str, object] = {} if outcome.records is None else {"records": outcome.records}
         if label == "succeeded":
             if self._admit("job succeeded"):
                 self._hot.info(
                     "job succeeded",
                     outcome=label,
                     duration_seconds=round(time.monotonic() - started, _DIGITS),
+                    **records,
                 )
             return
         duration = round(time.monotonic() - started, _DIGITS)
         head, rest = split_error(outcome.error or "")
         if label == "failed":
-            fields: dict[str, object] = {"error": head}
+            fields: dict[str, object] = {"error": head, **records}
             if rest is not None:
                 fields["exception" if rest.startswith("Traceback") else "detail"] = rest
             self._log.error("job failed", outcome=label, duration_seconds=duration, **fields)
@@ -136,7 +142,9 @@ class JobLog:
                 duration_seconds=duration,
                 delay=outcome.delay,
                 error=head,
+                **records,
             )
         elif self._admit(f"job {label}"):
             fields = {"delay": outcome.delay} if label == "snoozed" else {"error": head}
+            fields.update(records)
             self._log.info(f"job {label}", outcome=label, duration_seconds=duration, **fields)

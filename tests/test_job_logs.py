@@ -123,8 +123,14 @@ async def test_a_start_and_an_end_per_job_retries_at_warning_failures_at_error(
     assert slept["duration_seconds"] >= 0.3
     assert by[(ids["echo"], "job succeeded", 1)]["duration_seconds"] >= 0
 
+    # Records the handler reported go on its end lines; a handler that reports none
+    # has no records field (not 0).
+    assert "records" not in by[(ids["echo"], "job succeeded", 1)]
+    assert by[(ids["log.flaky"], "job failed", 2)]["records"] == 2
+
     retry = by[(ids["log.flaky"], "job will retry", 1)]
     assert retry["outcome"] == "retried"
+    assert retry["records"] == 2
     assert retry["error"] == "RuntimeError: flaky dependency said: quota"
     assert retry["delay"] > 0
     assert "exception" not in retry  # the traceback goes with the final failure

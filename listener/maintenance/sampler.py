@@ -4,7 +4,7 @@ Invariants:
 - One worker of the fleet samples at a time: the worker whose pooled connection holds
   the metrics lock, a session-level advisory lock. Every worker runs this loop and
   tries to take the lock each ``metrics_interval`` seconds; the leader samples with
-  three queries on that connection, in one snapshot, never per scrape and never per
+  four queries on that connection, in one snapshot, never per scrape and never per
   tenant (listener/metrics.py exports what it sampled).
 - The lock dies with the leader's connection or process, and another worker takes over
   within one interval. A leader whose connection fails (a transient error) clears the
@@ -98,12 +98,17 @@ class Sampler:
         m = self._metrics
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             workers = await conn.fetchrow(QUERIES["worker_count"])
+            heartbeats = await conn.fetch(QUERIES["worker_list_heartbeats"])
             depth = await conn.fetch(QUERIES["job_count_active"])
             top = await conn.fetch(
                 QUERIES["tenant_count_queued"], m.top_n_tenants, m.tenants_opt_in
             )
         assert workers is not None
-        m.set_workers(workers["workers"], workers["heartbeat_age_max"])
+        m.set_workers(
+            workers["workers"],
+            workers["heartbeat_age_max"],
+            [(r["id"], r["hostname"], r["pid"], r["heartbeat_age"]) for r in heartbeats],
+        )
         m.set_queue(
             [(r["status"], r["kind"], r["jobs"], r["oldest_seconds"]) for r in depth],
             {*self._kinds, *workers["kinds"]},

@@ -63,7 +63,9 @@ def _middle(reason: str) -> None:
 
 @handler("log.flaky")
 async def log_flaky(payload: dict[str, Any], ctx: JobContext) -> None:
-    """Fail every attempt, from a function two calls down (so the traceback shows it)."""
+    """Report 2 records, then fail every attempt, from a function two calls down (so the
+    traceback shows it)."""
+    ctx.add_records(2)
     _middle(str(payload.get("reason", "no")))
 
 
