@@ -3,6 +3,9 @@
 Invariants:
 - NOTIFY is only a hint. Every loop that waits on a wake also polls, so a lost
   notification delays work by at most one poll interval.
+- A notification whose payload is ``later`` (a job inserted due later) wakes only the
+  promoter; any other (ready jobs: ``''``) wakes only the claimer. Anyone may notify,
+  so a payload is a hint about which loop should look, never more.
 - After any reconnect the listener re-LISTENs and wakes everyone at once ("reconnect"),
   so jobs inserted while it was away do not wait for the next poll.
 - State changes (listening / lost) are logged once each, not once per retry.
@@ -27,7 +30,6 @@ Invariants:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 
 import anyio
 import asyncpg
@@ -42,6 +44,9 @@ from listener.retry import Reconnect
 from listener.wake import Wake
 
 CHANNEL = "pgwake_jobs"
+# The payload of a notification on CHANNEL about jobs due later (sql/schema.sql,
+# jobs_after_insert): it is for the promoters.
+DUE_LATER = "later"
 # pgwake.cancel_job notifies here when it marks a running job's row for cancelling. A
 # hint only: anyone can notify any channel, so the worker checks the rows (cancels.py).
 CANCEL_CHANNEL = "pgwake_cancel"
@@ -56,7 +61,8 @@ class Listener:
     def __init__(
         self,
         dsn: str,
-        wakes: Sequence[Wake],
+        ready: Wake,
+        due_later: Wake,
         *,
         probe_interval: float = 5.0,
         probe_timeout: float = 5.0,
@@ -66,7 +72,9 @@ class Listener:
     ) -> None:
         self._dsn = dsn
         self._cancel_hints = cancel_hints
-        self._wakes = list(wakes)
+        # Set for notifications about ready jobs (the claimer's) and about jobs due later
+        # (the promoter's); both on a reconnect.
+        self._ready, self._due_later = ready, due_later
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._max_backoff = max_backoff
@@ -88,11 +96,11 @@ class Listener:
         self._retry_wait = False
 
     def _wake_all(self, source: str) -> None:
-        for wake in self._wakes:
-            wake.set(source)
+        self._ready.set(source)
+        self._due_later.set(source)
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
-        self._wake_all("notify")
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        (self._due_later if payload == DUE_LATER else self._ready).set("notify")
 
     def _on_probe(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == self._probe_token:

@@ -120,7 +120,7 @@ class Service:
     place that does), then run by ``run``.
 
     The wiring, each through a small typed interface:
-    - the listener sets ``claim_wake`` and ``promote_wake`` on every NOTIFY on
+    - the listener sets ``claim_wake`` or ``promote_wake`` on every NOTIFY on
       ``pgwake_jobs``, ``cancel_hints`` on every NOTIFY on ``pgwake_cancel``, and is the
       claimer's ``Doorbell``;
     - the claimer gives finished jobs' outcomes to the completer (its ``OutcomeSink``),
@@ -162,7 +162,8 @@ class Service:
         self.http = HttpEndpoint(s.metrics_addr, metrics.registry, self.not_ready_reason)
         self.listener = Listener(
             dsn,
-            [self.claim_wake, self.promote_wake],
+            self.claim_wake,
+            self.promote_wake,
             metrics=metrics,
             cancel_hints=self.cancel_hints,
         )

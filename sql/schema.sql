@@ -230,9 +230,10 @@ CREATE TRIGGER jobs_schedule_before_insert
     WHEN (NEW.status = 'queued' AND NEW.run_at > now())
     EXECUTE FUNCTION pgwake.jobs_before_insert_due_later();
 
--- After each INSERT statement: one NOTIFY when a worker waits for new jobs, and always
--- when a job is due later (the promoters sleep until the earliest due job); the job
--- events of the new rows while a session follows them. The steps of
+-- After each INSERT statement: one NOTIFY ('') when a worker waits for new jobs, which
+-- wakes the claimers; one NOTIFY 'later' whenever a job is due later, which wakes only
+-- the promoters (they sleep until the earliest due job); the job events of the new rows
+-- while a session follows them. The steps of
 -- pgwake.someone_waits (see "Functions: waiting for notifications" below) are written
 -- out here rather than called: this runs for every insert statement, and each call
 -- would cost about as much as the steps themselves.
@@ -242,10 +243,12 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_events boolean := false;
 BEGIN
+    IF pg_catalog.current_setting('pgwake.inserted_due_later', true) = 'on' THEN
+        -- The promoters sleep until the earliest due job: this one may be sooner.
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', 'later');
+    END IF;
     IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 100) THEN
         -- Held exclusively by a session that is not pgwake: notify rather than wait.
-        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
-    ELSIF pg_catalog.current_setting('pgwake.inserted_due_later', true) = 'on' THEN
         PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
     ELSIF pg_catalog.current_setting('pgwake.waiting_0', true) = 'on' THEN
         PERFORM pg_catalog.pg_notify('pgwake_jobs', '');

@@ -144,10 +144,15 @@ async def test_ten_thousand_row_insert_sends_exactly_one_notification(
 async def test_inserts_notify_only_while_a_worker_waits(dsn: str, conn: asyncpg.Connection) -> None:
     """No worker waits (none runs, or all have a backlog): an insert sends nothing, so
     inserting sessions do not commit one at a time. A job due later always notifies
-    (the promoters sleep until the earliest due job)."""
+    (the promoters sleep until the earliest due job), with the payload that wakes only
+    the promoters; the claimers' notification has an empty payload."""
     assert await notifications_of(dsn, conn, TEN_THOUSAND, waiting=False) == [("test_sentinel", "")]
     later = "INSERT INTO pgwake.jobs (kind, run_at) VALUES ('k', now() + interval '1 hour')"
     assert await notifications_of(dsn, conn, later, waiting=False) == [
+        ("pgwake_jobs", "later"),
+        ("test_sentinel", ""),
+    ]
+    assert await notifications_of(dsn, conn, TEN_THOUSAND, waiting=True) == [
         ("pgwake_jobs", ""),
         ("test_sentinel", ""),
     ]

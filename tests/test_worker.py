@@ -18,6 +18,8 @@ from listener import db
 from listener.api import Cancel, JobContext, PermanentError, Registry, Retry, Snooze
 from listener.executor import MAX_RESULT_BYTES
 from listener.maintenance.promoter import Promoter
+from listener.metrics import Metrics
+from listener.notifications import Listener
 from listener.wake import Wake
 from tests.support.cli import pgwake
 from tests.support.waiting import eventually
@@ -562,3 +564,29 @@ async def test_worker_finds_its_kinds_behind_many_tenants_with_other_kinds(
             timeout=10,
         )
     assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'queued'") == 60
+
+
+async def test_a_notification_wakes_the_loop_it_is_for(dsn: str, conn: asyncpg.Connection) -> None:
+    """On a real LISTEN connection: a notification about ready jobs (empty payload, or
+    any payload anyone sends) wakes only the claimer, and 'later' (a job inserted due
+    later) only the promoter; an insert of a job due later sends it."""
+    ready, due_later = Wake(), Wake()
+    listener = Listener(dsn, ready, due_later, metrics=Metrics())
+
+    async def woken(wake: Wake) -> bool:
+        return await wake.wait(0.3) == "notify"
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.run)
+        for payload in ("", "x" * 100, "later ", "LATER"):
+            await conn.execute("SELECT pg_notify('pgwake_jobs', $1)", payload)
+            assert await woken(ready), payload
+            assert not await woken(due_later), payload
+        await conn.execute("SELECT pg_notify('pgwake_jobs', 'later')")
+        assert await woken(due_later)
+        assert not await woken(ready)
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (kind, run_at) VALUES ('k', now() + interval '1 hour')"
+        )
+        assert await woken(due_later)
+        tg.cancel_scope.cancel()

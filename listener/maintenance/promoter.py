@@ -3,7 +3,8 @@
 Invariants:
 - A scheduled job becomes queued within a few milliseconds of its run_at: the loop
   sleeps until the earliest due time (never longer than the poll interval) and is woken
-  by every NOTIFY, since a new insert may be due sooner.
+  by every NOTIFY about a job inserted due later (payload ``later``: it may be due
+  sooner) and by this worker's own retries; a NOTIFY about ready jobs leaves it asleep.
 - Promotion is batched and done by one worker at a time (the 'promotion' row of
   pgwake.leaders, locked by the promoting statement itself). Every worker runs this loop,
   so whichever worker's timer fires first at a run_at promotes; the others find the
