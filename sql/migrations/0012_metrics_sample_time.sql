@@ -1,0 +1,19 @@
+-- 0012_metrics_sample_time: the metrics leader records when it last sampled the queue,
+-- so that every worker exports the age of the fleet's last sample
+-- (pgwake_metrics_sample_age_seconds): a leader that hangs, or a session that is not
+-- pgwake's holding the metrics lock, can no longer leave the fleet blind unseen.
+--
+-- Compatible with workers of 0011: they neither read nor write the new row or column,
+-- and take the metrics lock as before. While a worker of 0011 is the metrics leader it
+-- records no samples, so the newer workers export a growing sample age (and its alert
+-- may fire): restart every worker after migrating.
+
+ALTER TABLE pgwake.leaders DROP CONSTRAINT leaders_name_known;
+ALTER TABLE pgwake.leaders ADD CONSTRAINT leaders_name_known
+    CHECK (name IN ('maintenance', 'metrics', 'promotion', 'retention', 'schedules'));
+
+-- When this role's leader last completed a round; written by the metrics leader after
+-- each sample (the 'metrics' row is never locked: that leader holds an advisory lock).
+ALTER TABLE pgwake.leaders ADD COLUMN last_round_at timestamptz;
+
+INSERT INTO pgwake.leaders (name) VALUES ('metrics');
