@@ -103,7 +103,7 @@ async def test_readyz_is_503_before_the_worker_reaches_its_database() -> None:
         await answers(
             port, (503, "not ready: starting: waiting for the database: ...\n"), timeout=30
         )
-        status, body = await probe(port)
+        _, body = await probe(port)
         assert "cannot connect to postgresql://app:***@127.0.0.1" in body, body
         assert worker.poll() is None
     finally:
