@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -364,6 +365,92 @@ async def test_a_crashed_worker_is_restarted(
     assert len(migrations) == 3, migrations
     job_id = await enqueue(conn, "echo", {})
     await eventually(lambda: _succeeded(conn, job_id))
+
+
+@nspawn_test
+async def test_a_crash_loop_ends_in_failed(systemd: Container, dsn: str) -> None:
+    """A worker that cannot start for its own configuration fails at once (exit 3 is
+    not restarted); one that keeps crashing is restarted until the start limit, then
+    the unit is failed too, so `systemctl --failed` shows both."""
+    configure(systemd, dsn, PGWAKE_CONCURRENCY="lots")
+    systemd.run("systemctl", "start", WORKER, check=False)
+    shown = systemd.show(WORKER, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+    assert shown == {
+        "ActiveState": "failed",
+        "Result": "exit-code",
+        "ExecMainStatus": "3",
+        "NRestarts": "0",
+    }, shown
+    assert WORKER in systemd.run("systemctl", "--failed", "--plain", "--no-legend").stdout
+
+    systemd.run("systemctl", "reset-failed", WORKER)
+    configure(systemd, dsn)
+    drop_in(systemd, WORKER, "[Service]\nRestartSec=1\n")
+    cursor = systemd.journal_cursor()
+    systemd.run("systemctl", "start", WORKER)
+    kills = 0
+
+    async def failed_after_crashes() -> bool:
+        nonlocal kills
+        now = systemd.show(WORKER, "ActiveState", "MainPID")
+        if now["ActiveState"] == "failed":
+            return True
+        if now["ActiveState"] == "active" and now["MainPID"] != "0":
+            systemd.run("sh", "-c", f"kill -KILL {now['MainPID']}", check=False)
+            kills += 1
+        return False
+
+    await eventually(failed_after_crashes, timeout=120, interval=0.5)
+    shown = systemd.show(WORKER, "ActiveState", "Result", "NRestarts")
+    print(f"killed {kills} times; then {shown}")
+    assert shown["Result"] == "start-limit-hit", shown
+    assert int(shown["NRestarts"]) == 4, shown  # five starts in all: StartLimitBurst=5
+    assert results(systemd, WORKER, cursor)[-1] == "start-limit-hit"
+    assert WORKER in systemd.run("systemctl", "--failed", "--plain", "--no-legend").stdout
+
+
+@nspawn_test
+async def test_a_worker_started_while_its_database_is_missing_waits_for_it(
+    systemd: Container, server_dsn: str
+) -> None:
+    """No crash loop for a database that is away at start: the unit stays activating
+    (its start timeout extended at each attempt, past the 90 s default would need a long
+    test; the status says what it waits for), and becomes active once the database is
+    created and migrated."""
+    name = f"pgwake_t_late_{uuid.uuid4().hex[:8]}"
+    late_dsn = db.with_database(server_dsn, name)
+    port = configure(systemd, late_dsn)
+    systemd.run("systemctl", "start", "--no-block", WORKER)
+
+    async def waiting() -> bool:
+        now = systemd.show(WORKER, "ActiveState", "StatusText")
+        return (
+            now["ActiveState"] == "activating" and "waiting for the database" in now["StatusText"]
+        )
+
+    await eventually(waiting, timeout=60, interval=0.5)
+    assert "does not exist" in systemd.show(WORKER, "StatusText")["StatusText"]
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            migrated = systemd.run(
+                "env", f"PGWAKE_DSN={late_dsn}", INSTALLED_PGWAKE, "migrate", check=False
+            )
+            assert migrated.returncode == 0, migrated.stderr
+
+            async def active() -> bool:
+                return systemd.show(WORKER, "ActiveState")["ActiveState"] == "active"
+
+            await eventually(active, timeout=60, interval=0.5)
+            assert readyz(port) == 200
+            shown = systemd.show(WORKER, "NRestarts")
+            assert shown["NRestarts"] == "0", shown
+        finally:
+            systemd.run("systemctl", "stop", WORKER, check=False)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @nspawn_test
