@@ -104,6 +104,10 @@ def _first_timeseries(d: dict[str, Any]) -> dict[str, Any]:
     return next(p for p in panels(d) if p["type"] == "timeseries")
 
 
+def _prometheus_annotation(d: dict[str, Any]) -> dict[str, Any]:
+    return next(a for a in d["annotations"]["list"] if "target" in a)
+
+
 # Each breaks a copy of the dashboard in one place: (what tsc must name, the change).
 BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "unknown top-level key": ("'\"refreshh\"' does not exist", lambda d: d.update(refreshh="1m")),
@@ -138,6 +142,14 @@ BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "missing required option": (
         "Property 'reduceOptions' is missing",
         lambda d: _first_stat(d)["options"].pop("reduceOptions"),
+    ),
+    "unknown key in an annotation": (
+        "'\"titelFormat\"' does not exist",
+        lambda d: _prometheus_annotation(d).update(titelFormat="{{alertname}}"),
+    ),
+    "unknown key in an annotation's query": (
+        "'\"exprr\"' does not exist",
+        lambda d: _prometheus_annotation(d)["target"].update(exprr="ALERTS"),
     ),
     "unknown panel type": (
         "'\"graph\"' is not assignable",
@@ -186,6 +198,96 @@ def test_provisioning_files() -> None:
     for panel in panels(dashboard):
         for target in panel.get("targets", []):
             assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    for annotation in dashboard["annotations"]["list"]:
+        if not annotation.get("builtIn"):
+            assert annotation["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+
+
+def _panel(dashboard: dict[str, Any], title: str) -> dict[str, Any]:
+    (panel,) = [p for p in panels(dashboard) if p.get("title") == title]
+    return panel
+
+
+def _exprs(panel: dict[str, Any]) -> list[str]:
+    return [target["expr"] for target in panel.get("targets", [])]
+
+
+def _threshold_color(panel: dict[str, Any], value: float) -> str:
+    """The colour the panel's absolute thresholds give ``value``."""
+    color = ""
+    for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]:
+        if step["value"] is None or value >= step["value"]:
+            color = step["color"]
+    return color
+
+
+def test_a_dead_fleet_shows_a_red_zero() -> None:
+    """With no worker left, no pgwake_ready series exists: the stat falls back to 0,
+    which its thresholds colour red. (test_prometheus.py stops every worker and reads 0.)"""
+    dashboard = load_dashboard(DASHBOARDS[0])
+    ready = _panel(dashboard, "Workers ready")
+    (expr,) = _exprs(ready)
+    assert expr.endswith(" or vector(0)")
+    assert _threshold_color(ready, 0) == "red"
+    assert _threshold_color(ready, 1) == "green"
+    down = _panel(dashboard, "Targets down")
+    assert _threshold_color(down, 0) == "green"
+    assert _threshold_color(down, 1) == "red"
+
+
+def test_failure_is_what_the_alerts_call_failure() -> None:
+    """The failure shares count attempts that failed for good, as
+    PgwakeJobFailureRateHigh does; retries are a share of their own."""
+    dashboard = load_dashboard(DASHBOARDS[0])
+    (rule,) = [r for r in alert_rules() if r["alert"] == "PgwakeJobFailureRateHigh"]
+    assert 'outcome="failed"' in rule["expr"]
+    for title in ("Failed for good", "Failed for good by kind"):
+        (expr,) = _exprs(_panel(dashboard, title))
+        numerator = expr.split(" / ")[0]
+        assert 'outcome="failed"' in numerator, title
+        assert "retried" not in expr, title
+    (expr,) = _exprs(_panel(dashboard, "Retried by kind"))
+    assert 'outcome="retried"' in expr.split(" / ")[0]
+
+
+def test_rates_are_in_units_of_what_they_count() -> None:
+    """No panel shows jobs as requests: a rate of a counter is in count:<what>/s."""
+    for panel in panels(load_dashboard(DASHBOARDS[0])):
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
+        assert unit not in {"reqps", "rps", "ops", "opm", "rpm", "wps"}, panel["title"]
+        exprs = _exprs(panel)
+        if any("rate(" in e and "histogram_quantile" not in e and " / " not in e for e in exprs):
+            assert re.fullmatch(r"count:[\w-]+/s", unit), (panel["title"], unit)
+
+
+def test_event_counts_are_bars_of_a_fixed_interval() -> None:
+    """A panel of increase() draws bars, each the events of its own interval, at least
+    5 minutes: the count per bar does not change with the zoom up to a week."""
+    bar_panels = 0
+    for panel in panels(load_dashboard(DASHBOARDS[0])):
+        exprs = [e for e in _exprs(panel) if "increase(" in e]
+        if not exprs:
+            continue
+        bar_panels += 1
+        assert all("[$__interval]" in e for e in exprs), panel["title"]
+        assert panel["interval"] == "5m", panel["title"]
+        assert panel["maxDataPoints"] * 5 * 60 >= 7 * 24 * 3600, panel["title"]
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults["custom"]["drawStyle"] == "bars", panel["title"]
+        assert defaults["decimals"] == 0, panel["title"]
+    assert bar_panels >= 4
+
+
+def test_scrape_health_stays_within_the_pgwake_jobs() -> None:
+    """The job variable's All is the list of pgwake jobs (no allValue: a regex of all
+    of them), so ``up{job=~"$job"}`` never reads the targets of other jobs."""
+    dashboard = load_dashboard(DASHBOARDS[0])
+    (job,) = [v for v in dashboard["templating"]["list"] if v["name"] == "job"]
+    assert job["includeAll"]
+    assert "allValue" not in job
+    ups = [e for p in panels(dashboard) for e in _exprs(p) if re.search(r"\bup\{", e)]
+    assert len(ups) >= 2
+    assert all('job=~"$job"' in e for e in ups)
 
 
 def promtool() -> str:

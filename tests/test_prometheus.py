@@ -3,7 +3,12 @@ query and variable of the dashboards, and every alert expression (without its th
 see grafana_queries.data_parts), returns data through the Prometheus HTTP API.
 
 Prometheus answers success with an empty result for a metric name that does not exist,
-so each query must return at least one sample with a number (not NaN). The workload
+so each query must return at least one sample with a number; a dashboard query must
+return no NaN at all (an idle kind's percentile or failure share is left out, not drawn
+as NaN). With kinds picked in the ``kind`` variable, the queue panels still show the
+jobs of kinds nobody handles (``_unhandled``); and once one worker has stopped and the
+other hangs (SIGSTOP), the dashboard shows a 0 ready and both targets down, not "No
+data". The workload
 makes every series real: successes, failures, retries, a cancelled running job, a
 worker killed with a job in flight (recovered by a survivor), a backlog of a kind
 nobody handles across tenants, jobs in flight and a scheduled job.
@@ -31,6 +36,7 @@ from tests.support.grafana_queries import (
     DASHBOARDS,
     RULES,
     alert_rules,
+    annotation_queries,
     data_parts,
     load_dashboard,
     panel_queries,
@@ -41,14 +47,18 @@ from tests.support.workers import spawn_worker, stop_process, wait_ready
 
 JOB = "pgwake"
 # What Grafana puts in for the dashboard variables: this scrape job, "All" workers and
-# kinds, and a rate window of a minute (the workload ran within it).
+# kinds, a rate window of a minute (the workload ran within it), and the 5 minutes the
+# event-count panels ask for at least as their interval.
 VARIABLES = {
     "datasource": "prometheus",
     "job": JOB,
     "instance": ".*",
     "kind": ".*",
     "__rate_interval": "1m",
+    "__interval": "5m",
 }
+# Two kinds picked, as Grafana writes a multi-value variable into a regex.
+PICKED_KINDS = {**VARIABLES, "kind": "(echo|sleep)"}
 
 
 def free_port() -> int:
@@ -77,15 +87,24 @@ def api(port: int, path: str, **params: str) -> Any:
     return body["data"]
 
 
-def numbers(port: int, query: str) -> list[float]:
-    """The values of an instant query at now; NaN left out."""
+def samples(port: int, query: str) -> list[tuple[dict[str, str], float]]:
+    """The (labels, value) of an instant query at now, NaN included."""
     data = api(port, "query", query=query)
     if data["resultType"] == "scalar":
-        values = [float(data["result"][1])]
-    else:
-        assert data["resultType"] == "vector", (query, data)
-        values = [float(sample["value"][1]) for sample in data["result"]]
-    return [v for v in values if not math.isnan(v)]
+        return [({}, float(data["result"][1]))]
+    assert data["resultType"] == "vector", (query, data)
+    return [(sample["metric"], float(sample["value"][1])) for sample in data["result"]]
+
+
+def numbers(port: int, query: str) -> list[float]:
+    """The values of an instant query at now; NaN left out."""
+    return [v for _, v in samples(port, query) if not math.isnan(v)]
+
+
+def pending(query: str) -> str:
+    """An alert annotation's query over pending alerts instead of firing ones."""
+    assert 'alertstate="firing"' in query, query
+    return query.replace('alertstate="firing"', 'alertstate="pending"')
 
 
 def read_logs(directory: Path, pattern: str) -> str:
@@ -253,17 +272,31 @@ async def test_every_dashboard_query_and_alert_expression_returns_data(
             queries += [
                 (f"{path.name}: variable {n}", q) for n, q in variable_queries(dashboard, VARIABLES)
             ]
+            # The exception: an alert annotation shows firing alerts, and none fires
+            # within the test's minute (every rule waits at least a minute in `for:`).
+            # The same query over pending alerts proves that its selector matches the
+            # ALERTS series Prometheus writes for the shipped rules.
+            queries += [
+                (f"{path.name}: annotation {n} (pending alerts)", pending(q))
+                for n, q in annotation_queries(dashboard, VARIABLES)
+            ]
         panel_count = len(queries)
         rules = alert_rules()
         for rule in rules:
             queries += [(f"alert {rule['alert']}", part) for part in data_parts(rule["expr"])]
 
-        async def empty() -> list[tuple[str, str]]:
-            results = [
-                (name, query, await anyio.to_thread.run_sync(numbers, port, query))
+        async def results() -> list[tuple[str, str, list[float]]]:
+            return [
+                (name, query, [v for _, v in await anyio.to_thread.run_sync(samples, port, query)])
                 for name, query in queries
             ]
-            return [(name, query) for name, query, values in results if not values]
+
+        async def empty() -> list[tuple[str, str]]:
+            return [
+                (name, query)
+                for name, query, values in await results()
+                if all(math.isnan(v) for v in values)
+            ]
 
         async def all_answer() -> bool:
             return not await empty()
@@ -274,6 +307,13 @@ async def test_every_dashboard_query_and_alert_expression_returns_data(
             pytest.fail(
                 "queries returning no data:\n" + "\n".join(f"{n}: {q}" for n, q in await empty())
             )
+        # Every series of every dashboard query is a number: no NaN for idle kinds.
+        nan = [
+            f"{name}: {query}"
+            for name, query, values in (await results())[:panel_count]
+            if any(math.isnan(v) for v in values)
+        ]
+        assert not nan, "dashboard queries returning NaN series:\n" + "\n".join(nan)
         print(
             f"\n{panel_count} panel and variable queries and "
             f"{len(queries) - panel_count} parts of {len(rules)} alert expressions "
@@ -307,6 +347,20 @@ async def test_every_dashboard_query_and_alert_expression_returns_data(
         await settles("sum(pgwake_workers_registered)", 2)
         await settles("sum(pgwake_jobs_in_flight)", 3)  # two sleepers and the recovered job
 
+        # With kinds picked, every panel that shows the jobs of kinds nobody handles
+        # with all kinds still shows them.
+        picked = dict(panel_queries(load_dashboard(DASHBOARDS[0]), PICKED_KINDS))
+        unhandled = [
+            name
+            for name, query in panel_queries(load_dashboard(DASHBOARDS[0]), VARIABLES)
+            if any(labels.get("kind") == "_unhandled" for labels, _ in samples(port, query))
+        ]
+        assert "Queued jobs by kind [A]" in unhandled
+        for name in unhandled:
+            kinds = {labels.get("kind") for labels, _ in samples(port, picked[name])}
+            assert "_unhandled" in kinds, f"{name} with kinds picked: {kinds}"
+        await settles(picked["Queued jobs [A]"], 30)
+
         # Prometheus loaded and evaluated every rule without error.
         groups = api(port, "rules")["groups"]
         loaded = [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
@@ -318,6 +372,18 @@ async def test_every_dashboard_query_and_alert_expression_returns_data(
                 )
             )
         )
+
+        # A dead fleet: one worker stopped, the other hung (SIGSTOP: its scrapes time
+        # out). The ready stat shows a 0 (red), not "No data", and both targets are down.
+        hung, dead = workers
+        stop_process(dead)
+        hung.send_signal(signal.SIGSTOP)
+        try:
+            panel = dict(panel_queries(load_dashboard(DASHBOARDS[0]), VARIABLES))
+            await settles(panel["Targets down [A]"], 2)
+            await settles(panel["Workers ready [A]"], 0)
+        finally:
+            hung.send_signal(signal.SIGCONT)
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)

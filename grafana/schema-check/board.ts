@@ -12,6 +12,7 @@
  * the schema into the union of its values and leaves everything else as it is.
  */
 import type {
+  AnnotationQuery,
   Dashboard,
   DataQuery,
   DataSourceRef,
@@ -74,6 +75,20 @@ export type PgwakePanel =
 
 export type Row = Omit<RowPanel, 'panels'> & { panels: PgwakePanel[] };
 
-export type Board = Omit<Dashboard, 'panels'> & { panels: Array<PgwakePanel | Row> };
+/** An annotation of Grafana's Prometheus data source: its target is a Prometheus query,
+ * and these are the options its annotation support reads (Grafana's prometheus
+ * `annotations.ts`: title and text from the series' labels, the labels shown as tags,
+ * the value as the time); @grafana/schema types only the common part. */
+export type PrometheusAnnotation = AnnotationQuery<PrometheusQuery> & {
+  titleFormat?: string;
+  textFormat?: string;
+  tagKeys?: string;
+  useValueForTime?: boolean;
+};
+
+export type Board = Omit<Dashboard, 'panels' | 'annotations'> & {
+  panels: Array<PgwakePanel | Row>;
+  annotations?: { list?: Array<AnnotationQuery | PrometheusAnnotation> };
+};
 
 export type Checked = Json<Board>;

@@ -1,5 +1,6 @@
-"""The PromQL of grafana/: every panel and variable query of the dashboards, every alert
-expression of the rules, and the parts of an alert expression that must return data.
+"""The PromQL of grafana/: every panel, annotation and variable query of the dashboards,
+every alert expression of the rules, and the parts of an alert expression that must
+return data.
 
 An alert expression with a threshold (``X > 300``) is empty while all is well, so it
 proves nothing about the series it reads. :func:`data_parts` takes it apart at its
@@ -61,6 +62,18 @@ def panel_queries(dashboard: dict[str, Any], variables: dict[str, str]) -> list[
         (f"{panel['title']} [{target['refId']}]", substitute(target["expr"], variables))
         for panel in panels(dashboard)
         for target in panel.get("targets", [])
+    ]
+
+
+def annotation_queries(
+    dashboard: dict[str, Any], variables: dict[str, str]
+) -> list[tuple[str, str]]:
+    """(annotation name, PromQL) of every annotation that queries a data source (not
+    Grafana's built-in one)."""
+    return [
+        (annotation["name"], substitute(annotation["target"]["expr"], variables))
+        for annotation in dashboard.get("annotations", {}).get("list", [])
+        if "expr" in annotation.get("target", {})
     ]
 
 
