@@ -163,7 +163,7 @@ async def test_a_leader_whose_sample_cannot_finish_steps_down(
     pool: asyncpg.Pool, dsn: str, conn: asyncpg.Connection
 ) -> None:
     metrics = [Metrics(), Metrics()]
-    samplers = [Sampler(pool, m, ["echo"], interval=0.3, timeout=0.5) for m in metrics]
+    samplers = [Sampler(pool, m, ["echo"], interval=0.3, timeout=1.0) for m in metrics]
     await insert_unhandled(conn, 3)
     async with anyio.create_task_group() as tg:
         for sampler in samplers:
@@ -186,13 +186,13 @@ async def test_a_leader_whose_sample_cannot_finish_steps_down(
                     samples = exported(metrics[first])
                     return samples[LEADER] == 0 and UNHANDLED_QUEUED not in samples
 
-                await eventually(stepped_down, timeout=10)
+                await eventually(stepped_down, timeout=20)
 
                 # Nobody can sample: the age grows on both, and no series are shown.
                 async def blind() -> bool:
                     return all(exported(m)[SAMPLE_AGE] > 2.0 for m in metrics)
 
-                await eventually(blind, timeout=10)
+                await eventually(blind, timeout=20)
                 for m in metrics:
                     assert UNHANDLED_QUEUED not in exported(m)
         finally:
@@ -205,7 +205,7 @@ async def test_a_leader_whose_sample_cannot_finish_steps_down(
                     return samples[SAMPLE_AGE] < 1.0
             return False
 
-        await eventually(fresh_again, timeout=10)
+        await eventually(fresh_again, timeout=20)
         tg.cancel_scope.cancel()
     # Once stopped, neither holds the metrics lock (a connection closed by the client
     # ends on the server a moment later).
