@@ -221,7 +221,9 @@ class Claimer:
         """A handler ended with ``outcome``: free its slot and have the outcome stored."""
         self._left(job, self.ledger.ended(job))
         took = time.monotonic() - started
-        self._metrics.observe_finished(job.kind, outcome.label, took)
+        self._metrics.observe_finished(
+            job.kind, outcome.label, took, tenant=job.tenant_id, records=outcome.records
+        )
         # The longest recent job, fading by JOB_FADE per job: one long job stops the
         # claims ahead at once, and they resume only after many short ones.
         last = self._job_seconds

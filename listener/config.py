@@ -126,7 +126,8 @@ class Settings(BaseSettings):
         gt=0,
         le=600,
         description="Seconds between worker heartbeats. A worker whose process died is "
-        "recovered once its liveness lock is gone and its last heartbeat is 1.5 times this old.",
+        "recovered once its liveness lock is gone and its last heartbeat is 1.5 times this old. "
+        "Also how often a running worker looks for migrations applied under it.",
     )
     heartbeat_timeout: float = Field(
         default=30.0,
@@ -218,6 +219,19 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug, info, warning or error."
+    )
+    log_jobs: bool = Field(
+        default=True,
+        description="Log a line (info) when each job starts and one when it ends, with its "
+        "duration and outcome. Failures (error) and retries (warning) are logged either way.",
+    )
+    log_jobs_per_second: int = Field(
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description="At most this many of those info lines a second (0: no limit); the "
+        "lines left out are counted in one line a second. Failures and retries are never "
+        "left out.",
     )
 
     @classmethod

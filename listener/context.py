@@ -1,14 +1,18 @@
 """The context a handler receives with its payload.
 
-Invariant: a context belongs to one attempt of one job. Every line its logger logs while
-the handler runs names the job (id, tenant, kind and attempt): the executor runs the
-handler in ``jobs.job_context``, which the log configuration reads.
+Invariants:
+- A context belongs to one attempt of one job. Every line its logger logs while the
+  handler runs names the job (id, tenant, kind and attempt): the executor runs the
+  handler in ``jobs.job_context``, which the log configuration reads.
+- The records a handler reports (``ctx.add_records``) are counted for that attempt only
+  and travel on its ``Outcome.records``: None when the handler reported none, so "not
+  reported" is never mistaken for "zero records".
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
@@ -23,6 +27,21 @@ if TYPE_CHECKING:
     from listener.tenant_databases import TenantDatabases
 
 
+@dataclass(slots=True)
+class RecordTally:
+    """The records one attempt reported: None until the first report."""
+
+    total: int | None = None
+
+    def add(self, count: int) -> None:
+        """Add ``count`` records (an int, 0 or more)."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"records must be an int, not {type(count).__name__}")
+        if count < 0:
+            raise ValueError(f"records must be 0 or more, not {count}")
+        self.total = (self.total or 0) + count
+
+
 @dataclass(frozen=True, slots=True)
 class JobContext:
     """What a handler may know and use about the job it runs."""
@@ -34,6 +53,7 @@ class JobContext:
     ``jobs.job_context``."""
     databases: TenantDatabases | None = None
     progress_reporter: JobProgress | None = None
+    tally: RecordTally = field(default_factory=RecordTally)
 
     @property
     def tenant(self) -> str:
@@ -49,6 +69,20 @@ class JobContext:
     def is_last_attempt(self) -> bool:
         """True when a failure now fails the job for good."""
         return self.job.attempt >= self.job.max_attempts
+
+    def add_records(self, count: int = 1) -> None:
+        """Report ``count`` more records processed by this attempt (call it once with the
+        total, or as you go). Exported as ``pgwake_job_records_total{kind}``; a run that
+        succeeds having reported 0 counts in ``pgwake_jobs_zero_records_total{kind}``
+        (alert PgwakeJobProcessedNoRecords), and the job's end is logged with them.
+        A handler that never calls it reports nothing (not zero). Refuses anything but
+        an int of 0 or more (TypeError, ValueError)."""
+        self.tally.add(count)
+
+    @property
+    def records(self) -> int | None:
+        """The records this attempt has reported so far; None before the first report."""
+        return self.tally.total
 
     async def progress(
         self, done: float, total: float | None = None, message: str | None = None

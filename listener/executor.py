@@ -19,15 +19,20 @@ Invariants:
 - ``execute`` enforces the job's timeout itself; ``attempt`` leaves it to the caller
   (the claimer's runners hold one cancel scope each for all their jobs, which is much
   cheaper than a scope per job) and ``timed_out`` is the outcome it then records.
-- While the handler runs, and while the executor logs how it ended, ``CURRENT_JOB``
-  names the job (``jobs.job_context``), so every line logged then, through ``ctx.log``
-  or any other logger, carries the job's id, tenant, kind and attempt.
+- An outcome made after the handler ran carries the records it reported
+  (``ctx.add_records``; None when it reported none, and on a timeout).
+- While the handler runs, and while the executor logs its start and how it ended
+  (listener/joblog.py: every outcome, also a timeout or a cancel request that stopped
+  it), ``CURRENT_JOB`` names the job (``jobs.job_context``), so every line logged then,
+  through ``ctx.log`` or any other logger, carries the job's id, tenant, kind and
+  attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import traceback
 from typing import Any
 
@@ -39,6 +44,7 @@ from structlog.typing import FilteringBoundLogger
 from listener.context import JobContext
 from listener.db import UndecodableJson
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
+from listener.joblog import JobLog
 from listener.jobs import Job, Outcome, Status, job_context
 from listener.progress import JobProgress, ProgressWriter
 from listener.redact import redact
@@ -109,6 +115,9 @@ class Executor:
         backoff: Backoff,
         databases: TenantDatabases | None = None,
         progress: ProgressWriter | None = None,
+        *,
+        log_jobs: bool = True,
+        log_jobs_per_second: int = 0,
     ) -> None:
         self._registry = registry
         self._backoff = backoff
@@ -116,6 +125,7 @@ class Executor:
         self._progress = progress
         # logs.configure makes structlog's wrapper class a FilteringBoundLogger.
         self._log: FilteringBoundLogger = structlog.get_logger().bind(logger="executor")
+        self._job_log = JobLog(enabled=log_jobs, per_second=log_jobs_per_second)
 
     def _failure(self, job: Job, error: str, delay: float | None = None) -> Outcome:
         """A failed attempt: retried after a backoff unless attempts are used up."""
@@ -126,39 +136,42 @@ class Executor:
 
     async def execute(self, job: Job) -> Outcome:
         """Run ``job`` once, within its timeout, and return how it ended."""
+        started = time.monotonic()
         with anyio.move_on_after(job.timeout):
             return await self.attempt(job)
-        return self.timed_out(job)
+        return self.timed_out(job, started)
 
     async def attempt(self, job: Job) -> Outcome:
         """Run ``job`` once and return how it ended. The caller enforces the job's
         timeout (and records ``timed_out`` when it strikes); a cancellation from outside
         propagates."""
+        job_log = self._job_log
         with job_context(job):
+            job_log.started(job)
+            started = time.monotonic()
             outcome = await self._run(job)
-            self._report(outcome)
+            job_log.ended(outcome, started)
         return outcome
 
-    def timed_out(self, job: Job) -> Outcome:
-        """The outcome of an attempt that ran past the job's timeout."""
+    def timed_out(self, job: Job, started: float) -> Outcome:
+        """The outcome of an attempt, started at ``started`` (``time.monotonic()``),
+        that ran past the job's timeout."""
         outcome = self._failure(job, f"TimeoutError: job timed out after {job.timeout:g}s")
         with job_context(job):
-            self._report(outcome)
+            self._job_log.ended(outcome, started)
         return outcome
 
-    def _report(self, outcome: Outcome) -> None:
-        """Log failures and retries, in the job's context (successes are not logged: at
-        thousands of jobs a second that would be most of the worker's work)."""
-        label = outcome.label
-        if label not in ("failed", "retried"):
-            return
-        error = (outcome.error or "").split("\n", 1)[0]
-        if label == "failed":
-            self._log.warning("job failed", error=error)
-        else:
-            self._log.info("job will retry", delay=outcome.delay, error=error)
+    def cancelled(self, job: Job, started: float) -> Outcome:
+        """The outcome of an attempt, started at ``started``, stopped on a cancel
+        request while it ran."""
+        outcome = Outcome(
+            job.id, job.attempt, Status.CANCELLED, error="cancelled: requested while running"
+        )
+        with job_context(job):
+            self._job_log.ended(outcome, started)
+        return outcome
 
-    async def _run(self, job: Job) -> Outcome:  # noqa: PLR0911 - one return per outcome
+    async def _run(self, job: Job) -> Outcome:
         handler = self._registry.get(job.kind)
         if handler is None:
             error = ConfigurationError(f"no handler for kind {job.kind!r} in this worker")
@@ -175,6 +188,15 @@ class Executor:
             databases=self._databases,
             progress_reporter=reporter,
         )
+        outcome = await self._call(handler, payload, ctx)
+        outcome.records = ctx.records
+        return outcome
+
+    async def _call(  # noqa: PLR0911 - one return per outcome
+        self, handler: Handler, payload: Any, ctx: JobContext
+    ) -> Outcome:
+        """Run the handler and map how it ended to an outcome."""
+        job, reporter = ctx.job, ctx.progress_reporter
         try:
             result = await handler.fn(payload, ctx)
             if reporter is not None:

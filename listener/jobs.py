@@ -129,7 +129,8 @@ class Outcome:
     """How one attempt of a job ended, as the completer will write it.
 
     ``status`` is the job's next status; ``refund`` gives the attempt back (snooze,
-    shutdown); ``delay`` (seconds) moves run_at, ``None`` keeps it.
+    shutdown); ``delay`` (seconds) moves run_at, ``None`` keeps it. ``records`` is what
+    the handler reported with ``ctx.add_records`` (None when it reported nothing).
     """
 
     job_id: int
@@ -139,6 +140,7 @@ class Outcome:
     delay: float | None = None
     result: Any = None
     error: str | None = None
+    records: int | None = None
 
     @property
     def label(self) -> str:

@@ -25,13 +25,22 @@ Invariants:
   never shown as current. Every worker exports the age of the fleet's last sample,
   ``pgwake_metrics_sample_age_seconds``, so a leader that hangs is seen by the others.
 - Process-local gauges (in flight, readiness, heartbeat age, tenant pools) are read at
-  scrape time from memory: no query.
+  scrape time from memory: no query. The registry also holds prometheus-client's
+  ``process_*`` series (start time, memory, file descriptors) and ``pgwake_build_info``.
+- Failure streaks (``pgwake_kind_consecutive_failures``,
+  ``pgwake_tenant_consecutive_failures``) are this worker's: attempts that failed for
+  good since its last success of that kind (tenant), kept in memory, so they cost no
+  query and survive scrapes but not a restart. The tenant series are bounded like the
+  tenant backlog: the opt-in tenants and the top-N tenants by streak, none for the rest.
+- Records (``ctx.add_records``) are counted by kind only: the records reported, and the
+  runs that succeeded having reported 0.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
@@ -41,11 +50,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from listener import __version__
 from listener.jobs import ACTIVE, FINISHED, Status
 from listener.tenant_pools import TenantPools
 
@@ -118,7 +129,10 @@ UNHANDLED_KIND = "_unhandled"
 # How an attempt ends (jobs.Outcome.label): a finished status, or a run again later.
 OUTCOMES = (*FINISHED, "retried", "snoozed")
 WAKE_SOURCES = ("notify", "poll", "reconnect", "slot")
-LOST_WHY = ("gone", "hung")
+# Why a worker was lost: its process is gone (and no new worker started on its host
+# since), it restarted (gone, and a new worker started on the same host since its last
+# heartbeat), or it hung (alive, holding its lock, but silent past the timeout).
+LOST_WHY = ("gone", "restarted", "hung")
 RECOVERED_WHY = (*LOST_WHY, "unregistered")
 # A recovered job is queued again, or failed when that was its last attempt.
 RECOVERED_STATUSES = (Status.QUEUED, Status.FAILED)
@@ -210,6 +224,8 @@ class _SampledCollector(Collector):
         self.gauges = list(gauges)
         self.sample: tuple[int, float] | None = None
         self.fresh: Callable[[], bool] = lambda: True
+        # (worker id, hostname, pid, heartbeat age) of each registered worker.
+        self.heartbeats: list[tuple[str, str, int, float]] = []
 
     def describe(self) -> Iterator[Metric]:
         for gauge in self.gauges:
@@ -233,6 +249,60 @@ class _SampledCollector(Collector):
             "Age of the oldest heartbeat among registered workers (sampled by the leader).",
             value=heartbeat_age_max,
         )
+        ages = GaugeMetricFamily(
+            "pgwake_worker_heartbeat_age_seconds",
+            "Seconds since each registered worker last wrote its heartbeat, as the "
+            "database says (sampled by the leader): a hung worker cannot hide its own.",
+            labels=["worker_id", "hostname", "pid"],
+        )
+        for worker_id, hostname, pid, age in self.heartbeats:
+            ages.add_metric([worker_id, hostname, str(pid)], age)
+        yield ages
+
+
+class _StreakCollector(Collector):
+    """Attempts that failed for good in a row, by kind and by (bounded) tenant: this
+    worker's count since its last success of that kind or tenant."""
+
+    def __init__(self, top_n: int, opt_in: Sequence[str]) -> None:
+        self.kinds: dict[str, int] = {}
+        # Only tenants whose streak is above 0 are kept (a success deletes the entry).
+        self.tenants: dict[str, int] = {}
+        self._top_n = top_n
+        self._opt_in = list(opt_in)
+
+    def note(self, kind: str, tenant: str, outcome: str) -> None:
+        """One attempt of ``kind`` for ``tenant`` ended with ``outcome``."""
+        if outcome == Status.SUCCEEDED:
+            self.kinds[kind] = 0
+            self.tenants.pop(tenant, None)
+        elif outcome == Status.FAILED:
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            self.tenants[tenant] = self.tenants.get(tenant, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        kinds = GaugeMetricFamily(
+            "pgwake_kind_consecutive_failures",
+            "Attempts of each kind that failed for good since this worker's last success "
+            "of the kind.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self.kinds.items()):
+            kinds.add_metric([kind], count)
+        yield kinds
+        tenants = GaugeMetricFamily(
+            "pgwake_tenant_consecutive_failures",
+            "Attempts that failed for good since this worker's last success for the "
+            "tenant: the opt-in tenants, and the top tenants by this count.",
+            labels=["tenant"],
+        )
+        top = sorted(self.tenants.items(), key=lambda item: (-item[1], item[0]))
+        shown = dict(top[: self._top_n])
+        for tenant in self._opt_in:
+            shown[tenant] = self.tenants.get(tenant, 0)
+        for tenant, count in sorted(shown.items()):
+            tenants.add_metric([tenant], count)
+        yield tenants
 
 
 class Metrics:
@@ -240,12 +310,21 @@ class Metrics:
 
     def __init__(self, *, top_n_tenants: int = 20, tenants_opt_in: Sequence[str] = ()) -> None:
         self.registry = CollectorRegistry()
-        # Finished attempts not applied yet: (kind, outcome, seconds).
-        self._pending: list[tuple[str, str, float]] = []
+        # Finished attempts not applied yet: (kind, tenant, outcome, seconds, records).
+        self._pending: list[tuple[str, str, str, float, int | None]] = []
         self.registry.register(_FlushCollector(self.flush_finished))
         self.top_n_tenants = top_n_tenants
         self.tenants_opt_in = list(tenants_opt_in)
         r = self.registry
+        # process_start_time_seconds, memory, CPU and file descriptors (Linux /proc).
+        ProcessCollector(registry=r)
+        self.build_info = Gauge(
+            "pgwake_build_info",
+            "Always 1; the labels say which pgwake and Python this worker runs.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.claimed = Counter("pgwake_jobs_claimed", "Jobs claimed.", ["kind"], registry=r)
         self.claims = Counter(
             "pgwake_claims",
@@ -274,6 +353,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.records = Counter(
+            "pgwake_job_records",
+            "Records handlers reported processing (ctx.add_records), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.zero_records = Counter(
+            "pgwake_jobs_zero_records",
+            "Attempts that succeeded having reported 0 records (ctx.add_records), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self._streaks = _StreakCollector(top_n_tenants, self.tenants_opt_in)
+        r.register(self._streaks)
         self.in_flight = Gauge("pgwake_jobs_in_flight", "Handlers running now.", registry=r)
         self.capacity = Gauge("pgwake_worker_capacity", "Configured concurrency.", registry=r)
         self.wakes = Counter(
@@ -336,8 +429,9 @@ class Metrics:
         self.workers_lost = Counter(
             "pgwake_workers_lost",
             "Workers declared lost by this worker as maintenance leader, by why: gone "
-            "(liveness lock released: process or connection died) or hung (no heartbeat "
-            "within the heartbeat timeout).",
+            "(liveness lock released: process or connection died), restarted (gone, and "
+            "a new worker started on the same host since) or hung (lock held, no "
+            "heartbeat within the heartbeat timeout).",
             ["why"],
             registry=r,
         )
@@ -355,7 +449,8 @@ class Metrics:
         self.jobs_recovered = Counter(
             "pgwake_jobs_recovered",
             "Running jobs of lost workers put back by this worker as maintenance leader, "
-            "by why the worker was lost (gone, hung, or unregistered: claimed by a worker "
+            "by why the worker was lost (gone, restarted, hung, or unregistered: claimed "
+            "by a worker "
             "that is not registered) and new status (queued, or failed when it was their "
             "last attempt).",
             ["why", "status"],
@@ -381,6 +476,8 @@ class Metrics:
         self._latency: dict[str, Histogram] = {}
         self._duration: dict[str, Histogram] = {}
         self._finished: dict[tuple[str, str], Counter] = {}
+        self._records: dict[str, Counter] = {}
+        self._zero_records: dict[str, Counter] = {}
 
     def register_kinds(self, kinds: Iterable[str]) -> None:
         """Create the per-kind series of the kinds this worker handles, at 0."""
@@ -390,6 +487,9 @@ class Metrics:
             self._claimed[kind] = self.claimed.labels(kind)
             self._latency[kind] = self.start_latency.labels(kind)
             self._duration[kind] = self.duration.labels(kind)
+            self._records[kind] = self.records.labels(kind)
+            self._zero_records[kind] = self.zero_records.labels(kind)
+            self._streaks.kinds.setdefault(kind, 0)
             for outcome in OUTCOMES:
                 self._finished[kind, outcome] = self.finished.labels(kind, outcome)
 
@@ -404,20 +504,30 @@ class Metrics:
             self._claimed[kind].inc(len(values))
             observe_many(self._latency[kind], values)
 
-    def observe_finished(self, kind: str, outcome: str, seconds: float) -> None:
-        """An attempt ended (applied at the next ``flush_finished``)."""
-        self._pending.append((kind, outcome, seconds))
+    def observe_finished(
+        self, kind: str, outcome: str, seconds: float, *, tenant: str, records: int | None
+    ) -> None:
+        """An attempt ended (applied at the next ``flush_finished``); ``records`` is what
+        its handler reported (None: nothing)."""
+        self._pending.append((kind, tenant, outcome, seconds, records))
 
     def flush_finished(self) -> None:
-        """Apply the finished attempts noted so far."""
+        """Apply the finished attempts noted so far, in the order they ended."""
         pending, self._pending = self._pending, []
         if not pending:
             return
         counts: dict[tuple[str, str], int] = {}
         durations: dict[str, list[float]] = {}
-        for kind, outcome, seconds in pending:
+        records: dict[str, int] = {}
+        zero: dict[str, int] = {}
+        for kind, tenant, outcome, seconds, reported in pending:
             counts[kind, outcome] = counts.get((kind, outcome), 0) + 1
             durations.setdefault(kind, []).append(seconds)
+            self._streaks.note(kind, tenant, outcome)
+            if reported is not None:
+                records[kind] = records.get(kind, 0) + reported
+                if reported == 0 and outcome == Status.SUCCEEDED:
+                    zero[kind] = zero.get(kind, 0) + 1
         for kind in durations:
             if kind not in self._claimed:
                 self.register_kinds([kind])
@@ -425,6 +535,10 @@ class Metrics:
             self._finished[key].inc(count)
         for kind, values in durations.items():
             observe_many(self._duration[kind], values)
+        for kind, total in records.items():
+            self._records[kind].inc(total)
+        for kind, runs in zero.items():
+            self._zero_records[kind].inc(runs)
 
     def watch_ready(self, ready: Callable[[], bool]) -> None:
         """Export ``ready()`` as ``pgwake_ready``, read at each scrape."""
@@ -461,10 +575,18 @@ class Metrics:
             self.oldest_queued.clear()
             self.tenant_queued.clear()
             self._workers.sample = None
+            self._workers.heartbeats = []
 
-    def set_workers(self, registered: int, heartbeat_age_max: float) -> None:
-        """The registered workers and the age of the oldest heartbeat among them."""
+    def set_workers(
+        self,
+        registered: int,
+        heartbeat_age_max: float,
+        heartbeats: Sequence[tuple[str, str, int, float]] = (),
+    ) -> None:
+        """The registered workers, the age of the oldest heartbeat among them, and each
+        one's (worker id, hostname, pid, heartbeat age)."""
         self._workers.sample = (registered, heartbeat_age_max)
+        self._workers.heartbeats = list(heartbeats)
 
     def set_queue(
         self,

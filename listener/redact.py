@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import threading
 from collections.abc import Mapping
@@ -108,7 +109,13 @@ def display_dsn(dsn: str) -> str:
 def redact_field(name: str, value: Any) -> Any:
     """The value of a field called ``name``, redacted; masked whole when the name says
     it is a secret (``password``, ``db_password``, ``api_key``...)."""
-    return MASK if _SECRET_FIELD.search(name) else redact_value(value)
+    return MASK if _secret_name(name) else redact_value(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_name(name: str) -> bool:
+    """True when a field called ``name`` holds a secret (field names are few: cached)."""
+    return _SECRET_FIELD.search(name) is not None
 
 
 def redact_value(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value

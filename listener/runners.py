@@ -33,7 +33,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from listener.executor import Executor
-from listener.jobs import Job, Outcome, Status
+from listener.jobs import Job, Outcome
 from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.shares import TenantShares
@@ -342,9 +342,7 @@ class Runners:
             return
         if reason == "cancel":
             self._metrics.jobs_cancelled_running.inc()
-            outcome = Outcome(
-                job.id, job.attempt, Status.CANCELLED, error="cancelled: requested while running"
-            )
+            outcome = self._executor.cancelled(job, me.started)
         else:
-            outcome = self._executor.timed_out(job)
+            outcome = self._executor.timed_out(job, me.started)
         self._ends.ended(job, outcome, me.started)

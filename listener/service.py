@@ -26,6 +26,12 @@ Lifecycle invariants:
   as recovery does for a worker that died. No job is left ``running`` by a clean stop.
   ``STOPPING=1`` extends systemd's stop timeout to the drain timeout plus
   ``RELEASE_MARGIN``.
+- Schema (listener/schema_watch.py): the worker runs against this pgwake's schema, or a
+  newer one whose every migration past its own is marked compatible; any other stops
+  the start (exit 5). A migration that breaks this worker, applied while it runs, is
+  noticed within a heartbeat interval: the worker stops as on SIGTERM (not ready, with
+  the reason) and ``run`` then raises the :class:`SchemaMismatchError` (exit 5), as
+  the check at start would have.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from listener.claimer import Claimer
 from listener.completer import Completer
 from listener.config import Settings
 from listener.crypto import load_keyring
-from listener.errors import ConfigError, DatabaseUnavailableError
+from listener.errors import ConfigError, DatabaseUnavailableError, SchemaMismatchError
 from listener.executor import Executor
 from listener.heartbeat import Heartbeat
 from listener.http import HttpEndpoint
@@ -55,7 +61,7 @@ from listener.maintenance.retention import Pruner
 from listener.maintenance.sampler import Sampler
 from listener.maintenance.schedules import Scheduler
 from listener.metrics import Metrics
-from listener.migrate import check_schema
+from listener.migrate import latest_version
 from listener.notifications import Listener
 from listener.outage import OutageLog
 from listener.progress import ProgressWriter
@@ -63,6 +69,7 @@ from listener.queries import QUERIES
 from listener.redact import display_dsn, redact, register_dsn
 from listener.registry import Registry
 from listener.retry import Backoff, Reconnect
+from listener.schema_watch import SchemaWatch
 from listener.systemd import SystemdNotifier
 from listener.tenant_databases import TenantDatabases
 from listener.tenant_pools import TenantPools
@@ -70,7 +77,8 @@ from listener.wake import Wake
 
 # Claims, outcome writes, promotion, recovery, metrics samples (on the metrics leader,
 # which keeps one connection for them) and tenant-DSN lookups each run one statement at
-# a time; one spare so none waits for another. (The LISTEN and heartbeat connections
+# a time; one spare so none waits for another (also used by the schema watch, one
+# short statement per heartbeat interval). (The LISTEN and heartbeat connections
 # are separate.)
 POOL_SIZE = 6
 # What a stop may take beyond the drain timeout: putting back held jobs, deregistering,
@@ -159,6 +167,8 @@ class Service:
         self._stopping = False
         self._stop_requested = anyio.Event()
         self._start_outage = OutageLog(self._log, "reaching the database at start")
+        # Set when a migration that breaks this worker was applied under it.
+        self._schema_broken: SchemaMismatchError | None = None
         self.session_settings = session_settings(s)
 
         metrics = self.metrics = Metrics(
@@ -195,6 +205,8 @@ class Service:
             Backoff(base=s.retry_base, cap=s.retry_cap),
             TenantDatabases(pool, self.keyring, self.tenant_pools),
             self.progress,
+            log_jobs=s.log_jobs,
+            log_jobs_per_second=s.log_jobs_per_second,
         )
         self.claimer = claimer = Claimer(
             pool,
@@ -246,9 +258,17 @@ class Service:
         )
         self.sampler = Sampler(pool, metrics, kinds, interval=s.metrics_interval)
         self.scheduler = Scheduler(pool)
+        self.schema_watch = SchemaWatch(
+            pool,
+            known=latest_version(),
+            interval=s.heartbeat_interval,
+            on_breaking=self._stop_for_schema,
+        )
 
     def not_ready_reason(self) -> str | None:
         """None while listening for NOTIFY and able to claim; else why not."""
+        if self._schema_broken is not None:
+            return f"stopping: {self._schema_broken}"
         if self._stopping:
             return "stopping"
         if not self.ready.is_set():
@@ -279,6 +299,12 @@ class Service:
             self._stop_requested.set()
         self.claimer.stop(now=now)
 
+    def _stop_for_schema(self, error: SchemaMismatchError) -> None:
+        """A migration that breaks this worker was applied under it: stop as on SIGTERM;
+        ``run`` raises ``error`` once the drain is over."""
+        self._schema_broken = error
+        self.stop()
+
     def status_line(self) -> str:
         """The one-line summary systemd shows (``STATUS=``), from in-process counters."""
         state = "draining" if self._stopping else "ready" if self.ready.is_set() else "starting"
@@ -296,7 +322,9 @@ class Service:
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until stopped; returns after a clean drain."""
+        """Run until stopped; returns after a clean drain, or raises
+        :class:`SchemaMismatchError` after the drain that a breaking migration applied
+        under the worker started."""
         async with anyio.create_task_group() as endpoint:
             # First, so probes get an answer (not ready) while the rest starts, and a
             # port in use stops the worker before it touches the database.
@@ -305,6 +333,8 @@ class Service:
                 await self._run(task_status)
             finally:
                 endpoint.cancel_scope.cancel()
+        if self._schema_broken is not None:
+            raise self._schema_broken
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
         pool = self.pool
@@ -338,7 +368,7 @@ class Service:
                 except db.DATABASE_ERRORS as exc:
                     raise db.unavailable(self.dsn, exc) from None
                 try:
-                    await check_schema(conn)
+                    await self.schema_watch.check_at_start(conn)
                 finally:
                     await self.pool.release(conn)
                 await self.heartbeat.register()
@@ -385,6 +415,7 @@ class Service:
             await background.start(self.scheduler.run)
             await background.start(self.tenant_pools.run)
             await background.start(self.progress.run)
+            await background.start(self.schema_watch.run)
             async with anyio.create_task_group() as work:
                 await work.start(completer.run)
                 work.start_soon(claim_then_close)

@@ -20,12 +20,17 @@ CREATE SCHEMA pgwake;
 
 -- Table pgwake.schema_migrations ------------------------------------------------------
 
--- Applied migrations (written by `pgwake migrate`).
+-- Applied migrations (written by `pgwake migrate`). checksum is the sha256 of the
+-- file without its first line, the mark (`-- pgwake: compatible` or `-- pgwake:
+-- breaking`), which is recorded in breaking. A worker runs against a schema newer than
+-- its own only while every migration past its own has breaking = false (NULL: applied
+-- before pgwake recorded marks; `pgwake migrate` fills it in from the file).
 CREATE TABLE pgwake.schema_migrations (
     version    integer     PRIMARY KEY,
     name       text        NOT NULL,
     checksum   text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    breaking   boolean
 );
 
 -- Table pgwake.workers ----------------------------------------------------------------

@@ -19,6 +19,7 @@ import typer
 
 from listener.cli import app
 from listener.config import Settings, shown_default
+from listener.migrate import load_migrations
 from tests.support.paths import ROOT
 
 PAGES = sorted(
@@ -96,15 +97,18 @@ def test_every_page_is_linked_from_the_readme() -> None:
 
 def test_changelog_names_every_migration() -> None:
     """Each migration has its entry, saying whether it breaks workers of the version
-    before."""
+    before, as the mark on the first line of its file says."""
     changelog = (ROOT / "CHANGELOG.md").read_text()
-    migrations = sorted(p.stem for p in (ROOT / "sql" / "migrations").glob("[0-9]*.sql"))
+    migrations = load_migrations()
     assert migrations
-    for name in migrations:
+    for migration in migrations:
+        name = migration.label
         entry = changelog.split(f"`{name}`", 1)
         assert len(entry) == 2, f"CHANGELOG.md has no entry for {name}"
         words = " ".join(entry[1].split("\n- ", 1)[0].lower().split())
         assert "older workers" in words, name
+        said = {mark for mark in ("breaking", "compatible") if mark in words}
+        assert said == {"breaking" if migration.breaking else "compatible"}, name
 
 
 def test_ci_runs_the_readme_test_command() -> None:

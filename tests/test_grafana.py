@@ -65,7 +65,7 @@ def exported_samples() -> set[str]:
     every labelled and sampled series set."""
     metrics = Metrics(tenants_opt_in=["t"])
     metrics.register_kinds(["k"])
-    metrics.set_workers(1, 0.0)
+    metrics.set_workers(1, 0.0, [("id", "host", 1, 0.0)])
     metrics.set_queue([], ["k"])
     metrics.set_tenant_backlog([], 0)
     names = set()

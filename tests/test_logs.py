@@ -12,7 +12,9 @@ import pty
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +24,8 @@ import structlog
 
 from listener import logs
 from listener.crypto import generate_key, parse_keys
+from listener.joblog import JobLog
+from listener.jobs import Job, Outcome, Status, job_context
 from listener.redact import MASK, redact, redact_value, register_dsn, register_secret
 from tests.support import secret_watch
 from tests.support.paths import ROOT
@@ -369,3 +373,76 @@ def test_warnings_and_an_uncaught_exception_are_json_lines_masked() -> None:
     assert (crash["level"], crash["event"]) == ("critical", "uncaught exception")
     assert crash["exception"].endswith("RuntimeError: crashed on postgresql://u:***@h/d")
     assert "-pw" not in done.stderr
+
+
+def test_hot_lines_are_the_lines_the_pipeline_writes(captured: io.StringIO) -> None:
+    """The per-job lines (HotLogger) render exactly as the pipeline would: same keys in
+    the same order, the job's fields and the bound context, every field masked; only the
+    timestamp differs. A level above info drops them, and console mode sends them
+    through the pipeline."""
+    secret = "postgresql://app:hot-pw@db/x"
+    now = datetime.now(UTC)
+    job = Job(
+        id=7, tenant_id="t1", kind=secret, payload={}, priority=0, attempt=2,
+        max_attempts=20, timeout=60.0, created_at=now, run_at=now, started_at=now,
+    )  # fmt: skip
+    with structlog.contextvars.bound_contextvars(worker="w1"), job_context(job):
+        logs.HotLogger("executor").info("job started", wait_seconds=0.5, password="plain")
+        logs.get_logger("executor").info("job started", wait_seconds=0.5, password="plain")
+    hot, piped = lines(captured)
+    assert "hot-pw" not in captured.getvalue()
+    assert "plain" not in captured.getvalue()
+    assert hot.pop("timestamp")
+    assert piped.pop("timestamp")
+    assert list(hot.items()) == list(piped.items())
+    assert hot["job_id"] == 7
+    assert hot["worker"] == "w1"
+    assert hot["password"] == MASK
+
+    quiet = io.StringIO()
+    logs.configure("json", "warning", stream=quiet)
+    try:
+        logs.HotLogger("executor").info("dropped")
+        logs.configure("console", "info", stream=quiet)
+        logs.HotLogger("executor").info("through the pipeline", n=1)
+    finally:
+        logs.configure("console", "info")
+    assert "dropped" not in quiet.getvalue()
+    assert "through the pipeline" in quiet.getvalue()
+    assert "{" not in quiet.getvalue()
+
+
+async def test_job_lines_beyond_the_budget_are_counted_not_written(
+    captured: io.StringIO,
+) -> None:
+    """log_jobs_per_second: the first N info lines of a second are written, the rest
+    counted in one line at the end of that second, outside any job's context; failures
+    are never left out."""
+    now = datetime.now(UTC)
+    job_log = JobLog(enabled=True, per_second=3)
+    for i in range(10):
+        job = Job(
+            id=i, tenant_id="t", kind="k", payload={}, priority=0, attempt=1,
+            max_attempts=1, timeout=60.0, created_at=now, run_at=now, started_at=now,
+        )  # fmt: skip
+        with job_context(job):
+            job_log.started(job)
+            job_log.ended(Outcome(i, 1, Status.SUCCEEDED), time.monotonic())
+    with job_context(job):
+        job_log.ended(Outcome(99, 1, Status.FAILED, error="boom"), time.monotonic())
+
+    def events() -> list[dict[str, Any]]:
+        return [e for e in lines(captured) if e["logger"] == "executor"]
+
+    async def summarised() -> bool:
+        return any(e["event"] == "job lines left out" for e in events())
+
+    await eventually(summarised, timeout=5)
+    got = events()
+    assert [e["event"] for e in got[:3]] == ["job started", "job succeeded", "job started"]
+    assert sum(e["event"] == "job failed" for e in got) == 1
+    summary = next(e for e in got if e["event"] == "job lines left out")
+    assert summary["per_second"] == 3
+    assert summary["job_started"] == 8
+    assert summary["job_succeeded"] == 9
+    assert "job_id" not in summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import listener
 from listener.api import JobContext, Registry
 from listener.metrics import LATENCY_BUCKETS, Metrics, observe_many
 from tests.support.cli import pgwake
@@ -164,6 +166,7 @@ DB_DERIVED = {
     "pgwake_tenant_queued_jobs",
     "pgwake_workers_registered",
     "pgwake_workers_heartbeat_age_max_seconds",
+    "pgwake_worker_heartbeat_age_seconds",
 }
 LEADER_LOCK_HOLDER = (
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
@@ -288,7 +291,7 @@ def test_readme_lists_every_series() -> None:
     exports (counters with _total, histograms by their base name)."""
     metrics = Metrics(tenants_opt_in=["t"])
     metrics.register_kinds(["k"])
-    metrics.set_workers(1, 0.0)
+    metrics.set_workers(1, 0.0, [("id", "host", 1, 0.0)])
     metrics.set_queue([], ["k"])
     metrics.set_tenant_backlog([], 0)
     exported = set()
@@ -300,7 +303,10 @@ def test_readme_lists_every_series() -> None:
     page = (ROOT / "docs" / "operations.md").read_text()
     section = page.split("\n## Metrics and health\n", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `(pgwake_\w+)`", section, re.MULTILINE))
-    assert listed == exported
+    assert listed == {name for name in exported if name.startswith("pgwake_")}
+    # prometheus-client's process series are there, and the page says so.
+    assert "process_start_time_seconds" in exported
+    assert "`process_*`" in section
 
 
 def test_bulk_observations_equal_one_by_one() -> None:
@@ -321,10 +327,114 @@ def test_bulk_observations_equal_one_by_one() -> None:
     now = datetime.now(UTC)
     metrics.observe_claimed([("work", now, now - timedelta(seconds=0.002)), ("other", now, now)])
     for outcome in ("succeeded", "succeeded", "failed"):
-        metrics.observe_finished("work", outcome, 0.5)
+        metrics.observe_finished("work", outcome, 0.5, tenant="a", records=None)
     text = generate_latest(metrics.registry).decode()
     assert 'pgwake_jobs_claimed_total{kind="work"} 1.0' in text
     assert 'pgwake_jobs_claimed_total{kind="other"} 1.0' in text
     assert 'pgwake_jobs_finished_total{kind="work",outcome="succeeded"} 2.0' in text
     assert 'pgwake_jobs_finished_total{kind="work",outcome="failed"} 1.0' in text
     assert 'pgwake_job_duration_seconds_count{kind="work"} 3.0' in text
+
+
+def test_records_and_failure_streaks_from_outcomes() -> None:
+    """Records count by kind, a success that reported 0 counts as a zero-records run, a
+    run that reported nothing counts in neither; streaks count final failures since the
+    last success, by kind and by tenant (opt-in always, the rest top-N by streak)."""
+    metrics = Metrics(top_n_tenants=2, tenants_opt_in=["vip"])
+    metrics.register_kinds(["imp", "mail"])
+    for kind, tenant, outcome, records in [
+        ("imp", "a", "succeeded", 40),
+        ("imp", "a", "succeeded", 0),
+        ("imp", "b", "succeeded", None),
+        ("imp", "b", "failed", 3),
+        ("imp", "c", "failed", None),
+        ("imp", "c", "retried", None),  # a retry neither breaks nor extends a streak
+        ("imp", "c", "failed", None),
+        ("imp", "d", "failed", None),
+        ("mail", "b", "failed", None),
+        ("mail", "b", "succeeded", None),
+    ]:
+        metrics.observe_finished(kind, outcome, 0.1, tenant=tenant, records=records)
+    sample = metrics.registry.get_sample_value
+    assert sample("pgwake_job_records_total", {"kind": "imp"}) == 43
+    assert sample("pgwake_jobs_zero_records_total", {"kind": "imp"}) == 1
+    assert sample("pgwake_job_records_total", {"kind": "mail"}) == 0
+    assert sample("pgwake_kind_consecutive_failures", {"kind": "imp"}) == 4
+    assert sample("pgwake_kind_consecutive_failures", {"kind": "mail"}) == 0
+    # c: 2, then b and d: 1 each (b's success in mail cleared its imp failure): the top
+    # two are c and d (ties by name), and the opt-in vip at 0.
+    tenants = {
+        s.labels["tenant"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "pgwake_tenant_consecutive_failures"
+        for s in family.samples
+    }
+    assert tenants == {"c": 2, "d": 1, "vip": 0}
+    metrics.observe_finished("imp", "succeeded", 0.1, tenant="c", records=5)
+    assert sample("pgwake_kind_consecutive_failures", {"kind": "imp"}) == 0
+    assert sample("pgwake_tenant_consecutive_failures", {"tenant": "c"}) is None
+
+
+async def test_records_build_info_and_process_series_over_http(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A real worker: handlers report records through ctx; a bad count fails the job with
+    a message naming it; /metrics has the records, the streaks, pgwake_build_info, the
+    process series, and (from the leader) each worker's heartbeat age by host and pid."""
+    registry = Registry()
+
+    @registry.handler("imp")
+    async def imp(payload: dict[str, Any], ctx: JobContext) -> None:
+        assert ctx.records is None
+        for _ in range(payload["n"]):
+            ctx.add_records()
+        ctx.add_records(0)
+        assert ctx.records == payload["n"]
+
+    @registry.handler("bad")
+    async def bad(payload: dict[str, Any], ctx: JobContext) -> None:
+        ctx.add_records(payload["n"])
+
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, payload) VALUES "
+        "('a', 'imp', '{\"n\": 3}'), ('a', 'imp', '{\"n\": 0}'), "
+        "('b', 'bad', '{\"n\": -1}'), ('b', 'bad', '{\"n\": 1.5}')"
+    )
+    await conn.execute("UPDATE pgwake.jobs SET max_attempts = 1 WHERE kind = 'bad'")
+    async with running_worker(dsn, registry, metrics_interval=0.05) as service:
+        assert service.http.port
+        port: int = service.http.port
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 4 FROM pgwake.jobs WHERE status IN ('succeeded', 'failed')"
+            )
+        )
+        errors = await conn.fetch(
+            "SELECT last_error FROM pgwake.jobs WHERE kind = 'bad' ORDER BY id"
+        )
+        assert errors[0]["last_error"].startswith("ValueError: records must be 0 or more, not -1")
+        assert errors[1]["last_error"].startswith("TypeError: records must be an int, not float")
+
+        async def scraped() -> dict[Any, float] | None:
+            samples = await scrape(port)
+            leader = samples.get(("pgwake_leader", ())) == 1
+            heartbeat = [k for k in samples if k[0] == "pgwake_worker_heartbeat_age_seconds"]
+            return samples if leader and heartbeat else None
+
+        samples = await eventually(scraped)
+        assert samples[("pgwake_job_records_total", (("kind", "imp"),))] == 3
+        assert samples[("pgwake_jobs_zero_records_total", (("kind", "imp"),))] == 1
+        assert samples[("pgwake_kind_consecutive_failures", (("kind", "bad"),))] == 2
+        assert samples[("pgwake_tenant_consecutive_failures", (("tenant", "b"),))] == 2
+        (build,) = [k for k in samples if k[0] == "pgwake_build_info"]
+        assert dict(build[1])["version"] == listener.__version__
+        assert samples[build] == 1
+        assert samples[("process_start_time_seconds", ())] > 1e9
+        assert samples[("process_open_fds", ())] > 0
+        (heartbeat,) = [k for k in samples if k[0] == "pgwake_worker_heartbeat_age_seconds"]
+        labels = dict(heartbeat[1])
+        assert labels["hostname"] == socket.gethostname()
+        assert labels["pid"] == str(os.getpid())
+        row = await conn.fetchrow("SELECT id::text, pid FROM pgwake.workers")
+        assert labels["worker_id"] == row["id"]
+        assert 0 <= samples[heartbeat] < 30

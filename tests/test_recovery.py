@@ -397,15 +397,20 @@ async def test_recovery_round_requeues_or_fails_and_keeps_the_reason(
     if uptime < timeout + 1:  # a freshly started server judges only by the timeout
         await asyncio.sleep(timeout + 1 - uptime)
     dead, hung = uuid.uuid4(), uuid.uuid4()
-    for worker, age in ((dead, "2 seconds"), (hung, "1 hour")):
+    for worker, host, age in ((dead, "h1", "2 seconds"), (hung, "h2", "1 hour")):
         await conn.execute(
             "INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency, heartbeat_at) "
-            f"VALUES ($1, 'h', 7, '{{k}}', 4, now() - interval '{age}')",
+            f"VALUES ($1, $2, 7, '{{k}}', 4, now() - interval '{age}')",
             worker,
+            host,
         )
-    # The hung worker's process is alive: its liveness lock is held (here, by us).
+    # The hung worker's process is alive: its liveness lock is held (here, by us, as
+    # its heartbeat session).
     hung_key = await conn.fetchval("SELECT lock_key FROM pgwake.workers WHERE id = $1", hung)
     assert await conn.fetchval(QUERIES["worker_lock"], hung_key)
+    await conn.execute(
+        "UPDATE pgwake.workers SET session_pid = pg_backend_pid() WHERE id = $1", hung
+    )
     jobs = {}
     for name, worker, max_attempts in (
         ("dead_retry", dead, 3),
@@ -449,6 +454,67 @@ async def test_recovery_round_requeues_or_fails_and_keeps_the_reason(
     assert sample("pgwake_jobs_recovered_total", {"why": "gone", "status": "failed"}) == 1
     assert sample("pgwake_jobs_recovered_total", {"why": "gone", "status": "queued"}) == 1
     assert sample("pgwake_jobs_recovered_total", {"why": "hung", "status": "queued"}) == 1
+
+
+async def test_why_a_worker_was_lost_is_told_by_its_lock_not_its_silence(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Three workers silent for an hour: one whose process died (no lock) and nothing
+    started on its host since, one that died and whose host started a new worker after
+    its last heartbeat (a restart), one whose heartbeat session still holds its lock
+    (alive but silent). Only the last is ``hung``; the restart is told apart from the
+    plain death, however long the leader took to notice."""
+    timeout = 20.0
+    uptime = await conn.fetchval("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")
+    if uptime < timeout + 1:  # a freshly started server judges only by the timeout
+        await asyncio.sleep(timeout + 1 - uptime)
+    dead, restarted, successor, hung = (uuid.uuid4() for _ in range(4))
+    for worker, host, age in (
+        (dead, "h-dead", "1 hour"),
+        (restarted, "h-restart", "1 hour"),
+        (successor, "h-restart", "0 seconds"),
+        (hung, "h-hung", "1 hour"),
+    ):
+        await conn.execute(
+            "INSERT INTO pgwake.workers (id, hostname, pid, kinds, concurrency, heartbeat_at, "
+            f"started_at) VALUES ($1, $2, 7, '{{k}}', 4, now() - interval '{age}', "
+            f"now() - interval '{age}')",
+            worker,
+            host,
+        )
+    # The successor and the hung worker hold their locks from this session, as their
+    # heartbeat sessions would.
+    for worker in (successor, hung):
+        key = await conn.fetchval("SELECT lock_key FROM pgwake.workers WHERE id = $1", worker)
+        assert await conn.fetchval(QUERIES["worker_lock"], key)
+        await conn.execute(
+            "UPDATE pgwake.workers SET session_pid = pg_backend_pid() WHERE id = $1", worker
+        )
+    job = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (kind, status, claimed_by, attempts) "
+        "VALUES ('k', 'running', $1, 1) RETURNING id",
+        restarted,
+    )
+    pool = await db.create_pool(dsn, size=2)
+    metrics = Metrics()
+    try:
+        recoverer = Recoverer(
+            pool, metrics, interval=1, heartbeat_interval=0.5, heartbeat_timeout=timeout
+        )
+        done = await recoverer.round()
+    finally:
+        await pool.close()
+    assert (done.leader, done.lost_workers, done.recovered) == (True, 3, 1)
+    remaining = await conn.fetchval("SELECT array_agg(id) FROM pgwake.workers")
+    assert remaining == [successor]
+    sample = metrics.registry.get_sample_value
+    assert sample("pgwake_workers_lost_total", {"why": "gone"}) == 1
+    assert sample("pgwake_workers_lost_total", {"why": "restarted"}) == 1
+    assert sample("pgwake_workers_lost_total", {"why": "hung"}) == 1
+    assert sample("pgwake_jobs_recovered_total", {"why": "restarted", "status": "queued"}) == 1
+    error = await conn.fetchval("SELECT last_error FROM pgwake.jobs WHERE id = $1", job)
+    assert "a new worker has started on its host since" in error
+    assert "hung" not in error
 
 
 async def test_a_leader_stalled_inside_a_round_loses_the_lead_after_the_lease(

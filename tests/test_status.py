@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -116,12 +117,37 @@ def table_rows(text: str, header: str) -> dict[str, list[str]]:
 
 async def test_status_json_has_the_exact_figures(dsn: str, known_queue: dict[str, Any]) -> None:
     done = pgwake("status", "--json", "--tenants", "3", dsn=dsn)
-    assert done.returncode == 0, done.stderr
+    # Unhealthy: hung-host is hung.
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        "pgwake: error: unhealthy: 1 worker(s) hung (no heartbeat for 1h00m or more): "
+        "hung-host pid 4242\n"
+    )
     status = json.loads(done.stdout)
     assert set(status) == {
         "database", "at", "totals", "oldest_queued_seconds", "kinds", "tenants",
         "active_tenants", "tenants_with_backlog", "workers", "unhandled_kinds",
+        "lost_workers", "drain", "failures", "retrying", "health",
     }  # fmt: skip
+    assert status["health"] == {
+        "healthy": False,
+        "problems": ["1 worker(s) hung (no heartbeat for 1h00m or more): hung-host pid 4242"],
+    }
+    assert status["lost_workers"] == []
+    # The two failed report.build jobs ended just now: in the drain and the errors.
+    assert status["drain"]["finished"] == {"succeeded": 0, "failed": 2, "cancelled": 0}
+    assert status["drain"]["per_minute"][-1] == 2
+    assert sum(status["drain"]["per_minute"]) == 2
+    assert status["drain"]["by_kind"] == {
+        "report.build": {"succeeded": 0, "failed": 2, "cancelled": 0}
+    }
+    ((failure),) = status["failures"]
+    assert (failure["kind"], failure["tenant"], failure["error"]) == (
+        "report.build",
+        "acme",
+        "boom",
+    )
+    assert failure["failed_in_window"] == 2
     assert status["totals"] == {"scheduled": 1, "queued": 15, "running": 2, "failed": 2}
     kinds = [
         (k["kind"], k["queued"], k["running"], k["scheduled"], k["failed"]) for k in status["kinds"]
@@ -168,9 +194,21 @@ async def test_status_json_has_the_exact_figures(dsn: str, known_queue: dict[str
 
 async def test_status_tables(dsn: str, known_queue: dict[str, Any]) -> None:
     done = pgwake("status", "--tenants", "3", dsn=dsn)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # hung-host is hung
     out = done.stdout
     print(out)
+    assert out.endswith(
+        "health: UNHEALTHY\n"
+        "  - 1 worker(s) hung (no heartbeat for 1h00m or more): hung-host pid 4242\n"
+    ), out
+    assert re.search(
+        r"^drain: 2 jobs ended in the last 5 min \(0\.4/min; this minute so far 2\): "
+        r"0 succeeded, 2 failed, 0 cancelled$",
+        out,
+        re.MULTILINE,
+    ), out
+    assert "last failures by kind (FAILED: in the last 5 min):" in out
+    assert re.search(r"^report\.build\s+\S+ ago\s+2\s+\d+\s+acme\s+1\s+boom$", out, re.M), out
     assert "jobs: 15 queued, 2 running, 1 scheduled, 2 failed; oldest queued job due " in out
     kinds = table_rows(out, "KIND")
     assert {k: v[:4] for k, v in kinds.items()} == {
@@ -204,12 +242,17 @@ async def test_status_of_an_empty_queue(dsn: str) -> None:
     done = pgwake("status", dsn=dsn)
     assert done.returncode == 0, done.stderr
     assert "jobs: 0 queued, 0 running, 0 scheduled, 0 failed; nothing queued" in done.stdout
+    assert "drain: 0 jobs ended in the last 5 min" in done.stdout
+    assert done.stdout.endswith("health: ok\n")
     assert "workers: 0 live of 0 registered" in done.stdout
     assert "KIND" not in done.stdout
     assert "no live worker" not in done.stdout
     as_json = json.loads(pgwake("status", "--json", dsn=dsn).stdout)
     assert as_json["kinds"] == as_json["tenants"] == as_json["workers"] == []
     assert as_json["oldest_queued_seconds"] is None
+    assert as_json["health"] == {"healthy": True, "problems": []}
+    assert as_json["drain"]["per_minute"] == [0] * 5
+    assert as_json["failures"] == as_json["retrying"] == as_json["lost_workers"] == []
 
 
 @pytest.mark.parametrize(
@@ -277,3 +320,170 @@ async def test_status_queries_and_views_read_indexes_not_the_history(
         assert all(n["Node Type"] != "Seq Scan" for n in scans), (name, json.dumps(plan))
         if name != "worker_list":  # no worker registered: its subplan is not needed
             assert scans, name
+
+
+async def test_status_drain_last_errors_and_retries_of_a_real_worker(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A real worker succeeds, fails for good and retries: the drain counts each job that
+    ended, by kind; the latest failure of each kind and the kinds waiting to retry show
+    their errors; healthy (exit 0) until jobs are queued with no live worker."""
+    worker = spawn_worker(
+        dsn,
+        "--handlers", "tests.support.logging_handlers",
+        "--retry-base", "3600",  # a failed attempt waits an hour: retrying, not failed
+        "--retry-cap", "3600",
+    )  # fmt: skip
+    try:
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind, max_attempts) "
+            "SELECT 'acme', 'echo', 20 FROM generate_series(1, 6) "
+            "UNION ALL SELECT 'beta', 'log.permanent', 20 FROM generate_series(1, 2) "
+            "UNION ALL SELECT 'beta', 'log.flaky', 5 FROM generate_series(1, 3)"
+        )
+        later = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, run_at) VALUES ('echo', now() + interval '1 hour') "
+            "RETURNING id"
+        )
+        assert await conn.fetchval("SELECT pgwake.cancel_job($1)", later)
+
+        async def settled() -> bool:
+            counts = dict(
+                await conn.fetch(
+                    "SELECT status || ':' || kind, count(*) FROM pgwake.jobs GROUP BY 1"
+                )
+            )
+            return counts == {
+                "succeeded:echo": 6,
+                "failed:log.permanent": 2,
+                "scheduled:log.flaky": 3,
+                "cancelled:echo": 1,
+            }
+
+        await eventually(settled, timeout=30)
+        done = pgwake("status", "--json", dsn=dsn)
+        assert done.returncode == 0, done.stderr
+        status = json.loads(done.stdout)
+        assert status["health"] == {"healthy": True, "problems": []}
+        drain = status["drain"]
+        assert drain["window_seconds"] == 300
+        assert drain["finished"] == {"succeeded": 6, "failed": 2, "cancelled": 1}
+        assert sum(drain["per_minute"]) == 9
+        assert drain["jobs_per_second"] == 9 / 300
+        assert drain["by_kind"] == {
+            "echo": {"succeeded": 6, "failed": 0, "cancelled": 1},
+            "log.permanent": {"succeeded": 0, "failed": 2, "cancelled": 0},
+        }
+        ((failure),) = status["failures"]
+        assert (failure["kind"], failure["tenant"], failure["attempts"]) == (
+            "log.permanent", "beta", 1
+        )  # fmt: skip
+        assert failure["error"] == "PermanentError: the order does not exist"
+        assert failure["failed_in_window"] == 2
+        assert status["retrying"] == [
+            {"kind": "log.flaky", "jobs": 3, "error": "RuntimeError: flaky dependency said: no"}
+        ]
+        text = pgwake("status", "--window", "2", dsn=dsn)
+        assert text.returncode == 0, text.stderr
+        out = text.stdout
+        print(out)
+        assert "drain: 9 jobs ended in the last 2 min (4.5/min; " in out
+        assert re.search(
+            r"^log\.permanent\s+\S+ ago\s+2\s+\d+\s+beta\s+1\s+PermanentError: the order does "
+            r"not exist$",
+            out,
+            re.M,
+        ), out
+        assert "waiting to retry after a failed attempt:" in out
+        assert re.search(r"^log\.flaky\s+3\s+RuntimeError: flaky dependency said: no$", out, re.M)
+        assert out.endswith("health: ok\n")
+    finally:
+        code, output = stop_process(worker)
+    assert code == 0, output
+    # No live worker: the retrying jobs are scheduled, not queued, so still healthy...
+    assert pgwake("status", dsn=dsn).returncode == 0
+    # ...until a job is queued.
+    await conn.execute("INSERT INTO pgwake.jobs (kind) VALUES ('echo')")
+    done = pgwake("status", dsn=dsn)
+    assert done.returncode == 1
+    assert done.stderr == "pgwake: error: unhealthy: no live worker while 1 jobs are queued\n"
+    assert done.stdout.endswith(
+        "health: UNHEALTHY\n  - no live worker while 1 jobs are queued\n"
+    ), done.stdout
+
+
+async def test_status_unhealthy_when_the_oldest_queued_job_waits_too_long(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (kind, run_at) "
+        "SELECT 'nobody.handles', now() - interval '10 minutes' FROM generate_series(1, 3)"
+    )
+    done = pgwake("status", "--json", dsn=dsn)
+    assert done.returncode == 1
+    problems = json.loads(done.stdout)["health"]["problems"]
+    assert problems[0] == "no live worker while 3 jobs are queued"
+    assert re.fullmatch(
+        r"the oldest queued job has been due for 10m0\ds \(--max-wait 300s\)", problems[1]
+    ), problems
+    assert len(problems) == 2
+    for max_wait in ("0", "3600"):
+        done = pgwake("status", "--json", "--max-wait", max_wait, dsn=dsn)
+        assert json.loads(done.stdout)["health"]["problems"] == [
+            "no live worker while 3 jobs are queued"
+        ]
+    bad = pgwake("status", "--max-wait", "-1", dsn=dsn)
+    assert bad.returncode == 2
+    assert "--max-wait" in bad.stderr
+
+
+async def test_status_shows_a_worker_declared_lost_that_is_still_connected(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A worker stopped (SIGSTOP) and declared lost (its row removed, as the maintenance
+    leader does) keeps its sessions and the metrics lock: status lists it, exits 1, and
+    is healthy again once the process is gone."""
+    victim = spawn_worker(dsn, "--kinds", "sleep")
+    try:
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = 1885828963 AND objid = 1 AND granted AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        )
+        victim.send_signal(signal.SIGSTOP)
+        assert await conn.fetchval(
+            "DELETE FROM pgwake.workers WHERE pid = $1 RETURNING 1", victim.pid
+        )
+        done = pgwake("status", "--json", dsn=dsn)
+        assert done.returncode == 1, done.stderr
+        status = json.loads(done.stdout)
+        assert status["workers"] == []
+        ((lost),) = status["lost_workers"]
+        assert (lost["hostname"], lost["pid"], lost["metrics_leader"]) == (
+            socket.gethostname(), victim.pid, True
+        )  # fmt: skip
+        sessions = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+            "AND datname = current_database()",
+            f"pgwake@{socket.gethostname()}:{victim.pid}",
+        )
+        assert lost["sessions"] == sessions >= 2  # its pool's, its heartbeat's, its LISTEN's
+        assert status["health"]["problems"] == [
+            (
+                f"1 worker(s) declared lost still connected: {socket.gethostname()} pid "
+                f"{victim.pid} ({sessions} session(s), holding the metrics lock)"
+            )
+        ]
+        text = pgwake("status", dsn=dsn).stdout
+        assert "workers declared lost but still connected (their jobs went to others):" in text
+        assert re.search(rf"^\S+\s+{victim.pid}\s+{sessions}\s+held\s+\S+ ago\s+\S+$", text, re.M)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        stop_process(victim, terminate=False)
+
+    async def healthy() -> bool:
+        return pgwake("status", dsn=dsn).returncode == 0
+
+    await eventually(healthy, timeout=30)

@@ -10,6 +10,7 @@ shares the host's network, so the DSNs the fixtures hand out work as they are).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -595,3 +597,65 @@ async def _restarted(container: Container, before: dict[str, str]) -> bool:
         and now["MainPID"] not in {"0", before["MainPID"]}
         and now["ActiveState"] == "active"
     )
+
+
+@nspawn_test
+async def test_journald_files_each_line_at_its_priority(
+    systemd: Container, dsn: str, conn: asyncpg.Connection
+) -> None:
+    """``journalctl -p err -u pgwake`` shows a job that failed for good, with its
+    traceback, and a start-up error (bad configuration), each a JSON line; a job's start
+    and success are filed at info, below it."""
+    configure(systemd, dsn, PGWAKE_HANDLERS="tests.support.logging_handlers")
+    cursor = systemd.journal_cursor()
+    since = int(systemd.run("date", "+%s%6N").stdout)
+    systemd.run("systemctl", "start", WORKER)
+    ok = await enqueue(conn, "echo", {})
+    failed = await enqueue(conn, "log.permanent", {})
+    await eventually(lambda: _succeeded(conn, ok))
+    await eventually(lambda: _has_status(conn, failed, "failed"))
+
+    def errors() -> list[dict[str, Any]]:
+        """What ``journalctl -p err -u pgwake`` lists (of this test: the container's
+        journal holds the earlier tests' entries too)."""
+        out = systemd.run(
+            "journalctl", "-p", "err", f"--unit={WORKER}", "--output=json", "--no-pager"
+        ).stdout
+        entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [e for e in entries if int(e["__REALTIME_TIMESTAMP"]) >= since]
+
+    async def logged_failure() -> list[dict[str, Any]]:
+        return [
+            e for e in systemd.journal(WORKER, cursor) if '"job failed"' in e.get("MESSAGE", "")
+        ]
+
+    (entry,) = await eventually(logged_failure, timeout=30)
+    assert entry["PRIORITY"] == "3", entry
+    assert entry["__CURSOR"] in {e["__CURSOR"] for e in errors()}
+    line = json.loads(entry["MESSAGE"])  # the prefix was taken off
+    assert (line["job_id"], line["level"]) == (failed, "error")
+    assert line["error"] == "PermanentError: the order does not exist"
+    assert "Traceback (most recent call last):" in line["exception"]
+    # The job lines at info are there, filed at 6, and not among the errors.
+    everything = systemd.journal(WORKER, cursor)
+    started = [e for e in everything if '"job started"' in e.get("MESSAGE", "")]
+    assert {e["PRIORITY"] for e in started} == {"6"}
+    assert len(started) == 2
+    assert all('"job started"' not in e.get("MESSAGE", "") for e in errors())
+
+    # A bad setting: the start fails (exit 3, not restarted), its error a JSON line at 3.
+    systemd.run("systemctl", "stop", WORKER)
+    configure(
+        systemd, dsn, PGWAKE_HANDLERS="tests.support.logging_handlers", PGWAKE_CONCURRENCY="0"
+    )
+    since = int(systemd.run("date", "+%s%6N").stdout)
+    systemd.run("systemctl", "start", WORKER, check=False)
+    (bad,) = [e for e in errors() if '"invalid configuration' in e.get("MESSAGE", "")]
+    assert bad["PRIORITY"] == "3"
+    event = json.loads(bad["MESSAGE"])
+    assert (event["level"], event["exit_code"]) == ("error", 3)
+    assert event["event"].startswith("invalid configuration: concurrency (from environment)")
+
+
+async def _has_status(conn: asyncpg.Connection, job_id: int, status: str) -> bool:
+    return await job_status(conn, job_id) == status

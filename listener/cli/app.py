@@ -1,7 +1,8 @@
 """The ``pgwake`` command line (typer).
 
 Exit codes: 0 success; 1 an unexpected error or a refused request; 2 bad arguments;
-3 bad configuration; 4 database unreachable; 5 schema not at this pgwake's version.
+3 bad configuration; 4 database unreachable; 5 a schema this pgwake cannot run against
+(older than its own, or newer with a migration marked breaking).
 Errors print one line to stderr naming the problem; secrets are never printed.
 """
 
@@ -61,11 +62,18 @@ def migrate_cmd(*, db: Database) -> None:
     settings = db.settings()
     logs.configure(settings.log_format, settings.log_level)
     with db.url(announce=True) as url:
-        applied = guard(run_async, migrate_dsn, url)
-    if applied:
-        for name in applied:
-            typer.echo(f"applied {name}")
-    typer.echo(f"schema is at version {latest_version():04d}")
+        applied, version = guard(run_async, migrate_dsn, url)
+    for name in applied:
+        typer.echo(f"applied {name}")
+    known = latest_version()
+    if version > known:
+        # A newer pgwake migrated it, and every migration past ours is compatible.
+        typer.echo(
+            f"schema is at version {version:04d}, newer than this pgwake's ({known:04d}) "
+            "and compatible with it"
+        )
+    else:
+        typer.echo(f"schema is at version {version:04d}")
 
 
 async def _serve(settings: Settings, dsn: str) -> None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
+import tomllib
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -30,8 +32,9 @@ import asyncpg
 import typer
 
 from listener.cli.support import database, fail, with_connection
-from listener.config import Settings, flag_names, load_settings, shown_default
+from listener.config import ENV_PREFIX, Settings, flag_names, load_settings, shown_default
 from listener.errors import PgwakeError
+from listener.logs import LogFormat
 from listener.proctitle import scrub_argv
 
 T = TypeVar("T")
@@ -80,7 +83,9 @@ class Database:
                     {**self._flags, **(flags or {})}, config_file=self._config
                 )
             except PgwakeError as exc:
-                raise fail(str(exc), exc.exit_code) from None
+                given = {**self._flags, **(flags or {})}
+                fmt = raw_log_format(given.get("log_format"), self._config)
+                raise fail(str(exc), exc.exit_code, log_format=fmt) from None
         return self._settings
 
     @contextlib.contextmanager
@@ -94,6 +99,24 @@ class Database:
         """Run ``fn`` on a connection to the database (see support.with_connection)."""
         with self.url() as url:
             return with_connection(url, fn, what=what)
+
+
+def raw_log_format(flag: object, config: Path | None) -> LogFormat | None:
+    """The log format the sources name when the settings as a whole are invalid, so a
+    bad setting is reported in that format: the flag, else ``PGWAKE_LOG_FORMAT``, else
+    the config file's ``log_format``, whichever is given first; None when that one is
+    not a format (or none is given, or the file cannot be read)."""
+    value: object = flag or os.environ.get(ENV_PREFIX + "LOG_FORMAT")
+    path = config or (
+        Path(os.environ[ENV_PREFIX + "CONFIG"]) if os.environ.get(ENV_PREFIX + "CONFIG") else None
+    )
+    if not value and path is not None:
+        try:
+            with path.open("rb") as fh:
+                value = tomllib.load(fh).get("pgwake", {}).get("log_format")
+        except (OSError, ValueError, AttributeError):
+            return None
+    return value if value in typing.get_args(LogFormat) else None  # type: ignore[return-value]
 
 
 _DATABASE_PARAMETERS = [

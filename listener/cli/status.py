@@ -1,11 +1,21 @@
 """``pgwake status``: queue health at a terminal, as tables or JSON.
 
 Invariants:
-- Read only: three statements (sql/queries/cli.sql: job_count_by_kind,
-  tenant_list_backlog, worker_list) in one read-only REPEATABLE READ transaction, so
-  every figure comes from the same snapshot. Their cost grows with the active jobs
-  (scheduled, queued, running) and the failed ones kept, never with the history of
-  finished jobs.
+- Read only: seven statements (sql/queries/cli.sql: job_count_by_kind,
+  tenant_list_backlog, worker_list, worker_list_unregistered, job_count_finished_recent,
+  job_list_failed_latest, job_list_retrying) in one read-only REPEATABLE READ
+  transaction, so every figure comes from the same snapshot. Their cost grows with the
+  active jobs (scheduled, queued, running), the failed ones kept and the jobs finished
+  within the drain window (``--window``), never with the rest of the history.
+- The drain is the jobs that ended for good (succeeded, failed, cancelled) in the
+  window, per minute; retries are not in it (a retried job has not ended).
+- Healthy (exit 0) unless: jobs are queued and no worker is live; the oldest queued
+  job has been due longer than ``--max-wait`` (0: never; paused tenants count, as in
+  the alert PgwakeOldestQueuedJobTooOld); a registered worker is hung; or a worker
+  declared lost is still connected (``lost_workers``: its sessions, and any lock they
+  hold, live on). Then it prints the problems and exits 1, after the report. A worker
+  that stops cleanly removes its row a moment before its sessions close, so a status
+  taken in that moment can list it as lost.
 - A worker is *live* while it holds its liveness lock and its heartbeat is no older
   than ``heartbeat_timeout`` (the settings this command reads, like the workers'):
   ``gone`` without the lock (the maintenance leader recovers its jobs), ``hung`` past
@@ -32,10 +42,10 @@ import asyncpg
 import typer
 
 from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, with_connection
+from listener.cli.support import JsonOpt, fail, with_connection
 from listener.cli.terminal import shown
 from listener.config import Settings
-from listener.jobs import ACTIVE
+from listener.jobs import ACTIVE, FINISHED
 from listener.jobs import Status as JobStatus
 from listener.migrate import check_schema
 from listener.queries import QUERIES
@@ -43,6 +53,8 @@ from listener.redact import display_dsn
 
 # The statuses the summary counts: the jobs still to run, and those that failed.
 COUNTED = (*ACTIVE, JobStatus.FAILED)
+# The statuses of a job that ended for good, as the drain counts them.
+FINISHED_NAMES = tuple(s.value for s in FINISHED)
 
 
 @dataclass
@@ -90,6 +102,60 @@ class WorkerRow:
 
 
 @dataclass
+class LostWorker:
+    """A worker process declared lost (its row removed) whose sessions are still open."""
+
+    hostname: str
+    pid: int
+    sessions: int
+    metrics_leader: bool
+    connected_at: datetime
+    idle_seconds: float
+
+
+@dataclass
+class Drain:
+    """Jobs that ended for good in the last ``window_seconds``."""
+
+    window_seconds: float
+    finished: dict[str, int]  # succeeded, failed, cancelled
+    per_minute: list[int]  # oldest minute first; the last is the current one, not over yet
+    jobs_per_second: float
+    by_kind: dict[str, dict[str, int]]  # kind -> status -> jobs
+
+
+@dataclass
+class KindFailure:
+    """The latest failed job of a kind, and how many of the kind failed in the window."""
+
+    kind: str
+    job_id: int
+    tenant: str
+    attempts: int
+    finished_at: datetime
+    age_seconds: float
+    error: str
+    failed_in_window: int
+
+
+@dataclass
+class KindRetrying:
+    """Jobs of a kind waiting out the backoff after a failed attempt."""
+
+    kind: str
+    jobs: int
+    error: str
+
+
+@dataclass
+class Health:
+    """Whether a script should worry, and why."""
+
+    healthy: bool
+    problems: list[str]
+
+
+@dataclass
 class Status:
     """Everything ``pgwake status`` shows."""
 
@@ -103,6 +169,11 @@ class Status:
     tenants_with_backlog: int
     workers: list[WorkerRow]
     unhandled_kinds: list[KindRow] = field(default_factory=list)
+    lost_workers: list[LostWorker] = field(default_factory=list)
+    drain: Drain | None = None
+    failures: list[KindFailure] = field(default_factory=list)
+    retrying: list[KindRetrying] = field(default_factory=list)
+    health: Health = field(default_factory=lambda: Health(healthy=True, problems=[]))
 
 
 def worker_state(age: float, lock_held: bool, settings: Settings) -> str:
@@ -178,14 +249,111 @@ def build(
     )
 
 
-async def fetch(conn: asyncpg.Connection, dsn: str, settings: Settings, top: int) -> Status:
+def lost_worker(row: asyncpg.Record) -> LostWorker:
+    """A row of worker_list_unregistered; host and pid from ``pgwake@<host>:<pid>``."""
+    host, _, pid = row["application_name"].removeprefix("pgwake@").rpartition(":")
+    return LostWorker(
+        hostname=host,
+        pid=int(pid) if pid.isdigit() else 0,
+        sessions=row["sessions"],
+        metrics_leader=row["metrics_leader"],
+        connected_at=row["connected_at"],
+        idle_seconds=row["idle_seconds"],
+    )
+
+
+def drain(rows: Sequence[asyncpg.Record], window: float) -> Drain:
+    """The rows of job_count_finished_recent, summed."""
+    minutes = max(1, round(window / 60))
+    finished = dict.fromkeys(FINISHED_NAMES, 0)
+    per_minute = [0] * minutes
+    by_kind: dict[str, dict[str, int]] = {}
+    for row in rows:
+        finished[row["status"]] += row["jobs"]
+        per_minute[minutes - 1 - min(row["minutes_ago"], minutes - 1)] += row["jobs"]
+        kind = by_kind.setdefault(row["kind"], dict.fromkeys(FINISHED_NAMES, 0))
+        kind[row["status"]] += row["jobs"]
+    return Drain(
+        window_seconds=window,
+        finished=finished,
+        per_minute=per_minute,
+        jobs_per_second=sum(finished.values()) / window,
+        by_kind=dict(sorted(by_kind.items())),
+    )
+
+
+def health(status: Status, max_wait: float) -> Health:
+    """The problems a script should hear of (see the module docstring)."""
+    problems = []
+    queued = status.totals["queued"]
+    if queued and not any(w.live for w in status.workers):
+        problems.append(f"no live worker while {queued:,} jobs are queued")
+    oldest = status.oldest_queued_seconds
+    if max_wait > 0 and oldest is not None and oldest > max_wait:
+        problems.append(
+            f"the oldest queued job has been due for {age(oldest)} (--max-wait {max_wait:g}s)"
+        )
+    hung = [w for w in status.workers if w.state == "hung"]
+    if hung:
+        problems.append(
+            f"{len(hung)} worker(s) hung (no heartbeat for {age(hung[0].heartbeat_age_seconds)}"
+            f" or more): " + ", ".join(f"{w.hostname} pid {w.pid}" for w in hung)
+        )
+    if status.lost_workers:
+        problems.append(
+            f"{len(status.lost_workers)} worker(s) declared lost still connected: "
+            + ", ".join(
+                f"{w.hostname} pid {w.pid} ({w.sessions} session(s)"
+                + (", holding the metrics lock" if w.metrics_leader else "")
+                + ")"
+                for w in status.lost_workers
+            )
+        )
+    return Health(healthy=not problems, problems=problems)
+
+
+async def fetch(
+    conn: asyncpg.Connection,
+    dsn: str,
+    settings: Settings,
+    top: int,
+    *,
+    window: float = 300.0,
+    errors: int = 5,
+    max_wait: float = 300.0,
+) -> Status:
     """Read the queue's state in one snapshot."""
     await check_schema(conn)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         kinds = await conn.fetch(QUERIES["job_count_by_kind"])
         tenants = await conn.fetch(QUERIES["tenant_list_backlog"], top)
         workers = await conn.fetch(QUERIES["worker_list"])
-    return build(dsn, settings, kinds, tenants, workers, datetime.now(UTC))
+        lost = await conn.fetch(QUERIES["worker_list_unregistered"])
+        finished = await conn.fetch(QUERIES["job_count_finished_recent"], window)
+        failed = await conn.fetch(QUERIES["job_list_failed_latest"], window, errors)
+        retrying = await conn.fetch(QUERIES["job_list_retrying"], errors)
+    status = build(dsn, settings, kinds, tenants, workers, datetime.now(UTC))
+    status.lost_workers = [lost_worker(row) for row in lost]
+    status.drain = drain(finished, window)
+    status.failures = [
+        KindFailure(
+            kind=row["kind"],
+            job_id=row["id"],
+            tenant=row["tenant_id"],
+            attempts=row["attempts"],
+            finished_at=row["finished_at"],
+            age_seconds=row["age_seconds"],
+            error=row["error"] or "",
+            failed_in_window=row["recent"],
+        )
+        for row in failed
+    ]
+    status.retrying = [
+        KindRetrying(kind=row["kind"], jobs=row["jobs"], error=row["error"] or "")
+        for row in retrying
+    ]
+    status.health = health(status, max_wait)
+    return status
 
 
 # --- rendering ---------------------------------------------------------------------
@@ -236,6 +404,7 @@ def render(status: Status) -> str:
             if status.oldest_queued_seconds is not None
             else "nothing queued"
         ),
+        *render_drain(status),
     ]
     if status.kinds:
         out.append("")
@@ -310,6 +479,23 @@ def render(status: Status) -> str:
             ],
             left=3,
         )
+    if status.lost_workers:
+        out += ["", "workers declared lost but still connected (their jobs went to others):"]
+        out += table(
+            ["HOST", "PID", "SESSIONS", "METRICS LOCK", "CONNECTED", "IDLE"],
+            [
+                [
+                    shown(w.hostname),
+                    str(w.pid),
+                    str(w.sessions),
+                    "held" if w.metrics_leader else "",
+                    f"{age((status.at - w.connected_at).total_seconds())} ago",
+                    age(w.idle_seconds),
+                ]
+                for w in status.lost_workers
+            ],
+            left=2,
+        )
     if status.unhandled_kinds:
         out += ["", "queued jobs no live worker claims:"]
         out += [
@@ -317,7 +503,79 @@ def render(status: Status) -> str:
             f"oldest due {age(k.oldest_queued_seconds)} ago"
             for k in status.unhandled_kinds
         ]
+    out += render_errors(status)
+    out += ["", render_health(status.health)]
     return "\n".join(out)
+
+
+def rate(per_second: float) -> str:
+    """Jobs per second, or per minute when fewer than one a second."""
+    if per_second >= 1 or per_second == 0:
+        return f"{per_second:,.1f}/s"
+    return f"{per_second * 60:,.1f}/min"
+
+
+def render_drain(status: Status) -> list[str]:
+    """The drain: jobs ended per minute over the window, and what the backlog would
+    take at that rate."""
+    d = status.drain
+    if d is None:
+        return []
+    minutes = len(d.per_minute)
+    f = d.finished
+    line = (
+        f"drain: {_n(sum(f.values()))} jobs ended in the last {minutes} min "
+        f"({rate(d.jobs_per_second)}; this minute so far {_n(d.per_minute[-1])}): "
+        f"{_n(f['succeeded'])} succeeded, {_n(f['failed'])} failed, "
+        f"{_n(f['cancelled'])} cancelled"
+    )
+    out = [line, "  per minute, oldest first: " + " ".join(_n(n) for n in d.per_minute)]
+    queued = status.totals["queued"]
+    if queued and d.jobs_per_second > 0:
+        out.append(
+            f"  at that rate the {_n(queued)} queued jobs take {age(queued / d.jobs_per_second)}"
+        )
+    elif queued:
+        out.append(f"  nothing ended in the window while {_n(queued)} jobs are queued")
+    return out
+
+
+def render_errors(status: Status) -> list[str]:
+    """The latest failure of each kind, and the kinds retrying."""
+    out: list[str] = []
+    if status.failures:
+        minutes = round((status.drain.window_seconds if status.drain else 300) / 60)
+        out += ["", f"last failures by kind (FAILED: in the last {minutes} min):"]
+        out += table(
+            ["KIND", "WHEN", "FAILED", "JOB", "TENANT", "ATTEMPTS", "ERROR"],
+            [
+                [
+                    shown(f.kind),
+                    f"{age(f.age_seconds)} ago",
+                    _n(f.failed_in_window),
+                    str(f.job_id),
+                    shown(f.tenant),
+                    str(f.attempts),
+                    shown(f.error),
+                ]
+                for f in status.failures
+            ],
+            left=2,
+        )
+    if status.retrying:
+        out += ["", "waiting to retry after a failed attempt:"]
+        out += table(
+            ["KIND", "JOBS", "LAST ERROR"],
+            [[shown(r.kind), _n(r.jobs), shown(r.error)] for r in status.retrying],
+        )
+    return out
+
+
+def render_health(health: Health) -> str:
+    """``health: ok``, or the problems, one a line."""
+    if health.healthy:
+        return "health: ok"
+    return "health: UNHEALTHY\n" + "\n".join(f"  - {shown(p)}" for p in health.problems)
 
 
 def as_json(status: Status) -> str:
@@ -331,14 +589,45 @@ def status_cmd(
         int,
         typer.Option("--tenants", min=1, max=1000, help="Tenants shown, by backlog."),
     ] = 10,
+    window: Annotated[
+        int,
+        typer.Option(
+            "--window", min=1, max=60, help="Minutes of finished jobs the drain and errors count."
+        ),
+    ] = 5,
+    errors: Annotated[
+        int,
+        typer.Option("--errors", min=1, max=1000, help="Kinds shown with their latest failure."),
+    ] = 5,
+    max_wait: Annotated[
+        float,
+        typer.Option(
+            "--max-wait",
+            min=0,
+            max=30 * 86_400,
+            help="Unhealthy (exit 1) when the oldest queued job has been due longer than "
+            "this many seconds; 0: never.",
+        ),
+    ] = 300.0,
     as_json_: JsonOpt = False,
     *,
     db: Database,
 ) -> None:
-    """Queue health: jobs by kind and status, tenants, workers, unhandled kinds.
+    """Queue health: jobs by kind and status, the drain, tenants, workers, the last
+    errors by kind.
 
-    Also the oldest queued job, the workers' heartbeats and whether each is live."""
+    Also the oldest queued job, the workers' heartbeats and whether each is live, and
+    workers declared lost that are still connected. Exits 1 when unhealthy: jobs queued
+    and no live worker, the oldest queued job older than --max-wait, a hung worker, or a
+    worker declared lost still connected."""
     settings = db.settings()
     with db.url() as url:
-        status = with_connection(url, lambda conn: fetch(conn, url, settings, top))
+        status = with_connection(
+            url,
+            lambda conn: fetch(
+                conn, url, settings, top, window=window * 60.0, errors=errors, max_wait=max_wait
+            ),
+        )
     typer.echo(as_json(status) if as_json_ else render(status))
+    if not status.health.healthy:
+        raise fail("unhealthy: " + "; ".join(status.health.problems), 1)

@@ -4,7 +4,8 @@ in :mod:`.options`).
 
 Invariant: every command reports a failure as one line on stderr,
 ``pgwake: error: <message>``, with secrets masked and control characters escaped (text
-from the database may hold any), and exits with the error's code. A statement the
+from the database may hold any), and exits with the error's code; with the log format
+``json`` the line is a JSON log line at level error instead (listener/logs.py). A statement the
 database refuses is reported by its one-line message (never its DETAIL, which holds
 the whole row): exit 2 when the values given were refused (a CHECK or NOT NULL
 constraint, a data exception), else 1.
@@ -21,19 +22,22 @@ import anyio
 import asyncpg
 import typer
 
-from listener import db
+from listener import db, logs
 from listener.cli.terminal import shown
 from listener.config import Settings
 from listener.errors import PgwakeError
-from listener.migrate import migrate
+from listener.logs import LogFormat
+from listener.migrate import migrate, schema_version
 from listener.redact import redact
 
 T = TypeVar("T")
 
 
-def fail(message: str, code: int) -> typer.Exit:
-    """Print ``message`` as an error; return the Exit to raise."""
-    typer.echo(f"pgwake: error: {shown(redact(message))}", err=True)
+def fail(message: str, code: int, *, log_format: LogFormat | None = None) -> typer.Exit:
+    """Print ``message`` as an error (a JSON line when the log format, ``log_format`` or
+    the one configured, is ``json``: listener/logs.py); return the Exit to raise."""
+    line = f"pgwake: error: {shown(redact(message))}"
+    logs.report_error(message, code, line, fmt=log_format)
     return typer.Exit(code)
 
 
@@ -91,11 +95,13 @@ def guard(fn: Any, *args: Any) -> Any:
         raise fail(str(found), found.exit_code) from None
 
 
-async def migrate_dsn(dsn: str) -> list[str]:
-    """Apply pending migrations; the names of those applied."""
+async def migrate_dsn(dsn: str) -> tuple[list[str], int]:
+    """Apply pending migrations; the names of those applied, and the database's schema
+    version after (newer than this pgwake's when a newer compatible one was there)."""
     conn = await db.connect(dsn)
     try:
-        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+        applied = [m.label for m in await migrate(conn)]
+        return applied, await schema_version(conn)
     finally:
         await conn.close()
 

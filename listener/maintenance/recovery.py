@@ -10,9 +10,14 @@ Invariants:
   and its heartbeat is older than one and a half heartbeat intervals (its process died: found
   within seconds; a live worker whose session was cut reconnects and beats within that
   grace, so it is never declared lost for a cut session), or when
-  its heartbeat is older than the heartbeat timeout (hung; see
-  sql/queries/maintenance.sql: worker_list_lost). Running jobs claimed by a worker that
-  is not registered are recovered too.
+  its heartbeat is older than the heartbeat timeout (see sql/queries/maintenance.sql:
+  worker_list_lost). Running jobs claimed by a worker that is not registered are
+  recovered too.
+- Why a worker was lost is told by its lock, never by how long it was silent: ``hung``
+  only while its heartbeat session still holds the lock (alive but silent); a worker
+  whose lock is gone is ``restarted`` when a new worker registered on its host after its
+  last heartbeat, else ``gone``. A killed worker that a service manager restarts is
+  never reported hung, however late the leader gets to it.
 - A recovered job keeps its attempt (counted at the claim) and the reason in
   last_error; it goes back to queued, or to failed when that was its last attempt.
   Jobs are recovered at most ``batch`` per round; a lost worker's row is deleted once
@@ -147,6 +152,11 @@ class Recoverer:
         if row["why"] == "hung":
             return (
                 f"recovered: {who} sent no heartbeat for {row['silent_seconds']:.1f}s "
-                "(hung or cut off)"
+                "while it still held its lock (hung or cut off)"
+            )
+        if row["why"] == "restarted":
+            return (
+                f"recovered: {who} died (its liveness lock was released) and a new worker "
+                "has started on its host since"
             )
         return f"recovered: {who} died (its liveness lock was released)"

@@ -4,7 +4,7 @@ Invariants:
 - One worker of the fleet samples at a time: the worker whose pooled connection holds
   the metrics lock, a session-level advisory lock. Every worker runs this loop and
   tries to take the lock each ``metrics_interval`` seconds; the leader samples with
-  three queries on that connection, in one snapshot, never per scrape and never per
+  four queries on that connection, in one snapshot, never per scrape and never per
   tenant (listener/metrics.py exports what it sampled).
 - A leader cannot hold the fleet blind. Each round has a timeout (``timeout``: the
   statements a ``statement_timeout``, the whole round a client-side deadline for a
@@ -172,6 +172,7 @@ class Sampler:
                 QUERIES["leader_set_sample_timeout"], f"{int(self._timeout * 1000)}ms"
             )
             workers = await conn.fetchrow(QUERIES["worker_count"])
+            heartbeats = await conn.fetch(QUERIES["worker_list_heartbeats"])
             depth = await conn.fetch(QUERIES["job_count_active"])
             top = await conn.fetch(
                 QUERIES["tenant_count_queued"], m.top_n_tenants, m.tenants_opt_in
@@ -179,7 +180,11 @@ class Sampler:
             await conn.execute(QUERIES["leader_record_metrics_sample"])
         self._known = (0.0, time.monotonic())
         assert workers is not None
-        m.set_workers(workers["workers"], workers["heartbeat_age_max"])
+        m.set_workers(
+            workers["workers"],
+            workers["heartbeat_age_max"],
+            [(r["id"], r["hostname"], r["pid"], r["heartbeat_age"]) for r in heartbeats],
+        )
         m.set_queue(
             [(r["status"], r["kind"], r["jobs"], r["oldest_seconds"]) for r in depth],
             {*self._kinds, *workers["kinds"]},

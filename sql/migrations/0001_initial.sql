@@ -1,3 +1,4 @@
+-- pgwake: breaking
 -- 0001_initial: the job table, workers, the insert trigger.
 --
 -- The runner (listener/migrate.py) creates schema pgwake and pgwake.schema_migrations

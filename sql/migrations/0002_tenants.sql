@@ -1,3 +1,4 @@
+-- pgwake: breaking
 -- 0002_tenants: per-tenant settings, fleet-wide concurrency caps, pausing.
 
 -- Settings per tenant. A job whose tenant has no row here uses the defaults: no

@@ -1,3 +1,4 @@
+-- pgwake: compatible
 -- 0003_tenant_app_roles: least-privilege application roles confined to their tenants
 -- with row-level security.
 --

@@ -1,3 +1,4 @@
+-- pgwake: breaking
 -- 0004_liveness_cancel_events: liveness locks for fast recovery of dead workers,
 -- cancellation of running jobs, and the job events channel.
 

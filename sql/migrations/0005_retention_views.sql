@@ -1,3 +1,4 @@
+-- pgwake: compatible
 -- 0005_retention_views: finished jobs by status and age (retention, dead letters), and
 -- views for people who live in psql.
 

@@ -1,3 +1,4 @@
+-- pgwake: compatible
 -- 0006_schedules: cron schedules that enqueue jobs, once per slot across the fleet.
 
 -- One row per schedule. The maintenance leader of a round (queries.sql:

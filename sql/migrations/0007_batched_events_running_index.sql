@@ -1,3 +1,4 @@
+-- pgwake: compatible
 -- 0007_batched_events_running_index: job events for many jobs in one call, and one
 -- index on running jobs instead of two.
 

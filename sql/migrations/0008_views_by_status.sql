@@ -1,3 +1,4 @@
+-- pgwake: compatible
 -- 0008_views_by_status: the psql views read each active status through its own partial
 -- index. One scan with status IN ('scheduled', 'queued', 'running') can use none of
 -- them (each index's predicate names one status), so it read the whole table, finished

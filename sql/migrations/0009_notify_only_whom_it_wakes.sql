@@ -1,3 +1,4 @@
+-- pgwake: breaking
 -- 0009_notify_only_whom_it_wakes: NOTIFY only when a session waits for it.
 --
 -- A transaction that sends a NOTIFY holds a database-wide lock from its commit until

@@ -1,3 +1,4 @@
+-- pgwake: compatible
 -- 0010_hostile_rows: rows PostgreSQL accepts but no worker could handle are refused at
 -- INSERT, by named CHECKs that cost a comparison or two.
 --

@@ -1,3 +1,4 @@
+-- pgwake: breaking
 -- 0011_hostile_roles: no database role without pgwake's own privileges can cancel, stall
 -- or read another tenant's jobs, through any table, view, function, channel or lock.
 --

@@ -1,12 +1,15 @@
+-- pgwake: compatible
 -- 0012_metrics_sample_time: the metrics leader records when it last sampled the queue,
 -- so that every worker exports the age of the fleet's last sample
 -- (pgwake_metrics_sample_age_seconds): a leader that hangs, or a session that is not
 -- pgwake's holding the metrics lock, can no longer leave the fleet blind unseen.
 --
--- Compatible with workers of 0011: they neither read nor write the new row or column,
--- and take the metrics lock as before. While a worker of 0011 is the metrics leader it
--- records no samples, so the newer workers export a growing sample age (and its alert
--- may fire): restart every worker after migrating.
+-- Compatible with workers of 0011: they neither read nor write the new row or column
+-- (their leader rounds lock their own rows of pgwake.leaders by name; the wider CHECK
+-- accepts all they write), and they take the metrics lock as before, so they run
+-- unchanged. One thing only is weaker during a rolling upgrade: while a worker of 0011
+-- is the metrics leader it records no samples, so the newer workers export a growing
+-- sample age and PgwakeMetricsSampleStale may fire until a new worker leads.
 
 ALTER TABLE pgwake.leaders DROP CONSTRAINT leaders_name_known;
 ALTER TABLE pgwake.leaders ADD CONSTRAINT leaders_name_known

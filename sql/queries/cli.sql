@@ -289,3 +289,101 @@ SELECT w.id, w.hostname, w.pid, w.kinds, w.concurrency, w.started_at,
            AS metrics_leader
   FROM pgwake.workers AS w
  ORDER BY w.hostname, w.pid, w.id;
+
+-- name: job_count_finished_recent
+-- For `pgwake status`: the drain. Jobs that ended for good (succeeded, failed,
+-- cancelled) in the last $1 seconds, by kind, status and the whole minutes since they
+-- ended (0: the last minute). Reads jobs_finished_idx over that window only, so its
+-- cost grows with the jobs finished in the window, not with the history kept.
+-- $1 the window in seconds.
+SELECT j.kind, j.status,
+       greatest(floor(extract(epoch FROM now() - j.finished_at) / 60), 0)::int AS minutes_ago,
+       count(*) AS jobs
+  FROM pgwake.jobs AS j
+ WHERE j.status IN ('succeeded', 'failed', 'cancelled')
+   AND j.finished_at > now() - make_interval(secs => $1::float8)
+ GROUP BY j.kind, j.status, 3;
+
+-- name: job_list_failed_latest
+-- For `pgwake status`: the last errors by kind. For each kind with failed jobs kept,
+-- its latest failure (id, tenant, attempts, when, the first line of its error, at most
+-- 300 characters), with how many of its jobs failed in the last $1 seconds; the $2
+-- kinds that failed last. Reads the failed jobs kept (jobs_finished_idx), never the
+-- other history.
+-- $1 the window in seconds, $2 how many kinds.
+WITH latest AS (
+    SELECT DISTINCT ON (j.kind) j.kind, j.id, j.tenant_id, j.attempts, j.finished_at,
+           left(split_part(j.last_error, E'\n', 1), 300) AS error
+      FROM pgwake.jobs AS j
+     WHERE j.status = 'failed'
+     ORDER BY j.kind, j.finished_at DESC, j.id DESC
+)
+SELECT l.kind, l.id, l.tenant_id, l.attempts, l.finished_at, l.error,
+       extract(epoch FROM now() - l.finished_at)::float8 AS age_seconds,
+       (SELECT count(*) FROM pgwake.jobs AS f
+         WHERE f.status = 'failed' AND f.kind = l.kind
+           AND f.finished_at > now() - make_interval(secs => $1::float8)) AS recent
+  FROM latest AS l
+ ORDER BY l.finished_at DESC, l.kind
+ LIMIT $2::int;
+
+-- name: job_list_retrying
+-- For `pgwake status`: jobs waiting out the backoff after a failed attempt (scheduled,
+-- with attempts used and an error), by kind: how many, and the first line of the error
+-- of the one that failed last (at most 300 characters); the $1 kinds with the most.
+-- An always-failing handler shows here long before its jobs run out of attempts.
+-- Reads the scheduled jobs only (jobs_scheduled_idx).
+-- $1 how many kinds.
+SELECT j.kind, count(*) AS jobs,
+       (array_agg(left(split_part(j.last_error, E'\n', 1), 300)
+                  ORDER BY j.run_at DESC, j.id DESC))[1] AS error
+  FROM pgwake.jobs AS j
+ WHERE j.status = 'scheduled' AND j.attempts > 0 AND j.last_error IS NOT NULL
+ GROUP BY j.kind
+ ORDER BY count(*) DESC, j.kind
+ LIMIT $1::int;
+
+-- name: worker_list_unregistered
+-- For `pgwake status`: worker processes declared lost that are still connected. The
+-- maintenance leader declares a worker lost (hung: no heartbeat for heartbeat_timeout;
+-- or gone), puts its jobs back and removes its row, but the process may live on with
+-- its sessions, and with them its locks: its liveness lock, and the metrics lock when
+-- it was the metrics leader (which then blinds the queue's metrics). A process counts
+-- when one of its sessions holds a worker liveness lock that no registered worker's
+-- heartbeat session holds, or the metrics lock, and no registered worker has its
+-- application_name (pgwake@<host>:<pid>, db.py). Per process: its sessions on this
+-- database, whether it holds the metrics lock, when its oldest session connected and
+-- the seconds since any of them last changed state.
+-- No parameters.
+WITH held AS (
+    SELECT l.pid, l.classid, l.objid
+      FROM pg_locks AS l
+     WHERE l.locktype = 'advisory'
+       AND l.granted
+       AND l.objsubid = 2
+       AND l.classid IN (1885828962::oid, 1885828963::oid)
+       AND l.database = (SELECT d.oid FROM pg_database AS d
+                          WHERE d.datname = current_database())
+),
+claimed AS (
+    SELECT a.application_name, bool_or(h.classid = 1885828963::oid) AS metrics_leader
+      FROM held AS h
+      JOIN pg_stat_activity AS a ON a.pid = h.pid
+     WHERE a.application_name LIKE 'pgwake@%'
+       AND NOT EXISTS (SELECT 1 FROM pgwake.workers AS w
+                        WHERE h.classid = 1885828962::oid
+                          AND w.lock_key::oid = h.objid AND w.session_pid = h.pid)
+     GROUP BY a.application_name
+)
+SELECT c.application_name, c.metrics_leader,
+       count(a.pid) AS sessions,
+       min(a.backend_start) AS connected_at,
+       extract(epoch FROM now() - max(a.state_change))::float8 AS idle_seconds
+  FROM claimed AS c
+  JOIN pg_stat_activity AS a
+    ON a.application_name = c.application_name
+   AND a.datname = current_database()
+ WHERE NOT EXISTS (SELECT 1 FROM pgwake.workers AS w
+                    WHERE 'pgwake@' || w.hostname || ':' || w.pid = c.application_name)
+ GROUP BY c.application_name, c.metrics_leader
+ ORDER BY c.application_name;

@@ -69,35 +69,46 @@ SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL
 
 -- name: worker_list_lost
 -- Workers that are gone or hung, locked for recovery (in the leader's transaction):
--- - gone: its liveness lock is no longer held by its heartbeat session (session_pid;
---   the same key held by any other session does not count) and its last heartbeat is
---   older than $1 seconds (a few heartbeat intervals, so a live worker whose session
---   was cut has beaten again from a new one). Judged only once the server has been up
---   for $2 seconds, so that after a server restart live workers have had time to
---   reconnect and take their locks again.
--- - hung: no heartbeat for $2 seconds, lock or not (an event loop blocked, a stopped
---   process, a partitioned host).
+-- - lost for want of its lock: its liveness lock is no longer held by its heartbeat
+--   session (session_pid; the same key held by any other session does not count) and
+--   its last heartbeat is older than $1 seconds (a few heartbeat intervals, so a live
+--   worker whose session was cut has beaten again from a new one). Judged only once the
+--   server has been up for $2 seconds, so that after a server restart live workers have
+--   had time to reconnect and take their locks again.
+-- - lost for its silence: no heartbeat for $2 seconds, lock or not.
+-- why says which: 'hung' while its heartbeat session still holds the lock (alive but
+-- silent: an event loop blocked, a stopped process, a partitioned host); otherwise
+-- 'restarted' when a worker registered on the same host after its last heartbeat (the
+-- service manager started it again), else 'gone' (the process or its connection died).
+-- However long ago it died, a worker whose lock is gone is never called hung.
 -- FOR UPDATE waits for a claim of that worker in flight (which holds KEY SHARE), so the
 -- recovery that follows sees every job the worker claimed.
 -- $1 grace in seconds (one and a half heartbeat intervals), $2 heartbeat timeout in seconds.
 SELECT w.id, w.hostname, w.pid,
-       CASE WHEN w.heartbeat_at < now() - make_interval(secs => $2) THEN 'hung' ELSE 'gone' END
-           AS why,
+       CASE WHEN lock.held THEN 'hung'
+            WHEN EXISTS (SELECT 1 FROM pgwake.workers AS n
+                          WHERE n.hostname = w.hostname
+                            AND n.id <> w.id
+                            AND n.started_at > w.heartbeat_at) THEN 'restarted'
+            ELSE 'gone'
+       END AS why,
        extract(epoch FROM now() - w.heartbeat_at)::float8 AS silent_seconds
   FROM pgwake.workers AS w
+ CROSS JOIN LATERAL (
+       SELECT EXISTS (SELECT 1
+                        FROM pg_locks AS l
+                       WHERE l.locktype = 'advisory'
+                         AND l.database = (SELECT d.oid FROM pg_database AS d
+                                            WHERE d.datname = current_database())
+                         AND l.classid = 1885828962::oid
+                         AND l.objid = w.lock_key::oid
+                         AND l.objsubid = 2
+                         AND l.pid = w.session_pid
+                         AND l.granted) AS held) AS lock
  WHERE w.heartbeat_at < now() - make_interval(secs => $2)
     OR (w.heartbeat_at < now() - make_interval(secs => $1)
         AND now() - pg_postmaster_start_time() > make_interval(secs => $2)
-        AND NOT EXISTS (SELECT 1
-                          FROM pg_locks AS l
-                         WHERE l.locktype = 'advisory'
-                           AND l.database = (SELECT d.oid FROM pg_database AS d
-                                              WHERE d.datname = current_database())
-                           AND l.classid = 1885828962::oid
-                           AND l.objid = w.lock_key::oid
-                           AND l.objsubid = 2
-                           AND l.pid = w.session_pid
-                           AND l.granted))
+        AND NOT lock.held)
    FOR UPDATE OF w;
 
 -- name: worker_end_sessions

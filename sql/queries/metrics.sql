@@ -48,6 +48,16 @@ SELECT count(*)::int AS workers,
                    FROM pgwake.workers AS w, unnest(w.kinds) AS k(kind)), '{}') AS kinds
   FROM pgwake.workers;
 
+-- name: worker_list_heartbeats
+-- Each registered worker (id, hostname, pid) and the seconds since its last heartbeat,
+-- as the database says: the leader exports them, so a hung worker's silence shows even
+-- though its own gauge cannot be scraped. One row per registered worker.
+-- No parameters.
+SELECT w.id::text AS id, w.hostname, w.pid,
+       greatest(extract(epoch FROM now() - w.heartbeat_at), 0)::float8 AS heartbeat_age
+  FROM pgwake.workers AS w
+ ORDER BY w.hostname, w.pid, w.id;
+
 -- name: job_count_active
 -- Jobs by status and kind, for the scheduled, queued and running states (the finished
 -- history is not counted), with the seconds since the oldest of each group became due.

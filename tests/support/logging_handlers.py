@@ -4,7 +4,9 @@
 ``logging`` under a library's name, from a worker thread, with tracebacks), each line
 carrying the worker's DSN and its encryption key text, which must come out masked.
 ``log.leak`` writes them raw to stderr, around the logging pipeline: a leak on purpose,
-for the test that proves the secret watch catches one.
+for the test that proves the secret watch catches one. ``log.flaky`` fails every attempt
+with a traceback three frames deep, and ``log.permanent`` raises ``PermanentError``, for
+the tests of the job lines (start, end, retry, final failure).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import anyio
 import structlog
 
-from listener.api import JobContext, handler
+from listener.api import JobContext, PermanentError, handler
 
 
 def _secrets() -> tuple[str, str]:
@@ -49,3 +51,25 @@ async def log_leak(payload: dict[str, Any], ctx: JobContext) -> None:
     ctx.log.info("about to leak", dsn=dsn)  # masked: this line is no leak
     print(f"leaked dsn {dsn}", file=sys.stderr, flush=True)
     print(f"leaked keys {keys}", file=sys.stderr, flush=True)
+
+
+def _innermost(reason: str) -> None:
+    raise RuntimeError(f"flaky dependency said: {reason}")
+
+
+def _middle(reason: str) -> None:
+    _innermost(reason)
+
+
+@handler("log.flaky")
+async def log_flaky(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Report 2 records, then fail every attempt, from a function two calls down (so the
+    traceback shows it)."""
+    ctx.add_records(2)
+    _middle(str(payload.get("reason", "no")))
+
+
+@handler("log.permanent")
+async def log_permanent(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Fail for good at once."""
+    raise PermanentError("the order does not exist")

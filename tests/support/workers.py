@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
@@ -47,10 +48,16 @@ def spawn_worker(
     dsn: str, *args: str, env: dict[str, str] | None = None, log: IO[str] | None = None
 ) -> subprocess.Popen[str]:
     """A worker in its own process (``python -m listener run``), DSN passed by env. Its
-    output is piped (read it with ``stop_process``), or written to ``log`` for long
-    runs whose output could fill a pipe."""
+    output goes to ``log``, or else to an anonymous temporary file that ``stop_process``
+    reads (never to a pipe: a worker logs a line per job start and end, and a full pipe
+    nobody reads would block its event loop)."""
+    output: Path | None = None
+    fd = -1
     if log is not None:
         secret_watch.current().add_log_file(Path(log.name), f"worker log {log.name}")
+    else:
+        fd, name = tempfile.mkstemp(prefix="pgwake-worker-", suffix=".log")
+        output = Path(name)
     full_env = {
         **os.environ,
         "PGWAKE_DSN": dsn,
@@ -59,14 +66,38 @@ def spawn_worker(
         "PGWAKE_METRICS_ADDR": "127.0.0.1:0",
         **(env or {}),
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "listener", "run", *args],
-        env=full_env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE if log is None else log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "listener", "run", *args],
+            env=full_env,
+            cwd=ROOT,
+            stdout=fd if log is None else log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    finally:
+        if log is None:
+            os.close(fd)
+    if output is not None:
+        # Read by stop_process (then deleted); the watch reads it at the end of the test
+        # if nobody does.
+        watch, what = getattr(proc, "_secret_watch", (secret_watch.current(), "worker output"))
+        watch.add_log_file(output, what)
+    proc._pgwake_output = output  # type: ignore[attr-defined]
+    return proc
+
+
+def _output(proc: subprocess.Popen[str], piped: str | None) -> str:
+    """What ``proc`` wrote: its pipe's text, or the temporary file of ``spawn_worker``
+    (checked by the secret watch like any output a test reads)."""
+    output: Path | None = getattr(proc, "_pgwake_output", None)
+    if output is None:
+        return piped or ""
+    watch, _ = getattr(proc, "_secret_watch", (secret_watch.current(), ""))
+    watch.read_files()  # checks it before it goes
+    text = output.read_text(encoding="utf-8", errors="replace")
+    output.unlink(missing_ok=True)
+    return text
 
 
 def stop_process(
@@ -81,8 +112,8 @@ def stop_process(
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-        pytest.fail(f"process did not stop within {timeout}s:\n{out}")
-    return proc.returncode, out
+        pytest.fail(f"process did not stop within {timeout}s:\n{_output(proc, out)}")
+    return proc.returncode, _output(proc, out)
 
 
 async def wait_ready(conn: asyncpg.Connection, count: int = 1, timeout: float = 30.0) -> None:
