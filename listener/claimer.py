@@ -194,6 +194,11 @@ class Claimer:
         """True from a claim that could not reach the database until one that did."""
         return self._outage.failing
 
+    @property
+    def failure(self) -> str | None:
+        """Why the last claim could not reach the database (None while claims work)."""
+        return self._outage.reason
+
     # What the heartbeat and the cancel checker ask of the jobs held (heartbeat.HeldJobs).
 
     def request_cancel(self, job_ids: Sequence[int]) -> None:

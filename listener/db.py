@@ -15,8 +15,11 @@ Invariants:
   that mean the connection failed, whatever the statement. Code that rides out a
   database problem catches these, never a list of its own.
 - Errors that say nothing about the data (serialization failure, deadlock, shutdown,
-  lost connection: :func:`is_transient`) are *transient*: bookkeeping writes are retried
-  on them, handlers are never re-run because of them.
+  lost connection, authentication refused, the database or its schema missing:
+  :func:`is_transient`) are *transient*: every loop of the worker waits them out with
+  backoff, bookkeeping writes are retried on them, handlers are never re-run because of
+  them. Any other error is the worker's own (its configuration, a privilege it lacks, a
+  bug) and is not retried.
 """
 
 from __future__ import annotations
@@ -32,21 +35,43 @@ import asyncpg
 from listener.errors import DatabaseUnavailableError
 from listener.redact import display_dsn, redact
 
-# SQLSTATEs worth retrying a bookkeeping statement on.
+# SQLSTATEs worth retrying a statement on: they say nothing about the statement or its
+# data, only that the database cannot serve it now. A worker waits these out (every loop
+# retries with backoff, /readyz says why it is not ready), whatever their number.
 TRANSIENT_SQLSTATES = frozenset(
     {
+        # The transaction lost a race; the same statement may well succeed.
         "40001",  # serialization_failure
         "40P01",  # deadlock_detected
         "55P03",  # lock_not_available
-        "57P01",  # admin_shutdown
+        "57014",  # query_canceled (a statement timeout, pg_cancel_backend)
+        # The server is stopping, starting or out of room.
+        "57P01",  # admin_shutdown (also: the database dropped WITH (FORCE))
         "57P02",  # crash_shutdown
         "57P03",  # cannot_connect_now
+        "57P04",  # database_dropped
+        "53000",  # insufficient_resources
+        "53100",  # disk_full
+        "53200",  # out_of_memory
         "53300",  # too_many_connections
+        "58000",  # system_error
+        "58030",  # io_error
+        "25006",  # read_only_sql_transaction (a standby, in a failover)
+        # The connection failed or was refused.
         "08000",  # connection_exception
         "08003",  # connection_does_not_exist
         "08006",  # connection_failure
         "08001",  # sqlclient_unable_to_establish_sqlconnection
         "08004",  # sqlserver_rejected_establishment_of_sqlconnection
+        "28000",  # invalid_authorization_specification (no pg_hba entry, role missing)
+        "28P01",  # invalid_password (a password rotated before the worker's setting)
+        # The database is missing, or was recreated and is not migrated yet. At start
+        # the schema is checked (migrate.check_schema), so later these mean the schema
+        # went away under the worker, not a bug of its queries.
+        "3D000",  # invalid_catalog_name (database does not exist)
+        "3F000",  # invalid_schema_name
+        "42P01",  # undefined_table
+        "42883",  # undefined_function
     }
 )
 
@@ -176,9 +201,12 @@ def _connect_kwargs(session_settings: dict[str, str] | None = None) -> dict[str,
     return {"server_settings": settings | (session_settings or {})}
 
 
-def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailableError:
+def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailableError:
+    """The error to raise when connecting to ``dsn`` failed with ``exc``: names the
+    server (password masked) and the cause, and says whether it can be waited out."""
     return DatabaseUnavailableError(
-        f"cannot connect to {display_dsn(dsn)}: {type(exc).__name__}: {redact(str(exc))}"
+        f"cannot connect to {display_dsn(dsn)}: {type(exc).__name__}: {redact(str(exc))}",
+        transient=is_transient(exc),
     )
 
 
@@ -193,19 +221,27 @@ async def connect(
             dsn, timeout=timeout, **_connect_kwargs(session_settings)
         )
     except DATABASE_ERRORS as exc:
-        raise _unavailable(dsn, exc) from None
+        raise unavailable(dsn, exc) from None
     await init_connection(conn)
     return conn
 
 
 def new_pool(
-    dsn: str, *, size: int, timeout: float = 10.0, session_settings: dict[str, str] | None = None
+    dsn: str,
+    *,
+    size: int,
+    timeout: float = 10.0,
+    session_settings: dict[str, str] | None = None,
+    min_size: int = 1,
 ) -> asyncpg.Pool:
     """A small pool for claims, acks and maintenance, not connected yet: parts can be
-    built on it before ``open_pool`` connects it (inside the running event loop)."""
+    built on it before ``open_pool`` connects it (inside the running event loop). With
+    ``min_size=0``, ``open_pool`` opens no connection (so cannot fail): the first
+    ``acquire`` does, and a failed acquire leaves the pool usable, where a failed first
+    connection of a pool closes it for good."""
     return asyncpg.create_pool(
         dsn,
-        min_size=1,
+        min_size=min_size,
         max_size=size,
         init=init_connection,
         timeout=timeout,
@@ -218,7 +254,7 @@ async def open_pool(pool: asyncpg.Pool, dsn: str) -> None:
     try:
         await pool
     except DATABASE_ERRORS as exc:
-        raise _unavailable(dsn, exc) from None
+        raise unavailable(dsn, exc) from None
 
 
 async def create_pool(

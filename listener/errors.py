@@ -66,9 +66,15 @@ class ConfigError(PgwakeError):
 
 
 class DatabaseUnavailableError(PgwakeError):
-    """The database cannot be reached at start."""
+    """The database cannot be reached (a command exits 4). ``transient``: the cause is
+    one the worker waits out (db.is_transient: the server away, the database missing,
+    authentication refused), not a setting of its own."""
 
     exit_code = 4
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class SchemaMismatchError(PgwakeError):

@@ -109,9 +109,18 @@ class Heartbeat:
         return self._lock_key
 
     async def register(self) -> None:
-        """Open the heartbeat connection, insert the worker's row and take its lock."""
-        self._conn = await self._connect(timeout=10.0)
-        await self._register(self._conn)
+        """Open the heartbeat connection, insert the worker's row and take its lock. A
+        failed attempt leaves nothing open, so the caller may try again."""
+        await self.close()
+        self._locked = False
+        conn = await self._connect(timeout=10.0)
+        try:
+            await self._register(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        self._cut = anyio.Event()  # set by the termination of a failed attempt's session
 
     async def _connect(self, timeout: float) -> asyncpg.Connection:
         conn = await db.connect(self._dsn, timeout=timeout, session_settings=self._session_settings)
@@ -145,9 +154,12 @@ class Heartbeat:
 
     async def close(self) -> None:
         """Close the heartbeat connection (which releases the liveness lock)."""
-        if self._conn is not None:
-            await self._conn.close(timeout=2)
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close(timeout=2)
+            except db.DATABASE_ERRORS:
+                conn.terminate()  # the server or the network is gone: just drop it
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Beat forever, reconnecting (and re-locking) when the connection is lost."""

@@ -20,7 +20,10 @@ Invariants:
   workers) are exported by one worker of the fleet only, the metrics leader, which
   samples them (listener/maintenance/sampler.py), never per scrape and never per
   tenant; the other workers export none of them (and ``pgwake_leader 0``), so summing
-  over workers does not double count.
+  over workers does not double count. The leader exports them only while its last
+  sample is fresh (``watch_sample_age``): a sample it could not renew is withdrawn,
+  never shown as current. Every worker exports the age of the fleet's last sample,
+  ``pgwake_metrics_sample_age_seconds``, so a leader that hangs is seen by the others.
 - Process-local gauges (in flight, readiness, heartbeat age, tenant pools) are read at
   scrape time from memory: no query. The registry also holds prometheus-client's
   ``process_*`` series (start time, memory, file descriptors) and ``pgwake_build_info``.
@@ -211,16 +214,28 @@ class _TenantPoolCollector(Collector):
         )
 
 
-class _WorkersCollector(Collector):
-    """The registered workers, as the metrics leader last sampled them: no series at
-    all on other workers (an unlabelled Gauge could not be withdrawn)."""
+class _SampledCollector(Collector):
+    """The sampled series of the metrics leader (``gauges``, and the registered workers
+    as last sampled: unlabelled, so they are yielded here rather than kept in a Gauge
+    that could not be withdrawn), yielded only while ``fresh()``: no series at all on
+    other workers, nor on a leader whose sample is stale."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauges: Sequence[Gauge]) -> None:
+        self.gauges = list(gauges)
         self.sample: tuple[int, float] | None = None
+        self.fresh: Callable[[], bool] = lambda: True
         # (worker id, hostname, pid, heartbeat age) of each registered worker.
         self.heartbeats: list[tuple[str, str, int, float]] = []
 
+    def describe(self) -> Iterator[Metric]:
+        for gauge in self.gauges:
+            yield from gauge.describe()
+
     def collect(self) -> Iterator[Metric]:
+        if not self.fresh():
+            return
+        for gauge in self.gauges:
+            yield from gauge.collect()
         if self.sample is None:
             return
         registered, heartbeat_age_max = self.sample
@@ -379,29 +394,36 @@ class Metrics:
             "database-derived (sampled) gauges.",
             registry=r,
         )
-        # Database-derived: exported by the metrics leader only (see the docstring).
+        self.sample_age = Gauge(
+            "pgwake_metrics_sample_age_seconds",
+            "Seconds since the metrics leader (whichever worker it is) last sampled the "
+            "queue, as this worker knows it (every worker exports it).",
+            registry=r,
+        )
+        # Database-derived: exported by the metrics leader only, while its sample is
+        # fresh (see the docstring), through _SampledCollector.
         self.queue_jobs = Gauge(
             "pgwake_queue_jobs",
             "Jobs in the queue by status and kind (sampled by the leader); kinds no "
             f"registered worker handles are summed under kind={UNHANDLED_KIND!r}.",
             ["status", "kind"],
-            registry=r,
+            registry=None,
         )
         self.oldest_queued = Gauge(
             "pgwake_oldest_queued_job_age_seconds",
             "How long the oldest queued job of each kind has been due (sampled by the "
             "leader); 0 when none is queued.",
             ["kind"],
-            registry=r,
+            registry=None,
         )
         self.tenant_queued = Gauge(
             "pgwake_tenant_queued_jobs",
             "Queued jobs of the top tenants by backlog and the opt-in tenants; the rest "
             f"summed under tenant={OTHER_TENANTS!r} (sampled by the leader).",
             ["tenant"],
-            registry=r,
+            registry=None,
         )
-        self._workers = _WorkersCollector()
+        self._workers = _SampledCollector([self.queue_jobs, self.oldest_queued, self.tenant_queued])
         r.register(self._workers)
         # Maintenance, counted by whichever worker did the work.
         self.workers_lost = Counter(
@@ -531,6 +553,13 @@ class Metrics:
             return math.nan if at is None else time.monotonic() - at
 
         self.heartbeat_age.set_function(age)
+
+    def watch_sample_age(self, age: Callable[[], float], *, fresh_for: float) -> None:
+        """Export ``age()`` (seconds since the fleet's last sample) as
+        ``pgwake_metrics_sample_age_seconds``; the sampled series are exported only
+        while it is at most ``fresh_for``."""
+        self.sample_age.set_function(age)
+        self._workers.fresh = lambda: age() <= fresh_for
 
     def watch_tenant_pools(self, pools: TenantPools, *, cap: int) -> None:
         """Export the sizes of ``pools``, read at each scrape."""

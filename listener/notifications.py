@@ -40,6 +40,7 @@ from listener.errors import DatabaseUnavailableError
 from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.queries import QUERIES
+from listener.redact import redact
 from listener.retry import Reconnect
 from listener.wake import Wake
 
@@ -81,6 +82,8 @@ class Listener:
         self._log = get_logger("listener")
         self._metrics = metrics
         self.listening = False
+        # Why the connection is down, on one line (None while listening): for /readyz.
+        self.down_reason: str | None = None
         self._state = "starting"
         # This listener's private probe channel, and the reply awaited from it.
         self._probe_channel = f"pgwake_probe_{uuid.uuid4().hex}"
@@ -173,6 +176,8 @@ class Listener:
                 raise
 
     def _set_down(self, error: str) -> None:
+        error = redact(error)
+        self.down_reason = error.strip().split("\n", 1)[0]
         if self._state != "down":
             self._log.warning("listener disconnected; reconnecting", error=error)
         self._state = "down"
@@ -189,7 +194,7 @@ class Listener:
             try:
                 conn = await db.connect(self._dsn, timeout=self._probe_timeout)
             except DatabaseUnavailableError as exc:
-                if not started:
+                if not exc.transient:
                     raise
                 self._set_down(str(exc))
                 await retry.sleep()
@@ -214,6 +219,7 @@ class Listener:
         self._conn = conn
         self._waiting, self._looking, self._retry_wait = False, [], False
         self.listening = True
+        self.down_reason = None
         self._state = "listening"
         self._metrics.listener_up.set(1)
         if first:

@@ -22,15 +22,23 @@ class OutageLog:
         self._what = what
         self._failed_since: float | None = None
         self._failures = 0
+        self._reason: str | None = None
 
     @property
     def failing(self) -> bool:
         """True between a failure and the next success."""
         return self._failed_since is not None
 
+    @property
+    def reason(self) -> str | None:
+        """The error of the last failed attempt, on one line and redacted (None while
+        not failing): what ``/readyz`` says."""
+        return self._reason
+
     def failed(self, exc: BaseException) -> None:
         """Record a failed attempt; logs only the first of a run."""
         self._failures += 1
+        self._reason = one_line(exc)
         if self._failed_since is None:
             self._failed_since = time.monotonic()
             self._log.warning(
@@ -48,3 +56,11 @@ class OutageLog:
             )
         self._failed_since = None
         self._failures = 0
+        self._reason = None
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as ``Type: first line of its message``, redacted: for a status line."""
+    message = str(exc).strip().split("\n", 1)[0]
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return redact(text)

@@ -5,11 +5,19 @@ Lifecycle invariants:
 - Start: the HTTP endpoint (``/healthz`` 200, ``/readyz`` 503 from the start), then
   pool, schema check, worker registered, LISTEN established, then claiming. ``READY=1``
   is sent (and ``ready`` set) only once the worker listens and can claim; then
-  ``WATCHDOG=1`` and ``STATUS=`` lines follow from the event loop until it stops. A
-  database that cannot be reached at start still stops the worker (exit 4).
+  ``WATCHDOG=1`` and ``STATUS=`` lines follow from the event loop until it stops.
+- A database the worker can wait out (db.is_transient: the server away, the database
+  missing, authentication refused) never stops it, at start or later. At start it
+  retries with backoff (at most ``START_RETRY_CAP`` seconds apart), ``/readyz`` says
+  ``starting: waiting for the database: <error>``, and systemd's start timeout is
+  extended at each attempt (``EXTEND_TIMEOUT_USEC``), so a start waits for the database
+  however long it is away and a hung start is still killed. Only errors of its own
+  configuration stop it: bad settings (exit 3), a schema at another version (exit 5),
+  and database errors that are not transient (a privilege the role lacks).
 - Ready (``/readyz`` 200) exactly while: started, not stopping, the LISTEN connection
   is up, and the last claim reached the database. A lost LISTEN connection or a claim
-  that cannot reach the database makes it not ready until that path works again.
+  that cannot reach the database makes it not ready until that path works again;
+  ``/readyz`` gives the error that path last met.
 - Stop (``stop()``, SIGTERM/SIGINT in the CLI): claiming stops at once; running jobs get
   the drain timeout; outcomes already produced are all written; whatever this worker
   still holds is put back to ``queued`` with its attempt given back; the worker row is
@@ -41,7 +49,7 @@ from listener.claimer import Claimer
 from listener.completer import Completer
 from listener.config import Settings
 from listener.crypto import load_keyring
-from listener.errors import ConfigError, SchemaMismatchError
+from listener.errors import ConfigError, DatabaseUnavailableError, SchemaMismatchError
 from listener.executor import Executor
 from listener.heartbeat import Heartbeat
 from listener.http import HttpEndpoint
@@ -55,11 +63,12 @@ from listener.maintenance.schedules import Scheduler
 from listener.metrics import Metrics
 from listener.migrate import latest_version
 from listener.notifications import Listener
+from listener.outage import OutageLog
 from listener.progress import ProgressWriter
 from listener.queries import QUERIES
 from listener.redact import display_dsn, redact, register_dsn
 from listener.registry import Registry
-from listener.retry import Backoff
+from listener.retry import Backoff, Reconnect
 from listener.schema_watch import SchemaWatch
 from listener.systemd import SystemdNotifier
 from listener.tenant_databases import TenantDatabases
@@ -77,6 +86,12 @@ POOL_SIZE = 6
 # tenants' databases do; the rest is a few statements on the central database). The
 # stop timeout systemd enforces is extended to cover both.
 RELEASE_MARGIN = 15.0
+# Waiting for the database at start: the first retry after half a second, then doubling
+# up to this many seconds apart.
+START_FIRST_RETRY = 0.5
+START_RETRY_CAP = 5.0
+# Seconds systemd's start timeout is extended by beyond each wait at start.
+START_EXTEND = 30.0
 
 
 def session_settings(settings: Settings) -> dict[str, str]:
@@ -150,6 +165,8 @@ class Service:
         self.sd = SystemdNotifier.from_environment()
         self._log = get_logger("service").bind(worker_id=str(worker_id))
         self._stopping = False
+        self._stop_requested = anyio.Event()
+        self._start_outage = OutageLog(self._log, "reaching the database at start")
         # Set when a migration that breaks this worker was applied under it.
         self._schema_broken: SchemaMismatchError | None = None
         self.session_settings = session_settings(s)
@@ -168,7 +185,12 @@ class Service:
             cancel_hints=self.cancel_hints,
         )
 
-        self.pool = pool = db.new_pool(dsn, size=POOL_SIZE, session_settings=self.session_settings)
+        # min_size=0: the pool opens no connection until the first acquire, so a
+        # database that is away at start is waited for (a pool whose first connection
+        # fails is closed for good).
+        self.pool = pool = db.new_pool(
+            dsn, size=POOL_SIZE, session_settings=self.session_settings, min_size=0
+        )
         self.completer = Completer(
             pool, worker_id, on_scheduled=partial(self.promote_wake.set, "retry")
         )
@@ -251,11 +273,14 @@ class Service:
         if self._stopping:
             return "stopping"
         if not self.ready.is_set():
-            return "starting"
+            waiting = self._start_outage.reason
+            return (
+                "starting" if waiting is None else f"starting: waiting for the database: {waiting}"
+            )
         if not self.listener.listening:
-            return "LISTEN connection down"
+            return _with_cause("LISTEN connection down", self.listener.down_reason)
         if self.claimer.failing:
-            return "claims cannot reach the database"
+            return _with_cause("claims cannot reach the database", self.claimer.failure)
         return None
 
     def is_ready(self) -> bool:
@@ -272,6 +297,7 @@ class Service:
             self.sd.stopping(
                 self.status_line(), within=self.settings.drain_timeout + RELEASE_MARGIN
             )
+            self._stop_requested.set()
         self.claimer.stop(now=now)
 
     def _stop_for_schema(self, error: SchemaMismatchError) -> None:
@@ -315,10 +341,9 @@ class Service:
         pool = self.pool
         await db.open_pool(pool, self.dsn)
         try:
-            async with pool.acquire() as conn:
-                await self.schema_watch.check_at_start(conn)
+            if not await self._reach_database():
+                return  # stopped before the database answered: nothing to put back
             gctune.tune()
-            await self.heartbeat.register()
             clean = False
             try:
                 await self._serve(task_status)
@@ -331,6 +356,44 @@ class Service:
                 await pool.close()
             self.sd.close()
             self.stopped.set()
+
+    async def _reach_database(self) -> bool:
+        """Check the schema and register, waiting out a database that is away (see the
+        module docstring). False when a stop came first."""
+        retry = Reconnect(first=START_FIRST_RETRY, cap=START_RETRY_CAP)
+        while True:
+            error: BaseException
+            try:
+                try:
+                    conn = await self.pool.acquire()
+                except db.DATABASE_ERRORS as exc:
+                    raise db.unavailable(self.dsn, exc) from None
+                try:
+                    await self.schema_watch.check_at_start(conn)
+                finally:
+                    await self.pool.release(conn)
+                await self.heartbeat.register()
+            except DatabaseUnavailableError as exc:  # no connection to be had
+                if not exc.transient:
+                    raise
+                error = exc
+            except Exception as exc:
+                if not db.is_transient(exc):
+                    raise
+                error = exc
+            else:
+                self._start_outage.succeeded()
+                return True
+            self._start_outage.failed(error)
+            delay = retry.next_delay()
+            self.sd.starting(
+                f"waiting for the database: {self._start_outage.reason}",
+                within=delay + START_EXTEND,
+            )
+            with anyio.move_on_after(delay):
+                await self._stop_requested.wait()
+            if self._stopping:
+                return False
 
     async def _serve(self, task_status: TaskStatus[None]) -> None:
         s = self.settings
@@ -405,3 +468,8 @@ class Service:
         finally:
             await self.heartbeat.close()
         self._log.info("worker stopped")
+
+
+def _with_cause(state: str, cause: str | None) -> str:
+    """``state``, followed by the error that caused it when known."""
+    return state if cause is None else f"{state}: {cause}"

@@ -108,6 +108,13 @@ class SystemdNotifier:
         if status != self._last_status and self.send(f"STATUS={status}"):
             self._last_status = status
 
+    def starting(self, status: str, *, within: float) -> None:
+        """The start goes on (waiting for the database, say): show ``status`` and give
+        the start ``within`` more seconds from now (``EXTEND_TIMEOUT_USEC``), so systemd's
+        start timeout kills only a start that stopped making attempts."""
+        self._last_status = status
+        self.send(f"STATUS={status}", f"EXTEND_TIMEOUT_USEC={int(within * 1e6)}")
+
     def stopping(self, status: str, *, within: float) -> None:
         """The service is draining and will be gone within ``within`` seconds: systemd's
         stop timeout is extended to at least that (``EXTEND_TIMEOUT_USEC`` never

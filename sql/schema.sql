@@ -406,14 +406,19 @@ CREATE TRIGGER schedules_cron_edit_takes_effect_at_once
 -- One row per leader role of a round; the leader of a round holds its row locked (FOR
 -- NO KEY UPDATE SKIP LOCKED) until its transaction ends. Row locks need UPDATE on this
 -- table, which only pgwake's own roles have, where advisory locks need no privilege.
+-- The 'metrics' row is never locked (the metrics leader holds an advisory lock,
+-- listener/locks.py): its last_round_at is the time of the fleet's last metrics sample,
+-- which every worker exports as an age (pgwake_metrics_sample_age_seconds).
 CREATE TABLE pgwake.leaders (
     name text PRIMARY KEY,
+    -- When this role's leader last completed a round (written by the metrics leader).
+    last_round_at timestamptz,
     CONSTRAINT leaders_name_known
-        CHECK (name IN ('maintenance', 'promotion', 'retention', 'schedules'))
+        CHECK (name IN ('maintenance', 'metrics', 'promotion', 'retention', 'schedules'))
 );
 
 INSERT INTO pgwake.leaders (name)
-VALUES ('maintenance'), ('promotion'), ('retention'), ('schedules');
+VALUES ('maintenance'), ('metrics'), ('promotion'), ('retention'), ('schedules');
 
 -- Functions: waiting for notifications, and job events --------------------------------
 

@@ -112,13 +112,6 @@ async def test_bad_arguments_exit_non_zero_with_a_message(
     assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 0
 
 
-def test_unreachable_database_exit_4_without_the_password() -> None:
-    done = pgwake("run", dsn="postgresql://app:hunter2secret@127.0.0.1:1/nowhere")
-    assert done.returncode == 4
-    assert "cannot connect to postgresql://app:***@127.0.0.1:1/nowhere" in done.stderr
-    assert "hunter2secret" not in done.stderr + done.stdout
-
-
 def test_bad_config_file(tmp_path: Path) -> None:
     bad = tmp_path / "pgwake.toml"
     bad.write_text("[pgwake]\nconcurrency = 'lots'\n")

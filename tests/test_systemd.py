@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -366,6 +367,95 @@ async def test_a_crashed_worker_is_restarted(
     assert len(migrations) == 3, migrations
     job_id = await enqueue(conn, "echo", {})
     await eventually(lambda: _succeeded(conn, job_id))
+
+
+@nspawn_test
+async def test_a_crash_loop_ends_in_failed(systemd: Container, dsn: str) -> None:
+    """A worker that cannot start for its own configuration fails at once (exit 3 is
+    not restarted); one that keeps crashing is restarted until the start limit, then
+    the unit is failed too, so `systemctl --failed` shows both."""
+    configure(systemd, dsn, PGWAKE_CONCURRENCY="lots")
+    systemd.run("systemctl", "start", WORKER, check=False)
+    shown = systemd.show(WORKER, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+    assert shown == {
+        "ActiveState": "failed",
+        "Result": "exit-code",
+        "ExecMainStatus": "3",
+        "NRestarts": "0",
+    }, shown
+    assert WORKER in systemd.run("systemctl", "--failed", "--plain", "--no-legend").stdout
+
+    systemd.run("systemctl", "reset-failed", WORKER)
+    configure(systemd, dsn)
+    drop_in(systemd, WORKER, "[Service]\nRestartSec=1\n")
+    cursor = systemd.journal_cursor()
+    systemd.run("systemctl", "start", WORKER)
+    killed: set[str] = set()  # main processes killed, each once
+
+    async def failed_after_crashes() -> bool:
+        now = systemd.show(WORKER, "ActiveState", "MainPID")
+        if now["ActiveState"] == "failed":
+            return True
+        if now["ActiveState"] == "active" and now["MainPID"] not in killed | {"0"}:
+            systemd.run("sh", "-c", f"kill -KILL {now['MainPID']}", check=False)
+            killed.add(now["MainPID"])
+        return False
+
+    await eventually(failed_after_crashes, timeout=120, interval=0.5)
+    shown = systemd.show(WORKER, "ActiveState", "Result", "NRestarts")
+    kills = len(killed)
+    print(f"killed {kills} times; then {shown}")
+    # Five runs (StartLimitBurst=5), each killed; the restart after the fifth is refused.
+    assert kills == 5, (kills, shown)
+    assert shown["ActiveState"] == "failed", shown
+    messages = [e.get("MESSAGE", "") for e in systemd.journal(WORKER, cursor)]
+    assert any("Start request repeated too quickly." in m for m in messages), messages
+    assert WORKER in systemd.run("systemctl", "--failed", "--plain", "--no-legend").stdout
+
+
+@nspawn_test
+async def test_a_worker_started_while_its_database_is_missing_waits_for_it(
+    systemd: Container, server_dsn: str, template_db: str
+) -> None:
+    """No crash loop for a database that is away at start: the unit stays activating
+    (its start timeout extended at each attempt; the status says what it waits for),
+    and becomes active, never restarted, once the database is there (created migrated,
+    from the tests' template: a database created empty would stop the worker with exit
+    5, and the restart would migrate it first)."""
+    name = f"pgwake_t_late_{uuid.uuid4().hex[:8]}"
+    late_dsn = db.with_database(server_dsn, name)
+    port = configure(systemd, late_dsn)
+    cursor = systemd.journal_cursor()
+    systemd.run("systemctl", "start", "--no-block", WORKER)
+
+    async def waiting() -> bool:
+        now = systemd.show(WORKER, "ActiveState", "StatusText")
+        return (
+            now["ActiveState"] == "activating" and "waiting for the database" in now["StatusText"]
+        )
+
+    await eventually(waiting, timeout=60, interval=0.5)
+    assert "does not exist" in systemd.show(WORKER, "StatusText")["StatusText"]
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        try:
+
+            async def active() -> bool:
+                return systemd.show(WORKER, "ActiveState")["ActiveState"] == "active"
+
+            await eventually(active, timeout=60, interval=0.5)
+            assert readyz(port) == 200
+            # One start, never restarted: no result recorded, no restart counted.
+            messages = [e.get("MESSAGE", "") for e in systemd.journal(WORKER, cursor)]
+            assert results(systemd, WORKER, cursor) == [], messages
+            assert systemd.show(WORKER, "NRestarts") == {"NRestarts": "0"}
+            assert any("reaching the database at start failed" in m for m in messages)
+        finally:
+            systemd.run("systemctl", "stop", WORKER, check=False)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @nspawn_test

@@ -238,10 +238,18 @@ def test_transient_errors_are_those_a_new_attempt_can_outlive() -> None:
         asyncpg.InternalClientError("cannot switch to state 15"),
         ConnectionResetError(),
         TimeoutError(),
+        # The database dropped, recreated and not migrated yet, a password rotated, a
+        # standby after a failover, a statement timeout: all waited out.
+        asyncpg.InvalidCatalogNameError('database "app" does not exist'),
+        asyncpg.UndefinedTableError("relation does not exist"),
+        asyncpg.InvalidPasswordError("password authentication failed"),
+        asyncpg.InvalidAuthorizationSpecificationError("no pg_hba.conf entry"),
+        asyncpg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
     ]
     lasting = [
         asyncpg.UniqueViolationError("duplicate key"),
-        asyncpg.UndefinedTableError("relation does not exist"),
+        asyncpg.InsufficientPrivilegeError("permission denied for table jobs"),
         asyncpg.DataError("invalid input"),
         ValueError("a bug"),
     ]

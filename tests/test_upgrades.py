@@ -1,6 +1,6 @@
 """Rolling upgrades with real processes of two releases (tests/support/releases.py).
 
-The previous release is this code; the next is this code plus a migration 0012 of the
+The previous release is this code; the next is this code plus a migration (the next number) of the
 test's own in its sql/migrations. Through a migration marked compatible, workers of the
 previous release keep running while the next release migrates and its worker starts,
 are stopped one by one, and every job runs exactly once. A migration marked breaking
@@ -134,7 +134,7 @@ async def test_workers_of_the_previous_release_run_through_a_compatible_migratio
     dsn: str, conn: asyncpg.Connection, tmp_path: Path, logs: dict[str, IO[str]]
 ) -> None:
     """Jobs are inserted throughout. Two workers of the previous release run them; the
-    next release migrates (0012, compatible) under them, and they go on; the previous
+    next release migrates (the next number, compatible) under them, and they go on; the previous
     release's `pgwake migrate` accepts the newer schema and one of its workers starts
     on it; the next release's worker starts; the old workers are stopped one by one
     (SIGTERM, exit 0). Every job inserted succeeds, with exactly one run."""
@@ -284,7 +284,7 @@ async def _event_async(log: IO[str], text: str) -> dict[str, object] | None:
 async def test_a_breaking_migration_stops_old_workers_and_is_refused_at_their_start(
     dsn: str, conn: asyncpg.Connection, tmp_path: Path, logs: dict[str, IO[str]]
 ) -> None:
-    """The next release applies 0012 marked breaking while a worker of the previous one
+    """The next release applies the next migration, marked breaking, while a worker of the previous one
     runs a job: that worker finishes the job, stops claiming and exits 5 with the
     reason. A worker of the previous release that starts afterwards, its `pgwake
     migrate` and its `pgwake status` are refused (exit 5) with a message naming the

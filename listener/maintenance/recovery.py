@@ -22,6 +22,11 @@ Invariants:
   last_error; it goes back to queued, or to failed when that was its last attempt.
   Jobs are recovered at most ``batch`` per round; a lost worker's row is deleted once
   it holds no running job, and any later write of that worker is fenced off.
+- The sessions of a worker declared lost are ended (sql/queries/maintenance.sql:
+  worker_end_sessions), so the locks they hold go free: a stopped or cut-off metrics
+  leader cannot keep the metrics lock, nor a hung worker its liveness lock. That needs
+  the privileges of the lost worker's role (the usual case: one role for the fleet)
+  or of pg_signal_backend; sessions the role may not signal are left, and logged.
 - Every round that recovered jobs wakes all workers with one NOTIFY.
 """
 
@@ -99,6 +104,7 @@ class Recoverer:
             lost = await conn.fetch(QUERIES["worker_list_lost"], self._grace, self._timeout)
             ids = [row["id"] for row in lost]
             reasons = [self._reason(row) for row in lost]
+            sessions = await conn.fetchrow(QUERIES["worker_end_sessions"], ids) if ids else None
             recovered = await conn.fetch(QUERIES["job_recover"], ids, reasons, self._batch)
             removed = (
                 {r["id"] for r in await conn.fetch(QUERIES["worker_remove_lost"], ids)}
@@ -130,6 +136,13 @@ class Recoverer:
                 ],
                 jobs=[row["id"] for row in recovered],
                 failed=sum(1 for row in recovered if row["status"] == Status.FAILED),
+                sessions_ended=sessions["ended"] if sessions else 0,
+            )
+        if sessions and sessions["left_alone"]:
+            self._log.warning(
+                "sessions of lost workers left running: this role may not end them "
+                "(grant it pg_signal_backend, or run the fleet under one role)",
+                sessions=sessions["left_alone"],
             )
         return Round(leader=True, lost_workers=len(lost), recovered=len(recovered))
 

@@ -111,6 +111,41 @@ SELECT w.id, w.hostname, w.pid,
         AND NOT lock.held)
    FOR UPDATE OF w;
 
+-- name: worker_end_sessions
+-- Ends the sessions of the workers in $1 (declared lost this round), so that what they
+-- hold goes free (the metrics lock above all) even when the process is stopped or cut
+-- off rather than dead. A worker's sessions are those of this database whose
+-- application_name is 'pgwake@<hostname>:<pid>' (set by db.py; a name longer than 63
+-- bytes is cut by the server and matches nothing), except this session, and except
+-- when another registered worker has the same hostname and pid (a new process that
+-- reused the pid of a dead one, in a container restarted under the same hostname): the
+-- sessions may be its. Only sessions this role may signal are ended: those of a role
+-- whose privileges it has, or, with the privileges of pg_signal_backend, any
+-- non-superuser's; the others are counted as left.
+-- $1 the lost workers' ids (uuid[]).
+WITH lost AS (
+    SELECT w.hostname, w.pid
+      FROM pgwake.workers AS w
+     WHERE w.id = ANY ($1::uuid[])
+       AND NOT EXISTS (SELECT 1 FROM pgwake.workers AS o
+                        WHERE o.hostname = w.hostname AND o.pid = w.pid
+                          AND o.id <> ALL ($1::uuid[]))
+), sessions AS (
+    SELECT a.pid,
+           coalesce((r.rolsuper IS NOT TRUE
+                     OR (SELECT me.rolsuper FROM pg_roles AS me WHERE me.rolname = current_user))
+                    AND (pg_has_role(a.usesysid, 'USAGE')
+                         OR pg_has_role('pg_signal_backend', 'USAGE')), false) AS may_signal
+      FROM pg_stat_activity AS a
+      JOIN lost AS l ON a.application_name = 'pgwake@' || l.hostname || ':' || l.pid
+      LEFT JOIN pg_roles AS r ON r.oid = a.usesysid
+     WHERE a.datname = current_database()
+       AND a.pid <> pg_backend_pid()
+)
+SELECT count(*) FILTER (WHERE may_signal AND pg_terminate_backend(pid))::int AS ended,
+       count(*) FILTER (WHERE NOT may_signal)::int AS left_alone
+  FROM sessions;
+
 -- name: job_recover
 -- Puts back up to $3 running jobs of lost workers: queued again, or failed when the
 -- lost attempt was their last, or cancelled when their cancellation was requested

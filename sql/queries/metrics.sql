@@ -17,6 +17,27 @@
 -- No parameters.
 SELECT pg_try_advisory_lock(1885828963, 1);
 
+-- name: leader_set_sample_timeout
+-- Bounds every statement of the metrics leader's sample transaction to $1 (a
+-- statement_timeout for the transaction only), so a sample that cannot finish (a lock
+-- held on pgwake.jobs, a server that stalls) fails and the leader steps down.
+-- $1 the timeout, as PostgreSQL reads it (text: '5000ms').
+SELECT set_config('statement_timeout', $1::text, true);
+
+-- name: leader_record_metrics_sample
+-- Records, in the sample's own transaction, that the metrics leader took a sample now
+-- (the 'metrics' row of pgwake.leaders), for every worker to export its age.
+-- No parameters.
+UPDATE pgwake.leaders SET last_round_at = now() WHERE name = 'metrics';
+
+-- name: leader_get_metrics_sample_age
+-- Seconds since the metrics leader (whichever worker it was) last took a sample; NULL
+-- when none ever did.
+-- No parameters.
+SELECT extract(epoch FROM clock_timestamp() - last_round_at)::float8 AS age
+  FROM pgwake.leaders
+ WHERE name = 'metrics';
+
 -- name: worker_count
 -- Registered workers, the age in seconds of the oldest heartbeat among them (0 when
 -- none), and every kind some registered worker has a handler for.

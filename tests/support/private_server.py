@@ -86,6 +86,14 @@ class PrivateServer:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.sockets} -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
 
+    def require_password(self, role: str) -> None:
+        """Make ``role`` give its password (scram-sha-256) over TCP, ahead of the trust
+        lines, and reload the server's configuration."""
+        hba = self.data / "pg_hba.conf"
+        rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        hba.write_text(rule + hba.read_text())
+        self._run("pg_ctl", "-D", str(self.data), "reload")
+
     def stop(self, mode: str = "fast") -> None:
         """Stop (``immediate``: like a crash, no shutdown checkpoint, clients cut off)."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
