@@ -1,7 +1,7 @@
 """Rolling upgrades with real processes of two releases (tests/support/releases.py).
 
-The previous release is this code; the next is this code plus a migration (the next number) of the
-test's own in its sql/migrations. Through a migration marked compatible, workers of the
+The previous release is this code; the next is this code plus a migration of the test's
+own (the next number) in its sql/migrations. Through a migration marked compatible, workers of the
 previous release keep running while the next release migrates and its worker starts,
 are stopped one by one, and every job runs exactly once. A migration marked breaking
 stops a running worker of the previous release (exit 5, after its drain) and is
@@ -284,8 +284,8 @@ async def _event_async(log: IO[str], text: str) -> dict[str, object] | None:
 async def test_a_breaking_migration_stops_old_workers_and_is_refused_at_their_start(
     dsn: str, conn: asyncpg.Connection, tmp_path: Path, logs: dict[str, IO[str]]
 ) -> None:
-    """The next release applies the next migration, marked breaking, while a worker of the previous one
-    runs a job: that worker finishes the job, stops claiming and exits 5 with the
+    """The next release applies a migration marked breaking while a worker of the
+    previous one runs a job: that worker finishes the job, stops claiming and exits 5 with the
     reason. A worker of the previous release that starts afterwards, its `pgwake
     migrate` and its `pgwake status` are refused (exit 5) with a message naming the
     migration; the next release's worker runs the jobs."""
