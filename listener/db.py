@@ -191,6 +191,10 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+# Longest statement (bytes) a connection keeps prepared; above every query of pgwake.
+MAX_CACHEABLE_STATEMENT = 64 * 1024
+
+
 def _connect_kwargs(session_settings: dict[str, str] | None = None) -> dict[str, Any]:
     # application_name lets a DBA (and `pgwake status`, which finds the metrics leader
     # by it) tell pgwake's sessions apart in pg_stat_activity: host and worker pid.
@@ -198,7 +202,13 @@ def _connect_kwargs(session_settings: dict[str, str] | None = None) -> dict[str,
         "application_name": f"pgwake@{socket.gethostname()}:{os.getpid()}",
         **SERVER_KEEPALIVES,
     }
-    return {"server_settings": settings | (session_settings or {})}
+    # The claim, with its comments, is longer than asyncpg's default limit for caching
+    # a prepared statement (15 KiB): without this it would be parsed and planned anew
+    # at every call.
+    return {
+        "server_settings": settings | (session_settings or {}),
+        "max_cacheable_statement_size": MAX_CACHEABLE_STATEMENT,
+    }
 
 
 def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailableError:

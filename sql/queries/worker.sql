@@ -68,6 +68,17 @@ DELETE FROM pgwake.workers WHERE id = $1;
 -- tenant's next, so a tenant with one job is served in the same claim as a tenant with
 -- 100,000.
 --
+-- Rate limits (pgwake.rate_windows): a tenant with a rate limit gets at most its free
+-- starts (pgwake.rate_free, which locks the tenant's window row), and a tenant whose
+-- window is full is passed over by the walk until it opens, so it holds no walk place
+-- or slot it cannot use. Kinds limited across tenants whose window is full are left
+-- out of the claim (open_kinds), likewise kinds limited per tenant for the tenants
+-- whose window of the kind is full; the jobs of a limited kind the candidates include
+-- are then cut to the kind's free starts (locking its window row, only for the kinds
+-- the candidates meet), and every start is recorded under each key it counts against
+-- (pgwake.rate_record) before the locks are released. Without any limit on the
+-- tenants walked or the kinds of $2 this costs one probe of pgwake.limits.
+--
 -- $1 worker id (uuid)
 -- $2 kinds this worker has handlers for (text[])
 -- $3 how many jobs to claim at most (int)
@@ -77,9 +88,11 @@ DELETE FROM pgwake.workers WHERE id = $1;
 --    claimed jobs, even below zero, for a tenant the worker lets borrow idle slots)
 -- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
 -- Returns the claimed jobs, already marked running with attempts incremented, then
--- one row with id NULL giving walk_end (the last tenant visited), walked (how many)
--- and more (a tenant was held to its share of $3, or a locked job was left queued: claim
--- again at once).
+-- one row with id NULL giving walk_end (the last tenant visited), walked (how many),
+-- more (a tenant was held to its share of $3, a locked job was left queued, or a kind
+-- limit cut the candidates: claim again at once) and reopens_in (seconds until the
+-- earliest full rate limit window of a tenant or of one of the kinds $2 opens again;
+-- NULL when none is full).
 WITH RECURSIVE
 -- The worker must still be registered: a worker declared lost claims nothing until it
 -- registers again. KEY SHARE makes the leader's recovery of this worker wait for the
@@ -91,6 +104,25 @@ local_running AS (
     SELECT b.tenant_id, b.running
       FROM unnest($5::text[], $6::int[]) AS b(tenant_id, running)
 ),
+-- The rate limits on the kinds of $2 (usually none: one probe of the primary key).
+kind_limits AS MATERIALIZED (
+    SELECT l.kind, l.per_tenant, l.rate_limit, l.rate_period
+      FROM pgwake.limits AS l
+     WHERE l.kind = ANY ($2::text[])
+),
+-- The kinds this claim may take: those of $2, less the kinds limited across tenants
+-- whose window is full right now.
+open_kinds AS MATERIALIZED (
+    SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM kind_limits AS l WHERE NOT l.per_tenant)
+                THEN $2::text[]
+                ELSE ARRAY(SELECT k.kind
+                             FROM unnest($2::text[]) AS k(kind)
+                            WHERE NOT EXISTS (
+                                    SELECT 1 FROM pgwake.rate_windows AS r
+                                     WHERE r.scope = 'kind' AND r.kind = k.kind
+                                       AND r.tenant_id = '' AND r.full_until > now()))
+           END AS kinds
+),
 -- Tenants after the cursor, in order: each step finds the next tenant_id that has a
 -- queued job of our kinds with one probe of jobs_ready_idx. The probe reads the queued
 -- jobs of other kinds it passes (their kind is in the row, not in the index), so a
@@ -100,14 +132,14 @@ local_running AS (
 after_cursor (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
-      WHERE j.status = 'queued' AND j.tenant_id > $7::text AND j.kind = ANY ($2::text[])
+      WHERE j.status = 'queued' AND j.tenant_id > $7::text AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
              WHERE j.status = 'queued' AND j.tenant_id > a.tenant_id
-               AND j.kind = ANY ($2::text[])
+               AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
            a.step + 1
@@ -118,60 +150,92 @@ after_cursor (tenant_id, step) AS (
 before_cursor (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
-      WHERE j.status = 'queued' AND j.tenant_id <= $7::text AND j.kind = ANY ($2::text[])
+      WHERE j.status = 'queued' AND j.tenant_id <= $7::text AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
              WHERE j.status = 'queued' AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
-               AND j.kind = ANY ($2::text[])
+               AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
            b.step + 1
       FROM before_cursor AS b
      WHERE b.tenant_id IS NOT NULL
 ),
--- At most $3 tenants, in round-robin order, that are not paused and still have a free
--- local slot. The walk is lazy: it stops as soon as enough tenants are found. The paused
--- check is a scalar subquery on purpose: one primary-key probe per walked tenant, where
--- a join could scan every row of pgwake.tenants.
+-- At most $3 tenants, in round-robin order, that are not paused, not held back by a
+-- full rate limit window, and still have a free local slot. The walk is lazy: it stops
+-- as soon as enough tenants are found. The paused check is a scalar subquery on
+-- purpose: one primary-key probe per walked tenant, where a join could scan every row
+-- of pgwake.tenants (and one more probe, of its window, for a rate-limited tenant).
 walk AS MATERIALIZED (
     SELECT w.tenant_id, w.lap, w.step
       FROM (
             (SELECT tenant_id, 1 AS lap, step FROM after_cursor AS c
               WHERE tenant_id IS NOT NULL
                 AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
-                AND (SELECT p.paused FROM pgwake.tenants AS p
+                AND (SELECT p.paused
+                            OR (p.rate_limit IS NOT NULL
+                                AND EXISTS (SELECT 1 FROM pgwake.rate_windows AS r
+                                             WHERE r.scope = 'tenant' AND r.kind = ''
+                                               AND r.tenant_id = p.tenant_id
+                                               AND r.full_until > now()))
+                       FROM pgwake.tenants AS p
                       WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
               LIMIT $3::int)
             UNION ALL
             (SELECT tenant_id, 2 AS lap, step FROM before_cursor AS c
               WHERE tenant_id IS NOT NULL
                 AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
-                AND (SELECT p.paused FROM pgwake.tenants AS p
+                AND (SELECT p.paused
+                            OR (p.rate_limit IS NOT NULL
+                                AND EXISTS (SELECT 1 FROM pgwake.rate_windows AS r
+                                             WHERE r.scope = 'tenant' AND r.kind = ''
+                                               AND r.tenant_id = p.tenant_id
+                                               AND r.full_until > now()))
+                       FROM pgwake.tenants AS p
                       WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
               LIMIT $3::int)
            ) AS w
      ORDER BY w.lap, w.step
      LIMIT $3::int
 ),
--- Free slots per walked tenant: local, and fleet-wide for capped tenants. Computed only
--- for the tenants the walk kept (the advisory lock is never taken for others).
+-- Free slots per walked tenant: local, fleet-wide for capped tenants, and free starts
+-- for rate-limited ones; and the kinds it may take (open_kinds, less the kinds limited
+-- per tenant whose window for it is full). Computed only for the tenants the walk kept
+-- (the row locks are never taken for others).
 slots_free AS MATERIALIZED (
     SELECT w.tenant_id,
            row_number() OVER (ORDER BY w.lap, w.step) AS pos,
            count(*) OVER () AS walked,
            coalesce(s.weight, 1) AS weight,
-           CASE WHEN s.max_concurrency IS NULL
+           s.rate_limit, s.rate_period,
+           CASE WHEN s.max_concurrency IS NULL AND s.rate_limit IS NULL
                 THEN $4::int - coalesce(r.running, 0)
                 ELSE least($4::int - coalesce(r.running, 0),
-                           pgwake.tenant_free_slots(w.tenant_id, s.max_concurrency))
-           END AS free
+                           CASE WHEN s.max_concurrency IS NOT NULL
+                                THEN pgwake.tenant_free_slots(w.tenant_id, s.max_concurrency)
+                           END,
+                           CASE WHEN s.rate_limit IS NOT NULL
+                                THEN pgwake.rate_free('tenant', '', w.tenant_id,
+                                                      s.rate_limit, s.rate_period)
+                           END)
+           END AS free,
+           CASE WHEN NOT EXISTS (SELECT 1 FROM kind_limits AS l WHERE l.per_tenant)
+                THEN (SELECT o.kinds FROM open_kinds AS o)
+                ELSE ARRAY(SELECT k.kind
+                             FROM unnest((SELECT o.kinds FROM open_kinds AS o)) AS k(kind)
+                            WHERE NOT EXISTS (
+                                    SELECT 1 FROM pgwake.rate_windows AS rw
+                                     WHERE rw.scope = 'kind_tenant' AND rw.kind = k.kind
+                                       AND rw.tenant_id = w.tenant_id
+                                       AND rw.full_until > now()))
+           END AS kinds
       FROM walk AS w
       LEFT JOIN local_running AS r ON r.tenant_id = w.tenant_id
       -- LIMIT 1 keeps this a per-tenant primary-key probe (never a scan of all tenants).
-      LEFT JOIN LATERAL (SELECT t.weight, t.max_concurrency
+      LEFT JOIN LATERAL (SELECT t.weight, t.max_concurrency, t.rate_limit, t.rate_period
                            FROM pgwake.tenants AS t
                           WHERE t.tenant_id = w.tenant_id
                           LIMIT 1) AS s ON true
@@ -182,33 +246,61 @@ slots_free AS MATERIALIZED (
 -- claims again at once: one more claim when tenants' backlogs differ, none when they
 -- are all deep.
 slots AS (
-    SELECT t.tenant_id, t.pos, t.weight, t.free,
+    SELECT t.tenant_id, t.pos, t.weight, t.free, t.kinds,
            least(t.free, $3::int, t.weight * ceil(1.0 * $3::int / t.walked)::int) AS share
       FROM slots_free AS t
 ),
--- Each tenant's best ready jobs of our kinds, at most its share, locked.
-candidates AS (
-    SELECT c.id, c.ctid, t.pos, (c.rn - 1) / t.weight AS round,
+-- Each tenant's best ready jobs of the kinds it may take, at most its share, locked.
+candidates AS MATERIALIZED (
+    SELECT c.id, c.ctid, c.kind, t.tenant_id, t.pos, c.rn, (c.rn - 1) / t.weight AS round,
            -- The share, not the free slots, stopped this tenant: it may have more.
            c.rn = t.share AND t.share < least(t.free, $3::int) AS share_full
       FROM slots AS t
      CROSS JOIN LATERAL (
-            SELECT j.id, j.ctid, row_number() OVER () AS rn
-              FROM (SELECT j.id, j.ctid
+            SELECT j.id, j.ctid, j.kind, row_number() OVER () AS rn
+              FROM (SELECT j.id, j.ctid, j.kind
                       FROM pgwake.jobs AS j
                      WHERE j.tenant_id = t.tenant_id
                        AND j.status = 'queued'
                        AND j.run_at <= now()
-                       AND j.kind = ANY ($2::text[])
+                       AND j.kind = ANY (t.kinds)
                      ORDER BY j.priority DESC, j.run_at, j.id
                      LIMIT t.share
                        FOR UPDATE SKIP LOCKED) AS j
            ) AS c
      WHERE t.share > 0
 ),
+-- Free starts of each kind limit the candidates meet, its window row locked: once per
+-- claim for a kind limited across tenants (tenant_id ''), once per tenant for a kind
+-- limited per tenant. Empty, and nothing locked, without kind limits.
+kind_free AS MATERIALIZED (
+    SELECT k.kind, k.tenant_id, k.rate_limit, k.rate_period,
+           pgwake.rate_free(k.scope, k.kind, k.tenant_id, k.rate_limit, k.rate_period) AS free
+      FROM (SELECT DISTINCT l.kind, l.rate_limit, l.rate_period,
+                   CASE WHEN l.per_tenant THEN 'kind_tenant' ELSE 'kind' END AS scope,
+                   CASE WHEN l.per_tenant THEN c.tenant_id ELSE '' END AS tenant_id
+              FROM candidates AS c
+              JOIN kind_limits AS l ON l.kind = c.kind) AS k
+),
+-- The candidates within their kinds' free starts, first rounds first.
+within_limits AS (
+    SELECT c.id, c.ctid, c.round, c.pos
+      FROM (SELECT c.*,
+                   row_number() OVER (PARTITION BY c.kind ORDER BY c.round, c.pos, c.rn)
+                       AS kind_rank,
+                   row_number() OVER (PARTITION BY c.kind, c.tenant_id
+                                      ORDER BY c.round, c.pos, c.rn) AS tenant_kind_rank
+              FROM candidates AS c) AS c
+     WHERE NOT EXISTS (SELECT 1 FROM kind_free AS f
+                        WHERE f.kind = c.kind AND f.tenant_id = '' AND c.kind_rank > f.free)
+       AND NOT EXISTS (SELECT 1 FROM kind_free AS f
+                        WHERE f.kind = c.kind AND f.tenant_id = c.tenant_id
+                          AND c.tenant_kind_rank > f.free)
+),
 -- Interleave tenants by weight: every tenant's first round before any tenant's second.
 chosen AS (
-    SELECT id, ctid FROM candidates WHERE EXISTS (SELECT 1 FROM me) ORDER BY round, pos LIMIT $3::int
+    SELECT id, ctid FROM within_limits WHERE EXISTS (SELECT 1 FROM me)
+     ORDER BY round, pos LIMIT $3::int
 ),
 -- The locked rows go in as an array of ctids so the update reads them directly (a Tid
 -- Scan, no index probe) whatever the planner guesses for LIMIT $3. A ctid is stable
@@ -223,8 +315,29 @@ claimed AS (
     RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
               extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
               j.started_at
+),
+-- The starts of this claim under each rate limit key they count against, recorded
+-- while its row is still locked; each call returns when its key opens again if the
+-- claim filled it.
+recorded AS MATERIALIZED (
+    SELECT pgwake.rate_record(k.scope, k.kind, k.tenant_id, k.started, k.rate_limit,
+                              k.rate_period) AS full_until
+      FROM (SELECT 'tenant' AS scope, '' AS kind, c.tenant_id, count(*)::int AS started,
+                   s.rate_limit, s.rate_period
+              FROM claimed AS c
+              JOIN slots_free AS s ON s.tenant_id = c.tenant_id
+             WHERE s.rate_limit IS NOT NULL
+             GROUP BY c.tenant_id, s.rate_limit, s.rate_period
+            UNION ALL
+            SELECT CASE WHEN f.tenant_id = '' THEN 'kind' ELSE 'kind_tenant' END, f.kind,
+                   f.tenant_id, count(*)::int, f.rate_limit, f.rate_period
+              FROM claimed AS c
+              JOIN kind_free AS f
+                ON f.kind = c.kind AND f.tenant_id IN ('', c.tenant_id)
+             GROUP BY f.kind, f.tenant_id, f.rate_limit, f.rate_period) AS k
 )
-SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked, NULL::boolean AS more
+SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked, NULL::boolean AS more,
+       NULL::float8 AS reopens_in
   FROM claimed AS c
 UNION ALL
 -- One last row (id NULL) says where the walk ended and how many tenants it visited, so
@@ -239,12 +352,22 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            -- transaction updated it after the claim began) is not updated by its ctid:
            -- it stays queued, and the next claim, right away, takes it.
            OR (SELECT count(*) FROM chosen) > (SELECT count(*) FROM claimed)
+           -- A kind limit cut the candidates: the next claim leaves a full kind out.
+           OR (SELECT count(*) FROM candidates) > (SELECT count(*) FROM within_limits),
+       -- The earliest full window to open: of this claim's keys, or of those it saw
+       -- full (a tenant, or a kind of $2).
+       extract(epoch FROM least(
+           (SELECT min(r.full_until) FROM recorded AS r),
+           (SELECT min(w.full_until) FROM pgwake.rate_windows AS w
+             WHERE w.full_until > now() AND (w.kind = '' OR w.kind = ANY ($2::text[]))))
+           - clock_timestamp())::float8
  -- One job event per claimed job, all in one call; when nobody follows job events (or
  -- they are off) the arrays are not even built.
- WHERE NOT pgwake.events_wanted()
-    OR (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id), array_agg(c.kind),
-                                 array_agg('running'::text))
-          FROM claimed AS c) >= 0;
+ WHERE (SELECT count(*) FROM recorded) >= 0
+   AND (NOT pgwake.events_wanted()
+        OR (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id),
+                                     array_agg(c.kind), array_agg('running'::text))
+              FROM claimed AS c) >= 0);
 
 -- name: job_claim_fifo
 -- The unfair claim, for comparison benchmarks only (claim_order = "fifo"): up to $3
