@@ -34,6 +34,10 @@ Invariants:
   that could not reach the database is tried again at once, then every second (at most
   the poll interval) until one does, and at once when the listener reconnects or a
   notification comes.
+- A claim that finds nothing while a rate limit holds jobs back (a tenant's or a
+  kind's window is full) sleeps until the earliest such window opens
+  (``reopens_in`` from the claim, measured on the database's clock), not until the
+  poll interval: held-back jobs start as soon as their window allows.
 - After ``stop()`` no new claim starts. Running jobs get ``drain_timeout`` seconds to
   finish; the rest are cancelled, and the service puts them back.
 - Every job a claim returned is in the ledger from its claim until its outcome is
@@ -81,6 +85,9 @@ STREAM_PAUSE = 0.005
 SMOOTHING = 0.1
 # How much the longest recent job duration fades with every job that ends.
 JOB_FADE = 0.99
+# Seconds added to a window's opening before the claim that follows it, so that the
+# claim's now() is past the opening even with the round trip's jitter.
+REOPEN_MARGIN = 0.001
 
 
 class Doorbell(Protocol):
@@ -157,6 +164,9 @@ class Claimer:
         self._cursor = random.choice(string.ascii_letters)
         # Tenants the claim being dispatched held to their cap (set by _claim).
         self._cap_held: list[str] = []
+        # Seconds until the earliest full rate limit window opens, from the last claim
+        # (None: no window is full).
+        self._reopens_in: float | None = None
         # Running averages of how long a claim takes and how long a job runs (seconds),
         # and the jobs claimed ahead of free slots that they give (see _free).
         self._claim_seconds, self._job_seconds, self._ahead = 0.0, math.inf, 0
@@ -176,8 +186,13 @@ class Claimer:
         ledger = self.ledger
         return min(limit - ledger.in_flight, 2 * limit - ledger.in_flight - ledger.unacked)
 
-    def _update_ahead(self) -> None:
-        """Jobs to claim ahead of free slots, from the running averages."""
+    def _update_ahead(self, took: float) -> None:
+        """Jobs to claim ahead of free slots, from the running averages (with a claim
+        that took ``took`` seconds)."""
+        if self._claim_seconds == 0.0:
+            self._claim_seconds = took
+        else:
+            self._claim_seconds += SMOOTHING * (took - self._claim_seconds)
         if self._job_seconds == math.inf:
             self._ahead = 0
             return
@@ -329,8 +344,21 @@ class Claimer:
                 continue
             if await self._doorbell.before_sleep():
                 continue  # jobs may have come without a notification: look once more
-            source = await self._wake.wait(self._doorbell.sleep_limit(self._poll_interval))
-            self._metrics.wakes.labels(source).inc()
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        """Wait for a wake, the poll interval, or the opening of the earliest full rate
+        limit window, whichever comes first."""
+        limit = self._doorbell.sleep_limit(self._poll_interval)
+        reopens = self._reopens_in
+        if reopens is not None and reopens + REOPEN_MARGIN < limit:
+            # Jobs held back by a full rate limit window: look when it opens.
+            source = await self._wake.wait(max(reopens, 0.0) + REOPEN_MARGIN)
+            if source == "poll":
+                source = "rate_limit"
+        else:
+            source = await self._wake.wait(limit)
+        self._metrics.wakes.labels(source).inc()
 
     async def _wait_for_slots(self, wanted: int, timeout: float | None) -> None:
         """Wait until ``wanted`` slots are free or ``timeout`` seconds passed."""
@@ -367,6 +395,7 @@ class Claimer:
                 ),
             )
         began = time.monotonic()
+        self._reopens_in = None
         try:
             rows = await self._db.fetch(query, *args)
         except Exception as exc:
@@ -385,12 +414,7 @@ class Claimer:
             return [], False, False
         self._outage.succeeded()
         self._metrics.claims.inc()
-        took = time.monotonic() - began
-        if self._claim_seconds == 0.0:
-            self._claim_seconds = took
-        else:
-            self._claim_seconds += SMOOTHING * (took - self._claim_seconds)
-        self._update_ahead()
+        self._update_ahead(time.monotonic() - began)
         jobs: list[Job] = []
         cut_short = more = False
         walked = 0
@@ -402,6 +426,7 @@ class Claimer:
                 walked = row["walked"]
                 cut_short = walked >= want
                 more = bool(row["more"])
+                self._reopens_in = row["reopens_in"]
                 continue
             job = Job.from_record(row)
             got[job.tenant_id] += 1

@@ -128,7 +128,8 @@ OTHER_TENANTS = "_other"
 UNHANDLED_KIND = "_unhandled"
 # How an attempt ends (jobs.Outcome.label): a finished status, or a run again later.
 OUTCOMES = (*FINISHED, "retried", "snoozed")
-WAKE_SOURCES = ("notify", "poll", "reconnect", "slot")
+# "rate_limit": the moment a full rate limit window opened (claimer.py).
+WAKE_SOURCES = ("notify", "poll", "reconnect", "slot", "rate_limit")
 # Why a worker was lost: its process is gone (and no new worker started on its host
 # since), it restarted (gone, and a new worker started on the same host since its last
 # heartbeat), or it hung (alive, holding its lock, but silent past the timeout).
