@@ -199,13 +199,17 @@ async def test_concurrent_claimers_never_start_more_than_the_limit(
             "limits_kind_not_empty",
         ),
         (
-            "INSERT INTO pgwake.tenants (tenant_id, rate_limit, rate_period) "
-            "VALUES ('t', 0, '1 s')",
+            (
+                "INSERT INTO pgwake.tenants (tenant_id, rate_limit, rate_period) "
+                "VALUES ('t', 0, '1 s')"
+            ),
             "tenants_rate_limit_between_1_and_1000000",
         ),
         (
-            "INSERT INTO pgwake.tenants (tenant_id, rate_limit, rate_period) "
-            "VALUES ('t', 5, '-1 s')",
+            (
+                "INSERT INTO pgwake.tenants (tenant_id, rate_limit, rate_period) "
+                "VALUES ('t', 5, '-1 s')"
+            ),
             "tenants_rate_period_between_1_second_and_1_day",
         ),
         (
