@@ -499,6 +499,9 @@ FUNCTION_CALLS: dict[str, str] = {
     "job_retry_as": "SELECT pgwake.job_retry_as({failed}, 'postgres')",
     "jobs_after_insert": "SELECT pgwake.jobs_after_insert()",
     "jobs_before_insert_due_later": "SELECT pgwake.jobs_before_insert_due_later()",
+    "rate_free": "SELECT pgwake.rate_free('tenant', '', 'victims', 1, '1 second')",
+    "rate_limits_after_change": "SELECT pgwake.rate_limits_after_change()",
+    "rate_record": "SELECT pgwake.rate_record('tenant', '', 'victims', 1000, 1, '1 day')",
     "schedules_before_update_of_cron": "SELECT pgwake.schedules_before_update_of_cron()",
     "retry_job": "SELECT pgwake.retry_job({failed})",
     "someone_waits": "SELECT pgwake.someone_waits(0)",
@@ -716,7 +719,15 @@ async def attack(
         outcome["insert jobs for victims"] = await try_sql(
             hostile, "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('victims', 'noop')"
         )
-        for name in ("tenants", "tenant_roles", "workers", "schedules", "leaders"):
+        for name in (
+            "tenants",
+            "tenant_roles",
+            "workers",
+            "schedules",
+            "leaders",
+            "limits",
+            "rate_windows",
+        ):
             outcome[f"insert {name}"] = await try_sql(
                 hostile, f"INSERT INTO pgwake.{name} DEFAULT VALUES"
             )
@@ -773,4 +784,6 @@ def first_column(relation: str) -> str:
         "schedules": "last_error",
         "schema_migrations": "applied_at",
         "leaders": "name",
+        "limits": "updated_at",
+        "rate_windows": "full_until",
     }[relation]

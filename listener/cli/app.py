@@ -20,6 +20,7 @@ from listener import __version__, logs
 from listener.cli.bench.command import bench_cmd
 from listener.cli.jobs import jobs_app
 from listener.cli.keys import keys_app
+from listener.cli.limits import limits_app
 from listener.cli.options import Database, database_options, settings_options
 from listener.cli.schedules import schedules_app
 from listener.cli.status import status_cmd
@@ -51,6 +52,7 @@ app = typer.Typer(
 
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(limits_app, name="limits")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(schedules_app, name="schedules")
 

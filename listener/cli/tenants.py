@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
+from listener.cli.limits import rate_option, rate_shown
 from listener.cli.options import Database, database_options
 from listener.cli.support import JsonOpt, fail
 from listener.cli.terminal import shown
@@ -45,6 +46,15 @@ MaxConcurrencyOpt = Annotated[
 WeightOpt = Annotated[
     int | None,
     typer.Option(min=1, max=100, help="Share of each claim (default 1).", show_default=False),
+]
+RateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rate",
+        help="At most N jobs of this tenant started per period, across all workers: "
+        "N/s, N/min, N/h, N/day or N/<count><unit> (5/10s).",
+        show_default=False,
+    ),
 ]
 DatabaseOpt = Annotated[
     bool,
@@ -101,15 +111,25 @@ def add_cmd(
     max_concurrency: MaxConcurrencyOpt = None,
     weight: WeightOpt = None,
     paused: Annotated[bool, typer.Option("--paused", help="Start paused.")] = False,
+    rate: RateOpt = None,
     with_database: DatabaseOpt = False,
     as_json: JsonOpt = False,
     *,
     db: Database,
 ) -> None:
     """Add a tenant with its settings."""
+    parsed = rate_option(rate)
     db.settings()  # a bad setting exits before the DSN is asked for
     ciphertext = _encrypted_dsn(tenant) if with_database else None
-    args = (tenant, max_concurrency, weight or 1, paused, ciphertext)
+    args = (
+        tenant,
+        max_concurrency,
+        weight or 1,
+        paused,
+        ciphertext,
+        parsed and parsed.jobs,
+        parsed and parsed.seconds,
+    )
     row = db.run(lambda c: c.fetchrow(QUERIES["tenant_add"], *args))
     if row is None:
         raise fail(f"tenant {tenant!r} exists already; change it with `pgwake tenants set`", 1)
@@ -125,6 +145,8 @@ def set_cmd(
         bool, typer.Option("--no-max-concurrency", help="Remove the fleet-wide cap.")
     ] = False,
     weight: WeightOpt = None,
+    rate: RateOpt = None,
+    no_rate: Annotated[bool, typer.Option("--no-rate", help="Remove the rate limit.")] = False,
     with_database: DatabaseOpt = False,
     no_database: Annotated[
         bool, typer.Option("--no-database", help="Forget the tenant's own database.")
@@ -138,10 +160,13 @@ def set_cmd(
         raise fail("--max-concurrency and --no-max-concurrency exclude each other", 2)
     if with_database and no_database:
         raise fail("--database and --no-database exclude each other", 2)
+    if rate is not None and no_rate:
+        raise fail("--rate and --no-rate exclude each other", 2)
     if max_concurrency is None and not (
-        no_max_concurrency or weight or with_database or no_database
+        no_max_concurrency or weight or with_database or no_database or rate or no_rate
     ):
         raise fail("nothing to change: give at least one option (see --help)", 2)
+    parsed = rate_option(rate)
     db.settings()  # a bad setting exits before the DSN is asked for
     ciphertext = _encrypted_dsn(tenant) if with_database else None
     args = (
@@ -151,6 +176,9 @@ def set_cmd(
         weight,
         with_database or no_database,
         ciphertext,
+        rate is not None or no_rate,
+        parsed and parsed.jobs,
+        parsed and parsed.seconds,
     )
     row = db.run(lambda c: c.fetchrow(QUERIES["tenant_update"], *args))
     if row is None:
@@ -217,6 +245,11 @@ def _describe(row: asyncpg.Record) -> dict[str, Any]:
     """A tenant for display: the ciphertext replaced by whether there is one and the id
     of the key that encrypted it."""
     data = dict(row)
+    seconds = data.pop("rate_period_seconds", None)
+    data["rate"] = (
+        None if data.get("rate_limit") is None else rate_shown(data["rate_limit"], seconds)
+    )
+    data.pop("rate_limit", None)
     if "db_dsn_encrypted" in data:
         encrypted = data.pop("db_dsn_encrypted")
         data["has_database"] = encrypted is not None
@@ -238,7 +271,7 @@ def list_cmd(
         typer.echo(json.dumps(items, default=str))
         return
     header = (
-        f"{'TENANT':<24} {'CAP':>6} {'WEIGHT':>6} {'PAUSED':>6} {'OWN DB':>6} "
+        f"{'TENANT':<24} {'CAP':>6} {'WEIGHT':>6} {'RATE':>10} {'PAUSED':>6} {'OWN DB':>6} "
         f"{'QUEUED':>8} {'RUNNING':>8}"
     )
     typer.echo(header)
@@ -246,6 +279,7 @@ def list_cmd(
         cap = "-" if item["max_concurrency"] is None else str(item["max_concurrency"])
         typer.echo(
             f"{shown(item['tenant_id']):<24} {cap:>6} {item['weight']:>6} "
+            f"{item['rate'] or '-':>10} "
             f"{'yes' if item['paused'] else 'no':>6} "
             f"{'yes' if item['has_database'] else 'no':>6} "
             f"{item['queued']:>8} {item['running']:>8}"

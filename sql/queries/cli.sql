@@ -138,7 +138,8 @@ SELECT count(*)::int FROM purged;
 -- Every tenant with settings, with its queued and running job counts; of its own
 -- database only whether it has one and the id of the key that encrypted the DSN.
 -- No parameters.
-SELECT t.tenant_id, t.max_concurrency, t.weight, t.paused,
+SELECT t.tenant_id, t.max_concurrency, t.weight, t.paused, t.rate_limit,
+       extract(epoch FROM t.rate_period)::float8 AS rate_period_seconds,
        t.db_dsn_encrypted IS NOT NULL AS has_database,
        split_part(t.db_dsn_encrypted, ':', 3) AS database_key, t.created_at, t.updated_at,
        (SELECT count(*) FROM pgwake.jobs AS j
@@ -151,16 +152,20 @@ SELECT t.tenant_id, t.max_concurrency, t.weight, t.paused,
 -- name: tenant_get
 -- One tenant's settings (the DSN only as ciphertext).
 -- $1 tenant id.
-SELECT tenant_id, max_concurrency, weight, paused, db_dsn_encrypted, created_at, updated_at
+SELECT tenant_id, max_concurrency, weight, paused, rate_limit,
+       extract(epoch FROM rate_period)::float8 AS rate_period_seconds, db_dsn_encrypted,
+       created_at, updated_at
   FROM pgwake.tenants
  WHERE tenant_id = $1;
 
 -- name: tenant_add
 -- Adds a tenant; returns nothing when it exists already.
 -- $1 tenant id, $2 max concurrency (NULL: no fleet-wide cap), $3 weight, $4 paused,
--- $5 encrypted DSN (NULL: no database of its own).
-INSERT INTO pgwake.tenants (tenant_id, max_concurrency, weight, paused, db_dsn_encrypted)
-VALUES ($1, $2, $3, $4, $5)
+-- $5 encrypted DSN (NULL: no database of its own), $6 rate limit and $7 its period in
+-- seconds (both NULL: no rate limit).
+INSERT INTO pgwake.tenants (tenant_id, max_concurrency, weight, paused, db_dsn_encrypted,
+                            rate_limit, rate_period)
+VALUES ($1, $2, $3, $4, $5, $6::int, make_interval(secs => $7::float8))
 ON CONFLICT (tenant_id) DO NOTHING
 RETURNING tenant_id;
 
@@ -168,11 +173,16 @@ RETURNING tenant_id;
 -- Changes a tenant's settings; returns nothing when the tenant does not exist.
 -- $1 tenant id; $2 whether to set max_concurrency, $3 its new value (NULL: no cap);
 -- $4 new weight (NULL: keep); $5 whether to set the DSN, $6 the new ciphertext (NULL:
--- no database of its own).
+-- no database of its own); $7 whether to set the rate limit, $8 its rate and $9 its
+-- period in seconds (both NULL: no rate limit). A change of the rate limit wakes the
+-- workers (the trigger tenants_rate_change_takes_effect_at_once).
 UPDATE pgwake.tenants
    SET max_concurrency = CASE WHEN $2::bool THEN $3::int ELSE max_concurrency END,
        weight = coalesce($4::int, weight),
        db_dsn_encrypted = CASE WHEN $5::bool THEN $6::text ELSE db_dsn_encrypted END,
+       rate_limit = CASE WHEN $7::bool THEN $8::int ELSE rate_limit END,
+       rate_period = CASE WHEN $7::bool THEN make_interval(secs => $9::float8)
+                          ELSE rate_period END,
        updated_at = now()
  WHERE tenant_id = $1
 RETURNING tenant_id;
@@ -189,6 +199,36 @@ RETURNING tenant_id;
 -- Removes a tenant's settings (its jobs stay, and run with the defaults).
 -- $1 tenant id.
 DELETE FROM pgwake.tenants WHERE tenant_id = $1 RETURNING tenant_id;
+
+-- name: limit_set
+-- Sets the rate limit of a kind, across tenants ($2 false) or within each tenant ($2
+-- true), replacing the one it had; the workers are woken (the trigger
+-- limits_change_takes_effect_at_once).
+-- $1 kind, $2 per tenant, $3 jobs per period, $4 the period in seconds.
+INSERT INTO pgwake.limits (kind, per_tenant, rate_limit, rate_period)
+VALUES ($1, $2, $3, make_interval(secs => $4::float8))
+ON CONFLICT (kind, per_tenant) DO UPDATE
+   SET rate_limit = excluded.rate_limit, rate_period = excluded.rate_period,
+       updated_at = now()
+RETURNING kind;
+
+-- name: limit_list
+-- Every kind rate limit, with whether its window is full right now and until when.
+-- No parameters.
+SELECT l.kind, l.per_tenant, l.rate_limit,
+       extract(epoch FROM l.rate_period)::float8 AS rate_period_seconds,
+       (SELECT count(*) FROM pgwake.rate_windows AS r
+         WHERE r.scope = CASE WHEN l.per_tenant THEN 'kind_tenant' ELSE 'kind' END
+           AND r.kind = l.kind AND r.full_until > now()) AS held_back,
+       l.created_at, l.updated_at
+  FROM pgwake.limits AS l
+ ORDER BY l.kind, l.per_tenant;
+
+-- name: limit_remove
+-- Removes a kind's rate limit (across tenants, or within each tenant); the workers are
+-- woken. Returns nothing when there was none.
+-- $1 kind, $2 per tenant.
+DELETE FROM pgwake.limits WHERE kind = $1 AND per_tenant = $2 RETURNING kind;
 
 -- name: tenant_list_dsns
 -- Every encrypted tenant DSN, for key rotation.
