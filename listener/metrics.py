@@ -128,6 +128,8 @@ OTHER_TENANTS = "_other"
 UNHANDLED_KIND = "_unhandled"
 # How an attempt ends (jobs.Outcome.label): a finished status, or a run again later.
 OUTCOMES = (*FINISHED, "retried", "snoozed")
+# The scopes of rate limits (pgwake.rate_windows.scope).
+RATE_SCOPES = ("tenant", "kind", "kind_tenant")
 # "rate_limit": the moment a full rate limit window opened (claimer.py).
 WAKE_SOURCES = ("notify", "poll", "reconnect", "slot", "rate_limit")
 # Why a worker was lost: its process is gone (and no new worker started on its host
@@ -306,6 +308,27 @@ class _StreakCollector(Collector):
         yield tenants
 
 
+def _rate_limit_gauges() -> tuple[Gauge, Gauge]:
+    """The sampled gauges of rate limits: held-back keys by scope, and when each opens."""
+    return (
+        Gauge(
+            "pgwake_rate_limited",
+            "Rate limit keys held back right now (their window is full), by scope: "
+            "tenant, kind (across tenants), kind_tenant (a kind within a tenant); sampled "
+            "by the leader.",
+            ["scope"],
+            registry=None,
+        ),
+        Gauge(
+            "pgwake_rate_limited_opens_in_seconds",
+            "Seconds until each held-back rate limit key opens again, for at most "
+            "top_n_tenants keys, those held back longest (sampled by the leader).",
+            ["scope", "kind", "tenant"],
+            registry=None,
+        ),
+    )
+
+
 class Metrics:
     """The worker's metrics, in their own registry."""
 
@@ -424,7 +447,16 @@ class Metrics:
             ["tenant"],
             registry=None,
         )
-        self._workers = _SampledCollector([self.queue_jobs, self.oldest_queued, self.tenant_queued])
+        self.rate_limited, self.rate_limited_key = _rate_limit_gauges()
+        self._workers = _SampledCollector(
+            [
+                self.queue_jobs,
+                self.oldest_queued,
+                self.tenant_queued,
+                self.rate_limited,
+                self.rate_limited_key,
+            ]
+        )
         r.register(self._workers)
         # Maintenance, counted by whichever worker did the work.
         self.workers_lost = Counter(
@@ -606,6 +638,17 @@ class Metrics:
             for status in ACTIVE:
                 self.queue_jobs.labels(status, kind).set(jobs.get((status, kind), 0))
             self.oldest_queued.labels(kind).set(max(oldest.get(kind) or 0.0, 0.0))
+
+    def set_rate_limited(self, held: Sequence[tuple[str, str, str, float, int]]) -> None:
+        """Replace the rate limit series with ``held`` rows (scope, kind, tenant, seconds
+        until it opens, keys of its scope held back); every scope gets a count."""
+        self.rate_limited.clear()
+        self.rate_limited_key.clear()
+        counts = {scope: in_scope for scope, _, _, _, in_scope in held}
+        for scope in RATE_SCOPES:
+            self.rate_limited.labels(scope).set(counts.get(scope, 0))
+        for scope, kind, tenant, opens_in, _ in held:
+            self.rate_limited_key.labels(scope, kind, tenant).set(max(opens_in, 0.0))
 
     def set_tenant_backlog(self, top: Sequence[tuple[str, int]], total: int) -> None:
         """Replace the tenant backlog series: ``top`` (tenant, queued) pairs and the

@@ -10,7 +10,7 @@ A block is a ``-- name: <subject>_<verb>[_<detail>]`` line, comment lines saying
 statement does, a line giving its parameters (``$1 ..., $2 ...`` or ``No parameters.``),
 then the statement. The naming rule: the subject is the table or object the statement is
 about, in the singular (job, worker, tenant, schedule, migration, leader, listener,
-server), then a verb, then what narrows it (``job_list``, ``worker_list_lost``,
+server, limit), then a verb, then what narrows it (``job_list``, ``worker_list_lost``,
 ``tenant_get_dsn``).
 
 Invariants:

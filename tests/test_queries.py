@@ -15,7 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_SQL = ROOT / "listener" / "cli" / "bench" / "bench.sql"
 
 # The subjects a name may start with (see listener/queries.py for the rule).
-SUBJECTS = ("job", "worker", "tenant", "schedule", "migration", "leader", "listener", "server")
+SUBJECTS = (
+    "job",
+    "worker",
+    "tenant",
+    "schedule",
+    "migration",
+    "leader",
+    "listener",
+    "server",
+    "limit",
+)
 NAME_RULE = re.compile(rf"^(?:{'|'.join(SUBJECTS)})_[a-z]+(?:_[a-z0-9]+)*$")
 # Names that go with the claim queries and keep them while those are tuned on another
 # branch; they are benchmark-only.

@@ -62,7 +62,7 @@ async def test_add_list_show_set_remove(
     )
     table = pgwake("tenants", "list", dsn=dsn)
     assert table.stdout.splitlines()[0].split()[:3] == ["TENANT", "CAP", "WEIGHT"]
-    assert table.stdout.splitlines()[1].split() == ["acme", "2", "3", "no", "yes", "1", "0"]
+    assert table.stdout.splitlines()[1].split() == ["acme", "2", "3", "-", "no", "yes", "1", "0"]
 
     shown = pgwake("tenants", "show", "acme", "--json", dsn=dsn)
     assert json.loads(shown.stdout)["max_concurrency"] == 2

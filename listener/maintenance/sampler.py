@@ -177,6 +177,7 @@ class Sampler:
             top = await conn.fetch(
                 QUERIES["tenant_count_queued"], m.top_n_tenants, m.tenants_opt_in
             )
+            held = await conn.fetch(QUERIES["limit_list_held_back"], m.top_n_tenants)
             await conn.execute(QUERIES["leader_record_metrics_sample"])
         self._known = (0.0, time.monotonic())
         assert workers is not None
@@ -191,6 +192,9 @@ class Sampler:
         )
         total = sum(r["jobs"] for r in depth if r["status"] == Status.QUEUED)
         m.set_tenant_backlog([(r["tenant_id"], r["jobs"]) for r in top], total)
+        m.set_rate_limited(
+            [(r["scope"], r["kind"], r["tenant_id"], r["opens_in"], r["in_scope"]) for r in held]
+        )
 
     async def _resign(self, *, broken: bool = False) -> None:
         """Stop leading: clear the sampled gauges, give the connection (and with it the

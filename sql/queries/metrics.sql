@@ -6,7 +6,7 @@
 -- the statement does, a line giving its parameters ("$1 ..., $2 ..." or "No
 -- parameters."), then the statement. The subject is the table or object the statement
 -- is about, in the singular (job, worker, tenant, schedule, migration, leader,
--- listener, server); names are unique across all queries files. Tests PREPARE every
+-- listener, server, limit); names are unique across all queries files. Tests PREPARE every
 -- block against the migrated schema and hold every block to this format.
 
 -- name: leader_elect_metrics
@@ -94,3 +94,17 @@ WITH counts AS (
 (SELECT tenant_id, jobs FROM counts ORDER BY jobs DESC, tenant_id LIMIT $1::int)
 UNION
 (SELECT tenant_id, jobs FROM counts WHERE tenant_id = ANY ($2::text[]));
+
+-- name: limit_list_held_back
+-- The rate limit keys held back right now (their window is full): each key's scope
+-- (tenant, kind, kind_tenant), kind and tenant ('' where the scope has none), seconds
+-- until it opens, and how many keys of its scope are held back; at most $1 keys, those
+-- held back longest first.
+-- $1 how many keys at most.
+SELECT r.scope, r.kind, r.tenant_id,
+       extract(epoch FROM r.full_until - now())::float8 AS opens_in,
+       count(*) OVER (PARTITION BY r.scope) AS in_scope
+  FROM pgwake.rate_windows AS r
+ WHERE r.full_until > now()
+ ORDER BY r.full_until DESC, r.scope, r.kind, r.tenant_id
+ LIMIT $1::int;

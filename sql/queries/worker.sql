@@ -8,7 +8,7 @@
 -- the statement does, a line giving its parameters ("$1 ..., $2 ..." or "No
 -- parameters."), then the statement. The subject is the table or object the statement
 -- is about, in the singular (job, worker, tenant, schedule, migration, leader,
--- listener, server); names are unique across all queries files. Tests PREPARE every
+-- listener, server, limit); names are unique across all queries files. Tests PREPARE every
 -- block against the migrated schema and hold every block to this format.
 
 -- name: worker_register
