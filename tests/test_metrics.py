@@ -294,6 +294,7 @@ def test_readme_lists_every_series() -> None:
     metrics.set_workers(1, 0.0, [("id", "host", 1, 0.0)])
     metrics.set_queue([], ["k"])
     metrics.set_tenant_backlog([], 0)
+    metrics.set_rate_limited([("tenant", "", "t", 1.0, 1)])
     exported = set()
     for family in metrics.registry.collect():
         if family.type == "histogram":

@@ -5,6 +5,7 @@ constraints that refuse a bad limit; a change that wakes the workers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import asyncpg
@@ -13,6 +14,7 @@ import pytest
 from listener import db
 from listener.queries import QUERIES
 from tests.support.claims import claim, register
+from tests.support.cli import pgwake
 
 
 async def claim_summary(
@@ -257,3 +259,38 @@ async def test_a_changed_limit_takes_effect_at_the_next_claim_and_wakes_workers(
     rows, _ = await claim_summary(conn, worker, 10)
     assert len(rows) == 5
     assert await conn.fetchval("SELECT count(*) FROM pgwake.rate_windows") == 0
+
+
+async def test_status_and_the_metrics_query_show_what_is_held_back(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT t, k FROM unnest(ARRAY['acme', 'beta']) AS t, unnest(ARRAY['k', 'mail']) AS k, "
+        "generate_series(1, 5)"
+    )
+    await conn.execute(
+        "INSERT INTO pgwake.tenants (tenant_id, rate_limit, rate_period) "
+        "VALUES ('acme', 2, '1 hour')"
+    )
+    await conn.execute(
+        "INSERT INTO pgwake.limits (kind, rate_limit, rate_period) VALUES ('mail', 3, '1 hour')"
+    )
+    worker = await register(conn)
+    for _ in range(3):
+        await claim_summary(conn, worker, 10, ["k", "mail"])
+    held = await conn.fetch(QUERIES["limit_list_held_back"], 10)
+    assert sorted((r["scope"], r["kind"], r["tenant_id"], r["in_scope"]) for r in held) == [
+        ("kind", "mail", "", 1),
+        ("tenant", "", "acme", 1),
+    ]
+    assert all(3590 < r["opens_in"] <= 3600 for r in held)
+    done = pgwake("status", "--json", dsn=dsn)
+    status = json.loads(done.stdout)
+    assert sorted((h["scope"], h["kind"], h["tenant"]) for h in status["held_back"]) == [
+        ("kind", "mail", ""),
+        ("tenant", "", "acme"),
+    ]
+    text = pgwake("status", dsn=dsn).stdout
+    assert "held back by a rate limit (window full):" in text
+    assert "acme" in text.split("held back by a rate limit")[1]

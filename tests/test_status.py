@@ -127,7 +127,7 @@ async def test_status_json_has_the_exact_figures(dsn: str, known_queue: dict[str
     assert set(status) == {
         "database", "at", "totals", "oldest_queued_seconds", "kinds", "tenants",
         "active_tenants", "tenants_with_backlog", "workers", "unhandled_kinds",
-        "lost_workers", "drain", "failures", "retrying", "health",
+        "lost_workers", "drain", "failures", "retrying", "held_back", "held_back_total", "health",
     }  # fmt: skip
     assert status["health"] == {
         "healthy": False,

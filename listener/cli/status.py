@@ -1,12 +1,15 @@
 """``pgwake status``: queue health at a terminal, as tables or JSON.
 
 Invariants:
-- Read only: seven statements (sql/queries/cli.sql: job_count_by_kind,
+- Read only: eight statements (sql/queries/cli.sql: job_count_by_kind,
   tenant_list_backlog, worker_list, worker_list_unregistered, job_count_finished_recent,
-  job_list_failed_latest, job_list_retrying) in one read-only REPEATABLE READ
-  transaction, so every figure comes from the same snapshot. Their cost grows with the
-  active jobs (scheduled, queued, running), the failed ones kept and the jobs finished
-  within the drain window (``--window``), never with the rest of the history.
+  job_list_failed_latest, job_list_retrying; sql/queries/metrics.sql:
+  limit_list_held_back) in one read-only REPEATABLE READ transaction, so every figure
+  comes from the same snapshot. Their cost grows with the active jobs (scheduled,
+  queued, running), the failed ones kept, the jobs finished within the drain window
+  (``--window``) and the rate limit keys, never with the rest of the history.
+- Rate limit keys held back right now (window full) are listed, at most ``--tenants``
+  of them, those held back longest first, with how many more there are.
 - The drain is the jobs that ended for good (succeeded, failed, cancelled) in the
   window, per minute; retries are not in it (a retried job has not ended).
 - Healthy (exit 0) unless: jobs are queued and no worker is live; the oldest queued
@@ -148,6 +151,16 @@ class KindRetrying:
 
 
 @dataclass
+class HeldBack:
+    """A rate limit key whose window is full right now: its jobs wait for it."""
+
+    scope: str  # tenant, kind (across tenants) or kind_tenant (a kind within a tenant)
+    kind: str
+    tenant: str
+    opens_in_seconds: float
+
+
+@dataclass
 class Health:
     """Whether a script should worry, and why."""
 
@@ -173,6 +186,8 @@ class Status:
     drain: Drain | None = None
     failures: list[KindFailure] = field(default_factory=list)
     retrying: list[KindRetrying] = field(default_factory=list)
+    held_back: list[HeldBack] = field(default_factory=list)
+    held_back_total: int = 0
     health: Health = field(default_factory=lambda: Health(healthy=True, problems=[]))
 
 
@@ -332,6 +347,7 @@ async def fetch(
         finished = await conn.fetch(QUERIES["job_count_finished_recent"], window)
         failed = await conn.fetch(QUERIES["job_list_failed_latest"], window, errors)
         retrying = await conn.fetch(QUERIES["job_list_retrying"], errors)
+        held = await conn.fetch(QUERIES["limit_list_held_back"], top)
     status = build(dsn, settings, kinds, tenants, workers, datetime.now(UTC))
     status.lost_workers = [lost_worker(row) for row in lost]
     status.drain = drain(finished, window)
@@ -352,6 +368,10 @@ async def fetch(
         KindRetrying(kind=row["kind"], jobs=row["jobs"], error=row["error"] or "")
         for row in retrying
     ]
+    status.held_back = [
+        HeldBack(r["scope"], r["kind"], r["tenant_id"], max(r["opens_in"], 0.0)) for r in held
+    ]
+    status.held_back_total = sum({r["scope"]: r["in_scope"] for r in held}.values())
     status.health = health(status, max_wait)
     return status
 
@@ -503,6 +523,7 @@ def render(status: Status) -> str:
             f"oldest due {age(k.oldest_queued_seconds)} ago"
             for k in status.unhandled_kinds
         ]
+    out += render_held_back(status)
     out += render_errors(status)
     out += ["", render_health(status.health)]
     return "\n".join(out)
@@ -568,6 +589,26 @@ def render_errors(status: Status) -> list[str]:
             ["KIND", "JOBS", "LAST ERROR"],
             [[shown(r.kind), _n(r.jobs), shown(r.error)] for r in status.retrying],
         )
+    return out
+
+
+def render_held_back(status: Status) -> list[str]:
+    """The rate limit keys held back right now, those held longest first."""
+    if not status.held_back:
+        return []
+    shown_now = len(status.held_back)
+    more = status.held_back_total - shown_now
+    out = ["", "held back by a rate limit (window full):"]
+    out += table(
+        ["SCOPE", "KIND", "TENANT", "OPENS IN"],
+        [
+            [h.scope, shown(h.kind) or "-", shown(h.tenant) or "-", age(h.opens_in_seconds)]
+            for h in status.held_back
+        ],
+        left=3,
+    )
+    if more > 0:
+        out.append(f"  and {_n(more)} more")
     return out
 
 
