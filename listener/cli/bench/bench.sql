@@ -61,6 +61,14 @@ INSERT INTO pgwake.jobs (tenant_id, kind)
 SELECT 'bench-t' || (g % $3::int), 'noop'
   FROM generate_series($1::int, $1::int + $2::int - 1) AS g;
 
+-- name: tenant_limit_rate_spread
+-- Rate-limits $1 of the tenants of job_enqueue_spread, spread evenly over them, to $3
+-- jobs a second each.
+-- $1 how many tenants to limit, $2 how many tenants there are, $3 jobs per second.
+INSERT INTO pgwake.tenants (tenant_id, rate_limit, rate_period)
+SELECT 'bench-t' || (g * ($2::int / greatest($1::int, 1))), $3::int, interval '1 second'
+  FROM generate_series(0, $1::int - 1) AS g;
+
 -- name: job_enqueue_started
 -- Enqueues one job of kind bench.started (the latency and fairness benchmarks); returns
 -- its id.

@@ -1,8 +1,10 @@
 """``claim`` and ``retention``: what one fair claim costs, at scale and beside pruning.
 
 - ``claim``: the cost of one fair claim at a small scale and at a large one (by default
-  1,000,000 queued jobs over 10,000 tenants): wall-clock p50/p99 per claim, measured in
-  this process, and the shared buffers one claim touches (EXPLAIN ANALYZE, BUFFERS).
+  1,000,000 queued jobs over 10,000 tenants), and at the large one again with 1,000 of
+  the tenants rate-limited (5 jobs a second each, so that the claims fill their windows
+  and then pass them over): wall-clock p50/p99 per claim, measured in this process, and
+  the shared buffers one claim touches (EXPLAIN ANALYZE, BUFFERS).
 - ``retention``: claim latency on a queue of 100,000 jobs beside 1,000,000 finished ones
   past their retention, first alone, then while the retention pruner deletes all
   1,000,000 in batches; also how long the pruning took.
@@ -165,10 +167,22 @@ class ClaimScale:
     p50_ms: float
     p99_ms: float
     buffers_per_claim: int
+    rate_limited: int = 0
+
+
+# Tenants rate-limited at the third scale of ``claim``, and their limit per second.
+RATE_LIMITED_TENANTS = 1000
+RATE_LIMIT_PER_SECOND = 5
 
 
 async def _claim_at_scale(
-    server_dsn: str, *, tenants: int, queued: int, claims: int, batch: int
+    server_dsn: str,
+    *,
+    tenants: int,
+    queued: int,
+    claims: int,
+    batch: int,
+    rate_limited: int = 0,
 ) -> ClaimScale:
     async with bench_database(server_dsn) as dsn:
         conn = await db.connect(dsn)
@@ -178,6 +192,12 @@ async def _claim_at_scale(
                 count = min(chunk, queued - first)
                 await conn.execute(BENCH_QUERIES["job_enqueue_spread"], first, count, tenants)
             await conn.execute(BENCH_QUERIES["job_analyze"])
+            await conn.execute(
+                BENCH_QUERIES["tenant_limit_rate_spread"],
+                min(rate_limited, tenants),
+                tenants,
+                RATE_LIMIT_PER_SECOND,
+            )
             worker = uuid.uuid4()
             await conn.execute(
                 QUERIES["worker_register"], worker, "bench", 0, ["noop"], batch, None
@@ -212,6 +232,7 @@ async def _claim_at_scale(
         p50_ms=round(percentile(times, 50), 2),
         p99_ms=round(percentile(times, 99), 2),
         buffers_per_claim=buffers,
+        rate_limited=min(rate_limited, tenants),
     )
 
 
@@ -221,22 +242,25 @@ async def claim_cost(
     """Claim cost on a small queue (100 tenants, 100,000 jobs) and on the given one.
 
     The claims stay well inside either queue (``claims`` x ``batch`` jobs)."""
-    scales = [(min(100, tenants), min(100_000, queued)), (tenants, queued)]
+    scales = [(min(100, tenants), min(100_000, queued), 0), (tenants, queued, 0)]
+    scales.append((tenants, queued, RATE_LIMITED_TENANTS))
     return [
-        await _claim_at_scale(server_dsn, tenants=t, queued=q, claims=claims, batch=batch)
-        for t, q in dict.fromkeys(scales)
+        await _claim_at_scale(
+            server_dsn, tenants=t, queued=q, claims=claims, batch=batch, rate_limited=r
+        )
+        for t, q, r in dict.fromkeys(scales)
     ]
 
 
 def render_claim(scales: Sequence[ClaimScale]) -> str:
     """The claim-cost figures as a table."""
     header = (
-        f"{'tenants':>8} {'queued':>10} {'claims':>6} {'batch':>5} "
+        f"{'tenants':>8} {'limited':>7} {'queued':>10} {'claims':>6} {'batch':>5} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'buffers/claim':>13}"
     )
     lines = [header]
     lines += [
-        f"{s.tenants:>8} {s.queued:>10} {s.claims:>6} {s.batch:>5} "
+        f"{s.tenants:>8} {s.rate_limited:>7} {s.queued:>10} {s.claims:>6} {s.batch:>5} "
         f"{s.p50_ms:>7g} {s.p99_ms:>7g} {s.buffers_per_claim:>13}"
         for s in scales
     ]
