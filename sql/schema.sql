@@ -181,6 +181,12 @@ COMMENT ON TABLE pgwake.jobs IS
 CREATE INDEX jobs_ready_idx ON pgwake.jobs (tenant_id, priority DESC, run_at, id)
     WHERE status = 'queued';
 
+-- The claim's priority levels: the highest and lowest ready priority, and the tenants
+-- holding ready jobs of the highest (priority first, so one level's tenants are a
+-- range of the index, walked one probe per tenant).
+CREATE INDEX jobs_ready_priority_idx ON pgwake.jobs (priority DESC, tenant_id)
+    WHERE status = 'queued';
+
 -- Promotion of delayed and retrying jobs looks up the earliest due scheduled job.
 CREATE INDEX jobs_scheduled_idx ON pgwake.jobs (run_at) WHERE status = 'scheduled';
 

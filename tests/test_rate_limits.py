@@ -294,3 +294,61 @@ async def test_status_and_the_metrics_query_show_what_is_held_back(
     text = pgwake("status", dsn=dsn).stdout
     assert "held back by a rate limit (window full):" in text
     assert "acme" in text.split("held back by a rate limit")[1]
+
+
+async def test_a_higher_priority_job_of_any_tenant_is_claimed_first(
+    conn: asyncpg.Connection,
+) -> None:
+    """With one slot, tenant a's urgent job, inserted after a backlog of other tenants'
+    low-priority jobs, is the next one claimed, wherever the round-robin cursor is."""
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, priority) "
+        "SELECT 't' || (i % 20), 'k', -1000 FROM generate_series(1, 200) AS i"
+    )
+    worker = await register(conn)
+    rows = await claim(conn, worker, 1)
+    assert rows[0]["priority"] == -1000
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, priority) VALUES ('a', 'k', 1000)"
+    )
+    for cursor in ("", "a", "t5", "zzz"):
+        rows = await claim(conn, worker, 1, cursor=cursor)
+        if rows[0]["priority"] == 1000:
+            assert rows[0]["tenant_id"] == "a"
+            # Put it back, to try from the next cursor.
+            await conn.execute(
+                "UPDATE pgwake.jobs SET status = 'queued', claimed_by = NULL WHERE priority = 1000"
+            )
+            continue
+        pytest.fail(f"from cursor {cursor!r} the claim took {dict(rows[0])}")
+    # Among equal priorities the claim stays fair: 3 tenants at priority 5, one claim of 3.
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, priority) "
+        "SELECT t, 'k', 5 FROM unnest(ARRAY['p', 'q', 'r']) AS t, generate_series(1, 10)"
+    )
+    rows = await claim(conn, worker, 4)
+    assert [r["priority"] for r in rows] == [1000, 5, 5, 5]
+    assert sorted(r["tenant_id"] for r in rows[1:]) == ["p", "q", "r"]
+
+
+async def test_priority_does_not_stall_when_the_top_tenant_cannot_be_served(
+    conn: asyncpg.Connection,
+) -> None:
+    """A paused tenant or one at its fleet cap holding the highest priority does not
+    keep the others' lower-priority jobs from starting."""
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, priority) "
+        "SELECT t, 'k', p FROM (VALUES ('paused', 9), ('capped', 8), ('low', 0)) AS v(t, p), "
+        "generate_series(1, 5)"
+    )
+    await conn.execute(
+        "INSERT INTO pgwake.tenants (tenant_id, paused, max_concurrency) "
+        "VALUES ('paused', true, NULL), ('capped', false, 1)"
+    )
+    worker = await register(conn)
+    rows = await claim(conn, worker, 3)
+    assert sorted((r["tenant_id"], r["priority"]) for r in rows) == [
+        ("capped", 8),
+        ("low", 0),
+        ("low", 0),
+    ]

@@ -4,11 +4,22 @@
 -- within each tenant (the new table pgwake.limits). pgwake.rate_windows records what
 -- each limit has let start (an exact sliding window) and is locked by the claim, per
 -- key, as a tenant's row is for its fleet-wide cap. A change of a limit wakes the
--- workers (a trigger on both tables).
+-- workers (a trigger on both tables). And priority across tenants: the index
+-- jobs_ready_priority_idx lets the claim find the highest ready priority and the
+-- tenants holding it.
 --
--- Breaking: workers of 0013 would claim without reading the limits, so while one ran
--- the limits would not hold; they refuse to start against this schema, and running
--- ones stop at their next check (docs/operations.md, "Upgrade pgwake").
+-- Breaking: workers of 0013 would claim without reading the limits (and by priority
+-- only within each tenant), so while one ran the limits would not hold; they refuse to
+-- start against this schema, and running ones stop at their next check
+-- (docs/operations.md, "Upgrade pgwake").
+
+-- Table pgwake.jobs: priority across tenants ------------------------------------------
+
+-- The claim's priority levels: the highest and lowest ready priority, and the tenants
+-- holding ready jobs of the highest (priority first, so one level's tenants are a
+-- range of the index, walked one probe per tenant).
+CREATE INDEX jobs_ready_priority_idx ON pgwake.jobs (priority DESC, tenant_id)
+    WHERE status = 'queued';
 
 -- Table pgwake.tenants: a rate limit per tenant ---------------------------------------
 

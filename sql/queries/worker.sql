@@ -55,7 +55,15 @@ RETURNING coalesce((SELECT array_agg(h.id) FROM held AS h), '{}') AS held_ids,
 DELETE FROM pgwake.workers WHERE id = $1;
 
 -- name: job_claim
--- Claims up to $3 ready jobs for worker $1, fairly across tenants.
+-- Claims up to $3 ready jobs for worker $1, by priority across tenants and fairly
+-- among equal priorities.
+--
+-- Priority: a higher-priority ready job starts before lower-priority jobs of any
+-- tenant. The claim finds the highest and lowest priority of the ready jobs it may take
+-- (levels); when they differ, the walk takes first the tenants holding jobs of the
+-- highest priority, and the claimed rows are ordered by priority before the fair
+-- interleaving. While every ready job has the same priority (the usual case) this
+-- costs two index probes.
 --
 -- Tenants with ready jobs are walked in tenant_id order starting just after the cursor
 -- $7 and wrapping around (a loose index scan on jobs_ready_idx: one index probe per
@@ -123,6 +131,59 @@ open_kinds AS MATERIALIZED (
                                        AND r.tenant_id = '' AND r.full_until > now()))
            END AS kinds
 ),
+-- The highest and the lowest priority of the ready jobs of the kinds open to this
+-- claim: two probes of jobs_ready_priority_idx. When they differ, the walk takes the
+-- tenants holding jobs of the highest priority first (top_after, top_before).
+levels AS MATERIALIZED (
+    SELECT (SELECT j.priority FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
+             ORDER BY j.priority DESC LIMIT 1) AS top,
+           (SELECT j.priority FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
+             ORDER BY j.priority LIMIT 1) AS bottom
+),
+-- Tenants holding ready jobs of the highest priority, after the cursor then from the
+-- beginning (one probe of jobs_ready_priority_idx per tenant, as the walk below);
+-- nothing at all while every ready job has the same priority.
+top_after (tenant_id, step) AS (
+    (SELECT j.tenant_id, 1
+       FROM pgwake.jobs AS j
+      WHERE (SELECT l.top > l.bottom FROM levels AS l)
+        AND j.status = 'queued' AND j.priority = (SELECT l.top FROM levels AS l)
+        AND j.tenant_id > $7::text AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
+      ORDER BY j.tenant_id
+      LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id
+              FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.priority = (SELECT l.top FROM levels AS l)
+               AND j.tenant_id > a.tenant_id AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
+             ORDER BY j.tenant_id
+             LIMIT 1),
+           a.step + 1
+      FROM top_after AS a
+     WHERE a.tenant_id IS NOT NULL
+),
+top_before (tenant_id, step) AS (
+    (SELECT j.tenant_id, 1
+       FROM pgwake.jobs AS j
+      WHERE (SELECT l.top > l.bottom FROM levels AS l)
+        AND j.status = 'queued' AND j.priority = (SELECT l.top FROM levels AS l)
+        AND j.tenant_id <= $7::text AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
+      ORDER BY j.tenant_id
+      LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id
+              FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.priority = (SELECT l.top FROM levels AS l)
+               AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
+               AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
+             ORDER BY j.tenant_id
+             LIMIT 1),
+           b.step + 1
+      FROM top_before AS b
+     WHERE b.tenant_id IS NOT NULL
+),
 -- Tenants after the cursor, in order: each step finds the next tenant_id that has a
 -- queued job of our kinds with one probe of jobs_ready_idx. The probe reads the queued
 -- jobs of other kinds it passes (their kind is in the row, not in the index), so a
@@ -165,13 +226,42 @@ before_cursor (tenant_id, step) AS (
      WHERE b.tenant_id IS NOT NULL
 ),
 -- At most $3 tenants, in round-robin order, that are not paused, not held back by a
--- full rate limit window, and still have a free local slot. The walk is lazy: it stops
+-- full rate limit window, and still have a free local slot: first those holding jobs
+-- of the highest ready priority (when not every ready job has the same), then the
+-- others, each tenant once. The walk is lazy: it stops
 -- as soon as enough tenants are found. The paused check is a scalar subquery on
 -- purpose: one primary-key probe per walked tenant, where a join could scan every row
 -- of pgwake.tenants (and one more probe, of its window, for a rate-limited tenant).
 walk AS MATERIALIZED (
-    SELECT w.tenant_id, w.lap, w.step
-      FROM (
+    SELECT d.tenant_id, d.lap, d.step
+      FROM (SELECT DISTINCT ON (w.tenant_id) w.tenant_id, w.lap, w.step
+              FROM (
+            (SELECT tenant_id, -2 AS lap, step FROM top_after AS c
+              WHERE tenant_id IS NOT NULL
+                AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+                AND (SELECT p.paused
+                            OR (p.rate_limit IS NOT NULL
+                                AND EXISTS (SELECT 1 FROM pgwake.rate_windows AS r
+                                             WHERE r.scope = 'tenant' AND r.kind = ''
+                                               AND r.tenant_id = p.tenant_id
+                                               AND r.full_until > now()))
+                       FROM pgwake.tenants AS p
+                      WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
+              LIMIT $3::int)
+            UNION ALL
+            (SELECT tenant_id, -1 AS lap, step FROM top_before AS c
+              WHERE tenant_id IS NOT NULL
+                AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+                AND (SELECT p.paused
+                            OR (p.rate_limit IS NOT NULL
+                                AND EXISTS (SELECT 1 FROM pgwake.rate_windows AS r
+                                             WHERE r.scope = 'tenant' AND r.kind = ''
+                                               AND r.tenant_id = p.tenant_id
+                                               AND r.full_until > now()))
+                       FROM pgwake.tenants AS p
+                      WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
+              LIMIT $3::int)
+            UNION ALL
             (SELECT tenant_id, 1 AS lap, step FROM after_cursor AS c
               WHERE tenant_id IS NOT NULL
                 AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
@@ -197,8 +287,9 @@ walk AS MATERIALIZED (
                        FROM pgwake.tenants AS p
                       WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
               LIMIT $3::int)
-           ) AS w
-     ORDER BY w.lap, w.step
+                   ) AS w
+             ORDER BY w.tenant_id, w.lap, w.step) AS d
+     ORDER BY d.lap, d.step
      LIMIT $3::int
 ),
 -- Free slots per walked tenant: local, fleet-wide for capped tenants, and free starts
@@ -252,13 +343,14 @@ slots AS (
 ),
 -- Each tenant's best ready jobs of the kinds it may take, at most its share, locked.
 candidates AS MATERIALIZED (
-    SELECT c.id, c.ctid, c.kind, t.tenant_id, t.pos, c.rn, (c.rn - 1) / t.weight AS round,
+    SELECT c.id, c.ctid, c.kind, c.priority, t.tenant_id, t.pos, c.rn,
+           (c.rn - 1) / t.weight AS round,
            -- The share, not the free slots, stopped this tenant: it may have more.
            c.rn = t.share AND t.share < least(t.free, $3::int) AS share_full
       FROM slots AS t
      CROSS JOIN LATERAL (
-            SELECT j.id, j.ctid, j.kind, row_number() OVER () AS rn
-              FROM (SELECT j.id, j.ctid, j.kind
+            SELECT j.id, j.ctid, j.kind, j.priority, row_number() OVER () AS rn
+              FROM (SELECT j.id, j.ctid, j.kind, j.priority
                       FROM pgwake.jobs AS j
                      WHERE j.tenant_id = t.tenant_id
                        AND j.status = 'queued'
@@ -282,14 +374,17 @@ kind_free AS MATERIALIZED (
               FROM candidates AS c
               JOIN kind_limits AS l ON l.kind = c.kind) AS k
 ),
--- The candidates within their kinds' free starts, first rounds first.
+-- The candidates within their kinds' free starts, higher priorities and then first
+-- rounds first.
 within_limits AS (
-    SELECT c.id, c.ctid, c.round, c.pos
+    SELECT c.id, c.ctid, c.priority, c.round, c.pos
       FROM (SELECT c.*,
-                   row_number() OVER (PARTITION BY c.kind ORDER BY c.round, c.pos, c.rn)
+                   row_number() OVER (PARTITION BY c.kind
+                                      ORDER BY c.priority DESC, c.round, c.pos, c.rn)
                        AS kind_rank,
                    row_number() OVER (PARTITION BY c.kind, c.tenant_id
-                                      ORDER BY c.round, c.pos, c.rn) AS tenant_kind_rank
+                                      ORDER BY c.priority DESC, c.round, c.pos, c.rn)
+                       AS tenant_kind_rank
               FROM candidates AS c) AS c
      WHERE NOT EXISTS (SELECT 1 FROM kind_free AS f
                         WHERE f.kind = c.kind AND f.tenant_id = '' AND c.kind_rank > f.free)
@@ -297,10 +392,11 @@ within_limits AS (
                         WHERE f.kind = c.kind AND f.tenant_id = c.tenant_id
                           AND c.tenant_kind_rank > f.free)
 ),
--- Interleave tenants by weight: every tenant's first round before any tenant's second.
+-- Higher priorities first, whatever the tenant; among equal priorities, interleave
+-- tenants by weight: every tenant's first round before any tenant's second.
 chosen AS (
     SELECT id, ctid FROM within_limits WHERE EXISTS (SELECT 1 FROM me)
-     ORDER BY round, pos LIMIT $3::int
+     ORDER BY priority DESC, round, pos LIMIT $3::int
 ),
 -- The locked rows go in as an array of ctids so the update reads them directly (a Tid
 -- Scan, no index probe) whatever the planner guesses for LIMIT $3. A ctid is stable
