@@ -59,6 +59,7 @@ async def test_claim_plan_uses_the_ready_index_with_ten_thousand_tenants(
     # Index probes, and the update finds the rows it locked by their ctid (a Tid Scan).
     assert {n.get("Index Name") for n in scans_on_jobs if n["Node Type"] != "Tid Scan"} <= {
         "jobs_ready_idx",
+        "jobs_ready_priority_idx",
         "jobs_pkey",
         "jobs_running_tenant_idx",
     }
