@@ -71,7 +71,11 @@ def test_bench_claim_cost_smoke(server_dsn: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     scales = json.loads(done.stdout)["claim"]
-    assert [(s["tenants"], s["queued"]) for s in scales] == [(100, 3000), (300, 3000)]
+    assert [(s["tenants"], s["queued"], s["rate_limited"]) for s in scales] == [
+        (100, 3000, 0),
+        (300, 3000, 0),
+        (300, 3000, 300),  # every tenant rate-limited (at most 1,000 are)
+    ]
     for scale in scales:
         # Every claim was real and full: the queues hold far more than 20 x 8 jobs.
         assert scale["claimed"] == 20 * 8
