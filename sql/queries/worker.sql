@@ -375,8 +375,13 @@ kind_free AS MATERIALIZED (
               JOIN kind_limits AS l ON l.kind = c.kind) AS k
 ),
 -- The candidates within their kinds' free starts, higher priorities and then first
--- rounds first.
+-- rounds first. Without kind limits met (kind_free empty) the candidates as they are:
+-- the ranking below is not even computed.
 within_limits AS (
+    SELECT c.id, c.ctid, c.priority, c.round, c.pos
+      FROM candidates AS c
+     WHERE NOT EXISTS (SELECT 1 FROM kind_free)
+    UNION ALL
     SELECT c.id, c.ctid, c.priority, c.round, c.pos
       FROM (SELECT c.*,
                    row_number() OVER (PARTITION BY c.kind
@@ -391,6 +396,7 @@ within_limits AS (
        AND NOT EXISTS (SELECT 1 FROM kind_free AS f
                         WHERE f.kind = c.kind AND f.tenant_id = c.tenant_id
                           AND c.tenant_kind_rank > f.free)
+       AND EXISTS (SELECT 1 FROM kind_free)
 ),
 -- Higher priorities first, whatever the tenant; among equal priorities, interleave
 -- tenants by weight: every tenant's first round before any tenant's second.
