@@ -1,5 +1,5 @@
 -- pgwake: breaking
--- 0014_rate_limits: rate limits enforced inside the claim, exactly across the fleet: per
+-- 0015_rate_limits: rate limits enforced inside the claim, exactly across the fleet: per
 -- tenant (pgwake.tenants.rate_limit, rate_period), per kind across tenants and per kind
 -- within each tenant (the new table pgwake.limits). pgwake.rate_windows records what
 -- each limit has let start (an exact sliding window) and is locked by the claim, per
@@ -8,7 +8,7 @@
 -- jobs_ready_priority_idx lets the claim find the highest ready priority and the
 -- tenants holding it.
 --
--- Breaking: workers of 0013 would claim without reading the limits (and by priority
+-- Breaking: workers of 0014 would claim without reading the limits (and by priority
 -- only within each tenant), so while one ran the limits would not hold; they refuse to
 -- start against this schema, and running ones stop at their next check
 -- (docs/operations.md, "Upgrade pgwake").
