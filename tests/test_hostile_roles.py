@@ -499,6 +499,7 @@ FUNCTION_CALLS: dict[str, str] = {
     "job_retry_as": "SELECT pgwake.job_retry_as({failed}, 'postgres')",
     "jobs_after_insert": "SELECT pgwake.jobs_after_insert()",
     "jobs_before_insert_due_later": "SELECT pgwake.jobs_before_insert_due_later()",
+    "jobs_before_insert_unique_window": "SELECT pgwake.jobs_before_insert_unique_window()",
     "schedules_before_update_of_cron": "SELECT pgwake.schedules_before_update_of_cron()",
     "retry_job": "SELECT pgwake.retry_job({failed})",
     "someone_waits": "SELECT pgwake.someone_waits(0)",
