@@ -57,6 +57,8 @@ TRANSIENT_SQLSTATES = frozenset(
         "58000",  # system_error
         "58030",  # io_error
         "25006",  # read_only_sql_transaction (a standby, in a failover)
+        "55000",  # object_not_in_prerequisite_state: a database not accepting
+        #           connections (ALTER DATABASE ... ALLOW_CONNECTIONS false, for upkeep)
         # The connection failed or was refused.
         "08000",  # connection_exception
         "08003",  # connection_does_not_exist

@@ -21,7 +21,14 @@ One Prometheus and one fleet of two workers serve every drill, in turn:
 4. the whole fleet killed (SIGKILL) while Prometheus scrapes another job: no worker
    ready in job ``pgwake``, every target down;
 5. the killed workers started again on the same host and ports: each is reported
-   restarted, and the workers they replace are lost as ``restarted``, not ``hung``.
+   restarted, and the workers they replace are lost as ``restarted``, not ``hung``;
+6. the metrics leader hung (SIGSTOP): it is lost as ``hung`` and its sessions ended,
+   the other worker takes over the samples, and the queue series keep moving (jobs
+   queued during the hang show up);
+7. the database gone under the fleet (closed to connections, every session ended,
+   renamed away: "database does not exist"), then back: the database alert fires and
+   no target goes down (the workers stay up, not ready), and jobs run again once it is
+   back.
 
 The time from each fault to each alert firing is printed (``-s`` shows it).
 """
@@ -43,6 +50,7 @@ import asyncpg
 import pytest
 import yaml
 
+from tests.support.databases import database_name
 from tests.support.drill_handlers import DRILL
 from tests.support.grafana_queries import RULES
 from tests.support.prometheus import free_port, prometheus_api, start_prometheus, stop
@@ -204,8 +212,10 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float = 30) -> Any
     return await eventually(check, timeout=timeout, interval=0.2)
 
 
-@pytest.mark.timeout(300)
-async def test_alert_drills(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+@pytest.mark.timeout(420)
+async def test_alert_drills(
+    dsn: str, server_dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     own_port = free_port()
     fleet = Fleet(dsn, tmp_path)
     scrape = [
@@ -409,6 +419,103 @@ async def test_alert_drills(dsn: str, conn: asyncpg.Connection, tmp_path: Path) 
         # The new workers (their counters start at 0) declared nobody hung.
         assert await query('sum(pgwake_workers_lost_total{why="hung"}) > 0') == []
         assert await query('sum(pgwake_workers_lost_total{why="restarted"}) >= 2')
+
+        # 6. The metrics leader hung: another worker takes over the samples, and jobs
+        # queued meanwhile (of a kind nobody handles, so they stay queued) show up.
+        await until(lambda: query("max(pgwake_leader) == 1"))
+        (leader,) = await query("pgwake_leader == 1")
+        stopped = [fleet.target(0), fleet.target(1)].index(leader["metric"]["instance"])
+        stopped_proc = fleet.procs[stopped]
+        assert stopped_proc is not None
+        since = time.time()
+        os.kill(stopped_proc.pid, signal.SIGSTOP)
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) "
+            "SELECT 'hang-t', 'drill.nobody' FROM generate_series(1, 37)"
+        )
+        await watch(
+            "metrics leader hung",
+            port,
+            # Not PgwakeHeartbeatStale: the leader samples the heartbeat ages, and the
+            # worker that takes over finds this one already declared lost.
+            [
+                ("PgwakeTargetDown", {"instance": leader["metric"]["instance"]}),
+                ("PgwakeWorkersLost", {"why": "hung"}),
+            ],
+            since,
+            times,
+            timeout=60,
+        )
+        other = fleet.target(1 - stopped)
+
+        async def sampled_by_the_other() -> bool:
+            queued = await query(
+                f'pgwake_queue_jobs{{instance="{other}",kind="_unhandled",status="queued"}}'
+            )
+            return bool(queued) and float(queued[0]["value"][1]) >= 37
+
+        await until(sampled_by_the_other, timeout=60)
+        times["metrics leader hung: queue series moving again"] = time.time() - since
+        # The other worker exported the age of the fleet's last sample while it waited.
+        peak = await query(
+            f'max_over_time(pgwake_metrics_sample_age_seconds{{instance="{other}"}}[60s])'
+        )
+        assert float(peak[0]["value"][1]) > 1, peak
+        os.kill(stopped_proc.pid, signal.SIGCONT)
+        await conn.execute("DELETE FROM pgwake.jobs WHERE kind = 'drill.nobody'")
+        await until(back, timeout=60)
+
+        # 7. The database gone under the fleet, then back.
+        name = database_name(dsn)
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await conn.close()
+            since = time.time()
+            # Closed to new sessions first, so that none is left to block the rename.
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+
+            async def renamed() -> bool:
+                try:
+                    await admin.execute(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"')
+                except asyncpg.ObjectInUseError:
+                    return False  # a terminated session not gone yet
+                return True
+
+            await until(renamed, timeout=10)
+            found = await watch(
+                "database gone",
+                port,
+                [("PgwakeDatabaseUnreachable", {"job": JOB, "severity": "critical"})],
+                since,
+                times,
+                timeout=60,
+            )
+            assert found
+            down = await query(f'up{{job="{JOB}"}} == 0')
+            assert down == [], down  # the workers stay up, saying why they are not ready
+            await admin.execute(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"')
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            back_at = time.time()
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            job_id = await conn.fetchval(
+                "INSERT INTO pgwake.jobs (kind, payload) VALUES ('sleep', '{\"seconds\": 0}') "
+                "RETURNING id"
+            )
+            await until(
+                lambda: conn.fetchval(
+                    "SELECT status = 'succeeded' FROM pgwake.jobs WHERE id = $1", job_id
+                ),
+                timeout=60,
+            )
+            times["database back: a job ran"] = time.time() - back_at
+        finally:
+            await conn.close()
     finally:
         if slow_feed is not None:
             slow_feed.cancel()

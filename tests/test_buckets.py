@@ -119,7 +119,7 @@ def exported_buckets(seconds: Sequence[float]) -> dict[str, list[tuple[str, floa
     metrics = Metrics()
     metrics.register_kinds([KIND])
     for value in seconds:
-        metrics.observe_finished(KIND, "succeeded", value)
+        metrics.observe_finished(KIND, "succeeded", value, tenant="t", records=None)
     # A start latency is observed at the claim: from run_at to started_at.
     now = datetime.now(UTC)
     metrics.observe_claimed([(KIND, now, now - timedelta(seconds=value)) for value in seconds])

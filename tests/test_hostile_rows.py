@@ -182,9 +182,12 @@ async def test_values_at_the_limits_still_allowed_keep_everything_up(
             assert json.loads(shown.stdout)["unique_until"] is not None
         for view in ("queue_status", "failed_jobs", "tenant_backlog"):
             await conn.fetch(f"SELECT * FROM pgwake.{view}")
-        status = pgwake("status", "--json", dsn=dsn)
+        # Healthy but for the job of year 1 that nobody handles, waiting for ever.
+        status = pgwake("status", "--json", "--max-wait", "0", dsn=dsn)
         assert status.returncode == 0, status.stderr
-        assert pgwake("status", dsn=dsn).returncode == 0
+        aged = pgwake("status", dsn=dsn)
+        assert aged.returncode == 1, aged.stderr
+        assert aged.stderr.startswith("pgwake: error: unhealthy: "), aged.stderr
         listed = pgwake("jobs", "list", dsn=dsn)
         assert listed.returncode == 0, listed.stderr
         assert not service.stopped.is_set()

@@ -120,7 +120,8 @@ async def test_a_start_and_an_end_per_job_retries_at_warning_failures_at_error(
     # The sleep job slept 0.3 s: its duration is at least that, measured by the worker.
     slept = by[(ids["sleep"], "job succeeded", 1)]
     assert slept["outcome"] == "succeeded"
-    assert slept["duration_seconds"] >= 0.3
+    # (The event loop's timer may fire a fraction of a millisecond early.)
+    assert slept["duration_seconds"] >= 0.29
     assert by[(ids["echo"], "job succeeded", 1)]["duration_seconds"] >= 0
 
     # Records the handler reported go on its end lines; a handler that reports none
@@ -219,21 +220,12 @@ def test_priority_prefixes_only_when_stderr_is_the_journal() -> None:
 
 def test_start_up_errors_are_json_lines_in_json_mode(empty_dsn: str) -> None:
     """A bad setting (before any configuration is read whole), an unreachable database
-    and an unmigrated one: one JSON line each at level error with the exit code, when
-    the log format is json (flag, environment or config file); the one plain line
-    otherwise."""
+    (for `migrate`: `run` waits for it) and an unmigrated one: one JSON line each at
+    level error with the exit code, when the log format is json (flag, environment or
+    config file); the one plain line otherwise."""
     cases = [
         (["run", "--concurrency", "0", "--log-format", "json"], {}, 3, "concurrency"),
         (["run", "--concurrency", "0"], {"PGWAKE_LOG_FORMAT": "json"}, 3, "concurrency"),
-        (
-            ["run"],
-            {
-                "PGWAKE_LOG_FORMAT": "json",
-                "PGWAKE_DSN": "postgresql://app:Start9Secret@127.0.0.1:1/x",
-            },
-            4,
-            "cannot connect to postgresql://app:***@127.0.0.1:1/x",
-        ),
         (["run"], {"PGWAKE_LOG_FORMAT": "json", "PGWAKE_DSN": empty_dsn}, 5, "pgwake migrate"),
         (
             ["migrate"],
@@ -242,7 +234,7 @@ def test_start_up_errors_are_json_lines_in_json_mode(empty_dsn: str) -> None:
                 "PGWAKE_DSN": "postgresql://a:Start9Secret@127.0.0.1:1/x",
             },
             4,
-            "cannot connect",
+            "cannot connect to postgresql://a:***@127.0.0.1:1/x",
         ),
     ]
     for args, env, code, message in cases:
