@@ -335,7 +335,8 @@ async def test_a_confined_role_sets_windows_for_its_tenant_only(
 ) -> None:
     """A role confined to 'acme' may set unique_for (pgwake computes the window), may not
     write unique_until or change a window, and another tenant's window on the same key
-    neither holds it nor tells it anything."""
+    neither holds it nor tells it anything; nor can its uncommitted insert hold up
+    another tenant's."""
     await conn.execute(SKIP, "other", "sync", "k", "1 hour")  # another tenant's window
     async with fresh_role(server_dsn, dsn, "app") as role:
         await conn.execute("SELECT pgwake.confine_role_to_tenant($1, 'acme')", role)
@@ -359,6 +360,15 @@ async def test_a_confined_role_sets_windows_for_its_tenant_only(
                 await app.execute(INSERT, "other", "sync", "k", "1 hour")
             visible = await app.fetch("SELECT tenant_id, unique_key, unique_until FROM pgwake.jobs")
             assert [tuple(r) for r in visible] == [("acme", "k", end)]
+            # An insert the role leaves uncommitted holds up inserts of its own tenant's
+            # key only: another tenant's insert of the same key and period goes through.
+            async with app.transaction():
+                await app.execute(SKIP, "acme", "sync", "held", "1 hour")
+                await conn.execute("SET lock_timeout = '1s'")
+                assert await conn.fetchrow(SKIP, "victims", "sync", "held", "1 hour") is not None
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await conn.execute(SKIP, "acme", "sync", "held", "1 hour")
+                await conn.execute("RESET lock_timeout")
         finally:
             await app.close()
 
