@@ -133,6 +133,11 @@ CREATE TABLE pgwake.jobs (
     progress     jsonb,
     -- Set when someone asked to cancel the job while it was running (pgwake.cancel_job).
     cancel_requested_at timestamptz,
+    -- Set by an application (with unique_key): the key is held for the window of this
+    -- period the job was inserted in, even after the job finished (jobs_unique_window_idx).
+    unique_for   interval,
+    -- The end of that window, written at insert (pgwake.jobs_before_insert_unique_window).
+    unique_until timestamptz,
 
     CONSTRAINT jobs_status_valid
         CHECK (status IN ('scheduled', 'queued', 'running', 'succeeded', 'failed', 'cancelled')),
@@ -152,6 +157,19 @@ CREATE TABLE pgwake.jobs (
         CHECK (timeout > interval '0' AND timeout <= interval '7 days'),
     CONSTRAINT jobs_unique_key_not_empty
         CHECK (unique_key IS NULL OR (length(unique_key) > 0 AND length(unique_key) <= 1000)),
+    -- Constraints are checked in the order of their names, so a bad period is named
+    -- before the consequence that it has no window (jobs_unique_until_with_unique_for).
+    CONSTRAINT jobs_unique_for_needs_unique_key
+        CHECK (unique_for IS NULL OR unique_key IS NOT NULL),
+    CONSTRAINT jobs_unique_for_positive_at_most_366_days
+        CHECK (unique_for IS NULL
+               OR (unique_for > interval '0' AND unique_for <= interval '366 days')),
+    -- Windows are counted in seconds: a month or a year has no fixed length.
+    CONSTRAINT jobs_unique_for_without_months_or_years
+        CHECK (unique_for IS NULL
+               OR (date_part('month', unique_for) = 0 AND date_part('year', unique_for) = 0)),
+    CONSTRAINT jobs_unique_until_with_unique_for
+        CHECK ((unique_for IS NULL) = (unique_until IS NULL)),
     CONSTRAINT jobs_attempts_not_negative
         CHECK (attempts >= 0),
     CONSTRAINT jobs_running_has_claimant
@@ -172,7 +190,7 @@ CREATE TABLE pgwake.jobs (
 );
 
 COMMENT ON TABLE pgwake.jobs IS
-    'pgwake job queue. Apps INSERT (tenant_id, kind, payload[, priority, run_at, max_attempts, unique_key, timeout]); everything else belongs to the worker.';
+    'pgwake job queue. Apps INSERT (tenant_id, kind, payload[, priority, run_at, max_attempts, unique_key, unique_for, timeout]); everything else belongs to the worker.';
 
 -- The claim walks ready jobs tenant by tenant: leading tenant_id lets the claim hop from
 -- one tenant to the next (a loose index scan), then priority and age order the jobs
@@ -201,6 +219,17 @@ CREATE INDEX jobs_running_tenant_idx ON pgwake.jobs (tenant_id, claimed_by)
 -- Apps may rely on INSERT ... ON CONFLICT DO NOTHING with this index.
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgwake.jobs (tenant_id, kind, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running');
+
+-- unique_key with unique_for: at most one job per tenant, kind, key and period in each
+-- window of the period, whatever its status. Windows are fixed: those of a period P are
+-- [origin + n*P, origin + (n+1)*P) from Monday 2001-01-01 00:00 UTC (a period that
+-- divides a day starts at midnight UTC; 7 days start on Mondays); unique_until is the
+-- end of the job's. Apps may rely on INSERT ... ON CONFLICT DO NOTHING (with no conflict
+-- target, it covers this index and jobs_unique_key_idx). Retention keeps a finished job
+-- until its window has ended.
+CREATE UNIQUE INDEX jobs_unique_window_idx
+    ON pgwake.jobs (tenant_id, kind, unique_key, unique_for, unique_until)
+    WHERE unique_until IS NOT NULL;
 
 -- Retention deletes finished jobs oldest first, per status; the failed-jobs view lists
 -- the newest failures first. Neither touches queued or running rows.
@@ -235,6 +264,33 @@ CREATE TRIGGER jobs_schedule_before_insert
     FOR EACH ROW
     WHEN (NEW.status = 'queued' AND NEW.run_at > now())
     EXECUTE FUNCTION pgwake.jobs_before_insert_due_later();
+
+-- A job inserted with unique_for gets the end of its window in unique_until: a row
+-- trigger, called only for such rows, writes the end of the window of the period that
+-- holds the inserting transaction's now(). A period the CHECK constraints refuse gets no
+-- window (they name the problem; date_bin would raise a message of its own). The end is
+-- the window's start plus the period in seconds, not as an interval: adding '1 day' to a
+-- timestamptz adds a calendar day of the session's time zone, and every session must
+-- compute the same end.
+CREATE FUNCTION pgwake.jobs_before_insert_unique_window() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF NEW.unique_for > interval '0' AND NEW.unique_for <= interval '366 days'
+       AND date_part('month', NEW.unique_for) = 0 AND date_part('year', NEW.unique_for) = 0 THEN
+        NEW.unique_until := date_bin(NEW.unique_for, now(), timestamptz '2001-01-01 00:00:00+00')
+                            + make_interval(secs => extract(epoch FROM NEW.unique_for)::float8);
+    ELSE
+        NEW.unique_until := NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER jobs_unique_window_before_insert
+    BEFORE INSERT ON pgwake.jobs
+    FOR EACH ROW
+    WHEN (NEW.unique_for IS NOT NULL)
+    EXECUTE FUNCTION pgwake.jobs_before_insert_unique_window();
 
 -- After each INSERT statement: one NOTIFY ('') when a worker waits for new jobs, which
 -- wakes the claimers; one NOTIFY 'later' whenever a job is due later, which wakes only
@@ -978,7 +1034,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA pgwake TO %I', p_role);
     EXECUTE format(
         'GRANT SELECT, INSERT (tenant_id, kind, payload, priority, run_at, max_attempts, '
-        'unique_key, timeout) ON pgwake.jobs TO %I', p_role);
+        'unique_key, unique_for, timeout) ON pgwake.jobs TO %I', p_role);
     EXECUTE format('GRANT USAGE ON SEQUENCE pgwake.jobs_id_seq TO %I', p_role);
     EXECUTE format('GRANT SELECT ON pgwake.queue_status, pgwake.failed_jobs, '
                    'pgwake.tenant_backlog TO %I', p_role);

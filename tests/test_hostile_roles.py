@@ -499,6 +499,7 @@ FUNCTION_CALLS: dict[str, str] = {
     "job_retry_as": "SELECT pgwake.job_retry_as({failed}, 'postgres')",
     "jobs_after_insert": "SELECT pgwake.jobs_after_insert()",
     "jobs_before_insert_due_later": "SELECT pgwake.jobs_before_insert_due_later()",
+    "jobs_before_insert_unique_window": "SELECT pgwake.jobs_before_insert_unique_window()",
     "rate_free": "SELECT pgwake.rate_free('tenant', '', 'victims', 1, '1 second')",
     "rate_limits_after_change": "SELECT pgwake.rate_limits_after_change()",
     "rate_record": "SELECT pgwake.rate_record('tenant', '', 'victims', 1000, 1, '1 day')",

@@ -151,8 +151,9 @@ async def test_values_at_the_limits_still_allowed_keep_everything_up(
 ) -> None:
     """Guards what stays allowed (this passes on 8feecbc too): run_at at year 1 and at
     the end of 9999, a 7-day and a 1-microsecond timeout, priorities at +-1000 and 1000
-    attempts. The promoter, the claim, the metrics sampler, `pgwake status` and every
-    view work with them."""
+    attempts, unique windows of 366 days and of 1 microsecond. The promoter, the claim,
+    the metrics sampler, `pgwake status`, `pgwake jobs show` and every view work with
+    them."""
     await conn.execute(
         """INSERT INTO pgwake.jobs (tenant_id, kind, run_at, timeout, priority, max_attempts)
            VALUES ('edge', 'nobody', '0001-01-01 00:00:00+00', '7 days', 1000, 1000),
@@ -161,15 +162,24 @@ async def test_values_at_the_limits_still_allowed_keep_everything_up(
                   ('edge', 'echo', now() + interval '200 milliseconds', '1 microsecond',
                    1000, 1)"""
     )
+    windows = await conn.fetch(
+        """INSERT INTO pgwake.jobs (tenant_id, kind, unique_key, unique_for)
+           VALUES ('edge', 'echo', 'year', '366 days'), ('edge', 'echo', 'instant', '1 microsecond')
+           RETURNING id"""
+    )
     async with running_worker(dsn, echo_registry(), metrics_interval=0.2) as service:
 
         async def echoes_done() -> bool:
             n = await conn.fetchval(
                 "SELECT count(*) FROM pgwake.jobs WHERE kind = 'echo' AND status = 'succeeded'"
             )
-            return bool(n == 2)
+            return bool(n == 4)
 
         await eventually(echoes_done)
+        for window in windows:
+            shown = pgwake("jobs", "show", str(window["id"]), "--json", dsn=dsn)
+            assert shown.returncode == 0, shown.stderr
+            assert json.loads(shown.stdout)["unique_until"] is not None
         for view in ("queue_status", "failed_jobs", "tenant_backlog"):
             await conn.fetch(f"SELECT * FROM pgwake.{view}")
         # Healthy but for the job of year 1 that nobody handles, waiting for ever.

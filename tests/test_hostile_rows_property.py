@@ -221,6 +221,8 @@ ATTEMPTS = st.one_of(VALID_ATTEMPTS, VALID_ATTEMPTS, VALID_ATTEMPTS, INTEGERS)
 RUN_ATS = st.one_of(PAST_TIMES, PAST_TIMES, PAST_TIMES, TIMES)
 VALID_TIMEOUT = st.sampled_from(["1 second", "10 minutes", "7 days", "00:00:00.001"])
 TIMEOUTS = st.one_of(VALID_TIMEOUT, VALID_TIMEOUT, VALID_TIMEOUT, INTERVALS)
+VALID_UNIQUE_FOR = st.sampled_from(["1 second", "00:00:00.5", "1 hour", "1 day", "366 days"])
+UNIQUE_FORS = st.one_of(st.none(), VALID_UNIQUE_FOR, VALID_UNIQUE_FOR, INTERVALS)
 
 JOB_ROWS = st.fixed_dictionaries(
     {"kind": KINDS},
@@ -231,6 +233,7 @@ JOB_ROWS = st.fixed_dictionaries(
         "run_at": RUN_ATS,
         "max_attempts": ATTEMPTS,
         "unique_key": st.one_of(st.none(), TEXTS, st.text(min_size=995, max_size=1005)),
+        "unique_for": UNIQUE_FORS,
         "timeout": TIMEOUTS,
     },
 )
@@ -242,6 +245,7 @@ JOB_TYPES = {
     "run_at": "timestamptz",
     "max_attempts": "integer",
     "unique_key": "text",
+    "unique_for": "interval",
     "timeout": "interval",
 }
 

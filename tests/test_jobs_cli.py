@@ -127,7 +127,7 @@ async def test_purge(dsn: str, conn: asyncpg.Connection) -> None:
     assert "without --yes" in refused.stderr
     assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 5
     young = pgwake("jobs", "purge", "--older-than", "3600", "--yes", "--json", dsn=dsn)
-    assert json.loads(young.stdout) == {"purged": 0}
+    assert json.loads(young.stdout) == {"purged": 0, "kept_for_unique_window": 0}
     failed = pgwake("jobs", "purge", "--status", "failed", "--yes", dsn=dsn)
     assert "purged 2 job(s)" in failed.stdout
     rest = pgwake("jobs", "purge", "--yes", dsn=dsn)

@@ -29,6 +29,8 @@ async def test_plain_insert_gets_defaults(conn: asyncpg.Connection) -> None:
     assert row["timeout"] == timedelta(minutes=15)
     assert row["attempts"] == 0
     assert row["unique_key"] is None
+    assert row["unique_for"] is None
+    assert row["unique_until"] is None
     assert row["claimed_by"] is None
     assert row["payload"] == {"to": "a@b.c"}
     only_kind = await conn.fetchrow("INSERT INTO pgwake.jobs (kind) VALUES ('x') RETURNING *")
@@ -71,6 +73,20 @@ BAD_ROWS = [
     ("'{}'", "'k'", "jobs_max_attempts_between_1_and_1000", {"max_attempts": "0"}),
     ("'{}'", "'k'", "jobs_tenant_id_not_empty", {"tenant_id": "''"}),
     ("'{}'", "'k'", "jobs_unique_key_not_empty", {"unique_key": "''"}),
+    ("'{}'", "'k'", "jobs_unique_for_needs_unique_key", {"unique_for": "'1 hour'"}),
+    *[
+        ("'{}'", "'k'", constraint, {"unique_key": "'u'", "unique_for": period})
+        for period, constraint in [
+            ("'0'", "jobs_unique_for_positive_at_most_366_days"),
+            ("'-1 second'", "jobs_unique_for_positive_at_most_366_days"),
+            ("'1 day -24 hours'", "jobs_unique_for_positive_at_most_366_days"),
+            ("'366 days 00:00:00.000001'", "jobs_unique_for_positive_at_most_366_days"),
+            ("'1000 years'", "jobs_unique_for_positive_at_most_366_days"),
+            ("'1 mon'", "jobs_unique_for_without_months_or_years"),
+            ("'1 year -300 days'", "jobs_unique_for_without_months_or_years"),
+        ]
+    ],
+    ("'{}'", "'k'", "jobs_unique_until_with_unique_for", {"unique_until": "now()"}),
 ]
 
 
@@ -181,8 +197,9 @@ async def test_starting_to_wait_names_the_transactions_that_looked_before(
 
 
 async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:
-    """Only inserts fire triggers: the statement-level one that notifies, and a row-level
-    one that a WHEN clause limits to jobs due later (it marks them scheduled)."""
+    """Only inserts fire triggers: the statement-level one that notifies, and two
+    row-level ones that WHEN clauses limit to the rows they are for: jobs due later
+    (marked scheduled) and jobs with a unique window (its end written)."""
     triggers = {
         t["tgname"]: t
         for t in await conn.fetch(
@@ -190,7 +207,11 @@ async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:
             "WHERE tgrelid = 'pgwake.jobs'::regclass AND NOT tgisinternal"
         )
     }
-    assert sorted(triggers) == ["jobs_notify_after_insert", "jobs_schedule_before_insert"]
+    assert sorted(triggers) == [
+        "jobs_notify_after_insert",
+        "jobs_schedule_before_insert",
+        "jobs_unique_window_before_insert",
+    ]
     # tgtype bits: 1 = row-level, 2 = BEFORE, 4 = INSERT, 8 = DELETE, 16 = UPDATE.
     notify = triggers["jobs_notify_after_insert"]["tgtype"]
     assert notify & 1 == 0
@@ -198,6 +219,9 @@ async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:
     schedule = triggers["jobs_schedule_before_insert"]
     assert schedule["tgtype"] & (1 | 2) == 1 | 2
     assert "WHEN (((new.status = 'queued'::text) AND (new.run_at > now())))" in schedule["def"]
+    window = triggers["jobs_unique_window_before_insert"]
+    assert window["tgtype"] & (1 | 2) == 1 | 2
+    assert "WHEN ((new.unique_for IS NOT NULL))" in window["def"]
     for t in triggers.values():
         assert t["tgtype"] & 4
         assert t["tgtype"] & (8 | 16) == 0

@@ -8,16 +8,16 @@ Errors print one line to stderr naming the problem; secrets are never printed.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import typer
 
 from listener import __version__, logs
 from listener.cli.bench.command import bench_cmd
+from listener.cli.enqueue import enqueue_cmd
 from listener.cli.jobs import jobs_app
 from listener.cli.keys import keys_app
 from listener.cli.limits import limits_app
@@ -25,19 +25,14 @@ from listener.cli.options import Database, database_options, settings_options
 from listener.cli.schedules import schedules_app
 from listener.cli.status import status_cmd
 from listener.cli.support import (
-    JsonOpt,
-    fail,
     guard,
     migrate_dsn,
-    name_problem,
-    payload_object,
     run_async,
 )
 from listener.cli.tenants import tenants_app
 from listener.cli.terminal import shown
 from listener.config import Settings
 from listener.migrate import latest_version
-from listener.queries import QUERIES
 from listener.registry import DEFAULT_REGISTRY, load_modules
 
 BUILTIN_HANDLERS = "handlers.builtin"
@@ -110,50 +105,7 @@ def run_cmd(*, db: Database, flags: dict[str, Any]) -> None:
         guard(run_async, _serve, settings, url)
 
 
-@app.command("enqueue")
-@database_options
-def enqueue_cmd(
-    kind: Annotated[str, typer.Argument(help="The job kind (handler name).")],
-    tenant: Annotated[str, typer.Option(help="Tenant id.")] = "default",
-    payload: Annotated[str, typer.Option(help="JSON object passed to the handler.")] = "{}",
-    priority: Annotated[int, typer.Option(help="Higher runs first within a tenant.")] = 0,
-    delay: Annotated[float, typer.Option(help="Seconds from now before it may run.")] = 0.0,
-    max_attempts: Annotated[
-        int | None, typer.Option(help="Attempts before failing (default 20).")
-    ] = None,
-    unique_key: Annotated[
-        str | None, typer.Option(help="At most one active job per tenant, kind and key.")
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(help="Seconds a run may take (default 900).")
-    ] = None,
-    as_json: JsonOpt = False,
-    *,
-    db: Database,
-) -> None:
-    """Enqueue one job (applications can simply INSERT INTO pgwake.jobs)."""
-    body = payload_object(payload)
-    for flag, value in (("KIND", kind), ("--tenant", tenant)):
-        problem = name_problem(value)
-        if problem is not None:
-            raise fail(f"{flag} {problem}", 2)
-    settings = db.settings()
-    logs.configure(settings.log_format, settings.log_level)
-    args = (tenant, kind, body, priority, delay, max_attempts, unique_key, timeout)
-    row = db.run(lambda conn: conn.fetchrow(QUERIES["job_enqueue"], *args), what="job")
-    if row is None:
-        message = {"enqueued": False, "reason": "unique_key is taken by an active job"}
-        if as_json:
-            typer.echo(json.dumps(message))
-        else:
-            typer.echo(f"not enqueued: unique key {unique_key!r} is taken by an active job")
-        raise typer.Exit(1)
-    if as_json:
-        typer.echo(json.dumps({"enqueued": True, "id": row["id"], "status": row["status"]}))
-    else:
-        typer.echo(f"enqueued job {row['id']} ({row['status']})")
-
-
+app.command("enqueue")(enqueue_cmd)
 app.command("status")(status_cmd)
 app.command("bench")(bench_cmd)
 

@@ -9,8 +9,10 @@ Invariants:
 - ``list`` and ``show`` work for every row the table holds: a payload, progress or
   result Python cannot decode is shown as stored, with the reason (db.UndecodableJson).
 - ``retry`` touches only failed or cancelled jobs; ``purge`` only finished ones, and asks
-  for confirmation (or ``--yes``). No command here ever changes a running job's row
-  except through ``pgwake.cancel_job``.
+  for confirmation (or ``--yes``); it keeps a job whose unique window (``unique_until``)
+  is still open, since the window holds its key through the row, and says how many.
+  No command here ever changes a running job's row except through
+  ``pgwake.cancel_job``.
 - ``retry`` queues again every job it can: a job whose unique key an active job holds
   (or another job retried with it) stays as it is, and is named with the reason; the
   command then exits 1.
@@ -237,7 +239,8 @@ def purge_cmd(
     *,
     db: Database,
 ) -> None:
-    """Delete finished jobs now (never queued, scheduled or running ones)."""
+    """Delete finished jobs now (never queued, scheduled or running ones, nor those whose
+    unique window is still open)."""
     _check_status(status, FINISHED)
     if not yes:
         if not sys.stdin.isatty():
@@ -246,12 +249,17 @@ def purge_cmd(
         age = f" that finished over {older_than:g}s ago" if older_than is not None else ""
         typer.confirm(f"Delete every {what} job{age}?", abort=True)
 
-    async def purge(conn: asyncpg.Connection) -> int:
-        deleted: int = await conn.fetchval(QUERIES["job_purge"], status, older_than)
-        return deleted
+    async def purge(conn: asyncpg.Connection) -> tuple[int, int]:
+        row = await conn.fetchrow(QUERIES["job_purge"], status, older_than)
+        assert row is not None
+        return row["purged"], row["kept"]
 
-    deleted = db.run(purge, what="purge")
-    typer.echo(_json({"purged": deleted}) if as_json else f"purged {deleted} job(s)")
+    deleted, kept = db.run(purge, what="purge")
+    if as_json:
+        typer.echo(_json({"purged": deleted, "kept_for_unique_window": kept}))
+        return
+    window = f"; kept {kept} whose unique window is still open" if kept else ""
+    typer.echo(f"purged {deleted} job(s){window}")
 
 
 @jobs_app.command("cancel")

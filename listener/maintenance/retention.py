@@ -3,7 +3,9 @@ retention, so the hot table stays small and vacuum keeps up.
 
 Invariants:
 - Only ``succeeded``, ``failed`` and ``cancelled`` rows are ever deleted, and only once
-  their ``finished_at`` is older than the retention for that status. Queued, scheduled
+  their ``finished_at`` is older than the retention for that status and their unique
+  window, if they have one (``unique_until``), has ended: jobs_unique_window_idx holds
+  the key of a job with ``unique_for`` through its row until then. Queued, scheduled
   and running jobs are never touched.
 - Deletes run in batches of ``batch`` rows, each in its own short transaction, oldest
   first, with ``SKIP LOCKED``; a claim never waits for them.

@@ -13,18 +13,34 @@
 -- Enqueues one job (the CLI's `pgwake enqueue`; applications use a plain INSERT).
 -- $1 tenant, $2 kind, $3 payload (jsonb), $4 priority, $5 seconds from now until it may
 -- run (float8), $6 max attempts (NULL for the default), $7 unique key, $8 timeout in
--- seconds (NULL for the default).
--- Returns the new job's id and status, or nothing when the unique key is taken.
+-- seconds (NULL for the default), $9 unique_for in seconds (NULL: none).
+-- Returns the new job's id and status, or nothing when the unique key is taken: by an
+-- active job (jobs_unique_key_idx) or, with unique_for, by a job of this window
+-- (jobs_unique_window_idx); job_get_key_holder says which.
 INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
-                         timeout, status)
+                         timeout, unique_for, status)
 VALUES ($1, $2, $3::jsonb, $4, now() + make_interval(secs => $5::float8),
         coalesce($6::int, 20), $7,
         coalesce(make_interval(secs => $8::float8), interval '15 minutes'),
+        make_interval(secs => $9::float8),
         CASE WHEN $5::float8 > 0 THEN 'scheduled' ELSE 'queued' END)
-ON CONFLICT (tenant_id, kind, unique_key)
-   WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
-   DO NOTHING
-RETURNING id, status;
+ON CONFLICT DO NOTHING
+RETURNING id, status, unique_until;
+
+-- name: job_get_key_holder
+-- The job that holds a unique key, for `pgwake enqueue` when its insert was skipped:
+-- the active job with the key (scheduled, queued or running; active is true), else the
+-- job with the key and period $4 whose window is still open. Nothing when neither is
+-- there (any more: the holder finished, or its window ended, since the insert).
+-- $1 tenant, $2 kind, $3 unique key, $4 unique_for in seconds (NULL: none).
+SELECT j.id, j.status, j.unique_until, j.status IN ('scheduled', 'queued', 'running') AS active
+  FROM pgwake.jobs AS j
+ WHERE j.tenant_id = $1 AND j.kind = $2 AND j.unique_key = $3
+   AND (j.status IN ('scheduled', 'queued', 'running')
+        OR (j.unique_until IS NOT NULL AND j.unique_for = make_interval(secs => $4::float8)
+            AND j.unique_until > now()))
+ ORDER BY j.status IN ('scheduled', 'queued', 'running') DESC, j.id DESC
+ LIMIT 1;
 
 -- name: job_list
 -- Jobs, newest first, filtered; NULL filters match everything. Paged by id: $6 gives
@@ -47,7 +63,9 @@ SELECT j.id, j.tenant_id, j.kind, j.status, j.priority, j.attempts, j.max_attemp
 -- One job, every column.
 -- $1 job id.
 SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
-       j.max_attempts, j.unique_key, extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
+       j.max_attempts, j.unique_key,
+       extract(epoch FROM j.unique_for)::float8 AS unique_for_seconds, j.unique_until,
+       extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
        j.claimed_by, j.created_at, j.run_at, j.started_at, j.finished_at,
        j.cancel_requested_at, j.progress, j.result, j.last_error
   FROM pgwake.jobs AS j
@@ -122,17 +140,26 @@ SELECT CASE WHEN d.ok AND j.status = 'running' THEN 'requested'
 
 -- name: job_purge
 -- Deletes finished jobs (never queued, scheduled or running ones) of a status that
--- finished long enough ago. Returns how many.
+-- finished long enough ago, but not those whose unique window (unique_until) is still
+-- open: jobs_unique_window_idx holds their key through the row. Returns how many were
+-- deleted (purged) and how many were kept for their window (kept).
 -- $1 status (NULL: every finished status), $2 finished more than this many seconds ago
 -- (NULL: any time).
-WITH purged AS (
-    DELETE FROM pgwake.jobs AS j
+WITH chosen AS (
+    SELECT j.id, j.unique_until IS NOT NULL AND j.unique_until > now() AS window_open
+      FROM pgwake.jobs AS j
      WHERE j.status IN ('succeeded', 'failed', 'cancelled')
        AND ($1::text IS NULL OR j.status = $1)
        AND ($2::float8 IS NULL OR j.finished_at < now() - make_interval(secs => $2::float8))
+),
+purged AS (
+    DELETE FROM pgwake.jobs AS j
+     USING chosen AS c
+     WHERE j.id = c.id AND NOT c.window_open
     RETURNING 1
 )
-SELECT count(*)::int FROM purged;
+SELECT (SELECT count(*)::int FROM purged) AS purged,
+       (SELECT count(*)::int FROM chosen WHERE window_open) AS kept;
 
 -- name: tenant_list
 -- Every tenant with settings, with its queued and running job counts; of its own

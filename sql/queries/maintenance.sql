@@ -199,7 +199,9 @@ RETURNING w.id;
 
 -- name: job_prune
 -- One batch of retention: deletes up to $3 jobs with status $1 (succeeded, failed or
--- cancelled only) that finished more than $2 seconds ago, oldest first. Takes the
+-- cancelled only) that finished more than $2 seconds ago, oldest first, and whose
+-- unique window (unique_until), if any, has ended: jobs_unique_window_idx holds a
+-- key through the row until then. Takes the
 -- retention lock (the 'retention' row of pgwake.leaders) for its transaction first;
 -- leader is false (and nothing is deleted) when another worker holds it.
 -- $1 status, $2 retention in seconds, $3 batch size.
@@ -215,6 +217,7 @@ doomed AS (
        AND j.status = $1::text
        AND j.status IN ('succeeded', 'failed', 'cancelled')
        AND j.finished_at < now() - make_interval(secs => $2::float8)
+       AND (j.unique_until IS NULL OR j.unique_until <= now())
      ORDER BY j.finished_at
      LIMIT $3::int
        FOR UPDATE SKIP LOCKED
