@@ -201,9 +201,10 @@ CREATE INDEX jobs_ready_idx ON pgwake.jobs (tenant_id, priority DESC, run_at, id
 
 -- The claim's priority levels: the highest and lowest ready priority, and the tenants
 -- holding ready jobs of the highest (priority first, so one level's tenants are a
--- range of the index, walked one probe per tenant).
+-- range of the index, walked one probe per tenant). Only jobs whose priority is not
+-- the default 0: an enqueue at the default priority does not maintain it.
 CREATE INDEX jobs_ready_priority_idx ON pgwake.jobs (priority DESC, tenant_id)
-    WHERE status = 'queued';
+    WHERE status = 'queued' AND priority <> 0;
 
 -- Promotion of delayed and retrying jobs looks up the earliest due scheduled job.
 CREATE INDEX jobs_scheduled_idx ON pgwake.jobs (run_at) WHERE status = 'scheduled';

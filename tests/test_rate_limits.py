@@ -352,3 +352,34 @@ async def test_priority_does_not_stall_when_the_top_tenant_cannot_be_served(
         ("low", 0),
         ("low", 0),
     ]
+
+
+async def test_jobs_at_the_default_priority_stay_out_of_the_priority_index(
+    conn: asyncpg.Connection,
+) -> None:
+    """The index the claim reads priorities from holds only ready jobs whose priority is
+    not 0, so enqueues at the default priority never maintain it (its cost on inserts)."""
+
+    definition = await conn.fetchval(
+        "SELECT pg_get_indexdef('pgwake.jobs_ready_priority_idx'::regclass)"
+    )
+    assert "WHERE ((status = 'queued'::text) AND (priority <> 0))" in definition
+    before = await conn.fetchval(
+        "SELECT pg_relation_size('pgwake.jobs_ready_priority_idx'::regclass)"
+    )
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT 't' || (i % 10), 'k' FROM generate_series(1, 5000) AS i"
+    )
+    assert (
+        await conn.fetchval("SELECT pg_relation_size('pgwake.jobs_ready_priority_idx'::regclass)")
+        == before
+    )
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, priority) "
+        "SELECT 't' || (i % 10), 'k', 5 FROM generate_series(1, 5000) AS i"
+    )
+    assert (
+        await conn.fetchval("SELECT pg_relation_size('pgwake.jobs_ready_priority_idx'::regclass)")
+        > before
+    )

@@ -5,8 +5,8 @@
 -- each limit has let start (an exact sliding window) and is locked by the claim, per
 -- key, as a tenant's row is for its fleet-wide cap. A change of a limit wakes the
 -- workers (a trigger on both tables). And priority across tenants: the index
--- jobs_ready_priority_idx lets the claim find the highest ready priority and the
--- tenants holding it.
+-- jobs_ready_priority_idx (ready jobs whose priority is not the default 0) lets the
+-- claim find the highest ready priority and the tenants holding it.
 --
 -- Breaking: workers of 0014 would claim without reading the limits (and by priority
 -- only within each tenant), so while one ran the limits would not hold; they refuse to
@@ -17,9 +17,10 @@
 
 -- The claim's priority levels: the highest and lowest ready priority, and the tenants
 -- holding ready jobs of the highest (priority first, so one level's tenants are a
--- range of the index, walked one probe per tenant).
+-- range of the index, walked one probe per tenant). Only jobs whose priority is not
+-- the default 0: an enqueue at the default priority does not maintain it.
 CREATE INDEX jobs_ready_priority_idx ON pgwake.jobs (priority DESC, tenant_id)
-    WHERE status = 'queued';
+    WHERE status = 'queued' AND priority <> 0;
 
 -- Table pgwake.tenants: a rate limit per tenant ---------------------------------------
 

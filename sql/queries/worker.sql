@@ -131,16 +131,25 @@ open_kinds AS MATERIALIZED (
                                        AND r.tenant_id = '' AND r.full_until > now()))
            END AS kinds
 ),
--- The highest and the lowest priority of the ready jobs of the kinds open to this
--- claim: two probes of jobs_ready_priority_idx. When they differ, the walk takes the
--- tenants holding jobs of the highest priority first (top_after, top_before).
+-- The highest priority above the default (0) among the ready jobs of the kinds open to
+-- this claim, and the lowest ready priority with 0 counted in: one or two probes of
+-- jobs_ready_priority_idx, which holds only ready jobs whose priority is not 0 (so an
+-- enqueue at the default priority does not maintain it, and a claim while nobody sets
+-- priority finds it empty at once). When a job above 0 is ready (top > bottom), the
+-- walk takes the tenants holding jobs of the highest priority first (top_after,
+-- top_before). Jobs below 0 are not looked up across tenants: within a claim they come
+-- after the others (the claimed rows are ordered by priority), but the walk visits
+-- tenants in turn.
 levels AS MATERIALIZED (
-    SELECT (SELECT j.priority FROM pgwake.jobs AS j
-             WHERE j.status = 'queued' AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
-             ORDER BY j.priority DESC LIMIT 1) AS top,
-           (SELECT j.priority FROM pgwake.jobs AS j
-             WHERE j.status = 'queued' AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
-             ORDER BY j.priority LIMIT 1) AS bottom
+    SELECT t.top, least(t.low, 0) AS bottom
+      FROM (SELECT (SELECT j.priority FROM pgwake.jobs AS j
+                     WHERE j.status = 'queued' AND j.priority <> 0 AND j.priority > 0
+                       AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
+                     ORDER BY j.priority DESC LIMIT 1) AS top,
+                   (SELECT j.priority FROM pgwake.jobs AS j
+                     WHERE j.status = 'queued' AND j.priority <> 0
+                       AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
+                     ORDER BY j.priority LIMIT 1) AS low) AS t
 ),
 -- Tenants holding ready jobs of the highest priority, after the cursor then from the
 -- beginning (one probe of jobs_ready_priority_idx per tenant, as the walk below);
@@ -149,14 +158,14 @@ top_after (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
       WHERE (SELECT l.top > l.bottom FROM levels AS l)
-        AND j.status = 'queued' AND j.priority = (SELECT l.top FROM levels AS l)
+        AND j.status = 'queued' AND j.priority <> 0 AND j.priority = (SELECT l.top FROM levels AS l)
         AND j.tenant_id > $7::text AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
-             WHERE j.status = 'queued' AND j.priority = (SELECT l.top FROM levels AS l)
+             WHERE j.status = 'queued' AND j.priority <> 0 AND j.priority = (SELECT l.top FROM levels AS l)
                AND j.tenant_id > a.tenant_id AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
@@ -168,14 +177,14 @@ top_before (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
       WHERE (SELECT l.top > l.bottom FROM levels AS l)
-        AND j.status = 'queued' AND j.priority = (SELECT l.top FROM levels AS l)
+        AND j.status = 'queued' AND j.priority <> 0 AND j.priority = (SELECT l.top FROM levels AS l)
         AND j.tenant_id <= $7::text AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
-             WHERE j.status = 'queued' AND j.priority = (SELECT l.top FROM levels AS l)
+             WHERE j.status = 'queued' AND j.priority <> 0 AND j.priority = (SELECT l.top FROM levels AS l)
                AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
                AND j.kind = ANY ((SELECT o.kinds FROM open_kinds AS o)::text[])
              ORDER BY j.tenant_id
