@@ -12,12 +12,12 @@ Invariants:
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, fail
+from listener.cli.support import JsonOpt, echo_result, fail
 from listener.cli.terminal import shown
 from listener.queries import QUERIES
 from listener.rates import Rate, RateError, format_rate, parse_rate
@@ -60,10 +60,6 @@ def rate_shown(jobs: int | None, seconds: float | None) -> str:
     return "-" if jobs is None or seconds is None else format_rate(jobs, seconds)
 
 
-def _echo(data: Any, as_json: bool, text: str) -> None:
-    typer.echo(json.dumps(data, default=str) if as_json else text)
-
-
 @limits_app.command("set")
 @database_options
 def set_cmd(
@@ -81,7 +77,7 @@ def set_cmd(
     )
     text = format_rate(parsed.jobs, parsed.seconds)
     scope = "within each tenant" if per_tenant else "across tenants"
-    _echo(
+    echo_result(
         {"kind": kind, "rate": text, "per_tenant": per_tenant},
         as_json,
         f"limited kind {shown(kind)} to {text} {scope}",
@@ -133,7 +129,7 @@ def remove_cmd(
     scope = "per-tenant " if per_tenant else ""
     if row is None:
         raise fail(f"kind {kind!r} has no {scope}rate limit", 1)
-    _echo(
+    echo_result(
         {"removed": kind, "per_tenant": per_tenant},
         as_json,
         f"removed the {scope}rate limit of kind {shown(kind)}",

@@ -109,6 +109,11 @@ async def migrate_dsn(dsn: str) -> tuple[list[str], int]:
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
+def echo_result(data: Any, as_json: bool, text: str) -> None:
+    """Print a command's result: ``data`` as JSON with ``--json``, else ``text``."""
+    typer.echo(json.dumps(data, default=str) if as_json else text)
+
+
 def with_connection(
     dsn: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, what: str = "request"
 ) -> T:

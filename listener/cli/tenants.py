@@ -20,7 +20,7 @@ import typer
 
 from listener.cli.limits import rate_option, rate_shown
 from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, fail
+from listener.cli.support import JsonOpt, echo_result, fail
 from listener.cli.terminal import shown
 from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring, load_keyring
 from listener.dsn import SCHEMES, DsnError, parse_dsn
@@ -100,10 +100,6 @@ def _encrypted_dsn(tenant: str) -> str:
     return keyring.encrypt(tenant, _read_dsn(tenant))
 
 
-def _echo(data: Any, as_json: bool, text: str) -> None:
-    typer.echo(json.dumps(data, default=str) if as_json else text)
-
-
 @tenants_app.command("add")
 @database_options
 def add_cmd(
@@ -133,7 +129,7 @@ def add_cmd(
     row = db.run(lambda c: c.fetchrow(QUERIES["tenant_add"], *args))
     if row is None:
         raise fail(f"tenant {tenant!r} exists already; change it with `pgwake tenants set`", 1)
-    _echo({"added": tenant}, as_json, f"added tenant {tenant}")
+    echo_result({"added": tenant}, as_json, f"added tenant {tenant}")
 
 
 @tenants_app.command("set")
@@ -183,7 +179,7 @@ def set_cmd(
     row = db.run(lambda c: c.fetchrow(QUERIES["tenant_update"], *args))
     if row is None:
         raise fail(f"no tenant {tenant!r}; add it with `pgwake tenants add`", 1)
-    _echo({"updated": tenant}, as_json, f"updated tenant {tenant}")
+    echo_result({"updated": tenant}, as_json, f"updated tenant {tenant}")
 
 
 def _set_paused(tenant: str, paused: bool, as_json: bool, db: Database) -> None:
@@ -194,7 +190,7 @@ def _set_paused(tenant: str, paused: bool, as_json: bool, db: Database) -> None:
 
     db.run(apply)
     word = "paused" if paused else "resumed"
-    _echo({word: tenant}, as_json, f"{word} tenant {tenant}")
+    echo_result({word: tenant}, as_json, f"{word} tenant {tenant}")
 
 
 @tenants_app.command("pause")
@@ -238,7 +234,7 @@ def remove_cmd(
     row = db.run(lambda c: c.fetchrow(QUERIES["tenant_remove"], tenant))
     if row is None:
         raise fail(f"no tenant {tenant!r}", 1)
-    _echo({"removed": tenant}, as_json, f"removed tenant {tenant}")
+    echo_result({"removed": tenant}, as_json, f"removed tenant {tenant}")
 
 
 def _describe(row: asyncpg.Record) -> dict[str, Any]:
@@ -345,7 +341,7 @@ def rotate_key_cmd(
         "failed": failures,
         "primary_key": keyring.primary_id,
     }
-    _echo(
+    echo_result(
         result,
         as_json,
         f"re-encrypted {rotated} tenant DSN(s) with key "
