@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # A two-int key's class id (pgwake's are 1885828961..7; any 1885xxxxxx is taken for one,
 # so that a typo is caught too), with the object id that follows it when there is one:
 # "(1885828967, 100", "1885828962, $1", "classid = 1885828963::oid AND l.objid = 1::oid".
+# A comma after "::oid" starts the next item of a list of class ids ("IN (a::oid,
+# b::oid)"), never an object id.
 TWO_INT_KEY = re.compile(
     r"\b(?P<classid>1885\d{6})\b"
-    r"(?:(?:::oid)?(?:\s*,\s*|\s+AND\s+(?:\w+\.)?objid\s*=\s*)(?P<objid>\d+)\b)?"
+    r"(?:(?:\s*,\s*|(?:::oid)?\s+AND\s+(?:\w+\.)?objid\s*=\s*)(?P<objid>\d+)\b)?"
 )
 # The migration lock's bigint, in any spelling.
 BIGINT_KEY = re.compile(r"0x7067_?7761_?6[bB]65|\b123584411954021\b")
@@ -128,5 +130,7 @@ def test_the_scan_catches_unknown_and_retired_keys() -> None:
     assert unregistered(literals(retired), list(locks.LOCKS)) == []
     seen = "l.classid = 1885828962::oid AND l.objid = w.lock_key::oid; (1885828963, 1)"
     assert literals(seen) == [(1885828962, None), (1885828963, 1)]
+    classes = "l.classid IN (1885828962::oid, 1885828963::oid)"
+    assert literals(classes) == [(1885828962, None), (1885828963, None)]
     assert unregistered(literals(seen), LIVE) == []
     assert literals("MIGRATE = 0x7067_7761_6B65") == [(locks.MIGRATE.classid, None)]

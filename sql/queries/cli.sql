@@ -428,7 +428,7 @@ WITH held AS (
      WHERE l.locktype = 'advisory'
        AND l.granted
        AND l.objsubid = 2
-       AND (l.classid = 1885828962::oid OR l.classid = 1885828963::oid)
+       AND l.classid IN (1885828962::oid, 1885828963::oid)
        AND l.database = (SELECT d.oid FROM pg_database AS d
                           WHERE d.datname = current_database())
 ),
