@@ -5,17 +5,25 @@
   how long it slept; it honours the job timeout and cancellation.
 - ``noop``  does nothing and returns null: the cheapest possible job, for throughput
   benchmarks.
+
+An application's handler of the same kind replaces a built-in in the workers that load
+it (with a log line saying so); workers without it keep the built-in.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from listener.api import JobContext, handler
+from listener.api import JobContext
+from listener.registry import DEFAULT_REGISTRY
+
+# Built-ins give way to an application's handler of the same kind (listener/registry.py).
+handler = functools.partial(DEFAULT_REGISTRY.handler, builtin=True)
 
 
 @handler("echo")

@@ -2,7 +2,10 @@
 
 Invariants:
 - A kind is registered once per registry; registering it twice is an error, not an
-  override.
+  override, with one exception: a built-in kind (registered with ``builtin=True``, as
+  handlers/builtin.py does) gives way to an application's handler of the same name,
+  whichever is imported first, and the registry logs that it did. Workers without
+  such a handler keep the built-in.
 - The worker claims only kinds present in its registry.
 - A handler's payload model is the pydantic model annotated on its first parameter;
   a handler annotated with ``dict`` (or nothing) receives the raw JSON object.
@@ -37,6 +40,7 @@ class Handler:
     kind: str
     fn: HandlerFn
     payload_model: type[BaseModel] | None
+    builtin: bool = False
 
     def parse_payload(self, payload: dict[str, Any]) -> Any:
         """Validate the job's payload; raises pydantic.ValidationError when invalid."""
@@ -65,6 +69,22 @@ def _payload_model(fn: HandlerFn) -> type[BaseModel] | None:
     return None
 
 
+def _name(fn: HandlerFn) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _log_override(app: Handler, builtin: Handler) -> None:
+    """Say that the application's handler replaces a built-in kind in this process."""
+    from listener.logs import get_logger  # noqa: PLC0415 - logs is imported when a worker runs
+
+    get_logger("registry").info(
+        "application handler replaces the built-in kind",
+        kind=app.kind,
+        handler=_name(app.fn),
+        builtin=_name(builtin.fn),
+    )
+
+
 class Registry:
     """Maps job kinds to handlers."""
 
@@ -72,28 +92,41 @@ class Registry:
         self._handlers: dict[str, Handler] = {}
 
     def register(
-        self, kind: str, fn: HandlerFn, *, payload: type[BaseModel] | None = None
+        self,
+        kind: str,
+        fn: HandlerFn,
+        *,
+        payload: type[BaseModel] | None = None,
+        builtin: bool = False,
     ) -> Handler:
-        """Register ``fn`` for ``kind``; ``payload`` overrides the annotated model."""
+        """Register ``fn`` for ``kind``; ``payload`` overrides the annotated model.
+        A ``builtin`` handler yields to an application's handler of the same kind (see
+        the module docstring); any other second registration of a kind is an error."""
         if not kind.strip():
             raise ConfigError("a handler kind must not be empty")
-        if kind in self._handlers:
-            existing = self._handlers[kind].fn
-            raise ConfigError(
-                f"kind {kind!r} is already handled by {existing.__module__}.{existing.__qualname__}"
-            )
         if not inspect.iscoroutinefunction(fn):
             raise ConfigError(f"handler for {kind!r} must be an async function")
         model = payload if payload is not None else _payload_model(fn)
-        handler = Handler(kind=kind, fn=fn, payload_model=model)
+        handler = Handler(kind=kind, fn=fn, payload_model=model, builtin=builtin)
+        existing = self._handlers.get(kind)
+        if existing is not None:
+            if existing.builtin and not builtin:
+                _log_override(handler, existing)
+            elif builtin and not existing.builtin:
+                _log_override(existing, handler)
+                return existing
+            else:
+                raise ConfigError(f"kind {kind!r} is already handled by {_name(existing.fn)}")
         self._handlers[kind] = handler
         return handler
 
-    def handler(self, kind: str, *, payload: type[BaseModel] | None = None) -> Callable[[F], F]:
+    def handler(
+        self, kind: str, *, payload: type[BaseModel] | None = None, builtin: bool = False
+    ) -> Callable[[F], F]:
         """Decorator form of :meth:`register`."""
 
         def decorate(fn: F) -> F:
-            self.register(kind, fn, payload=payload)
+            self.register(kind, fn, payload=payload, builtin=builtin)
             return fn
 
         return decorate
