@@ -35,7 +35,8 @@ import asyncpg
 
 from listener import locks
 from listener.errors import SchemaMismatchError
-from listener.queries import QUERIES, sql_dir
+from listener.paths import sql_dir
+from listener.queries import QUERIES
 
 # A plain connection or one borrowed from a pool.
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy

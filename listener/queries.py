@@ -29,20 +29,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
+from listener.paths import sql_dir
+
 _NAME_LINE = re.compile(r"^-- name: (?P<name>[a-z][a-z0-9_]*)\s*$", re.MULTILINE)
-
-
-def sql_dir() -> Path:
-    """The directory holding schema.sql, queries/ and migrations/.
-
-    In an installed wheel the files ship inside the package (``listener/sql``); in a
-    source checkout they live in the repository's top-level ``sql/``.
-    """
-    here = Path(__file__).resolve().parent
-    packaged = here / "sql"
-    if (packaged / "schema.sql").is_file():
-        return packaged
-    return here.parent / "sql"
 
 
 def query_files() -> list[Path]:

@@ -14,7 +14,8 @@ from listener import db
 from listener.cli.bench.queries import BENCH_QUERIES
 from listener.errors import SchemaMismatchError
 from listener.migrate import check_schema, latest_version, load_migrations, migrate
-from listener.queries import QUERIES, parse, sql_dir
+from listener.paths import sql_dir
+from listener.queries import QUERIES, parse
 
 # A catalog snapshot that tells two schemas apart: columns, constraints, indexes,
 # triggers, functions (bodies and options), table and view options, policies, views'

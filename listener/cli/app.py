@@ -4,38 +4,76 @@ Exit codes: 0 success; 1 an unexpected error or a refused request; 2 bad argumen
 3 bad configuration; 4 database unreachable; 5 a schema this pgwake cannot run against
 (older than its own, or newer with a migration marked breaking).
 Errors print one line to stderr naming the problem; secrets are never printed.
+
+Only ``version`` is defined here; every other command lives in a module of its own,
+imported when it runs (listener/cli/lazy.py), so ``pgwake version`` and ``pgwake
+--help`` import no database driver, no settings model and no benchmark code.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
-from typing import Any
+from collections.abc import Mapping
+from typing import ClassVar
 
-import anyio
 import typer
 
-from listener import __version__, logs
-from listener.cli.bench.command import bench_cmd
-from listener.cli.enqueue import enqueue_cmd
-from listener.cli.jobs import jobs_app
-from listener.cli.keys import keys_app
-from listener.cli.limits import limits_app
-from listener.cli.options import Database, database_options, settings_options
-from listener.cli.schedules import schedules_app
-from listener.cli.status import status_cmd
-from listener.cli.support import (
-    guard,
-    migrate_dsn,
-    run_async,
-)
-from listener.cli.tenants import tenants_app
+from listener import __version__
+from listener.cli.lazy import LazyCommand, LazyGroup, LightCommand
 from listener.cli.terminal import shown
-from listener.config import Settings
-from listener.migrate import latest_version
-from listener.registry import DEFAULT_REGISTRY, load_modules
+from listener.paths import known_schema_version
 
-BUILTIN_HANDLERS = "handlers.builtin"
+
+class Commands(LazyGroup):
+    """pgwake's commands, each imported only when it runs (listener/cli/lazy.py)."""
+
+    ORDER = (
+        "migrate", "run", "enqueue", "status", "bench", "version",
+        "keys", "tenants", "limits", "jobs", "schedules",
+    )  # fmt: skip
+    LAZY: ClassVar[Mapping[str, LazyCommand]] = {
+        "migrate": LazyCommand(
+            "listener.cli.worker:migrate_cmd",
+            "Apply pending schema migrations (safe to run concurrently; idempotent).",
+        ),
+        "run": LazyCommand(
+            "listener.cli.worker:run_cmd",
+            "Run the worker until SIGTERM/SIGINT (a second signal skips the drain).",
+        ),
+        "enqueue": LazyCommand(
+            "listener.cli.enqueue:enqueue_cmd",
+            "Enqueue one job (applications can simply INSERT INTO pgwake.jobs).",
+        ),
+        "status": LazyCommand(
+            "listener.cli.status:status_cmd",
+            "Queue health: jobs by kind and status, the drain, tenants, workers, the last\n"
+            "errors by kind.",
+        ),
+        "bench": LazyCommand(
+            "listener.cli.bench.command:bench_cmd",
+            "Run benchmark workloads in databases of their own and print the figures.",
+        ),
+        "keys": LazyCommand(
+            "listener.cli.keys:keys_app", "Encryption keys for tenant database DSNs."
+        ),
+        "tenants": LazyCommand(
+            "listener.cli.tenants:tenants_app",
+            "Per-tenant settings: fleet-wide caps, weights, pausing, own databases.",
+        ),
+        "limits": LazyCommand(
+            "listener.cli.limits:limits_app",
+            "Rate limits per kind: at most N jobs of a kind started per period.",
+        ),
+        "jobs": LazyCommand(
+            "listener.cli.jobs:jobs_app",
+            "Look at and act on jobs: list, show, retry, cancel, purge.",
+        ),
+        "schedules": LazyCommand(
+            "listener.cli.schedules:schedules_app",
+            "Cron schedules that enqueue jobs: add, list, remove.",
+        ),
+    }
+
 
 app = typer.Typer(
     name="pgwake",
@@ -43,77 +81,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Commands,
 )
 
-app.add_typer(keys_app, name="keys")
-app.add_typer(tenants_app, name="tenants")
-app.add_typer(limits_app, name="limits")
-app.add_typer(jobs_app, name="jobs")
-app.add_typer(schedules_app, name="schedules")
+
+@app.callback()
+def _group() -> None:
+    # A callback keeps ``app`` a group: typer makes a Typer of one command that command.
+    pass
 
 
-@app.command("migrate")
-@database_options
-def migrate_cmd(*, db: Database) -> None:
-    """Apply pending schema migrations (safe to run concurrently; idempotent)."""
-    settings = db.settings()
-    logs.configure(settings.log_format, settings.log_level)
-    with db.url(announce=True) as url:
-        applied, version = guard(run_async, migrate_dsn, url)
-    for name in applied:
-        typer.echo(f"applied {name}")
-    known = latest_version()
-    if version > known:
-        # A newer pgwake migrated it, and every migration past ours is compatible.
-        typer.echo(
-            f"schema is at version {version:04d}, newer than this pgwake's ({known:04d}) "
-            "and compatible with it"
-        )
-    else:
-        typer.echo(f"schema is at version {version:04d}")
-
-
-async def _serve(settings: Settings, dsn: str) -> None:
-    from listener.service import Service  # noqa: PLC0415 - keeps `pgwake --help` fast
-
-    service = Service(settings, DEFAULT_REGISTRY, dsn)
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with anyio.create_task_group() as tg:
-
-            async def watch_signals() -> None:
-                count = 0
-                async for _sig in signals:
-                    count += 1
-                    service.stop(now=count > 1)
-
-            tg.start_soon(watch_signals)
-            await service.run()
-            tg.cancel_scope.cancel()
-
-
-@app.command("run")
-@settings_options
-@database_options
-def run_cmd(*, db: Database, flags: dict[str, Any]) -> None:
-    """Run the worker until SIGTERM/SIGINT (a second signal skips the drain)."""
-    settings = db.settings(flags)
-    logs.configure(settings.log_format, settings.log_level)
-    guard(load_modules, [BUILTIN_HANDLERS, *settings.handlers])
-    if settings.kinds:
-        guard(DEFAULT_REGISTRY.restricted_to, settings.kinds)  # fail before connecting
-    with db.url(announce=True) as url:
-        guard(run_async, _serve, settings, url)
-
-
-app.command("enqueue")(enqueue_cmd)
-app.command("status")(status_cmd)
-app.command("bench")(bench_cmd)
-
-
-@app.command("version")
+@app.command("version", cls=LightCommand)
 def version_cmd() -> None:
     """Print pgwake's version and the schema version it needs."""
-    typer.echo(f"pgwake {__version__} (schema {latest_version():04d})")
+    typer.echo(f"pgwake {__version__} (schema {known_schema_version():04d})")
 
 
 # click's exception classes, reached through typer's public BadParameter (typer vendors

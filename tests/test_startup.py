@@ -1,0 +1,92 @@
+"""Start-up costs only what it uses: ``pgwake version`` and ``pgwake --help`` import no
+database driver, no settings model (pydantic) and no benchmark code; every other
+command is imported when it runs (listener/cli/lazy.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import typer
+
+from listener.cli.app import Commands, app
+from listener.cli.lazy import load
+from listener.migrate import latest_version
+from listener.paths import known_schema_version
+from tests.support.paths import ROOT
+
+# What the command line imports, given argv: run in a fresh interpreter.
+_PROBE = """
+import json, runpy, sys
+sys.argv = ["pgwake", *json.loads(sys.argv[1])]
+try:
+    runpy.run_module("listener", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+sys.stdout.flush()
+print("\\nMODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+# Never imported by `pgwake version` or `pgwake --help`.
+HEAVY = ("asyncpg", "pydantic", "pydantic_settings", "structlog", "anyio", "psycopg")
+HEAVY_OURS = ("listener.config", "listener.db", "listener.cli.bench", "listener.cli.options")
+
+
+def imported(*argv: str) -> tuple[str, set[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(argv)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    _, _, modules = done.stderr.rpartition("\nMODULES ")
+    return done.stdout, set(json.loads(modules))
+
+
+@pytest.mark.parametrize("argv", [("version",), ("--help",), ("version", "--help")])
+def test_version_and_help_import_no_driver_models_or_benchmarks(argv: tuple[str, ...]) -> None:
+    output, modules = imported(*argv)
+    assert "pgwake" in output
+    heavy = sorted(
+        name
+        for name in modules
+        if name.split(".")[0] in HEAVY or name.startswith(HEAVY_OURS)
+    )
+    assert heavy == [], heavy
+
+
+def test_a_command_imports_its_module_when_it_runs() -> None:
+    """The probe can fail: a command that reaches the database does import the driver."""
+    _, modules = imported("jobs", "--help")
+    assert "listener.cli.jobs" in modules
+    assert "asyncpg" in modules
+    assert not any(name.startswith("listener.cli.bench") for name in modules)
+
+
+def _first_paragraph(text: str | None) -> str:
+    return " ".join((text or "").split("\n\n")[0].split())
+
+
+def test_each_lazy_commands_listed_help_is_its_own() -> None:
+    """The group's help lists each lazy command by the short help given beside it in
+    listener/cli/app.py; it must be the command's own first paragraph."""
+    for name, spec in Commands.LAZY.items():
+        command = load(name, spec)
+        assert command.name == name
+        own = command.short_help or _first_paragraph(command.help)
+        assert " ".join(spec.short_help.split()) == " ".join(own.split()), name
+
+
+def test_the_group_lists_and_resolves_every_command() -> None:
+    group = typer.main.get_command(app)
+    names = list(group.commands)  # type: ignore[attr-defined]
+    assert names == list(Commands.ORDER)
+    assert set(Commands.LAZY) | {"version"} == set(names)
+
+
+def test_the_light_schema_version_is_the_migrations_count() -> None:
+    assert known_schema_version() == latest_version()
