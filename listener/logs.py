@@ -46,11 +46,28 @@ from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
-import structlog
-from structlog.stdlib import ProcessorFormatter
-
 from listener.jobs import add_job_fields
 from listener.redact import redact, redact_field
+
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog with ``rich`` hidden from it. structlog.dev imports rich (30 ms
+    of a worker's start) for pretty tracebacks, which pgwake never uses: tracebacks
+    are plain text before any renderer sees them (``format_exc_info``). Nothing else
+    changes: rich stays importable for whoever imports it later (typer's help)."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment] # `import rich` raises ImportError
+    try:
+        import structlog  # noqa: F401, PLC0415
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402 - after the import above
+from structlog.stdlib import ProcessorFormatter  # noqa: E402
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]

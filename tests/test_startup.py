@@ -52,9 +52,7 @@ def test_version_and_help_import_no_driver_models_or_benchmarks(argv: tuple[str,
     output, modules = imported(*argv)
     assert "pgwake" in output
     heavy = sorted(
-        name
-        for name in modules
-        if name.split(".")[0] in HEAVY or name.startswith(HEAVY_OURS)
+        name for name in modules if name.split(".")[0] in HEAVY or name.startswith(HEAVY_OURS)
     )
     assert heavy == [], heavy
 
