@@ -19,8 +19,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from listener.api import JobContext
-from listener.registry import DEFAULT_REGISTRY
+from listener.api import DEFAULT_REGISTRY, JobContext
 
 # Built-ins give way to an application's handler of the same kind (listener/registry.py).
 handler = functools.partial(DEFAULT_REGISTRY.handler, builtin=True)

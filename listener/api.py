@@ -11,12 +11,16 @@
         ctx.log.info("resizing", image_id=payload.image_id)
         return {"image_id": payload.image_id}
 
+Applications enqueue from Python with :func:`enqueue` and :func:`enqueue_many` on their
+own asyncpg or psycopg 3 connection, inside their own transaction (listener/enqueue.py).
+
 Handlers import nothing else from ``listener``; the rest is internal and may change.
 """
 
 from __future__ import annotations
 
 from listener.context import JobContext
+from listener.enqueue import NewJob, Payload, enqueue, enqueue_many
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
 from listener.jobs import Job
 from listener.registry import DEFAULT_REGISTRY, Handler, Registry
@@ -31,9 +35,13 @@ __all__ = [
     "Handler",
     "Job",
     "JobContext",
+    "NewJob",
+    "Payload",
     "PermanentError",
     "Registry",
     "Retry",
     "Snooze",
+    "enqueue",
+    "enqueue_many",
     "handler",
 ]

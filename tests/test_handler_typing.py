@@ -71,6 +71,52 @@ async def wrong(payload: dict[str, int], ctx: JobContext) -> None:
 """
 
 
+# An application enqueuing on its own connections: the results are typed (an id, or
+# None only where a unique key may be taken), so mypy --strict checks the callers.
+ENQUEUE_MODULE = """
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+import psycopg
+from pydantic import BaseModel
+
+from listener.api import NewJob, enqueue, enqueue_many
+
+
+class Invoice(BaseModel):
+    order_id: int
+
+
+async def place_order(conn: asyncpg.Connection, pconn: psycopg.AsyncConnection[object]) -> int:
+    async with conn.transaction():
+        job_id: int = await enqueue(conn, "invoice.send", Invoice(order_id=7), tenant="acme")
+        maybe: int | None = await enqueue(conn, "report", {}, unique_key="daily")
+        ids: list[int] = await enqueue_many(
+            conn, [NewJob("invoice.send", Invoice(order_id=n), priority=5) for n in range(9)]
+        )
+    async with pconn.transaction():
+        other: int = await enqueue(pconn, "invoice.send", {"order_id": 8}, run_at=timedelta(1))
+    return job_id + len(ids) + other + (maybe or 0)
+"""
+
+WRONG_ENQUEUE = """
+from __future__ import annotations
+
+import asyncpg
+
+from listener.api import NewJob, enqueue
+
+
+async def wrong(conn: asyncpg.Connection) -> None:
+    taken: int = await enqueue(conn, "report", {}, unique_key="daily")
+    await enqueue(conn, "k", [1, 2])
+    await enqueue(conn, "k", {}, priority="high")
+    NewJob("k", {}, tenant=3)
+"""
+
+
 def listener_imports(path: Path) -> set[str]:
     """The ``listener`` modules ``path`` imports (``from listener import x`` counts as
     ``listener.x``)."""
@@ -180,3 +226,22 @@ def test_mistakes_in_a_handler_module_are_found(installed_python: str, tmp_path:
     assert done.returncode == 1, done.stdout + done.stderr
     assert '"FilteringBoundLogger" has no attribute "no_such_level"' in done.stdout
     assert 'Argument 1 to "Snooze" has incompatible type "str"' in done.stdout
+
+
+def test_enqueue_callers_type_check_strictly_against_the_wheel(
+    installed_python: str, tmp_path: Path
+) -> None:
+    done = mypy_strict(installed_python, ENQUEUE_MODULE, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Success: no issues found in 1 source file" in done.stdout
+
+
+def test_mistakes_in_enqueue_calls_are_found(installed_python: str, tmp_path: Path) -> None:
+    done = mypy_strict(installed_python, WRONG_ENQUEUE, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert 'Incompatible types in assignment (expression has type "int | None"' in out, out
+    assert 'my_handlers.py:11: error: No overload variant of "enqueue" matches' in out, out
+    assert 'argument types "Connection[Record]", "str", "list[int]"' in out, out
+    assert 'my_handlers.py:12: error: No overload variant of "enqueue" matches' in out, out
+    assert 'Argument "tenant" to "NewJob" has incompatible type "int"' in out, out

@@ -1,7 +1,8 @@
 """``pgwake enqueue``: one job from the command line (applications simply INSERT).
 
 Invariants:
-- The row is inserted by one statement (sql/queries/cli.sql: job_enqueue) with
+- The row is inserted by one statement, the Python API's (sql/queries/api.sql:
+  job_insert), with
   ``ON CONFLICT DO NOTHING``: a job whose unique key is taken is never inserted, by an
   active job (``--unique-key``) or, with ``--unique-for``, by a job of the same key and
   period inserted in the same window (jobs_unique_window_idx), even one that finished.
@@ -27,6 +28,7 @@ from listener import logs
 from listener.cli.options import Database, database_options
 from listener.cli.support import JsonOpt, fail, name_problem, payload_object
 from listener.cli.terminal import shown
+from listener.enqueue import payload_json
 from listener.queries import QUERIES
 
 # Seconds in each unit a duration may be given in.
@@ -102,10 +104,13 @@ def enqueue_cmd(
     period = duration_seconds(unique_for, "--unique-for") if unique_for is not None else None
     settings = db.settings()
     logs.configure(settings.log_format, settings.log_level)
-    args = (tenant, kind, body, priority, delay, max_attempts, unique_key, timeout, period)
+    args = (
+        tenant, kind, payload_json(body), priority, None, delay, max_attempts, unique_key,
+        timeout, period,
+    )  # fmt: skip
 
     async def enqueue(conn: asyncpg.Connection) -> tuple[asyncpg.Record | None, Any]:
-        row = await conn.fetchrow(QUERIES["job_enqueue"], *args)
+        row = await conn.fetchrow(QUERIES["job_insert"], *args)
         if row is not None:
             return row, None
         holder = await conn.fetchrow(

@@ -1,4 +1,5 @@
--- Queries of the command line (listener/cli/): enqueue, jobs, tenants (with the
+-- Queries of the command line (listener/cli/): enqueue (its insert is the API's, in
+-- api.sql), jobs, tenants (with the
 -- rotation of their DSNs' key), schedules and status.
 --
 -- Named blocks; listener/queries.py loads every sql/queries/*.sql file into QUERIES.
@@ -8,24 +9,6 @@
 -- is about, in the singular (job, worker, tenant, schedule, migration, leader,
 -- listener, server, limit); names are unique across all queries files. Tests PREPARE every
 -- block against the migrated schema and hold every block to this format.
-
--- name: job_enqueue
--- Enqueues one job (the CLI's `pgwake enqueue`; applications use a plain INSERT).
--- $1 tenant, $2 kind, $3 payload (jsonb), $4 priority, $5 seconds from now until it may
--- run (float8), $6 max attempts (NULL for the default), $7 unique key, $8 timeout in
--- seconds (NULL for the default), $9 unique_for in seconds (NULL: none).
--- Returns the new job's id and status, or nothing when the unique key is taken: by an
--- active job (jobs_unique_key_idx) or, with unique_for, by a job of this window
--- (jobs_unique_window_idx); job_get_key_holder says which.
-INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
-                         timeout, unique_for, status)
-VALUES ($1, $2, $3::jsonb, $4, now() + make_interval(secs => $5::float8),
-        coalesce($6::int, 20), $7,
-        coalesce(make_interval(secs => $8::float8), interval '15 minutes'),
-        make_interval(secs => $9::float8),
-        CASE WHEN $5::float8 > 0 THEN 'scheduled' ELSE 'queued' END)
-ON CONFLICT DO NOTHING
-RETURNING id, status, unique_until;
 
 -- name: job_get_key_holder
 -- The job that holds a unique key, for `pgwake enqueue` when its insert was skipped:

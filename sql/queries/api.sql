@@ -1,0 +1,55 @@
+-- Queries of the Python enqueue API (listener/enqueue.py: `enqueue`, `enqueue_many` on
+-- the application's own connection, asyncpg or psycopg 3, in its own transaction) and
+-- of `pgwake enqueue`.
+--
+-- Named blocks; listener/queries.py loads every sql/queries/*.sql file into QUERIES.
+-- A block is a `-- name: <subject>_<verb>[_<detail>]` line, comment lines saying what
+-- the statement does, a line giving its parameters ("$1 ..., $2 ..." or "No
+-- parameters."), then the statement. The subject is the table or object the statement
+-- is about, in the singular (job, worker, tenant, schedule, migration, leader,
+-- listener, server, limit); names are unique across all queries files. Tests PREPARE every
+-- block against the migrated schema and hold every block to this format.
+--
+-- Both statements take only types both drivers send alike (text, int, float8,
+-- timestamptz): the payload is JSON text cast to jsonb, durations are seconds. A NULL
+-- takes the column's default (the same defaults as pgwake.jobs: tests hold them
+-- together). The status is the insert trigger's to set (scheduled when due later).
+
+-- name: job_insert
+-- Enqueues one job; nothing is returned when its unique key is taken (ON CONFLICT DO
+-- NOTHING: by an active job, or with unique_for by a job of this window).
+-- $1 tenant, $2 kind, $3 payload (JSON text), $4 priority, $5 run_at (NULL: now),
+-- $6 seconds after run_at (NULL: 0), $7 max attempts, $8 unique key, $9 timeout in
+-- seconds, $10 unique_for in seconds.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
+                         timeout, unique_for)
+VALUES (coalesce($1::text, 'default'), $2::text, coalesce($3::text, '{}')::jsonb,
+        coalesce($4::int, 0),
+        coalesce($5::timestamptz, now()) + make_interval(secs => coalesce($6::float8, 0)),
+        coalesce($7::int, 20), $8::text,
+        coalesce(make_interval(secs => $9::float8), interval '15 minutes'),
+        make_interval(secs => $10::float8))
+ON CONFLICT DO NOTHING
+RETURNING id, status, unique_until;
+
+-- name: job_insert_many
+-- Enqueues one job per element of the arrays (all of one length, element i of each
+-- array giving job i), in one statement; jobs whose unique key is taken are skipped.
+-- Returns the ids of the jobs inserted.
+-- $1 tenants, $2 kinds, $3 payloads (JSON text), $4 priorities, $5 run_at, $6 seconds
+-- after run_at, $7 max attempts, $8 unique keys, $9 timeouts in seconds, $10 unique_for
+-- in seconds: arrays whose NULL elements take the column's default.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
+                         timeout, unique_for)
+SELECT coalesce(u.tenant_id, 'default'), u.kind, coalesce(u.payload, '{}')::jsonb,
+       coalesce(u.priority, 0),
+       coalesce(u.run_at, now()) + make_interval(secs => coalesce(u.delay, 0)),
+       coalesce(u.max_attempts, 20), u.unique_key,
+       coalesce(make_interval(secs => u.timeout), interval '15 minutes'),
+       make_interval(secs => u.unique_for)
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[],
+              $6::float8[], $7::int[], $8::text[], $9::float8[], $10::float8[])
+       AS u(tenant_id, kind, payload, priority, run_at, delay, max_attempts, unique_key,
+            timeout, unique_for)
+ON CONFLICT DO NOTHING
+RETURNING id;
