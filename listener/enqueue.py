@@ -282,5 +282,5 @@ async def enqueue_many(conn: Connection, jobs: Iterable[NewJob]) -> list[int]:
     batch = list(jobs)
     if not batch:
         return []
-    rows = await _fetch(conn, QUERIES["job_insert_many"], _columns(batch))
-    return [int(row[0]) for row in rows]
+    (row,) = await _fetch(conn, QUERIES["job_insert_many"], _columns(batch))
+    return list(row[0])

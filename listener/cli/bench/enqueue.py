@@ -9,6 +9,10 @@ of the NOTIFY (and of the job events, one NOTIFY per row) is visible; no worker 
   ``seconds``: rows/s over all of them.
 - ``bulk``: one INSERT of ``rows`` (default 10,000) jobs sent as arrays (``unnest``), as an
   application enqueuing a batch does: rows/s of that statement, median of 5.
+- ``api``: the same jobs through the Python API's ``enqueue_many`` (listener/enqueue.py,
+  ``NewJob`` objects in, ids out, on a plain asyncpg connection), the same 5 times,
+  each right after a ``bulk`` statement: rows/s, median of 5, the time to turn the
+  objects into arrays included.
 
 Invariant: the trigger is disabled only in the benchmark's own database (``ALTER TABLE
 ... DISABLE TRIGGER``), never anywhere else.
@@ -22,10 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
+import asyncpg
 
 from listener import db
 from listener.cli.bench.common import bench_database, interleaved_medians
 from listener.cli.bench.queries import BENCH_QUERIES
+from listener.enqueue import NewJob, enqueue_many
 
 BULK_STATEMENTS = 5
 
@@ -42,6 +48,7 @@ class EnqueueRun:
     single_rows_per_s: float
     bulk_rows: int
     bulk_rows_per_s: float
+    api_rows_per_s: float
 
 
 def _session(events: bool) -> dict[str, str]:
@@ -71,21 +78,29 @@ async def _single(dsn: str, *, connections: int, seconds: float, events: bool) -
     return sum(counts)
 
 
-async def _bulk(dsn: str, *, rows: int, events: bool) -> float:
-    """Rows/s of one INSERT of ``rows`` jobs (median of BULK_STATEMENTS)."""
+async def _bulk(dsn: str, *, rows: int, events: bool) -> tuple[float, float]:
+    """Rows/s of one INSERT of ``rows`` jobs, and of ``enqueue_many`` of as many (medians
+    of BULK_STATEMENTS, taken in turns)."""
     conn = await db.connect(dsn, session_settings=_session(events))
+    app = await asyncpg.connect(dsn, server_settings=_session(events))
     try:
         stmt = await conn.prepare(BENCH_QUERIES["job_enqueue_arrays"])
         tenants = [f"bench-t{i % 10}" for i in range(rows)]
         payloads = [{"n": i} for i in range(rows)]
-        rates = []
+        jobs = [NewJob("noop", {"n": i}, tenant=f"bench-t{i % 10}") for i in range(rows)]
+        rates: list[float] = []
+        api_rates: list[float] = []
         for _ in range(BULK_STATEMENTS):
             began = time.perf_counter()
             await stmt.fetch(tenants, "noop", payloads)
             rates.append(rows / (time.perf_counter() - began))
+            began = time.perf_counter()
+            await enqueue_many(app, jobs)
+            api_rates.append(rows / (time.perf_counter() - began))
     finally:
+        await app.close()
         await conn.close()
-    return statistics.median(rates)
+    return statistics.median(rates), statistics.median(api_rates)
 
 
 async def enqueue_run(
@@ -101,7 +116,7 @@ async def enqueue_run(
             finally:
                 await conn.close()
         single = await _single(dsn, connections=connections, seconds=seconds, events=events)
-        bulk = await _bulk(dsn, rows=rows, events=events)
+        bulk, api = await _bulk(dsn, rows=rows, events=events)
     return EnqueueRun(
         trigger=trigger,
         events=events,
@@ -111,6 +126,7 @@ async def enqueue_run(
         single_rows_per_s=round(single / seconds),
         bulk_rows=rows,
         bulk_rows_per_s=round(bulk),
+        api_rows_per_s=round(api),
     )
 
 
@@ -139,12 +155,13 @@ def render_enqueue(runs: Sequence[EnqueueRun]) -> str:
     lines = [
         (
             f"{'trigger':<7} {'events':<6} {'single-row inserts/s':>20} {'(connections)':>13} "
-            f"{'bulk rows/s':>12} {'(rows)':>7}"
+            f"{'bulk rows/s':>12} {'(rows)':>7} {'enqueue_many rows/s':>19}"
         )
     ]
     lines += [
         f"{'on' if r.trigger else 'off':<7} {'on' if r.events else 'off':<6} "
         f"{r.single_rows_per_s:>20g} {r.connections:>13} {r.bulk_rows_per_s:>12g} {r.bulk_rows:>7}"
+        f" {r.api_rows_per_s:>19g}"
         for r in runs
     ]
     return "\n".join(lines)

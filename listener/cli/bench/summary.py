@@ -20,6 +20,7 @@ LATENCY_P99_MS = 10.0
 FAIRNESS_SMALL_P99_MS = 20.0
 ENQUEUE_TRIGGER_SHARE = 0.8
 ENQUEUE_BULK_ROWS_PER_S = 50_000
+ENQUEUE_API_SHARE = 0.8
 HISTORY_SLOWDOWN = 2.0
 
 
@@ -98,6 +99,15 @@ def check(results: dict[str, Sequence[Any]]) -> list[Check]:
                 f"enqueue: one {on.bulk_rows}-row INSERT >= {ENQUEUE_BULK_ROWS_PER_S} rows/s",
                 f"{on.bulk_rows_per_s:g} rows/s",
                 on.bulk_rows_per_s >= ENQUEUE_BULK_ROWS_PER_S,
+            )
+        )
+        share = on.api_rows_per_s / on.bulk_rows_per_s
+        checks.append(
+            Check(
+                f"enqueue: enqueue_many of {on.bulk_rows} jobs >= {ENQUEUE_API_SHARE:g} x "
+                "the one INSERT",
+                f"{share:.2f} x ({on.api_rows_per_s:g} vs {on.bulk_rows_per_s:g} rows/s)",
+                share >= ENQUEUE_API_SHARE,
             )
         )
     one = _by(results.get("scale", ()), "processes", 1)
