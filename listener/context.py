@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
@@ -24,7 +24,15 @@ from listener.progress import JobProgress
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-    from listener.tenant_databases import TenantDatabases
+
+class TenantConnections(Protocol):
+    """Where ``ctx.tenant_db()`` gets its connections: the worker's
+    :class:`~listener.tenant_databases.TenantDatabases`, or ``pgwake exec``'s, which
+    holds them in a transaction it rolls back under ``--dry-run``."""
+
+    def connection(self, tenant_id: str) -> AbstractAsyncContextManager[PoolConnectionProxy]:
+        """A connection to the tenant's own database, given back on exit."""
+        ...
 
 
 @dataclass(slots=True)
@@ -51,9 +59,13 @@ class JobContext:
     """structlog's logger: ``ctx.log.info("event", key=value)``, ``await
     ctx.log.ainfo(...)``, ``ctx.log.bind(...)``; the job's fields come from
     ``jobs.job_context``."""
-    databases: TenantDatabases | None = None
+    databases: TenantConnections | None = None
     progress_reporter: JobProgress | None = None
     tally: RecordTally = field(default_factory=RecordTally)
+    dry_run: bool = False
+    """True under ``pgwake exec --dry-run``: the run is a rehearsal. ``ctx.tenant_db()``
+    connections are in a transaction rolled back at the end; a handler with effects
+    elsewhere (an e-mail, an API call) should skip them when this is set."""
 
     @property
     def tenant(self) -> str:

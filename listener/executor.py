@@ -41,16 +41,15 @@ import structlog
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
-from listener.context import JobContext
+from listener.context import JobContext, TenantConnections
 from listener.db import UndecodableJson
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
 from listener.joblog import JobLog
 from listener.jobs import Job, Outcome, Status, job_context
-from listener.progress import JobProgress, ProgressWriter
+from listener.progress import JobProgress, ProgressSink
 from listener.redact import redact
 from listener.registry import Handler, Registry
 from listener.retry import Backoff
-from listener.tenant_databases import TenantDatabases
 
 # last_error keeps the message and the end of the traceback, not megabytes of it.
 MAX_ERROR_CHARS = 8000
@@ -113,16 +112,18 @@ class Executor:
         self,
         registry: Registry,
         backoff: Backoff,
-        databases: TenantDatabases | None = None,
-        progress: ProgressWriter | None = None,
+        databases: TenantConnections | None = None,
+        progress: ProgressSink | None = None,
         *,
         log_jobs: bool = True,
         log_jobs_per_second: int = 0,
+        dry_run: bool = False,
     ) -> None:
         self._registry = registry
         self._backoff = backoff
         self._databases = databases
         self._progress = progress
+        self._dry_run = dry_run
         # logs.configure makes structlog's wrapper class a FilteringBoundLogger.
         self._log: FilteringBoundLogger = structlog.get_logger().bind(logger="executor")
         self._job_log = JobLog(enabled=log_jobs, per_second=log_jobs_per_second)
@@ -187,6 +188,7 @@ class Executor:
             log=self._log,
             databases=self._databases,
             progress_reporter=reporter,
+            dry_run=self._dry_run,
         )
         outcome = await self._call(handler, payload, ctx)
         outcome.records = ctx.records

@@ -22,7 +22,7 @@ import math
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import asyncpg
@@ -35,6 +35,25 @@ from listener.queries import QUERIES
 from listener.redact import redact
 
 MAX_MESSAGE_CHARS = 1000
+
+
+class ProgressSink(Protocol):
+    """Where a job's progress reports go: the worker's :class:`ProgressWriter`, or what
+    ``pgwake exec`` and listener.testing record."""
+
+    interval: float
+
+    async def write(self, job: Job, value: dict[str, Any]) -> bool:
+        """Store ``value`` as the job's progress; False when it was not stored."""
+        ...
+
+    def hold(self, progress: JobProgress) -> None:
+        """``progress`` has a report to write once its interval has passed."""
+        ...
+
+    def release(self, progress: JobProgress) -> None:
+        """``progress`` has nothing held back any more."""
+        ...
 
 
 class ProgressWriter:
@@ -77,7 +96,7 @@ class ProgressWriter:
 class JobProgress:
     """Throttled progress reports for one attempt of one job."""
 
-    def __init__(self, job: Job, writer: ProgressWriter) -> None:
+    def __init__(self, job: Job, writer: ProgressSink) -> None:
         self._job = job
         self._writer = writer
         self._interval = writer.interval

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 an unexpected error or a refused request; 2 bad arguments;
 3 bad configuration; 4 database unreachable; 5 a schema this pgwake cannot run against
-(older than its own, or newer with a migration marked breaking).
+(older than its own, or newer with a migration marked breaking); ``exec`` adds 6 to 9
+for the outcome of the handler it ran (listener/cli/execute.py: OUTCOME_CODES).
 Errors print one line to stderr naming the problem; secrets are never printed.
 
 Only ``version`` is defined here; every other command lives in a module of its own,
@@ -28,7 +29,7 @@ class Commands(LazyGroup):
     """pgwake's commands, each imported only when it runs (listener/cli/lazy.py)."""
 
     ORDER = (
-        "migrate", "run", "enqueue", "status", "bench", "version",
+        "migrate", "run", "exec", "enqueue", "status", "bench", "version",
         "keys", "tenants", "limits", "jobs", "schedules",
     )  # fmt: skip
     LAZY: ClassVar[Mapping[str, LazyCommand]] = {
@@ -43,6 +44,12 @@ class Commands(LazyGroup):
         "enqueue": LazyCommand(
             "listener.cli.enqueue:enqueue_cmd",
             "Enqueue one job (applications can simply INSERT INTO pgwake.jobs).",
+        ),
+        "exec": LazyCommand(
+            "listener.cli.execute:exec_cmd",
+            "Run one job's handler once in this process (no worker needed) and print how it\n"
+            "ended; the exit code says how (0 succeeded, 6 to retry, 7 failed, 8 cancelled, 9\n"
+            "snoozed).",
         ),
         "status": LazyCommand(
             "listener.cli.status:status_cmd",

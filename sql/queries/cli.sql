@@ -437,3 +437,19 @@ SELECT c.application_name, c.metrics_leader,
                     WHERE 'pgwake@' || w.hostname || ':' || w.pid = c.application_name)
  GROUP BY c.application_name, c.metrics_leader
  ORDER BY c.application_name;
+
+-- name: job_insert_ran
+-- Records a run of `pgwake exec --record` as a job, with the outcome that run had,
+-- written as a worker writes it: finished (succeeded, failed, cancelled) with its
+-- result or error, or to run again (status queued, scheduled by the insert trigger
+-- when the delay puts run_at ahead) with the attempt counted, or not for a snooze.
+-- $1 tenant, $2 kind, $3 payload (jsonb), $4 timeout in seconds, $5 status, $6 attempts,
+-- $7 seconds from now until it may run again (NULL: now), $8 result (jsonb), $9 error
+-- text, $10 when the run started.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload, timeout, status, attempts, run_at,
+                         started_at, finished_at, result, last_error)
+VALUES ($1, $2, $3::jsonb, make_interval(secs => $4::float8), $5::text, $6::int,
+        now() + make_interval(secs => coalesce($7::float8, 0)), $10::timestamptz,
+        CASE WHEN $5::text IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+        $8::jsonb, $9::text)
+RETURNING id, status;
