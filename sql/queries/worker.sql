@@ -510,13 +510,20 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 WITH me AS (
     SELECT w.id FROM pgwake.workers AS w WHERE w.id = $1 FOR KEY SHARE
 ),
+-- The row by its primary key alone: with the status in the same WHERE, a plan cached
+-- while the queue was empty reads the partial ready index for it instead, which at
+-- 100,000 queued jobs means reading them all. Without it only jobs_pkey can serve.
+target AS MATERIALIZED (
+    SELECT j.ctid FROM pgwake.jobs AS j WHERE j.id = $3::bigint
+),
 claimed AS (
     UPDATE pgwake.jobs AS j
        SET status = 'running',
            claimed_by = $1,
            attempts = j.attempts + 1,
            started_at = now()
-     WHERE j.id = $3::bigint
+     WHERE j.ctid = (SELECT t.ctid FROM target AS t)
+       AND j.id = $3::bigint
        AND j.status = 'queued'
        AND j.run_at <= now()
        AND j.kind = ANY ($2::text[])
