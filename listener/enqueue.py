@@ -251,14 +251,14 @@ def _columns(jobs: list[NewJob]) -> list[list[Any] | None]:
             for value in column:
                 _text(value, name)  # raises TypeError naming the type
     try:
-        payloads = [
-            encode(job.payload) if type(job.payload) is dict else payload_json(job.payload)
-            for job in jobs
-        ]
+        payloads = [encode(job.payload) if type(job.payload) is dict else None for job in jobs]
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"the payload is not JSON: {exc}") from None
-    for text in payloads:
-        _refuse_nul(text)
+    for i, text in enumerate(payloads):
+        if text is None:  # not a plain dict: a model, another mapping, None or a mistake
+            payloads[i] = payload_json(jobs[i].payload)
+        else:
+            _refuse_nul(text)
     priorities = [None if job.priority == 0 else _int(job.priority, "priority") for job in jobs]
     whens = [None if job.run_at is None else _when(job.run_at) for job in jobs]
     return [
