@@ -16,6 +16,10 @@ Invariants:
   Jobs that run longer than a claim takes are claimed only for free slots.
 - Claims only kinds in the registry, on one pool connection kept for the purpose
   (``KeptConnection``), so a claim is one round trip.
+- Claims with ``job_claim_plain`` while nothing but fairness decides (no rate limit
+  on its kinds, no ready job above the default priority: the statement checks), and
+  with the full ``job_claim`` for ``FULL_CLAIM_HOLD`` seconds after a plain claim said
+  otherwise (it then took nothing, and the full claim runs at once).
 - Claims again as soon as there is room while the last claim came back full (a
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job.
@@ -88,6 +92,10 @@ STREAM_PAUSE = 0.005
 SMOOTHING = 0.1
 # How much the longest recent job duration fades with every job that ends.
 JOB_FADE = 0.99
+# Seconds the worker runs the full claim (job_claim) after a plain one (job_claim_plain)
+# said a rate limit or a priority above 0 is in play, before it tries the plain one
+# again.
+FULL_CLAIM_HOLD = 10.0
 # Seconds added to a window's opening before the claim that follows it, so that the
 # claim's now() is past the opening even with the round trip's jitter.
 REOPEN_MARGIN = 0.001
@@ -174,6 +182,9 @@ class Claimer:
         # Seconds until the earliest full rate limit window opens, from the last claim
         # (None: no window is full).
         self._reopens_in: float | None = None
+        # Until when (monotonic seconds) claims are the full job_claim; before that, and
+        # while nothing but fairness decides, job_claim_plain.
+        self._full_until = 0.0
         # Running averages of how long a claim takes and how long a job runs (seconds),
         # and the jobs claimed ahead of free slots that they give (see _free).
         self._claim_seconds, self._job_seconds, self._ahead = 0.0, math.inf, 0
@@ -388,6 +399,24 @@ class Claimer:
             while self._free() < wanted:
                 await self.ledger.wait_freed()
 
+    def _statement(
+        self, want: int, cap: int, busy: list[tuple[str, int]]
+    ) -> tuple[str, tuple[object, ...]]:
+        """The claim statement to run now and its arguments: the plain claim while
+        nothing but fairness decides, else the full one (or the fifo comparison)."""
+        if self._fifo:
+            return QUERIES["job_claim_fifo"], (self._worker_id, self._kinds, want)
+        plain = time.monotonic() >= self._full_until
+        return QUERIES["job_claim_plain"] if plain else QUERIES["job_claim"], (
+            self._worker_id,
+            self._kinds,
+            want,
+            cap,
+            [tenant for tenant, _ in busy],
+            [count for _, count in busy],
+            self._cursor,
+        )
+
     async def _claim(self, want: int) -> tuple[list[Job], bool, bool]:
         """Claim up to ``want`` jobs; also say whether the tenant walk stopped at its
         limit (there may be more tenants after it) and whether a tenant was held to
@@ -400,22 +429,7 @@ class Claimer:
             (tenant, shares.counted(tenant, count, ahead))
             for tenant, count in self.ledger.claimed.items()
         ]
-        args: tuple[object, ...]
-        if self._fifo:
-            query, args = QUERIES["job_claim_fifo"], (self._worker_id, self._kinds, want)
-        else:
-            query, args = (
-                QUERIES["job_claim"],
-                (
-                    self._worker_id,
-                    self._kinds,
-                    want,
-                    cap,
-                    [tenant for tenant, _ in busy],
-                    [count for _, count in busy],
-                    self._cursor,
-                ),
-            )
+        query, args = self._statement(want, cap, busy)
         began = time.monotonic()
         self._reopens_in = None
         # This claim looks at the whole queue: the jobs notified until now are its.
@@ -438,6 +452,13 @@ class Claimer:
             return [], False, False
         self._outage.succeeded()
         self._metrics.claims.inc()
+        if rows and rows[-1]["id"] is None and rows[-1].get("needs_full"):
+            # A rate limit or a priority above 0 is in play: the full claim weighs it,
+            # now and for FULL_CLAIM_HOLD seconds. (The plain claim took nothing then;
+            # were a job among the rows, it is dispatched below like any other.)
+            self._full_until = time.monotonic() + FULL_CLAIM_HOLD
+            if len(rows) == 1:
+                return await self._claim(want)
         self._update_ahead(time.monotonic() - began)
         jobs: list[Job] = []
         cut_short = more = False
