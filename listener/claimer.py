@@ -367,7 +367,11 @@ class Claimer:
         queue must be looked at (a full claim). A notification that names the one ready
         job a single-row insert added is claimed here by its id, and the worker waits
         again: it was the only new job, since every insert notifies while the worker
-        waits."""
+        waits. One that comes within ``STREAM_PAUSE`` of the last claim by id is a
+        stream: the full claim takes it and the ones after it in batches, with inserts
+        not notifying (each notifying commit holds a database-wide lock until it is on
+        disk, so a notification per insert would make producers commit one at a time)."""
+        claimed_at = -math.inf
         while True:
             if await self._doorbell.before_sleep():
                 return  # jobs may have come without a notification: look once more
@@ -375,8 +379,11 @@ class Claimer:
             job_id = self._notified.take() if source == "notify" else None
             if job_id is None or self._fifo or self._free() <= 0:
                 return
+            if time.monotonic() - claimed_at < STREAM_PAUSE:
+                return
             if not await self._claim_notified(job_id):
                 return
+            claimed_at = time.monotonic()
 
     async def _sleep(self) -> str:
         """Wait for a wake, the poll interval, or the opening of the earliest full rate

@@ -330,3 +330,26 @@ async def test_ids_a_connect_only_role_notifies_start_nothing_they_should_not(
         await conn.fetch("SELECT id, status FROM pgwake.jobs WHERE id = ANY($1)", [held, foreign])
     )
     assert statuses == {held: "queued", foreign: "queued"}
+
+
+async def test_a_stream_of_single_inserts_is_claimed_in_batches(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Single-row inserts back to back: the second notification within a few
+    milliseconds of a claim by id turns the worker to batched claims with inserts not
+    notifying, so few of the 200 jobs are claimed by id; all of them run."""
+    async with running_worker(dsn, _registry(), poll_interval=3600) as service:
+        await _settled(service)
+        enqueue = await conn.prepare(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('t', 'noop') RETURNING id"
+        )
+        for _ in range(200):
+            await enqueue.fetchval()
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 200 FROM pgwake.jobs WHERE status = 'succeeded'"
+            ),
+            timeout=30,
+        )
+        by_id = service.metrics.notified_claims.labels("claimed")._value.get()
+    assert by_id < 100, by_id
