@@ -381,9 +381,12 @@ class Claimer:
                 return
             if time.monotonic() - claimed_at < STREAM_PAUSE:
                 return
-            if not await self._claim_notified(job_id):
+            result = await self._claim_notified(job_id)
+            if result == "passed":
                 return
-            claimed_at = time.monotonic()
+            if result == "claimed":
+                claimed_at = time.monotonic()
+            # else "taken": another worker has it (or no such job): nothing came for us.
 
     async def _sleep(self) -> str:
         """Wait for a wake, the poll interval, or the opening of the earliest full rate
@@ -507,10 +510,12 @@ class Claimer:
         self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
         return jobs, cut_short, more
 
-    async def _claim_notified(self, job_id: int) -> bool:
+    async def _claim_notified(self, job_id: int) -> str:
         """Claim the job a notification named, if the full claim would take it first (see
-        job_claim_notified), and hand it to the runners. False: it was not taken (or
-        the database could not be reached), and the full claim must look."""
+        job_claim_notified), and hand it to the runners. Returns ``claimed``;
+        ``taken`` when the job is not queued (another worker claimed it, or the id is
+        no job): nothing is left for the full claim; or ``passed``: it is queued but
+        the full claim must weigh it (or the database could not be reached)."""
         shares, ahead = self.shares, self._ahead
         cap = shares.claim_cap(ahead)
         counted = {
@@ -525,10 +530,11 @@ class Claimer:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            return False  # the full claim that follows meets the outage and reports it
-        if not rows:
-            self._metrics.notified_claims.labels("passed").inc()
-            return False
+            return "passed"  # the full claim that follows meets the outage and reports it
+        if len(rows) < 2:  # the summary row alone
+            result = "passed" if rows and rows[-1]["queued"] else "taken"
+            self._metrics.notified_claims.labels(result).inc()
+            return result
         self._metrics.notified_claims.labels("claimed").inc()
         job = Job.from_record(rows[0])
         got = Counter({job.tenant_id: 1})
@@ -538,7 +544,7 @@ class Claimer:
         shares.after_claim(got, counted, cap, self._cap_held, full=False, whole=False)
         self._metrics.observe_claimed([(job.kind, job.started_at, job.run_at)])
         self._dispatch([job])
-        return True
+        return "claimed"
 
     def _dispatch(self, jobs: list[Job]) -> None:
         """Count claimed jobs in the ledger and hand them to the runners."""

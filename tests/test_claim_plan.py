@@ -200,7 +200,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
                 "INSERT INTO pgwake.jobs (kind) VALUES ('k') RETURNING id"
             )
             rows = await held.fetch(QUERIES["job_claim_notified"], worker, ["k"], notified, [])
-            assert [r["id"] for r in rows] == [notified]
+            assert [r["id"] for r in rows] == [notified, None]
             await held.fetch(
                 QUERIES["job_finish_many"],
                 worker,

@@ -715,15 +715,19 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 -- before it: that lock cost a third of the statement) and is then found claimed: a claim
 -- holds its rows for one statement, and claims lock with SKIP LOCKED, so they never
 -- wait for this one.
--- A job that fails any of these is left as it is, and the worker runs job_claim, which
--- weighs everything. An id that is not a job claims nothing.
+-- A queued job that fails any of these is left as it is, and the worker runs job_claim,
+-- which weighs everything. A job that is not queued (claimed by another worker woken
+-- by the same notification, or an id that is not a job) claims nothing, and the worker
+-- waits again.
 --
 -- $1 worker id (uuid)
 -- $2 kinds this worker has handlers for (text[])
 -- $3 the notified job id (bigint)
 -- $4 tenants at their local cap in this worker (text[])
--- Returns the claimed job (or nothing), already marked running with attempts
--- incremented, in the columns of job_claim's jobs.
+-- Returns the claimed job (if any), already marked running with attempts incremented,
+-- in the columns of job_claim's jobs, then one row with id NULL saying whether the job
+-- is queued (queued: false when it was neither claimed nor queued, so that there is
+-- nothing for the full claim to weigh).
 -- The worker must still be registered (as in job_claim).
 WITH me AS (
     SELECT w.id FROM pgwake.workers AS w WHERE w.id = $1 FOR KEY SHARE
@@ -766,8 +770,15 @@ claimed AS (
               extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
               j.started_at
 )
-SELECT c.*
+SELECT c.*, NULL::boolean AS queued
   FROM claimed AS c
+UNION ALL
+-- One last row (id NULL): whether the job is queued (as this statement began). When it
+-- was not claimed and is not queued (another worker took it, or no such job), the full
+-- claim has nothing to weigh for it and the worker waits again.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       coalesce((SELECT j.status = 'queued' FROM pgwake.jobs AS j WHERE j.id = $3::bigint),
+                false)
  -- Its job event, as job_claim sends them.
  WHERE NOT pgwake.events_wanted()
     OR (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id),
