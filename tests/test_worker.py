@@ -58,8 +58,14 @@ async def test_insert_from_plain_connection_wakes_idle_worker(dsn: str) -> None:
         return {"greeting": f"hello {payload['name']}"}
 
     async with running_worker(dsn, registry, poll_interval=3600) as service:
-        # The first claim at start found nothing; from here only a NOTIFY can wake it.
+        # The first claims at start found nothing and the worker waits (inserts notify):
+        # from here only a NOTIFY can wake it.
         await eventually(lambda: _claims_done(service))
+
+        async def waiting() -> bool:
+            return service.listener.waiting
+
+        await eventually(waiting)
         plain = await asyncpg.connect(dsn)
         try:
             job_id = await plain.fetchval(
