@@ -37,6 +37,7 @@ from listener.db import UndecodableJson
 class Status(StrEnum):
     """A job's status, as ``pgwake.jobs.status`` holds it (compares equal to that text)."""
 
+    WAITING = "waiting"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
@@ -45,8 +46,9 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
-# A job still to run (waiting for its time, waiting for a worker, or running)...
-ACTIVE: Final = (Status.SCHEDULED, Status.QUEUED, Status.RUNNING)
+# A job still to run (waiting for the jobs it depends on, waiting for its time, waiting
+# for a worker, or running)...
+ACTIVE: Final = (Status.WAITING, Status.SCHEDULED, Status.QUEUED, Status.RUNNING)
 # ...or one that ended for good (kept until its retention passes).
 FINISHED: Final = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 

@@ -73,7 +73,8 @@ SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
 
 -- name: job_retry
 -- Runs finished jobs again: failed or cancelled jobs (by id, or all failed ones of a
--- kind and tenant) go back to queued with their attempts reset, due now. last_error is
+-- kind and tenant) go back to queued (waiting, when they have dependencies) with their
+-- attempts reset, due now. last_error is
 -- kept. A chosen job whose unique key an active job (scheduled, queued, running) holds
 -- stays as it is, and so does each but the newest of chosen jobs sharing one key (only
 -- one of them may be active), so one such job does not stop the others being retried.
@@ -110,17 +111,29 @@ blocked AS (
 ),
 retried AS (
     UPDATE pgwake.jobs AS j
-       SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+       SET status = CASE WHEN cardinality(j.depends_on) > 0 THEN 'waiting' ELSE 'queued' END,
+           waiting_for = CASE WHEN cardinality(j.depends_on) > 0
+                              THEN cardinality(j.depends_on) END,
+           attempts = 0, run_at = now(), finished_at = NULL,
            result = NULL, progress = NULL, cancel_requested_at = NULL
       FROM chosen AS c
      WHERE j.id = c.id
        AND j.status IN ('failed', 'cancelled')
        AND NOT EXISTS (SELECT 1 FROM blocked AS b WHERE b.id = c.id)
-    RETURNING j.id, j.tenant_id, j.kind
+    RETURNING j.id, j.tenant_id, j.kind, j.status
+),
+-- A retried job with dependencies waits for them again: released at once when they
+-- have all succeeded, cancelled again when one failed (unless run_anyway).
+rechecked AS (
+    SELECT pgwake.jobs_settle_dependents(
+               pgwake.jobs_recheck_waiting(array_agg(r.id) FILTER (WHERE r.status = 'waiting')))
+               AS n
+      FROM retried AS r
 )
 SELECT r.id, true AS retried, NULL::bigint AS held_by, NULL::boolean AS instead
   FROM retried AS r
- CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, 'queued') AS e
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e
+ WHERE (SELECT n FROM rechecked) >= 0
  UNION ALL
 SELECT b.id, false, b.held_by, b.instead FROM blocked AS b;
 
@@ -319,7 +332,7 @@ SELECT j.kind, 'failed', count(*), NULL, NULL
 -- $1 how many tenants.
 SELECT b.tenant_id, b.queued, b.running, b.scheduled,
        extract(epoch FROM b.oldest_queued_wait)::float8 AS oldest_queued_seconds,
-       b.paused, b.max_concurrency, b.weight,
+       b.paused, b.max_concurrency, b.weight, b.waiting,
        count(*) OVER () AS active_tenants,
        count(*) FILTER (WHERE b.queued > 0) OVER () AS tenants_with_backlog
   FROM pgwake.tenant_backlog AS b

@@ -151,7 +151,8 @@ SELECT count(*) FILTER (WHERE may_signal AND pg_terminate_backend(pid))::int AS 
 -- lost attempt was their last, or cancelled when their cancellation was requested
 -- (pgwake.cancel_job; the request is never lost with the worker). The attempt counts
 -- (it was counted when claimed) and the reason goes to last_error. Also takes running
--- jobs whose claimant is not registered at all. Returns each job, its new status, and the lost worker it was taken from
+-- jobs whose claimant is not registered at all; the jobs waiting for one that failed or
+-- was cancelled are settled. Returns each job, its new status, and the lost worker it was taken from
 -- (NULL when its claimant is not registered).
 -- $1 lost worker ids (uuid[]), $2 the reason for each (text[], same order), $3 limit.
 WITH lost AS (
@@ -183,10 +184,16 @@ recovered AS (
       FROM victims AS v
      WHERE j.id = v.id
     RETURNING j.id, j.tenant_id, j.kind, j.status, v.lost_worker
+),
+settled AS (
+    SELECT pgwake.jobs_settle_dependents(
+               array_agg(r.id) FILTER (WHERE r.status IN ('failed', 'cancelled'))) AS n
+      FROM recovered AS r
 )
 SELECT r.id, r.status, r.lost_worker
   FROM recovered AS r
- CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e;
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e
+ WHERE (SELECT n FROM settled) >= 0;
 
 -- name: worker_remove_lost
 -- Deletes lost workers that hold no running job any more. Returns their ids.
@@ -289,3 +296,13 @@ UPDATE pgwake.schedules
 UPDATE pgwake.schedules
    SET enabled = false, last_error = $2, updated_at = now()
  WHERE name = $1;
+
+-- name: job_settle_waiting
+-- One step of the sweep of waiting jobs (pgwake.jobs_sweep_waiting), by the maintenance
+-- leader: the next $2 waiting jobs after id $1 are looked at, and those whose
+-- dependencies have all finished are released or cancelled. This settles a job whose
+-- dependency finished while its inserting transaction was still open, or whose
+-- dependency's outcome a worker of an older schema wrote.
+-- Returns the last id looked at (0: start again) and how many jobs were settled.
+-- $1 the last id of the previous step (0 to start), $2 how many to look at.
+SELECT s.last_id, s.settled FROM pgwake.jobs_sweep_waiting($1::bigint, $2::int) AS s;

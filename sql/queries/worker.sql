@@ -523,7 +523,8 @@ RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_at
 -- $6, $7 and $8 may each be NULL instead of an array of NULLs (unnest pads them).
 -- Returns the ids that were changed. When a finished job belongs to a tenant with a
 -- fleet-wide cap, it also wakes every worker (one NOTIFY): a slot of that tenant is
--- free now, and whichever worker is idle may take it.
+-- free now, and whichever worker is idle may take it. The jobs that wait for the
+-- finished ones are settled (released or cancelled) in the same statement.
 WITH finished AS (
 UPDATE pgwake.jobs AS j
    SET status = u.status,
@@ -563,12 +564,22 @@ capped_slot_freed AS (
                      FROM (SELECT DISTINCT f.tenant_id FROM finished AS f) AS d
                      JOIN pgwake.tenants AS t ON t.tenant_id = d.tenant_id
                     WHERE t.max_concurrency IS NOT NULL)
+),
+-- The jobs waiting for the finished ones are released (and the claimers woken) or
+-- cancelled in this statement (pgwake.jobs_settle_dependents; one probe of
+-- jobs_waiting_idx when no job waits). The aggregate reads the whole update first.
+settled AS (
+    SELECT pgwake.jobs_settle_dependents(
+               array_agg(f.id) FILTER (WHERE f.status IN ('succeeded', 'failed', 'cancelled')))
+               AS n
+      FROM finished AS f
 )
--- The conditions make sure both side-effect CTEs run (a SELECT CTE that is not
+-- The conditions make sure the side-effect CTEs run (a SELECT CTE that is not
 -- referenced is never evaluated).
 SELECT f.id FROM finished AS f
  WHERE (SELECT count(*) FROM capped_slot_freed) >= 0
-   AND (SELECT sent FROM events) >= 0;
+   AND (SELECT sent FROM events) >= 0
+   AND (SELECT n FROM settled) >= 0;
 
 -- name: job_put_back_unknown
 -- Puts back jobs the database says this worker runs but the worker does not know of (a
@@ -592,7 +603,7 @@ SELECT p.id FROM put_back AS p
 -- queued again. When the worker ends without a clean stop (it crashed, or was cancelled
 -- from outside) the attempt counts, as recovery of a dead worker would do, so a job
 -- that kills workers uses up its attempts: queued again, or failed when that was its
--- last attempt.
+-- last attempt (and the jobs that wait for a failed one are settled).
 -- $1 worker id, $2 the reason kept in last_error, $3 whether the attempt counts (bool).
 -- Returns the ids put back and their new status.
 WITH put_back AS (
@@ -605,9 +616,15 @@ WITH put_back AS (
            last_error = $2
      WHERE j.claimed_by = $1 AND j.status = 'running'
     RETURNING j.id, j.tenant_id, j.kind, j.status
+),
+settled AS (
+    SELECT pgwake.jobs_settle_dependents(
+               array_agg(p.id) FILTER (WHERE p.status = 'failed')) AS n
+      FROM put_back AS p
 )
 SELECT p.id, p.status FROM put_back AS p
- CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, p.status) AS e;
+ CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, p.status) AS e
+ WHERE (SELECT n FROM settled) >= 0;
 
 -- name: job_set_progress
 -- Stores a running job's progress, fenced on worker and attempt, and announces it on
