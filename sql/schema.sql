@@ -146,6 +146,10 @@ CREATE TABLE pgwake.jobs (
     -- How many of depends_on are still open, as far as the statements that finished
     -- them counted (a hint: pgwake.jobs_recheck_waiting decides).
     waiting_for  integer,
+    -- Set by an application: context that is not the handler's input (a JSON object).
+    metadata     jsonb,
+    -- The role that inserted the job (only pgwake's own roles may set it otherwise).
+    created_by   text        NOT NULL DEFAULT current_user,
 
     CONSTRAINT jobs_status_valid
         CHECK (status IN ('waiting', 'scheduled', 'queued', 'running', 'succeeded', 'failed',
@@ -198,7 +202,11 @@ CREATE TABLE pgwake.jobs (
     CONSTRAINT jobs_depends_on_without_unique_key
         CHECK (depends_on IS NULL OR cardinality(depends_on) = 0 OR unique_key IS NULL),
     CONSTRAINT jobs_waiting_has_dependencies
-        CHECK (status <> 'waiting' OR cardinality(depends_on) > 0)
+        CHECK (status <> 'waiting' OR cardinality(depends_on) > 0),
+    CONSTRAINT jobs_metadata_must_be_json_object
+        CHECK (metadata IS NULL OR jsonb_typeof(metadata) = 'object'),
+    CONSTRAINT jobs_metadata_at_most_64kib
+        CHECK (metadata IS NULL OR octet_length(metadata::text) <= 65536)
 ) WITH (
     -- Jobs are updated in place (claim, finish); leave room for HOT updates and let
     -- autovacuum keep up with a queue's churn instead of waiting for 20% dead rows.
@@ -210,7 +218,7 @@ CREATE TABLE pgwake.jobs (
 );
 
 COMMENT ON TABLE pgwake.jobs IS
-    'pgwake job queue. Apps INSERT (tenant_id, kind, payload[, priority, run_at, max_attempts, unique_key, unique_for, timeout, depends_on, run_anyway]); everything else belongs to the worker.';
+    'pgwake job queue. Apps INSERT (tenant_id, kind, payload[, priority, run_at, max_attempts, unique_key, unique_for, timeout, depends_on, run_anyway, metadata]); everything else belongs to the worker.';
 
 -- The claim walks ready jobs tenant by tenant: leading tenant_id lets the claim hop from
 -- one tenant to the next (a loose index scan), then priority and age order the jobs
@@ -263,6 +271,11 @@ CREATE INDEX jobs_waiting_depends_on_idx ON pgwake.jobs USING gin (depends_on)
 
 -- Waiting jobs in id order: the sweep, the views and the metrics.
 CREATE INDEX jobs_waiting_idx ON pgwake.jobs (id) WHERE status = 'waiting';
+
+-- Jobs by metadata (metadata @> '{...}': a strict operator, so the planner knows such a
+-- row is in this partial index). Only jobs that have metadata.
+CREATE INDEX jobs_metadata_idx ON pgwake.jobs USING gin (metadata jsonb_path_ops)
+    WHERE metadata IS NOT NULL;
 
 ALTER TABLE pgwake.jobs ENABLE ROW LEVEL SECURITY;
 
@@ -1347,8 +1360,8 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA pgwake TO %I', p_role);
     EXECUTE format(
         'GRANT SELECT, INSERT (tenant_id, kind, payload, priority, run_at, max_attempts, '
-        'unique_key, unique_for, timeout, depends_on, run_anyway) ON pgwake.jobs TO %I',
-        p_role);
+        'unique_key, unique_for, timeout, depends_on, run_anyway, metadata) ON pgwake.jobs '
+        'TO %I', p_role);
     EXECUTE format('GRANT USAGE ON SEQUENCE pgwake.jobs_id_seq TO %I', p_role);
     EXECUTE format('GRANT SELECT ON pgwake.queue_status, pgwake.failed_jobs, '
                    'pgwake.tenant_backlog TO %I', p_role);

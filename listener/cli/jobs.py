@@ -61,6 +61,21 @@ def _check_status(status: str | None, allowed: Sequence[Status]) -> None:
         raise fail(f"--status must be one of {', '.join(allowed)}; got {status!r}", 2)
 
 
+def _metadata_filter(pairs: list[str]) -> dict[str, str] | None:
+    """The object a job's metadata must contain for ``--meta KEY=VALUE`` pairs (values
+    are strings); None for no pair. Exit 2 on a pair without ``=`` or with an empty key,
+    or one key given two values."""
+    contains: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise fail(f"--meta takes KEY=VALUE; got {pair!r}", 2)
+        if contains.get(key, value) != value:
+            raise fail(f"--meta gives {key!r} two values; no job can match both", 2)
+        contains[key] = value
+    return contains or None
+
+
 def _json(data: Any) -> str:
     return json.dumps(data, default=str)
 
@@ -84,6 +99,15 @@ def list_cmd(
         int | None,
         typer.Option("--before", help="Only ids below this (the last id of the previous page)."),
     ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            help="Only jobs whose metadata has KEY with the string VALUE (KEY=VALUE; "
+            "repeat for several, all must match).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     *,
     db: Database,
@@ -91,10 +115,11 @@ def list_cmd(
     """List jobs, newest first. Page with --before LAST_ID."""
     _check_status(status, list(Status))
     _check_ids([before] if before is not None else None, "--before")
+    contains = _metadata_filter(meta or [])
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         rows = await conn.fetch(
-            QUERIES["job_list"], tenant, kind, status, older_than, limit, before
+            QUERIES["job_list"], tenant, kind, status, older_than, limit, before, contains
         )
         return [dict(r) for r in rows]
 

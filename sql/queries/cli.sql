@@ -46,16 +46,18 @@ SELECT j.id, j.status, j.unique_until, j.status IN ('scheduled', 'queued', 'runn
 -- Jobs, newest first, filtered; NULL filters match everything. Paged by id: $6 gives
 -- the last id of the previous page (NULL for the first page).
 -- $1 tenant, $2 kind, $3 status, $4 created at least this many seconds ago,
--- $5 page size, $6 list only ids below this.
+-- $5 page size, $6 list only ids below this, $7 metadata the job's must contain (jsonb
+-- object, NULL: any; through jobs_metadata_idx).
 SELECT j.id, j.tenant_id, j.kind, j.status, j.priority, j.attempts, j.max_attempts,
        j.created_at, j.run_at, j.started_at, j.finished_at,
-       split_part(j.last_error, E'\n', 1) AS error
+       split_part(j.last_error, E'\n', 1) AS error, j.metadata
   FROM pgwake.jobs AS j
  WHERE ($1::text IS NULL OR j.tenant_id = $1)
    AND ($2::text IS NULL OR j.kind = $2)
    AND ($3::text IS NULL OR j.status = $3)
    AND ($4::float8 IS NULL OR j.created_at < now() - make_interval(secs => $4::float8))
    AND ($6::bigint IS NULL OR j.id < $6)
+   AND ($7::jsonb IS NULL OR j.metadata @> $7::jsonb)
  ORDER BY j.id DESC
  LIMIT $5::int;
 
@@ -67,7 +69,8 @@ SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
        extract(epoch FROM j.unique_for)::float8 AS unique_for_seconds, j.unique_until,
        extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
        j.claimed_by, j.created_at, j.run_at, j.started_at, j.finished_at,
-       j.cancel_requested_at, j.progress, j.result, j.last_error
+       j.cancel_requested_at, j.progress, j.result, j.last_error,
+       j.metadata, j.created_by, j.depends_on, j.run_anyway, j.waiting_for
   FROM pgwake.jobs AS j
  WHERE j.id = $1;
 
