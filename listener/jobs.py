@@ -27,11 +27,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
 from listener.db import UndecodableJson
+
+if TYPE_CHECKING:
+    from listener.children import ChildJob
 
 
 class Status(StrEnum):
@@ -143,6 +146,8 @@ class Outcome:
     result: Any = None
     error: str | None = None
     records: int | None = None
+    # Jobs the handler enqueued (ctx.enqueue), inserted with a succeeded outcome only.
+    children: list[ChildJob] | None = None
 
     @property
     def label(self) -> str:

@@ -206,6 +206,7 @@ class Service:
             Backoff(base=s.retry_base, cap=s.retry_cap),
             TenantDatabases(pool, self.keyring, self.tenant_pools),
             self.progress,
+            pool=pool,
             log_jobs=s.log_jobs,
             log_jobs_per_second=s.log_jobs_per_second,
         )

@@ -266,12 +266,14 @@ $$;
 -- inserted earlier, in this statement too: the function is VOLATILE, so it sees the
 -- rows this statement inserted before this one) and, unless run_anyway, must not have
 -- failed or been cancelled. The job waits (waiting_for: its open dependencies) unless
--- they are all resolved already. SECURITY DEFINER: an application role may insert
--- without reading pgwake.jobs, and must not learn of other tenants' jobs (a job of
--- another tenant gets the message of a job that does not exist). It takes no lock on
--- the dependencies, so no inserting session can hold up the outcome of a job.
+-- they are all resolved already. It runs with the inserting role's privileges, as the
+-- other insert triggers do (not SECURITY DEFINER): the role reads its dependencies, so
+-- it needs SELECT on pgwake.jobs (a confined role has it), and a confined role sees only
+-- its tenants' jobs: another tenant's job gets the message of a job that does not
+-- exist, whichever role inserts. It takes no lock on the dependencies, so no inserting
+-- session can hold up the outcome of a job.
 CREATE FUNCTION pgwake.jobs_before_insert_dependencies() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     v_dep    bigint;
     v_status text;

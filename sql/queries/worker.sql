@@ -691,3 +691,45 @@ SELECT pgwake.transactions_open($1::text[]);
 -- The worker has a backlog and claims without being woken: inserts need not notify.
 -- No parameters.
 SELECT pgwake.stop_waiting(0);
+
+-- name: job_reserve_id
+-- Reserves the id of a job a handler enqueues (ctx.enqueue), from the sequence an
+-- insert takes its id from: the child is inserted later, with its parent's outcome.
+-- No parameters.
+SELECT nextval('pgwake.jobs_id_seq');
+
+-- name: job_insert_children
+-- Inserts the jobs handlers enqueued (listener/children.py), in the transaction that
+-- stores their parents' successful outcomes, in id order (a child's dependencies among
+-- its siblings are inserted before it). Checked like any insert (constraints, the
+-- dependencies trigger). Column defaults as in pgwake.jobs: 20 attempts, 15 minutes.
+-- $1 ids (reserved with job_reserve_id), $2 tenants, $3 kinds, $4 payloads (JSON
+-- text), $5 priorities, $6 seconds from now until each may run (float8), $7 max
+-- attempts (NULL: the default), $8 timeouts in seconds (NULL: the default),
+-- $9 dependencies (a JSON array of ids as text, NULL: none), $10 run_anyway,
+-- $11 metadata (JSON text, NULL: none). Returns the ids inserted.
+INSERT INTO pgwake.jobs (id, tenant_id, kind, payload, priority, run_at, max_attempts,
+                         timeout, depends_on, run_anyway, metadata)
+SELECT c.id, c.tenant_id, c.kind, c.payload::jsonb, c.priority,
+       now() + make_interval(secs => c.delay), coalesce(c.max_attempts, 20),
+       coalesce(make_interval(secs => c.timeout), interval '15 minutes'),
+       CASE WHEN c.deps IS NOT NULL
+            THEN ARRAY(SELECT e::bigint FROM jsonb_array_elements_text(c.deps::jsonb) AS e) END,
+       c.run_anyway, c.metadata::jsonb
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::int[], $6::float8[],
+              $7::int[], $8::float8[], $9::text[], $10::bool[], $11::text[])
+       AS c(id, tenant_id, kind, payload, priority, delay, max_attempts, timeout, deps,
+            run_anyway, metadata)
+ ORDER BY c.id
+RETURNING id;
+
+-- name: job_list_dependency_results
+-- How each job job $1 depends on ended (ctx.dependency_results): id, status, result
+-- and last error; a dependency removed by retention since is left out.
+-- $1 job id.
+SELECT d.id, d.status, d.result, d.last_error
+  FROM pgwake.jobs AS j
+ CROSS JOIN LATERAL (SELECT DISTINCT u.dep FROM unnest(j.depends_on) AS u(dep)) AS u
+  JOIN pgwake.jobs AS d ON d.id = u.dep
+ WHERE j.id = $1
+ ORDER BY d.id;
