@@ -6,6 +6,7 @@ cycle can form, confined roles, and the maintenance sweep."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import anyio
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from listener import db
 from listener.queries import QUERIES
 from tests.support.claims import claim, register
+from tests.support.cli import pgwake
 from tests.support.databases import as_user, fresh_role
 from tests.support.dependencies import chain, finish, statuses
 
@@ -362,3 +364,32 @@ async def test_any_graph_settles_as_its_model_says(conn: asyncpg.Connection) -> 
         anyio.from_thread.run(settle_graph, conn, graph, seed)
 
     await anyio.to_thread.run_sync(try_one)
+
+
+async def test_jobs_show_and_list_name_what_waits_for_what(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    a = await insert(conn, [])
+    b = await insert(conn, [])
+    await finish(conn, [b])
+    final = await insert(conn, [a, b])
+    later = await insert(conn, [a], run_anyway=True)
+    shown = json.loads(pgwake("jobs", "show", str(final), "--json", dsn=dsn).stdout)
+    assert shown["depends_on"] == [a, b]
+    assert (shown["status"], shown["waiting_for"], shown["run_anyway"]) == ("waiting", 1, False)
+    assert shown["depends_on_jobs"] == [
+        {"id": a, "kind": "k", "status": "queued"},
+        {"id": b, "kind": "k", "status": "succeeded"},
+    ]
+    assert shown["waited_for_by_jobs"] == []
+    text = pgwake("jobs", "show", str(a), dsn=dsn).stdout
+    assert "waits for: -\n" in text
+    assert f"waited for by: {final} (k, waiting), {later} (k, waiting)\n" in text
+    text = pgwake("jobs", "show", str(final), dsn=dsn).stdout
+    assert f"waits for: {a} (k, queued), {b} (k, succeeded)\n" in text
+    listed = json.loads(pgwake("jobs", "list", "--status", "waiting", "--json", dsn=dsn).stdout)
+    assert [j["id"] for j in listed["jobs"]] == [later, final]
+    # Once a has succeeded, nothing waits for it any more.
+    await finish(conn, [a])
+    text = pgwake("jobs", "show", str(a), dsn=dsn).stdout
+    assert "waited for by: -\n" in text

@@ -146,12 +146,23 @@ def show_cmd(
     *,
     db: Database,
 ) -> None:
-    """Show one job: every column, including payload, progress, result and error."""
+    """Show one job: every column, including payload, progress, result and error, the
+    jobs it depends on (with their status) and the waiting jobs that wait for it."""
     _check_ids([job_id])
 
     async def fetch(conn: asyncpg.Connection) -> dict[str, Any] | None:
         row = await conn.fetchrow(QUERIES["job_get"], job_id)
-        return dict(row) if row is not None else None
+        if row is None:
+            return None
+        job = dict(row)
+        links = await conn.fetch(QUERIES["job_list_dependencies"], job_id, SHOWN_WAITING)
+        for direction in ("depends_on", "waited_for_by"):
+            job[f"{direction}_jobs"] = [
+                {"id": r["id"], "kind": r["kind"], "status": r["status"]}
+                for r in links
+                if r["direction"] == direction
+            ]
+        return job
 
     job = db.run(fetch)
     if job is None:
@@ -159,6 +170,7 @@ def show_cmd(
     if as_json:
         typer.echo(_json(job))
         return
+    depends, waited = job.pop("depends_on_jobs"), job.pop("waited_for_by_jobs")
     for key, value in job.items():
         text = json.dumps(value) if isinstance(value, (dict, list)) else value
         if isinstance(value, UndecodableJson):  # stored as is; Python cannot decode it
@@ -167,6 +179,23 @@ def show_cmd(
             typer.echo(f"{key}:\n{shown_lines(value)}")
         else:
             typer.echo(f"{key}: {'' if text is None else shown(text)}")
+    typer.echo(f"waits for: {_links(depends) or '-'}")
+    typer.echo(
+        f"waited for by: {_links(waited) or '-'}"
+        + (f" (the first {SHOWN_WAITING})" if len(waited) == SHOWN_WAITING else "")
+    )
+
+
+# Waiting jobs `jobs show` lists as waiting for a job (a fan-in may have thousands).
+SHOWN_WAITING = 100
+
+
+def _links(jobs: list[dict[str, Any]]) -> str:
+    """``id (kind, status)`` for each job; a job removed since has no status."""
+    return ", ".join(
+        f"{j['id']} ({shown(j['kind'])}, {j['status']})" if j["status"] else f"{j['id']} (gone)"
+        for j in jobs
+    )
 
 
 @jobs_app.command("retry")

@@ -74,6 +74,25 @@ SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
   FROM pgwake.jobs AS j
  WHERE j.id = $1;
 
+-- name: job_list_dependencies
+-- For `pgwake jobs show`: the jobs job $1 depends on (direction 'depends_on': each with
+-- its status; a job removed by retention since has none) and the waiting jobs that
+-- wait for it (direction 'waited_for_by', through jobs_waiting_depends_on_idx; at most
+-- $2 of them), by id.
+-- $1 job id, $2 most waiting jobs to list.
+SELECT 'depends_on' AS direction, u.dep AS id, d.kind, d.status
+  FROM pgwake.jobs AS j
+ CROSS JOIN LATERAL (SELECT DISTINCT x.dep FROM unnest(j.depends_on) AS x(dep)) AS u
+  LEFT JOIN pgwake.jobs AS d ON d.id = u.dep
+ WHERE j.id = $1
+UNION ALL
+(SELECT 'waited_for_by', w.id, w.kind, w.status
+   FROM pgwake.jobs AS w
+  WHERE w.status = 'waiting' AND w.depends_on && ARRAY[$1::bigint]
+  ORDER BY w.id
+  LIMIT $2::int)
+ORDER BY direction, id;
+
 -- name: job_retry
 -- Runs finished jobs again: failed or cancelled jobs (by id, or all failed ones of a
 -- kind and tenant) go back to queued (waiting, when they have dependencies) with their
