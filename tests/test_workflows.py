@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from listener.cli.bench.queries import BENCH_QUERIES
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker, spawn_worker, stop_process, wait_ready
 from tests.support.workflow_handlers import WORKFLOW, create_runs_table, workflow_registry
@@ -159,3 +160,32 @@ async def test_an_attempt_that_fails_creates_no_children_and_its_retry_creates_t
     assert dict(rows) == {"fan_out": 1, "fan_child": 3, "fan_in": 1}
     assert await conn.fetchval("SELECT attempts FROM pgwake.jobs WHERE id = $1", parent) == 2
     assert await conn.fetchval("SELECT count(*) FROM test_fan_in_runs") == 1
+
+
+async def test_a_chain_of_1000_inserted_in_one_statement_runs_in_order(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Each link starts after its predecessor's outcome (the figures of the gap come from
+    ``python -m listener.cli.bench.chain``; this test checks the order only)."""
+    worker = spawn_worker(dsn, *FAST)
+    try:
+        await wait_ready(conn)
+        await conn.execute(BENCH_QUERIES["job_insert_chain"], 1000)
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'waiting'") == 999
+        )
+
+        async def all_succeeded() -> bool:
+            n = await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'succeeded'")
+            return bool(n == 1000)
+
+        await eventually(all_succeeded, timeout=120, interval=0.1)
+    finally:
+        code, output = stop_process(worker)
+        assert code == 0, output
+    rows = await conn.fetch(BENCH_QUERIES["job_list_chain_gaps"])
+    assert len(rows) == 999
+    assert all(r["in_order"] for r in rows)
+    starts = await conn.fetch("SELECT id, started_at, attempts FROM pgwake.jobs ORDER BY id")
+    assert [r["started_at"] for r in starts] == sorted(r["started_at"] for r in starts)
+    assert {r["attempts"] for r in starts} == {1}

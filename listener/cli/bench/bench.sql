@@ -165,3 +165,24 @@ SELECT coalesce(max(g.gap), 0)::float8
           FROM (SELECT DISTINCT started_at AS s
                   FROM pgwake.jobs
                  WHERE starts_with(tenant_id, $1::text)) AS d) AS g;
+
+-- name: job_insert_chain
+-- A chain of $1 echo jobs in one plain INSERT, each depending on the one before (ids
+-- from the jobs' sequence, rows inserted in id order), for the chain benchmark.
+-- $1 links.
+WITH ids AS (SELECT g, nextval('pgwake.jobs_id_seq') AS id FROM generate_series(1, $1::int) g)
+INSERT INTO pgwake.jobs (id, kind, depends_on)
+SELECT i.id, 'echo', CASE WHEN i.g > 1 THEN ARRAY[lag(i.id) OVER (ORDER BY i.g)] END
+  FROM ids AS i
+ ORDER BY i.g;
+
+-- name: job_list_chain_gaps
+-- For each job of a chain, seconds from its predecessor's outcome (finished_at) to its
+-- own claim (started_at), and whether it started after that outcome; by id.
+-- No parameters.
+SELECT j.id, j.status,
+       extract(epoch FROM j.started_at - p.finished_at)::float8 AS gap,
+       j.started_at >= p.finished_at AS in_order
+  FROM pgwake.jobs AS j
+  JOIN pgwake.jobs AS p ON p.id = j.depends_on[1]
+ ORDER BY j.id;
