@@ -18,9 +18,9 @@
 -- topological order and no cycle can form.
 --
 -- Who waits for a job is found through jobs_waiting_depends_on_idx (GIN on depends_on,
--- waiting jobs only). Each waiting job keeps in waiting_for how many of its
--- dependencies are still open; a finished dependency takes one off (an update of the
--- waiting row under its row lock), and only when the count reaches 0 are all its
+-- waiting jobs only). A waiting job's open dependencies are counted at insert
+-- (waiting_for) and then in a narrow row of pgwake.job_waits; a finished dependency
+-- takes one off under that row's lock, and only when the count reaches 0 are all its
 -- dependencies read again (pgwake.jobs_recheck_waiting), so a fan-in of n jobs costs
 -- O(n) in all, not O(n^2). The count is only a hint: the recheck decides, and the
 -- maintenance leader rechecks every waiting job in turn (pgwake.jobs_sweep_waiting),
@@ -68,6 +68,24 @@ CREATE INDEX jobs_waiting_depends_on_idx ON pgwake.jobs USING gin (depends_on)
 -- Waiting jobs in id order: the sweep, the views and the metrics.
 CREATE INDEX jobs_waiting_idx ON pgwake.jobs (id) WHERE status = 'waiting';
 
+-- Table pgwake.job_waits: what a waiting job still waits for ----------------------------
+
+-- How many dependencies of a waiting job are still open, as the statements that
+-- finished the others counted them (a hint: pgwake.jobs_recheck_waiting decides). Kept
+-- apart from pgwake.jobs so that counting a finished dependency updates this narrow
+-- row, not the job's row: an update of the job's row that cannot stay on its page
+-- writes every entry of its depends_on into jobs_waiting_depends_on_idx again, which
+-- for a fan-in of n jobs made the n outcomes cost O(n^2). Its row lock serialises the
+-- settlers of one waiting job. Created by the first settler (from jobs.waiting_for, the
+-- count at insert), deleted when the job is released or cancelled here (rows of jobs
+-- that left waiting otherwise go with the sweep). Only pgwake's own roles read it.
+CREATE TABLE pgwake.job_waits (
+    job_id bigint  PRIMARY KEY,
+    open   integer NOT NULL
+);
+
+ALTER TABLE pgwake.job_waits ENABLE ROW LEVEL SECURITY;
+
 -- Functions: settling the jobs that wait ----------------------------------------------
 
 -- Reads again every dependency of the waiting jobs p_ids, and settles each: released
@@ -75,11 +93,12 @@ CREATE INDEX jobs_waiting_idx ON pgwake.jobs (id) WHERE status = 'waiting';
 -- so the wait for its dependencies does not count as time in the queue) when every
 -- dependency succeeded (with run_anyway: finished); cancelled, naming the lowest
 -- dependency that failed, was cancelled or no longer exists (not with run_anyway);
--- else waiting_for is set to the count of open dependencies. Locks the jobs first, in
--- id order, and reads with a fresh snapshot after, so a concurrent settler either
--- finished before (and is seen) or waits for this one and counts after it. Wakes the
--- claimers (when one waits) and the promoters, and sends the job events. Returns the
--- ids it cancelled (their own dependents are the caller's to settle).
+-- else its pgwake.job_waits row gets the count of open dependencies. Locks their
+-- job_waits rows, then the jobs, each in id order (the order every settler takes), and
+-- reads with a fresh snapshot after, so a concurrent settler either finished before
+-- (and is seen) or waits for this one and counts after it. Wakes the claimers (when one
+-- waits) and the promoters, and sends the job events. Returns the ids it cancelled
+-- (their own dependents are the caller's to settle).
 CREATE FUNCTION pgwake.jobs_recheck_waiting(p_ids bigint[]) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
 DECLARE
@@ -87,6 +106,10 @@ DECLARE
     v_queued    boolean;
     v_later     boolean;
 BEGIN
+    PERFORM 1 FROM pgwake.job_waits AS c
+      WHERE c.job_id = ANY (p_ids)
+      ORDER BY c.job_id
+        FOR NO KEY UPDATE;
     PERFORM 1 FROM pgwake.jobs AS w
       WHERE w.id = ANY (p_ids) AND w.status = 'waiting'
       ORDER BY w.id
@@ -110,12 +133,10 @@ BEGIN
     settled AS (
         UPDATE pgwake.jobs AS w
            SET status = CASE WHEN s.broken_by IS NOT NULL THEN 'cancelled'
-                             WHEN s.open > 0 THEN 'waiting'
                              WHEN w.run_at > now() THEN 'scheduled'
                              ELSE 'queued' END,
-               waiting_for = CASE WHEN s.broken_by IS NULL THEN s.open ELSE w.waiting_for END,
-               run_at = CASE WHEN s.broken_by IS NULL AND s.open = 0
-                             THEN greatest(w.run_at, now()) ELSE w.run_at END,
+               run_at = CASE WHEN s.broken_by IS NULL THEN greatest(w.run_at, now())
+                             ELSE w.run_at END,
                finished_at = CASE WHEN s.broken_by IS NOT NULL THEN now() END,
                last_error = CASE WHEN s.broken_by IS NULL THEN w.last_error
                                  ELSE 'cancelled: depends on job ' || s.broken_by || ', which '
@@ -125,21 +146,33 @@ BEGIN
                                                     WHERE b.id = s.broken_by),
                                                   'no longer exists') END
           FROM state AS s
-         WHERE w.id = s.id AND w.status = 'waiting'
+         WHERE w.id = s.id AND w.status = 'waiting' AND (s.broken_by IS NOT NULL OR s.open = 0)
         RETURNING w.id, w.tenant_id, w.kind, w.status
+    ),
+    counted AS (
+        INSERT INTO pgwake.job_waits AS c (job_id, open)
+        SELECT s.id, s.open FROM state AS s WHERE s.broken_by IS NULL AND s.open > 0
+        ON CONFLICT (job_id) DO UPDATE SET open = excluded.open
+        RETURNING 1
+    ),
+    forgotten AS (
+        DELETE FROM pgwake.job_waits AS c
+         WHERE c.job_id IN (SELECT s.id FROM settled AS s)
+        RETURNING 1
     ),
     events AS (
         SELECT pgwake.job_events(array_agg(s.id), array_agg(s.tenant_id), array_agg(s.kind),
                                  array_agg(s.status)) AS sent
           FROM settled AS s
-         WHERE s.status <> 'waiting'
     )
     SELECT array_agg(s.id) FILTER (WHERE s.status = 'cancelled'),
            coalesce(bool_or(s.status = 'queued'), false),
            coalesce(bool_or(s.status = 'scheduled'), false)
       INTO v_cancelled, v_queued, v_later
       FROM settled AS s
-     WHERE (SELECT count(*) FROM events) >= 0;
+     WHERE (SELECT count(*) FROM events) >= 0
+       AND (SELECT count(*) FROM counted) >= 0
+       AND (SELECT count(*) FROM forgotten) >= 0;
     IF v_queued AND pgwake.someone_waits(0) THEN
         PERFORM pg_notify('pgwake_jobs', '');
     END IF;
@@ -153,18 +186,22 @@ $$;
 
 -- Settles the jobs waiting for p_ids, jobs that have just finished (others in p_ids are
 -- ignored): each waiting job counts its dependencies among them that are resolved
--- (succeeded; with run_anyway, finished) off waiting_for, under its row lock (taken in
--- id order); those whose count reaches 0, and those a failed or cancelled dependency
--- breaks, are rechecked (pgwake.jobs_recheck_waiting). A job cancelled so settles its
--- own dependents in turn. Returns how many waiting jobs were released or cancelled.
--- Called by every statement that finishes jobs (outcomes, recovery, put-backs, cancel);
--- costs one probe of jobs_waiting_idx when no job waits.
+-- (succeeded; with run_anyway, finished) off its pgwake.job_waits row, under that row's
+-- lock (taken in id order); those whose count reaches 0, and those a failed or
+-- cancelled dependency breaks, are rechecked (pgwake.jobs_recheck_waiting). A job
+-- cancelled so settles its own dependents in turn. Returns how many waiting jobs were
+-- released or cancelled. Called by every statement that finishes jobs (outcomes,
+-- recovery, put-backs, cancel); costs one probe of jobs_waiting_idx when no job waits,
+-- and one probe of jobs_waiting_depends_on_idx per finished job otherwise (the index
+-- answers containment exactly: a waiting job's depends_on, perhaps long, is not read).
 CREATE FUNCTION pgwake.jobs_settle_dependents(p_ids bigint[]) RETURNS integer
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
 DECLARE
     v_done    bigint[] := p_ids;
-    v_check   bigint[];
-    v_next    bigint[];
+    v_hit      bigint[];
+    v_resolved integer[];
+    v_broken   boolean[];
+    v_check    bigint[];
     v_settled integer := 0;
 BEGIN
     IF cardinality(v_done) IS NOT DISTINCT FROM 0 OR v_done IS NULL
@@ -172,42 +209,51 @@ BEGIN
         RETURN 0;
     END IF;
     WHILE cardinality(v_done) > 0 LOOP
-        PERFORM 1 FROM pgwake.jobs AS w
-          WHERE w.status = 'waiting' AND w.depends_on && v_done
-          ORDER BY w.id
+        SELECT array_agg(h.id ORDER BY h.id), array_agg(h.resolved ORDER BY h.id),
+               array_agg(h.broken ORDER BY h.id)
+          INTO v_hit, v_resolved, v_broken
+          FROM (SELECT w.id,
+                       count(DISTINCT d.id) FILTER (WHERE d.status = 'succeeded'
+                                                       OR w.run_anyway)::integer AS resolved,
+                       coalesce(bool_or(d.status <> 'succeeded' AND NOT w.run_anyway), false)
+                           AS broken
+                  FROM (SELECT j.id, j.status
+                          FROM pgwake.jobs AS j
+                         WHERE j.id = ANY (v_done)
+                           AND j.status IN ('succeeded', 'failed', 'cancelled')) AS d
+                 CROSS JOIN LATERAL (SELECT x.id, x.run_anyway
+                                       FROM pgwake.jobs AS x
+                                      WHERE x.status = 'waiting'
+                                        AND x.depends_on @> ARRAY[d.id]) AS w
+                 GROUP BY w.id) AS h;
+        EXIT WHEN v_hit IS NULL;
+        INSERT INTO pgwake.job_waits (job_id, open)
+        SELECT w.id, w.waiting_for
+          FROM pgwake.jobs AS w
+         WHERE w.id = ANY (v_hit) AND w.status = 'waiting'
+        ON CONFLICT (job_id) DO NOTHING;
+        PERFORM 1 FROM pgwake.job_waits AS c
+          WHERE c.job_id = ANY (v_hit)
+          ORDER BY c.job_id
             FOR NO KEY UPDATE;
-        WITH done AS (
-            SELECT j.id, j.status
-              FROM pgwake.jobs AS j
-             WHERE j.id = ANY (v_done) AND j.status IN ('succeeded', 'failed', 'cancelled')
-        ),
-        hit AS (
-            SELECT w.id,
-                   count(DISTINCT d.id) FILTER (WHERE d.status = 'succeeded' OR w.run_anyway)
-                       AS resolved,
-                   bool_or(d.status <> 'succeeded' AND NOT w.run_anyway) AS broken
-              FROM pgwake.jobs AS w
-              JOIN done AS d ON d.id = ANY (w.depends_on)
-             WHERE w.status = 'waiting' AND w.depends_on && v_done
-             GROUP BY w.id
-        ),
-        counted AS (
-            UPDATE pgwake.jobs AS w
-               SET waiting_for = w.waiting_for - h.resolved
-              FROM hit AS h
-             WHERE w.id = h.id AND w.status = 'waiting'
-            RETURNING w.id, w.waiting_for, h.broken
+        WITH counted AS (
+            UPDATE pgwake.job_waits AS c
+               SET open = c.open - h.resolved
+              FROM unnest(v_hit, v_resolved) AS h(id, resolved)
+             WHERE c.job_id = h.id
+            RETURNING c.job_id, c.open
         )
-        SELECT array_agg(c.id) INTO v_check
-          FROM counted AS c
-         WHERE c.waiting_for <= 0 OR c.broken;
-        IF v_check IS NULL THEN
-            EXIT;
-        END IF;
-        v_next := pgwake.jobs_recheck_waiting(v_check);
+        SELECT array_agg(c.job_id) INTO v_check FROM counted AS c WHERE c.open <= 0;
+        -- A broken job is rechecked whatever its count (the recheck reads the rows).
+        v_check := ARRAY(SELECT DISTINCT x
+                           FROM unnest(coalesce(v_check, '{}')
+                                       || ARRAY(SELECT h.id FROM unnest(v_hit, v_broken)
+                                                             AS h(id, broken)
+                                                 WHERE h.broken)) AS x);
+        EXIT WHEN cardinality(v_check) = 0;
+        v_done := pgwake.jobs_recheck_waiting(v_check);
         v_settled := v_settled + (SELECT count(*)::integer FROM pgwake.jobs AS j
                                    WHERE j.id = ANY (v_check) AND j.status <> 'waiting');
-        v_done := v_next;
     END LOOP;
     RETURN v_settled;
 END;
@@ -234,6 +280,12 @@ BEGIN
              LIMIT p_limit) AS w;
     last_id := CASE WHEN cardinality(v_ids) = p_limit THEN v_ids[p_limit] ELSE 0 END;
     settled := 0;
+    -- Counts of jobs that left waiting other than through a recheck (a cancel).
+    DELETE FROM pgwake.job_waits AS c
+     WHERE c.job_id IN (SELECT g.job_id FROM pgwake.job_waits AS g
+                         WHERE NOT EXISTS (SELECT 1 FROM pgwake.jobs AS j
+                                            WHERE j.id = g.job_id AND j.status = 'waiting')
+                         LIMIT p_limit);
     IF v_ids IS NULL THEN
         RETURN;
     END IF;

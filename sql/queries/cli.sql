@@ -62,7 +62,8 @@ SELECT j.id, j.tenant_id, j.kind, j.status, j.priority, j.attempts, j.max_attemp
  LIMIT $5::int;
 
 -- name: job_get
--- One job, every column.
+-- One job, every column (waiting_for: the dependencies a waiting job still waits for,
+-- as counted so far).
 -- $1 job id.
 SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
        j.max_attempts, j.unique_key,
@@ -70,7 +71,10 @@ SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
        extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
        j.claimed_by, j.created_at, j.run_at, j.started_at, j.finished_at,
        j.cancel_requested_at, j.progress, j.result, j.last_error,
-       j.metadata, j.created_by, j.depends_on, j.run_anyway, j.waiting_for
+       j.metadata, j.created_by, j.depends_on, j.run_anyway,
+       CASE WHEN j.status = 'waiting'
+            THEN coalesce((SELECT c.open FROM pgwake.job_waits AS c WHERE c.job_id = j.id),
+                          j.waiting_for) END AS waiting_for
   FROM pgwake.jobs AS j
  WHERE j.id = $1;
 
