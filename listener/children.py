@@ -9,7 +9,9 @@ Invariants:
   reply was lost finds the parent no longer running and inserts nothing again. So each
   child of a successful attempt exists exactly once.
 - A child's id is reserved from the jobs' sequence when it is enqueued (nextval, the
-  id an insert would get), so it can be given at once as a dependency of another child
+  id an insert would get; fetched in blocks that double up to ``MAX_ID_BLOCK``, so a
+  handler enqueuing 10,000 jobs asks 14 times, and ids left over are simply never
+  used), so it can be given at once as a dependency of another child
   or kept in the parent's result. Ids come from the sequence in increasing order, and
   children are inserted in id order, so a child's dependencies among its siblings are
   inserted before it (the insert trigger wants a dependency to exist).
@@ -32,6 +34,9 @@ import asyncpg
 
 from listener.jobs import Job
 from listener.queries import QUERIES
+
+# The most ids one attempt reserves at a time.
+MAX_ID_BLOCK = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,9 @@ class Children:
     pool: asyncpg.Pool | None
     job: Job
     enqueued: list[ChildJob] = field(default_factory=list)
+    # Ids reserved and not given out yet (increasing), and the size of the next block.
+    spare: list[int] = field(default_factory=list)
+    block: int = 1
 
     async def enqueue(
         self,
@@ -104,7 +112,10 @@ class Children:
         deps = tuple(int(d) for d in depends_on)
         if delay < 0:
             raise ValueError(f"delay must be 0 or more, not {delay}")
-        child_id: int = await self.pool.fetchval(QUERIES["job_reserve_id"])
+        if not self.spare:
+            self.spare = list(await self.pool.fetchval(QUERIES["job_reserve_ids"], self.block))
+            self.block = min(self.block * 2, MAX_ID_BLOCK)
+        child_id = self.spare.pop(0)
         self.enqueued.append(
             ChildJob(
                 child_id,

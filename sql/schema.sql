@@ -937,6 +937,10 @@ DECLARE
     v_queued    boolean;
     v_later     boolean;
 BEGIN
+    IF NOT has_table_privilege('pgwake.jobs', 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied: settling waiting jobs needs UPDATE on pgwake.jobs'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     PERFORM 1 FROM pgwake.job_waits AS c
       WHERE c.job_id = ANY (p_ids)
       ORDER BY c.job_id
@@ -1035,6 +1039,10 @@ DECLARE
     v_check    bigint[];
     v_settled integer := 0;
 BEGIN
+    IF NOT has_table_privilege('pgwake.jobs', 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied: settling waiting jobs needs UPDATE on pgwake.jobs'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF cardinality(v_done) IS NOT DISTINCT FROM 0 OR v_done IS NULL
        OR NOT EXISTS (SELECT 1 FROM pgwake.jobs AS w WHERE w.status = 'waiting') THEN
         RETURN 0;
@@ -1104,6 +1112,10 @@ DECLARE
     v_due       bigint[];
     v_cancelled bigint[];
 BEGIN
+    IF NOT has_table_privilege('pgwake.jobs', 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied: settling waiting jobs needs UPDATE on pgwake.jobs'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     SELECT array_agg(w.id ORDER BY w.id) INTO v_ids
       FROM (SELECT w.id FROM pgwake.jobs AS w
              WHERE w.status = 'waiting' AND w.id > p_after
@@ -1139,9 +1151,9 @@ BEGIN
 END;
 $$;
 
--- These three run as the caller, who needs UPDATE on pgwake.jobs (no application role
--- has it), and only ever apply what the rows say: calling them more often than needed
--- changes nothing that should not change.
+-- These three run as the caller, and refuse one without UPDATE on pgwake.jobs (no
+-- application role has it); they only ever apply what the rows say, so calling them
+-- more often than needed changes nothing that should not change.
 
 -- Function of the claim: a capped tenant's free slots ---------------------------------
 

@@ -692,18 +692,20 @@ SELECT pgwake.transactions_open($1::text[]);
 -- No parameters.
 SELECT pgwake.stop_waiting(0);
 
--- name: job_reserve_id
--- Reserves the id of a job a handler enqueues (ctx.enqueue), from the sequence an
--- insert takes its id from: the child is inserted later, with its parent's outcome.
--- No parameters.
-SELECT nextval('pgwake.jobs_id_seq');
+-- name: job_reserve_ids
+-- Reserves $1 ids for jobs a handler enqueues (ctx.enqueue), from the sequence an
+-- insert takes its id from, in increasing order: the children are inserted later, with
+-- their parent's outcome.
+-- $1 how many.
+SELECT array_agg(s.n ORDER BY s.n)
+  FROM (SELECT nextval('pgwake.jobs_id_seq') AS n FROM generate_series(1, $1::int)) AS s;
 
 -- name: job_insert_children
 -- Inserts the jobs handlers enqueued (listener/children.py), in the transaction that
 -- stores their parents' successful outcomes, in id order (a child's dependencies among
 -- its siblings are inserted before it). Checked like any insert (constraints, the
 -- dependencies trigger). Column defaults as in pgwake.jobs: 20 attempts, 15 minutes.
--- $1 ids (reserved with job_reserve_id), $2 tenants, $3 kinds, $4 payloads (JSON
+-- $1 ids (reserved with job_reserve_ids), $2 tenants, $3 kinds, $4 payloads (JSON
 -- text), $5 priorities, $6 seconds from now until each may run (float8), $7 max
 -- attempts (NULL: the default), $8 timeouts in seconds (NULL: the default),
 -- $9 dependencies (a JSON array of ids as text, NULL: none), $10 run_anyway,

@@ -109,12 +109,13 @@ SELECT j.id, j.tenant_id, j.kind, j.payload
 DELETE FROM pgwake.jobs WHERE id = ANY ($1::bigint[]);
 
 -- name: job_exists_active
--- Whether any job is still scheduled, queued or running: one probe of each partial
--- index, cheap enough to poll while a drain is timed.
+-- Whether any job is still waiting, scheduled, queued or running: one probe of each
+-- partial index, cheap enough to poll while a drain is timed.
 -- No parameters.
 SELECT EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'queued')
     OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'running')
-    OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'scheduled');
+    OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'scheduled')
+    OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'waiting');
 
 -- name: job_count_finished
 -- How many jobs have finished (succeeded or failed).
@@ -186,3 +187,14 @@ SELECT j.id, j.status,
   FROM pgwake.jobs AS j
   JOIN pgwake.jobs AS p ON p.id = j.depends_on[1]
  ORDER BY j.id;
+
+-- name: job_enqueue_dag_root
+-- The root of the workflow benchmark's DAG (bench.dag_root), which enqueues the rest
+-- with its outcome.
+-- $1 the DAG's width.
+INSERT INTO pgwake.jobs (kind, payload) VALUES ('bench.dag_root', jsonb_build_object('width', $1::int));
+
+-- name: job_count_by_status
+-- Jobs by status (the workflow benchmark checks that every job of its DAG succeeded).
+-- No parameters.
+SELECT status, count(*)::int AS jobs FROM pgwake.jobs GROUP BY status ORDER BY status;

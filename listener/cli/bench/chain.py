@@ -11,8 +11,8 @@ Invariant: both times are the database's (``now()`` of the claiming and the fini
 transaction), so the gap includes the outcome write's commit, the wake-up of the
 claimer (the release notifies a waiting worker) and the claim.
 
-Run it on its own: ``python -m listener.cli.bench.chain [DSN] [LINKS]`` (a server DSN;
-the chain runs in a database of its own, dropped after).
+``pgwake bench chain``, or on its own: ``python -m listener.cli.bench.chain [DSN]
+[LINKS]`` (a server DSN; the chain runs in a database of its own, dropped after).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import anyio
 from listener import db
 from listener.cli.bench.common import (
     bench_database,
+    median_run,
     ms,
     percentile,
     wait_all_finished,
@@ -62,6 +63,15 @@ async def chain_run(server_dsn: str, *, links: int, timeout: float = 300) -> Cha
         p99_ms=ms(percentile(gaps, 99)),
         max_ms=ms(max(gaps)),
     )
+
+
+async def chain(server_dsn: str, *, links: int, repeat: int) -> list[ChainRun]:
+    """``repeat`` chains; one row of medians (in order only when every chain was)."""
+    runs = [await chain_run(server_dsn, links=links) for _ in range(repeat)]
+    row = median_run(runs)
+    return [
+        ChainRun(row.links, all(r.in_order for r in runs), row.median_ms, row.p99_ms, row.max_ms)
+    ]
 
 
 def render_chain(runs: list[ChainRun]) -> str:
