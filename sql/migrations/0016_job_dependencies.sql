@@ -62,7 +62,11 @@ COMMENT ON TABLE pgwake.jobs IS
     'pgwake job queue. Apps INSERT (tenant_id, kind, payload[, priority, run_at, max_attempts, unique_key, unique_for, timeout, depends_on, run_anyway]); everything else belongs to the worker.';
 
 -- Who waits for a job: waiting jobs only, so a job that was released costs nothing.
+-- Without GIN's pending list (fastupdate): every search reads the whole list, so after a
+-- fan-in's insert each settling probe read thousands of entries (a DAG of 10,000 jobs
+-- ran at about 1,100 jobs/s); entries go straight into the tree instead.
 CREATE INDEX jobs_waiting_depends_on_idx ON pgwake.jobs USING gin (depends_on)
+    WITH (fastupdate = off)
     WHERE status = 'waiting';
 
 -- Waiting jobs in id order: the sweep, the views and the metrics.
@@ -339,44 +343,36 @@ $$;
 CREATE FUNCTION pgwake.jobs_before_insert_dependencies() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
-    v_dep    bigint;
-    v_status text;
-    v_open   integer;
+    v_missing bigint;
+    v_failed  bigint;
+    v_open    integer;
 BEGIN
     IF array_position(NEW.depends_on, NULL) IS NOT NULL OR cardinality(NEW.depends_on) > 10000
        OR array_ndims(NEW.depends_on) <> 1 OR NEW.unique_key IS NOT NULL THEN
         RETURN NEW;  -- refused by a CHECK constraint that names the problem
     END IF;
-    SELECT d.dep INTO v_dep
+    -- One primary-key probe per dependency (this runs for every row with depends_on).
+    SELECT min(d.dep) FILTER (WHERE j.id IS NULL),
+           min(d.dep) FILTER (WHERE j.status IN ('failed', 'cancelled')),
+           count(DISTINCT d.dep) FILTER (WHERE j.status IN ('waiting', 'scheduled', 'queued',
+                                                            'running'))
+      INTO v_missing, v_failed, v_open
       FROM unnest(NEW.depends_on) AS d(dep)
-     WHERE NOT EXISTS (SELECT 1 FROM pgwake.jobs AS j
-                        WHERE j.id = d.dep AND j.tenant_id = NEW.tenant_id)
-     ORDER BY d.dep
-     LIMIT 1;
-    IF FOUND THEN
+      LEFT JOIN pgwake.jobs AS j ON j.id = d.dep AND j.tenant_id = NEW.tenant_id;
+    IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION 'pgwake: a job of tenant % may depend only on jobs of its tenant that '
-                        'exist; job % does not', NEW.tenant_id, v_dep
+                        'exist; job % does not', NEW.tenant_id, v_missing
             USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'jobs_depends_on_exist',
                   TABLE = 'jobs', SCHEMA = 'pgwake';
     END IF;
-    IF NOT NEW.run_anyway THEN
-        SELECT j.id, j.status INTO v_dep, v_status
-          FROM pgwake.jobs AS j
-         WHERE j.id = ANY (NEW.depends_on) AND j.status IN ('failed', 'cancelled')
-         ORDER BY j.id
-         LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'pgwake: job % it would depend on has already %; insert with '
-                            'run_anyway = true to run after it anyway', v_dep,
-                            CASE v_status WHEN 'failed' THEN 'failed' ELSE 'been cancelled' END
-                USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_not_failed',
-                      TABLE = 'jobs', SCHEMA = 'pgwake';
-        END IF;
+    IF v_failed IS NOT NULL AND NOT NEW.run_anyway THEN
+        RAISE EXCEPTION 'pgwake: job % it would depend on has already %; insert with '
+                        'run_anyway = true to run after it anyway', v_failed,
+                        CASE (SELECT j.status FROM pgwake.jobs AS j WHERE j.id = v_failed)
+                             WHEN 'failed' THEN 'failed' ELSE 'been cancelled' END
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_not_failed',
+                  TABLE = 'jobs', SCHEMA = 'pgwake';
     END IF;
-    SELECT count(DISTINCT j.id)::integer INTO v_open
-      FROM pgwake.jobs AS j
-     WHERE j.id = ANY (NEW.depends_on)
-       AND j.status IN ('waiting', 'scheduled', 'queued', 'running');
     IF v_open > 0 AND NEW.status IN ('waiting', 'scheduled', 'queued') THEN
         NEW.status := 'waiting';
         NEW.waiting_for := v_open;
