@@ -71,7 +71,7 @@ from listener.outage import OutageLog
 from listener.queries import QUERIES
 from listener.runners import Runners
 from listener.shares import TenantShares
-from listener.wake import Wake
+from listener.wake import NotifiedJob, Wake
 
 # Claims in a row that may continue a walk cut short by its tenant limit before the
 # loop waits for a wake: bounds the work when the tenants walked have nothing this
@@ -137,8 +137,12 @@ class Claimer:
         drain_timeout: float,
         metrics: Metrics,
         fifo: bool = False,
+        notified: NotifiedJob | None = None,
     ) -> None:
         self._db = KeptConnection(pool)
+        # The job the notifications name while this worker waits (filled by the
+        # listener); its own, never filled, when none is given.
+        self._notified = notified if notified is not None else NotifiedJob()
         self._worker_id = worker_id
         self._kinds = list(kinds)
         self._outcomes = outcomes
@@ -345,13 +349,27 @@ class Claimer:
                 await self._doorbell.busy()
                 await self._wake.wait(STREAM_PAUSE)
                 continue
-            if await self._doorbell.before_sleep():
-                continue  # jobs may have come without a notification: look once more
-            await self._sleep()
+            await self._idle()
 
-    async def _sleep(self) -> None:
+    async def _idle(self) -> None:
+        """Wait while the queue holds nothing this worker may take; return when the whole
+        queue must be looked at (a full claim). A notification that names the one ready
+        job a single-row insert added is claimed here by its id, and the worker waits
+        again: it was the only new job, since every insert notifies while the worker
+        waits."""
+        while True:
+            if await self._doorbell.before_sleep():
+                return  # jobs may have come without a notification: look once more
+            source = await self._sleep()
+            job_id = self._notified.take() if source == "notify" else None
+            if job_id is None or self._fifo or self._free() <= 0:
+                return
+            if not await self._claim_notified(job_id):
+                return
+
+    async def _sleep(self) -> str:
         """Wait for a wake, the poll interval, or the opening of the earliest full rate
-        limit window, whichever comes first."""
+        limit window, whichever comes first; return what woke it."""
         limit = self._doorbell.sleep_limit(self._poll_interval)
         reopens = self._reopens_in
         if reopens is not None and reopens + REOPEN_MARGIN < limit:
@@ -362,6 +380,7 @@ class Claimer:
         else:
             source = await self._wake.wait(limit)
         self._metrics.wakes.labels(source).inc()
+        return source
 
     async def _wait_for_slots(self, wanted: int, timeout: float | None) -> None:
         """Wait until ``wanted`` slots are free or ``timeout`` seconds passed."""
@@ -399,6 +418,8 @@ class Claimer:
             )
         began = time.monotonic()
         self._reopens_in = None
+        # This claim looks at the whole queue: the jobs notified until now are its.
+        self._notified.clear()
         try:
             rows = await self._db.fetch(query, *args)
         except Exception as exc:
@@ -457,6 +478,39 @@ class Claimer:
             shares.after_claim(got, counted, cap, self._cap_held, full=full, whole=whole)
         self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
         return jobs, cut_short, more
+
+    async def _claim_notified(self, job_id: int) -> bool:
+        """Claim the job a notification named, if the full claim would take it first (see
+        job_claim_notified), and hand it to the runners. False: it was not taken (or
+        the database could not be reached), and the full claim must look."""
+        shares, ahead = self.shares, self._ahead
+        cap = shares.claim_cap(ahead)
+        counted = {
+            tenant: shares.counted(tenant, count, ahead)
+            for tenant, count in self.ledger.claimed.items()
+        }
+        at_cap = [tenant for tenant, count in counted.items() if count >= cap]
+        try:
+            rows = await self._db.fetch(
+                QUERIES["job_claim_notified"], self._worker_id, self._kinds, job_id, at_cap
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            return False  # the full claim that follows meets the outage and reports it
+        if not rows:
+            self._metrics.notified_claims.labels("passed").inc()
+            return False
+        self._metrics.notified_claims.labels("claimed").inc()
+        job = Job.from_record(rows[0])
+        got = Counter({job.tenant_id: 1})
+        # Held to its cap by this job: the first of its jobs to end asks for a claim.
+        self._cap_held = [job.tenant_id] if counted.get(job.tenant_id, 0) + 1 >= cap else []
+        # The worker was idle: no lone tenant borrows, and this says nothing of others.
+        shares.after_claim(got, counted, cap, self._cap_held, full=False, whole=False)
+        self._metrics.observe_claimed([(job.kind, job.started_at, job.run_at)])
+        self._dispatch([job])
+        return True
 
     def _dispatch(self, jobs: list[Job]) -> None:
         """Count claimed jobs in the ledger and hand them to the runners."""

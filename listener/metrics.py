@@ -356,6 +356,13 @@ class Metrics:
             "few jobs each mean a stream of single inserts or a short poll interval).",
             registry=r,
         )
+        self.notified_claims = Counter(
+            "pgwake_notified_claims",
+            "Claims by the id a notification named (an idle worker's wake-up for a "
+            "single-row insert), by result: claimed, or passed to the full claim.",
+            ["result"],
+            registry=r,
+        )
         self.finished = Counter(
             "pgwake_jobs_finished",
             "Attempts ended, by outcome (succeeded, failed, cancelled, retried, snoozed).",
@@ -496,15 +503,7 @@ class Metrics:
         )
         self._tenant_pools = _TenantPoolCollector(self.tenants_opt_in)
         r.register(self._tenant_pools)
-        for source in WAKE_SOURCES:
-            self.wakes.labels(source)
-        for why in LOST_WHY:
-            self.workers_lost.labels(why)
-        for why in RECOVERED_WHY:
-            for status in RECOVERED_STATUSES:
-                self.jobs_recovered.labels(why, status)
-        for status in FINISHED:
-            self.jobs_pruned.labels(status)
+        self._show_known_labels()
         self._claimed: dict[str, Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._duration: dict[str, Histogram] = {}
@@ -525,6 +524,21 @@ class Metrics:
             self._streaks.kinds.setdefault(kind, 0)
             for outcome in OUTCOMES:
                 self._finished[kind, outcome] = self.finished.labels(kind, outcome)
+
+    def _show_known_labels(self) -> None:
+        """Create the series of every known label value, so each is exported (at 0)
+        before its first event."""
+        for source in WAKE_SOURCES:
+            self.wakes.labels(source)
+        for result in ("claimed", "passed"):
+            self.notified_claims.labels(result)
+        for why in LOST_WHY:
+            self.workers_lost.labels(why)
+        for why in RECOVERED_WHY:
+            for status in RECOVERED_STATUSES:
+                self.jobs_recovered.labels(why, status)
+        for status in FINISHED:
+            self.jobs_pruned.labels(status)
 
     def observe_claimed(self, jobs: Iterable[tuple[str, datetime, datetime]]) -> None:
         """Jobs were claimed: (kind, started_at, run_at) of each."""

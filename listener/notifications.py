@@ -4,8 +4,10 @@ Invariants:
 - NOTIFY is only a hint. Every loop that waits on a wake also polls, so a lost
   notification delays work by at most one poll interval.
 - A notification whose payload is ``later`` (a job inserted due later) wakes only the
-  promoter; any other (ready jobs: ``''``) wakes only the claimer. Anyone may notify,
-  so a payload is a hint about which loop should look, never more.
+  promoter; any other (ready jobs: ``''``, or the id of the one ready job a single-row
+  insert added) wakes only the claimer, and is noted in ``NotifiedJob`` for its claim
+  by id. Anyone may notify, so a payload is a hint about which loop should look and
+  which job to try, never more: the claim by id checks the row.
 - After any reconnect the listener re-LISTENs and wakes everyone at once ("reconnect"),
   so jobs inserted while it was away do not wait for the next poll.
 - State changes (listening / lost) are logged once each, not once per retry.
@@ -42,7 +44,7 @@ from listener.metrics import Metrics
 from listener.queries import QUERIES
 from listener.redact import redact
 from listener.retry import Reconnect
-from listener.wake import Wake
+from listener.wake import NotifiedJob, Wake
 
 CHANNEL = "pgwake_jobs"
 # The payload of a notification on CHANNEL about jobs due later (sql/schema.sql,
@@ -70,8 +72,10 @@ class Listener:
         metrics: Metrics,
         max_backoff: float = 5.0,
         cancel_hints: Wake | None = None,
+        notified: NotifiedJob | None = None,
     ) -> None:
         self._dsn = dsn
+        self._notified = notified
         self._cancel_hints = cancel_hints
         # Set for notifications about ready jobs (the claimer's) and about jobs due later
         # (the promoter's); both on a reconnect.
@@ -103,7 +107,12 @@ class Listener:
         self._due_later.set(source)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        (self._due_later if payload == DUE_LATER else self._ready).set("notify")
+        if payload == DUE_LATER:
+            self._due_later.set("notify")
+            return
+        if self._notified is not None:
+            self._notified.note(payload)
+        self._ready.set("notify")
 
     def _on_probe(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == self._probe_token:
@@ -154,6 +163,12 @@ class Listener:
                 raise
             # The connection is failing; the listener notices and reconnects.
         return False
+
+    @property
+    def waiting(self) -> bool:
+        """True while inserts notify this worker: it waits, settled (every transaction
+        that looked before it started waiting has ended)."""
+        return self._waiting and not self._looking
 
     def sleep_limit(self, poll_interval: float) -> float:
         """How long the claimer may sleep now: short while waiting is not settled."""

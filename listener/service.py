@@ -73,7 +73,7 @@ from listener.schema_watch import SchemaWatch
 from listener.systemd import SystemdNotifier
 from listener.tenant_databases import TenantDatabases
 from listener.tenant_pools import TenantPools
-from listener.wake import Wake
+from listener.wake import NotifiedJob, Wake
 
 # Claims, outcome writes, promotion, recovery, metrics samples (on the metrics leader,
 # which keeps one connection for them) and tenant-DSN lookups each run one statement at
@@ -160,6 +160,8 @@ class Service:
         self.ready = anyio.Event()
         self.stopped = anyio.Event()
         self.claim_wake = Wake()
+        # The one job a notification named: the claimer claims it by id (see NotifiedJob).
+        self.notified = NotifiedJob()
         self.promote_wake = Wake()
         self.cancel_hints = Wake()
         self.sd = SystemdNotifier.from_environment()
@@ -183,6 +185,7 @@ class Service:
             self.promote_wake,
             metrics=metrics,
             cancel_hints=self.cancel_hints,
+            notified=self.notified,
         )
 
         # min_size=0: the pool opens no connection until the first acquire, so a
@@ -225,6 +228,7 @@ class Service:
             drain_timeout=s.drain_timeout,
             metrics=metrics,
             fifo=s.claim_order == "fifo",
+            notified=self.notified,
         )
         self.completer.when_stored(claimer.stored)
         metrics.capacity.set(s.concurrency)

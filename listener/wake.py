@@ -34,3 +34,50 @@ class Wake:
         self._event = anyio.Event()
         self._source = None
         return source
+
+
+# The largest job id (pgwake.jobs.id is a bigint).
+MAX_JOB_ID = 2**63 - 1
+
+
+class NotifiedJob:
+    """The job the notifications since the claimer last looked name: the one ready job
+    of a single-row insert (sql/migrations/0016), which a waiting worker claims by id.
+
+    Invariant: ``take()`` gives an id only when exactly one notification came since the
+    last ``take()`` or ``clear()`` and it named a job; any other notification (``''``,
+    a second id, text that is not an id) makes it give None, and the claimer runs the
+    full claim. Payloads are anyone's text: a hint, checked by the claim by id.
+    """
+
+    __slots__ = ("_count", "_id")
+
+    def __init__(self) -> None:
+        self._id: int | None = None
+        self._count = 0
+
+    @staticmethod
+    def parse(payload: object) -> int | None:
+        """The job id ``payload`` names (a canonical decimal bigint above 0), else None."""
+        if not isinstance(payload, str) or not 0 < len(payload) <= 19:
+            return None
+        if not (payload.isascii() and payload.isdigit()) or payload[0] == "0":
+            return None
+        job_id = int(payload)
+        return job_id if job_id <= MAX_JOB_ID else None
+
+    def note(self, payload: object) -> None:
+        """A notification for the claimers came with ``payload``."""
+        self._count += 1
+        self._id = self.parse(payload) if self._count == 1 else None
+
+    def take(self) -> int | None:
+        """The one job named since the last look (None: look at the whole queue); forgets
+        the notifications."""
+        job_id = self._id if self._count == 1 else None
+        self.clear()
+        return job_id
+
+    def clear(self) -> None:
+        """Forget the notifications so far (a full claim is about to look at the queue)."""
+        self._id, self._count = None, 0

@@ -415,8 +415,9 @@ CREATE TRIGGER jobs_depends_on_unchanging
     WHEN (OLD.depends_on IS DISTINCT FROM NEW.depends_on)
     EXECUTE FUNCTION pgwake.jobs_before_update_of_depends_on();
 
--- After each INSERT statement: one NOTIFY ('') when a worker waits for new jobs, which
--- wakes the claimers; one NOTIFY 'later' whenever a job is due later, which wakes only
+-- After each INSERT statement: one NOTIFY when a worker waits for new jobs, which wakes
+-- the claimers (its payload is the job's id when the statement inserted exactly one
+-- ready job, so a waiting worker can claim it by id: job_claim_notified; else ''); one NOTIFY 'later' whenever a job is due later, which wakes only
 -- the promoters (they sleep until the earliest due job); the job events of the new rows
 -- while a session follows them. The steps of
 -- pgwake.someone_waits (see "Functions: waiting for notifications" below) are written
@@ -427,6 +428,10 @@ CREATE FUNCTION pgwake.jobs_after_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_events boolean := false;
+    v_notify boolean := false;
+    v_ids bigint[];
+    v_ready boolean;
+    v_payload text := '';
 BEGIN
     IF pg_catalog.current_setting('pgwake.inserted_due_later', true) = 'on' THEN
         -- The promoters sleep until the earliest due job: this one may be sooner.
@@ -434,13 +439,24 @@ BEGIN
     END IF;
     IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 100) THEN
         -- Held exclusively by a session that is not pgwake: notify rather than wait.
-        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+        v_notify := true;
     ELSIF pg_catalog.current_setting('pgwake.waiting_0', true) = 'on' THEN
-        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+        v_notify := true;
     ELSIF pg_catalog.pg_try_advisory_lock(1885828967, 0) THEN
         PERFORM pg_catalog.pg_advisory_unlock(1885828967, 0);  -- nobody waits
     ELSE
-        PERFORM pg_catalog.pg_notify('pgwake_jobs', '');
+        v_notify := true;
+    END IF;
+    IF v_notify THEN
+        -- At most two rows are read, whatever the statement inserted: one ready job is
+        -- named by its id, anything else is ''.
+        SELECT array_agg(n.id), bool_and(n.status = 'queued')
+          INTO v_ids, v_ready
+          FROM (SELECT n.id, n.status FROM new_jobs AS n LIMIT 2) AS n;
+        IF pg_catalog.cardinality(v_ids) = 1 AND v_ready THEN
+            v_payload := v_ids[1]::text;
+        END IF;
+        PERFORM pg_catalog.pg_notify('pgwake_jobs', v_payload);
     END IF;
     IF coalesce(pg_catalog.current_setting('pgwake.job_events', true), '') <> 'off' THEN
         IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885828967, 101) THEN

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -185,6 +186,23 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
             assert len(finished) == 1
             await held.fetch(QUERIES["worker_heartbeat"], worker, False)
             await held.fetch(QUERIES["job_promote_due"], 100)
+            # An idle worker's wake-up: the claim by the id a notification named.
+            notified = await admin.fetchval(
+                "INSERT INTO pgwake.jobs (kind) VALUES ('k') RETURNING id"
+            )
+            rows = await held.fetch(QUERIES["job_claim_notified"], worker, ["k"], notified, [])
+            assert [r["id"] for r in rows] == [notified]
+            await held.fetch(
+                QUERIES["job_finish_many"],
+                worker,
+                [notified],
+                [1],
+                ["succeeded"],
+                [0],
+                None,
+                None,
+                None,
+            )
         # The burst, in one statement.
         await admin.execute(
             "INSERT INTO pgwake.jobs (tenant_id, kind) "
@@ -198,6 +216,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
             "job_finish_many": (worker, [last_id], [1], ["succeeded"], [0], None, None, None),
             "worker_heartbeat": (worker, False),
             "job_promote_due": (100,),
+            "job_claim_notified": (worker, ["k"], last_id + 50_000, []),
         }
         for name, args in explained_args.items():
             statement = await conn.fetchval(
@@ -221,7 +240,19 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
                 # the locked rows by ctid.
                 assert "jobs_ready_idx" in {n.get("Index Name") for n in scans}
                 assert [n for n in scans if n["Node Type"] == "Tid Scan"], json.dumps(explained)
+            if name == "job_claim_notified":
+                # The job by its primary key, its tenant's others by the ready index.
+                used = {n.get("Index Name") for n in nodes(explained[0]["Plan"])}
+                assert {"jobs_pkey", "jobs_ready_idx"} <= used, _outline(explained[0]["Plan"])
     finally:
         await held.release()
         await admin.close()
         await pool.close()
+
+
+def _outline(plan: dict[str, Any], depth: int = 0) -> str:
+    """A plan as indented lines of node type, relation and index (for failures)."""
+    line = "  " * depth + " ".join(
+        str(plan.get(key, "")) for key in ("Node Type", "Relation Name", "Index Name", "Filter")
+    )
+    return "\n".join([line, *(_outline(p, depth + 1) for p in plan.get("Plans", []))])

@@ -480,6 +480,82 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                                      array_agg(c.kind), array_agg('running'::text))
               FROM claimed AS c) >= 0);
 
+-- name: job_claim_notified
+-- Claims job $3, the one ready job a single-row insert named in its notification, for
+-- worker $1 that was waiting for work: the wake-up of an idle worker, by primary key
+-- instead of the tenant walk. The id comes from a NOTIFY payload, which anyone may
+-- send, so the job is taken only when job_claim would take it first:
+-- - it is ready (queued and due) and of a kind of $2 that no rate limit covers;
+-- - its tenant has no row that changes the claim (paused, a fleet-wide cap, a rate
+--   limit: those are the full claim's to weigh) and is not at its local cap in this
+--   worker (not in $4);
+-- - no other ready job of its tenant and of the kinds of $2 comes before it (higher
+--   priority, or as high and older: one probe of jobs_ready_idx), and no ready job of
+--   a higher priority above the default (0) waits in any tenant (one probe of
+--   jobs_ready_priority_idx);
+-- A job another claim has locked is waited for (a plain UPDATE, no row lock taken
+-- before it: that lock cost a third of the statement) and is then found claimed: a claim
+-- holds its rows for one statement, and claims lock with SKIP LOCKED, so they never
+-- wait for this one.
+-- A job that fails any of these is left as it is, and the worker runs job_claim, which
+-- weighs everything. An id that is not a job claims nothing.
+--
+-- $1 worker id (uuid)
+-- $2 kinds this worker has handlers for (text[])
+-- $3 the notified job id (bigint)
+-- $4 tenants at their local cap in this worker (text[])
+-- Returns the claimed job (or nothing), already marked running with attempts
+-- incremented, in the columns of job_claim's jobs.
+-- The worker must still be registered (as in job_claim).
+WITH me AS (
+    SELECT w.id FROM pgwake.workers AS w WHERE w.id = $1 FOR KEY SHARE
+),
+-- The row by its primary key alone: with the status in the same WHERE, a plan cached
+-- while the queue was empty reads the partial ready index for it instead, which at
+-- 100,000 queued jobs means reading them all. Without it only jobs_pkey can serve.
+target AS MATERIALIZED (
+    SELECT j.ctid FROM pgwake.jobs AS j WHERE j.id = $3::bigint
+),
+claimed AS (
+    UPDATE pgwake.jobs AS j
+       SET status = 'running',
+           claimed_by = $1,
+           attempts = j.attempts + 1,
+           started_at = now()
+     WHERE j.ctid = (SELECT t.ctid FROM target AS t)
+       AND j.id = $3::bigint
+       AND j.status = 'queued'
+       AND j.run_at <= now()
+       AND j.kind = ANY ($2::text[])
+       AND j.tenant_id <> ALL ($4::text[])
+       AND NOT EXISTS (SELECT 1 FROM pgwake.limits AS l WHERE l.kind = j.kind)
+       AND NOT EXISTS (SELECT 1 FROM pgwake.tenants AS t
+                        WHERE t.tenant_id = j.tenant_id
+                          AND (t.paused OR t.max_concurrency IS NOT NULL
+                               OR t.rate_limit IS NOT NULL))
+       AND NOT EXISTS (SELECT 1 FROM pgwake.jobs AS o
+                        WHERE o.tenant_id = j.tenant_id AND o.status = 'queued'
+                          AND o.id <> j.id AND o.kind = ANY ($2::text[])
+                          AND (o.priority > j.priority
+                               OR (o.priority = j.priority
+                                   AND (o.run_at, o.id) < (j.run_at, j.id))))
+       AND NOT EXISTS (SELECT 1 FROM pgwake.jobs AS p
+                        WHERE p.status = 'queued' AND p.priority <> 0
+                          AND p.priority > greatest(j.priority, 0)
+                          AND p.kind = ANY ($2::text[]))
+       AND EXISTS (SELECT 1 FROM me)
+    RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+              extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
+              j.started_at
+)
+SELECT c.*
+  FROM claimed AS c
+ -- Its job event, as job_claim sends them.
+ WHERE NOT pgwake.events_wanted()
+    OR (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id),
+                                 array_agg(c.kind), array_agg('running'::text))
+          FROM claimed AS c) >= 0;
+
 -- name: job_claim_fifo
 -- The unfair claim, for comparison benchmarks only (claim_order = "fifo"): up to $3
 -- ready jobs in global priority and age order, whatever their tenant. It skips paused

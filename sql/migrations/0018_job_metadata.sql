@@ -1,12 +1,12 @@
 -- pgwake: compatible
--- 0017_job_metadata: context that is not the handler's input. metadata (a JSON object
+-- 0018_job_metadata: context that is not the handler's input. metadata (a JSON object
 -- of at most 64 KiB, NULL when none) for a request id, a batch id, a user; filtered
 -- with containment (metadata @> '{"batch": "b-17"}') through jobs_metadata_idx, a GIN
 -- index (jsonb_path_ops) of the jobs that have metadata only, so an insert without it
 -- costs nothing more. created_by: the role that inserted the job (current_user at the
 -- insert); only pgwake's own roles may set it otherwise.
 --
--- Compatible with workers of 0016: they never read the new columns, and nothing they
+-- Compatible with workers of 0017: they never read the new columns, and nothing they
 -- insert sets metadata, so the new constraints refuse nothing of theirs; their inserts
 -- get created_by from its default.
 

@@ -1,5 +1,5 @@
 -- pgwake: compatible
--- 0016_job_dependencies: a job may depend on other jobs of its tenant. An application
+-- 0017_job_dependencies: a job may depend on other jobs of its tenant. An application
 -- inserts it with depends_on (bigint[]); while any of those jobs has not succeeded it
 -- is in a seventh status, waiting, which no claim reads. When the last of them
 -- succeeds, the statement that writes that outcome makes it queued (or scheduled, when
@@ -27,8 +27,8 @@
 -- which settles a job whose dependency finished while its inserting transaction was
 -- still open (the finishing statement could not see it).
 --
--- Compatible with workers of 0015: their claim reads only queued jobs, they never read
--- the new columns, and nothing they insert has depends_on. A worker of 0015 writes
+-- Compatible with workers of 0016: their claim reads only queued jobs, they never read
+-- the new columns, and nothing they insert has depends_on. A worker of 0016 writes
 -- outcomes without settling the jobs that wait for them: until every worker runs this
 -- version, such a job is settled by the sweep of a leader of this version (within a
 -- maintenance round or a few) instead of at once.
