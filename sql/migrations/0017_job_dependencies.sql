@@ -82,13 +82,13 @@ CREATE INDEX jobs_waiting_idx ON pgwake.jobs (id) WHERE status = 'waiting';
 -- for a fan-in of n jobs made the n outcomes cost O(n^2). Its row lock serialises the
 -- settlers of one waiting job. Created by the first settler (from jobs.waiting_for, the
 -- count at insert), deleted when the job is released or cancelled here (rows of jobs
--- that left waiting otherwise go with the sweep). Only pgwake's own roles read it.
+-- that left waiting otherwise go with the sweep). Only pgwake's own roles read or
+-- write it: it is granted to no other role (as pgwake.rate_windows), and it has no
+-- row-level security, so a worker role granted what the fleet needs writes it too.
 CREATE TABLE pgwake.job_waits (
     job_id bigint  PRIMARY KEY,
     open   integer NOT NULL
 );
-
-ALTER TABLE pgwake.job_waits ENABLE ROW LEVEL SECURITY;
 
 -- Functions: settling the jobs that wait ----------------------------------------------
 
