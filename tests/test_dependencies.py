@@ -393,3 +393,36 @@ async def test_jobs_show_and_list_name_what_waits_for_what(
     await finish(conn, [a])
     text = pgwake("jobs", "show", str(a), dsn=dsn).stdout
     assert "waited for by: -\n" in text
+
+
+async def test_views_and_the_queue_gauges_count_waiting_jobs(conn: asyncpg.Connection) -> None:
+    ids = await chain(conn, 3, kind="report")
+    rows = await conn.fetch(QUERIES["job_count_active"])
+    counted = {(r["status"], r["kind"]): r["jobs"] for r in rows}
+    assert counted == {("queued", "_unhandled"): 1, ("waiting", "_unhandled"): 2}
+    view = {
+        (r["kind"], r["status"]): r["jobs"]
+        for r in await conn.fetch("SELECT kind, status, jobs FROM pgwake.queue_status")
+    }
+    assert view == {("report", "queued"): 1, ("report", "waiting"): 2}
+    backlog = await conn.fetchrow("SELECT queued, waiting FROM pgwake.tenant_backlog")
+    assert (backlog["queued"], backlog["waiting"]) == (1, 2)
+    # The claim never takes them: only the first link is ready.
+    worker = await register(conn)
+    assert [r["id"] for r in await claim(conn, worker, 10, kinds=["report"])] == [ids[0]]
+
+
+async def test_a_dependency_failed_by_a_crashed_workers_put_back_cancels_its_dependents(
+    conn: asyncpg.Connection,
+) -> None:
+    a = await insert(conn, [], max_attempts=1)
+    final = await insert(conn, [a])
+    worker = await register(conn)
+    await conn.execute(
+        "UPDATE pgwake.jobs SET status = 'running', claimed_by = $2, attempts = 1 WHERE id = $1",
+        a,
+        worker,
+    )
+    rows = await conn.fetch(QUERIES["job_put_back_held"], worker, "crashed", True)
+    assert [(r["id"], r["status"]) for r in rows] == [(a, "failed")]
+    assert await statuses(conn, [final]) == ["cancelled"]

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from listener.api import JobContext, Registry
 from listener.cli.bench.queries import BENCH_QUERIES
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker, spawn_worker, stop_process, wait_ready
@@ -189,3 +190,47 @@ async def test_a_chain_of_1000_inserted_in_one_statement_runs_in_order(
     starts = await conn.fetch("SELECT id, started_at, attempts FROM pgwake.jobs ORDER BY id")
     assert [r["started_at"] for r in starts] == sorted(r["started_at"] for r in starts)
     assert {r["attempts"] for r in starts} == {1}
+
+
+async def test_a_child_the_database_refuses_fails_its_parent_alone(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A handler that enqueues a child depending on another tenant's job: the insert
+    refuses it, so the parent's outcome write fails; the completer records that parent
+    failed with the database's message, creates none of its children, and the jobs
+    written in the same batches are unaffected."""
+    theirs = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, status, finished_at) "
+        "VALUES ('other', 'x', 'succeeded', now()) RETURNING id"
+    )
+    registry = Registry()
+
+    @registry.handler("bad_parent")
+    async def bad_parent(payload: dict[str, Any], ctx: JobContext) -> None:
+        await ctx.enqueue("child", {})
+        await ctx.enqueue("child", {}, depends_on=[theirs])
+
+    @registry.handler("fine")
+    async def fine(payload: dict[str, Any], ctx: JobContext) -> dict[str, int]:
+        return {"ok": 1}
+
+    async with running_worker(dsn, registry, poll_interval=3600):
+        bad = await conn.fetchval(
+            "INSERT INTO pgwake.jobs (kind, max_attempts) VALUES ('bad_parent', 1) RETURNING id"
+        )
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (kind) SELECT 'fine' FROM generate_series(1, 20)"
+        )
+        row = await eventually(lambda: ended(conn, bad), timeout=30)
+
+        async def fine_done() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM pgwake.jobs WHERE kind = 'fine' AND status = 'succeeded'"
+            )
+            return bool(n == 20)
+
+        await eventually(fine_done, timeout=30)
+    assert row["status"] == "failed"
+    assert "the database refused this job's outcome" in row["last_error"]
+    assert f"job {theirs} does not" in row["last_error"]
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE kind = 'child'") == 0
