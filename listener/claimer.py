@@ -16,6 +16,10 @@ Invariants:
   Jobs that run longer than a claim takes are claimed only for free slots.
 - Claims only kinds in the registry, on one pool connection kept for the purpose
   (``KeptConnection``), so a claim is one round trip.
+- Claims with ``job_claim_plain`` while nothing but fairness decides (no rate limit
+  on its kinds, no ready job above the default priority: the statement checks), and
+  with the full ``job_claim`` for ``FULL_CLAIM_HOLD`` seconds after a plain claim said
+  otherwise (it then took nothing, and the full claim runs at once).
 - Claims again as soon as there is room while the last claim came back full (a
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job.
@@ -88,6 +92,10 @@ STREAM_PAUSE = 0.005
 SMOOTHING = 0.1
 # How much the longest recent job duration fades with every job that ends.
 JOB_FADE = 0.99
+# Seconds the worker runs the full claim (job_claim) after a plain one (job_claim_plain)
+# said a rate limit or a priority above 0 is in play, before it tries the plain one
+# again.
+FULL_CLAIM_HOLD = 10.0
 # Seconds added to a window's opening before the claim that follows it, so that the
 # claim's now() is past the opening even with the round trip's jitter.
 REOPEN_MARGIN = 0.001
@@ -174,6 +182,9 @@ class Claimer:
         # Seconds until the earliest full rate limit window opens, from the last claim
         # (None: no window is full).
         self._reopens_in: float | None = None
+        # Until when (monotonic seconds) claims are the full job_claim; before that, and
+        # while nothing but fairness decides, job_claim_plain.
+        self._full_until = 0.0
         # Running averages of how long a claim takes and how long a job runs (seconds),
         # and the jobs claimed ahead of free slots that they give (see _free).
         self._claim_seconds, self._job_seconds, self._ahead = 0.0, math.inf, 0
@@ -356,7 +367,11 @@ class Claimer:
         queue must be looked at (a full claim). A notification that names the one ready
         job a single-row insert added is claimed here by its id, and the worker waits
         again: it was the only new job, since every insert notifies while the worker
-        waits."""
+        waits. One that comes within ``STREAM_PAUSE`` of the last claim by id is a
+        stream: the full claim takes it and the ones after it in batches, with inserts
+        not notifying (each notifying commit holds a database-wide lock until it is on
+        disk, so a notification per insert would make producers commit one at a time)."""
+        claimed_at = -math.inf
         while True:
             if await self._doorbell.before_sleep():
                 return  # jobs may have come without a notification: look once more
@@ -364,8 +379,14 @@ class Claimer:
             job_id = self._notified.take() if source == "notify" else None
             if job_id is None or self._fifo or self._free() <= 0:
                 return
-            if not await self._claim_notified(job_id):
+            if time.monotonic() - claimed_at < STREAM_PAUSE:
                 return
+            result = await self._claim_notified(job_id)
+            if result == "passed":
+                return
+            if result == "claimed":
+                claimed_at = time.monotonic()
+            # else "taken": another worker has it (or no such job): nothing came for us.
 
     async def _sleep(self) -> str:
         """Wait for a wake, the poll interval, or the opening of the earliest full rate
@@ -388,6 +409,24 @@ class Claimer:
             while self._free() < wanted:
                 await self.ledger.wait_freed()
 
+    def _statement(
+        self, want: int, cap: int, busy: list[tuple[str, int]]
+    ) -> tuple[str, tuple[object, ...]]:
+        """The claim statement to run now and its arguments: the plain claim while
+        nothing but fairness decides, else the full one (or the fifo comparison)."""
+        if self._fifo:
+            return QUERIES["job_claim_fifo"], (self._worker_id, self._kinds, want)
+        plain = time.monotonic() >= self._full_until
+        return QUERIES["job_claim_plain"] if plain else QUERIES["job_claim"], (
+            self._worker_id,
+            self._kinds,
+            want,
+            cap,
+            [tenant for tenant, _ in busy],
+            [count for _, count in busy],
+            self._cursor,
+        )
+
     async def _claim(self, want: int) -> tuple[list[Job], bool, bool]:
         """Claim up to ``want`` jobs; also say whether the tenant walk stopped at its
         limit (there may be more tenants after it) and whether a tenant was held to
@@ -400,22 +439,7 @@ class Claimer:
             (tenant, shares.counted(tenant, count, ahead))
             for tenant, count in self.ledger.claimed.items()
         ]
-        args: tuple[object, ...]
-        if self._fifo:
-            query, args = QUERIES["job_claim_fifo"], (self._worker_id, self._kinds, want)
-        else:
-            query, args = (
-                QUERIES["job_claim"],
-                (
-                    self._worker_id,
-                    self._kinds,
-                    want,
-                    cap,
-                    [tenant for tenant, _ in busy],
-                    [count for _, count in busy],
-                    self._cursor,
-                ),
-            )
+        query, args = self._statement(want, cap, busy)
         began = time.monotonic()
         self._reopens_in = None
         # This claim looks at the whole queue: the jobs notified until now are its.
@@ -438,6 +462,13 @@ class Claimer:
             return [], False, False
         self._outage.succeeded()
         self._metrics.claims.inc()
+        if rows and rows[-1]["id"] is None and rows[-1].get("needs_full"):
+            # A rate limit or a priority above 0 is in play: the full claim weighs it,
+            # now and for FULL_CLAIM_HOLD seconds. (The plain claim took nothing then;
+            # were a job among the rows, it is dispatched below like any other.)
+            self._full_until = time.monotonic() + FULL_CLAIM_HOLD
+            if len(rows) == 1:
+                return await self._claim(want)
         self._update_ahead(time.monotonic() - began)
         jobs: list[Job] = []
         cut_short = more = False
@@ -479,10 +510,12 @@ class Claimer:
         self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
         return jobs, cut_short, more
 
-    async def _claim_notified(self, job_id: int) -> bool:
+    async def _claim_notified(self, job_id: int) -> str:
         """Claim the job a notification named, if the full claim would take it first (see
-        job_claim_notified), and hand it to the runners. False: it was not taken (or
-        the database could not be reached), and the full claim must look."""
+        job_claim_notified), and hand it to the runners. Returns ``claimed``;
+        ``taken`` when the job is not queued (another worker claimed it, or the id is
+        no job): nothing is left for the full claim; or ``passed``: it is queued but
+        the full claim must weigh it (or the database could not be reached)."""
         shares, ahead = self.shares, self._ahead
         cap = shares.claim_cap(ahead)
         counted = {
@@ -497,10 +530,11 @@ class Claimer:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            return False  # the full claim that follows meets the outage and reports it
-        if not rows:
-            self._metrics.notified_claims.labels("passed").inc()
-            return False
+            return "passed"  # the full claim that follows meets the outage and reports it
+        if len(rows) < 2:  # the summary row alone
+            result = "passed" if rows and rows[-1]["queued"] else "taken"
+            self._metrics.notified_claims.labels(result).inc()
+            return result
         self._metrics.notified_claims.labels("claimed").inc()
         job = Job.from_record(rows[0])
         got = Counter({job.tenant_id: 1})
@@ -510,7 +544,7 @@ class Claimer:
         shares.after_claim(got, counted, cap, self._cap_held, full=False, whole=False)
         self._metrics.observe_claimed([(job.kind, job.started_at, job.run_at)])
         self._dispatch([job])
-        return True
+        return "claimed"
 
     def _dispatch(self, jobs: list[Job]) -> None:
         """Count claimed jobs in the ledger and hand them to the runners."""

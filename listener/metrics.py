@@ -359,7 +359,8 @@ class Metrics:
         self.notified_claims = Counter(
             "pgwake_notified_claims",
             "Claims by the id a notification named (an idle worker's wake-up for a "
-            "single-row insert), by result: claimed, or passed to the full claim.",
+            "single-row insert), by result: claimed; taken (by another worker, or no "
+            "such job); passed to the full claim.",
             ["result"],
             registry=r,
         )
@@ -530,7 +531,7 @@ class Metrics:
         before its first event."""
         for source in WAKE_SOURCES:
             self.wakes.labels(source)
-        for result in ("claimed", "passed"):
+        for result in ("claimed", "taken", "passed"):
             self.notified_claims.labels(result)
         for why in LOST_WHY:
             self.workers_lost.labels(why)

@@ -172,6 +172,15 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
             claimed = [r for r in rows if r["id"] is not None]
             assert len(claimed) == 1
             last_id = claimed[0]["id"]
+            # The plain claim, which a worker runs while no limit or priority is in play.
+            await admin.execute("INSERT INTO pgwake.jobs (kind) VALUES ('k')")
+            rows = await held.fetch(QUERIES["job_claim_plain"], *claim_args(""))
+            assert len([r for r in rows if r["id"] is not None]) == 1
+            await admin.execute(
+                "UPDATE pgwake.jobs SET status = 'succeeded', claimed_by = NULL, "
+                "finished_at = now() WHERE id = $1",
+                rows[0]["id"],
+            )
             finished = await held.fetch(
                 QUERIES["job_finish_many"],
                 worker,
@@ -191,7 +200,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
                 "INSERT INTO pgwake.jobs (kind) VALUES ('k') RETURNING id"
             )
             rows = await held.fetch(QUERIES["job_claim_notified"], worker, ["k"], notified, [])
-            assert [r["id"] for r in rows] == [notified]
+            assert [r["id"] for r in rows] == [notified, None]
             await held.fetch(
                 QUERIES["job_finish_many"],
                 worker,
@@ -213,6 +222,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
         assert conn is not None
         explained_args: dict[str, tuple[object, ...]] = {
             "job_claim": claim_args("tenant050"),
+            "job_claim_plain": claim_args("tenant050"),
             "job_finish_many": (worker, [last_id], [1], ["succeeded"], [0], None, None, None),
             "worker_heartbeat": (worker, False),
             "job_promote_due": (100,),
@@ -235,7 +245,7 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
                 name,
                 json.dumps(explained),
             )
-            if name == "job_claim":
+            if name in ("job_claim", "job_claim_plain"):
                 # The walk and the candidates probe the ready index; the update reads
                 # the locked rows by ctid.
                 assert "jobs_ready_idx" in {n.get("Index Name") for n in scans}

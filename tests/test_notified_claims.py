@@ -126,7 +126,16 @@ async def _claim_notified(
     at_cap: tuple[str, ...] = (),
 ) -> list[int]:
     rows = await conn.fetch(QUERIES["job_claim_notified"], worker, list(kinds), job, list(at_cap))
-    return [row["id"] for row in rows]
+    assert rows[-1]["id"] is None  # the summary row
+    return [row["id"] for row in rows[:-1]]
+
+
+async def _queued_flag(conn: asyncpg.Connection, worker: uuid.UUID, job: int) -> bool:
+    """What the claim by id says of a job it does not claim: queued (the full claim must
+    weigh it) or not (nothing to weigh)."""
+    rows = await conn.fetch(QUERIES["job_claim_notified"], worker, ["k"], job, [])
+    assert [row["id"] for row in rows] == [None]
+    return bool(rows[0]["queued"])
 
 
 async def _insert(conn: asyncpg.Connection, values: str = "('t', 'k')") -> int:
@@ -189,6 +198,10 @@ async def test_the_claim_by_id_leaves_what_the_full_claim_must_weigh(
     notified = job if case != "not a job" else job + 1000
     assert await _claim_notified(conn, worker, notified) == []
     assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs WHERE status = 'running'") == 0
+    # A queued job is left for the full claim to weigh; for one that is not queued there
+    # is nothing to weigh.
+    not_queued = {"not a job", "due later", "cancelled"}
+    assert await _queued_flag(conn, worker, notified) is (case not in not_queued)
 
 
 async def test_the_claim_by_id_keeps_the_local_cap_and_registration(
@@ -330,3 +343,55 @@ async def test_ids_a_connect_only_role_notifies_start_nothing_they_should_not(
         await conn.fetch("SELECT id, status FROM pgwake.jobs WHERE id = ANY($1)", [held, foreign])
     )
     assert statuses == {held: "queued", foreign: "queued"}
+
+
+async def test_a_stream_of_single_inserts_is_claimed_in_batches(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Single-row inserts back to back: the second notification within a few
+    milliseconds of a claim by id turns the worker to batched claims with inserts not
+    notifying, so few of the 200 jobs are claimed by id; all of them run."""
+    async with running_worker(dsn, _registry(), poll_interval=3600) as service:
+        await _settled(service)
+        enqueue = await conn.prepare(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('t', 'noop') RETURNING id"
+        )
+        for _ in range(200):
+            await enqueue.fetchval()
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 200 FROM pgwake.jobs WHERE status = 'succeeded'"
+            ),
+            timeout=30,
+        )
+        by_id = service.metrics.notified_claims.labels("claimed")._value.get()
+    assert by_id < 100, by_id
+
+
+async def test_a_notification_naming_no_queued_job_costs_no_full_claim(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """An id that is no queued job (a finished one, one that does not exist): the claim
+    by id finds nothing to weigh and the worker waits again, without a full claim."""
+    done = await _insert(conn, "('t', 'noop')")
+    async with running_worker(dsn, _registry(), poll_interval=3600) as service:
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT status = 'succeeded' FROM pgwake.jobs WHERE id = $1", done
+            ),
+            timeout=10,
+        )
+        await _settled(service)
+        metrics = service.metrics
+        claims_before = metrics.claims._value.get()
+        taken = metrics.notified_claims.labels("taken")
+        for count, payload in enumerate((done, done + 10**6), start=1):
+            await conn.execute("SELECT pg_notify('pgwake_jobs', $1)", str(payload))
+
+            async def counted(count: int = count) -> bool:
+                return bool(taken._value.get() >= count)
+
+            await eventually(counted, timeout=10, interval=0.005)
+        await anyio.sleep(0.1)
+        assert metrics.claims._value.get() == claims_before
+        assert service.listener.waiting

@@ -480,6 +480,224 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                                      array_agg(c.kind), array_agg('running'::text))
               FROM claimed AS c) >= 0);
 
+-- name: job_claim_plain
+-- job_claim for a queue where nothing but fairness decides: no rate limit on the kinds
+-- of $2 and no ready job of those kinds with a priority above 0. The worker runs it
+-- while that holds and the full claim otherwise: a claim costs the database a third
+-- less (half the plan nodes: no priority levels, no limits' windows), on every claim of
+-- a backlog or a stream. It checks the condition itself, with two probes, and claims
+-- nothing when it fails (needs_full); a tenant with a rate limit of its own gets
+-- nothing from it either (needs_full too), so a limit is never passed over: the worker
+-- runs the full claim at once. Otherwise its jobs are the full claim's, in the same
+-- order (tests/test_claim_plain.py holds the two to that).
+--
+-- Tenants with ready jobs are walked in tenant_id order starting just after the cursor
+-- $7 and wrapping around (a loose index scan on jobs_ready_idx: one index probe per
+-- tenant, whatever the backlog); paused tenants are passed over. Each tenant gets at
+-- most its free slots: the local cap $4 minus what it runs in this worker, and for a
+-- tenant with max_concurrency its free fleet-wide slots (pgwake.tenant_free_slots,
+-- serialised per tenant by an advisory lock). Its best jobs (priority, then age) are
+-- locked with FOR UPDATE SKIP LOCKED, so concurrent claimers never take the same job,
+-- and the rows are interleaved by weight: every tenant's first job(s) before any
+-- tenant's next, so a tenant with one job is served in the same claim as a tenant with
+-- 100,000; jobs below the default priority come after the others.
+--
+-- $1 worker id (uuid)
+-- $2 kinds this worker has handlers for (text[])
+-- $3 how many jobs to claim at most (int)
+-- $4 per-tenant cap of claimed jobs inside this worker (int)
+-- $5 tenants that already have jobs claimed in this worker (text[])
+-- $6 how many each of those counts against $4, same order as $5 (int[])
+-- $7 round-robin cursor: the tenant served last (text; '' to start at the beginning)
+-- Returns the claimed jobs, already marked running with attempts incremented, then
+-- one row with id NULL giving walk_end, walked and more as job_claim does, reopens_in
+-- (always NULL) and needs_full (run job_claim instead: a rate limit or a priority
+-- above 0 is in play).
+WITH RECURSIVE
+-- The worker must still be registered: a worker declared lost claims nothing until it
+-- registers again. KEY SHARE makes the leader's recovery of this worker wait for the
+-- claim to commit, and a claim that comes after it find no row.
+me AS (
+    SELECT w.id FROM pgwake.workers AS w WHERE w.id = $1 FOR KEY SHARE
+),
+local_running AS (
+    SELECT b.tenant_id, b.running
+      FROM unnest($5::text[], $6::int[]) AS b(tenant_id, running)
+),
+-- Whether this claim may decide alone: no rate limit on the kinds of $2 (one probe of
+-- pgwake.limits) and no ready job of them above the default priority (one probe of
+-- jobs_ready_priority_idx, empty while nobody sets priority).
+plain AS MATERIALIZED (
+    SELECT NOT EXISTS (SELECT 1 FROM pgwake.limits AS l WHERE l.kind = ANY ($2::text[]))
+           AND NOT EXISTS (SELECT 1 FROM pgwake.jobs AS j
+                            WHERE j.status = 'queued' AND j.priority <> 0 AND j.priority > 0
+                              AND j.kind = ANY ($2::text[])) AS ok
+),
+-- Tenants after the cursor, in order: each step finds the next tenant_id that has a
+-- queued job of our kinds with one probe of jobs_ready_idx. The probe reads the queued
+-- jobs of other kinds it passes (their kind is in the row, not in the index), so a
+-- tenant whose jobs are all of kinds this worker does not handle costs the walk those
+-- reads, never a step: however many such tenants there are, the walk reaches the next
+-- tenant with work for us in the same claim.
+after_cursor (tenant_id, step) AS (
+    (SELECT j.tenant_id, 1
+       FROM pgwake.jobs AS j
+      WHERE j.status = 'queued' AND j.tenant_id > $7::text AND j.kind = ANY ($2::text[])
+      ORDER BY j.tenant_id
+      LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id
+              FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.tenant_id > a.tenant_id
+               AND j.kind = ANY ($2::text[])
+             ORDER BY j.tenant_id
+             LIMIT 1),
+           a.step + 1
+      FROM after_cursor AS a
+     WHERE a.tenant_id IS NOT NULL
+),
+-- The wrap-around: tenants from the beginning up to and including the cursor.
+before_cursor (tenant_id, step) AS (
+    (SELECT j.tenant_id, 1
+       FROM pgwake.jobs AS j
+      WHERE j.status = 'queued' AND j.tenant_id <= $7::text AND j.kind = ANY ($2::text[])
+      ORDER BY j.tenant_id
+      LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id
+              FROM pgwake.jobs AS j
+             WHERE j.status = 'queued' AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
+               AND j.kind = ANY ($2::text[])
+             ORDER BY j.tenant_id
+             LIMIT 1),
+           b.step + 1
+      FROM before_cursor AS b
+     WHERE b.tenant_id IS NOT NULL
+),
+-- At most $3 tenants, in round-robin order, that are not paused and still have a free
+-- local slot. The walk is lazy: it stops as soon as enough tenants are found. The paused
+-- check is a scalar subquery on purpose: one primary-key probe per walked tenant, where
+-- a join could scan every row of pgwake.tenants.
+walk AS MATERIALIZED (
+    SELECT w.tenant_id, w.lap, w.step
+      FROM (
+            (SELECT tenant_id, 1 AS lap, step FROM after_cursor AS c
+              WHERE tenant_id IS NOT NULL
+                AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+                AND (SELECT p.paused FROM pgwake.tenants AS p
+                      WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
+              LIMIT $3::int)
+            UNION ALL
+            (SELECT tenant_id, 2 AS lap, step FROM before_cursor AS c
+              WHERE tenant_id IS NOT NULL
+                AND tenant_id NOT IN (SELECT tenant_id FROM local_running WHERE running >= $4::int)
+                AND (SELECT p.paused FROM pgwake.tenants AS p
+                      WHERE p.tenant_id = c.tenant_id) IS NOT TRUE
+              LIMIT $3::int)
+           ) AS w
+     ORDER BY w.lap, w.step
+     LIMIT $3::int
+),
+-- Free slots per walked tenant: local, and fleet-wide for capped tenants; none for a
+-- tenant with a rate limit (the full claim weighs it). Computed only for the tenants
+-- the walk kept (the advisory lock is never taken for others).
+slots_free AS MATERIALIZED (
+    SELECT w.tenant_id,
+           row_number() OVER (ORDER BY w.lap, w.step) AS pos,
+           count(*) OVER () AS walked,
+           coalesce(s.weight, 1) AS weight,
+           s.rate_limit IS NOT NULL AS rate_limited,
+           CASE WHEN s.rate_limit IS NOT NULL THEN 0
+                WHEN s.max_concurrency IS NULL
+                THEN $4::int - coalesce(r.running, 0)
+                ELSE least($4::int - coalesce(r.running, 0),
+                           pgwake.tenant_free_slots(w.tenant_id, s.max_concurrency))
+           END AS free
+      FROM walk AS w
+      LEFT JOIN local_running AS r ON r.tenant_id = w.tenant_id
+      -- LIMIT 1 keeps this a per-tenant primary-key probe (never a scan of all tenants).
+      LEFT JOIN LATERAL (SELECT t.weight, t.max_concurrency, t.rate_limit
+                           FROM pgwake.tenants AS t
+                          WHERE t.tenant_id = w.tenant_id
+                          LIMIT 1) AS s ON true
+),
+-- How many jobs each tenant may have locked for this claim: its free slots, and its
+-- share of $3 by weight (an even split), so that a claim locks about the $3 rows it
+-- takes, not $3 per tenant. A tenant held to its share sets `more`, and the worker
+-- claims again at once: one more claim when tenants' backlogs differ, none when they
+-- are all deep.
+slots AS (
+    SELECT t.tenant_id, t.pos, t.weight, t.free,
+           least(t.free, $3::int, t.weight * ceil(1.0 * $3::int / t.walked)::int) AS share
+      FROM slots_free AS t
+),
+-- Each tenant's best ready jobs of our kinds, at most its share, locked.
+candidates AS (
+    SELECT c.id, c.ctid, c.priority, t.pos, (c.rn - 1) / t.weight AS round,
+           -- The share, not the free slots, stopped this tenant: it may have more.
+           c.rn = t.share AND t.share < least(t.free, $3::int) AS share_full
+      FROM slots AS t
+     CROSS JOIN LATERAL (
+            SELECT j.id, j.ctid, j.priority, row_number() OVER () AS rn
+              FROM (SELECT j.id, j.ctid, j.priority
+                      FROM pgwake.jobs AS j
+                     WHERE j.tenant_id = t.tenant_id
+                       AND j.status = 'queued'
+                       AND j.run_at <= now()
+                       AND j.kind = ANY ($2::text[])
+                     ORDER BY j.priority DESC, j.run_at, j.id
+                     LIMIT t.share
+                       FOR UPDATE SKIP LOCKED) AS j
+           ) AS c
+     -- Nothing at all when the full claim must weigh this one (see needs_full below).
+     WHERE t.share > 0 AND (SELECT p.ok FROM plain AS p)
+       AND NOT EXISTS (SELECT 1 FROM slots_free AS f WHERE f.rate_limited)
+),
+-- Interleave tenants by weight: every tenant's first round before any tenant's second;
+-- jobs below the default priority after the others.
+chosen AS (
+    SELECT id, ctid FROM candidates WHERE EXISTS (SELECT 1 FROM me)
+     ORDER BY priority DESC, round, pos LIMIT $3::int
+),
+-- The locked rows go in as an array of ctids so the update reads them directly (a Tid
+-- Scan, no index probe) whatever the planner guesses for LIMIT $3. A ctid is stable
+-- while the row is locked.
+claimed AS (
+    UPDATE pgwake.jobs AS j
+       SET status = 'running',
+           claimed_by = $1,
+           attempts = j.attempts + 1,
+           started_at = now()
+     WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
+    RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+              extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
+              j.started_at
+)
+SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked, NULL::boolean AS more,
+       NULL::float8 AS reopens_in, NULL::boolean AS needs_full
+  FROM claimed AS c
+UNION ALL
+-- One last row (id NULL) says where the walk ended and how many tenants it visited, so
+-- the next claim continues after it; a walk that visited $3 tenants may have stopped
+-- short of more (for example past tenants whose jobs are all of other kinds). `more`
+-- says a tenant was held to its share and may have more ready jobs right now.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT w.tenant_id FROM walk AS w ORDER BY w.lap DESC, w.step DESC LIMIT 1),
+       (SELECT count(*) FROM walk),
+       EXISTS (SELECT 1 FROM candidates WHERE share_full)
+           -- A locked row whose newest version this statement cannot see (another
+           -- transaction updated it after the claim began) is not updated by its ctid:
+           -- it stays queued, and the next claim, right away, takes it.
+           OR (SELECT count(*) FROM chosen) > (SELECT count(*) FROM claimed),
+       NULL,
+       NOT (SELECT p.ok FROM plain AS p) OR EXISTS (SELECT 1 FROM slots_free WHERE rate_limited)
+ -- One job event per claimed job, all in one call; when nobody follows job events (or
+ -- they are off) the arrays are not even built.
+ WHERE NOT pgwake.events_wanted()
+    OR (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id), array_agg(c.kind),
+                                 array_agg('running'::text))
+          FROM claimed AS c) >= 0;
+
 -- name: job_claim_notified
 -- Claims job $3, the one ready job a single-row insert named in its notification, for
 -- worker $1 that was waiting for work: the wake-up of an idle worker, by primary key
@@ -497,15 +715,19 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 -- before it: that lock cost a third of the statement) and is then found claimed: a claim
 -- holds its rows for one statement, and claims lock with SKIP LOCKED, so they never
 -- wait for this one.
--- A job that fails any of these is left as it is, and the worker runs job_claim, which
--- weighs everything. An id that is not a job claims nothing.
+-- A queued job that fails any of these is left as it is, and the worker runs job_claim,
+-- which weighs everything. A job that is not queued (claimed by another worker woken
+-- by the same notification, or an id that is not a job) claims nothing, and the worker
+-- waits again.
 --
 -- $1 worker id (uuid)
 -- $2 kinds this worker has handlers for (text[])
 -- $3 the notified job id (bigint)
 -- $4 tenants at their local cap in this worker (text[])
--- Returns the claimed job (or nothing), already marked running with attempts
--- incremented, in the columns of job_claim's jobs.
+-- Returns the claimed job (if any), already marked running with attempts incremented,
+-- in the columns of job_claim's jobs, then one row with id NULL saying whether the job
+-- is queued (queued: false when it was neither claimed nor queued, so that there is
+-- nothing for the full claim to weigh).
 -- The worker must still be registered (as in job_claim).
 WITH me AS (
     SELECT w.id FROM pgwake.workers AS w WHERE w.id = $1 FOR KEY SHARE
@@ -548,8 +770,15 @@ claimed AS (
               extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
               j.started_at
 )
-SELECT c.*
+SELECT c.*, NULL::boolean AS queued
   FROM claimed AS c
+UNION ALL
+-- One last row (id NULL): whether the job is queued (as this statement began). When it
+-- was not claimed and is not queued (another worker took it, or no such job), the full
+-- claim has nothing to weigh for it and the worker waits again.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       coalesce((SELECT j.status = 'queued' FROM pgwake.jobs AS j WHERE j.id = $3::bigint),
+                false)
  -- Its job event, as job_claim sends them.
  WHERE NOT pgwake.events_wanted()
     OR (SELECT pgwake.job_events(array_agg(c.id), array_agg(c.tenant_id),

@@ -12,8 +12,10 @@
   and beside 1,000,000 finished jobs of those tenants (not yet past their retention),
   in rounds that alternate between the two databases.
 
-Invariant: the claims are real ``job_claim`` statements from a registered worker: each
-commits and marks its jobs running, exactly as a worker's claim does.
+Invariant: the claims are the real claim statements a worker runs (``job_claim_plain``
+where no rate limit is set, ``job_claim`` beside the rate-limited tenants; ``job_claim``
+for retention and history) from a registered worker: each commits and marks its jobs
+running, exactly as a worker's claim does.
 """
 
 from __future__ import annotations
@@ -202,7 +204,9 @@ async def _claim_at_scale(
             await conn.execute(
                 QUERIES["worker_register"], worker, "bench", 0, ["noop"], batch, None
             )
-            claim = await conn.prepare(QUERIES["job_claim"])
+            # What a worker runs: the plain claim, or the full one beside rate limits.
+            statement = QUERIES["job_claim"] if rate_limited else QUERIES["job_claim_plain"]
+            claim = await conn.prepare(statement)
             args: tuple[object, ...] = (worker, ["noop"], batch, batch, [], [])
             cursor = ""
             times: list[float] = []
@@ -215,7 +219,7 @@ async def _claim_at_scale(
                 cursor = summary["walk_end"] or ""
                 claimed += len(rows) - 1
             plan = await conn.fetchval(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["job_claim"],
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement,
                 *args,
                 cursor,
             )
