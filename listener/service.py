@@ -261,6 +261,8 @@ class Service:
                 Status.FAILED: s.retention_failed,
                 Status.CANCELLED: s.retention_cancelled,
             },
+            archive=s.retention_archive,
+            archived=s.retention_archived,
         )
         self.sampler = Sampler(pool, metrics, kinds, interval=s.metrics_interval)
         self.scheduler = Scheduler(pool)

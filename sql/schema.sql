@@ -484,6 +484,47 @@ CREATE TRIGGER jobs_notify_after_insert
     FOR EACH STATEMENT
     EXECUTE FUNCTION pgwake.jobs_after_insert();
 
+-- Table pgwake.jobs_archive -----------------------------------------------------------
+
+-- Finished jobs retention moved out of pgwake.jobs (setting retention_archive).
+CREATE TABLE pgwake.jobs_archive (
+    id           bigint      PRIMARY KEY,
+    tenant_id    text        NOT NULL,
+    kind         text        NOT NULL,
+    payload      jsonb       NOT NULL,
+    priority     integer     NOT NULL,
+    run_at       timestamptz NOT NULL,
+    max_attempts integer     NOT NULL,
+    status       text        NOT NULL,
+    attempts     integer     NOT NULL,
+    created_at   timestamptz NOT NULL,
+    started_at   timestamptz,
+    finished_at  timestamptz,
+    last_error   text,
+    result       jsonb,
+    depends_on   bigint[],
+    run_anyway   boolean     NOT NULL,
+    metadata     jsonb,
+    created_by   text        NOT NULL,
+    -- When retention moved it here; it is deleted retention_archived seconds later.
+    archived_at  timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE pgwake.jobs_archive IS
+    'pgwake finished jobs moved here by retention (setting retention_archive), kept for retention_archived.';
+
+-- The archive's own retention deletes the oldest archived first.
+CREATE INDEX jobs_archive_archived_at_idx ON pgwake.jobs_archive (archived_at);
+
+ALTER TABLE pgwake.jobs_archive ENABLE ROW LEVEL SECURITY;
+
+-- As for pgwake.jobs: confined roles read only their own tenants' archived jobs.
+CREATE POLICY jobs_archive_confined_to_own_tenants ON pgwake.jobs_archive
+    USING ((SELECT pgwake.confined_tenants()) IS NULL
+           OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]))
+    WITH CHECK ((SELECT pgwake.confined_tenants()) IS NULL
+                OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]));
+
 -- Table pgwake.job_waits: what a waiting job still waits for ----------------------------
 
 -- How many dependencies of a waiting job are still open, as the statements that
@@ -1440,6 +1481,7 @@ BEGIN
         'GRANT SELECT, INSERT (tenant_id, kind, payload, priority, run_at, max_attempts, '
         'unique_key, unique_for, timeout, depends_on, run_anyway, metadata) ON pgwake.jobs '
         'TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON pgwake.jobs_archive TO %I', p_role);
     EXECUTE format('GRANT USAGE ON SEQUENCE pgwake.jobs_id_seq TO %I', p_role);
     EXECUTE format('GRANT SELECT ON pgwake.queue_status, pgwake.failed_jobs, '
                    'pgwake.tenant_backlog TO %I', p_role);

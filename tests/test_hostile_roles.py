@@ -674,6 +674,7 @@ async def test_hostile_role_matrix(server_dsn: str, dsn: str, conn: asyncpg.Conn
             allowed = {k for k, v in got.items() if v == "ok"}
             assert allowed == {
                 "select jobs",
+                "select jobs_archive",  # its tenants' archived jobs (row-level security)
                 "select queue_status",
                 "select failed_jobs",
                 "select tenant_backlog",

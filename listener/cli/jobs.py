@@ -108,19 +108,34 @@ def list_cmd(
             show_default=False,
         ),
     ] = None,
+    archived: Annotated[
+        bool,
+        typer.Option(
+            "--archived",
+            help="List the archive (pgwake.jobs_archive: finished jobs retention moved "
+            "there, with retention_archive on) instead of the queue.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     *,
     db: Database,
 ) -> None:
     """List jobs, newest first. Page with --before LAST_ID."""
-    _check_status(status, list(Status))
+    _check_status(status, list(FINISHED) if archived else list(Status))
     _check_ids([before] if before is not None else None, "--before")
     contains = _metadata_filter(meta or [])
+    if archived and older_than is not None:
+        raise fail("--older-than does not go with --archived", 2)
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-        rows = await conn.fetch(
-            QUERIES["job_list"], tenant, kind, status, older_than, limit, before, contains
-        )
+        if archived:
+            rows = await conn.fetch(
+                QUERIES["job_list_archived"], tenant, kind, status, limit, before, contains
+            )
+        else:
+            rows = await conn.fetch(
+                QUERIES["job_list"], tenant, kind, status, older_than, limit, before, contains
+            )
         return [dict(r) for r in rows]
 
     rows = db.run(fetch)
@@ -152,6 +167,9 @@ def show_cmd(
 
     async def fetch(conn: asyncpg.Connection) -> dict[str, Any] | None:
         row = await conn.fetchrow(QUERIES["job_get"], job_id)
+        if row is None:
+            # No longer in the queue: retention may have archived it.
+            row = await conn.fetchrow(QUERIES["job_get_archived"], job_id)
         if row is None:
             return None
         job = dict(row)

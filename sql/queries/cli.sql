@@ -61,6 +61,33 @@ SELECT j.id, j.tenant_id, j.kind, j.status, j.priority, j.attempts, j.max_attemp
  ORDER BY j.id DESC
  LIMIT $5::int;
 
+-- name: job_list_archived
+-- Archived jobs (pgwake.jobs_archive), newest first, filtered as job_list; NULL filters
+-- match everything. Paged by id.
+-- $1 tenant, $2 kind, $3 status, $4 page size, $5 list only ids below this,
+-- $6 metadata the job's must contain (jsonb object, NULL: any).
+SELECT a.id, a.tenant_id, a.kind, a.status, a.priority, a.attempts, a.max_attempts,
+       a.created_at, a.run_at, a.started_at, a.finished_at,
+       split_part(a.last_error, E'\n', 1) AS error, a.metadata, a.archived_at
+  FROM pgwake.jobs_archive AS a
+ WHERE ($1::text IS NULL OR a.tenant_id = $1)
+   AND ($2::text IS NULL OR a.kind = $2)
+   AND ($3::text IS NULL OR a.status = $3)
+   AND ($5::bigint IS NULL OR a.id < $5)
+   AND ($6::jsonb IS NULL OR a.metadata @> $6::jsonb)
+ ORDER BY a.id DESC
+ LIMIT $4::int;
+
+-- name: job_get_archived
+-- One archived job, every column (for `pgwake jobs show` of a job no longer in
+-- pgwake.jobs).
+-- $1 job id.
+SELECT a.id, a.tenant_id, a.kind, a.status, a.payload, a.priority, a.attempts,
+       a.max_attempts, a.created_at, a.run_at, a.started_at, a.finished_at, a.result,
+       a.last_error, a.metadata, a.created_by, a.depends_on, a.run_anyway, a.archived_at
+  FROM pgwake.jobs_archive AS a
+ WHERE a.id = $1;
+
 -- name: job_get
 -- One job, every column (waiting_for: the dependencies a waiting job still waits for,
 -- as counted so far).
