@@ -18,6 +18,10 @@ Invariants:
   client cannot encode (a result nested too deep, say).
 - Error text is stored through ``jobs.storable_text``: a message holding NUL or a lone
   surrogate is kept, escaped, and the job is retried as for any other error.
+- A batch with a success that enqueued child jobs is written in one transaction with
+  those children (listener/children.py): they are inserted only for the parents whose
+  outcome the fenced statement stored, so a retried write never inserts them twice,
+  and a child the database refuses fails the batch, which is then split as above.
 - ``run`` returns only after ``close()`` and once the buffer is empty (and then gives
   its connection back), so the service can put back held jobs knowing every finished
   outcome is stored.
@@ -33,6 +37,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
+from listener.children import insert_children
 from listener.db import is_transient
 from listener.jobs import Outcome, Status, storable_text
 from listener.kept_connection import KeptConnection
@@ -152,8 +157,19 @@ class Completer:
         await self._execute([failed])
 
     async def _execute(self, batch: Sequence[Outcome]) -> None:
-        await self._db.fetch(
-            QUERIES["job_finish_many"],
+        children = [(o.job_id, c) for o in batch if o.children for c in o.children]
+        if not children:
+            await self._db.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
+            return
+
+        async def finish_then_insert(conn: Any) -> None:
+            stored = await conn.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
+            await insert_children(conn, {r["id"] for r in stored}, children)
+
+        await self._db.transaction(finish_then_insert)
+
+    def _finish_args(self, batch: Sequence[Outcome]) -> tuple[Any, ...]:
+        return (
             self._worker_id,
             [o.job_id for o in batch],
             [o.attempt for o in batch],

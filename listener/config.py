@@ -168,6 +168,17 @@ class Settings(BaseSettings):
         le=10 * 366 * 86_400,
         description="Seconds a cancelled job is kept after it finished.",
     )
+    retention_archive: bool = Field(
+        default=False,
+        description="Move finished jobs past their retention into pgwake.jobs_archive "
+        "instead of deleting them.",
+    )
+    retention_archived: float = Field(
+        default=30 * 86_400.0,
+        gt=0,
+        le=10 * 366 * 86_400,
+        description="Seconds an archived job is kept in pgwake.jobs_archive.",
+    )
     job_events: bool = Field(
         default=True,
         description="Send a NOTIFY on pgwake_events for each status change this worker "

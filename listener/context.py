@@ -4,6 +4,8 @@ Invariants:
 - A context belongs to one attempt of one job. Every line its logger logs while the
   handler runs names the job (id, tenant, kind and attempt): the executor runs the
   handler in ``jobs.job_context``, which the log configuration reads.
+- Jobs a handler enqueues (``ctx.enqueue``) are created only if this attempt succeeds,
+  with its outcome, exactly once (listener/children.py).
 - The records a handler reports (``ctx.add_records``) are counted for that attempt only
   and travel on its ``Outcome.records``: None when the handler reported none, so "not
   reported" is never mistaken for "zero records".
@@ -11,12 +13,14 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
+from listener.children import Children, DependencyResult
 from listener.errors import ConfigurationError
 from listener.jobs import Job
 from listener.progress import JobProgress
@@ -66,6 +70,7 @@ class JobContext:
     """True under ``pgwake exec --dry-run``: the run is a rehearsal. ``ctx.tenant_db()``
     connections are in a transaction rolled back at the end; a handler with effects
     elsewhere (an e-mail, an API call) should skip them when this is set."""
+    children: Children | None = None
 
     @property
     def tenant(self) -> str:
@@ -119,3 +124,47 @@ class JobContext:
         if self.databases is None:
             raise ConfigurationError("this worker does not serve tenant databases")
         return self.databases.connection(self.job.tenant_id)
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        depends_on: Sequence[int] = (),
+        run_anyway: bool = False,
+        priority: int = 0,
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Enqueue a job of this tenant, created only if this attempt succeeds, in the
+        transaction that stores its outcome (a failed attempt creates none; its retry
+        creates them again, once). Returns the new job's id at once, so it can be given
+        in ``depends_on`` of another job enqueued here (fan-out, then a final job that
+        waits for them all: fan-in). ``depends_on`` may also name jobs that exist
+        already (of this tenant); ``run_anyway`` runs it once they have all finished,
+        whatever their outcome. ``delay`` is seconds from the outcome until it may run.
+        ``payload`` and ``metadata`` must be JSON objects (TypeError, ValueError)."""
+        return await self._children().enqueue(
+            kind,
+            payload,
+            depends_on=depends_on,
+            run_anyway=run_anyway,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def dependency_results(self) -> dict[int, DependencyResult]:
+        """How each job this one depends on (``depends_on``) ended, by job id: its
+        ``status`` (``succeeded``; with ``run_anyway`` also ``failed`` or
+        ``cancelled``), ``result`` and ``error``. Empty for a job without dependencies."""
+        return await self._children().dependency_results()
+
+    def _children(self) -> Children:
+        if self.children is None:
+            raise ConfigurationError("this worker cannot enqueue jobs or read dependencies")
+        return self.children

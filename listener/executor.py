@@ -19,6 +19,8 @@ Invariants:
 - ``execute`` enforces the job's timeout itself; ``attempt`` leaves it to the caller
   (the claimer's runners hold one cancel scope each for all their jobs, which is much
   cheaper than a scope per job) and ``timed_out`` is the outcome it then records.
+- Only a succeeded outcome carries the jobs the handler enqueued (``ctx.enqueue``); any
+  other outcome drops them, so they are never created.
 - An outcome made after the handler ran carries the records it reported
   (``ctx.add_records``; None when it reported none, and on a timeout).
 - While the handler runs, and while the executor logs its start and how it ended
@@ -37,10 +39,12 @@ import traceback
 from typing import Any
 
 import anyio
+import asyncpg
 import structlog
 from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
+from listener.children import Children
 from listener.context import JobContext, TenantConnections
 from listener.db import UndecodableJson
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
@@ -115,11 +119,14 @@ class Executor:
         databases: TenantConnections | None = None,
         progress: ProgressSink | None = None,
         *,
+        pool: asyncpg.Pool | None = None,
         log_jobs: bool = True,
         log_jobs_per_second: int = 0,
         dry_run: bool = False,
     ) -> None:
         self._registry = registry
+        # For the jobs handlers enqueue and the dependencies they read (None: neither).
+        self._pool = pool
         self._backoff = backoff
         self._databases = databases
         self._progress = progress
@@ -189,9 +196,12 @@ class Executor:
             databases=self._databases,
             progress_reporter=reporter,
             dry_run=self._dry_run,
+            children=Children(self._pool, job) if self._pool is not None else None,
         )
         outcome = await self._call(handler, payload, ctx)
         outcome.records = ctx.records
+        if outcome.status == Status.SUCCEEDED and ctx.children and ctx.children.enqueued:
+            outcome.children = ctx.children.enqueued
         return outcome
 
     async def _call(  # noqa: PLR0911 - one return per outcome

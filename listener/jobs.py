@@ -27,16 +27,20 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
 from listener.db import UndecodableJson
 
+if TYPE_CHECKING:
+    from listener.children import ChildJob
+
 
 class Status(StrEnum):
     """A job's status, as ``pgwake.jobs.status`` holds it (compares equal to that text)."""
 
+    WAITING = "waiting"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
@@ -45,8 +49,9 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
-# A job still to run (waiting for its time, waiting for a worker, or running)...
-ACTIVE: Final = (Status.SCHEDULED, Status.QUEUED, Status.RUNNING)
+# A job still to run (waiting for the jobs it depends on, waiting for its time, waiting
+# for a worker, or running)...
+ACTIVE: Final = (Status.WAITING, Status.SCHEDULED, Status.QUEUED, Status.RUNNING)
 # ...or one that ended for good (kept until its retention passes).
 FINISHED: Final = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
@@ -141,6 +146,8 @@ class Outcome:
     result: Any = None
     error: str | None = None
     records: int | None = None
+    # Jobs the handler enqueued (ctx.enqueue), inserted with a succeeded outcome only.
+    children: list[ChildJob] | None = None
 
     @property
     def label(self) -> str:

@@ -8,13 +8,15 @@ Invariants:
 - Given back to the pool after any error, so a broken connection is replaced at the
   next statement, and by ``release()`` when the loop ends (the pool cannot close while a
   connection is out).
-- The kept session has no state of its own: only single statements run on it, and the
-  locks they take are transaction-scoped.
+- The kept session has no state of its own: only single statements, or transactions
+  that end before ``transaction`` returns, run on it, and the locks they take are
+  transaction-scoped.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg
@@ -22,6 +24,8 @@ import asyncpg
 # Seconds a release may take (asyncpg resets the session on release); a connection
 # that does not answer by then is terminated.
 RELEASE_TIMEOUT = 5.0
+
+T = TypeVar("T")
 
 
 class KeptConnection:
@@ -43,6 +47,19 @@ class KeptConnection:
             await self.release()
             raise
         return rows
+
+    async def transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``work(connection)`` in one transaction on the kept connection: committed
+        when it returns, rolled back (and the connection given back) when it raises."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._pool.acquire()
+        try:
+            async with conn.transaction():
+                return await work(conn)
+        except BaseException:
+            await self.release()
+            raise
 
     async def release(self) -> None:
         """Give the connection back to the pool (if one is held)."""

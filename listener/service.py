@@ -209,6 +209,7 @@ class Service:
             Backoff(base=s.retry_base, cap=s.retry_cap),
             TenantDatabases(pool, self.keyring, self.tenant_pools),
             self.progress,
+            pool=pool,
             log_jobs=s.log_jobs,
             log_jobs_per_second=s.log_jobs_per_second,
         )
@@ -260,6 +261,8 @@ class Service:
                 Status.FAILED: s.retention_failed,
                 Status.CANCELLED: s.retention_cancelled,
             },
+            archive=s.retention_archive,
+            archived=s.retention_archived,
         )
         self.sampler = Sampler(pool, metrics, kinds, interval=s.metrics_interval)
         self.scheduler = Scheduler(pool)

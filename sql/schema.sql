@@ -138,9 +138,22 @@ CREATE TABLE pgwake.jobs (
     unique_for   interval,
     -- The end of that window, written at insert (pgwake.jobs_before_insert_unique_window).
     unique_until timestamptz,
+    -- Set by an application: the jobs of the same tenant that must succeed (with
+    -- run_anyway: finish) before this one runs; it waits in status waiting until then
+    -- (pgwake.jobs_before_insert_dependencies). Never changed after the insert.
+    depends_on   bigint[],
+    run_anyway   boolean     NOT NULL DEFAULT false,
+    -- How many of depends_on were still open at the insert (then counted down in
+    -- pgwake.job_waits; a hint: pgwake.jobs_recheck_waiting decides).
+    waiting_for  integer,
+    -- Set by an application: context that is not the handler's input (a JSON object).
+    metadata     jsonb,
+    -- The role that inserted the job (only pgwake's own roles may set it otherwise).
+    created_by   text        NOT NULL DEFAULT current_user,
 
     CONSTRAINT jobs_status_valid
-        CHECK (status IN ('scheduled', 'queued', 'running', 'succeeded', 'failed', 'cancelled')),
+        CHECK (status IN ('waiting', 'scheduled', 'queued', 'running', 'succeeded', 'failed',
+                          'cancelled')),
     CONSTRAINT jobs_tenant_id_not_empty
         CHECK (length(btrim(tenant_id)) > 0 AND length(tenant_id) <= 200),
     CONSTRAINT jobs_kind_not_empty
@@ -178,7 +191,22 @@ CREATE TABLE pgwake.jobs (
     -- that clients such as Python's datetime cannot represent (a claim reading one
     -- would fail for its whole batch).
     CONSTRAINT jobs_run_at_between_years_1_and_9999
-        CHECK (run_at >= '0001-01-01 00:00:00+00' AND run_at < '10000-01-01 00:00:00+00')
+        CHECK (run_at >= '0001-01-01 00:00:00+00' AND run_at < '10000-01-01 00:00:00+00'),
+    CONSTRAINT jobs_depends_on_at_most_10000
+        CHECK (depends_on IS NULL
+               OR (cardinality(depends_on) <= 10000 AND coalesce(array_ndims(depends_on), 1) = 1)),
+    CONSTRAINT jobs_depends_on_without_nulls
+        CHECK (depends_on IS NULL OR array_position(depends_on, NULL) IS NULL),
+    -- A waiting job does not hold a unique key: releasing it could collide with the
+    -- job that does, in the statement that writes another job's outcome.
+    CONSTRAINT jobs_depends_on_without_unique_key
+        CHECK (depends_on IS NULL OR cardinality(depends_on) = 0 OR unique_key IS NULL),
+    CONSTRAINT jobs_waiting_has_dependencies
+        CHECK (status <> 'waiting' OR cardinality(depends_on) > 0),
+    CONSTRAINT jobs_metadata_must_be_json_object
+        CHECK (metadata IS NULL OR jsonb_typeof(metadata) = 'object'),
+    CONSTRAINT jobs_metadata_at_most_64kib
+        CHECK (metadata IS NULL OR octet_length(metadata::text) <= 65536)
 ) WITH (
     -- Jobs are updated in place (claim, finish); leave room for HOT updates and let
     -- autovacuum keep up with a queue's churn instead of waiting for 20% dead rows.
@@ -190,7 +218,7 @@ CREATE TABLE pgwake.jobs (
 );
 
 COMMENT ON TABLE pgwake.jobs IS
-    'pgwake job queue. Apps INSERT (tenant_id, kind, payload[, priority, run_at, max_attempts, unique_key, unique_for, timeout]); everything else belongs to the worker.';
+    'pgwake job queue. Apps INSERT (tenant_id, kind, payload[, priority, run_at, max_attempts, unique_key, unique_for, timeout, depends_on, run_anyway, metadata]); everything else belongs to the worker.';
 
 -- The claim walks ready jobs tenant by tenant: leading tenant_id lets the claim hop from
 -- one tenant to the next (a loose index scan), then priority and age order the jobs
@@ -236,6 +264,22 @@ CREATE UNIQUE INDEX jobs_unique_window_idx
 -- the newest failures first. Neither touches queued or running rows.
 CREATE INDEX jobs_finished_idx ON pgwake.jobs (status, finished_at)
     WHERE status IN ('succeeded', 'failed', 'cancelled');
+
+-- Who waits for a job: waiting jobs only, so a job that was released costs nothing.
+-- Without GIN's pending list (fastupdate): every search reads the whole list, so after a
+-- fan-in's insert each settling probe read thousands of entries (a DAG of 10,000 jobs
+-- ran at about 1,100 jobs/s); entries go straight into the tree instead.
+CREATE INDEX jobs_waiting_depends_on_idx ON pgwake.jobs USING gin (depends_on)
+    WITH (fastupdate = off)
+    WHERE status = 'waiting';
+
+-- Waiting jobs in id order: the sweep, the views and the metrics.
+CREATE INDEX jobs_waiting_idx ON pgwake.jobs (id) WHERE status = 'waiting';
+
+-- Jobs by metadata (metadata @> '{...}': a strict operator, so the planner knows such a
+-- row is in this partial index). Only jobs that have metadata.
+CREATE INDEX jobs_metadata_idx ON pgwake.jobs USING gin (metadata jsonb_path_ops)
+    WHERE metadata IS NOT NULL;
 
 ALTER TABLE pgwake.jobs ENABLE ROW LEVEL SECURITY;
 
@@ -292,6 +336,84 @@ CREATE TRIGGER jobs_unique_window_before_insert
     FOR EACH ROW
     WHEN (NEW.unique_for IS NOT NULL)
     EXECUTE FUNCTION pgwake.jobs_before_insert_unique_window();
+
+-- A job inserted with depends_on: each dependency must exist in the job's tenant (rows
+-- inserted earlier, in this statement too: the function is VOLATILE, so it sees the
+-- rows this statement inserted before this one) and, unless run_anyway, must not have
+-- failed or been cancelled. The job waits (waiting_for: its open dependencies) unless
+-- they are all resolved already. It runs with the inserting role's privileges, as the
+-- other insert triggers do (not SECURITY DEFINER): the role reads its dependencies, so
+-- it needs SELECT on pgwake.jobs (a confined role has it), and a confined role sees only
+-- its tenants' jobs: another tenant's job gets the message of a job that does not
+-- exist, whichever role inserts. It takes no lock on the dependencies, so no inserting
+-- session can hold up the outcome of a job.
+CREATE FUNCTION pgwake.jobs_before_insert_dependencies() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    v_missing bigint;
+    v_failed  bigint;
+    v_open    integer;
+BEGIN
+    IF array_position(NEW.depends_on, NULL) IS NOT NULL OR cardinality(NEW.depends_on) > 10000
+       OR array_ndims(NEW.depends_on) <> 1 OR NEW.unique_key IS NOT NULL THEN
+        RETURN NEW;  -- refused by a CHECK constraint that names the problem
+    END IF;
+    -- One primary-key probe per dependency (this runs for every row with depends_on).
+    SELECT min(d.dep) FILTER (WHERE j.id IS NULL),
+           min(d.dep) FILTER (WHERE j.status IN ('failed', 'cancelled')),
+           count(DISTINCT d.dep) FILTER (WHERE j.status IN ('waiting', 'scheduled', 'queued',
+                                                            'running'))
+      INTO v_missing, v_failed, v_open
+      FROM unnest(NEW.depends_on) AS d(dep)
+      LEFT JOIN pgwake.jobs AS j ON j.id = d.dep AND j.tenant_id = NEW.tenant_id;
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pgwake: a job of tenant % may depend only on jobs of its tenant that '
+                        'exist; job % does not', NEW.tenant_id, v_missing
+            USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'jobs_depends_on_exist',
+                  TABLE = 'jobs', SCHEMA = 'pgwake';
+    END IF;
+    IF v_failed IS NOT NULL AND NOT NEW.run_anyway THEN
+        RAISE EXCEPTION 'pgwake: job % it would depend on has already %; insert with '
+                        'run_anyway = true to run after it anyway', v_failed,
+                        CASE (SELECT j.status FROM pgwake.jobs AS j WHERE j.id = v_failed)
+                             WHEN 'failed' THEN 'failed' ELSE 'been cancelled' END
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_not_failed',
+                  TABLE = 'jobs', SCHEMA = 'pgwake';
+    END IF;
+    IF v_open > 0 AND NEW.status IN ('waiting', 'scheduled', 'queued') THEN
+        NEW.status := 'waiting';
+        NEW.waiting_for := v_open;
+    ELSE
+        IF NEW.status = 'waiting' THEN
+            NEW.status := 'queued';  -- jobs_schedule_before_insert, after this, may delay it
+        END IF;
+        NEW.waiting_for := NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER jobs_depends_on_before_insert
+    BEFORE INSERT ON pgwake.jobs
+    FOR EACH ROW
+    WHEN (cardinality(NEW.depends_on) > 0)
+    EXECUTE FUNCTION pgwake.jobs_before_insert_dependencies();
+
+-- depends_on never changes after the insert (that is what keeps the graph acyclic).
+CREATE FUNCTION pgwake.jobs_before_update_of_depends_on() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RAISE EXCEPTION 'pgwake: depends_on of job % cannot be changed after its insert', OLD.id
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_unchanging',
+              TABLE = 'jobs', SCHEMA = 'pgwake';
+END;
+$$;
+
+CREATE TRIGGER jobs_depends_on_unchanging
+    BEFORE UPDATE OF depends_on ON pgwake.jobs
+    FOR EACH ROW
+    WHEN (OLD.depends_on IS DISTINCT FROM NEW.depends_on)
+    EXECUTE FUNCTION pgwake.jobs_before_update_of_depends_on();
 
 -- After each INSERT statement: one NOTIFY when a worker waits for new jobs, which wakes
 -- the claimers (its payload is the job's id when the statement inserted exactly one
@@ -361,6 +483,65 @@ CREATE TRIGGER jobs_notify_after_insert
     REFERENCING NEW TABLE AS new_jobs
     FOR EACH STATEMENT
     EXECUTE FUNCTION pgwake.jobs_after_insert();
+
+-- Table pgwake.jobs_archive -----------------------------------------------------------
+
+-- Finished jobs retention moved out of pgwake.jobs (setting retention_archive).
+CREATE TABLE pgwake.jobs_archive (
+    id           bigint      PRIMARY KEY,
+    tenant_id    text        NOT NULL,
+    kind         text        NOT NULL,
+    payload      jsonb       NOT NULL,
+    priority     integer     NOT NULL,
+    run_at       timestamptz NOT NULL,
+    max_attempts integer     NOT NULL,
+    status       text        NOT NULL,
+    attempts     integer     NOT NULL,
+    created_at   timestamptz NOT NULL,
+    started_at   timestamptz,
+    finished_at  timestamptz,
+    last_error   text,
+    result       jsonb,
+    depends_on   bigint[],
+    run_anyway   boolean     NOT NULL,
+    metadata     jsonb,
+    created_by   text        NOT NULL,
+    -- When retention moved it here; it is deleted retention_archived seconds later.
+    archived_at  timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE pgwake.jobs_archive IS
+    'pgwake finished jobs moved here by retention (setting retention_archive), kept for retention_archived.';
+
+-- The archive's own retention deletes the oldest archived first.
+CREATE INDEX jobs_archive_archived_at_idx ON pgwake.jobs_archive (archived_at);
+
+ALTER TABLE pgwake.jobs_archive ENABLE ROW LEVEL SECURITY;
+
+-- As for pgwake.jobs: confined roles read only their own tenants' archived jobs.
+CREATE POLICY jobs_archive_confined_to_own_tenants ON pgwake.jobs_archive
+    USING ((SELECT pgwake.confined_tenants()) IS NULL
+           OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]))
+    WITH CHECK ((SELECT pgwake.confined_tenants()) IS NULL
+                OR tenant_id = ANY ((SELECT pgwake.confined_tenants())::text[]));
+
+-- Table pgwake.job_waits: what a waiting job still waits for ----------------------------
+
+-- How many dependencies of a waiting job are still open, as the statements that
+-- finished the others counted them (a hint: pgwake.jobs_recheck_waiting decides). Kept
+-- apart from pgwake.jobs so that counting a finished dependency updates this narrow
+-- row, not the job's row: an update of the job's row that cannot stay on its page
+-- writes every entry of its depends_on into jobs_waiting_depends_on_idx again, which
+-- for a fan-in of n jobs made the n outcomes cost O(n^2). Its row lock serialises the
+-- settlers of one waiting job. Created by the first settler (from jobs.waiting_for, the
+-- count at insert), deleted when the job is released or cancelled here (rows of jobs
+-- that left waiting otherwise go with the sweep). Only pgwake's own roles read or
+-- write it: it is granted to no other role (as pgwake.rate_windows), and it has no
+-- row-level security, so a worker role granted what the fleet needs writes it too.
+CREATE TABLE pgwake.job_waits (
+    job_id bigint  PRIMARY KEY,
+    open   integer NOT NULL
+);
 
 -- Table pgwake.tenants ----------------------------------------------------------------
 
@@ -789,6 +970,244 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
            END;
 $$;
 
+-- Functions: settling the jobs that wait ----------------------------------------------
+
+-- Reads again every dependency of the waiting jobs p_ids, and settles each: released
+-- (queued, or scheduled when its run_at is still ahead; run_at becomes at least now(),
+-- so the wait for its dependencies does not count as time in the queue) when every
+-- dependency succeeded (with run_anyway: finished); cancelled, naming the lowest
+-- dependency that failed, was cancelled or no longer exists (not with run_anyway);
+-- else its pgwake.job_waits row gets the count of open dependencies. Locks their
+-- job_waits rows, then the jobs, each in id order (the order every settler takes), and
+-- reads with a fresh snapshot after, so a concurrent settler either finished before
+-- (and is seen) or waits for this one and counts after it. Wakes the claimers (when one
+-- waits) and the promoters, and sends the job events. Returns the ids it cancelled
+-- (their own dependents are the caller's to settle).
+CREATE FUNCTION pgwake.jobs_recheck_waiting(p_ids bigint[]) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+DECLARE
+    v_cancelled bigint[];
+    v_queued    boolean;
+    v_later     boolean;
+BEGIN
+    IF NOT has_table_privilege('pgwake.jobs', 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied: settling waiting jobs needs UPDATE on pgwake.jobs'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM 1 FROM pgwake.job_waits AS c
+      WHERE c.job_id = ANY (p_ids)
+      ORDER BY c.job_id
+        FOR NO KEY UPDATE;
+    PERFORM 1 FROM pgwake.jobs AS w
+      WHERE w.id = ANY (p_ids) AND w.status = 'waiting'
+      ORDER BY w.id
+        FOR NO KEY UPDATE;
+    WITH state AS (
+        SELECT w.id,
+               count(DISTINCT d.dep) FILTER (
+                   WHERE j.status IS DISTINCT FROM 'succeeded'
+                     AND NOT (w.run_anyway AND (j.id IS NULL
+                                                OR j.status IN ('failed', 'cancelled'))))
+                   AS open,
+               min(d.dep) FILTER (
+                   WHERE NOT w.run_anyway
+                     AND (j.id IS NULL OR j.status IN ('failed', 'cancelled'))) AS broken_by
+          FROM pgwake.jobs AS w
+         CROSS JOIN LATERAL unnest(w.depends_on) AS d(dep)
+          LEFT JOIN pgwake.jobs AS j ON j.id = d.dep
+         WHERE w.id = ANY (p_ids) AND w.status = 'waiting'
+         GROUP BY w.id
+    ),
+    settled AS (
+        UPDATE pgwake.jobs AS w
+           SET status = CASE WHEN s.broken_by IS NOT NULL THEN 'cancelled'
+                             WHEN w.run_at > now() THEN 'scheduled'
+                             ELSE 'queued' END,
+               run_at = CASE WHEN s.broken_by IS NULL THEN greatest(w.run_at, now())
+                             ELSE w.run_at END,
+               finished_at = CASE WHEN s.broken_by IS NOT NULL THEN now() END,
+               last_error = CASE WHEN s.broken_by IS NULL THEN w.last_error
+                                 ELSE 'cancelled: depends on job ' || s.broken_by || ', which '
+                                      || coalesce((SELECT CASE b.status WHEN 'failed' THEN 'failed'
+                                                                        ELSE 'was cancelled' END
+                                                     FROM pgwake.jobs AS b
+                                                    WHERE b.id = s.broken_by),
+                                                  'no longer exists') END
+          FROM state AS s
+         WHERE w.id = s.id AND w.status = 'waiting' AND (s.broken_by IS NOT NULL OR s.open = 0)
+        RETURNING w.id, w.tenant_id, w.kind, w.status
+    ),
+    counted AS (
+        INSERT INTO pgwake.job_waits AS c (job_id, open)
+        SELECT s.id, s.open FROM state AS s WHERE s.broken_by IS NULL AND s.open > 0
+        ON CONFLICT (job_id) DO UPDATE SET open = excluded.open
+        RETURNING 1
+    ),
+    forgotten AS (
+        DELETE FROM pgwake.job_waits AS c
+         WHERE c.job_id IN (SELECT s.id FROM settled AS s)
+        RETURNING 1
+    ),
+    events AS (
+        SELECT pgwake.job_events(array_agg(s.id), array_agg(s.tenant_id), array_agg(s.kind),
+                                 array_agg(s.status)) AS sent
+          FROM settled AS s
+    )
+    SELECT array_agg(s.id) FILTER (WHERE s.status = 'cancelled'),
+           coalesce(bool_or(s.status = 'queued'), false),
+           coalesce(bool_or(s.status = 'scheduled'), false)
+      INTO v_cancelled, v_queued, v_later
+      FROM settled AS s
+     WHERE (SELECT count(*) FROM events) >= 0
+       AND (SELECT count(*) FROM counted) >= 0
+       AND (SELECT count(*) FROM forgotten) >= 0;
+    IF v_queued AND pgwake.someone_waits(0) THEN
+        PERFORM pg_notify('pgwake_jobs', '');
+    END IF;
+    IF v_later THEN
+        -- The promoters sleep until the earliest due job: this one may be sooner.
+        PERFORM pg_notify('pgwake_jobs', 'later');
+    END IF;
+    RETURN coalesce(v_cancelled, '{}');
+END;
+$$;
+
+-- Settles the jobs waiting for p_ids, jobs that have just finished (others in p_ids are
+-- ignored): each waiting job counts its dependencies among them that are resolved
+-- (succeeded; with run_anyway, finished) off its pgwake.job_waits row, under that row's
+-- lock (taken in id order); those whose count reaches 0, and those a failed or
+-- cancelled dependency breaks, are rechecked (pgwake.jobs_recheck_waiting). A job
+-- cancelled so settles its own dependents in turn. Returns how many waiting jobs were
+-- released or cancelled. Called by every statement that finishes jobs (outcomes,
+-- recovery, put-backs, cancel); costs one probe of jobs_waiting_idx when no job waits,
+-- and one probe of jobs_waiting_depends_on_idx per finished job otherwise (the index
+-- answers containment exactly: a waiting job's depends_on, perhaps long, is not read).
+CREATE FUNCTION pgwake.jobs_settle_dependents(p_ids bigint[]) RETURNS integer
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+DECLARE
+    v_done    bigint[] := p_ids;
+    v_hit      bigint[];
+    v_resolved integer[];
+    v_broken   boolean[];
+    v_check    bigint[];
+    v_settled integer := 0;
+BEGIN
+    IF NOT has_table_privilege('pgwake.jobs', 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied: settling waiting jobs needs UPDATE on pgwake.jobs'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF cardinality(v_done) IS NOT DISTINCT FROM 0 OR v_done IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pgwake.jobs AS w WHERE w.status = 'waiting') THEN
+        RETURN 0;
+    END IF;
+    WHILE cardinality(v_done) > 0 LOOP
+        SELECT array_agg(h.id ORDER BY h.id), array_agg(h.resolved ORDER BY h.id),
+               array_agg(h.broken ORDER BY h.id)
+          INTO v_hit, v_resolved, v_broken
+          FROM (SELECT w.id,
+                       count(DISTINCT d.id) FILTER (WHERE d.status = 'succeeded'
+                                                       OR w.run_anyway)::integer AS resolved,
+                       coalesce(bool_or(d.status <> 'succeeded' AND NOT w.run_anyway), false)
+                           AS broken
+                  FROM (SELECT j.id, j.status
+                          FROM pgwake.jobs AS j
+                         WHERE j.id = ANY (v_done)
+                           AND j.status IN ('succeeded', 'failed', 'cancelled')) AS d
+                 CROSS JOIN LATERAL (SELECT x.id, x.run_anyway
+                                       FROM pgwake.jobs AS x
+                                      WHERE x.status = 'waiting'
+                                        AND x.depends_on @> ARRAY[d.id]) AS w
+                 GROUP BY w.id) AS h;
+        EXIT WHEN v_hit IS NULL;
+        INSERT INTO pgwake.job_waits (job_id, open)
+        SELECT w.id, w.waiting_for
+          FROM pgwake.jobs AS w
+         WHERE w.id = ANY (v_hit) AND w.status = 'waiting'
+        ON CONFLICT (job_id) DO NOTHING;
+        PERFORM 1 FROM pgwake.job_waits AS c
+          WHERE c.job_id = ANY (v_hit)
+          ORDER BY c.job_id
+            FOR NO KEY UPDATE;
+        WITH counted AS (
+            UPDATE pgwake.job_waits AS c
+               SET open = c.open - h.resolved
+              FROM unnest(v_hit, v_resolved) AS h(id, resolved)
+             WHERE c.job_id = h.id
+            RETURNING c.job_id, c.open
+        )
+        SELECT array_agg(c.job_id) INTO v_check FROM counted AS c WHERE c.open <= 0;
+        -- A broken job is rechecked whatever its count (the recheck reads the rows).
+        v_check := ARRAY(SELECT DISTINCT x
+                           FROM unnest(coalesce(v_check, '{}')
+                                       || ARRAY(SELECT h.id FROM unnest(v_hit, v_broken)
+                                                             AS h(id, broken)
+                                                 WHERE h.broken)) AS x);
+        EXIT WHEN cardinality(v_check) = 0;
+        v_done := pgwake.jobs_recheck_waiting(v_check);
+        v_settled := v_settled + (SELECT count(*)::integer FROM pgwake.jobs AS j
+                                   WHERE j.id = ANY (v_check) AND j.status <> 'waiting');
+    END LOOP;
+    RETURN v_settled;
+END;
+$$;
+
+-- One step of the maintenance leader's sweep: the next p_limit waiting jobs after id
+-- p_after, of which those whose dependencies have all resolved or one is broken are
+-- rechecked (pgwake.jobs_recheck_waiting), and the dependents of the jobs that cancels
+-- settled. The candidates are found without locking anything. Returns the last id
+-- looked at (0 when the sweep has reached the end: start again from 0) and how many
+-- jobs it released or cancelled.
+CREATE FUNCTION pgwake.jobs_sweep_waiting(p_after bigint, p_limit integer,
+                                          OUT last_id bigint, OUT settled integer)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+DECLARE
+    v_ids       bigint[];
+    v_due       bigint[];
+    v_cancelled bigint[];
+BEGIN
+    IF NOT has_table_privilege('pgwake.jobs', 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied: settling waiting jobs needs UPDATE on pgwake.jobs'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    SELECT array_agg(w.id ORDER BY w.id) INTO v_ids
+      FROM (SELECT w.id FROM pgwake.jobs AS w
+             WHERE w.status = 'waiting' AND w.id > p_after
+             ORDER BY w.id
+             LIMIT p_limit) AS w;
+    last_id := CASE WHEN cardinality(v_ids) = p_limit THEN v_ids[p_limit] ELSE 0 END;
+    settled := 0;
+    -- Counts of jobs that left waiting other than through a recheck (a cancel).
+    DELETE FROM pgwake.job_waits AS c
+     WHERE c.job_id IN (SELECT g.job_id FROM pgwake.job_waits AS g
+                         WHERE NOT EXISTS (SELECT 1 FROM pgwake.jobs AS j
+                                            WHERE j.id = g.job_id AND j.status = 'waiting')
+                         LIMIT p_limit);
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(w.id) INTO v_due
+      FROM pgwake.jobs AS w
+     WHERE w.id = ANY (v_ids) AND w.status = 'waiting'
+       AND NOT EXISTS (
+           SELECT 1
+             FROM unnest(w.depends_on) AS d(dep)
+             LEFT JOIN pgwake.jobs AS j ON j.id = d.dep
+            WHERE j.status IN ('waiting', 'scheduled', 'queued', 'running')
+              AND NOT (w.run_anyway AND j.id IS NULL));
+    IF v_due IS NULL THEN
+        RETURN;
+    END IF;
+    v_cancelled := pgwake.jobs_recheck_waiting(v_due);
+    settled := (SELECT count(*)::integer FROM pgwake.jobs AS j
+                 WHERE j.id = ANY (v_due) AND j.status <> 'waiting');
+    settled := settled + pgwake.jobs_settle_dependents(v_cancelled);
+END;
+$$;
+
+-- These three run as the caller, and refuse one without UPDATE on pgwake.jobs (no
+-- application role has it); they only ever apply what the rows say, so calling them
+-- more often than needed changes nothing that should not change.
+
 -- Function of the claim: a capped tenant's free slots ---------------------------------
 
 -- Free fleet-wide slots of a capped tenant, for the claim.
@@ -962,11 +1381,12 @@ DECLARE
 BEGIN
     UPDATE pgwake.jobs
        SET status = 'cancelled', finished_at = now(), last_error = 'cancelled by ' || p_as
-     WHERE id = p_job_id AND status IN ('scheduled', 'queued')
+     WHERE id = p_job_id AND status IN ('waiting', 'scheduled', 'queued')
        AND (v_tenants IS NULL OR tenant_id = ANY (v_tenants))
     RETURNING tenant_id INTO v_tenant;
     IF v_tenant IS NOT NULL THEN
         PERFORM pgwake.job_event(p_job_id, v_tenant, NULL, 'cancelled');
+        PERFORM pgwake.jobs_settle_dependents(ARRAY[p_job_id]);
         RETURN true;
     END IF;
     UPDATE pgwake.jobs
@@ -1002,15 +1422,23 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
     v_tenants text[] := pgwake.acting_tenants(p_as);
     v_tenant  text;
+    v_waits   boolean;
 BEGIN
     UPDATE pgwake.jobs
-       SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+       SET status = CASE WHEN cardinality(depends_on) > 0 THEN 'waiting' ELSE 'queued' END,
+           waiting_for = CASE WHEN cardinality(depends_on) > 0 THEN cardinality(depends_on) END,
+           attempts = 0, run_at = now(), finished_at = NULL,
            result = NULL, progress = NULL, cancel_requested_at = NULL
      WHERE id = p_job_id AND status IN ('failed', 'cancelled')
        AND (v_tenants IS NULL OR tenant_id = ANY (v_tenants))
-    RETURNING tenant_id INTO v_tenant;
+    RETURNING tenant_id, status = 'waiting' INTO v_tenant, v_waits;
     IF v_tenant IS NULL THEN
         RETURN false;
+    END IF;
+    IF v_waits THEN
+        PERFORM pgwake.job_event(p_job_id, v_tenant, NULL, 'waiting');
+        PERFORM pgwake.jobs_settle_dependents(pgwake.jobs_recheck_waiting(ARRAY[p_job_id]));
+        RETURN true;
     END IF;
     PERFORM pgwake.job_event(p_job_id, v_tenant, NULL, 'queued');
     IF pgwake.someone_waits(0) THEN
@@ -1051,7 +1479,9 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA pgwake TO %I', p_role);
     EXECUTE format(
         'GRANT SELECT, INSERT (tenant_id, kind, payload, priority, run_at, max_attempts, '
-        'unique_key, unique_for, timeout) ON pgwake.jobs TO %I', p_role);
+        'unique_key, unique_for, timeout, depends_on, run_anyway, metadata) ON pgwake.jobs '
+        'TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON pgwake.jobs_archive TO %I', p_role);
     EXECUTE format('GRANT USAGE ON SEQUENCE pgwake.jobs_id_seq TO %I', p_role);
     EXECUTE format('GRANT SELECT ON pgwake.queue_status, pgwake.failed_jobs, '
                    'pgwake.tenant_backlog TO %I', p_role);
@@ -1066,7 +1496,7 @@ $$;
 
 -- Active jobs by kind and status, with how long the oldest queued one has been due.
 -- security_invoker: a role confined to its tenants sees only its tenants here too.
--- Each status is read on its own, through its partial index: one scan of all three
+-- Each status is read on its own, through its partial index: one scan of all four
 -- could use none of them and would read the finished history too.
 CREATE VIEW pgwake.queue_status WITH (security_invoker = true) AS
 SELECT j.kind,
@@ -1074,7 +1504,9 @@ SELECT j.kind,
        count(*) AS jobs,
        max(now() - j.run_at) FILTER (WHERE j.status = 'queued') AS oldest_queued_wait,
        min(j.run_at) FILTER (WHERE j.status = 'scheduled') AS next_scheduled_at
-  FROM (SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
+  FROM (SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'waiting'
+        UNION ALL
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
         UNION ALL
         SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'queued'
         UNION ALL
@@ -1105,8 +1537,11 @@ SELECT j.tenant_id,
        max(now() - j.run_at) FILTER (WHERE j.status = 'queued') AS oldest_queued_wait,
        coalesce(t.paused, false) AS paused,
        t.max_concurrency,
-       coalesce(t.weight, 1) AS weight
-  FROM (SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
+       coalesce(t.weight, 1) AS weight,
+       count(*) FILTER (WHERE j.status = 'waiting') AS waiting
+  FROM (SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'waiting'
+        UNION ALL
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
         UNION ALL
         SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'queued'
         UNION ALL

@@ -266,3 +266,31 @@ async def test_bench_realistic_workloads_smoke(server_dsn: str) -> None:
     assert foreign["jobs"] == 3
     assert foreign["p50_ms"] <= foreign["p99_ms"] <= foreign["max_ms"]
     assert await bench_databases(server_dsn) <= before
+
+
+def test_bench_workflow_and_chain_smoke(server_dsn: str) -> None:
+    """A tiny DAG (width 4: 22 jobs) beside a plain drain of as many, and a chain of 30:
+    every job of each ran (the workload checks that all succeeded), the chain in order."""
+    done = pgwake(
+        "bench",
+        "workflow",
+        "chain",
+        "--repeat",
+        "1",
+        "--workflow-width",
+        "4",
+        "--chain-links",
+        "30",
+        "--json",
+        dsn=server_dsn,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    (workflow,) = out["workflow"]
+    assert workflow["jobs"] == 4 + 16 + 2
+    assert workflow["workflow_jobs_per_s"] > 0
+    assert workflow["plain_jobs_per_s"] > 0
+    (chain,) = out["chain"]
+    assert (chain["links"], chain["in_order"]) == (30, True)
+    assert chain["median_ms"] >= 0

@@ -500,6 +500,11 @@ FUNCTION_CALLS: dict[str, str] = {
     "jobs_after_insert": "SELECT pgwake.jobs_after_insert()",
     "jobs_before_insert_due_later": "SELECT pgwake.jobs_before_insert_due_later()",
     "jobs_before_insert_unique_window": "SELECT pgwake.jobs_before_insert_unique_window()",
+    "jobs_before_insert_dependencies": "SELECT pgwake.jobs_before_insert_dependencies()",
+    "jobs_before_update_of_depends_on": "SELECT pgwake.jobs_before_update_of_depends_on()",
+    "jobs_settle_dependents": "SELECT pgwake.jobs_settle_dependents(ARRAY[{theirs}::bigint])",
+    "jobs_recheck_waiting": "SELECT pgwake.jobs_recheck_waiting(ARRAY[{theirs}::bigint])",
+    "jobs_sweep_waiting": "SELECT pgwake.jobs_sweep_waiting(0, 1000)",
     "rate_free": "SELECT pgwake.rate_free('tenant', '', 'victims', 1, '1 second')",
     "rate_limits_after_change": "SELECT pgwake.rate_limits_after_change()",
     "rate_record": "SELECT pgwake.rate_record('tenant', '', 'victims', 1000, 1, '1 day')",
@@ -669,6 +674,7 @@ async def test_hostile_role_matrix(server_dsn: str, dsn: str, conn: asyncpg.Conn
             allowed = {k for k, v in got.items() if v == "ok"}
             assert allowed == {
                 "select jobs",
+                "select jobs_archive",  # its tenants' archived jobs (row-level security)
                 "select queue_status",
                 "select failed_jobs",
                 "select tenant_backlog",

@@ -70,7 +70,7 @@ async def test_list_filters_and_pages(dsn: str, conn: asyncpg.Connection) -> Non
     assert f"(more: --before {page1['next_before']})" in text.stdout
     bad = pgwake("jobs", "list", "--status", "lost", dsn=dsn)
     assert bad.returncode == 2
-    assert "--status must be one of scheduled, queued, running" in bad.stderr
+    assert "--status must be one of waiting, scheduled, queued, running" in bad.stderr
     assert pgwake("jobs", "list", "--limit", "0", dsn=dsn).returncode == 2
 
 

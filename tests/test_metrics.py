@@ -123,6 +123,8 @@ async def test_metrics_health_and_bounded_tenant_series(dsn: str, conn: asyncpg.
             if name == "pgwake_queue_jobs"
         }
         assert queue == {
+            ("waiting", "_unhandled"): 0,
+            ("waiting", "work"): 0,
             ("queued", "_unhandled"): total,
             ("scheduled", "_unhandled"): 0,
             ("running", "_unhandled"): 0,

@@ -197,21 +197,32 @@ async def test_starting_to_wait_names_the_transactions_that_looked_before(
 
 
 async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:
-    """Only inserts fire triggers: the statement-level one that notifies, and two
-    row-level ones that WHEN clauses limit to the rows they are for: jobs due later
-    (marked scheduled) and jobs with a unique window (its end written)."""
+    """Only inserts fire triggers: the statement-level one that notifies, and three
+    row-level ones that WHEN clauses limit to the rows they are for: jobs with
+    dependencies (checked, and made waiting), jobs due later (marked scheduled) and
+    jobs with a unique window (its end written). The one exception refuses an UPDATE
+    that names depends_on (a column trigger: an UPDATE that does not name the column,
+    as none of pgwake's does, never fires it)."""
     triggers = {
         t["tgname"]: t
         for t in await conn.fetch(
-            "SELECT tgname, tgtype, pg_get_triggerdef(oid) AS def FROM pg_trigger "
-            "WHERE tgrelid = 'pgwake.jobs'::regclass AND NOT tgisinternal"
+            "SELECT tgname, tgtype, tgattr::text AS attr, pg_get_triggerdef(oid) AS def "
+            "FROM pg_trigger WHERE tgrelid = 'pgwake.jobs'::regclass AND NOT tgisinternal"
         )
     }
+    unchanging = triggers.pop("jobs_depends_on_unchanging")
+    assert unchanging["tgtype"] & (1 | 2 | 4 | 8 | 16) == 1 | 2 | 16
+    assert "BEFORE UPDATE OF depends_on ON pgwake.jobs" in unchanging["def"]
+    assert unchanging["attr"] != ""
     assert sorted(triggers) == [
+        "jobs_depends_on_before_insert",
         "jobs_notify_after_insert",
         "jobs_schedule_before_insert",
         "jobs_unique_window_before_insert",
     ]
+    dependencies = triggers["jobs_depends_on_before_insert"]
+    assert dependencies["tgtype"] & (1 | 2) == 1 | 2
+    assert "WHEN ((cardinality(new.depends_on) > 0))" in dependencies["def"]
     # tgtype bits: 1 = row-level, 2 = BEFORE, 4 = INSERT, 8 = DELETE, 16 = UPDATE.
     notify = triggers["jobs_notify_after_insert"]["tgtype"]
     assert notify & 1 == 0

@@ -34,6 +34,10 @@ INSERT INTO pgwake.jobs (tenant_id, kind, status, attempts, finished_at, last_er
 SELECT 'acme', 'report.build', 'failed', 1, now(), 'boom' FROM generate_series(1, 2);
 INSERT INTO pgwake.jobs (tenant_id, kind, payload)
 SELECT 'ops', 'sleep', '{"seconds": 600}' FROM generate_series(1, 3);
+-- Waits for one of beta's queued jobs: counted as waiting, never as queued.
+INSERT INTO pgwake.jobs (tenant_id, kind, depends_on)
+SELECT 'beta', 'report.build', ARRAY[max(id)] FROM pgwake.jobs
+ WHERE tenant_id = 'beta' AND status = 'queued';
 INSERT INTO pgwake.tenants (tenant_id, max_concurrency, weight) VALUES ('acme', 5, 3);
 INSERT INTO pgwake.tenants (tenant_id, paused) VALUES ('gamma', true);
 """
@@ -148,15 +152,18 @@ async def test_status_json_has_the_exact_figures(dsn: str, known_queue: dict[str
         "boom",
     )
     assert failure["failed_in_window"] == 2
-    assert status["totals"] == {"scheduled": 1, "queued": 15, "running": 2, "failed": 2}
+    assert status["totals"] == {
+        "waiting": 1, "scheduled": 1, "queued": 15, "running": 2, "failed": 2
+    }  # fmt: skip
     kinds = [
-        (k["kind"], k["queued"], k["running"], k["scheduled"], k["failed"]) for k in status["kinds"]
+        (k["kind"], k["queued"], k["running"], k["scheduled"], k["waiting"], k["failed"])
+        for k in status["kinds"]
     ]
     assert kinds == [
-        ("email.send", 7, 0, 1, 0),
-        ("orphan.kind", 4, 0, 0, 0),
-        ("report.build", 3, 0, 0, 2),
-        ("sleep", 1, 2, 0, 0),
+        ("email.send", 7, 0, 1, 0, 0),
+        ("orphan.kind", 4, 0, 0, 0, 0),
+        ("report.build", 3, 0, 0, 1, 2),
+        ("sleep", 1, 2, 0, 0, 0),
     ]
     assert status["kinds"][0]["next_scheduled_at"] is not None
     assert all(k["oldest_queued_seconds"] >= 0 for k in status["kinds"])
@@ -164,14 +171,14 @@ async def test_status_json_has_the_exact_figures(dsn: str, known_queue: dict[str
         k["oldest_queued_seconds"] for k in status["kinds"]
     )
     tenants = [
-        (t["tenant"], t["queued"], t["running"], t["scheduled"], t["max_concurrency"],
-         t["weight"], t["paused"])
+        (t["tenant"], t["queued"], t["running"], t["scheduled"], t["waiting"],
+         t["max_concurrency"], t["weight"], t["paused"])
         for t in status["tenants"]
     ]  # fmt: skip
     assert tenants == [
-        ("acme", 8, 0, 0, 5, 3, False),
-        ("gamma", 4, 0, 0, None, 1, True),
-        ("beta", 2, 0, 1, None, 1, False),
+        ("acme", 8, 0, 0, 0, 5, 3, False),
+        ("gamma", 4, 0, 0, 0, None, 1, True),
+        ("beta", 2, 0, 1, 1, None, 1, False),
     ]
     assert (status["active_tenants"], status["tenants_with_backlog"]) == (4, 4)
     workers = {
@@ -209,20 +216,23 @@ async def test_status_tables(dsn: str, known_queue: dict[str, Any]) -> None:
     ), out
     assert "last failures by kind (FAILED: in the last 5 min):" in out
     assert re.search(r"^report\.build\s+\S+ ago\s+2\s+\d+\s+acme\s+1\s+boom$", out, re.M), out
-    assert "jobs: 15 queued, 2 running, 1 scheduled, 2 failed; oldest queued job due " in out
+    assert (
+        "jobs: 15 queued, 2 running, 1 scheduled, 1 waiting, 2 failed; oldest queued job due "
+        in out
+    )
     kinds = table_rows(out, "KIND")
-    assert {k: v[:4] for k, v in kinds.items()} == {
-        "email.send": ["7", "0", "1", "0"],
-        "orphan.kind": ["4", "0", "0", "0"],
-        "report.build": ["3", "0", "0", "2"],
-        "sleep": ["1", "2", "0", "0"],
+    assert {k: v[:5] for k, v in kinds.items()} == {
+        "email.send": ["7", "0", "1", "0", "0"],
+        "orphan.kind": ["4", "0", "0", "0", "0"],
+        "report.build": ["3", "0", "0", "1", "2"],
+        "sleep": ["1", "2", "0", "0", "0"],
     }
     assert "tenants: 4 with queued jobs, 4 with active jobs; the top 3 by backlog:" in out
     tenants = table_rows(out, "TENANT")
-    assert {t: v[:3] + v[4:] for t, v in tenants.items()} == {
-        "acme": ["8", "0", "0", "5", "3"],
-        "gamma": ["4", "0", "0", "-", "1", "paused"],
-        "beta": ["2", "0", "1", "-", "1"],
+    assert {t: v[:4] + v[5:] for t, v in tenants.items()} == {
+        "acme": ["8", "0", "0", "0", "5", "3"],
+        "gamma": ["4", "0", "0", "0", "-", "1", "paused"],
+        "beta": ["2", "0", "1", "1", "-", "1"],
     }
     host = socket.gethostname()
     assert (
@@ -241,7 +251,9 @@ async def test_status_tables(dsn: str, known_queue: dict[str, Any]) -> None:
 async def test_status_of_an_empty_queue(dsn: str) -> None:
     done = pgwake("status", dsn=dsn)
     assert done.returncode == 0, done.stderr
-    assert "jobs: 0 queued, 0 running, 0 scheduled, 0 failed; nothing queued" in done.stdout
+    assert (
+        "jobs: 0 queued, 0 running, 0 scheduled, 0 waiting, 0 failed; nothing queued" in done.stdout
+    )
     assert "drain: 0 jobs ended in the last 5 min" in done.stdout
     assert done.stdout.endswith("health: ok\n")
     assert "workers: 0 live of 0 registered" in done.stdout

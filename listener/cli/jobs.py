@@ -61,6 +61,21 @@ def _check_status(status: str | None, allowed: Sequence[Status]) -> None:
         raise fail(f"--status must be one of {', '.join(allowed)}; got {status!r}", 2)
 
 
+def _metadata_filter(pairs: list[str]) -> dict[str, str] | None:
+    """The object a job's metadata must contain for ``--meta KEY=VALUE`` pairs (values
+    are strings); None for no pair. Exit 2 on a pair without ``=`` or with an empty key,
+    or one key given two values."""
+    contains: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise fail(f"--meta takes KEY=VALUE; got {pair!r}", 2)
+        if contains.get(key, value) != value:
+            raise fail(f"--meta gives {key!r} two values; no job can match both", 2)
+        contains[key] = value
+    return contains or None
+
+
 def _json(data: Any) -> str:
     return json.dumps(data, default=str)
 
@@ -84,18 +99,43 @@ def list_cmd(
         int | None,
         typer.Option("--before", help="Only ids below this (the last id of the previous page)."),
     ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            help="Only jobs whose metadata has KEY with the string VALUE (KEY=VALUE; "
+            "repeat for several, all must match).",
+            show_default=False,
+        ),
+    ] = None,
+    archived: Annotated[
+        bool,
+        typer.Option(
+            "--archived",
+            help="List the archive (pgwake.jobs_archive: finished jobs retention moved "
+            "there, with retention_archive on) instead of the queue.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     *,
     db: Database,
 ) -> None:
     """List jobs, newest first. Page with --before LAST_ID."""
-    _check_status(status, list(Status))
+    _check_status(status, list(FINISHED) if archived else list(Status))
     _check_ids([before] if before is not None else None, "--before")
+    contains = _metadata_filter(meta or [])
+    if archived and older_than is not None:
+        raise fail("--older-than does not go with --archived", 2)
 
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-        rows = await conn.fetch(
-            QUERIES["job_list"], tenant, kind, status, older_than, limit, before
-        )
+        if archived:
+            rows = await conn.fetch(
+                QUERIES["job_list_archived"], tenant, kind, status, limit, before, contains
+            )
+        else:
+            rows = await conn.fetch(
+                QUERIES["job_list"], tenant, kind, status, older_than, limit, before, contains
+            )
         return [dict(r) for r in rows]
 
     rows = db.run(fetch)
@@ -121,12 +161,26 @@ def show_cmd(
     *,
     db: Database,
 ) -> None:
-    """Show one job: every column, including payload, progress, result and error."""
+    """Show one job: every column, including payload, progress, result and error, the
+    jobs it depends on (with their status) and the waiting jobs that wait for it."""
     _check_ids([job_id])
 
     async def fetch(conn: asyncpg.Connection) -> dict[str, Any] | None:
         row = await conn.fetchrow(QUERIES["job_get"], job_id)
-        return dict(row) if row is not None else None
+        if row is None:
+            # No longer in the queue: retention may have archived it.
+            row = await conn.fetchrow(QUERIES["job_get_archived"], job_id)
+        if row is None:
+            return None
+        job = dict(row)
+        links = await conn.fetch(QUERIES["job_list_dependencies"], job_id, SHOWN_WAITING)
+        for direction in ("depends_on", "waited_for_by"):
+            job[f"{direction}_jobs"] = [
+                {"id": r["id"], "kind": r["kind"], "status": r["status"]}
+                for r in links
+                if r["direction"] == direction
+            ]
+        return job
 
     job = db.run(fetch)
     if job is None:
@@ -134,6 +188,7 @@ def show_cmd(
     if as_json:
         typer.echo(_json(job))
         return
+    depends, waited = job.pop("depends_on_jobs"), job.pop("waited_for_by_jobs")
     for key, value in job.items():
         text = json.dumps(value) if isinstance(value, (dict, list)) else value
         if isinstance(value, UndecodableJson):  # stored as is; Python cannot decode it
@@ -142,6 +197,23 @@ def show_cmd(
             typer.echo(f"{key}:\n{shown_lines(value)}")
         else:
             typer.echo(f"{key}: {'' if text is None else shown(text)}")
+    typer.echo(f"waits for: {_links(depends) or '-'}")
+    typer.echo(
+        f"waited for by: {_links(waited) or '-'}"
+        + (f" (the first {SHOWN_WAITING})" if len(waited) == SHOWN_WAITING else "")
+    )
+
+
+# Waiting jobs `jobs show` lists as waiting for a job (a fan-in may have thousands).
+SHOWN_WAITING = 100
+
+
+def _links(jobs: list[dict[str, Any]]) -> str:
+    """``id (kind, status)`` for each job; a job removed since has no status."""
+    return ", ".join(
+        f"{j['id']} ({shown(j['kind'])}, {j['status']})" if j["status"] else f"{j['id']} (gone)"
+        for j in jobs
+    )
 
 
 @jobs_app.command("retry")

@@ -65,6 +65,7 @@ class KindRow:
     """Jobs of one kind by status."""
 
     kind: str
+    waiting: int = 0
     scheduled: int = 0
     queued: int = 0
     running: int = 0
@@ -85,6 +86,7 @@ class TenantRow:
     paused: bool
     max_concurrency: int | None
     weight: int
+    waiting: int = 0
 
 
 @dataclass
@@ -254,6 +256,7 @@ def build(
                 paused=t["paused"],
                 max_concurrency=t["max_concurrency"],
                 weight=t["weight"],
+                waiting=t["waiting"],
             )
             for t in tenants
         ],
@@ -418,7 +421,7 @@ def render(status: Status) -> str:
         f"pgwake status of {shown(status.database)} at {status.at:%Y-%m-%d %H:%M:%S} UTC",
         "",
         f"jobs: {_n(t['queued'])} queued, {_n(t['running'])} running, "
-        f"{_n(t['scheduled'])} scheduled, {_n(t['failed'])} failed; "
+        f"{_n(t['scheduled'])} scheduled, {_n(t['waiting'])} waiting, {_n(t['failed'])} failed; "
         + (
             f"oldest queued job due {age(status.oldest_queued_seconds)} ago"
             if status.oldest_queued_seconds is not None
@@ -429,13 +432,14 @@ def render(status: Status) -> str:
     if status.kinds:
         out.append("")
         out += table(
-            ["KIND", "QUEUED", "RUNNING", "SCHEDULED", "FAILED", "OLDEST QUEUED"],
+            ["KIND", "QUEUED", "RUNNING", "SCHEDULED", "WAITING", "FAILED", "OLDEST QUEUED"],
             [
                 [
                     shown(k.kind),
                     _n(k.queued),
                     _n(k.running),
                     _n(k.scheduled),
+                    _n(k.waiting),
                     _n(k.failed),
                     age(k.oldest_queued_seconds),
                 ]
@@ -456,6 +460,7 @@ def render(status: Status) -> str:
                 "QUEUED",
                 "RUNNING",
                 "SCHEDULED",
+                "WAITING",
                 "OLDEST QUEUED",
                 "CAP",
                 "WEIGHT",
@@ -467,6 +472,7 @@ def render(status: Status) -> str:
                     _n(r.queued),
                     _n(r.running),
                     _n(r.scheduled),
+                    _n(r.waiting),
                     age(r.oldest_queued_seconds),
                     "-" if r.max_concurrency is None else _n(r.max_concurrency),
                     str(r.weight),

@@ -28,6 +28,13 @@ Invariants:
   the privileges of the lost worker's role (the usual case: one role for the fleet)
   or of pg_signal_backend; sessions the role may not signal are left, and logged.
 - Every round that recovered jobs wakes all workers with one NOTIFY.
+- The same round, under the same lock, sweeps ``sweep_batch`` waiting jobs (the next
+  ones in id order after the last round's, then from the start again;
+  sql/queries/maintenance.sql: job_settle_waiting): one whose dependencies have all
+  finished is released or cancelled. The statements that write outcomes settle waiting
+  jobs at once; the sweep only catches a dependency that finished while its dependent's
+  inserting transaction was still open, or whose outcome a worker of an older schema
+  wrote.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ class Round:
     leader: bool
     lost_workers: int = 0
     recovered: int = 0
+    # Waiting jobs the sweep released or cancelled.
+    settled: int = 0
 
 
 class Recoverer:
@@ -73,6 +82,7 @@ class Recoverer:
         heartbeat_interval: float,
         heartbeat_timeout: float,
         batch: int = 500,
+        sweep_batch: int = 1000,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
@@ -81,6 +91,9 @@ class Recoverer:
         self._grace = LOCK_GRACE_BEATS * heartbeat_interval
         self._timeout = heartbeat_timeout
         self._batch = batch
+        self._sweep_batch = sweep_batch
+        # The last waiting job the sweep looked at (0: start from the first).
+        self._swept_to = 0
         self._log = get_logger("recovery")
         self._outage = OutageLog(self._log, "recovery round")
 
@@ -113,6 +126,12 @@ class Recoverer:
             )
             if recovered:
                 await conn.execute(QUERIES["worker_wake"])
+            swept_to, settled = await conn.fetchrow(
+                QUERIES["job_settle_waiting"], self._swept_to, self._sweep_batch
+            ) or (0, 0)
+        self._swept_to = swept_to
+        if settled:
+            self._log.info("settled waiting jobs in the sweep", jobs=settled)
         for row in lost:
             # Counted once, in the round that removes the worker.
             if row["id"] in removed:
@@ -144,7 +163,12 @@ class Recoverer:
                 "(grant it pg_signal_backend, or run the fleet under one role)",
                 sessions=sessions["left_alone"],
             )
-        return Round(leader=True, lost_workers=len(lost), recovered=len(recovered))
+        return Round(
+            leader=True,
+            lost_workers=len(lost),
+            recovered=len(recovered),
+            settled=settled,
+        )
 
     @staticmethod
     def _reason(row: asyncpg.Record) -> str:

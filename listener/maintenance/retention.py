@@ -11,6 +11,9 @@ Invariants:
   first, with ``SKIP LOCKED``; a claim never waits for them.
 - Each batch takes the retention lock (transaction-scoped), so at most one worker
   prunes at a time across the fleet; the others skip the round.
+- With ``archive`` on, the rows are moved into pgwake.jobs_archive by the statement
+  that deletes them (a job is in exactly one of the two tables), and archived jobs are
+  deleted once archived for ``archived`` seconds, by the same rounds, in batches.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class Pruner:
         *,
         interval: float = 10.0,
         batch: int = 1000,
+        archive: bool = False,
+        archived: float = 30 * 86_400.0,
     ) -> None:
         assert set(retention) == set(FINISHED), retention
         self._pool = pool
@@ -48,6 +53,8 @@ class Pruner:
         self._retention = dict(retention)
         self._interval = interval
         self._batch = batch
+        self._archive = archive
+        self._archived = archived
         self._log = get_logger("retention")
         self._outage = OutageLog(self._log, "retention")
 
@@ -60,12 +67,11 @@ class Pruner:
         """Delete every finished job past its retention, batch by batch; return how many.
         Stops early when another worker holds the retention lock."""
         total = 0
+        query = QUERIES["job_prune_to_archive"] if self._archive else QUERIES["job_prune"]
         for status in FINISHED:
             while True:
                 async with self._pool.acquire() as conn:
-                    row = await conn.fetchrow(
-                        QUERIES["job_prune"], status, self._retention[status], self._batch
-                    )
+                    row = await conn.fetchrow(query, status, self._retention[status], self._batch)
                 assert row is not None
                 if not row["leader"]:
                     return total
@@ -77,5 +83,24 @@ class Pruner:
                     break
                 await anyio.lowlevel.checkpoint()  # let claims and outcomes through between batches
         if total:
-            self._log.info("pruned finished jobs past their retention", jobs=total)
+            self._log.info(
+                "archived finished jobs past their retention"
+                if self._archive
+                else "pruned finished jobs past their retention",
+                jobs=total,
+            )
+        if self._archive:
+            await self._prune_archive()
         return total
+
+    async def _prune_archive(self) -> None:
+        """Delete archived jobs past ``archived`` seconds, batch by batch."""
+        while True:
+            async with self._pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    QUERIES["job_prune_archived"], self._archived, self._batch
+                )
+            assert row is not None
+            if not row["leader"] or row["deleted"] < self._batch:
+                return
+            await anyio.lowlevel.checkpoint()

@@ -29,34 +29,88 @@ SELECT j.id, j.status, j.unique_until, j.status IN ('scheduled', 'queued', 'runn
 -- Jobs, newest first, filtered; NULL filters match everything. Paged by id: $6 gives
 -- the last id of the previous page (NULL for the first page).
 -- $1 tenant, $2 kind, $3 status, $4 created at least this many seconds ago,
--- $5 page size, $6 list only ids below this.
+-- $5 page size, $6 list only ids below this, $7 metadata the job's must contain (jsonb
+-- object, NULL: any; through jobs_metadata_idx).
 SELECT j.id, j.tenant_id, j.kind, j.status, j.priority, j.attempts, j.max_attempts,
        j.created_at, j.run_at, j.started_at, j.finished_at,
-       split_part(j.last_error, E'\n', 1) AS error
+       split_part(j.last_error, E'\n', 1) AS error, j.metadata
   FROM pgwake.jobs AS j
  WHERE ($1::text IS NULL OR j.tenant_id = $1)
    AND ($2::text IS NULL OR j.kind = $2)
    AND ($3::text IS NULL OR j.status = $3)
    AND ($4::float8 IS NULL OR j.created_at < now() - make_interval(secs => $4::float8))
    AND ($6::bigint IS NULL OR j.id < $6)
+   AND ($7::jsonb IS NULL OR j.metadata @> $7::jsonb)
  ORDER BY j.id DESC
  LIMIT $5::int;
 
+-- name: job_list_archived
+-- Archived jobs (pgwake.jobs_archive), newest first, filtered as job_list; NULL filters
+-- match everything. Paged by id.
+-- $1 tenant, $2 kind, $3 status, $4 page size, $5 list only ids below this,
+-- $6 metadata the job's must contain (jsonb object, NULL: any).
+SELECT a.id, a.tenant_id, a.kind, a.status, a.priority, a.attempts, a.max_attempts,
+       a.created_at, a.run_at, a.started_at, a.finished_at,
+       split_part(a.last_error, E'\n', 1) AS error, a.metadata, a.archived_at
+  FROM pgwake.jobs_archive AS a
+ WHERE ($1::text IS NULL OR a.tenant_id = $1)
+   AND ($2::text IS NULL OR a.kind = $2)
+   AND ($3::text IS NULL OR a.status = $3)
+   AND ($5::bigint IS NULL OR a.id < $5)
+   AND ($6::jsonb IS NULL OR a.metadata @> $6::jsonb)
+ ORDER BY a.id DESC
+ LIMIT $4::int;
+
+-- name: job_get_archived
+-- One archived job, every column (for `pgwake jobs show` of a job no longer in
+-- pgwake.jobs).
+-- $1 job id.
+SELECT a.id, a.tenant_id, a.kind, a.status, a.payload, a.priority, a.attempts,
+       a.max_attempts, a.created_at, a.run_at, a.started_at, a.finished_at, a.result,
+       a.last_error, a.metadata, a.created_by, a.depends_on, a.run_anyway, a.archived_at
+  FROM pgwake.jobs_archive AS a
+ WHERE a.id = $1;
+
 -- name: job_get
--- One job, every column.
+-- One job, every column (waiting_for: the dependencies a waiting job still waits for,
+-- as counted so far).
 -- $1 job id.
 SELECT j.id, j.tenant_id, j.kind, j.status, j.payload, j.priority, j.attempts,
        j.max_attempts, j.unique_key,
        extract(epoch FROM j.unique_for)::float8 AS unique_for_seconds, j.unique_until,
        extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
        j.claimed_by, j.created_at, j.run_at, j.started_at, j.finished_at,
-       j.cancel_requested_at, j.progress, j.result, j.last_error
+       j.cancel_requested_at, j.progress, j.result, j.last_error,
+       j.metadata, j.created_by, j.depends_on, j.run_anyway,
+       CASE WHEN j.status = 'waiting'
+            THEN coalesce((SELECT c.open FROM pgwake.job_waits AS c WHERE c.job_id = j.id),
+                          j.waiting_for) END AS waiting_for
   FROM pgwake.jobs AS j
  WHERE j.id = $1;
 
+-- name: job_list_dependencies
+-- For `pgwake jobs show`: the jobs job $1 depends on (direction 'depends_on': each with
+-- its status; a job removed by retention since has none) and the waiting jobs that
+-- wait for it (direction 'waited_for_by', through jobs_waiting_depends_on_idx; at most
+-- $2 of them), by id.
+-- $1 job id, $2 most waiting jobs to list.
+SELECT 'depends_on' AS direction, u.dep AS id, d.kind, d.status
+  FROM pgwake.jobs AS j
+ CROSS JOIN LATERAL (SELECT DISTINCT x.dep FROM unnest(j.depends_on) AS x(dep)) AS u
+  LEFT JOIN pgwake.jobs AS d ON d.id = u.dep
+ WHERE j.id = $1
+UNION ALL
+(SELECT 'waited_for_by', w.id, w.kind, w.status
+   FROM pgwake.jobs AS w
+  WHERE w.status = 'waiting' AND w.depends_on && ARRAY[$1::bigint]
+  ORDER BY w.id
+  LIMIT $2::int)
+ORDER BY direction, id;
+
 -- name: job_retry
 -- Runs finished jobs again: failed or cancelled jobs (by id, or all failed ones of a
--- kind and tenant) go back to queued with their attempts reset, due now. last_error is
+-- kind and tenant) go back to queued (waiting, when they have dependencies) with their
+-- attempts reset, due now. last_error is
 -- kept. A chosen job whose unique key an active job (scheduled, queued, running) holds
 -- stays as it is, and so does each but the newest of chosen jobs sharing one key (only
 -- one of them may be active), so one such job does not stop the others being retried.
@@ -93,17 +147,29 @@ blocked AS (
 ),
 retried AS (
     UPDATE pgwake.jobs AS j
-       SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+       SET status = CASE WHEN cardinality(j.depends_on) > 0 THEN 'waiting' ELSE 'queued' END,
+           waiting_for = CASE WHEN cardinality(j.depends_on) > 0
+                              THEN cardinality(j.depends_on) END,
+           attempts = 0, run_at = now(), finished_at = NULL,
            result = NULL, progress = NULL, cancel_requested_at = NULL
       FROM chosen AS c
      WHERE j.id = c.id
        AND j.status IN ('failed', 'cancelled')
        AND NOT EXISTS (SELECT 1 FROM blocked AS b WHERE b.id = c.id)
-    RETURNING j.id, j.tenant_id, j.kind
+    RETURNING j.id, j.tenant_id, j.kind, j.status
+),
+-- A retried job with dependencies waits for them again: released at once when they
+-- have all succeeded, cancelled again when one failed (unless run_anyway).
+rechecked AS (
+    SELECT pgwake.jobs_settle_dependents(
+               pgwake.jobs_recheck_waiting(array_agg(r.id) FILTER (WHERE r.status = 'waiting')))
+               AS n
+      FROM retried AS r
 )
 SELECT r.id, true AS retried, NULL::bigint AS held_by, NULL::boolean AS instead
   FROM retried AS r
- CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, 'queued') AS e
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e
+ WHERE (SELECT n FROM rechecked) >= 0
  UNION ALL
 SELECT b.id, false, b.held_by, b.instead FROM blocked AS b;
 
@@ -302,7 +368,7 @@ SELECT j.kind, 'failed', count(*), NULL, NULL
 -- $1 how many tenants.
 SELECT b.tenant_id, b.queued, b.running, b.scheduled,
        extract(epoch FROM b.oldest_queued_wait)::float8 AS oldest_queued_seconds,
-       b.paused, b.max_concurrency, b.weight,
+       b.paused, b.max_concurrency, b.weight, b.waiting,
        count(*) OVER () AS active_tenants,
        count(*) FILTER (WHERE b.queued > 0) OVER () AS tenants_with_backlog
   FROM pgwake.tenant_backlog AS b

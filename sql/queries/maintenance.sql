@@ -151,7 +151,8 @@ SELECT count(*) FILTER (WHERE may_signal AND pg_terminate_backend(pid))::int AS 
 -- lost attempt was their last, or cancelled when their cancellation was requested
 -- (pgwake.cancel_job; the request is never lost with the worker). The attempt counts
 -- (it was counted when claimed) and the reason goes to last_error. Also takes running
--- jobs whose claimant is not registered at all. Returns each job, its new status, and the lost worker it was taken from
+-- jobs whose claimant is not registered at all; the jobs waiting for one that failed or
+-- was cancelled are settled. Returns each job, its new status, and the lost worker it was taken from
 -- (NULL when its claimant is not registered).
 -- $1 lost worker ids (uuid[]), $2 the reason for each (text[], same order), $3 limit.
 WITH lost AS (
@@ -183,10 +184,16 @@ recovered AS (
       FROM victims AS v
      WHERE j.id = v.id
     RETURNING j.id, j.tenant_id, j.kind, j.status, v.lost_worker
+),
+settled AS (
+    SELECT pgwake.jobs_settle_dependents(
+               array_agg(r.id) FILTER (WHERE r.status IN ('failed', 'cancelled'))) AS n
+      FROM recovered AS r
 )
 SELECT r.id, r.status, r.lost_worker
   FROM recovered AS r
- CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e;
+ CROSS JOIN LATERAL pgwake.job_event(r.id, r.tenant_id, r.kind, r.status) AS e
+ WHERE (SELECT n FROM settled) >= 0;
 
 -- name: worker_remove_lost
 -- Deletes lost workers that hold no running job any more. Returns their ids.
@@ -224,6 +231,74 @@ doomed AS (
 ),
 deleted AS (
     DELETE FROM pgwake.jobs AS j WHERE j.id IN (SELECT id FROM doomed) RETURNING 1
+)
+SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS deleted;
+
+-- name: job_prune_to_archive
+-- job_prune with the archive on (setting retention_archive): the same batch of up to $3
+-- jobs with status $1 past $2 seconds is moved into pgwake.jobs_archive, in the
+-- statement that deletes it, instead of being deleted. Takes the retention lock as
+-- job_prune does; leader is false (and nothing moves) when another worker holds it.
+-- $1 status, $2 retention in seconds, $3 batch size.
+WITH leader AS (
+    SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'retention'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held) AS ok
+),
+doomed AS (
+    SELECT j.id
+      FROM pgwake.jobs AS j
+     WHERE (SELECT ok FROM leader)
+       AND j.status = $1::text
+       AND j.status IN ('succeeded', 'failed', 'cancelled')
+       AND j.finished_at < now() - make_interval(secs => $2::float8)
+       AND (j.unique_until IS NULL OR j.unique_until <= now())
+     ORDER BY j.finished_at
+     LIMIT $3::int
+       FOR UPDATE SKIP LOCKED
+),
+moved AS (
+    DELETE FROM pgwake.jobs AS j WHERE j.id IN (SELECT id FROM doomed)
+    RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.run_at, j.max_attempts,
+              j.status, j.attempts, j.created_at, j.started_at, j.finished_at, j.last_error,
+              j.result, j.depends_on, j.run_anyway, j.metadata, j.created_by
+),
+archived AS (
+    INSERT INTO pgwake.jobs_archive (id, tenant_id, kind, payload, priority, run_at,
+                                     max_attempts, status, attempts, created_at, started_at,
+                                     finished_at, last_error, result, depends_on, run_anyway,
+                                     metadata, created_by)
+    SELECT m.id, m.tenant_id, m.kind, m.payload, m.priority, m.run_at, m.max_attempts,
+           m.status, m.attempts, m.created_at, m.started_at, m.finished_at, m.last_error,
+           m.result, m.depends_on, m.run_anyway, m.metadata, m.created_by
+      FROM moved AS m
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM moved) AS deleted,
+       (SELECT count(*)::int FROM archived) AS archived;
+
+-- name: job_prune_archived
+-- One batch of the archive's retention: deletes up to $2 archived jobs archived more
+-- than $1 seconds ago, oldest first, under the retention lock (leader false: another
+-- worker holds it, nothing deleted).
+-- $1 seconds an archived job is kept, $2 batch size.
+WITH leader AS (
+    SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'retention'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held) AS ok
+),
+doomed AS (
+    SELECT a.id
+      FROM pgwake.jobs_archive AS a
+     WHERE (SELECT ok FROM leader)
+       AND a.archived_at < now() - make_interval(secs => $1::float8)
+     ORDER BY a.archived_at
+     LIMIT $2::int
+       FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM pgwake.jobs_archive AS a WHERE a.id IN (SELECT id FROM doomed) RETURNING 1
 )
 SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS deleted;
 
@@ -289,3 +364,13 @@ UPDATE pgwake.schedules
 UPDATE pgwake.schedules
    SET enabled = false, last_error = $2, updated_at = now()
  WHERE name = $1;
+
+-- name: job_settle_waiting
+-- One step of the sweep of waiting jobs (pgwake.jobs_sweep_waiting), by the maintenance
+-- leader: the next $2 waiting jobs after id $1 are looked at, and those whose
+-- dependencies have all finished are released or cancelled. This settles a job whose
+-- dependency finished while its inserting transaction was still open, or whose
+-- dependency's outcome a worker of an older schema wrote.
+-- Returns the last id looked at (0: start again) and how many jobs were settled.
+-- $1 the last id of the previous step (0 to start), $2 how many to look at.
+SELECT s.last_id, s.settled FROM pgwake.jobs_sweep_waiting($1::bigint, $2::int) AS s;

@@ -59,7 +59,7 @@ SELECT w.id::text AS id, w.hostname, w.pid,
  ORDER BY w.hostname, w.pid, w.id;
 
 -- name: job_count_active
--- Jobs by status and kind, for the scheduled, queued and running states (the finished
+-- Jobs by status and kind, for the waiting, scheduled, queued and running states (the finished
 -- history is not counted), with the seconds since the oldest of each group became due.
 -- Kinds no registered worker handles are summed under '_unhandled', so the number of
 -- groups is bounded by the handlers, whatever kinds applications insert. Each status
@@ -73,7 +73,9 @@ SELECT j.status,
        CASE WHEN h.kind IS NULL THEN '_unhandled' ELSE j.kind END AS kind,
        count(*)::int AS jobs,
        extract(epoch FROM now() - min(j.run_at))::float8 AS oldest_seconds
-  FROM (SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
+  FROM (SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'waiting'
+        UNION ALL
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
         UNION ALL
         SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'queued'
         UNION ALL

@@ -828,7 +828,8 @@ RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_at
 -- $6, $7 and $8 may each be NULL instead of an array of NULLs (unnest pads them).
 -- Returns the ids that were changed. When a finished job belongs to a tenant with a
 -- fleet-wide cap, it also wakes every worker (one NOTIFY): a slot of that tenant is
--- free now, and whichever worker is idle may take it.
+-- free now, and whichever worker is idle may take it. The jobs that wait for the
+-- finished ones are settled (released or cancelled) in the same statement.
 WITH finished AS (
 UPDATE pgwake.jobs AS j
    SET status = u.status,
@@ -868,12 +869,22 @@ capped_slot_freed AS (
                      FROM (SELECT DISTINCT f.tenant_id FROM finished AS f) AS d
                      JOIN pgwake.tenants AS t ON t.tenant_id = d.tenant_id
                     WHERE t.max_concurrency IS NOT NULL)
+),
+-- The jobs waiting for the finished ones are released (and the claimers woken) or
+-- cancelled in this statement (pgwake.jobs_settle_dependents; one probe of
+-- jobs_waiting_idx when no job waits). The aggregate reads the whole update first.
+settled AS (
+    SELECT pgwake.jobs_settle_dependents(
+               array_agg(f.id) FILTER (WHERE f.status IN ('succeeded', 'failed', 'cancelled')))
+               AS n
+      FROM finished AS f
 )
--- The conditions make sure both side-effect CTEs run (a SELECT CTE that is not
+-- The conditions make sure the side-effect CTEs run (a SELECT CTE that is not
 -- referenced is never evaluated).
 SELECT f.id FROM finished AS f
  WHERE (SELECT count(*) FROM capped_slot_freed) >= 0
-   AND (SELECT sent FROM events) >= 0;
+   AND (SELECT sent FROM events) >= 0
+   AND (SELECT n FROM settled) >= 0;
 
 -- name: job_put_back_unknown
 -- Puts back jobs the database says this worker runs but the worker does not know of (a
@@ -897,7 +908,7 @@ SELECT p.id FROM put_back AS p
 -- queued again. When the worker ends without a clean stop (it crashed, or was cancelled
 -- from outside) the attempt counts, as recovery of a dead worker would do, so a job
 -- that kills workers uses up its attempts: queued again, or failed when that was its
--- last attempt.
+-- last attempt (and the jobs that wait for a failed one are settled).
 -- $1 worker id, $2 the reason kept in last_error, $3 whether the attempt counts (bool).
 -- Returns the ids put back and their new status.
 WITH put_back AS (
@@ -910,9 +921,15 @@ WITH put_back AS (
            last_error = $2
      WHERE j.claimed_by = $1 AND j.status = 'running'
     RETURNING j.id, j.tenant_id, j.kind, j.status
+),
+settled AS (
+    SELECT pgwake.jobs_settle_dependents(
+               array_agg(p.id) FILTER (WHERE p.status = 'failed')) AS n
+      FROM put_back AS p
 )
 SELECT p.id, p.status FROM put_back AS p
- CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, p.status) AS e;
+ CROSS JOIN LATERAL pgwake.job_event(p.id, p.tenant_id, p.kind, p.status) AS e
+ WHERE (SELECT n FROM settled) >= 0;
 
 -- name: job_set_progress
 -- Stores a running job's progress, fenced on worker and attempt, and announces it on
@@ -979,3 +996,47 @@ SELECT pgwake.transactions_open($1::text[]);
 -- The worker has a backlog and claims without being woken: inserts need not notify.
 -- No parameters.
 SELECT pgwake.stop_waiting(0);
+
+-- name: job_reserve_ids
+-- Reserves $1 ids for jobs a handler enqueues (ctx.enqueue), from the sequence an
+-- insert takes its id from, in increasing order: the children are inserted later, with
+-- their parent's outcome.
+-- $1 how many.
+SELECT array_agg(s.n ORDER BY s.n)
+  FROM (SELECT nextval('pgwake.jobs_id_seq') AS n FROM generate_series(1, $1::int)) AS s;
+
+-- name: job_insert_children
+-- Inserts the jobs handlers enqueued (listener/children.py), in the transaction that
+-- stores their parents' successful outcomes, in id order (a child's dependencies among
+-- its siblings are inserted before it). Checked like any insert (constraints, the
+-- dependencies trigger). Column defaults as in pgwake.jobs: 20 attempts, 15 minutes.
+-- $1 ids (reserved with job_reserve_ids), $2 tenants, $3 kinds, $4 payloads (JSON
+-- text), $5 priorities, $6 seconds from now until each may run (float8), $7 max
+-- attempts (NULL: the default), $8 timeouts in seconds (NULL: the default),
+-- $9 dependencies (a JSON array of ids as text, NULL: none), $10 run_anyway,
+-- $11 metadata (JSON text, NULL: none). Returns the ids inserted.
+INSERT INTO pgwake.jobs (id, tenant_id, kind, payload, priority, run_at, max_attempts,
+                         timeout, depends_on, run_anyway, metadata)
+SELECT c.id, c.tenant_id, c.kind, c.payload::jsonb, c.priority,
+       now() + make_interval(secs => c.delay), coalesce(c.max_attempts, 20),
+       coalesce(make_interval(secs => c.timeout), interval '15 minutes'),
+       CASE WHEN c.deps IS NOT NULL
+            THEN ARRAY(SELECT e::bigint FROM jsonb_array_elements_text(c.deps::jsonb) AS e) END,
+       c.run_anyway, c.metadata::jsonb
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::int[], $6::float8[],
+              $7::int[], $8::float8[], $9::text[], $10::bool[], $11::text[])
+       AS c(id, tenant_id, kind, payload, priority, delay, max_attempts, timeout, deps,
+            run_anyway, metadata)
+ ORDER BY c.id
+RETURNING id;
+
+-- name: job_list_dependency_results
+-- How each job job $1 depends on ended (ctx.dependency_results): id, status, result
+-- and last error; a dependency removed by retention since is left out.
+-- $1 job id.
+SELECT d.id, d.status, d.result, d.last_error
+  FROM pgwake.jobs AS j
+ CROSS JOIN LATERAL (SELECT DISTINCT u.dep FROM unnest(j.depends_on) AS u(dep)) AS u
+  JOIN pgwake.jobs AS d ON d.id = u.dep
+ WHERE j.id = $1
+ ORDER BY d.id;

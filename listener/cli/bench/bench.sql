@@ -109,12 +109,13 @@ SELECT j.id, j.tenant_id, j.kind, j.payload
 DELETE FROM pgwake.jobs WHERE id = ANY ($1::bigint[]);
 
 -- name: job_exists_active
--- Whether any job is still scheduled, queued or running: one probe of each partial
--- index, cheap enough to poll while a drain is timed.
+-- Whether any job is still waiting, scheduled, queued or running: one probe of each
+-- partial index, cheap enough to poll while a drain is timed.
 -- No parameters.
 SELECT EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'queued')
     OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'running')
-    OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'scheduled');
+    OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'scheduled')
+    OR EXISTS (SELECT 1 FROM pgwake.jobs WHERE status = 'waiting');
 
 -- name: job_count_finished
 -- How many jobs have finished (succeeded or failed).
@@ -165,3 +166,35 @@ SELECT coalesce(max(g.gap), 0)::float8
           FROM (SELECT DISTINCT started_at AS s
                   FROM pgwake.jobs
                  WHERE starts_with(tenant_id, $1::text)) AS d) AS g;
+
+-- name: job_insert_chain
+-- A chain of $1 echo jobs in one plain INSERT, each depending on the one before (ids
+-- from the jobs' sequence, rows inserted in id order), for the chain benchmark.
+-- $1 links.
+WITH ids AS (SELECT g, nextval('pgwake.jobs_id_seq') AS id FROM generate_series(1, $1::int) g)
+INSERT INTO pgwake.jobs (id, kind, depends_on)
+SELECT i.id, 'echo', CASE WHEN i.g > 1 THEN ARRAY[lag(i.id) OVER (ORDER BY i.g)] END
+  FROM ids AS i
+ ORDER BY i.g;
+
+-- name: job_list_chain_gaps
+-- For each job of a chain, seconds from its predecessor's outcome (finished_at) to its
+-- own claim (started_at), and whether it started after that outcome; by id.
+-- No parameters.
+SELECT j.id, j.status,
+       extract(epoch FROM j.started_at - p.finished_at)::float8 AS gap,
+       j.started_at >= p.finished_at AS in_order
+  FROM pgwake.jobs AS j
+  JOIN pgwake.jobs AS p ON p.id = j.depends_on[1]
+ ORDER BY j.id;
+
+-- name: job_enqueue_dag_root
+-- The root of the workflow benchmark's DAG (bench.dag_root), which enqueues the rest
+-- with its outcome.
+-- $1 the DAG's width.
+INSERT INTO pgwake.jobs (kind, payload) VALUES ('bench.dag_root', jsonb_build_object('width', $1::int));
+
+-- name: job_count_by_status
+-- Jobs by status (the workflow benchmark checks that every job of its DAG succeeded).
+-- No parameters.
+SELECT status, count(*)::int AS jobs FROM pgwake.jobs GROUP BY status ORDER BY status;

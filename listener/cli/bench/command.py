@@ -33,6 +33,8 @@ WORKLOADS = (
     "defaults",
     "mixed",
     "foreign-kinds",
+    "workflow",
+    "chain",
 )
 
 
@@ -118,11 +120,19 @@ def bench_cmd(
     foreign_jobs: Annotated[
         int, typer.Option(min=1, help="foreign-kinds: handled jobs, one every 100 ms.")
     ] = 50,
+    workflow_width: Annotated[
+        int,
+        typer.Option(min=1, help="workflow: the DAG's fan-out at each of its two levels."),
+    ] = 100,
+    chain_links: Annotated[
+        int, typer.Option(min=2, help="chain: jobs of the chain, each waiting for the one before.")
+    ] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     *,
     db: Database,
 ) -> None:
     """Run benchmark workloads in databases of their own and print the figures."""
+    from listener.cli.bench import chain as chain_bench  # noqa: PLC0415
     from listener.cli.bench import (  # noqa: PLC0415 - only for this command
         claims as claim_bench,
     )
@@ -135,6 +145,7 @@ def bench_cmd(
         recovery,
         summary,
         throughput,
+        workflow,
     )
 
     chosen = workloads or list(WORKLOADS)
@@ -206,6 +217,8 @@ def bench_cmd(
             "foreign-kinds": lambda: realistic.foreign_kinds(
                 url, tenants=foreign_tenants, jobs=foreign_jobs, repeat=repeat
             ),
+            "workflow": lambda: workflow.workflow(url, width=workflow_width, repeat=repeat),
+            "chain": lambda: chain_bench.chain(url, links=chain_links, repeat=repeat),
         }
         for name in WORKLOADS:
             if name in chosen:
@@ -231,6 +244,8 @@ def bench_cmd(
         "defaults": realistic.render_defaults,
         "mixed": realistic.render_mixed,
         "foreign-kinds": realistic.render_foreign_kinds,
+        "workflow": workflow.render_workflow,
+        "chain": chain_bench.render_chain,
     }
     sections = [f"{name}\n{renders[name](rows)}" for name, rows in results.items()]
     if checks:
