@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from listener.api import JobContext, Registry
+from listener.claimer import STREAM_PAUSE
 from listener.queries import QUERIES
 from listener.service import Service
 from listener.wake import MAX_JOB_ID, NotifiedJob
@@ -295,11 +296,13 @@ async def _settled(service: Service) -> None:
 
 
 async def test_a_worker_claims_single_inserts_by_id(dsn: str, conn: asyncpg.Connection) -> None:
-    """Inserted one at a time, each while the worker waits: every job is claimed by id
-    (the poll is an hour, so nothing else could start them)."""
+    """Inserted one at a time, each while the worker waits and more than STREAM_PAUSE
+    after the last (closer ones are a stream, claimed in batches): every job is claimed
+    by id (the poll is an hour, so nothing else could start them)."""
     async with running_worker(dsn, _registry(), poll_interval=3600) as service:
         for _ in range(5):
             await _settled(service)
+            await anyio.sleep(STREAM_PAUSE * 4)
             job = await _insert(conn, "('t', 'noop')")
             await eventually(
                 lambda job=job: conn.fetchval(
