@@ -19,6 +19,7 @@ Handlers import nothing else from ``listener``; the rest is internal and may cha
 
 from __future__ import annotations
 
+from listener.children import DependencyResult
 from listener.context import JobContext
 from listener.enqueue import NewJob, Payload, enqueue, enqueue_many
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_REGISTRY",
     "Cancel",
     "ConfigurationError",
+    "DependencyResult",
     "Handler",
     "Job",
     "JobContext",

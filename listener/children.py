@@ -21,6 +21,11 @@ Invariants:
   its own attempt. A child the database still refuses fails its parent's outcome write,
   which the completer isolates: the parent alone is recorded failed, with the
   database's message, and none of its children is created.
+- A run that is never written as an outcome (``pgwake exec --dry-run``, a test's
+  ``run_handler``) gives its children placeholder ids, -1, -2, ... in the order they
+  were enqueued, never the sequence's: they are shown, not inserted, and a rehearsal
+  takes nothing from the database. ``results`` stands in for the database's
+  dependency results where there is none (a test's run).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel
 
 from listener.jobs import Job
 from listener.queries import QUERIES
@@ -84,6 +90,10 @@ class Children:
 
     pool: asyncpg.Pool | None
     job: Job
+    placeholders: bool = False
+    """Placeholder ids (-1, -2, ...) for children that are never inserted."""
+    results: Mapping[int, DependencyResult] | None = None
+    """The dependency results to give without asking the database."""
     enqueued: list[ChildJob] = field(default_factory=list)
     # Ids reserved and not given out yet (increasing), and the size of the next block.
     spare: list[int] = field(default_factory=list)
@@ -92,7 +102,7 @@ class Children:
     async def enqueue(
         self,
         kind: str,
-        payload: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | BaseModel | None = None,
         *,
         depends_on: Sequence[int] = (),
         run_anyway: bool = False,
@@ -103,16 +113,20 @@ class Children:
         metadata: Mapping[str, Any] | None = None,
     ) -> int:
         """Reserve an id for a child job and keep it for the outcome; returns the id."""
-        if self.pool is None:
+        if self.pool is None and not self.placeholders:
             raise RuntimeError("this worker cannot enqueue jobs from handlers (no database)")
         if not isinstance(kind, str) or not kind.strip():
             raise ValueError("kind must be a non-empty string")
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
         body = _object(dict(payload or {}), "payload")
         meta = None if metadata is None else _object(dict(metadata), "metadata")
         deps = tuple(int(d) for d in depends_on)
         if delay < 0:
             raise ValueError(f"delay must be 0 or more, not {delay}")
-        if not self.spare:
+        if self.placeholders:
+            self.spare = [-1 - len(self.enqueued)]
+        elif not self.spare and self.pool is not None:
             self.spare = list(await self.pool.fetchval(QUERIES["job_reserve_ids"], self.block))
             self.block = min(self.block * 2, MAX_ID_BLOCK)
         child_id = self.spare.pop(0)
@@ -136,6 +150,8 @@ class Children:
     async def dependency_results(self) -> dict[int, DependencyResult]:
         """How each job this one depends on ended, by id (a job removed by retention
         since is left out)."""
+        if self.results is not None:
+            return dict(self.results)
         if self.pool is None:
             raise RuntimeError("this worker cannot read dependencies (no database)")
         rows = await self.pool.fetch(QUERIES["job_list_dependency_results"], self.job.id)

@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
 from listener.children import Children, DependencyResult
@@ -128,7 +129,7 @@ class JobContext:
     async def enqueue(
         self,
         kind: str,
-        payload: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | BaseModel | None = None,
         *,
         depends_on: Sequence[int] = (),
         run_anyway: bool = False,
@@ -145,7 +146,10 @@ class JobContext:
         waits for them all: fan-in). ``depends_on`` may also name jobs that exist
         already (of this tenant); ``run_anyway`` runs it once they have all finished,
         whatever their outcome. ``delay`` is seconds from the outcome until it may run.
-        ``payload`` and ``metadata`` must be JSON objects (TypeError, ValueError)."""
+        ``payload`` is a JSON object or a pydantic model instance (sent as
+        ``model_dump(mode="json")``), ``metadata`` a JSON object (TypeError, ValueError
+        otherwise). Under ``pgwake exec --dry-run`` and in ``listener.testing`` the job is
+        recorded, not created, and its id is a placeholder (-1, -2, ...)."""
         return await self._children().enqueue(
             kind,
             payload,

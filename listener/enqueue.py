@@ -28,8 +28,11 @@ Invariants:
   ``AsyncConnection``; both get the same SQL text (``$n`` placeholders, through
   psycopg's raw cursor) and the same parameter types. psycopg is imported only when a
   psycopg connection is given.
-- The columns that the dependencies and metadata work adds (``depends_on``,
-  ``metadata``) are not here yet; they are keyword arguments to add beside the others.
+- ``depends_on`` (ids of jobs of the same tenant) and ``metadata`` (a JSON object) are
+  sent as text, the ids as an array literal of ints checked here, so that one row of
+  ``enqueue_many`` may list any number of them (arrays given to unnest are of one
+  dimension and one length); the database checks them as for an INSERT (the
+  dependencies trigger: they must exist in the job's tenant).
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ class NewJob:
     unique_key: str | None = None
     unique_for: Seconds | None = None
     timeout: Seconds | None = None
+    depends_on: Sequence[int] = ()
+    run_anyway: bool = False
+    metadata: Mapping[str, Any] | None = None
 
 
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
@@ -81,27 +87,38 @@ _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 def payload_json(payload: Payload) -> str:
     """The payload as JSON object text; TypeError or ValueError for anything else."""
-    if payload is None:
+    return _object_json(payload, "payload")
+
+
+def metadata_json(metadata: Mapping[str, Any] | None) -> str | None:
+    """The metadata as JSON object text (None for None); TypeError or ValueError for
+    anything else."""
+    return None if metadata is None else _object_json(metadata, "metadata")
+
+
+def _object_json(value: Payload, what: str) -> str:
+    if value is None:
         return "{}"
-    if isinstance(payload, BaseModel):
-        data: Any = payload.model_dump(mode="json")
-    elif isinstance(payload, Mapping):
-        data = payload if isinstance(payload, dict) else dict(payload)
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json")
+    elif isinstance(value, Mapping):
+        data = value if isinstance(value, dict) else dict(value)
     else:
+        subject = "a payload" if what == "payload" else what
         raise TypeError(
-            f"a payload is a mapping or a pydantic model instance, not {type(payload).__name__}"
+            f"{subject} is a mapping or a pydantic model instance, not {type(value).__name__}"
         )
     try:
         text = _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
-        raise type(exc)(f"the payload is not JSON: {exc}") from None
-    _refuse_nul(text)
+        raise type(exc)(f"the {what} is not JSON: {exc}") from None
+    _refuse_nul(text, what)
     return text
 
 
-def _refuse_nul(text: str) -> None:
+def _refuse_nul(text: str, what: str = "payload") -> None:
     if "\\u0000" in text:
-        raise ValueError("the payload holds a NUL character (\\u0000), which jsonb cannot store")
+        raise ValueError(f"the {what} holds a NUL character (\\u0000), which jsonb cannot store")
 
 
 def _seconds(value: Seconds | None, name: str) -> float | None:
@@ -137,6 +154,24 @@ def _text(value: str | None, name: str) -> str | None:
     return value
 
 
+def depends_on_literal(depends_on: Sequence[int]) -> str:
+    """``depends_on`` as a PostgreSQL array literal of ints (``{17,18}``); TypeError for
+    anything but a sequence of ints."""
+    if isinstance(depends_on, str | bytes) or not isinstance(depends_on, Sequence):
+        raise TypeError(f"depends_on must be a sequence of ints, not {type(depends_on).__name__}")
+    for value in depends_on:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"depends_on must hold ints, not {type(value).__name__}")
+    # int.__repr__: the digits of the value itself, whatever an int subclass prints.
+    return "{" + ",".join(int.__repr__(value) for value in depends_on) + "}"
+
+
+def _bool(value: bool, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
 def _row(job: NewJob) -> tuple[Any, ...]:
     """The query's parameters for one job, in order."""
     run_at, delay = _when(job.run_at)
@@ -153,6 +188,9 @@ def _row(job: NewJob) -> tuple[Any, ...]:
         _text(job.unique_key, "unique_key"),
         _seconds(job.timeout, "timeout"),
         _seconds(job.unique_for, "unique_for"),
+        depends_on_literal(job.depends_on) if job.depends_on else None,
+        True if _bool(job.run_anyway, "run_anyway") else None,
+        metadata_json(job.metadata),
     )
 
 
@@ -185,6 +223,9 @@ async def enqueue(
     unique_key: None = None,
     unique_for: None = None,
     timeout: Seconds | None = None,
+    depends_on: Sequence[int] = (),
+    run_anyway: bool = False,
+    metadata: Mapping[str, Any] | None = None,
 ) -> int: ...
 
 
@@ -201,6 +242,9 @@ async def enqueue(
     unique_key: str,
     unique_for: Seconds | None = None,
     timeout: Seconds | None = None,
+    depends_on: Sequence[int] = (),
+    run_anyway: bool = False,
+    metadata: Mapping[str, Any] | None = None,
 ) -> int | None: ...
 
 
@@ -216,6 +260,9 @@ async def enqueue(
     unique_key: str | None = None,
     unique_for: Seconds | None = None,
     timeout: Seconds | None = None,
+    depends_on: Sequence[int] = (),
+    run_anyway: bool = False,
+    metadata: Mapping[str, Any] | None = None,
 ) -> int | None:
     """Enqueue one job on ``conn`` (in its transaction, if one is open) and return its
     id; None when ``unique_key`` is given and taken.
@@ -223,10 +270,25 @@ async def enqueue(
     ``run_at``: when it may run (an aware datetime, or a timedelta from the database's
     now); ``priority`` -1000..1000, higher first; ``max_attempts`` (default 20);
     ``timeout`` per run (default 15 minutes); ``unique_key`` (and ``unique_for``): at
-    most one active job (and one per window of that period) per tenant, kind and key.
+    most one active job (and one per window of that period) per tenant, kind and key;
+    ``depends_on``: ids of jobs of the same tenant that must succeed first (the job
+    waits, status ``waiting``; not with ``unique_key``), or with ``run_anyway`` finish
+    whatever their outcome; ``metadata``: a JSON object of context that is not the
+    handler's input (a request id, a batch, a user).
     """
     job = NewJob(
-        kind, payload, tenant, run_at, priority, max_attempts, unique_key, unique_for, timeout
+        kind,
+        payload,
+        tenant,
+        run_at,
+        priority,
+        max_attempts,
+        unique_key,
+        unique_for,
+        timeout,
+        depends_on,
+        run_anyway,
+        metadata,
     )
     rows = await _fetch(conn, QUERIES["job_insert"], _row(job))
     return int(rows[0][0]) if rows else None
@@ -272,6 +334,12 @@ def _columns(jobs: list[NewJob]) -> list[list[Any] | None]:
         _column([job.unique_key for job in jobs], lambda v: _text(v, "unique_key")),
         _column([job.timeout for job in jobs], lambda v: _seconds(v, "timeout")),
         _column([job.unique_for for job in jobs], lambda v: _seconds(v, "unique_for")),
+        _column([job.depends_on or None for job in jobs], depends_on_literal),
+        _column(
+            [None if job.run_anyway is False else job.run_anyway for job in jobs],
+            lambda v: _bool(v, "run_anyway") or None,
+        ),
+        _column([job.metadata for job in jobs], metadata_json),
     ]
 
 

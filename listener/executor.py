@@ -36,6 +36,8 @@ import asyncio
 import json
 import time
 import traceback
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -120,13 +122,17 @@ class Executor:
         progress: ProgressSink | None = None,
         *,
         pool: asyncpg.Pool | None = None,
+        children: Callable[[Job], Children] | None = None,
         log_jobs: bool = True,
         log_jobs_per_second: int = 0,
         dry_run: bool = False,
     ) -> None:
         self._registry = registry
-        # For the jobs handlers enqueue and the dependencies they read (None: neither).
-        self._pool = pool
+        # For the jobs handlers enqueue and the dependencies they read (None: neither):
+        # ``children`` when given (pgwake exec, listener.testing), else on ``pool``.
+        if children is None and pool is not None:
+            children = partial(Children, pool)
+        self._children = children
         self._backoff = backoff
         self._databases = databases
         self._progress = progress
@@ -196,7 +202,7 @@ class Executor:
             databases=self._databases,
             progress_reporter=reporter,
             dry_run=self._dry_run,
-            children=Children(self._pool, job) if self._pool is not None else None,
+            children=self._children(job) if self._children is not None else None,
         )
         outcome = await self._call(handler, payload, ctx)
         outcome.records = ctx.records

@@ -13,16 +13,23 @@ Invariants:
   later ``ctx.tenant_db()`` of the run, and the transaction is rolled back when the
   run ends, however it ends (a handler's own ``conn.transaction()`` inside is a
   savepoint). Without dry run, connections come and go as in a worker.
+- The jobs the handler enqueues (``ctx.enqueue``) are kept in ``Run.enqueued``, whatever
+  the outcome, and inserted by nobody here. Their ids come from the jobs' sequence when
+  the run is real and a pool is given (the caller may insert them, as a worker does
+  with a successful outcome), else they are placeholders (-1, -2, ...: a dry run, or no
+  database). ``ctx.dependency_results()`` asks the pool (the stored job's
+  dependencies), or gives ``dependency_results`` when there is no pool.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from listener.children import ChildJob, Children, DependencyResult
 from listener.context import TenantConnections
 from listener.executor import Executor
 from listener.jobs import Job, Outcome
@@ -32,6 +39,7 @@ from listener.registry import Registry
 from listener.retry import Backoff
 
 if TYPE_CHECKING:
+    import asyncpg
     from asyncpg.pool import PoolConnectionProxy
 
 # A job's defaults, as pgwake.jobs has them.
@@ -90,6 +98,9 @@ class Run:
     outcome: Outcome
     progress: list[dict[str, Any]]
     dry_run: bool
+    enqueued: list[ChildJob] = field(default_factory=list)
+    """The jobs the handler enqueued, in order (a worker creates them only with a
+    succeeded outcome)."""
 
 
 def new_job(
@@ -126,14 +137,35 @@ async def run_job(
     *,
     databases: TenantConnections | None = None,
     dry_run: bool = False,
+    pool: asyncpg.Pool | None = None,
+    dependency_results: Mapping[int, DependencyResult] | None = None,
 ) -> Run:
     """Run ``job`` once with ``registry``'s handler (within the job's timeout) and return
     how it ended; see the module docstring."""
     progress = RecordedProgress()
+    children = Children(
+        pool,
+        job,
+        placeholders=dry_run or pool is None,
+        results=(dependency_results or {}) if pool is None else None,
+    )
     async with contextlib.AsyncExitStack() as stack:
         connections = databases
         if dry_run and databases is not None:
             connections = RolledBackConnections(databases, stack)
-        executor = Executor(registry, Backoff(), connections, progress, dry_run=dry_run)
+        executor = Executor(
+            registry,
+            Backoff(),
+            connections,
+            progress,
+            children=lambda _job: children,
+            dry_run=dry_run,
+        )
         outcome = await executor.execute(job)
-    return Run(job=job, outcome=outcome, progress=progress.reports, dry_run=dry_run)
+    return Run(
+        job=job,
+        outcome=outcome,
+        progress=progress.reports,
+        dry_run=dry_run,
+        enqueued=list(children.enqueued),
+    )

@@ -11,9 +11,11 @@
 - :func:`run_handler` runs one handler on one payload with the context a worker gives
   (listener/oneshot.py: the worker's executor, so payload validation, outcomes and
   timeouts are the worker's), and records what it did: outcome, result, error, progress
-  reports, log lines, the tenants whose database it asked for. No worker, no database
-  and no pgwake schema are needed; ``tenant_db`` gives ``ctx.tenant_db()`` the
-  connection (or pool, or one per tenant) of your own test database.
+  reports, log lines, the tenants whose database it asked for, the jobs it enqueued
+  (``ctx.enqueue``; :meth:`HandlerRun.assert_enqueued` checks them). No worker, no
+  database and no pgwake schema are needed; ``tenant_db`` gives ``ctx.tenant_db()`` the
+  connection (or pool, or one per tenant) of your own test database, and
+  ``dependency_results`` what ``ctx.dependency_results()`` returns.
 - :class:`TestQueue` (and the ``pgwake_queue`` fixture of listener/pytest_plugin.py) is
   a migrated pgwake schema on your test database, emptied of jobs, with ``enqueue`` and
   ``drain``: run every job that is due, in this process, with a real worker, until
@@ -24,10 +26,14 @@ Invariants:
   ``ctx.tenant_db()``; under ``dry_run`` those writes are rolled back at the end.
 - ``drain`` runs the worker pgwake runs (listener/service.py), so what passes there
   passes in production; it stops once no job of a kind it handles is due (queued,
-  running, or scheduled with ``run_at`` passed), and never waits for a retry's backoff:
-  such jobs are left ``scheduled`` for the test to look at.
-- The jobs ``ctx.enqueue`` will enqueue (the job dependencies work) are to be recorded
-  in :attr:`HandlerRun.enqueued`; until then it stays empty.
+  running, scheduled with ``run_at`` passed, or waiting for jobs that have all
+  finished: the worker releases or cancels it), and never waits for a retry's backoff:
+  such jobs are left ``scheduled``, and the jobs waiting for them ``waiting``, for the
+  test to look at.
+- The jobs a ``run_handler`` run enqueues are recorded, never inserted: their ids are
+  placeholders (-1, -2, ... in the order enqueued, so ``depends_on`` among them reads as
+  the handler wrote it). A worker creates them only when the run succeeds, so the
+  assertions look at them only then.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import asyncpg
 from structlog.testing import capture_logs
 
 from listener import db
+from listener.children import ChildJob, DependencyResult
 from listener.config import load_settings
 from listener.enqueue import NewJob, Payload, enqueue, enqueue_many, payload_json
 from listener.errors import ConfigurationError
@@ -58,6 +65,14 @@ if TYPE_CHECKING:
 # per tenant.
 TenantDb = asyncpg.Connection | asyncpg.Pool
 TenantDbs = TenantDb | Mapping[str, TenantDb]
+
+EnqueuedJob = ChildJob
+"""A job a handler enqueued with ``ctx.enqueue``: ``id`` (a placeholder, -1, -2, ...),
+``tenant_id``, ``kind``, ``payload``, ``depends_on``, ``run_anyway``, ``priority``,
+``delay``, ``max_attempts``, ``timeout``, ``metadata``."""
+
+# The fields of an EnqueuedJob that assert_enqueued compares, beside kind and payload.
+_FIELDS = ("depends_on", "run_anyway", "priority", "delay", "max_attempts", "timeout", "metadata")
 
 
 @dataclass
@@ -76,7 +91,9 @@ class HandlerRun:
     tenant_dbs: list[str]
     """The tenant of each ``ctx.tenant_db()`` the handler asked for, in order."""
     records: int | None
-    enqueued: list[NewJob] = field(default_factory=list)
+    enqueued: list[EnqueuedJob] = field(default_factory=list)
+    """Every job the handler enqueued (``ctx.enqueue``), in order, whatever the outcome;
+    a worker creates them only when the run succeeds."""
 
     def expect(self, outcome: str = "succeeded") -> Any:
         """The result when the run ended with ``outcome``; else AssertionError with the
@@ -86,6 +103,77 @@ class HandlerRun:
                 f"expected {outcome}, the handler's run {self.outcome}: {self.error}"
             )
         return self.result
+
+    @property
+    def created(self) -> list[EnqueuedJob]:
+        """The jobs a worker would create from this run: those it enqueued when it
+        succeeded, none otherwise."""
+        return list(self.enqueued) if self.outcome == "succeeded" else []
+
+    def matching(
+        self, kind: str | None = None, payload: Payload = None, **fields: Any
+    ) -> list[EnqueuedJob]:
+        """The jobs of :attr:`created` of ``kind`` (any kind: None) whose payload holds
+        every key of ``payload`` with that value, and whose ``fields`` (``depends_on``,
+        ``run_anyway``, ``priority``, ``delay``, ``max_attempts``, ``timeout``,
+        ``metadata``) are equal to those given."""
+        unknown = set(fields) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"no such field of an enqueued job: {', '.join(sorted(unknown))}")
+        if "depends_on" in fields:
+            fields["depends_on"] = tuple(fields["depends_on"])
+        wanted = {} if payload is None else json.loads(payload_json(payload))
+        return [
+            job
+            for job in self.created
+            if (kind is None or job.kind == kind)
+            and all(key in job.payload and job.payload[key] == v for key, v in wanted.items())
+            and all(getattr(job, name) == value for name, value in fields.items())
+        ]
+
+    def assert_enqueued(
+        self, kind: str, payload: Payload = None, *, count: int | None = None, **fields: Any
+    ) -> list[EnqueuedJob]:
+        """The jobs this run enqueued, and a worker would create, that match (see
+        :meth:`matching`); AssertionError, listing what it enqueued, when there are none,
+        or not ``count`` of them."""
+        found = self.matching(kind, payload, **fields)
+        if (not found and count is None) or (count is not None and len(found) != count):
+            wanted = "a job" if count is None else f"{count} job(s)"
+            wanted += f" of kind {kind!r}"
+            if payload is not None:
+                wanted += f" with payload {payload!r}"
+            if fields:
+                wanted += f" with {fields!r}"
+            raise AssertionError(
+                f"expected {wanted}, found {len(found)}; {self._what_it_enqueued()}"
+            )
+        return found
+
+    def refute_enqueued(
+        self, kind: str | None = None, payload: Payload = None, **fields: Any
+    ) -> None:
+        """AssertionError when this run enqueued a job, that a worker would create,
+        matching (see :meth:`matching`; no arguments: any job at all)."""
+        found = self.matching(kind, payload, **fields)
+        if found:
+            raise AssertionError(f"expected no such job; {self._what_it_enqueued()}")
+
+    def _what_it_enqueued(self) -> str:
+        if not self.enqueued:
+            return "the run enqueued none"
+        listed = "; ".join(
+            f"{job.id} {job.kind} {job.payload}"
+            + (f" depends on {list(job.depends_on)}" if job.depends_on else "")
+            for job in self.enqueued
+        )
+        if self.outcome != "succeeded":
+            error = (self.error or "").partition("\n")[0]
+            return (
+                f"the run {self.outcome} ({error}), so a worker creates none of the jobs "
+                f"it enqueued: {listed}"
+            )
+        return f"it enqueued: {listed}"
 
 
 class _RecordingConnections:
@@ -130,10 +218,12 @@ async def run_handler(
     registry: Registry | None = None,
     tenant_db: TenantDbs | None = None,
     dry_run: bool = False,
+    dependency_results: Mapping[int, DependencyResult] | None = None,
 ) -> HandlerRun:
     """Run ``handler`` (a kind in ``registry``, by default the one ``@handler`` fills, or
     the handler function itself) once on ``payload`` (a mapping or the handler's model)
     for ``tenant``, in attempt ``attempt`` of ``max_attempts``, and return what it did.
+    ``ctx.dependency_results()`` returns ``dependency_results`` (by default none).
     """
     kind, chosen = _registry_for(handler, registry)
     if chosen.get(kind) is None:
@@ -145,7 +235,11 @@ async def run_handler(
     uses: list[str] = []
     with capture_logs() as logged:
         run = await run_job(
-            chosen, job, databases=_RecordingConnections(tenant_db, uses), dry_run=dry_run
+            chosen,
+            job,
+            databases=_RecordingConnections(tenant_db, uses),
+            dry_run=dry_run,
+            dependency_results=dependency_results,
         )
     outcome = run.outcome
     return HandlerRun(
@@ -157,6 +251,7 @@ async def run_handler(
         logs=[dict(event) for event in logged],
         tenant_dbs=uses,
         records=outcome.records,
+        enqueued=run.enqueued,
     )
 
 
@@ -206,9 +301,16 @@ class TestQueue:
         return await enqueue_many(self.conn, jobs)
 
     async def _due(self, kinds: list[str]) -> int:
+        """How many jobs of ``kinds`` the worker still has to run or settle: running,
+        due, or waiting for jobs that have all finished (released or cancelled by the
+        worker: the outcome that finished the last one, or else its sweep)."""
         count: int = await self.conn.fetchval(
-            "SELECT count(*) FROM pgwake.jobs WHERE kind = ANY($1::text[]) "
-            "AND (status = 'running' OR (status IN ('queued', 'scheduled') AND run_at <= now()))",
+            "SELECT count(*) FROM pgwake.jobs AS j WHERE j.kind = ANY($1::text[]) "
+            "AND (j.status = 'running' "
+            "OR (j.status IN ('queued', 'scheduled') AND j.run_at <= now()) "
+            "OR (j.status = 'waiting' AND NOT EXISTS ("
+            "SELECT FROM unnest(j.depends_on) AS d(dep) JOIN pgwake.jobs AS o ON o.id = d.dep "
+            "WHERE o.status IN ('waiting', 'scheduled', 'queued', 'running'))))",
             kinds,
         )
         return count
@@ -256,4 +358,11 @@ class TestQueue:
         ]
 
 
-__all__ = ["FinishedJob", "HandlerRun", "TestQueue", "run_handler"]
+__all__ = [
+    "DependencyResult",
+    "EnqueuedJob",
+    "FinishedJob",
+    "HandlerRun",
+    "TestQueue",
+    "run_handler",
+]

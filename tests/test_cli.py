@@ -56,6 +56,32 @@ async def test_enqueue(dsn: str, conn: asyncpg.Connection) -> None:
     ) == ("acme", "echo", {"a": 1}, 5, 3, 60.0)
 
 
+async def test_enqueue_with_dependencies_and_metadata(dsn: str, conn: asyncpg.Connection) -> None:
+    first = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('acme', 'noop') RETURNING id"
+    )
+    done = pgwake(
+        "enqueue", "noop", "--tenant", "acme", "--depends-on", str(first), "--depends-on",
+        str(first), "--run-anyway", "--metadata", '{"batch": "b-1"}', "--json", dsn=dsn,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["status"] == "waiting"
+    row = await conn.fetchrow("SELECT * FROM pgwake.jobs WHERE id = $1", out["id"])
+    assert (row["depends_on"], row["run_anyway"], row["metadata"]) == (
+        [first, first],
+        True,
+        {"batch": "b-1"},
+    )
+    other = pgwake("enqueue", "noop", "--tenant", "other", "--depends-on", str(first), dsn=dsn)
+    assert other.returncode == 1, other.stdout + other.stderr
+    assert f"job {first} does not" in other.stderr
+    bad = pgwake("enqueue", "noop", "--metadata", "[1]", dsn=dsn)
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "--metadata must be a JSON object" in bad.stderr
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 2
+
+
 async def test_enqueue_defaults_match_a_plain_insert(dsn: str, conn: asyncpg.Connection) -> None:
     done = pgwake("enqueue", "noop", "--json", dsn=dsn)
     assert done.returncode == 0, done.stderr

@@ -4,6 +4,8 @@ transaction commits, and a committed job runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -148,12 +150,24 @@ async def test_defaults_are_the_tables_own(app_conn: Any, conn: asyncpg.Connecti
     one = await enqueue(app_conn, "api.d")
     (many,) = await enqueue_many(app_conn, [NewJob("api.d")])
     await committed(app_conn)
-    columns = "tenant_id, payload, priority, max_attempts, timeout, unique_key, unique_for, status"
+    columns = (
+        "tenant_id, payload, priority, max_attempts, timeout, unique_key, unique_for, status, "
+        "depends_on, run_anyway, metadata, created_by"
+    )
     rows = [
         tuple(await conn.fetchrow(f"SELECT {columns} FROM pgwake.jobs WHERE id = $1", job_id))
         for job_id in (plain, one, many)
     ]
     assert rows[0] == rows[1] == rows[2]
+
+
+def test_new_job_has_a_field_per_option_of_enqueue() -> None:
+    options = [
+        name
+        for name, p in inspect.signature(enqueue).parameters.items()
+        if p.kind == p.KEYWORD_ONLY
+    ]
+    assert options == [f.name for f in dataclasses.fields(NewJob)][2:]
 
 
 async def test_every_option_is_stored(app_conn: Any, conn: asyncpg.Connection) -> None:
@@ -300,3 +314,164 @@ async def test_any_json_object_round_trips(
         for row in await conn.fetch("SELECT id, payload FROM pgwake.jobs WHERE id = ANY($1)", ids)
     }
     assert [stored[i] for i in ids] == clean + clean
+
+
+async def test_dependencies_and_metadata_are_stored(
+    app_conn: Any, conn: asyncpg.Connection
+) -> None:
+    meta = {"batch": "b-1", "by": {"user": 7, "name": "x'); --"}}
+    first = await enqueue(app_conn, "api.dep", {"n": 1}, tenant="acme", metadata=meta)
+    after = await enqueue(app_conn, "api.dep", tenant="acme", depends_on=[first], run_anyway=True)
+    many = await enqueue_many(
+        app_conn,
+        [
+            NewJob("api.dep", {"n": i}, tenant="acme", depends_on=[first, after][:i],
+                   metadata={"i": i} if i else None)
+            for i in range(3)
+        ] + [NewJob("api.dep", tenant="acme", depends_on=(after, after), run_anyway=True)],
+    )  # fmt: skip
+    await committed(app_conn)
+    rows = await conn.fetch(
+        "SELECT id, depends_on, run_anyway, metadata, status, created_by FROM pgwake.jobs "
+        "ORDER BY id"
+    )
+    assert [r["id"] for r in rows] == [first, after, *many]
+    assert [tuple(r)[1:5] for r in rows] == [
+        (None, False, meta, "queued"),
+        ([first], True, None, "waiting"),
+        (None, False, None, "queued"),
+        ([first], False, {"i": 1}, "waiting"),
+        ([first, after], False, {"i": 2}, "waiting"),
+        ([after, after], True, None, "waiting"),
+    ]
+    assert {r["created_by"] for r in rows} == {"postgres"}
+
+
+async def test_dependencies_are_checked_by_the_database(
+    app_conn: Any, conn: asyncpg.Connection
+) -> None:
+    other = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('other', 'api.x') RETURNING id"
+    )
+    mine = await conn.fetchval(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) VALUES ('acme', 'api.x') RETURNING id"
+    )
+    cases: list[tuple[Callable[[], Coroutine[Any, Any, Any]], str]] = [
+        (
+            lambda: enqueue(app_conn, "k", tenant="acme", depends_on=[other]),
+            f"job {other} does not",
+        ),
+        (lambda: enqueue(app_conn, "k", tenant="acme", depends_on=[2**40]), "does not"),
+        (
+            lambda: enqueue_many(
+                app_conn,
+                [NewJob("k", tenant="acme", depends_on=[mine]), NewJob("k", depends_on=[mine])],
+            ),
+            f"job {mine} does not",
+        ),
+        (
+            lambda: enqueue(app_conn, "k", tenant="acme", depends_on=[mine], unique_key="u"),
+            "jobs_depends_on_without_unique_key",
+        ),
+        (
+            lambda: enqueue(app_conn, "k", metadata={"x": "y" * 70_000}),
+            "jobs_metadata_at_most_64kib",
+        ),
+        (lambda: enqueue(app_conn, "k", depends_on=[2**63]), "out of range"),
+    ]
+    for call, message in cases:
+        with pytest.raises(Exception, match=message) as caught:
+            await call()
+        assert type(caught.value).__module__.split(".")[0] in ("asyncpg", "psycopg")
+        if isinstance(app_conn, psycopg.AsyncConnection):
+            await app_conn.rollback()
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 2
+
+
+class SneakyInt(int):
+    """An int that prints as something else."""
+
+    def __str__(self) -> str:
+        return "1}'); DROP TABLE pgwake.jobs; --"
+
+    __repr__ = __str__
+
+
+async def test_dependencies_and_metadata_of_the_wrong_type_are_refused_before_the_database(
+    app_conn: Any, conn: asyncpg.Connection
+) -> None:
+    calls: list[tuple[Callable[[], Coroutine[Any, Any, Any]], str]] = [
+        (lambda: enqueue(app_conn, "k", depends_on="12"), "depends_on must be a sequence"),  # type: ignore[arg-type]
+        (lambda: enqueue(app_conn, "k", depends_on=12), "depends_on must be a sequence"),  # type: ignore[arg-type]
+        (lambda: enqueue(app_conn, "k", depends_on=["1"]), "depends_on must hold ints"),  # type: ignore[list-item]
+        (lambda: enqueue(app_conn, "k", depends_on=[True]), "depends_on must hold ints"),
+        (lambda: enqueue(app_conn, "k", depends_on=[1.0]), "depends_on must hold ints"),  # type: ignore[list-item]
+        (lambda: enqueue(app_conn, "k", run_anyway=1), "run_anyway must be a bool"),  # type: ignore[arg-type]
+        (lambda: enqueue(app_conn, "k", metadata=[1]), "metadata is a mapping"),  # type: ignore[arg-type]
+        (lambda: enqueue(app_conn, "k", metadata={"x": math.inf}), "the metadata is not JSON"),
+        (lambda: enqueue(app_conn, "k", metadata={"x": "\x00"}), "the metadata holds a NUL"),
+        (
+            lambda: enqueue_many(app_conn, [NewJob("k"), NewJob("k", depends_on=[None])]),  # type: ignore[list-item]
+            "depends_on must hold ints",
+        ),
+        (
+            lambda: enqueue_many(app_conn, [NewJob("k"), NewJob("k", run_anyway="yes")]),  # type: ignore[arg-type]
+            "run_anyway must be a bool",
+        ),
+        (
+            lambda: enqueue_many(app_conn, [NewJob("k", metadata={"x": {1}})]),
+            "the metadata is not JSON",
+        ),
+    ]
+    for call, message in calls:
+        with pytest.raises((TypeError, ValueError), match=message):
+            await call()
+    # An int subclass is sent as the number it is, never as the text it prints.
+    job = await conn.fetchval("INSERT INTO pgwake.jobs (kind) VALUES ('api.x') RETURNING id")
+    dep = await enqueue(app_conn, "k", depends_on=[SneakyInt(job)])
+    await committed(app_conn)
+    assert await conn.fetchval("SELECT depends_on FROM pgwake.jobs WHERE id = $1", dep) == [job]
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 4), max_size=4),
+            st.booleans(),
+            st.none() | st.dictionaries(st.text(max_size=8), JSON, max_size=3),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+async def test_any_dependencies_and_metadata_round_trip(
+    app_conn: Any, conn: asyncpg.Connection, rows: list[tuple[list[int], bool, Any]]
+) -> None:
+    """Rows of one enqueue_many with any number of dependencies each (ragged), beside
+    rows without, and any metadata: each stored as given, in order."""
+    base = [
+        await conn.fetchval("INSERT INTO pgwake.jobs (kind) VALUES ('api.base') RETURNING id")
+        for _ in range(5)
+    ]
+    rows = [r for r in rows if r[2] is None or "\\u0000" not in json.dumps(r[2])]
+    jobs = [
+        NewJob("api.rt", depends_on=[base[i] for i in deps], run_anyway=anyway, metadata=meta)
+        for deps, anyway, meta in rows
+    ]
+    ids = await enqueue_many(app_conn, jobs)
+    one = [await enqueue(app_conn, "api.rt", depends_on=j.depends_on, metadata=j.metadata)
+           for j in jobs]  # fmt: skip
+    await committed(app_conn)
+    stored = {
+        r["id"]: (r["depends_on"], r["run_anyway"], r["metadata"])
+        for r in await conn.fetch("SELECT * FROM pgwake.jobs WHERE id = ANY($1)", ids + one)
+    }
+    assert [stored[i] for i in ids] == [
+        (list(j.depends_on) or None, j.run_anyway, j.metadata) for j in jobs
+    ]
+    assert [stored[i][0::2] for i in one] == [
+        (list(j.depends_on) or None, j.metadata) for j in jobs
+    ]

@@ -163,3 +163,129 @@ async def test_refusals(dsn: str, args: tuple[str, ...], code: int, message: str
     done = pgwake("exec", *args, dsn=dsn)
     assert done.returncode == code, done.stdout + done.stderr
     assert message in done.stderr
+
+
+async def last_id(conn: asyncpg.Connection) -> Any:
+    return await conn.fetchval("SELECT pg_sequence_last_value('pgwake.jobs_id_seq')")
+
+
+async def test_a_dry_run_shows_the_jobs_it_would_enqueue_and_a_real_run_enqueues_them(
+    dsn: str, conn: asyncpg.Connection, keyring_env: str, shop: str
+) -> None:
+    """Issue 20's acceptance: a handler that writes to its tenant's database and
+    enqueues a child (and a final job waiting for it)."""
+    before = await last_id(conn)
+    dry = exec_(
+        dsn, keyring_env, "shop.fanout", "--tenant", "acme", "--payload", '{"n": 1}', "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert 'result: {"child": -1, "final": -2}' in dry.stdout
+    assert (
+        'would enqueue (dry run): -1 echo (tenant acme) {"order": 1} metadata {"from": "fanout"}'
+        in dry.stdout
+    )
+    assert (
+        "would enqueue (dry run): -2 shop.fanin (tenant acme) {} depends on [-1] (run anyway)"
+        in dry.stdout
+    )
+    # The write rolled back, no job inserted, not even an id taken from the sequence.
+    assert await orders(shop) == []
+    assert await conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 0
+    assert await last_id(conn) == before
+
+    real = exec_(dsn, keyring_env, "shop.fanout", "--tenant", "acme", "--payload", '{"n": 2}')
+    assert real.returncode == 0, real.stderr
+    assert await orders(shop) == [2]
+    rows = await conn.fetch(
+        "SELECT id, tenant_id, kind, payload, depends_on, run_anyway, metadata, status "
+        "FROM pgwake.jobs ORDER BY id"
+    )
+    child, final = (row["id"] for row in rows)
+    assert f'result: {{"child": {child}, "final": {final}}}' in real.stdout
+    assert f"enqueued job: {final} shop.fanin (tenant acme) {{}} depends on [{child}]" in (
+        real.stdout
+    )
+    assert [tuple(row)[1:] for row in rows] == [
+        ("acme", "echo", {"order": 2}, None, False, {"from": "fanout"}, "queued"),
+        ("acme", "shop.fanin", {}, [child], True, None, "waiting"),
+    ]
+    # A worker runs them; exec --job of the final job then reads its dependency's result.
+    worker = spawn_worker(dsn, *HANDLERS, env={"PGWAKE_ENCRYPTION_KEYS": keyring_env})
+    try:
+
+        async def final_done() -> Any:
+            return await conn.fetchval(
+                "SELECT result FROM pgwake.jobs WHERE id = $1 AND status = 'succeeded'", final
+            )
+
+        expected = {str(child): ["succeeded", {"order": 2}]}
+        assert await eventually(final_done, timeout=30) == expected
+    finally:
+        code, output = stop_process(worker)
+    assert code == 0, output
+    for flags in ((), ("--dry-run",)):
+        again = pgwake("exec", *HANDLERS, "--job", str(final), *flags, "--json", dsn=dsn)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert json.loads(again.stdout)["result"] == expected
+
+
+async def test_record_inserts_the_jobs_with_the_run_and_a_failed_run_inserts_none(
+    dsn: str, conn: asyncpg.Connection, keyring_env: str, shop: str
+) -> None:
+    ok = exec_(
+        dsn,
+        keyring_env,
+        "shop.fanout",
+        "--tenant",
+        "acme",
+        "--payload",
+        '{"n": 3}',
+        "--record",
+        "--json",
+    )
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert out["enqueued_inserted"] is True
+    assert [c["id"] for c in out["enqueued"]] == [out["result"]["child"], out["result"]["final"]]
+    kinds = await conn.fetch("SELECT id, kind, status FROM pgwake.jobs ORDER BY kind")
+    assert [(r["kind"], r["status"]) for r in kinds] == [
+        ("echo", "queued"),
+        ("shop.fanin", "waiting"),
+        ("shop.fanout", "succeeded"),
+    ]
+    assert kinds[2]["id"] == out["recorded_job"]
+
+    await conn.execute("DELETE FROM pgwake.jobs")
+    for flags in ((), ("--record",)):
+        failed = exec_(
+            dsn, keyring_env, "shop.fanout", "--tenant", "acme", "--payload", '{"n": -1}', *flags
+        )
+        assert failed.returncode == 6, failed.stdout + failed.stderr
+        assert "not enqueued (the run did not succeed): -" not in failed.stdout  # real ids
+        assert "not enqueued (the run did not succeed): " in failed.stdout
+    # As a worker: a failed attempt creates no children; the recorded run waits to retry.
+    statuses = await conn.fetch("SELECT kind, status FROM pgwake.jobs")
+    assert [tuple(r) for r in statuses] == [("shop.fanout", "scheduled")]
+
+
+async def test_a_job_the_database_refuses_fails_the_run(dsn: str, conn: asyncpg.Connection) -> None:
+    for flags in ((), ("--record",)):
+        done = pgwake(
+            "exec",
+            *HANDLERS,
+            "shop.orphan",
+            "--payload",
+            '{"n": 987654321}',
+            "--json",
+            *flags,
+            dsn=dsn,
+        )
+        assert done.returncode == 7, done.stdout + done.stderr
+        out = json.loads(done.stdout)
+        assert out["outcome"] == "failed"
+        assert out["error"].startswith("the database refused this job's outcome: ")
+        assert "job 987654321 does not" in out["error"]
+        assert out["enqueued_inserted"] is False
+    rows = await conn.fetch("SELECT kind, status, last_error FROM pgwake.jobs")
+    assert [(r["kind"], r["status"]) for r in rows] == [("shop.orphan", "failed")]
+    assert "job 987654321 does not" in rows[0]["last_error"]

@@ -96,9 +96,15 @@ async def place_order(conn: asyncpg.Connection, pconn: psycopg.AsyncConnection[o
         ids: list[int] = await enqueue_many(
             conn, [NewJob("invoice.send", Invoice(order_id=n), priority=5) for n in range(9)]
         )
+        final: int = await enqueue(
+            conn, "report", {}, depends_on=[job_id, *ids], run_anyway=True, metadata={"b": 1}
+        )
+        more: list[int] = await enqueue_many(
+            conn, [NewJob("report", depends_on=(final,), metadata={"by": "me"})]
+        )
     async with pconn.transaction():
         other: int = await enqueue(pconn, "invoice.send", {"order_id": 8}, run_at=timedelta(1))
-    return job_id + len(ids) + other + (maybe or 0)
+    return job_id + len(ids) + other + (maybe or 0) + final + len(more)
 """
 
 WRONG_ENQUEUE = """
@@ -114,6 +120,7 @@ async def wrong(conn: asyncpg.Connection) -> None:
     await enqueue(conn, "k", [1, 2])
     await enqueue(conn, "k", {}, priority="high")
     NewJob("k", {}, tenant=3)
+    NewJob("k", {}, depends_on=["1"])
 """
 
 
@@ -245,3 +252,4 @@ def test_mistakes_in_enqueue_calls_are_found(installed_python: str, tmp_path: Pa
     assert 'argument types "Connection[Record]", "str", "list[int]"' in out, out
     assert 'my_handlers.py:12: error: No overload variant of "enqueue" matches' in out, out
     assert 'Argument "tenant" to "NewJob" has incompatible type "int"' in out, out
+    assert 'Argument "depends_on" to "NewJob" has incompatible type "list[str]"' in out, out

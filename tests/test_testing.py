@@ -3,7 +3,9 @@ here on the built-in handlers of handlers/; and the test queue that drains in-pr
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -11,8 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 import handlers.builtin  # noqa: F401 - registers the built-ins into the default registry
-from listener.api import Cancel, JobContext, NewJob, Registry, Retry, Snooze
-from listener.testing import TestQueue, run_handler
+from listener.api import Cancel, JobContext, NewJob, PermanentError, Registry, Retry, Snooze
+from listener.testing import DependencyResult, TestQueue, run_handler
 from tests.support.databases import fresh_database
 
 
@@ -123,3 +125,147 @@ async def test_a_test_queue_drains_in_process(empty_dsn: str) -> None:
         assert (row["status"], row["attempts"]) == ("scheduled", 1)
     async with TestQueue.open(empty_dsn) as again:  # each test starts without jobs
         assert await again.conn.fetchval("SELECT count(*) FROM pgwake.jobs") == 0
+
+
+async def fan_out(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    syncs = [
+        await ctx.enqueue("t.sync", {"store": s, "full": False}, metadata={"batch": "b"})
+        for s in payload["stores"]
+    ]
+    report = await ctx.enqueue("t.report", {}, depends_on=syncs, run_anyway=True, priority=5)
+    if payload.get("fail"):
+        raise RuntimeError("fails after enqueuing")
+    return {"syncs": syncs, "report": report}
+
+
+async def test_run_handler_records_the_jobs_a_handler_enqueues() -> None:
+    run = await run_handler(fan_out, {"stores": [1, 2]}, tenant="acme")
+    assert run.expect() == {"syncs": [-1, -2], "report": -3}
+    assert [(j.id, j.tenant_id, j.kind, j.payload, j.depends_on) for j in run.enqueued] == [
+        (-1, "acme", "t.sync", {"store": 1, "full": False}, ()),
+        (-2, "acme", "t.sync", {"store": 2, "full": False}, ()),
+        (-3, "acme", "t.report", {}, (-1, -2)),
+    ]
+    (first,) = run.assert_enqueued("t.sync", {"store": 1}, metadata={"batch": "b"})
+    assert first.id == -1
+    assert len(run.assert_enqueued("t.sync", count=2)) == 2
+    run.assert_enqueued("t.report", depends_on=[-1, -2], run_anyway=True, priority=5)
+    run.refute_enqueued("t.sync", {"store": 3})
+    run.refute_enqueued("t.report", run_anyway=False)
+    with pytest.raises(AssertionError, match=r"found 0; it enqueued: -1 t.sync"):
+        run.assert_enqueued("t.sync", {"store": 3})
+    with pytest.raises(AssertionError, match="expected 3 job"):
+        run.assert_enqueued("t.sync", count=3)
+    with pytest.raises(AssertionError, match="expected no such job"):
+        run.refute_enqueued("t.report")
+    with pytest.raises(TypeError, match="no such field of an enqueued job: colour"):
+        run.matching("t.sync", colour="red")
+
+    # A run that fails enqueued them, and a worker creates none of them.
+    failed = await run_handler(fan_out, {"stores": [1], "fail": True})
+    assert failed.outcome == "retried"
+    assert [j.kind for j in failed.enqueued] == ["t.sync", "t.report"]
+    assert failed.created == []
+    failed.refute_enqueued()
+    with pytest.raises(AssertionError, match=r"retried .* so a worker creates none"):
+        failed.assert_enqueued("t.sync")
+    assert (await run_handler("echo", {})).enqueued == []
+
+
+async def _list_child(payload: dict[str, Any], ctx: JobContext) -> int:
+    return await ctx.enqueue("t.x", [1])  # type: ignore[arg-type]
+
+
+async def _nan_child(payload: dict[str, Any], ctx: JobContext) -> int:
+    return await ctx.enqueue("t.x", {"x": math.nan})
+
+
+async def test_a_job_a_handler_may_not_enqueue_fails_its_run() -> None:
+    for handler, error in [
+        (_list_child, "TypeError: "),
+        (_nan_child, "ValueError: payload is not JSON"),
+    ]:
+        run = await run_handler(handler)
+        assert run.outcome == "retried"
+        assert (run.error or "").startswith(error), run.error
+        assert run.enqueued == []
+
+
+async def test_dependency_results_are_given_by_the_test() -> None:
+    async def fan_in(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        results = await ctx.dependency_results()
+        return {str(job_id): [r.status, r.result, r.error] for job_id, r in results.items()}
+
+    assert (await run_handler(fan_in)).expect() == {}
+    given = {
+        7: DependencyResult("succeeded", {"n": 1}, None),
+        8: DependencyResult("failed", None, "ValueError: boom"),
+    }
+    run = await run_handler(fan_in, dependency_results=given)
+    assert run.expect() == {
+        "7": ["succeeded", {"n": 1}, None],
+        "8": ["failed", None, "ValueError: boom"],
+    }
+
+
+def workflow() -> Registry:
+    """A job that fans out into parts and a sum that fans in (fails for good on 99)."""
+    registry = Registry()
+
+    @registry.handler("w.start")
+    async def start(payload: dict[str, int], ctx: JobContext) -> list[int]:
+        parts = [await ctx.enqueue("w.part", {"n": n}) for n in range(payload["parts"])]
+        await ctx.enqueue("w.sum", {}, depends_on=parts)
+        return parts
+
+    @registry.handler("w.part")
+    async def part(payload: dict[str, int], ctx: JobContext) -> int:
+        if payload["n"] == 99:
+            raise PermanentError("no 99")
+        return payload["n"] ** 2
+
+    @registry.handler("w.sum")
+    async def total(payload: dict[str, Any], ctx: JobContext) -> int:
+        return sum(r.result for r in (await ctx.dependency_results()).values())
+
+    return registry
+
+
+async def test_a_test_queue_drains_jobs_that_depend_on_jobs(empty_dsn: str) -> None:
+    registry = workflow()
+    async with TestQueue.open(empty_dsn) as queue:
+        await queue.enqueue("w.start", {"parts": 4})
+        done = await queue.drain(registry)
+        assert [(j.kind, j.status, j.result) for j in done] == [
+            ("w.start", "succeeded", [j.id for j in done[1:5]]),
+            *[("w.part", "succeeded", n * n) for n in range(4)],
+            ("w.sum", "succeeded", 0 + 1 + 4 + 9),
+        ]
+        # A job waiting for one that is not due is left waiting; one waiting for a job
+        # that fails for good is cancelled.
+        later = await queue.enqueue("w.part", {"n": 1}, run_at=timedelta(hours=1))
+        waits = await queue.enqueue("w.sum", depends_on=[later])
+        failing = await queue.enqueue("w.part", {"n": 99})
+        broken = await queue.enqueue("w.sum", depends_on=[failing], metadata={"why": "test"})
+        done = await queue.drain(registry)
+        assert [(j.id, j.status) for j in done] == [(failing, "failed"), (broken, "cancelled")]
+        assert done[1].error == f"cancelled: depends on job {failing}, which failed"
+        status = await queue.conn.fetchval("SELECT status FROM pgwake.jobs WHERE id = $1", waits)
+        assert status == "waiting"
+
+
+async def test_drain_waits_for_a_waiting_job_the_sweep_releases(empty_dsn: str) -> None:
+    """A job still waiting though its dependency finished (the outcome that finished it
+    could not see it) is due: drain runs it once the worker's sweep releases it."""
+    registry = workflow()
+    async with TestQueue.open(empty_dsn) as queue:
+        first = await queue.enqueue("w.other", {})  # a kind this registry does not handle
+        waits = await queue.enqueue("w.sum", depends_on=[first])
+        # Finished behind the outcome statements' back, as an older worker would.
+        await queue.conn.execute(
+            "UPDATE pgwake.jobs SET status = 'succeeded', result = '1', finished_at = now() "
+            "WHERE id = $1",
+            first,
+        )
+        done = await queue.drain(registry)
+        assert [(j.id, j.status, j.result) for j in done] == [(waits, "succeeded", 1)]

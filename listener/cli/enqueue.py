@@ -7,6 +7,9 @@ Invariants:
   active job (``--unique-key``) or, with ``--unique-for``, by a job of the same key and
   period inserted in the same window (jobs_unique_window_idx), even one that finished.
   The command then names the job that holds the key (job_get_key_holder) and exits 1.
+- ``--depends-on``, ``--run-anyway`` and ``--metadata`` set the columns of the same
+  names; the dependencies are checked by the database as for any INSERT (they must
+  exist in the job's tenant), and a refusal names its constraint.
 - Durations (``--unique-for``) are seconds, or a number with a unit: ``ms``, ``s``,
   ``m`` or ``min``, ``h``, ``d``. Anything else exits 2 before the database is reached;
   a period the table refuses (zero, negative, over 366 days) exits 2 with the name of
@@ -28,7 +31,7 @@ from listener import logs
 from listener.cli.options import Database, database_options
 from listener.cli.support import JsonOpt, fail, name_problem, payload_object
 from listener.cli.terminal import shown
-from listener.enqueue import payload_json
+from listener.enqueue import depends_on_literal, metadata_json, payload_json
 from listener.queries import QUERIES
 
 # Seconds in each unit a duration may be given in.
@@ -91,12 +94,31 @@ def enqueue_cmd(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds a run may take (default 900).")
     ] = None,
+    depends_on: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--depends-on",
+            min=1,
+            help="A job of the tenant that must succeed first (repeatable); it waits.",
+        ),
+    ] = None,
+    run_anyway: Annotated[
+        bool,
+        typer.Option(
+            "--run-anyway", help="With --depends-on: run once they finished, whatever the outcome."
+        ),
+    ] = False,
+    metadata: Annotated[
+        str | None,
+        typer.Option(help="JSON object of context that is not the payload (a batch, a user)."),
+    ] = None,
     as_json: JsonOpt = False,
     *,
     db: Database,
 ) -> None:
     """Enqueue one job (applications can simply INSERT INTO pgwake.jobs)."""
     body = payload_object(payload)
+    meta = None if metadata is None else metadata_json(payload_object(metadata, "--metadata"))
     for flag, value in (("KIND", kind), ("--tenant", tenant)):
         problem = name_problem(value)
         if problem is not None:
@@ -106,7 +128,8 @@ def enqueue_cmd(
     logs.configure(settings.log_format, settings.log_level)
     args = (
         tenant, kind, payload_json(body), priority, None, delay, max_attempts, unique_key,
-        timeout, period,
+        timeout, period, depends_on_literal(depends_on) if depends_on else None,
+        run_anyway or None, meta,
     )  # fmt: skip
 
     async def enqueue(conn: asyncpg.Connection) -> tuple[asyncpg.Record | None, Any]:

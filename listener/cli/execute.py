@@ -8,30 +8,41 @@ Invariants:
   inserted after it ends, with its outcome (a run to retry is queued for the workers).
   ``--job ID`` reads the stored job and writes nothing to it.
 - ``--dry-run``: ``ctx.dry_run`` is true, and ``ctx.tenant_db()`` connections are in a
-  transaction rolled back at the end; ``--record`` is refused with it (a rehearsal
-  leaves no trace).
-- The central database is reached only when needed: for ``--job``, ``--record`` and the
-  first ``ctx.tenant_db()`` (the pool opens no connection before).
+  transaction rolled back at the end; the jobs the handler enqueues (``ctx.enqueue``)
+  get placeholder ids (-1, -2, ...) and are printed, not inserted; ``--record`` is
+  refused with it (a rehearsal leaves no trace).
+- Without ``--dry-run``, the jobs the handler enqueues are inserted when the run
+  succeeds, as a worker inserts them with a successful outcome (ids from the jobs'
+  sequence, one transaction, with the recorded run under ``--record``); a run that does
+  not succeed inserts none. A job the database refuses fails the run as it fails a
+  worker's job (exit 7), and none of them is inserted.
+- The central database is reached only when needed: for ``--job``, ``--record``,
+  ``ctx.enqueue`` (outside a dry run), ``ctx.dependency_results()`` and the first
+  ``ctx.tenant_db()`` (the pool opens no connection before).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
+import asyncpg
 import typer
 
 from listener import db, logs
+from listener.children import ChildJob, insert_children
 from listener.cli.options import Database, database_options
 from listener.cli.support import JsonOpt, fail, guard, name_problem, payload_object, run_async
 from listener.cli.terminal import shown
 from listener.cli.worker import BUILTIN_HANDLERS
 from listener.crypto import load_keyring
-from listener.jobs import Job, Status
+from listener.jobs import Job, Outcome, Status, storable_text
 from listener.oneshot import DEFAULT_TIMEOUT, Run, new_job, run_job
 from listener.queries import QUERIES
+from listener.redact import redact
 from listener.registry import DEFAULT_REGISTRY, load_modules
 from listener.tenant_databases import TenantDatabases
 from listener.tenant_pools import TenantPools
@@ -65,8 +76,9 @@ def _stored_job(row: Any) -> Job:
 
 async def _execute(
     dsn: str, given: Job | int, dry_run: bool, record: bool
-) -> tuple[Run, int | None]:
-    """Run the job ``given``, or the stored job of that id; the id recorded, if any."""
+) -> tuple[Run, int | None, bool]:
+    """Run the job ``given``, or the stored job of that id; the run (failed if the jobs it
+    enqueued were refused), the id recorded, if any, and whether its jobs were inserted."""
     s_pool = db.new_pool(dsn, size=2, min_size=0)
     await db.open_pool(s_pool, dsn)  # opens nothing: min_size=0
     pools = TenantPools()
@@ -87,32 +99,107 @@ async def _execute(
             await tg.start(pools.run)
             databases = TenantDatabases(s_pool, load_keyring(), pools)
             started = datetime.now(UTC)
-            run = await run_job(DEFAULT_REGISTRY, job, databases=databases, dry_run=dry_run)
+            run = await run_job(
+                DEFAULT_REGISTRY, job, databases=databases, dry_run=dry_run, pool=s_pool
+            )
             tg.cancel_scope.cancel()
-        recorded = None
+        return await _store(s_pool, run, record, started)
+    finally:
+        await s_pool.close()
+
+
+async def _store(
+    s_pool: asyncpg.Pool, run: Run, record: bool, started: datetime
+) -> tuple[Run, int | None, bool]:
+    """Insert what the run leaves, in one transaction: the jobs a successful real run
+    enqueued (as a worker inserts them with its outcome) and, with ``record``, the run.
+    A job the database refuses fails the run, as the completer fails a worker's job
+    (listener/completer.py), and none of them is inserted."""
+    job, outcome = run.job, run.outcome
+    children = [] if run.dry_run or outcome.status != Status.SUCCEEDED else run.enqueued
+    if not children and not record:
+        return run, None, False
+    inserted = False
+    recorded = None
+    async with s_pool.acquire() as conn, conn.transaction():
+        if children:
+            try:
+                async with conn.transaction():  # a savepoint: the record goes on without
+                    await insert_children(conn, {job.id}, [(job.id, c) for c in children])
+                inserted = True
+            except asyncpg.PostgresError as exc:
+                error = storable_text(redact(f"the database refused this job's outcome: {exc}"))
+                outcome = Outcome(
+                    job.id, job.attempt, Status.FAILED, error=error, records=outcome.records
+                )
+                run = replace(run, outcome=outcome)
         if record:
-            outcome = run.outcome
             status = outcome.status
-            attempts = 0 if outcome.refund else 1
-            recorded = await s_pool.fetchval(
+            recorded = await conn.fetchval(
                 QUERIES["job_insert_ran"],
                 job.tenant_id,
                 job.kind,
                 job.payload,
                 job.timeout,
                 str(status),
-                attempts,
+                0 if outcome.refund else 1,
                 outcome.delay,
                 outcome.result if status == Status.SUCCEEDED else None,
                 outcome.error,
                 started,
             )
-        return run, recorded
-    finally:
-        await s_pool.close()
+    return run, recorded, inserted
 
 
-def _print(run: Run, recorded: int | None, as_json: bool) -> None:
+def _child(child: ChildJob) -> dict[str, Any]:
+    """A job the handler enqueued, for --json."""
+    return {
+        "id": child.id,
+        "kind": child.kind,
+        "tenant": child.tenant_id,
+        "payload": child.payload,
+        "depends_on": list(child.depends_on),
+        "run_anyway": child.run_anyway,
+        "priority": child.priority,
+        "delay": child.delay,
+        "max_attempts": child.max_attempts,
+        "timeout": child.timeout,
+        "metadata": child.metadata,
+    }
+
+
+def _child_line(child: ChildJob) -> str:
+    """A job the handler enqueued, on one line: id, kind, tenant, payload, what it waits
+    for and the options that are not the defaults."""
+    line = f"{child.id} {shown(child.kind)} (tenant {shown(child.tenant_id)}) "
+    line += shown(json.dumps(child.payload))
+    if child.depends_on:
+        line += f" depends on {list(child.depends_on)}"
+        if child.run_anyway:
+            line += " (run anyway)"
+    if child.priority:
+        line += f" priority {child.priority}"
+    if child.delay:
+        line += f" in {child.delay:g}s"
+    if child.metadata is not None:
+        line += f" metadata {shown(json.dumps(child.metadata))}"
+    return line
+
+
+def _print_enqueued(run: Run, inserted: bool) -> None:
+    if not run.enqueued:
+        return
+    if inserted:
+        heading = "enqueued job"
+    elif run.dry_run and run.outcome.status == Status.SUCCEEDED:
+        heading = "would enqueue (dry run)"
+    else:
+        heading = "not enqueued (the run did not succeed)"
+    for child in run.enqueued:
+        typer.echo(f"{heading}: {_child_line(child)}")
+
+
+def _print(run: Run, recorded: int | None, inserted: bool, as_json: bool) -> None:
     outcome = run.outcome
     data: dict[str, Any] = {
         "outcome": outcome.label,
@@ -125,6 +212,8 @@ def _print(run: Run, recorded: int | None, as_json: bool) -> None:
         "delay": outcome.delay,
         "progress": run.progress,
         "records": outcome.records,
+        "enqueued": [_child(child) for child in run.enqueued],
+        "enqueued_inserted": inserted,
     }
     if recorded is not None:
         data["recorded_job"] = recorded
@@ -142,6 +231,7 @@ def _print(run: Run, recorded: int | None, as_json: bool) -> None:
             typer.echo(f"  {shown(line)}")
     if outcome.delay is not None and outcome.label in ("retried", "snoozed"):
         typer.echo(f"a worker would run it again in {outcome.delay:g}s")
+    _print_enqueued(run, inserted)
     if recorded is not None:
         typer.echo(f"recorded as job {recorded}")
 
@@ -168,7 +258,9 @@ def exec_cmd(
     dry_run: Annotated[
         bool,
         typer.Option(
-            "--dry-run", help="ctx.dry_run is true; tenant database writes are rolled back."
+            "--dry-run",
+            help="ctx.dry_run is true; tenant database writes are rolled back; jobs the "
+            "handler enqueues are printed, not enqueued.",
         ),
     ] = False,
     record: Annotated[
@@ -203,6 +295,6 @@ def exec_cmd(
     if isinstance(given, Job):
         guard(DEFAULT_REGISTRY.restricted_to, [given.kind])  # unknown kind: exit 3
     with db.url() as url:
-        run, recorded = guard(run_async, _execute, url, given, dry_run, record)
-    _print(run, recorded, as_json)
+        run, recorded, inserted = guard(run_async, _execute, url, given, dry_run, record)
+    _print(run, recorded, inserted, as_json)
     raise typer.Exit(OUTCOME_CODES[run.outcome.label])

@@ -148,14 +148,15 @@ def name_problem(value: str) -> str | None:
     return None
 
 
-def payload_object(payload: str) -> dict[str, Any]:
-    """``--payload`` read as a JSON object; anything else exits 2."""
+def payload_object(payload: str, flag: str = "--payload") -> dict[str, Any]:
+    """``--payload`` (or the option ``flag``) read as a JSON object; anything else exits
+    2."""
     try:
         body = json.loads(payload)
     except json.JSONDecodeError as exc:
-        raise fail(f"--payload is not valid JSON: {exc}", 2) from None
+        raise fail(f"{flag} is not valid JSON: {exc}", 2) from None
     if not isinstance(body, dict):
-        raise fail('--payload must be a JSON object, like \'{"to": "a@b.c"}\'', 2)
+        raise fail(f'{flag} must be a JSON object, like \'{{"to": "a@b.c"}}\'', 2)
     return body
 
 

@@ -10,25 +10,29 @@
 -- listener, server, limit); names are unique across all queries files. Tests PREPARE every
 -- block against the migrated schema and hold every block to this format.
 --
--- Both statements take only types both drivers send alike (text, int, float8,
--- timestamptz): the payload is JSON text cast to jsonb, durations are seconds. A NULL
--- takes the column's default (the same defaults as pgwake.jobs: tests hold them
--- together). The status is the insert trigger's to set (scheduled when due later).
+-- Both statements take only types both drivers send alike (text, int, float8, bool,
+-- timestamptz): the payload and metadata are JSON text cast to jsonb, durations are
+-- seconds, and depends_on is an array literal of ids as text (`{17,18}`, so that each
+-- row of job_insert_many may list any number: an array given to unnest has one
+-- dimension), cast to bigint[]. A NULL takes the column's default (the same defaults
+-- as pgwake.jobs: tests hold them together). The status is the insert trigger's to set (scheduled when due later).
 
 -- name: job_insert
 -- Enqueues one job; nothing is returned when its unique key is taken (ON CONFLICT DO
 -- NOTHING: by an active job, or with unique_for by a job of this window).
 -- $1 tenant, $2 kind, $3 payload (JSON text), $4 priority, $5 run_at (NULL: now),
 -- $6 seconds after run_at (NULL: 0), $7 max attempts, $8 unique key, $9 timeout in
--- seconds, $10 unique_for in seconds.
+-- seconds, $10 unique_for in seconds, $11 depends_on (an array literal as text, NULL:
+-- none), $12 run_anyway (NULL: false), $13 metadata (JSON text, NULL: none).
 INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts, unique_key,
-                         timeout, unique_for)
+                         timeout, unique_for, depends_on, run_anyway, metadata)
 VALUES (coalesce($1::text, 'default'), $2::text, coalesce($3::text, '{}')::jsonb,
         coalesce($4::int, 0),
         coalesce($5::timestamptz, now()) + make_interval(secs => coalesce($6::float8, 0)),
         coalesce($7::int, 20), $8::text,
         coalesce(make_interval(secs => $9::float8), interval '15 minutes'),
-        make_interval(secs => $10::float8))
+        make_interval(secs => $10::float8), $11::text::bigint[], coalesce($12::bool, false),
+        $13::text::jsonb)
 ON CONFLICT DO NOTHING
 RETURNING id, status, unique_until;
 
@@ -40,20 +44,23 @@ RETURNING id, status, unique_until;
 -- cost of 10,000 rows of one id).
 -- $1 tenants, $2 kinds, $3 payloads (JSON text), $4 priorities, $5 run_at, $6 seconds
 -- after run_at, $7 max attempts, $8 unique keys, $9 timeouts in seconds, $10 unique_for
--- in seconds: arrays whose NULL elements take the column's default.
+-- in seconds, $11 depends_on (array literals as text), $12 run_anyway, $13 metadata
+-- (JSON text): arrays whose NULL elements take the column's default.
 WITH inserted AS (
     INSERT INTO pgwake.jobs (tenant_id, kind, payload, priority, run_at, max_attempts,
-                             unique_key, timeout, unique_for)
+                             unique_key, timeout, unique_for, depends_on, run_anyway, metadata)
     SELECT coalesce(u.tenant_id, 'default'), u.kind, coalesce(u.payload, '{}')::jsonb,
            coalesce(u.priority, 0),
            coalesce(u.run_at, now()) + make_interval(secs => coalesce(u.delay, 0)),
            coalesce(u.max_attempts, 20), u.unique_key,
            coalesce(make_interval(secs => u.timeout), interval '15 minutes'),
-           make_interval(secs => u.unique_for)
+           make_interval(secs => u.unique_for), u.depends_on::bigint[],
+           coalesce(u.run_anyway, false), u.metadata::jsonb
       FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[],
-                  $6::float8[], $7::int[], $8::text[], $9::float8[], $10::float8[])
+                  $6::float8[], $7::int[], $8::text[], $9::float8[], $10::float8[],
+                  $11::text[], $12::bool[], $13::text[])
            AS u(tenant_id, kind, payload, priority, run_at, delay, max_attempts, unique_key,
-                timeout, unique_for)
+                timeout, unique_for, depends_on, run_anyway, metadata)
     ON CONFLICT DO NOTHING
     RETURNING id
 )

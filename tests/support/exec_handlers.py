@@ -47,3 +47,29 @@ async def cancel(payload: dict[str, Any], ctx: JobContext) -> None:
 @handler("shop.snooze")
 async def snooze(payload: dict[str, Any], ctx: JobContext) -> None:
     raise Snooze(30)
+
+
+@handler("shop.fanout")
+async def fanout(payload: Order, ctx: JobContext) -> dict[str, Any]:
+    """Write order ``n`` into the tenant's database, then enqueue an ``echo`` child for
+    it and a final job that waits for that child (run anyway)."""
+    async with ctx.tenant_db() as conn:
+        await conn.execute("INSERT INTO orders (n) VALUES ($1)", payload.n)
+    child = await ctx.enqueue("echo", {"order": payload.n}, metadata={"from": "fanout"})
+    final = await ctx.enqueue("shop.fanin", {}, depends_on=[child], run_anyway=True)
+    if payload.n < 0:
+        raise ValueError("a negative order fails after enqueuing")
+    return {"child": child, "final": final}
+
+
+@handler("shop.fanin")
+async def fanin(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """How each job this one depends on ended, by id."""
+    results = await ctx.dependency_results()
+    return {str(job_id): [r.status, r.result] for job_id, r in results.items()}
+
+
+@handler("shop.orphan")
+async def orphan(payload: Order, ctx: JobContext) -> int:
+    """Enqueue a job that depends on job ``n``, which should not exist."""
+    return await ctx.enqueue("echo", {}, depends_on=[payload.n])
