@@ -176,9 +176,17 @@ class Completer:
             [o.status for o in batch],
             [o.refund for o in batch],
             _nulls_as_none([o.delay for o in batch]),
-            _nulls_as_none([o.result for o in batch]),
+            _nulls_as_none([_one_value(o.result) for o in batch]),
             _nulls_as_none([None if o.error is None else storable_text(o.error) for o in batch]),
         )
+
+
+def _one_value(result: Any) -> Any:
+    """``result`` as one element of the jsonb[] parameter: asyncpg reads a list inside an
+    array parameter as a dimension of the array, so a result that is a JSON array goes
+    as a tuple, which it hands to the jsonb codec whole (json.dumps writes it as the
+    same array)."""
+    return tuple(result) if isinstance(result, list) else result
 
 
 def _nulls_as_none(values: list[Any]) -> list[Any] | None:

@@ -297,6 +297,26 @@ async def test_result_that_is_not_json_fails_without_retry(
     assert row["last_error"].startswith("the handler's result is not JSON")
 
 
+async def test_results_that_are_json_arrays_are_stored_whole(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A result that is a list is one jsonb value of the batch's outcomes, never a
+    dimension of the array the outcomes are written with."""
+    registry = Registry()
+
+    @registry.handler("listresult")
+    async def listresult(payload: dict[str, Any], ctx: JobContext) -> Any:
+        return payload["r"]
+
+    results: list[Any] = [[1, 2, 3], [], [[1], [2, 3]], ["a"], 5, {"a": [1]}, [None]]
+    ids = [await insert(conn, "listresult", json.dumps({"r": r})) for r in results]
+    async with running_worker(dsn, registry):
+        for job_id in ids:
+            await eventually(lambda job_id=job_id: status_of(conn, job_id, "succeeded"))
+    stored = [(await job_row(conn, job_id))["result"] for job_id in ids]
+    assert stored == results
+
+
 async def test_results_and_progress_are_stored_and_an_oversized_result_fails(
     dsn: str, conn: asyncpg.Connection
 ) -> None:
