@@ -252,4 +252,4 @@ def test_mistakes_in_enqueue_calls_are_found(installed_python: str, tmp_path: Pa
     assert 'argument types "Connection[Record]", "str", "list[int]"' in out, out
     assert 'my_handlers.py:12: error: No overload variant of "enqueue" matches' in out, out
     assert 'Argument "tenant" to "NewJob" has incompatible type "int"' in out, out
-    assert 'Argument "depends_on" to "NewJob" has incompatible type "list[str]"' in out, out
+    assert 'my_handlers.py:14: error: List item 0 has incompatible type "str"' in out, out
