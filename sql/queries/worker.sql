@@ -527,6 +527,14 @@ local_running AS (
 -- Whether this claim may decide alone: no rate limit on the kinds of $2 (one probe of
 -- pgwake.limits) and no ready job of them above the default priority (one probe of
 -- jobs_ready_priority_idx, empty while nobody sets priority).
+-- The kinds of $2 as a value the planner cannot see: a custom plan made while the
+-- statistics still say the queue is empty (the first claims after a burst) would
+-- otherwise read every queued job of those kinds with a bitmap scan and sort them at
+-- each step of the walk (1.3 s for the first claim of a 100,000-job burst), instead of
+-- one ordered probe of jobs_ready_idx per step, as job_claim does through open_kinds.
+kinds AS MATERIALIZED (
+    SELECT $2::text[] AS kinds
+),
 plain AS MATERIALIZED (
     SELECT NOT EXISTS (SELECT 1 FROM pgwake.limits AS l WHERE l.kind = ANY ($2::text[]))
            AND NOT EXISTS (SELECT 1 FROM pgwake.jobs AS j
@@ -542,14 +550,14 @@ plain AS MATERIALIZED (
 after_cursor (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
-      WHERE j.status = 'queued' AND j.tenant_id > $7::text AND j.kind = ANY ($2::text[])
+      WHERE j.status = 'queued' AND j.tenant_id > $7::text AND j.kind = ANY ((SELECT k.kinds FROM kinds AS k)::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
              WHERE j.status = 'queued' AND j.tenant_id > a.tenant_id
-               AND j.kind = ANY ($2::text[])
+               AND j.kind = ANY ((SELECT k.kinds FROM kinds AS k)::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
            a.step + 1
@@ -560,14 +568,14 @@ after_cursor (tenant_id, step) AS (
 before_cursor (tenant_id, step) AS (
     (SELECT j.tenant_id, 1
        FROM pgwake.jobs AS j
-      WHERE j.status = 'queued' AND j.tenant_id <= $7::text AND j.kind = ANY ($2::text[])
+      WHERE j.status = 'queued' AND j.tenant_id <= $7::text AND j.kind = ANY ((SELECT k.kinds FROM kinds AS k)::text[])
       ORDER BY j.tenant_id
       LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant_id
               FROM pgwake.jobs AS j
              WHERE j.status = 'queued' AND j.tenant_id > b.tenant_id AND j.tenant_id <= $7::text
-               AND j.kind = ANY ($2::text[])
+               AND j.kind = ANY ((SELECT k.kinds FROM kinds AS k)::text[])
              ORDER BY j.tenant_id
              LIMIT 1),
            b.step + 1
@@ -644,7 +652,7 @@ candidates AS (
                      WHERE j.tenant_id = t.tenant_id
                        AND j.status = 'queued'
                        AND j.run_at <= now()
-                       AND j.kind = ANY ($2::text[])
+                       AND j.kind = ANY ((SELECT k.kinds FROM kinds AS k)::text[])
                      ORDER BY j.priority DESC, j.run_at, j.id
                      LIMIT t.share
                        FOR UPDATE SKIP LOCKED) AS j
