@@ -289,3 +289,21 @@ async def test_a_job_the_database_refuses_fails_the_run(dsn: str, conn: asyncpg.
     rows = await conn.fetch("SELECT kind, status, last_error FROM pgwake.jobs")
     assert [(r["kind"], r["status"]) for r in rows] == [("shop.orphan", "failed")]
     assert "job 987654321 does not" in rows[0]["last_error"]
+
+
+async def test_a_hostile_kind_is_printed_escaped_on_its_line(dsn: str) -> None:
+    kind = "x\n\x1b[2Koutcome: succeeded\r"
+    dry = pgwake(
+        "exec", *HANDLERS, "shop.named", "--payload", json.dumps({"kind": kind}), "--dry-run",
+        dsn=dsn,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "\x1b" not in dry.stdout
+    assert "\r" not in dry.stdout
+    (line,) = [line for line in dry.stdout.splitlines() if line.startswith("would enqueue")]
+    assert line.startswith("would enqueue (dry run): -1 x\\n\\x1b[2Koutcome: succeeded\\r ")
+    # The outcome, the result and the one job: no line the kind could forge.
+    assert len(dry.stdout.splitlines()) == 3
+    assert [line for line in dry.stdout.splitlines() if line.startswith("outcome:")] == [
+        "outcome: succeeded (dry run: tenant database writes rolled back)"
+    ]

@@ -73,3 +73,9 @@ async def fanin(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 async def orphan(payload: Order, ctx: JobContext) -> int:
     """Enqueue a job that depends on job ``n``, which should not exist."""
     return await ctx.enqueue("echo", {}, depends_on=[payload.n])
+
+
+@handler("shop.named")
+async def named(payload: dict[str, Any], ctx: JobContext) -> int:
+    """Enqueue a job of the kind the payload names."""
+    return await ctx.enqueue(payload["kind"], {"kind": payload["kind"]})
