@@ -287,12 +287,20 @@ def test_only_one_notification_naming_a_job_is_taken() -> None:
 
 
 async def _settled(service: Service) -> None:
-    """Until the worker waits for notifications (its claims found nothing)."""
+    """Until the worker waits for notifications (its claims found nothing) and has made
+    the one last claim that follows the start of waiting (no claim for 50 ms)."""
 
     async def waiting() -> bool:
         return service.listener.waiting
 
     await eventually(waiting, timeout=10, interval=0.005)
+    claims = service.metrics.claims
+    last, still = claims._value.get(), 0
+    while still < 5:
+        await anyio.sleep(0.01)
+        now = claims._value.get()
+        still = still + 1 if now == last else 0
+        last = now
 
 
 async def test_a_worker_claims_single_inserts_by_id(dsn: str, conn: asyncpg.Connection) -> None:
