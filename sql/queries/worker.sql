@@ -483,8 +483,8 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 -- name: job_claim_plain
 -- job_claim for a queue where nothing but fairness decides: no rate limit on the kinds
 -- of $2 and no ready job of those kinds with a priority above 0. The worker runs it
--- while that holds and the full claim otherwise: a claim costs the database a third
--- less (half the plan nodes: no priority levels, no limits' windows), on every claim of
+-- while that holds and the full claim otherwise: a claim costs the database about a
+-- quarter less (half the plan nodes: no priority levels, no limits' windows), on every claim of
 -- a backlog or a stream. It checks the condition itself, with two probes, and claims
 -- nothing when it fails (needs_full); a tenant with a rate limit of its own gets
 -- nothing from it either (needs_full too), so a limit is never passed over: the worker
@@ -524,9 +524,6 @@ local_running AS (
     SELECT b.tenant_id, b.running
       FROM unnest($5::text[], $6::int[]) AS b(tenant_id, running)
 ),
--- Whether this claim may decide alone: no rate limit on the kinds of $2 (one probe of
--- pgwake.limits) and no ready job of them above the default priority (one probe of
--- jobs_ready_priority_idx, empty while nobody sets priority).
 -- The kinds of $2 as a value the planner cannot see: a custom plan made while the
 -- statistics still say the queue is empty (the first claims after a burst) would
 -- otherwise read every queued job of those kinds with a bitmap scan and sort them at
@@ -535,6 +532,9 @@ local_running AS (
 kinds AS MATERIALIZED (
     SELECT $2::text[] AS kinds
 ),
+-- Whether this claim may decide alone: no rate limit on the kinds of $2 (one probe of
+-- pgwake.limits) and no ready job of them above the default priority (one probe of
+-- jobs_ready_priority_idx, empty while nobody sets priority).
 plain AS MATERIALIZED (
     SELECT NOT EXISTS (SELECT 1 FROM pgwake.limits AS l WHERE l.kind = ANY ($2::text[]))
            AND NOT EXISTS (SELECT 1 FROM pgwake.jobs AS j
