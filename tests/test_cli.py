@@ -112,6 +112,9 @@ async def test_enqueue_delay_and_unique_key(dsn: str, conn: asyncpg.Connection) 
     [
         (["enqueue", "echo", "--payload", "{not json"], 2, "--payload is not valid JSON"),
         (["enqueue", "echo", "--payload", "[1, 2]"], 2, "--payload must be a JSON object"),
+        (["enqueue", "echo", "--payload", '{"a": "\\u0000"}'], 2, "payload holds a NUL"),
+        (["enqueue", "echo", "--metadata", '{"a": "\\u0000"}'], 2, "metadata holds a NUL"),
+        (["enqueue", "echo", "--payload", '{"a": NaN}'], 2, "the payload is not JSON"),
         (["enqueue", "", "--payload", "{}"], 2, "KIND must not be empty or blank"),
         (["enqueue", "echo", "--priority", "9999"], 2, "jobs_priority_between_minus_1000_and_1000"),
         (["enqueue", "echo", "--priority", "high"], 2, "Invalid value for '--priority'"),

@@ -118,7 +118,11 @@ def enqueue_cmd(
 ) -> None:
     """Enqueue one job (applications can simply INSERT INTO pgwake.jobs)."""
     body = payload_object(payload)
-    meta = None if metadata is None else metadata_json(payload_object(metadata, "--metadata"))
+    try:
+        encoded = payload_json(body)
+        meta = None if metadata is None else metadata_json(payload_object(metadata, "--metadata"))
+    except (TypeError, ValueError) as exc:  # NUL, NaN, a value JSON cannot hold
+        raise fail(str(exc), 2) from None
     for flag, value in (("KIND", kind), ("--tenant", tenant)):
         problem = name_problem(value)
         if problem is not None:
@@ -127,7 +131,7 @@ def enqueue_cmd(
     settings = db.settings()
     logs.configure(settings.log_format, settings.log_level)
     args = (
-        tenant, kind, payload_json(body), priority, None, delay, max_attempts, unique_key,
+        tenant, kind, encoded, priority, None, delay, max_attempts, unique_key,
         timeout, period, depends_on_literal(depends_on) if depends_on else None,
         run_anyway or None, meta,
     )  # fmt: skip
