@@ -409,8 +409,24 @@ class Claimer:
             while self._free() < wanted:
                 await self.ledger.wait_freed()
 
+    def _counted(self) -> tuple[int, dict[str, int]]:
+        """The claim's cap per tenant, and what each tenant holding jobs here counts
+        against it (see TenantShares.counted)."""
+        shares, ahead = self.shares, self._ahead
+        counted = {
+            tenant: shares.counted(tenant, count, ahead)
+            for tenant, count in self.ledger.claimed.items()
+        }
+        return shares.claim_cap(ahead), counted
+
+    @staticmethod
+    def _held(got: Counter[str], counted: dict[str, int], cap: int) -> list[str]:
+        """The tenants a claim that gave them ``got`` jobs held to their cap: they got
+        every slot they had free, and may have more ready jobs."""
+        return [tenant for tenant, count in got.items() if count >= cap - counted.get(tenant, 0)]
+
     def _statement(
-        self, want: int, cap: int, busy: list[tuple[str, int]]
+        self, want: int, cap: int, busy: dict[str, int]
     ) -> tuple[str, tuple[object, ...]]:
         """The claim statement to run now and its arguments: the plain claim while
         nothing but fairness decides, else the full one (or the fifo comparison)."""
@@ -422,8 +438,8 @@ class Claimer:
             self._kinds,
             want,
             cap,
-            [tenant for tenant, _ in busy],
-            [count for _, count in busy],
+            list(busy),
+            list(busy.values()),
             self._cursor,
         )
 
@@ -431,15 +447,9 @@ class Claimer:
         """Claim up to ``want`` jobs; also say whether the tenant walk stopped at its
         limit (there may be more tenants after it) and whether a tenant was held to
         its share of the claim (it may have more ready jobs)."""
-        # What each tenant holding jobs here counts against tenant_concurrency (see
-        # TenantShares.counted).
-        shares, ahead = self.shares, self._ahead
-        cap = shares.claim_cap(ahead)
-        busy = [
-            (tenant, shares.counted(tenant, count, ahead))
-            for tenant, count in self.ledger.claimed.items()
-        ]
-        query, args = self._statement(want, cap, busy)
+        # What each tenant holding jobs here counts against tenant_concurrency.
+        cap, counted = self._counted()
+        query, args = self._statement(want, cap, counted)
         began = time.monotonic()
         self._reopens_in = None
         # This claim looks at the whole queue: the jobs notified until now are its.
@@ -493,12 +503,9 @@ class Claimer:
             # the first of their jobs to end asks for a claim: otherwise a tenant at its
             # cap when a claim began (the cap moves with the jobs claimed ahead) would
             # wait for the poll.
-            counted = dict(busy)
-            self._cap_held = [
-                tenant for tenant, count in got.items() if count >= cap - counted.get(tenant, 0)
-            ]
+            self._cap_held = self._held(got, counted, cap)
             self._cap_held.extend(
-                tenant for tenant, count in busy if count >= cap and tenant not in got
+                tenant for tenant, count in counted.items() if count >= cap and tenant not in got
             )
             # A claim that filled its ask, or held a tenant to its share, says nothing
             # about whether a tenant has more.
@@ -506,7 +513,7 @@ class Claimer:
             # The walk ended before its limit (it found every tenant with ready jobs
             # it could serve), and every tenant it found got jobs.
             whole = walked < want and walked <= len(got)
-            shares.after_claim(got, counted, cap, self._cap_held, full=full, whole=whole)
+            self.shares.after_claim(got, counted, cap, self._cap_held, full=full, whole=whole)
         self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
         return jobs, cut_short, more
 
@@ -516,12 +523,7 @@ class Claimer:
         ``taken`` when the job is not queued (another worker claimed it, or the id is
         no job): nothing is left for the full claim; or ``passed``: it is queued but
         the full claim must weigh it (or the database could not be reached)."""
-        shares, ahead = self.shares, self._ahead
-        cap = shares.claim_cap(ahead)
-        counted = {
-            tenant: shares.counted(tenant, count, ahead)
-            for tenant, count in self.ledger.claimed.items()
-        }
+        cap, counted = self._counted()
         at_cap = [tenant for tenant, count in counted.items() if count >= cap]
         try:
             rows = await self._db.fetch(
@@ -539,9 +541,9 @@ class Claimer:
         job = Job.from_record(rows[0])
         got = Counter({job.tenant_id: 1})
         # Held to its cap by this job: the first of its jobs to end asks for a claim.
-        self._cap_held = [job.tenant_id] if counted.get(job.tenant_id, 0) + 1 >= cap else []
+        self._cap_held = self._held(got, counted, cap)
         # The worker was idle: no lone tenant borrows, and this says nothing of others.
-        shares.after_claim(got, counted, cap, self._cap_held, full=False, whole=False)
+        self.shares.after_claim(got, counted, cap, self._cap_held, full=False, whole=False)
         self._metrics.observe_claimed([(job.kind, job.started_at, job.run_at)])
         self._dispatch([job])
         return "claimed"
