@@ -175,24 +175,8 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
             # The plain claim, which a worker runs while no limit or priority is in play.
             await admin.execute("INSERT INTO pgwake.jobs (kind) VALUES ('k')")
             rows = await held.fetch(QUERIES["job_claim_plain"], *claim_args(""))
-            assert len([r for r in rows if r["id"] is not None]) == 1
-            await admin.execute(
-                "UPDATE pgwake.jobs SET status = 'succeeded', claimed_by = NULL, "
-                "finished_at = now() WHERE id = $1",
-                rows[0]["id"],
-            )
-            finished = await held.fetch(
-                QUERIES["job_finish_many"],
-                worker,
-                [last_id],
-                [1],
-                ["succeeded"],
-                [0],
-                None,
-                None,
-                None,
-            )
-            assert len(finished) == 1
+            plain = [r["id"] for r in rows if r["id"] is not None]
+            assert len(plain) == 1
             await held.fetch(QUERIES["worker_heartbeat"], worker, False)
             await held.fetch(QUERIES["job_promote_due"], 100)
             # An idle worker's wake-up: the claim by the id a notification named.
@@ -201,17 +185,20 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
             )
             rows = await held.fetch(QUERIES["job_claim_notified"], worker, ["k"], notified, [])
             assert [r["id"] for r in rows] == [notified, None]
-            await held.fetch(
+            # The three outcomes in one write, as the completer batches them.
+            ids = [last_id, *plain, notified]
+            finished = await held.fetch(
                 QUERIES["job_finish_many"],
                 worker,
-                [notified],
-                [1],
-                ["succeeded"],
-                [0],
+                ids,
+                [1] * 3,
+                ["succeeded"] * 3,
+                [0] * 3,
                 None,
                 None,
                 None,
             )
+            assert len(finished) == 3
         # The burst, in one statement.
         await admin.execute(
             "INSERT INTO pgwake.jobs (tenant_id, kind) "
