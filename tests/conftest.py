@@ -7,6 +7,9 @@ Which server: ``PGWAKE_TEST_DSN`` if set; else the server at ``PGWAKE_TEST_PROBE
 session. Each test gets ``CREATE DATABASE ... TEMPLATE`` of a database migrated once,
 and it is dropped ``WITH (FORCE)`` afterwards.
 
+Scenarios that take minutes of wall-clock time run beside the suite from its start
+(``background``, tests/support/background.py).
+
 Cleanup is unconditional: every fixture that creates a database, a role, a process or
 a directory removes it in a ``finally``, and a process a test started and did not stop
 is killed when the test ends (``_no_process_left``), whether the test passed or failed
@@ -38,6 +41,7 @@ from listener.crypto import generate_key
 from listener.db import with_database
 from listener.migrate import migrate
 from tests.support import processes, secret_watch
+from tests.support.background import Background, Scenario, scenarios_of, session_environ
 from tests.support.cli import pgwake
 from tests.support.databases import fresh_database
 from tests.support.private_server import PrivateServer
@@ -151,6 +155,34 @@ def private_server() -> Iterator[PrivateServer]:
             server.stop("immediate")  # harmless when it never started
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "background(scenario=function): the scenario runs beside the suite from the "
+        "session's start; the test waits for its result (tests/support/background.py)",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request: pytest.FixtureRequest) -> Iterator[Background]:
+    """The scenarios of the selected tests marked ``background``, started before the
+    first test (tests/support/background.py); cancelled at the end if still running."""
+    runner = Background()
+    try:
+        functions = scenarios_of(request.session.items)
+        if functions:
+            scenario = Scenario(
+                server_dsn=request.getfixturevalue("server_dsn"),
+                template_db=request.getfixturevalue("template_db"),
+                environ=session_environ(),
+            )
+            for function in functions:
+                runner.start(function, scenario)
+        yield runner
+    finally:
+        runner.close()
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -15,7 +17,10 @@ import pytest
 
 from listener import db
 from listener.maintenance.schedules import MAX_CATCH_UP, Scheduler, due_slots
+from tests.support import processes
+from tests.support.background import Background, Scenario
 from tests.support.cli import pgwake
+from tests.support.databases import fresh_database
 from tests.support.schedules import add_schedule
 from tests.support.waiting import eventually
 from tests.support.workers import spawn_worker, stop_process, wait_ready
@@ -152,63 +157,100 @@ async def slot_jobs_succeeded(conn: asyncpg.Connection, at_least: int) -> int:
     return await eventually(succeeded, timeout=120, interval=0.2)
 
 
+@dataclass(frozen=True)
+class MinutelyRun:
+    """What the minutely scenario saw: the database's clock when it began and ended,
+    the unique keys of the schedule's jobs, how many succeeded, the workers' exit codes."""
+
+    started: datetime
+    ended: datetime
+    keys: list[str]
+    succeeded: int
+    exit_codes: list[int]
+
+
+async def three_workers_every_minute_with_a_restart(scenario: Scenario) -> MinutelyRun:
+    """`*/1 * * * *` for about 3 minutes with 3 worker processes, every worker stopped
+    across one slot (the background scenario of the test below)."""
+    args = ("--poll-interval", "60")
+
+    def spawn(dsn: str) -> subprocess.Popen[str]:
+        return processes.keep(lambda: spawn_worker(dsn, *args, environ=scenario.environ))
+
+    def stop(worker: subprocess.Popen[str]) -> int:
+        code, _ = stop_process(worker)
+        processes.release(worker.pid)
+        return code
+
+    async with fresh_database(scenario.server_dsn, scenario.template_db) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            await add_schedule(conn, "minutely", cron="*/1 * * * *", kind="noop")
+            workers = [spawn(dsn) for _ in range(3)]
+            started = await conn.fetchval("SELECT now()")
+            codes: list[int] = []
+            try:
+                await wait_ready(conn, 3)
+                # Up across at least one slot (its job has run), then stopped 5 s past a
+                # minute and started again 15 s past the next one: down across exactly
+                # one slot, whatever the start-up takes (down across two, the skip policy
+                # would rightly enqueue only the later).
+                before = await slot_jobs_succeeded(conn, 1)
+                await sleep_until_second(conn, 5)
+                codes = [stop(w) for w in workers]
+                await anyio.sleep(30)
+                await sleep_until_second(conn, 15)
+                workers = [spawn(dsn) for _ in range(3)]
+                await wait_ready(conn, 3)
+                await slot_jobs_succeeded(conn, before + 1)  # the missed slot, enqueued late
+                await sleep_until_second(conn, 5)  # up across one more slot
+            finally:
+                for w in workers:
+                    if w.returncode is None:
+                        stop(w)
+            ended = await conn.fetchval("SELECT now()")
+            keys = [
+                r["unique_key"]
+                for r in await conn.fetch(
+                    "SELECT unique_key FROM pgwake.jobs "
+                    "WHERE unique_key LIKE 'schedule:minutely:%' ORDER BY unique_key"
+                )
+            ]
+            succeeded = await conn.fetchval(
+                "SELECT count(*) FROM pgwake.jobs WHERE unique_key LIKE 'schedule:minutely:%' "
+                "AND status = 'succeeded'"
+            )
+        finally:
+            await conn.close()
+    return MinutelyRun(started, ended, keys, succeeded, codes)
+
+
 @pytest.mark.timeout(420)
 @pytest.mark.skipif(
     os.environ.get("PGWAKE_SKIP_SLOW") == "1", reason="PGWAKE_SKIP_SLOW=1: minutes long"
 )
-async def test_every_minute_with_three_workers_and_a_restart(
-    dsn: str, conn: asyncpg.Connection
-) -> None:
+@pytest.mark.background(scenario=three_workers_every_minute_with_a_restart)
+def test_every_minute_with_three_workers_and_a_restart(background: Background) -> None:
     """`*/1 * * * *` for about 3.5 minutes, 3 worker processes, every worker stopped
     across one slot: exactly one job per minute slot, none lost (skip policy: the
-    missed slot is enqueued late, once)."""
-    await add_schedule(conn, "minutely", cron="*/1 * * * *", kind="noop")
-    args = ("--poll-interval", "60")
-    workers = [spawn_worker(dsn, *args) for _ in range(3)]
-    started = await conn.fetchval("SELECT now()")
-    try:
-        await wait_ready(conn, 3)
-        # Up across at least one slot (its job has run), then stopped 5 s past a minute
-        # and started again 15 s past the next one: down across exactly one slot,
-        # whatever the start-up takes (down across two, the skip policy would rightly
-        # enqueue only the later).
-        before = await slot_jobs_succeeded(conn, 1)
-        await sleep_until_second(conn, 5)
-        outputs = [stop_process(w) for w in workers]
-        assert all(code == 0 for code, _ in outputs)
-        await anyio.sleep(30)
-        await sleep_until_second(conn, 15)
-        workers = [spawn_worker(dsn, *args) for _ in range(3)]
-        await wait_ready(conn, 3)
-        await slot_jobs_succeeded(conn, before + 1)  # the missed slot, enqueued late
-        await sleep_until_second(conn, 5)  # up across one more slot
-    finally:
-        for w in workers:
-            stop_process(w)
-    ended = await conn.fetchval("SELECT now()")
-    keys = [
-        r["unique_key"]
-        for r in await conn.fetch(
-            "SELECT unique_key FROM pgwake.jobs WHERE unique_key LIKE 'schedule:minutely:%' "
-            "ORDER BY unique_key"
-        )
-    ]
+    missed slot is enqueued late, once). The minutes pass beside the rest of the suite
+    (a background scenario, started with the session); this test checks what it saw."""
+    run: MinutelyRun = background.result(three_workers_every_minute_with_a_restart, timeout=400)
+    assert run.exit_codes == [0, 0, 0]
+    keys = run.keys
     slots = [datetime.fromisoformat(k.removeprefix("schedule:minutely:")) for k in keys]
     assert len(slots) == len(set(slots)), keys  # no slot twice
     # Every minute from the first slot (the first after the first round) to the last one
     # before the end.
     first = slots[0].astimezone(UTC)
-    assert first <= started + timedelta(minutes=2)
+    assert first <= run.started + timedelta(minutes=2)
     expected = []
     slot = first
-    while slot <= ended - timedelta(seconds=2):
+    while slot <= run.ended - timedelta(seconds=2):
         expected.append(slot)
         slot += timedelta(minutes=1)
     assert [s.astimezone(UTC) for s in slots] == [e.astimezone(UTC) for e in expected], keys
     # They all ran.
-    assert await conn.fetchval(
-        "SELECT count(*) FROM pgwake.jobs WHERE unique_key LIKE 'schedule:minutely:%' "
-        "AND status = 'succeeded'"
-    ) == len(expected)
+    assert run.succeeded == len(expected)
     assert len(expected) >= 3
     print(f"\n{len(expected)} minute slots, one job each: {keys}")

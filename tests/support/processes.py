@@ -6,7 +6,9 @@ parent is this one (from /proc, so it sees every ``subprocess.Popen`` whoever ma
 it); ``kill_new_children(before)`` kills those that were not there before the test and
 waits for them, so no process outlives the test that started it. Processes that
 detach from their parent (a PostgreSQL started by ``pg_ctl``) are not children: the
-fixture that starts one stops it in a ``finally``.
+fixture that starts one stops it in a ``finally``. A process started with ``keep``
+(a background scenario's worker, tests/support/background.py) is left alone: its
+scenario outlives the tests that run meanwhile and stops it itself.
 """
 
 from __future__ import annotations
@@ -14,8 +16,39 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, TypeVar
+
+
+class _HasPid(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+
+P = TypeVar("P", bound=_HasPid)
+
+_kept: set[int] = set()
+# Held while a kept process starts and is recorded, and while a test's leftovers are
+# found and signalled: no test's end can see a kept process before it is recorded.
+_lock = threading.Lock()
+
+
+def keep(start: Callable[[], P]) -> P:
+    """Start a process with ``start()`` that ``kill_new_children`` leaves alone (its
+    starter stops it, then calls ``release``)."""
+    with _lock:
+        proc = start()
+        _kept.add(proc.pid)
+    return proc
+
+
+def release(pid: int) -> None:
+    """Forget a kept process (once it has been stopped and reaped)."""
+    with _lock:
+        _kept.discard(pid)
 
 
 def children() -> set[int]:
@@ -35,11 +68,12 @@ def children() -> set[int]:
 
 
 def kill_new_children(before: set[int], grace: float = 5.0) -> list[int]:
-    """SIGTERM the children not in ``before``, SIGKILL those still alive after
-    ``grace`` seconds, reap them; return the ids of those it found."""
-    left = sorted(children() - before)
-    for pid in left:
-        _signal(pid, signal.SIGTERM)
+    """SIGTERM the children not in ``before`` (nor kept), SIGKILL those still alive
+    after ``grace`` seconds, reap them; return the ids of those it found."""
+    with _lock:
+        left = sorted(children() - before - _kept)
+        for pid in left:
+            _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     waiting = set(left)
     while waiting and time.monotonic() < deadline:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,12 +45,17 @@ async def running_worker(dsn: str, registry: Registry, **overrides: Any) -> Asyn
 
 
 def spawn_worker(
-    dsn: str, *args: str, env: dict[str, str] | None = None, log: IO[str] | None = None
+    dsn: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: IO[str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     """A worker in its own process (``python -m listener run``), DSN passed by env. Its
     output goes to ``log``, or else to an anonymous temporary file that ``stop_process``
     reads (never to a pipe: a worker logs a line per job start and end, and a full pipe
-    nobody reads would block its event loop)."""
+    nobody reads would block its event loop). Its environment is ``environ`` (default
+    ``os.environ``) with the settings above and ``env`` over it."""
     output: Path | None = None
     fd = -1
     if log is not None:
@@ -59,7 +64,7 @@ def spawn_worker(
         fd, name = tempfile.mkstemp(prefix="pgwake-worker-", suffix=".log")
         output = Path(name)
     full_env = {
-        **os.environ,
+        **(os.environ if environ is None else environ),
         "PGWAKE_DSN": dsn,
         "PYTHONPATH": str(ROOT),
         "PGWAKE_LOG_FORMAT": "json",
