@@ -4,8 +4,9 @@ tests/support/ (tests import them from there, never from here).
 
 Which server: ``PGWAKE_TEST_DSN`` if set; else the server at ``PGWAKE_TEST_PROBE``
 (default 127.0.0.1:5432) if it answers; else an embedded PostgreSQL started for the
-session. Each test gets ``CREATE DATABASE ... TEMPLATE`` of a database migrated once,
-and it is dropped ``WITH (FORCE)`` afterwards.
+session. Each test gets ``CREATE DATABASE ... TEMPLATE`` of a database migrated once
+(made ahead, while the previous test runs: ``spare_clones``), and it is dropped
+``WITH (FORCE)`` afterwards.
 
 Scenarios that take minutes of wall-clock time run beside the suite from its start
 (``background``, tests/support/background.py).
@@ -43,7 +44,7 @@ from listener.migrate import migrate
 from tests.support import processes, secret_watch
 from tests.support.background import Background, Scenario, scenarios_of, session_environ
 from tests.support.cli import pgwake
-from tests.support.databases import fresh_database
+from tests.support.databases import SpareClones, fresh_database
 from tests.support.private_server import PrivateServer
 
 secret_watch.install()
@@ -111,10 +112,20 @@ async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def spare_clones(server_dsn: str, template_db: str) -> Iterator[SpareClones]:
+    """Clones of the template made ahead while tests run (tests/support/databases.py)."""
+    spares = SpareClones(server_dsn, template_db)
+    try:
+        yield spares
+    finally:
+        spares.close()
+
+
 @pytest.fixture
-async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+async def dsn(server_dsn: str, template_db: str, spare_clones: SpareClones) -> AsyncIterator[str]:
     """A fresh migrated database for one test."""
-    async with fresh_database(server_dsn, template_db) as url:
+    async with fresh_database(server_dsn, template_db, spares=spare_clones) as url:
         yield url
 
 
