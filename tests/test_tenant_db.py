@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import asyncpg
 
 from listener import db
-from tests.support.databases import database_name, fresh_database
+from tests.support.databases import database_name, fresh_database, fresh_databases
 from tests.support.tenants import add_tenant, create_orders, writer_registry
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
@@ -61,10 +59,7 @@ async def test_handler_writes_into_its_tenants_database_and_a_down_one_fails_alo
 async def test_fifty_tenant_databases_under_a_cap_of_ten(
     server_dsn: str, dsn: str, conn: asyncpg.Connection, keyring_env: str
 ) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        shops = [
-            await stack.enter_async_context(fresh_database(server_dsn, None)) for _ in range(50)
-        ]
+    async with fresh_databases(server_dsn, None, 50) as shops:
         names = [database_name(shop) for shop in shops]
         for i, shop in enumerate(shops):
             await create_orders(shop)

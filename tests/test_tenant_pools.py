@@ -16,17 +16,14 @@ import asyncpg
 import pytest
 
 from listener.tenant_pools import TenantDatabaseError, TenantPools
-from tests.support.databases import database_name, fresh_database
+from tests.support.databases import database_name, fresh_databases
 from tests.support.waiting import eventually
 
 
 @contextlib.asynccontextmanager
 async def tenant_databases(server_dsn: str, count: int) -> AsyncIterator[list[str]]:
     """``count`` fresh databases, each with an empty table ``t(x int)``; their DSNs."""
-    async with contextlib.AsyncExitStack() as stack:
-        dsns = [
-            await stack.enter_async_context(fresh_database(server_dsn, None)) for _ in range(count)
-        ]
+    async with fresh_databases(server_dsn, None, count) as dsns:
         for dsn in dsns:
             conn = await asyncpg.connect(dsn)
             try:
