@@ -105,10 +105,21 @@ async def template_db(server_dsn: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+@pytest.fixture(scope="session")
+def spare_empty_databases(server_dsn: str) -> Iterator[SpareClones]:
+    """Empty databases (copies of ``template1``, as a plain ``CREATE DATABASE`` makes)
+    made ahead while tests run."""
+    spares = SpareClones(server_dsn, "template1", depth=1)
+    try:
+        yield spares
+    finally:
+        spares.close()
+
+
 @pytest.fixture
-async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
+async def empty_dsn(server_dsn: str, spare_empty_databases: SpareClones) -> AsyncIterator[str]:
     """A fresh, empty database (not migrated)."""
-    async with fresh_database(server_dsn, None) as url:
+    async with fresh_database(server_dsn, None, spares=spare_empty_databases) as url:
         yield url
 
 

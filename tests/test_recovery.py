@@ -316,7 +316,10 @@ async def test_maintenance_goes_on_when_the_workers_that_led_it_die(
                 return bool(n == 10)
 
             await eventually(holds_ten, timeout=30)
-        survivor = spawn_worker(dsn, *args)
+        # Room for all 20 jobs at once: the recovered jobs run side by side (6 s, not 12).
+        survivor = spawn_worker(
+            dsn, "--handlers", RECORDING, "--concurrency", "20", "--tenant-concurrency", "10", *FAST
+        )
         await wait_ready(conn, 3)
         # Both may have led maintenance rounds so far; both die together.
         for victim in victims:

@@ -43,8 +43,8 @@ async def fresh_database(
 ) -> AsyncIterator[str]:
     """Create a uniquely named database (a copy of ``template`` when given), yield its
     DSN, drop it afterwards whether the code inside passed or failed. With ``spares``
-    (clones of ``template``), the database is one made ahead and its drop is left to
-    them, unless they cannot make or drop any."""
+    (clones of ``template``, or of ``template1`` for None), the database is one made
+    ahead and its drop is left to them, unless they cannot make or drop any."""
     if spares is not None:
         name = await spares.take()
         if name is not None:
