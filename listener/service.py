@@ -61,9 +61,9 @@ from listener.maintenance.retention import Pruner
 from listener.maintenance.sampler import Sampler
 from listener.maintenance.schedules import Scheduler
 from listener.metrics import Metrics
-from listener.migrate import latest_version
 from listener.notifications import Listener
 from listener.outage import OutageLog
+from listener.paths import known_schema_version
 from listener.progress import ProgressWriter
 from listener.queries import QUERIES
 from listener.redact import display_dsn, redact, register_dsn
@@ -268,7 +268,7 @@ class Service:
         self.scheduler = Scheduler(pool)
         self.schema_watch = SchemaWatch(
             pool,
-            known=latest_version(),
+            known=known_schema_version(),  # the newest migration's number, no file read
             interval=s.heartbeat_interval,
             on_breaking=self._stop_for_schema,
         )
@@ -392,6 +392,7 @@ class Service:
                 self._start_outage.succeeded()
                 return True
             self._start_outage.failed(error)
+            gctune.collect_while_waiting()
             delay = retry.next_delay()
             self.sd.starting(
                 f"waiting for the database: {self._start_outage.reason}",

@@ -14,6 +14,8 @@ Invariants:
   (``--help``, an unknown option, a missing or odd value, an argument) goes to typer,
   which parses it or reports it as it always has (tests/test_quick_start.py holds the
   two parsers to the same result).
+- The garbage collector is off until the worker is ready or waits for the database
+  (:func:`run`; listener/gctune.py turns it back on).
 - What typer is given and what this gives :func:`run_worker` are the same: the
   database options, and the settings given as flags (a flag not given is absent, so
   the environment and the file still apply).
@@ -110,18 +112,21 @@ def parse_run(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]] | No
 
 def run(argv: Sequence[str]) -> bool:
     """Run the worker as ``pgwake run`` with ``argv`` (what follows ``run``) and return
-    True once it ended; False, having done nothing, when typer must parse ``argv``."""
+    True once it ended; False, having done nothing, when typer must parse ``argv``.
+
+    The garbage collector is off from here until the worker is ready (a sixth of the
+    start, for the few hundred objects of cycles imports leave, which the worker keeps
+    either way: listener/gctune.py), or until it has to wait for the database."""
     collecting = gc.isenabled()
-    gc.disable()  # as when typer imports a command (listener/cli/lazy.py)
-    try:
-        parsed = parse_run(argv)
-        if parsed is None:
-            return False
-        from listener.cli.database import Database  # noqa: PLC0415
-        from listener.cli.serve import run_worker  # noqa: PLC0415
-    finally:
+    gc.disable()
+    parsed = parse_run(argv)
+    if parsed is None:
         if collecting:
             gc.enable()
+        return False
+    from listener.cli.database import Database  # noqa: PLC0415
+    from listener.cli.serve import run_worker  # noqa: PLC0415
+
     database, flags = parsed
     run_worker(Database(**database), flags)
     return True
