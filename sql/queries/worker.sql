@@ -1001,12 +1001,6 @@ SELECT pgwake.start_waiting(0);
 -- $1 virtual transaction ids (text[]).
 SELECT pgwake.transactions_open($1::text[]);
 
--- name: server_set_parameter
--- Sets a run-time parameter for the rest of the session (a kept connection's own
--- settings; the pool's reset clears them when the connection is given back).
--- $1 parameter name, $2 value.
-SELECT pg_catalog.set_config($1, $2, false);
-
 -- name: listener_stop_waiting
 -- The worker has a backlog and claims without being woken: inserts need not notify.
 -- No parameters.
