@@ -61,6 +61,9 @@ from listener.retry import Backoff
 MAX_ERROR_CHARS = 8000
 # Results larger than this fail the job with a clear error instead of bloating the row.
 MAX_RESULT_BYTES = 1_048_576
+# What json.dumps(result, allow_nan=False) does, made once: json.dumps builds a new
+# encoder for every call with an option.
+RESULT_ENCODER = json.JSONEncoder(allow_nan=False)
 
 
 def _describe(exc: BaseException, *, with_traceback: bool, base: bool = False) -> str:
@@ -93,7 +96,7 @@ def _encode_result(result: Any) -> tuple[str | None, str | None]:
     if result is None:
         return None, None
     try:
-        encoded = json.dumps(result, allow_nan=False)
+        encoded = RESULT_ENCODER.encode(result)
     except (TypeError, ValueError) as exc:
         return None, f"the handler's result is not JSON: {exc}"
     except RecursionError:
