@@ -24,7 +24,7 @@ Invariants:
   backlog), batching freed slots for a couple of milliseconds so a claim is not one
   round trip per finished job.
 - While claims find jobs but are not full (a stream: producers inserting one job at a
-  time), claims every ``STREAM_PAUSE`` seconds with inserts told not to notify
+  time), looks again every ``STREAM_PAUSE`` seconds with inserts told not to notify
   (``Doorbell.busy``): a notifying commit holds a database-wide lock until it is on
   disk, so a NOTIFY per insert would make the producers commit one at a time, and a
   wake-up per insert would cost a claim per job. Only a claim that finds nothing leads
@@ -82,14 +82,12 @@ from listener.wake import NotifiedJob, Wake
 # worker may take now (paused, or their jobs locked by other claims). Tenants whose
 # jobs are all of kinds this worker does not handle are not walked at all.
 MAX_PARTIAL_WALKS = 100
-# Seconds from the start of one claim to the start of the next while claims find jobs
-# but are not full (a stream of single inserts): the start latency this adds is half of
-# it on average. Counted from the claim's start, so the claims of a stream come at a
-# steady rate however long each takes (a faster claim does not make more of them). A
-# longer pause makes fewer, larger claims, but beside 8 producers on 2 quiet cores
-# (pgwake bench mixed) a pause of 10 ms after each claim left them 0.69-0.72 of their
-# rate against 0.68 with 5 ms, for a start p50 of 9.1-9.5 ms instead of 5.8.
-STREAM_PAUSE = 0.007
+# Seconds between two claims while claims find jobs but are not full (a stream of
+# single inserts): the start latency this adds is half of it on average. A longer pause
+# makes fewer, larger claims, but beside 8 producers on 2 quiet cores (pgwake bench
+# mixed) 10 ms left them 0.69-0.72 of their rate against 0.68 with 5 ms, for a start
+# p50 of 9.1-9.5 ms instead of 5.8: not worth it.
+STREAM_PAUSE = 0.005
 # Weight of the newest sample in the running average of claim durations.
 SMOOTHING = 0.1
 # How much the longest recent job duration fades with every job that ends.
@@ -190,8 +188,6 @@ class Claimer:
         # Running averages of how long a claim takes and how long a job runs (seconds),
         # and the jobs claimed ahead of free slots that they give (see _free).
         self._claim_seconds, self._job_seconds, self._ahead = 0.0, math.inf, 0
-        # When the last claim started (monotonic seconds).
-        self._claim_began = 0.0
 
     def _free(self) -> int:
         """Slots a claim may fill: jobs claimed and not finished stay under
@@ -362,7 +358,7 @@ class Claimer:
             if claimed:
                 # A stream: look again shortly, with inserts not notifying meanwhile.
                 await self._doorbell.busy()
-                await self._wake.wait(self._claim_began + STREAM_PAUSE - time.monotonic())
+                await self._wake.wait(STREAM_PAUSE)
                 continue
             await self._idle()
 
@@ -454,7 +450,7 @@ class Claimer:
         # What each tenant holding jobs here counts against tenant_concurrency.
         cap, counted = self._counted()
         query, args = self._statement(want, cap, counted)
-        began = self._claim_began = time.monotonic()
+        began = time.monotonic()
         self._reopens_in = None
         # This claim looks at the whole queue: the jobs notified until now are its.
         self._notified.clear()
