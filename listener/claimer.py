@@ -15,9 +15,7 @@ Invariants:
   proportion, so the runners do not idle while the next claim runs (see ``_free``).
   Jobs that run longer than a claim takes are claimed only for free slots.
 - Claims only kinds in the registry, on one pool connection kept for the purpose
-  (``KeptConnection``), so a claim is one round trip; its commit does not wait for a
-  disk flush (``CLAIM_SESSION``: a claim lost with a crashed server puts its jobs back,
-  and the outcomes, which wait for theirs, are fenced).
+  (``KeptConnection``), so a claim is one round trip.
 - Claims with ``job_claim_plain`` while nothing but fairness decides (no rate limit
   on its kinds, no ready job above the default priority: the statement checks), and
   with the full ``job_claim`` for ``FULL_CLAIM_HOLD`` seconds after a plain claim said
@@ -101,15 +99,6 @@ FULL_CLAIM_HOLD = 10.0
 # Seconds added to a window's opening before the claim that follows it, so that the
 # claim's now() is past the opening even with the round trip's jitter.
 REOPEN_MARGIN = 0.001
-# The claims' session commits without waiting for its WAL to reach the disk. A claim
-# lost with the server (a crash in the fraction of a second before the WAL writer
-# flushes it) only puts its jobs back in the queue: they run again, as after any crash
-# (delivery is at least once), and this worker's outcomes for them are fenced off. The
-# claim's round trip no longer waits for a disk flush (the start latency drops by that
-# much), and the flushes left are the producers' and the outcomes', which group commit
-# combines: beside 8 producers inserting single rows, a flush per claim took flushes
-# from them (pgwake bench mixed).
-CLAIM_SESSION = {"synchronous_commit": "off"}
 
 
 class Doorbell(Protocol):
@@ -158,7 +147,7 @@ class Claimer:
         fifo: bool = False,
         notified: NotifiedJob | None = None,
     ) -> None:
-        self._db = KeptConnection(pool, CLAIM_SESSION)
+        self._db = KeptConnection(pool)
         # The job the notifications name while this worker waits (filled by the
         # listener); its own, never filled, when none is given.
         self._notified = notified if notified is not None else NotifiedJob()

@@ -8,10 +8,9 @@ Invariants:
 - Given back to the pool after any error, so a broken connection is replaced at the
   next statement, and by ``release()`` when the loop ends (the pool cannot close while a
   connection is out).
-- The kept session has no state of its own but the run-time parameters given as
-  ``settings`` (set when the connection is borrowed, reset by the pool's reset when it
-  is given back): only single statements, or transactions that end before
-  ``transaction`` returns, run on it, and the locks they take are transaction-scoped.
+- The kept session has no state of its own: only single statements, or transactions
+  that end before ``transaction`` returns, run on it, and the locks they take are
+  transaction-scoped.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from typing import Any, TypeVar
 
 import anyio
 import asyncpg
-
-from listener.queries import QUERIES
 
 # Seconds a release may take (asyncpg resets the session on release); a connection
 # that does not answer by then is terminated.
@@ -34,29 +31,16 @@ T = TypeVar("T")
 class KeptConnection:
     """Runs statements on one pool connection, kept between statements."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._settings = settings or {}
         self._conn: Any = None
-
-    async def _borrow(self) -> Any:
-        conn = await self._pool.acquire()
-        try:
-            for name, value in self._settings.items():
-                await conn.execute(QUERIES["server_set_parameter"], name, value)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._pool.release(conn, timeout=RELEASE_TIMEOUT)
-            raise
-        self._conn = conn
-        return conn
 
     async def fetch(self, query: str, *args: object) -> list[Any]:
         """Run ``query`` and return its rows (the statement is prepared once per
         connection, by asyncpg's statement cache)."""
         conn = self._conn
         if conn is None:
-            conn = await self._borrow()
+            conn = self._conn = await self._pool.acquire()
         try:
             rows: list[Any] = await conn.fetch(query, *args)
         except BaseException:
@@ -69,7 +53,7 @@ class KeptConnection:
         when it returns, rolled back (and the connection given back) when it raises."""
         conn = self._conn
         if conn is None:
-            conn = await self._borrow()
+            conn = self._conn = await self._pool.acquire()
         try:
             async with conn.transaction():
                 return await work(conn)
