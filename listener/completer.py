@@ -39,6 +39,7 @@ from anyio.abc import TaskStatus
 
 from listener.children import insert_children
 from listener.db import is_transient
+from listener.executor import RESULT_ENCODER
 from listener.jobs import Outcome, Status, storable_text
 from listener.kept_connection import KeptConnection
 from listener.logs import get_logger
@@ -67,6 +68,7 @@ class Completer:
         self._buffer: list[Outcome] = []
         self._pending = anyio.Event()
         self._listeners: list[Callable[[Sequence[Outcome]], None]] = []
+        self._retry = Reconnect(cap=max_backoff)
         self._closed = False
         self._log = get_logger("completer")
 
@@ -106,7 +108,10 @@ class Completer:
             await self._db.release()
 
     async def _write_with_retry(self, batch: list[Outcome]) -> None:
-        retry = Reconnect(cap=self._max_backoff)
+        # One backoff for the completer's life, back at its start after each batch: a
+        # new one per batch would seed a random generator at every write.
+        retry = self._retry
+        retry.reset()
         reported = False
         while True:
             try:
@@ -176,17 +181,18 @@ class Completer:
             [o.status for o in batch],
             [o.refund for o in batch],
             _nulls_as_none([o.delay for o in batch]),
-            _nulls_as_none([_one_value(o.result) for o in batch]),
+            _nulls_as_none([_result_json(o) for o in batch]),
             _nulls_as_none([None if o.error is None else storable_text(o.error) for o in batch]),
         )
 
 
-def _one_value(result: Any) -> Any:
-    """``result`` as one element of the jsonb[] parameter: asyncpg reads a list inside an
-    array parameter as a dimension of the array, so a result that is a JSON array goes
-    as a tuple, which it hands to the jsonb codec whole (json.dumps writes it as the
-    same array)."""
-    return tuple(result) if isinstance(result, list) else result
+def _result_json(outcome: Outcome) -> str | None:
+    """The outcome's result as JSON text (the jsonb the statement stores): as the
+    executor encoded it, else encoded here. Raises what ``json.dumps`` raises for a
+    result that is not JSON (the batch is then split, and the job fails alone)."""
+    if outcome.result_json is not None or outcome.result is None:
+        return outcome.result_json
+    return RESULT_ENCODER.encode(outcome.result)
 
 
 def _nulls_as_none(values: list[Any]) -> list[Any] | None:

@@ -12,43 +12,36 @@ Invariants:
   came from and the problem, before anything connects to a database.
 - The DSN is a ``SecretStr``: printing settings never shows it.
 
-The layering is pydantic-settings' (``BaseSettings`` with three sources in order: the
-flags, an environment source and the TOML file), not written by hand. Measured when
-choosing it (2 vCPUs shared with other work, interleaved with the hand-written version
-of 13e7a19): ``-X importtime`` of ``pgwake version`` (median of 11) puts
-``pydantic_settings`` at 28 ms, its own modules (argparse, dotenv, its sources) on top
-of pydantic, which was imported already; one :func:`load_settings` through its sources
-takes about 1 ms. Every command imports this module, so the import is paid back by
-importing the HTTP endpoint (and prometheus_client: 20 ms) only when ``metrics_addr``
-is validated, i.e. by the commands that read settings, which imported it before too.
-Wall time, median of 15: ``pgwake version`` 350 ms before, 324 ms after; ``pgwake
---help`` 351 and 330 ms; ``pgwake run --help`` 425 and 409 ms (a noisy machine: the
-two are equal within noise, neither is slower). Error messages stay ours: the sources
-are kept so that a validation error names the source of each bad value
-(``concurrency (from command line): ...``), and the file source reports an unreadable
-or misplaced TOML file in one line as before. Three of pydantic-settings' defaults are
-changed on purpose: lists in the environment are comma-separated (not JSON), only
-upper-case variable names are read (as documented: ``PGWAKE_`` + the upper-case name),
-and ``Settings()`` alone reads no source (it is the defaults and the values given;
-:func:`load_settings` layers the sources).
+The layering is written here, over a plain pydantic model: each source is a dict of
+the values it gives (flags, then ``PGWAKE_`` variables, then the ``[pgwake]`` table of
+the TOML file), merged in that order of precedence and validated once. pydantic-settings
+did the same through its sources, and cost every command that reads settings about
+30 ms of imports (its sources, dotenv, argparse, importlib.metadata) for three dicts;
+``pgwake run`` reaches ready that much sooner without it. Error messages name the
+source of each bad value (``concurrency (from command line): ...``), and the file is
+reported in one line when it is unreadable or a setting sits outside its table. The
+environment is read as pydantic-settings was configured to: lists comma-separated (not
+JSON), only upper-case variable names (``PGWAKE_`` + the upper-case name), an empty
+variable unset; ``Settings()`` alone reads no source (it is the defaults and the values
+given; :func:`load_settings` layers the sources).
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
 
 from listener.dsn import SCHEMES, parse_dsn
@@ -68,12 +61,10 @@ def default_data_dir() -> Path:
     return Path(base) / "pgwake" / "pgdata"
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Everything the worker and the CLI can be configured with."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     dsn: SecretStr | None = Field(
         default=None,
@@ -245,19 +236,6 @@ class Settings(BaseSettings):
         "left out.",
     )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """``Settings(...)`` alone: the values given over the defaults, no other source
-        (:func:`load_settings` layers the flags, the environment and the file)."""
-        return (init_settings,)
-
     @field_validator("dsn")
     @classmethod
     def _check_dsn(cls, dsn: SecretStr | None) -> SecretStr | None:
@@ -305,6 +283,20 @@ def flag_names(name: str) -> list[str]:
     return ["--" + name.replace("_", "-"), *_extra(name).get("flags", [])]
 
 
+def flag_kind(name: str) -> type:
+    """What the flag of setting ``name`` takes: ``bool`` (a ``--x/--no-x`` switch),
+    ``list`` (repeatable, of text), ``int``, ``float`` or ``str`` (a choice is text: the
+    model checks it, naming the setting)."""
+    annotation = Settings.model_fields[name].annotation
+    if annotation in (bool, int, float, str):
+        return annotation  # type: ignore[return-value]
+    if typing.get_origin(annotation) is list:
+        return list
+    if typing.get_origin(annotation) is Literal:
+        return str
+    raise TypeError(f"setting {name}: no flag for a {annotation}")
+
+
 def shown_default(name: str) -> str:
     """The default of setting ``name`` as ``pgwake run --help`` and the docs show it."""
     if "shown_default" in _extra(name):
@@ -315,30 +307,28 @@ def shown_default(name: str) -> str:
     return str(default)
 
 
-class _Environment(EnvSettingsSource):
-    """``PGWAKE_`` variables of ``env`` (upper-case names only); a list is written with
-    commas between its values (``PGWAKE_KINDS=email,sms``); an empty variable is unset."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-        super().__init__(Settings)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {
-            name.lower(): value
-            for name, value in self._env.items()
-            if name.startswith(ENV_PREFIX) and name.isupper() and value != ""
-        }
-
-    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        """The values of a list setting, split at commas."""
-        return [part.strip() for part in str(value).split(",") if part.strip()]
+def _environment(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``env`` gives: ``PGWAKE_`` + the upper-case name of each (other
+    spellings are not read); a list is written with commas between its values
+    (``PGWAKE_KINDS=email,sms``); an empty variable is unset."""
+    found: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is None or value == "":
+            continue
+        if typing.get_origin(field.annotation) is list:
+            found[name] = [part.strip() for part in value.split(",") if part.strip()]
+        else:
+            found[name] = value
+    return found
 
 
 def _read_table(path: Path) -> dict[str, Any]:
     """The ``[pgwake]`` table of the TOML file at ``path``. Anything else at the top
     level is refused, so a setting put outside the table is not silently ignored (nor
     silently read)."""
+    import tomllib  # noqa: PLC0415 - only with a config file
+
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -366,14 +356,14 @@ def _read_table(path: Path) -> dict[str, Any]:
     return section
 
 
-def _describe(exc: ValidationError, sources: list[tuple[str, PydanticBaseSettingsSource]]) -> str:
+def _describe(exc: ValidationError, sources: list[tuple[str, Mapping[str, Any]]]) -> str:
     """One line: each bad setting, the source its value came from, and the problem."""
-    given = [(origin, source()) for origin, source in sources]
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "settings"
         where = next(
-            (origin for origin, values in given if err["loc"][:1] and err["loc"][0] in values), None
+            (origin for origin, values in sources if err["loc"][:1] and err["loc"][0] in values),
+            None,
         )
         origin = f" (from {where})" if where else ""
         lines.append(f"{loc}{origin}: {err['msg']}")
@@ -392,13 +382,16 @@ def load_settings(
     if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
         config_file = Path(env[ENV_PREFIX + "CONFIG"])
     given = {name: value for name, value in (flags or {}).items() if value is not None}
-    sources: list[tuple[str, PydanticBaseSettingsSource]] = [
-        ("command line", InitSettingsSource(Settings, given)),
-        ("environment", _Environment(env)),
+    sources: list[tuple[str, Mapping[str, Any]]] = [
+        ("command line", given),
+        ("environment", _environment(env)),
     ]
     if config_file is not None:
-        sources.append((str(config_file), InitSettingsSource(Settings, _read_table(config_file))))
+        sources.append((str(config_file), _read_table(config_file)))
+    merged: dict[str, Any] = {}
+    for _, values in reversed(sources):
+        merged.update(values)
     try:
-        return Settings(_build_sources=(tuple(source for _, source in sources), {}))
+        return Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, sources)) from None

@@ -15,6 +15,8 @@ Invariants:
   not decrypt.
 - Base64url is written without padding and read back only in its canonical form, so any
   change to a stored ciphertext is either rejected as malformed or fails authentication.
+- cryptography is imported when a DSN is first encrypted or decrypted, not before (a
+  worker with keys configured but no tenant database never needs it).
 - No message, ``repr`` or traceback shows key material, plaintext or ciphertext: errors
   name the source, the key id (only once it is known to be a valid id), the tenant and
   the reason; ``cryptography``'s ``InvalidTag`` never escapes (raised ``from None``).
@@ -35,12 +37,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from listener.errors import ConfigError, PgwakeError
 from listener.redact import register_key_material
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEYS_ENV = "PGWAKE_ENCRYPTION_KEYS"
 KEY_FILE_ENV = "PGWAKE_ENCRYPTION_KEY_FILE"
@@ -144,13 +147,25 @@ class Keyring:
         self._keys = tuple(keys)
         if not self._keys:
             raise EncryptionKeyError("a keyring needs at least one key")
+        self._material: dict[str, bytes] = {}
+        # Built on first use: cryptography is imported only when a DSN is encrypted or
+        # decrypted, not by every worker that has a key configured.
         self._ciphers: dict[str, AESGCM] = {}
         for key in self._keys:
-            if key.key_id in self._ciphers:
+            if key.key_id in self._material:
                 raise EncryptionKeyError(f"the key id {key.key_id!r} appears more than once")
-            self._ciphers[key.key_id] = AESGCM(key.material)
+            self._material[key.key_id] = key.material
             # Masked in every log line and error of this process from now on.
             register_key_material(key.material)
+
+    def _cipher(self, key_id: str) -> AESGCM:
+        """The cipher of key ``key_id``, one of the keys configured."""
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+            cipher = self._ciphers[key_id] = AESGCM(self._material[key_id])
+        return cipher
 
     def __repr__(self) -> str:
         return f"Keyring(key_ids={list(self.key_ids)!r})"
@@ -168,7 +183,7 @@ class Keyring:
     def encrypt(self, tenant_id: str, plaintext: str) -> str:
         """Encrypt ``plaintext`` for ``tenant_id`` with the primary key."""
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._ciphers[self.primary_id].encrypt(
+        sealed = self._cipher(self.primary_id).encrypt(
             nonce, plaintext.encode("utf-8"), tenant_id.encode("utf-8")
         )
         return f"{PREFIX}:{VERSION}:{self.primary_id}:{_b64encode(nonce)}:{_b64encode(sealed)}"
@@ -179,13 +194,16 @@ class Keyring:
         parsed = _parse(ciphertext)
         if isinstance(parsed, str):
             raise DecryptionError(f"{failure}: {parsed}")
-        cipher = self._ciphers.get(parsed.key_id)
-        if cipher is None:
+        if parsed.key_id not in self._material:
             raise DecryptionError(
                 f"{failure}: it was encrypted with key {parsed.key_id!r}, which is not configured"
             )
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415 - loaded with the cipher
+
         try:
-            data = cipher.decrypt(parsed.nonce, parsed.sealed, tenant_id.encode("utf-8"))
+            data = self._cipher(parsed.key_id).decrypt(
+                parsed.nonce, parsed.sealed, tenant_id.encode("utf-8")
+            )
         except InvalidTag:
             raise DecryptionError(
                 f"{failure}: the key {parsed.key_id!r} does not match, the ciphertext was "

@@ -61,6 +61,9 @@ from listener.retry import Backoff
 MAX_ERROR_CHARS = 8000
 # Results larger than this fail the job with a clear error instead of bloating the row.
 MAX_RESULT_BYTES = 1_048_576
+# What json.dumps(result, allow_nan=False) does, made once: json.dumps builds a new
+# encoder for every call with an option.
+RESULT_ENCODER = json.JSONEncoder(allow_nan=False)
 
 
 def _describe(exc: BaseException, *, with_traceback: bool, base: bool = False) -> str:
@@ -86,24 +89,26 @@ def _cancelled_by_worker(exc: BaseException) -> bool:
     return task is None or task.cancelling() > 0
 
 
-def _check_result(result: Any) -> str | None:
-    """None when ``result`` can be stored as JSON, else why not."""
+def _encode_result(result: Any) -> tuple[str | None, str | None]:
+    """``result`` as the JSON text to store (None for no result) and None, or None and
+    why it cannot be stored. The text is what the completer writes: a result is encoded
+    once."""
     if result is None:
-        return None
+        return None, None
     try:
-        encoded = json.dumps(result, allow_nan=False)
+        encoded = RESULT_ENCODER.encode(result)
     except (TypeError, ValueError) as exc:
-        return f"the handler's result is not JSON: {exc}"
+        return None, f"the handler's result is not JSON: {exc}"
     except RecursionError:
-        return "the handler's result is nested too deep to encode as JSON"
+        return None, "the handler's result is nested too deep to encode as JSON"
     if "\\u0000" in encoded:
-        return "the handler's result contains a NUL character, which jsonb cannot store"
+        return None, "the handler's result contains a NUL character, which jsonb cannot store"
     if len(encoded) > MAX_RESULT_BYTES:
-        return (
+        return None, (
             f"the handler's result is {len(encoded)} bytes of JSON, "
             f"more than the {MAX_RESULT_BYTES} allowed"
         )
-    return None
+    return encoded, None
 
 
 def _requeue_status(delay: float) -> Status:
@@ -240,10 +245,10 @@ class Executor:
             # the handler's own: left to propagate, each would end the worker and put
             # the job back for the next worker to die of.
             return self._failure(job, _describe(exc, with_traceback=True, base=True))
-        problem = _check_result(result)
+        encoded, problem = _encode_result(result)
         if problem is not None:
             return Outcome(job.id, job.attempt, Status.FAILED, error=problem)
-        return Outcome(job.id, job.attempt, Status.SUCCEEDED, result=result)
+        return Outcome(job.id, job.attempt, Status.SUCCEEDED, result=result, result_json=encoded)
 
 
 def _parse_payload(handler: Handler, job: Job) -> tuple[Any, Outcome | None]:

@@ -13,7 +13,10 @@ Invariants:
   cost start-up 15-40 ms to free the few hundred objects of cycles that imports leave
   (about 900, a few hundred kB, kept for the life of the process instead).
 - Collection stays on: cycles are still found, only less often (a young-generation
-  threshold of 50,000 allocations instead of 700).
+  threshold of 50,000 allocations instead of 700). ``pgwake run`` starts with the
+  collector off (listener/cli/quick.py: a sixth of its start went to collections of
+  import-time objects that are frozen here anyway); ``tune()`` turns it on, and so
+  does ``collect_while_waiting()`` when the start has to wait for the database.
 """
 
 from __future__ import annotations
@@ -28,3 +31,10 @@ def tune() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+    gc.enable()
+
+
+def collect_while_waiting() -> None:
+    """The start waits for the database: collect as usual meanwhile (a long wait makes
+    cycles of its own, one failed attempt after another)."""
+    gc.enable()

@@ -108,12 +108,20 @@ class Heartbeat:
         """The key of this worker's liveness lock (None before registration)."""
         return self._lock_key
 
-    async def register(self) -> None:
-        """Open the heartbeat connection, insert the worker's row and take its lock. A
-        failed attempt leaves nothing open, so the caller may try again."""
+    async def open(self) -> asyncpg.Connection:
+        """A connection for :meth:`register`, opened ahead (the service opens it while
+        it checks the schema). Whoever opened it terminates it when it is not given to
+        :meth:`register`."""
+        return await self._connect(timeout=10.0)
+
+    async def register(self, conn: asyncpg.Connection | None = None) -> None:
+        """Open the heartbeat connection (or take ``conn``, from :meth:`open`), insert
+        the worker's row and take its lock. A failed attempt leaves nothing open
+        (``conn`` included), so the caller may try again."""
         await self.close()
         self._locked = False
-        conn = await self._connect(timeout=10.0)
+        if conn is None:
+            conn = await self._connect(timeout=10.0)
         try:
             await self._register(conn)
         except BaseException:

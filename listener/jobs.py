@@ -134,8 +134,10 @@ class Outcome:
     """How one attempt of a job ended, as the completer will write it.
 
     ``status`` is the job's next status; ``refund`` gives the attempt back (snooze,
-    shutdown); ``delay`` (seconds) moves run_at, ``None`` keeps it. ``records`` is what
-    the handler reported with ``ctx.add_records`` (None when it reported nothing).
+    shutdown); ``delay`` (seconds) moves run_at, ``None`` keeps it. ``result_json`` is
+    ``result`` encoded, when the executor encoded it already (it checks that a result
+    can be stored by encoding it); the completer encodes it otherwise. ``records`` is
+    what the handler reported with ``ctx.add_records`` (None when it reported nothing).
     """
 
     job_id: int
@@ -148,6 +150,7 @@ class Outcome:
     records: int | None = None
     # Jobs the handler enqueued (ctx.enqueue), inserted with a succeeded outcome only.
     children: list[ChildJob] | None = None
+    result_json: str | None = None
 
     @property
     def label(self) -> str:

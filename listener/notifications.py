@@ -201,13 +201,25 @@ class Listener:
         self._waiting, self._looking, self._retry_wait = False, [], False
         self._metrics.listener_up.set(0)
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Listen forever, reconnecting with backoff; started() once first listening."""
+    async def open(self) -> asyncpg.Connection:
+        """A connection for :meth:`run`'s first LISTEN, opened ahead (the service opens
+        it while it checks the schema)."""
+        return await db.connect(self._dsn, timeout=self._probe_timeout)
+
+    async def run(
+        self,
+        *,
+        opened: asyncpg.Connection | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen forever, reconnecting with backoff; started() once first listening.
+        ``opened`` (from :meth:`open`) is the first connection, which this then owns."""
         started = False
         retry = Reconnect(cap=self._max_backoff)
         while True:
             try:
-                conn = await db.connect(self._dsn, timeout=self._probe_timeout)
+                conn = opened if opened is not None else await self.open()
+                opened = None
             except DatabaseUnavailableError as exc:
                 if not exc.transient:
                     raise

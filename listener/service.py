@@ -3,7 +3,8 @@ constructs the world.
 
 Lifecycle invariants:
 - Start: the HTTP endpoint (``/healthz`` 200, ``/readyz`` 503 from the start), then
-  pool, schema check, worker registered, LISTEN established, then claiming. ``READY=1``
+  pool, schema check (while the heartbeat's and the listener's connections open),
+  worker registered, LISTEN established, then claiming. ``READY=1``
   is sent (and ``ready`` set) only once the worker listens and can claim; then
   ``WATCHDOG=1`` and ``STATUS=`` lines follow from the event loop until it stops.
 - A database the worker can wait out (db.is_transient: the server away, the database
@@ -38,9 +39,11 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import anyio
+import asyncpg
 from anyio.abc import TaskStatus
 
 from listener import db, gctune
@@ -61,9 +64,9 @@ from listener.maintenance.retention import Pruner
 from listener.maintenance.sampler import Sampler
 from listener.maintenance.schedules import Scheduler
 from listener.metrics import Metrics
-from listener.migrate import latest_version
 from listener.notifications import Listener
 from listener.outage import OutageLog
+from listener.paths import known_schema_version
 from listener.progress import ProgressWriter
 from listener.queries import QUERIES
 from listener.redact import display_dsn, redact, register_dsn
@@ -172,6 +175,8 @@ class Service:
         # Set when a migration that breaks this worker was applied under it.
         self._schema_broken: SchemaMismatchError | None = None
         self.session_settings = session_settings(s)
+        # The listener's first connection, opened while the schema is checked at start.
+        self._listen_conn: asyncpg.Connection | None = None
 
         metrics = self.metrics = Metrics(
             top_n_tenants=s.metrics_top_tenants, tenants_opt_in=s.metrics_tenants
@@ -268,7 +273,7 @@ class Service:
         self.scheduler = Scheduler(pool)
         self.schema_watch = SchemaWatch(
             pool,
-            known=latest_version(),
+            known=known_schema_version(),  # the newest migration's number, no file read
             interval=s.heartbeat_interval,
             on_breaking=self._stop_for_schema,
         )
@@ -359,6 +364,8 @@ class Service:
                 with anyio.CancelScope(shield=True):
                     await self._release(clean=clean)
         finally:
+            if self._listen_conn is not None:  # opened at start, never handed over
+                self._listen_conn.terminate()
             with anyio.CancelScope(shield=True):
                 await pool.close()
             self.sd.close()
@@ -371,15 +378,8 @@ class Service:
         while True:
             error: BaseException
             try:
-                try:
-                    conn = await self.pool.acquire()
-                except db.DATABASE_ERRORS as exc:
-                    raise db.unavailable(self.dsn, exc) from None
-                try:
-                    await self.schema_watch.check_at_start(conn)
-                finally:
-                    await self.pool.release(conn)
-                await self.heartbeat.register()
+                heartbeat_conn, self._listen_conn = await self._check_schema_while_connecting()
+                await self.heartbeat.register(heartbeat_conn)
             except DatabaseUnavailableError as exc:  # no connection to be had
                 if not exc.transient:
                     raise
@@ -392,6 +392,7 @@ class Service:
                 self._start_outage.succeeded()
                 return True
             self._start_outage.failed(error)
+            gctune.collect_while_waiting()
             delay = retry.next_delay()
             self.sd.starting(
                 f"waiting for the database: {self._start_outage.reason}",
@@ -401,6 +402,52 @@ class Service:
                 await self._stop_requested.wait()
             if self._stopping:
                 return False
+
+    async def _check_schema(self) -> None:
+        """The schema check at start, on a pool connection."""
+        try:
+            conn = await self.pool.acquire()
+        except db.DATABASE_ERRORS as exc:
+            raise db.unavailable(self.dsn, exc) from None
+        try:
+            await self.schema_watch.check_at_start(conn)
+        finally:
+            await self.pool.release(conn)
+
+    async def _check_schema_while_connecting(
+        self,
+    ) -> tuple[asyncpg.Connection, asyncpg.Connection]:
+        """The schema check, while the heartbeat's and the listener's connections open
+        (three connections set up at once rather than one after the other); those two
+        connections, once the schema is right. On an error (the schema check's first)
+        neither is left open."""
+        errors: dict[str, BaseException] = {}
+        opened: dict[str, asyncpg.Connection] = {}
+
+        async def attempt(name: str, step: Callable[[], Awaitable[object]]) -> None:
+            try:
+                result = await step()
+            except Exception as exc:  # noqa: BLE001 - raised below, after the others ended
+                errors[name] = exc
+            else:
+                if isinstance(result, asyncpg.Connection):
+                    opened[name] = result
+
+        ended = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(attempt, "schema", self._check_schema)
+                tg.start_soon(attempt, "heartbeat", self.heartbeat.open)
+                tg.start_soon(attempt, "listener", self.listener.open)
+            ended = True
+        finally:
+            if errors or not ended:  # an error, or cancelled: nothing is left open
+                for conn in opened.values():
+                    conn.terminate()
+        error = errors.get("schema") or errors.get("heartbeat") or errors.get("listener")
+        if error is not None:
+            raise error
+        return opened["heartbeat"], opened["listener"]
 
     async def _serve(self, task_status: TaskStatus[None]) -> None:
         s = self.settings
@@ -414,7 +461,8 @@ class Service:
 
         async with anyio.create_task_group() as background:
             await background.start(self.cancels.run)
-            await background.start(self.listener.run)
+            listen_conn, self._listen_conn = self._listen_conn, None
+            await background.start(partial(self.listener.run, opened=listen_conn))
             await background.start(self.sampler.run)
             await background.start(self.promoter.run)
             await background.start(self.heartbeat.run)

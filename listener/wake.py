@@ -1,39 +1,57 @@
 """A wake-up signal between loops: set by NOTIFY, promotions, freed slots; awaited with
 a timeout by the loop it wakes.
 
-Invariant: a ``set()`` that happens while nobody waits is not lost; the next ``wait``
-returns at once with the source of the first ``set()`` since the previous wait.
+Invariants:
+- A ``set()`` that happens while nobody waits is not lost; the next ``wait`` returns at
+  once with the source of the first ``set()`` since the previous wait.
+- One loop waits at a time. A wait that times out raises nothing: it is a future with a
+  timer, not a cancel scope, since the claim loop's pause between the claims of a
+  stream ends by timing out hundreds of times a second, and a cancellation costs more
+  than the rest of the wait.
 """
 
 from __future__ import annotations
 
-import anyio
+import asyncio
+import math
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Wake:
     """An auto-resetting event that remembers why it was set."""
 
+    __slots__ = ("_source", "_waiter")
+
     def __init__(self) -> None:
-        self._event = anyio.Event()
         self._source: str | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def set(self, source: str) -> None:
         """Wake the waiter (or the next one) and say why."""
         if self._source is None:
             self._source = source
-        self._event.set()
+        waiter = self._waiter
+        if waiter is not None:
+            _release(waiter)
 
     async def wait(self, timeout: float) -> str:
         """Wait until set or ``timeout`` seconds pass; return the source, or "poll"."""
-        if not self._event.is_set():
-            with anyio.move_on_after(timeout):
-                await self._event.wait()
-        if not self._event.is_set():
-            return "poll"
-        source = self._source or "poll"
-        self._event = anyio.Event()
-        self._source = None
-        return source
+        if self._source is None:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _release, waiter) if timeout < math.inf else None
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        source, self._source = self._source, None
+        return source or "poll"
 
 
 # The largest job id (pgwake.jobs.id is a bigint).

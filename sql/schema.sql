@@ -838,22 +838,22 @@ VALUES ('maintenance'), ('metrics'), ('promotion'), ('retention'), ('schedules')
 
 -- True when some session (this one included) waits to be woken by notifications of
 -- kind p_what (0: new jobs, 1: job events). Marks the calling transaction as one that
--- looked, for pgwake.start_waiting.
+-- looked, for pgwake.start_waiting. Plain SQL, every name schema-qualified, so that the
+-- planner inlines it (and pgwake.events_wanted) into the statements that call it.
 CREATE FUNCTION pgwake.someone_waits(p_what integer) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
-BEGIN
-    IF NOT pg_try_advisory_xact_lock_shared(1885828967, 100 + p_what) THEN
-        RETURN true;  -- held exclusively by a session that is not pgwake: notify
-    END IF;
-    IF current_setting('pgwake.waiting_' || p_what, true) = 'on' THEN
-        RETURN true;  -- this session waits (its own lock never conflicts with itself)
-    END IF;
-    IF pg_try_advisory_lock(1885828967, p_what) THEN
-        PERFORM pg_advisory_unlock(1885828967, p_what);
-        RETURN false;
-    END IF;
-    RETURN true;
-END;
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE
+        -- Held exclusively by a session that is not pgwake: notify.
+        WHEN NOT pg_catalog.pg_try_advisory_xact_lock_shared(
+                     1885828967, 100 OPERATOR(pg_catalog.+) p_what) THEN true
+        -- This session waits (its own lock never conflicts with itself).
+        WHEN pg_catalog.current_setting(pg_catalog.concat('pgwake.waiting_', p_what), true)
+             OPERATOR(pg_catalog.=) 'on' THEN true
+        -- Nobody holds the waiting lock: nobody waits.
+        WHEN pg_catalog.pg_try_advisory_lock(1885828967, p_what)
+             THEN NOT pg_catalog.pg_advisory_unlock(1885828967, p_what)
+        ELSE true
+    END;
 $$;
 
 -- Start waiting for notifications of kind p_what in this session: takes the session's
@@ -940,9 +940,12 @@ $$;
 -- Job events are sent only when job events are on for the session (pgwake.job_events)
 -- and some session follows them.
 CREATE FUNCTION pgwake.events_wanted() RETURNS boolean
-LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
-    SELECT coalesce(current_setting('pgwake.job_events', true), '') <> 'off'
-           AND pgwake.someone_waits(1);
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE
+        WHEN COALESCE(pg_catalog.current_setting('pgwake.job_events', true), '')
+             OPERATOR(pg_catalog.=) 'off' THEN false
+        ELSE pgwake.someone_waits(1)
+    END;
 $$;
 
 -- p_kind is kept for the callers' sake and not sent: a kind is text an application

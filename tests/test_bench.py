@@ -161,6 +161,7 @@ async def test_bench_throughput_latency_and_enqueue_smoke(server_dsn: str) -> No
         assert run["single_rows"] > 0
         assert run["bulk_rows"] == 300
         assert run["api_rows_per_s"] > 0
+        assert run["api_psycopg_rows_per_s"] > 0  # psycopg is in the test extra
     assert [r["finished"] for r in out["history"]] == [0, 2000]
     assert all(r["tenants"] == 40 and r["claims"] == 10 for r in out["history"])
     # The summary names every target whose workload ran.

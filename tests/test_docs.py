@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from listener.cli import app
+from listener.cli.app import app
 from listener.config import Settings, shown_default
 from listener.migrate import load_migrations
 from tests.support.paths import ROOT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 from datetime import timedelta
@@ -448,7 +447,7 @@ async def test_late_completion_from_a_worker_that_lost_the_job_changes_nothing(
         ["succeeded"],
         [0],
         [None],
-        [json.loads('{"stale": true}')],
+        ['{"stale": true}'],
         [None],
     )
     assert late == []
@@ -465,7 +464,7 @@ async def test_late_completion_from_a_worker_that_lost_the_job_changes_nothing(
         None,
     )
     done = await conn.fetch(
-        finish, new, [job_id], [2], ["succeeded"], [0], [None], [{"ok": 1}], [None]
+        finish, new, [job_id], [2], ["succeeded"], [0], [None], ['{"ok": 1}'], [None]
     )
     assert [r["id"] for r in done] == [job_id]
     assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id=$1", job_id) == "succeeded"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 from pydantic import BaseModel
@@ -169,6 +171,31 @@ async def test_wake_remembers_a_set_without_a_waiter() -> None:
     wake.set("reconnect")
     assert await wake.wait(10) == "notify"
     assert await wake.wait(0.01) == "poll"
+
+
+async def test_wake_wakes_its_waiter_and_a_cancelled_wait_leaves_nothing_behind() -> None:
+    wake = Wake()
+    got: list[str] = []
+    async with anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            got.append(await wake.wait(60))
+
+        tg.start_soon(waiter)
+        await anyio.sleep(0.01)
+        wake.set("slot")
+    assert got == ["slot"]
+    # A wait cancelled from outside ends with the cancellation, and the next set is
+    # kept for the next wait.
+    with anyio.move_on_after(0.01) as scope:
+        await wake.wait(60)
+    assert scope.cancelled_caught
+    wake.set("notify")
+    assert await wake.wait(60) == "notify"
+    # An infinite timeout waits for a set only.
+    with anyio.move_on_after(0.02) as scope:
+        await wake.wait(math.inf)
+    assert scope.cancelled_caught
 
 
 async def test_executor_fails_unknown_kinds_and_configuration_errors_without_retry() -> None:

@@ -28,8 +28,8 @@ import asyncpg
 import typer
 
 from listener import logs
-from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, fail, name_problem, payload_object
+from listener.cli.options import Database, JsonOpt, database_options
+from listener.cli.support import fail, name_problem, payload_object
 from listener.cli.terminal import shown
 from listener.enqueue import depends_on_literal, metadata_json, payload_json
 from listener.queries import QUERIES

@@ -34,10 +34,10 @@ import typer
 
 from listener import db, logs
 from listener.children import ChildJob, insert_children
-from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, fail, guard, name_problem, payload_object, run_async
+from listener.cli.options import Database, JsonOpt, database_options
+from listener.cli.serve import BUILTIN_HANDLERS
+from listener.cli.support import fail, guard, name_problem, payload_object, run_async
 from listener.cli.terminal import shown
-from listener.cli.worker import BUILTIN_HANDLERS
 from listener.crypto import load_keyring
 from listener.jobs import Job, Outcome, Status, storable_text
 from listener.oneshot import DEFAULT_TIMEOUT, Run, new_job, run_job

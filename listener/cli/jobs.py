@@ -31,8 +31,8 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, fail
+from listener.cli.options import Database, JsonOpt, database_options
+from listener.cli.support import fail
 from listener.cli.terminal import shown, shown_lines
 from listener.db import UndecodableJson
 from listener.jobs import FINISHED, Status

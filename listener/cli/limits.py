@@ -16,8 +16,8 @@ from typing import Annotated
 
 import typer
 
-from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, echo_result, fail
+from listener.cli.options import Database, JsonOpt, database_options
+from listener.cli.support import echo_result, fail
 from listener.cli.terminal import shown
 from listener.queries import QUERIES
 from listener.rates import Rate, RateError, format_rate, parse_rate

@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, fail, name_problem, payload_object
+from listener.cli.options import Database, JsonOpt, database_options
+from listener.cli.support import fail, name_problem, payload_object
 from listener.cli.terminal import shown
 from listener.maintenance.schedules import MISSED_POLICIES, check_schedule
 from listener.queries import QUERIES

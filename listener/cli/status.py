@@ -44,8 +44,8 @@ from typing import Annotated
 import asyncpg
 import typer
 
-from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, fail, with_connection
+from listener.cli.options import Database, JsonOpt, database_options
+from listener.cli.support import fail, with_connection
 from listener.cli.terminal import shown
 from listener.config import Settings
 from listener.jobs import ACTIVE, FINISHED

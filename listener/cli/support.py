@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg
-import typer
 
 from listener import db, logs
 from listener.cli.terminal import shown
@@ -33,12 +33,13 @@ from listener.redact import redact
 T = TypeVar("T")
 
 
-def fail(message: str, code: int, *, log_format: LogFormat | None = None) -> typer.Exit:
+def fail(message: str, code: int, *, log_format: LogFormat | None = None) -> SystemExit:
     """Print ``message`` as an error (a JSON line when the log format, ``log_format`` or
-    the one configured, is ``json``: listener/logs.py); return the Exit to raise."""
+    the one configured, is ``json``: listener/logs.py); return the exit to raise (a
+    ``SystemExit``, so that ``pgwake run`` needs no typer to fail: listener/cli/quick.py)."""
     line = f"pgwake: error: {shown(redact(message))}"
     logs.report_error(message, code, line, fmt=log_format)
-    return typer.Exit(code)
+    return SystemExit(code)
 
 
 @contextlib.contextmanager
@@ -51,8 +52,10 @@ def database(settings: Settings, *, announce: bool) -> Iterator[str]:
     from listener.embedded import embedded_postgres  # noqa: PLC0415 - only without a DSN
 
     if announce:
-        typer.echo(
-            f"pgwake: no DSN given; using the embedded PostgreSQL in {settings.data_dir}", err=True
+        print(  # a line for whoever started it, not a log line
+            f"pgwake: no DSN given; using the embedded PostgreSQL in {settings.data_dir}",
+            file=sys.stderr,
+            flush=True,
         )
     with contextlib.ExitStack() as stack:
         try:
@@ -106,11 +109,10 @@ async def migrate_dsn(dsn: str) -> tuple[list[str], int]:
         await conn.close()
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-
-
 def echo_result(data: Any, as_json: bool, text: str) -> None:
     """Print a command's result: ``data`` as JSON with ``--json``, else ``text``."""
+    import typer  # noqa: PLC0415 - not on the way of `pgwake run`
+
     typer.echo(json.dumps(data, default=str) if as_json else text)
 
 

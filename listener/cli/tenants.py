@@ -19,8 +19,8 @@ import asyncpg
 import typer
 
 from listener.cli.limits import rate_option, rate_shown
-from listener.cli.options import Database, database_options
-from listener.cli.support import JsonOpt, echo_result, fail
+from listener.cli.options import Database, JsonOpt, database_options
+from listener.cli.support import echo_result, fail
 from listener.cli.terminal import shown
 from listener.crypto import NO_KEY_HINT, DecryptionError, Keyring, load_keyring
 from listener.dsn import SCHEMES, DsnError, parse_dsn

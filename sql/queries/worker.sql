@@ -832,7 +832,8 @@ RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_at
 -- $4 new status: succeeded, failed, cancelled, queued or scheduled (text[])
 -- $5 attempts to give back: 1 for a snooze or a put-back, else 0 (int[])
 -- $6 delay in seconds before the job runs again, NULL to keep run_at (float8[])
--- $7 result (jsonb[]), $8 error text (text[]; NULL keeps the previous error)
+-- $7 result as JSON text (text[], read as jsonb), $8 error text (text[]; NULL keeps the
+-- previous error)
 -- $6, $7 and $8 may each be NULL instead of an array of NULLs (unnest pads them).
 -- Returns the ids that were changed. When a finished job belongs to a tenant with a
 -- fleet-wide cap, it also wakes every worker (one NOTIFY): a slot of that tenant is
@@ -846,9 +847,9 @@ UPDATE pgwake.jobs AS j
                      ELSE now() + make_interval(secs => u.delay) END,
        finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN now() END,
        claimed_by = NULL,
-       result = u.result,
+       result = u.result::jsonb,
        last_error = coalesce(u.error, j.last_error)
-  FROM unnest($2::bigint[], $3::int[], $4::text[], $5::int[], $6::float8[], $7::jsonb[],
+  FROM unnest($2::bigint[], $3::int[], $4::text[], $5::int[], $6::float8[], $7::text[],
               $8::text[]) AS u(id, attempt, status, refund, delay, result, error)
  WHERE j.id = ANY ($2::bigint[]) AND j.id = u.id
    -- j.id = ANY ($2) makes the rows primary-key probes: as a plain join on u.id the

@@ -11,8 +11,9 @@ of the NOTIFY (and of the job events, one NOTIFY per row) is visible; no worker 
   application enqueuing a batch does: rows/s of that statement, median of 5.
 - ``api``: the same jobs through the Python API's ``enqueue_many`` (listener/enqueue.py,
   ``NewJob`` objects in, ids out, on a plain asyncpg connection), the same 5 times,
-  each right after a ``bulk`` statement: rows/s, median of 5, the time to turn the
-  objects into arrays included.
+  each right after a ``bulk`` statement: rows/s, median of 5, the time to encode the
+  objects included; and on a psycopg 3 connection too when psycopg is installed (it
+  is not a dependency of pgwake; the test extra installs it).
 
 Invariant: the trigger is disabled only in the benchmark's own database (``ALTER TABLE
 ... DISABLE TRIGGER``), never anywhere else.
@@ -24,6 +25,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import asyncpg
@@ -49,6 +51,8 @@ class EnqueueRun:
     bulk_rows: int
     bulk_rows_per_s: float
     api_rows_per_s: float
+    # None when psycopg is not installed.
+    api_psycopg_rows_per_s: float | None = None
 
 
 def _session(events: bool) -> dict[str, str]:
@@ -78,11 +82,23 @@ async def _single(dsn: str, *, connections: int, seconds: float, events: bool) -
     return sum(counts)
 
 
-async def _bulk(dsn: str, *, rows: int, events: bool) -> tuple[float, float]:
-    """Rows/s of one INSERT of ``rows`` jobs, and of ``enqueue_many`` of as many (medians
-    of BULK_STATEMENTS, taken in turns)."""
+async def _psycopg(dsn: str, events: bool) -> Any:
+    """An autocommit psycopg 3 connection, as an application opens one; None without
+    psycopg."""
+    try:
+        import psycopg  # noqa: PLC0415 - optional
+    except ImportError:
+        return None
+    options = "" if events else "-c pgwake.job_events=off"
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, options=options)
+
+
+async def _bulk(dsn: str, *, rows: int, events: bool) -> tuple[float, float, float | None]:
+    """Rows/s of one INSERT of ``rows`` jobs, and of ``enqueue_many`` of as many on
+    asyncpg and psycopg (medians of BULK_STATEMENTS, taken in turns)."""
     conn = await db.connect(dsn, session_settings=_session(events))
     app = await asyncpg.connect(dsn, server_settings=_session(events))
+    papp = await _psycopg(dsn, events)
     try:
         stmt = await conn.prepare(BENCH_QUERIES["job_enqueue_arrays"])
         tenants = [f"bench-t{i % 10}" for i in range(rows)]
@@ -90,6 +106,7 @@ async def _bulk(dsn: str, *, rows: int, events: bool) -> tuple[float, float]:
         jobs = [NewJob("noop", {"n": i}, tenant=f"bench-t{i % 10}") for i in range(rows)]
         rates: list[float] = []
         api_rates: list[float] = []
+        psycopg_rates: list[float] = []
         for _ in range(BULK_STATEMENTS):
             began = time.perf_counter()
             await stmt.fetch(tenants, "noop", payloads)
@@ -97,10 +114,20 @@ async def _bulk(dsn: str, *, rows: int, events: bool) -> tuple[float, float]:
             began = time.perf_counter()
             await enqueue_many(app, jobs)
             api_rates.append(rows / (time.perf_counter() - began))
+            if papp is not None:
+                began = time.perf_counter()
+                await enqueue_many(papp, jobs)
+                psycopg_rates.append(rows / (time.perf_counter() - began))
     finally:
+        if papp is not None:
+            await papp.close()
         await app.close()
         await conn.close()
-    return statistics.median(rates), statistics.median(api_rates)
+    return (
+        statistics.median(rates),
+        statistics.median(api_rates),
+        statistics.median(psycopg_rates) if psycopg_rates else None,
+    )
 
 
 async def enqueue_run(
@@ -116,7 +143,7 @@ async def enqueue_run(
             finally:
                 await conn.close()
         single = await _single(dsn, connections=connections, seconds=seconds, events=events)
-        bulk, api = await _bulk(dsn, rows=rows, events=events)
+        bulk, api, api_psycopg = await _bulk(dsn, rows=rows, events=events)
     return EnqueueRun(
         trigger=trigger,
         events=events,
@@ -127,6 +154,7 @@ async def enqueue_run(
         bulk_rows=rows,
         bulk_rows_per_s=round(bulk),
         api_rows_per_s=round(api),
+        api_psycopg_rows_per_s=None if api_psycopg is None else round(api_psycopg),
     )
 
 
@@ -155,13 +183,14 @@ def render_enqueue(runs: Sequence[EnqueueRun]) -> str:
     lines = [
         (
             f"{'trigger':<7} {'events':<6} {'single-row inserts/s':>20} {'(connections)':>13} "
-            f"{'bulk rows/s':>12} {'(rows)':>7} {'enqueue_many rows/s':>19}"
+            f"{'bulk rows/s':>12} {'(rows)':>7} {'enqueue_many rows/s':>19} {'(psycopg)':>9}"
         )
     ]
     lines += [
         f"{'on' if r.trigger else 'off':<7} {'on' if r.events else 'off':<6} "
         f"{r.single_rows_per_s:>20g} {r.connections:>13} {r.bulk_rows_per_s:>12g} {r.bulk_rows:>7}"
         f" {r.api_rows_per_s:>19g}"
+        f" {'-' if r.api_psycopg_rows_per_s is None else f'{r.api_psycopg_rows_per_s:g}':>9}"
         for r in runs
     ]
     return "\n".join(lines)

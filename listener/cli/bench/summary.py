@@ -110,6 +110,17 @@ def check(results: dict[str, Sequence[Any]]) -> list[Check]:
                 share >= ENQUEUE_API_SHARE,
             )
         )
+        if on.api_psycopg_rows_per_s is not None:
+            share = on.api_psycopg_rows_per_s / on.bulk_rows_per_s
+            checks.append(
+                Check(
+                    f"enqueue: enqueue_many of {on.bulk_rows} jobs on psycopg >= "
+                    f"{ENQUEUE_API_SHARE:g} x the one INSERT",
+                    f"{share:.2f} x ({on.api_psycopg_rows_per_s:g} vs "
+                    f"{on.bulk_rows_per_s:g} rows/s)",
+                    share >= ENQUEUE_API_SHARE,
+                )
+            )
     one = _by(results.get("scale", ()), "processes", 1)
     two = _by(results.get("scale", ()), "processes", 2)
     if one is not None and two is not None:
