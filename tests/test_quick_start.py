@@ -3,10 +3,6 @@ accepts, it parses as typer's ``run`` command does; what it refuses, typer parse
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +11,7 @@ import typer
 from listener.cli.app import app
 from listener.cli.options import SETTING_FLAGS
 from listener.cli.quick import parse_run
-from tests.support.paths import ROOT
+from tests.support.imports import probe
 
 
 def typer_parse(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -88,31 +84,10 @@ def test_every_option_of_run_is_known_to_the_quick_parser() -> None:
                 assert parse_run([flag, "1"] if param.secondary_opts == [] else [flag]), flag
 
 
-_PROBE = """
-import json, runpy, sys
-sys.argv = ["pgwake", *json.loads(sys.argv[1])]
-try:
-    runpy.run_module("listener", run_name="__main__")
-except SystemExit as exc:
-    print("\\nEXIT " + json.dumps(exc.code), file=sys.stderr)
-print("\\nMODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr)
-"""
-
-
-def test_run_that_fails_on_its_settings_imports_no_typer(tmp_path: Path) -> None:
+def test_run_that_fails_on_its_settings_imports_no_typer() -> None:
     """The quick start is the one taken: a bad setting stops ``pgwake run`` (exit 3,
     naming it) without typer ever imported."""
-    argv = ["run", "--dsn", "postgresql://postgres@127.0.0.1:1/x", "--concurrency", "0"]
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(argv)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    text, _, modules = done.stderr.rpartition("\nMODULES ")
-    assert "concurrency (from command line)" in text
-    assert "\nEXIT 3" in text
-    loaded = json.loads(modules)
-    assert not [name for name in loaded if name.split(".")[0] in ("typer", "click")]
+    probed = probe("run", "--dsn", "postgresql://postgres@127.0.0.1:1/x", "--concurrency", "0")
+    assert "concurrency (from command line)" in probed.stderr
+    assert "\nEXIT 3" in probed.stderr
+    assert not [name for name in probed.modules if name.split(".")[0] in ("typer", "click")]

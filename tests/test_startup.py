@@ -4,10 +4,6 @@ command is imported when it runs (listener/cli/lazy.py)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import typer
 
@@ -15,42 +11,18 @@ from listener.cli.app import Commands, app
 from listener.cli.lazy import load
 from listener.migrate import latest_version
 from listener.paths import known_schema_version
-from tests.support.paths import ROOT
-
-# What the command line imports, given argv: run in a fresh interpreter.
-_PROBE = """
-import json, runpy, sys
-sys.argv = ["pgwake", *json.loads(sys.argv[1])]
-try:
-    runpy.run_module("listener", run_name="__main__")
-except SystemExit as exc:
-    code = exc.code
-sys.stdout.flush()
-print("\\nMODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr)
-"""
+from tests.support.imports import probe
 
 # Never imported by `pgwake version` or `pgwake --help`.
 HEAVY = ("asyncpg", "pydantic", "pydantic_settings", "structlog", "anyio", "psycopg")
 HEAVY_OURS = ("listener.config", "listener.db", "listener.cli.bench", "listener.cli.options")
 
 
-def imported(*argv: str) -> tuple[str, set[str]]:
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(argv)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    _, _, modules = done.stderr.rpartition("\nMODULES ")
-    return done.stdout, set(json.loads(modules))
-
-
 @pytest.mark.parametrize("argv", [("version",), ("--help",), ("version", "--help")])
 def test_version_and_help_import_no_driver_models_or_benchmarks(argv: tuple[str, ...]) -> None:
-    output, modules = imported(*argv)
-    assert "pgwake" in output
+    probed = probe(*argv)
+    modules = probed.modules
+    assert "pgwake" in probed.stdout
     heavy = sorted(
         name for name in modules if name.split(".")[0] in HEAVY or name.startswith(HEAVY_OURS)
     )
@@ -59,7 +31,7 @@ def test_version_and_help_import_no_driver_models_or_benchmarks(argv: tuple[str,
 
 def test_a_command_imports_its_module_when_it_runs() -> None:
     """The probe can fail: a command that reaches the database does import the driver."""
-    _, modules = imported("jobs", "--help")
+    modules = probe("jobs", "--help").modules
     assert "listener.cli.jobs" in modules
     assert "asyncpg" in modules
     assert not any(name.startswith("listener.cli.bench") for name in modules)
