@@ -164,6 +164,7 @@ def readyz(port: int) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
             status: int = reply.status
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response's socket
         return exc.code
     except (urllib.error.URLError, TimeoutError):
         return 0

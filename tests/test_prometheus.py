@@ -42,6 +42,7 @@ from tests.support.grafana_queries import (
     panel_queries,
     variable_queries,
 )
+from tests.support.prometheus import get_json
 from tests.support.waiting import eventually
 from tests.support.workers import spawn_worker, stop_process, wait_ready
 
@@ -79,10 +80,7 @@ def prometheus_binary() -> str:
 
 def api(port: int, path: str, **params: str) -> Any:
     query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{port}/api/v1/{path}{query}", timeout=10
-    ) as resp:
-        body = json.load(resp)
+    body = get_json(port, f"/api/v1/{path}{query}")
     assert body["status"] == "success", body
     return body["data"]
 

@@ -13,6 +13,9 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
             return reply.status, reply.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        try:
+            return exc.code, exc.read().decode()
+        finally:
+            exc.close()  # it holds the response's socket
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         return 0, str(exc)

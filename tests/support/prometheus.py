@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -39,9 +40,21 @@ def free_port() -> int:
         return port
 
 
+def _open(request: str | urllib.request.Request) -> Any:
+    """urlopen, closing the response an HTTP error status comes with before raising:
+    callers that poll a server while it starts catch the error (an OSError), and an
+    HTTPError left open keeps its socket until the garbage collector finds it, when its
+    ResourceWarning fails whichever test is running then."""
+    try:
+        return urllib.request.urlopen(request, timeout=10)  # noqa: S310 - local http
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise
+
+
 def get_json(port: int, path: str) -> Any:
     """GET http://127.0.0.1:{port}{path}, as JSON."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+    with _open(f"http://127.0.0.1:{port}{path}") as resp:
         return json.load(resp)
 
 
@@ -53,7 +66,7 @@ def post_json(port: int, path: str, body: Any) -> None:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - http, built above
+    with _open(request) as resp:
         assert resp.status == 200, resp.status
 
 
