@@ -54,10 +54,13 @@ async def admin(server_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def sessions(conn: asyncpg.Connection, dsns: list[str]) -> dict[str, int]:
-    """Sessions per database among ``dsns`` (databases without one are left out)."""
+    """Client sessions per database among ``dsns`` (databases without one are left
+    out). Only client backends: an autovacuum worker visiting a tenant's database is
+    listed in pg_stat_activity with its name too, and is no connection of the pools."""
     rows = await conn.fetch(
         "SELECT datname, count(*) AS n FROM pg_stat_activity"
-        " WHERE datname = ANY($1::text[]) GROUP BY datname",
+        " WHERE datname = ANY($1::text[]) AND backend_type = 'client backend'"
+        " GROUP BY datname",
         [database_name(d) for d in dsns],
     )
     return {r["datname"]: r["n"] for r in rows}
