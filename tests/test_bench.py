@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import asyncpg
 
@@ -192,6 +195,23 @@ def test_bench_tables_name_each_workload(server_dsn: str) -> None:
     assert "drain >= 0.5 x the ceiling at batch 100" in done.stdout
 
 
+def test_raw_worker_refuses_bad_arguments() -> None:
+    """The raw-SQL reference worker of ``mixed`` exits non-zero, saying why, on an
+    unknown mode or without a DSN, before it connects anywhere."""
+    env = {k: v for k, v in os.environ.items() if k != "PGWAKE_DSN"}
+    cmd = [sys.executable, "-m", "listener.cli.bench.raw_worker"]
+    for args, extra, said in (
+        (["nosuch"], {"PGWAKE_DSN": "postgresql://127.0.0.1:1/x"}, "usage:"),
+        ([], {"PGWAKE_DSN": "postgresql://127.0.0.1:1/x"}, "usage:"),
+        (["two-writes"], {}, "PGWAKE_DSN is not set"),
+    ):
+        done = subprocess.run(
+            [*cmd, *args], check=False, env=env | extra, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode != 0, args
+        assert said in done.stderr, (args, done.stderr)
+
+
 def test_bench_unknown_workload() -> None:
     done = pgwake("bench", "nosuch")
     assert done.returncode == 2
@@ -258,10 +278,17 @@ async def test_bench_realistic_workloads_smoke(server_dsn: str) -> None:
     assert cases["idle-wake"]["jobs"] == 5
     assert cases["idle-wake"]["p50_ms"] <= cases["idle-wake"]["p99_ms"]
     mixed = {run["worker"]: run for run in results["mixed"]}
-    assert mixed[False]["inserted"] > 0
-    assert mixed[False]["start_p50_ms"] is None
-    assert mixed[True]["inserted"] > 0
-    assert mixed[True]["start_p50_ms"] <= mixed[True]["start_p99_ms"]
+    assert set(mixed) == {"none", "pgwake", "two-writes", "one-write"}
+    assert mixed["none"]["inserted"] > 0
+    assert mixed["none"]["start_p50_ms"] is None
+    assert mixed["none"]["share"] is None
+    for name in ("pgwake", "two-writes", "one-write"):
+        # Every job the producers committed started (the raw workers' too), and the
+        # share is the run's rate over the no-worker run's.
+        run = mixed[name]
+        assert run["inserted"] > 0, name
+        assert run["start_p50_ms"] <= run["start_p99_ms"], name
+        assert run["share"] == round(run["rows_per_s"] / mixed["none"]["rows_per_s"], 3), name
     (foreign,) = results["foreign-kinds"]
     assert foreign["tenants"] == 300
     assert foreign["jobs"] == 3

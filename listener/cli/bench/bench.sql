@@ -1,5 +1,6 @@
 -- Queries of `pgwake bench` only (listener/cli/bench/), never run by a worker: loading
--- and inspecting a benchmark's own database, and the raw-SQL ceiling. Loaded by
+-- and inspecting a benchmark's own database, the raw-SQL ceiling and the raw-SQL
+-- workers beside `mixed`'s producers. Loaded by
 -- listener/cli/bench/queries.py into BENCH_QUERIES, apart from the runtime QUERIES.
 --
 -- Same format and naming rule as sql/queries/*.sql (see listener/queries.py; names are
@@ -107,6 +108,46 @@ SELECT j.id, j.tenant_id, j.kind, j.payload
 -- The raw-SQL ceiling, second step: deletes the jobs bench_ceiling_claim took.
 -- $1 job ids (bigint[]).
 DELETE FROM pgwake.jobs WHERE id = ANY ($1::bigint[]);
+
+-- name: job_claim_raw
+-- The raw-SQL worker of `pgwake bench mixed`, first write (benchmarks only; no pgwake
+-- bookkeeping, no fairness): marks up to $2 queued jobs running, held by $1, as a
+-- durable claim must, and returns their ids.
+-- $1 claimant (uuid), $2 how many at most.
+UPDATE pgwake.jobs AS j
+   SET status = 'running', claimed_by = $1::uuid, attempts = j.attempts + 1,
+       started_at = clock_timestamp()
+  FROM (SELECT q.id FROM pgwake.jobs AS q
+         WHERE q.status = 'queued'
+         LIMIT $2::int
+           FOR UPDATE SKIP LOCKED) AS c
+ WHERE j.id = c.id
+RETURNING j.id;
+
+-- name: job_finish_raw
+-- The raw-SQL worker's second write: the jobs job_claim_raw took succeeded, with the
+-- time each started as its result (what job_list_started reads).
+-- $1 job ids (bigint[]).
+UPDATE pgwake.jobs
+   SET status = 'succeeded', claimed_by = NULL, finished_at = now(),
+       result = jsonb_build_object('started', extract(epoch FROM started_at))
+ WHERE id = ANY ($1::bigint[]) AND status = 'running';
+
+-- name: job_take_raw
+-- The raw-SQL worker with one write per job: up to $1 queued jobs go straight to
+-- succeeded, as if their handlers had run inside the claim. No job is ever seen
+-- running, so a crash could not tell a job that ran from one that did not: a bound on
+-- what a worker could save by not writing its claims, not a way to run jobs.
+-- $1 how many at most.
+UPDATE pgwake.jobs AS j
+   SET status = 'succeeded', attempts = j.attempts + 1, started_at = clock_timestamp(),
+       finished_at = clock_timestamp(),
+       result = jsonb_build_object('started', extract(epoch FROM clock_timestamp()))
+  FROM (SELECT q.id FROM pgwake.jobs AS q
+         WHERE q.status = 'queued'
+         LIMIT $1::int
+           FOR UPDATE SKIP LOCKED) AS c
+ WHERE j.id = c.id;
 
 -- name: job_exists_active
 -- Whether any job is still waiting, scheduled, queued or running: one probe of each

@@ -15,7 +15,10 @@ beside it, and tenants whose jobs it does not handle.
 - ``mixed``: 8 producers insert single jobs as fast as they can for some seconds while
   one worker (default settings) runs them: the start latency of their jobs (producer's
   clock after commit to the handler's first line, p50 and p99) and their insert rate,
-  beside the same producers' rate with no worker running.
+  beside the same producers' rate with no worker running, and beside the two raw-SQL
+  reference workers of raw_worker.py (two writes per job, as a crash-safe queue must;
+  one write, the bound of not writing claims), so that what the machine allows is
+  measured in the same rounds.
 - ``foreign-kinds``: 10,000 tenants hold one job each of a kind the worker has no
   handler for; jobs of a handled kind are then committed one at a time, each in one of
   those tenants, while the worker (default settings) idles: their start latency.
@@ -26,10 +29,15 @@ real ``pgwake run`` processes, and the figures are medians over interleaved roun
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 
 import anyio
 import asyncpg
@@ -48,6 +56,7 @@ from listener.cli.bench.common import (
 from listener.cli.bench.fairness import fairness_run
 from listener.cli.bench.latency import latency_run
 from listener.cli.bench.queries import BENCH_QUERIES
+from listener.errors import PgwakeError
 
 TRICKLE_JOBS = 20
 TRICKLE_INTERVAL = 0.1
@@ -254,17 +263,26 @@ def render_defaults(runs: Sequence[DefaultsRun]) -> str:
     return "\n".join(lines)
 
 
+# What runs the producers' jobs in ``mixed``: nothing, a pgwake worker with the defaults,
+# or one of the raw-SQL reference workers (raw_worker.py).
+MIXED_WORKERS = ("none", "pgwake", "two-writes", "one-write")
+
+
 @dataclass(frozen=True, slots=True)
 class MixedRun:
-    """Producers inserting single jobs, with a worker running them or none."""
+    """Producers inserting single jobs, with a worker running them or none.
 
-    worker: bool
+    ``share`` is the producers' rate as a share of their rate with no worker (the
+    medians of the same rounds); ``None`` for the run with no worker."""
+
+    worker: str
     producers: int
     seconds: float
     inserted: int
     rows_per_s: float
     start_p50_ms: float | None
     start_p99_ms: float | None
+    share: float | None = None
 
 
 async def _produce(dsn: str, *, producers: int, seconds: float) -> dict[int, float]:
@@ -290,14 +308,44 @@ async def _produce(dsn: str, *, producers: int, seconds: float) -> dict[int, flo
     return committed
 
 
-async def mixed_run(server_dsn: str, worker: bool, *, producers: int, seconds: float) -> MixedRun:
-    """One run with a worker (default settings) running the producers' jobs, or none."""
+@asynccontextmanager
+async def _running(dsn: str, worker: str) -> AsyncIterator[None]:
+    """The worker ``worker`` names, running on ``dsn`` for the duration."""
+    if worker == "pgwake":
+        async with worker_processes(dsn, handlers=BENCH_HANDLERS):
+            yield
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
+    env["PGWAKE_DSN"] = dsn  # not on the command line: the process list shows that
+    proc = subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; it runs on its own
+        [sys.executable, "-m", "listener.cli.bench.raw_worker", worker],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        # Its first line says it is connected: the producers start only then, as they
+        # do only once a pgwake worker is registered.
+        if await anyio.to_thread.run_sync(proc.stdout.readline) != b"ready\n":
+            raise PgwakeError(f"the raw-SQL worker ({worker}) did not start")
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def mixed_run(server_dsn: str, worker: str, *, producers: int, seconds: float) -> MixedRun:
+    """One run with ``worker`` (one of MIXED_WORKERS) running the producers' jobs."""
+    waits: list[float] = []
     async with bench_database(server_dsn) as dsn:
-        if not worker:
+        if worker == "none":
             committed = await _produce(dsn, producers=producers, seconds=seconds)
-            waits: list[float] = []
         else:
-            async with worker_processes(dsn, handlers=BENCH_HANDLERS):
+            async with _running(dsn, worker):
                 committed = await _produce(dsn, producers=producers, seconds=seconds)
                 conn = await db.connect(dsn)
                 try:
@@ -318,12 +366,17 @@ async def mixed_run(server_dsn: str, worker: bool, *, producers: int, seconds: f
 
 
 async def mixed(server_dsn: str, *, producers: int, seconds: float, repeat: int) -> list[MixedRun]:
-    """Without and with a worker, ``repeat`` interleaved rounds, medians."""
-    return await interleaved_medians(
-        (False, True),
+    """No worker, pgwake's, and the raw-SQL references, ``repeat`` interleaved rounds,
+    medians; each with its share of the no-worker rate."""
+    runs = await interleaved_medians(
+        MIXED_WORKERS,
         repeat,
         lambda worker: mixed_run(server_dsn, worker, producers=producers, seconds=seconds),
     )
+    alone = next(r.rows_per_s for r in runs if r.worker == "none")
+    return [
+        r if r.worker == "none" else replace(r, share=round(r.rows_per_s / alone, 3)) for r in runs
+    ]
 
 
 def render_mixed(runs: Sequence[MixedRun]) -> str:
@@ -332,9 +385,13 @@ def render_mixed(runs: Sequence[MixedRun]) -> str:
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:g}"
 
-    lines = [f"{'worker':<6} {'producers':>9} {'rows/s':>8} {'start p50 ms':>12} {'p99 ms':>7}"]
+    head = (
+        f"{'worker':<10} {'producers':>9} {'rows/s':>8} {'share':>6} "
+        f"{'start p50 ms':>12} {'p99 ms':>7}"
+    )
+    lines = [head]
     lines += [
-        f"{'yes' if r.worker else 'no':<6} {r.producers:>9} {r.rows_per_s:>8g} "
+        f"{r.worker:<10} {r.producers:>9} {r.rows_per_s:>8g} {fmt(r.share):>6} "
         f"{fmt(r.start_p50_ms):>12} {fmt(r.start_p99_ms):>7}"
         for r in runs
     ]
