@@ -322,11 +322,11 @@ async def _running(dsn: str, worker: str) -> AsyncIterator[None]:
         env=env,
         stdout=subprocess.PIPE,
     )
+    said = proc.stdout
     try:
-        assert proc.stdout is not None
         # Its first line says it is connected: the producers start only then, as they
         # do only once a pgwake worker is registered.
-        if await anyio.to_thread.run_sync(proc.stdout.readline) != b"ready\n":
+        if said is None or await anyio.to_thread.run_sync(said.readline) != b"ready\n":
             raise PgwakeError(f"the raw-SQL worker ({worker}) did not start")
         yield
     finally:
@@ -336,6 +336,8 @@ async def _running(dsn: str, worker: str) -> AsyncIterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if said is not None:
+            said.close()
 
 
 async def mixed_run(server_dsn: str, worker: str, *, producers: int, seconds: float) -> MixedRun:
