@@ -68,6 +68,7 @@ def exported_samples() -> set[str]:
     metrics.set_workers(1, 0.0, [("id", "host", 1, 0.0)])
     metrics.set_queue([], ["k"])
     metrics.set_tenant_backlog([], 0)
+    metrics.set_rate_limited([])
     names = set()
     for family in metrics.registry.collect():
         names |= {sample.name for sample in family.samples}
