@@ -120,6 +120,29 @@ async def bench_database(server_dsn: str, *, fifo_index: bool = False) -> AsyncI
         await admin.close()
 
 
+def child_env(dsn: str) -> dict[str, str]:
+    """The environment of a benchmark's child process: the caller's without its
+    ``PGWAKE_`` variables, and the database's DSN in ``PGWAKE_DSN`` (never on the
+    command line, which the process list shows)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
+    env["PGWAKE_DSN"] = dsn
+    return env
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process still running (a worker drains as in production), wait up
+    to a minute for each, and kill any still left."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextlib.asynccontextmanager
 async def worker_processes(
     dsn: str, count: int = 1, *, expect_registered: int | None = None, **settings: Any
@@ -128,8 +151,8 @@ async def worker_processes(
     drains as in production); on entry, wait until ``expect_registered`` workers
     (default ``count``) are registered in all. ``settings`` become ``PGWAKE_``
     variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
-    env |= {"PGWAKE_DSN": dsn, "PGWAKE_LOG_LEVEL": "error", "PGWAKE_METRICS_ADDR": "127.0.0.1:0"}
+    env = child_env(dsn)
+    env |= {"PGWAKE_LOG_LEVEL": "error", "PGWAKE_METRICS_ADDR": "127.0.0.1:0"}
     for key, value in settings.items():
         env[f"PGWAKE_{key.upper()}"] = str(value)
     procs = [
@@ -151,15 +174,7 @@ async def worker_processes(
             await conn.close()
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
 
 
 async def wait_all_finished(conn: asyncpg.Connection, total: int, timeout: float) -> None:

@@ -29,9 +29,7 @@ real ``pgwake run`` processes, and the figures are medians over interleaved roun
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -46,9 +44,11 @@ from listener import db
 from listener.cli.bench.common import (
     BENCH_HANDLERS,
     bench_database,
+    child_env,
     interleaved_medians,
     ms,
     percentile,
+    stop_processes,
     wait_all_finished,
     wait_queue_empty,
     worker_processes,
@@ -315,11 +315,9 @@ async def _running(dsn: str, worker: str) -> AsyncIterator[None]:
         async with worker_processes(dsn, handlers=BENCH_HANDLERS):
             yield
         return
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWAKE_")}
-    env["PGWAKE_DSN"] = dsn  # not on the command line: the process list shows that
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; it runs on its own
         [sys.executable, "-m", "listener.cli.bench.raw_worker", worker],
-        env=env,
+        env=child_env(dsn),
         stdout=subprocess.PIPE,
     )
     said = proc.stdout
@@ -330,12 +328,7 @@ async def _running(dsn: str, worker: str) -> AsyncIterator[None]:
             raise PgwakeError(f"the raw-SQL worker ({worker}) did not start")
         yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_processes([proc])
         if said is not None:
             said.close()
 
