@@ -11,8 +11,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -20,6 +18,7 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.support.http import http_get
 from tests.support.private_server import (
     PrivateServer,
     connect_when_up,
@@ -160,15 +159,8 @@ def packets_dropped(port: int) -> Iterator[None]:
 
 
 def readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-            status: int = reply.status
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the response's socket
-        return exc.code
-    except (urllib.error.URLError, TimeoutError):
-        return 0
-    return status
+    """The status of /readyz (0 when the server cannot be reached)."""
+    return http_get(port, "/readyz", timeout=2)[0]
 
 
 @pytest.mark.skipif(
