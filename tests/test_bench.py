@@ -197,7 +197,8 @@ def test_bench_tables_name_each_workload(server_dsn: str) -> None:
 
 def test_raw_worker_refuses_bad_arguments() -> None:
     """The raw-SQL reference worker of ``mixed`` exits non-zero, saying why, on an
-    unknown mode or without a DSN, before it connects anywhere."""
+    unknown mode or without a DSN (before it connects anywhere), and on a database it
+    cannot reach, without the DSN's password."""
     env = {k: v for k, v in os.environ.items() if k != "PGWAKE_DSN"}
     cmd = [sys.executable, "-m", "listener.cli.bench.raw_worker"]
     for args, extra, said in (
@@ -210,6 +211,19 @@ def test_raw_worker_refuses_bad_arguments() -> None:
         )
         assert done.returncode != 0, args
         assert said in done.stderr, (args, done.stderr)
+    # A database it cannot reach: it exits non-zero, and the DSN's password, given in
+    # the environment only, appears nowhere in what it says.
+    done = subprocess.run(
+        [*cmd, "two-writes"],
+        check=False,
+        env=env | {"PGWAKE_DSN": "postgresql://u:s3cret-pw@127.0.0.1:1/x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "cannot connect to postgresql://u:***@127.0.0.1:1/x" in done.stderr, done.stderr
+    assert "s3cret-pw" not in done.stdout + done.stderr
 
 
 def test_bench_unknown_workload() -> None:
