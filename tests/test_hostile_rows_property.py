@@ -467,13 +467,7 @@ async def test_generated_job_rows_never_stop_the_worker(dsn: str, conn: asyncpg.
             await anyio.to_thread.run_sync(try_row)
             beside.stop.set()
         await eventually(beside.ordinary_done, timeout=60)
-        await eventually(lambda: _generated_settled(conn, list(accepted)), timeout=120)
-        rows = await conn.fetch(
-            """SELECT id, kind, status, attempts, last_error, payload::text AS payload,
-                      run_at <= now() AS due
-                 FROM pgwake.jobs WHERE id = ANY($1)""",
-            list(accepted),
-        )
+        (rows,) = await eventually(lambda: _settled_rows(conn, list(accepted)), timeout=120)
         assert proc.poll() is None, "the worker exited"
     finally:
         code, _ = stop_process(proc, timeout=60)
@@ -493,15 +487,25 @@ async def test_generated_job_rows_never_stop_the_worker(dsn: str, conn: asyncpg.
     )
 
 
-async def _generated_settled(conn: asyncpg.Connection, ids: list[int]) -> bool:
-    """No due job of a handled kind among ``ids`` is left unfinished."""
-    left = await conn.fetchval(
-        "SELECT count(*) FROM pgwake.jobs WHERE id = ANY($1) AND kind = ANY($2) "
-        "AND run_at <= now() AND status NOT IN ('succeeded', 'failed', 'cancelled')",
+async def _settled_rows(
+    conn: asyncpg.Connection, ids: list[int]
+) -> tuple[list[asyncpg.Record], ...]:
+    """The rows of ``ids`` once no due job of a handled kind among them is unfinished.
+
+    Whether a job is due and whether it has finished are read in one statement,
+    so one snapshot and one ``now()``: a job inserted to run a few hundred
+    milliseconds later cannot be read as not due by the wait and as due by the
+    check. The rows come back wrapped in a tuple, which is true even when they
+    are none; while a job is left unfinished the tuple is empty, so false.
+    """
+    rows = await conn.fetch(
+        """SELECT id, kind, status, attempts, last_error, payload::text AS payload,
+                  run_at <= now() AS due
+             FROM pgwake.jobs WHERE id = ANY($1)""",
         ids,
-        list(HANDLED),
     )
-    return left == 0
+    unfinished = [r for r in rows if r["kind"] in HANDLED and r["due"] and r["status"] not in FINAL]
+    return () if unfinished else (rows,)
 
 
 def _check_job(row: asyncpg.Record) -> str:
@@ -588,14 +592,8 @@ async def test_generated_schedule_rows_never_stop_the_leader(
                 "SELECT id FROM pgwake.jobs WHERE unique_key LIKE 'schedule:%'"
             )
         ]
-        await eventually(lambda: _generated_settled(conn, enqueued), timeout=120)
+        (jobs,) = await eventually(lambda: _settled_rows(conn, enqueued), timeout=120)
         schedules = await conn.fetch("SELECT * FROM pgwake.schedules")
-        jobs = await conn.fetch(
-            """SELECT id, kind, status, attempts, last_error, payload::text AS payload,
-                      run_at <= now() AS due
-                 FROM pgwake.jobs WHERE id = ANY($1)""",
-            enqueued,
-        )
         assert proc.poll() is None, "the worker exited"
     finally:
         code, _ = stop_process(proc, timeout=60)
