@@ -171,3 +171,50 @@ async def test_lone_tenant_borrows_idle_slots_and_a_newcomer_starts_at_once(
 
 async def _equals(read: Any, value: int) -> bool:
     return bool(await read() == value)
+
+
+async def test_backlog_of_short_jobs_is_drained_in_full_claims_with_defaults(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    """With the default settings, a backlog of 20,000 jobs that return at once, over
+    10 tenants, is claimed in full claims (``claim_batch``, 1,000): once the worker
+    has timed a claim and a job, each claim is sent while the last one's jobs run and
+    takes as many as they free. Counted from the claims' own stamps (a claim's jobs
+    share its transaction's ``started_at``): at most 20 full claims, the two the worker
+    makes before it knows how long jobs take, and a few cut short (a job slowed by a
+    garbage collection makes the worker claim less ahead for a while).
+
+    Fails on 128f915: the jobs claimed ahead of free slots were as many as the runners
+    finish during one claim, so a full claim left room for only ``concurrency`` (32)
+    more: every claim of 1,000 was followed by one of 32, a round trip for 3% of the
+    jobs (about 40 claims in all), and the defaults drained at 0.7 x the widest
+    settings' rate.
+    """
+    registry = Registry()
+
+    @registry.handler("quick")
+    async def quick(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    async with running_worker(dsn, registry, poll_interval=3600):
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) "
+            "SELECT 'tenant-' || (i % 10), 'quick' FROM generate_series(1, 20000) AS i"
+        )
+        await conn.execute("ANALYZE pgwake.jobs")
+
+        async def drained() -> bool:
+            return await count_status(conn, "succeeded") == 20000
+
+        await eventually(drained, timeout=120)
+    sizes = [
+        r["n"]
+        for r in await conn.fetch(
+            "SELECT count(*) AS n FROM pgwake.jobs GROUP BY started_at ORDER BY started_at"
+        )
+    ]
+    small = [n for n in sizes if n <= 32]
+    # About 24 claims in all here; the behaviour it guards against made about 40,
+    # half of them of 32 jobs or fewer.
+    assert len(sizes) <= 30, sizes
+    assert len(small) <= 4, sizes
