@@ -13,8 +13,10 @@ Invariants:
   twice as many jobs as the runners finish during one claim (that many at most
   ``claim_batch``) are claimed ahead of free slots, and a tenant's share of claimed
   jobs grows in proportion, so the runners do not idle while the next claim runs and
-  each claim of a backlog is a full one (see ``_free``). Jobs that run longer than
-  ``concurrency`` claims take are claimed only for free slots.
+  each claim of a backlog is a full one (see ``_free``). A claim asks for no more than
+  the runners finish during one claim (at least ``concurrency``; ``_claim_size``), so
+  a job inserted meanwhile does not wait for a longer claim than it must. Jobs that
+  run longer than ``concurrency`` claims take are claimed only for free slots.
 - Claims only kinds in the registry, on one pool connection kept for the purpose
   (``KeptConnection``), so a claim is one round trip.
 - Claims with ``job_claim_plain`` while nothing but fairness decides (no rate limit
@@ -211,6 +213,13 @@ class Claimer:
         ledger = self.ledger
         return min(limit - ledger.in_flight, 2 * limit - ledger.in_flight - ledger.unacked)
 
+    def _claim_size(self) -> int:
+        """The most one claim asks for: what the runners finish during one claim (half
+        of ``_ahead``), at least ``concurrency``, at most ``claim_batch``. A claim
+        larger than what the runners need before the next one returns would take
+        longer, and a job inserted meanwhile would wait for it."""
+        return min(self._claim_batch, max(self._concurrency, self._ahead // 2))
+
     def _update_ahead(self, took: float) -> None:
         """Jobs to claim ahead of free slots, twice those the runners finish during one
         claim (see ``_free``), from the running averages (with a claim that took
@@ -339,7 +348,7 @@ class Claimer:
                 # couple of milliseconds to finish, so one claim fills many slots
                 # instead of one round trip per finished job.
                 await self._wait_for_slots(self._refill, self._refill_wait)
-            want = min(self._free(), self._claim_batch)
+            want = min(self._free(), self._claim_size())
             lone = self.shares.lone
             claimed, walk_cut_short, more = await self._claim(want)
             if claimed:
