@@ -9,6 +9,8 @@ from listener import db
 from listener.jobs import Status
 from listener.maintenance.retention import Pruner
 from listener.metrics import Metrics
+from listener.queries import QUERIES
+from tests.support.claims import register
 
 RETENTION = {Status.SUCCEEDED: 3600.0, Status.FAILED: 7200.0, Status.CANCELLED: 60.0}
 
@@ -81,3 +83,89 @@ async def test_prune_skips_while_another_worker_prunes(dsn: str, conn: asyncpg.C
         assert await Pruner(pool, Metrics(), RETENTION).prune() == 1
     finally:
         await pool.close()
+
+
+async def test_prune_deletes_the_windows_of_rate_limit_keys_idle_for_a_whole_period(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A rate limit key's row in pgwake.rate_windows goes once the key has started
+    nothing for its period and a second, is not full, and no claim holds it; a claim
+    makes it again, and the limit still holds. Rows of keys with a start (or a pruned
+    start) inside the period, a full key, a row a claim holds, and a row whose limit
+    cannot be found are kept.
+
+    Fails on 9075abe: no row of pgwake.rate_windows was ever deleted while its limit
+    existed, so a limit per tenant kept a row for every tenant it had ever served."""
+    await conn.execute(
+        "INSERT INTO pgwake.tenants (tenant_id, rate_limit, rate_period) "
+        "VALUES ('idle-t', 5, interval '1 hour'), ('busy-t', 5, interval '1 hour')"
+    )
+    await conn.execute(
+        "INSERT INTO pgwake.limits (kind, per_tenant, rate_limit, rate_period) "
+        "VALUES ('sync', true, 2, interval '1 minute'), ('bulk', false, 10, interval '1 minute')"
+    )
+    # (scope, kind, tenant, starts ago, pruned ago, full for, expected to survive);
+    # written after the limits, whose triggers reset the windows.
+    cases = [
+        ("tenant", "", "idle-t", "2 hours", None, None, False),
+        ("tenant", "", "busy-t", "30 minutes", None, None, True),
+        ("kind_tenant", "sync", "a", "5 minutes", None, None, False),
+        ("kind_tenant", "sync", "b", "10 seconds", None, None, True),
+        ("kind_tenant", "sync", "c", None, "30 seconds", None, True),
+        ("kind_tenant", "sync", "d", None, "5 minutes", None, False),
+        ("kind_tenant", "sync", "e", "5 minutes", None, "10 seconds", True),
+        ("kind_tenant", "sync", "held", "5 minutes", None, None, True),
+        ("kind", "bulk", "", "5 minutes", None, None, False),
+        # No tenant row, so no period to measure idleness by: kept.
+        ("tenant", "", "no-such-tenant", "2 hours", None, None, True),
+    ]
+    for scope, kind, tenant, ago, pruned, full, _ in cases:
+        await conn.execute(
+            "INSERT INTO pgwake.rate_windows "
+            "(scope, kind, tenant_id, started_at, started, pruned_until, full_until) "
+            "VALUES ($1, $2, $3, "
+            "CASE WHEN $4::text::interval IS NULL THEN '{}' ELSE ARRAY[now() - $4::text::interval] END, "
+            "CASE WHEN $4::text::interval IS NULL THEN '{}' ELSE ARRAY[1] END, "
+            "now() - $5::text::interval, now() + $6::text::interval)",
+            scope,
+            kind,
+            tenant,
+            ago,
+            pruned,
+            full,
+        )
+
+    async def keys() -> set[tuple[str, str, str]]:
+        rows = await conn.fetch("SELECT scope, kind, tenant_id FROM pgwake.rate_windows")
+        return {(r["scope"], r["kind"], r["tenant_id"]) for r in rows}
+
+    holder = await db.connect(dsn)
+    pool = await db.create_pool(dsn, size=2)
+    try:
+        async with holder.transaction():
+            # A claim serving the key holds its row.
+            await holder.execute(
+                "SELECT 1 FROM pgwake.rate_windows WHERE tenant_id = 'held' FOR NO KEY UPDATE"
+            )
+            await Pruner(pool, Metrics(), RETENTION, batch=2).prune()
+        assert await keys() == {(s, k, t) for s, k, t, _, _, _, survives in cases if survives}
+        # Released, and still idle: it goes at the next round.
+        await Pruner(pool, Metrics(), RETENTION, batch=2).prune()
+        assert ("kind_tenant", "sync", "held") not in await keys()
+    finally:
+        await pool.close()
+        await holder.close()
+    # A claim makes a deleted key's row again, and its limit holds.
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) SELECT 'a', 'sync' FROM generate_series(1, 5)"
+    )
+    worker = await register(conn)
+    for _ in range(3):
+        await conn.fetch(QUERIES["job_claim"], worker, ["sync"], 10, 1000, [], [], "")
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM pgwake.jobs WHERE tenant_id = 'a' AND status = 'running'"
+        )
+        == 2
+    )
+    assert ("kind_tenant", "sync", "a") in await keys()

@@ -14,6 +14,10 @@ Invariants:
 - With ``archive`` on, the rows are moved into pgwake.jobs_archive by the statement
   that deletes them (a job is in exactly one of the two tables), and archived jobs are
   deleted once archived for ``archived`` seconds, by the same rounds, in batches.
+- The same rounds delete the rate limits' windows (pgwake.rate_windows) of keys that
+  started nothing for a whole period and a second, in batches under the same lock:
+  such a row says nothing an empty one would not, and a claim creates it again on
+  first use, so a limit per tenant keeps no row for every tenant it ever served.
 """
 
 from __future__ import annotations
@@ -91,6 +95,24 @@ class Pruner:
             )
         if self._archive:
             await self._prune_archive()
+        await self._prune_rate_windows()
+        return total
+
+    async def _prune_rate_windows(self) -> int:
+        """Delete the windows of rate limit keys idle for a whole period, batch by
+        batch; return how many."""
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn:
+                row = await conn.fetchrow(QUERIES["limit_prune_windows"], self._batch)
+            assert row is not None
+            deleted: int = row["deleted"]
+            total += deleted
+            if not row["leader"] or deleted < self._batch:
+                break
+            await anyio.lowlevel.checkpoint()
+        if total:
+            self._log.info("pruned the windows of idle rate limit keys", keys=total)
         return total
 
     async def _prune_archive(self) -> None:

@@ -302,6 +302,48 @@ deleted AS (
 )
 SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS deleted;
 
+-- name: limit_prune_windows
+-- One batch of the rate limits' retention: deletes up to $1 rows of pgwake.rate_windows
+-- whose key has started nothing for a whole period and a second (every start it logs
+-- is older, and so is pruned_until), that are not full, and that no claim holds (SKIP
+-- LOCKED: a claim locks its keys' rows). Such a row tells a claim nothing an empty one
+-- would not: the key may start its whole limit, and pgwake.rate_free creates the row
+-- again on first use. Without this, a row stayed for every tenant that ever started a
+-- job under a per-tenant limit. A key's period is its tenant's (scope 'tenant') or its
+-- kind's limit's; a row whose limit is gone is deleted by the limits' trigger, and one
+-- left without a period is kept. Takes the retention lock as job_prune does; leader
+-- is false (and nothing is deleted) when another worker holds it.
+-- $1 batch size.
+WITH leader AS (
+    SELECT EXISTS (SELECT 1 FROM (SELECT l.name FROM pgwake.leaders AS l
+                                   WHERE l.name = 'retention'
+                                     FOR NO KEY UPDATE SKIP LOCKED) AS held) AS ok
+),
+doomed AS (
+    SELECT r.scope, r.kind, r.tenant_id
+      FROM pgwake.rate_windows AS r
+      LEFT JOIN pgwake.tenants AS t
+        ON r.scope = 'tenant' AND t.tenant_id = r.tenant_id
+      LEFT JOIN pgwake.limits AS k
+        ON r.scope <> 'tenant' AND k.kind = r.kind AND k.per_tenant = (r.scope = 'kind_tenant')
+     WHERE (SELECT ok FROM leader)
+       AND (r.full_until IS NULL OR r.full_until < now())
+       AND coalesce(r.pruned_until, '-infinity')
+           < now() - coalesce(t.rate_period, k.rate_period) - interval '1 second'
+       AND NOT EXISTS (SELECT 1 FROM unnest(r.started_at) AS s(at)
+                        WHERE s.at >= now() - coalesce(t.rate_period, k.rate_period)
+                                    - interval '1 second')
+     LIMIT $1::int
+       FOR UPDATE OF r SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM pgwake.rate_windows AS r
+     USING doomed AS d
+     WHERE (r.scope, r.kind, r.tenant_id) = (d.scope, d.kind, d.tenant_id)
+    RETURNING 1
+)
+SELECT (SELECT ok FROM leader) AS leader, (SELECT count(*)::int FROM deleted) AS deleted;
+
 -- name: leader_elect_schedules
 -- Takes the schedules lock (the 'schedules' row of pgwake.leaders) for the rest of the
 -- calling transaction: true for at most one worker at a time, which enqueues this
