@@ -124,8 +124,8 @@ async def test_prune_deletes_the_windows_of_rate_limit_keys_idle_for_a_whole_per
             "INSERT INTO pgwake.rate_windows "
             "(scope, kind, tenant_id, started_at, started, pruned_until, full_until) "
             "VALUES ($1, $2, $3, "
-            "CASE WHEN $4::text::interval IS NULL THEN '{}' ELSE ARRAY[now() - $4::text::interval] END, "
-            "CASE WHEN $4::text::interval IS NULL THEN '{}' ELSE ARRAY[1] END, "
+            "CASE WHEN $4::text IS NULL THEN '{}' ELSE ARRAY[now() - $4::text::interval] END, "
+            "CASE WHEN $4::text IS NULL THEN '{}' ELSE ARRAY[1] END, "
             "now() - $5::text::interval, now() + $6::text::interval)",
             scope,
             kind,
