@@ -10,6 +10,12 @@ Invariants:
   Whoever uses the value checks for it (the executor fails that one job for good).
 - The LISTEN connection is separate from the pool (see notifications.py); pool connections
   are only borrowed for one statement or one short transaction.
+- A transaction the worker's tasks open (:func:`transaction`) is rolled back before its
+  connection goes back to the pool, even when the task is cancelled inside it (the
+  shutdown): the rollback runs shielded from the cancellation, for at most
+  ``ROLLBACK_TIMEOUT`` seconds. Otherwise the cancellation, which anyio delivers again at
+  every await of the cancelled task, stopped the rollback too, and asyncpg reset the
+  connection with the transaction still open, logging it as an error.
 - :data:`DATABASE_ERRORS` is every error talking to PostgreSQL raises (the server's, the
   client library's, the network's, a timeout); :data:`CONNECTION_ERRORS` those of them
   that mean the connection failed, whatever the statement. Code that rides out a
@@ -24,12 +30,15 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+from collections.abc import AsyncIterator
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import asyncpg
 
 from listener.errors import DatabaseUnavailableError
@@ -178,6 +187,32 @@ def decode_json(text: str) -> Any:
         # runs Python, not for whoever reads last_error.
         reason = str(exc).split("; use ", 1)[0]
         return UndecodableJson(text, f"JSON Python cannot decode: {reason}")
+
+
+# Seconds the rollback of a transaction left by an error or a cancellation may take.
+ROLLBACK_TIMEOUT = 5.0
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: Any, **options: Any) -> AsyncIterator[None]:
+    """``conn.transaction(**options)`` (a connection or a pool's proxy of one) for the
+    block: committed when it ends, rolled back when it raises, and rolled back too when
+    its task is cancelled inside it, shielded from the cancellation (see the module's
+    invariants). A rollback that fails leaves the connection to the pool, which resets
+    or closes it."""
+    tx = conn.transaction(**options)
+    await tx.start()
+    try:
+        yield
+    except BaseException:
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(ROLLBACK_TIMEOUT),
+            contextlib.suppress(Exception),
+        ):
+            await tx.rollback()
+        raise
+    await tx.commit()
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

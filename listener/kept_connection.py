@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg
 
+from listener.db import transaction
+
 # Seconds a release may take (asyncpg resets the session on release); a connection
 # that does not answer by then is terminated.
 RELEASE_TIMEOUT = 5.0
@@ -55,7 +57,7 @@ class KeptConnection:
         if conn is None:
             conn = self._conn = await self._pool.acquire()
         try:
-            async with conn.transaction():
+            async with transaction(conn):
                 return await work(conn)
         except BaseException:
             await self.release()

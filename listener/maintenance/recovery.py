@@ -45,6 +45,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
+from listener.db import transaction
 from listener.jobs import Status
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_rounds
@@ -110,7 +111,7 @@ class Recoverer:
 
     async def round(self) -> Round:
         """One round: if this worker gets the maintenance lock, recover lost workers."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, transaction(conn):
             if not await conn.fetchval(QUERIES["leader_elect_maintenance"]):
                 return Round(leader=False)
             self._metrics.maintenance_rounds_led.inc()

@@ -34,7 +34,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from listener.db import is_transient
+from listener.db import is_transient, transaction
 from listener.jobs import Status
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_paced_rounds
@@ -167,7 +167,7 @@ class Sampler:
         """Take one sample of every database-derived gauge, in one snapshot, and record
         it for the fleet."""
         m = self._metrics
-        async with conn.transaction(isolation="repeatable_read"):
+        async with transaction(conn, isolation="repeatable_read"):
             await conn.execute(
                 QUERIES["leader_set_sample_timeout"], f"{int(self._timeout * 1000)}ms"
             )

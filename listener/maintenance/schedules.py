@@ -33,7 +33,7 @@ from anyio.abc import TaskStatus
 from asyncpg.pool import PoolConnectionProxy
 from cronsim import CronSim, CronSimError
 
-from listener.db import is_transient
+from listener.db import is_transient, transaction
 from listener.jobs import storable_text
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_rounds
@@ -109,7 +109,7 @@ class Scheduler:
     async def round(self) -> int | None:
         """One round; the number of jobs enqueued, or None when another worker leads."""
         enqueued = 0
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, transaction(conn):
             if not await conn.fetchval(QUERIES["leader_elect_schedules"]):
                 return None
             for row in await conn.fetch(QUERIES["schedule_list_due"]):
