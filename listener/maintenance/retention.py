@@ -98,31 +98,28 @@ class Pruner:
         await self._prune_rate_windows()
         return total
 
-    async def _prune_rate_windows(self) -> int:
+    async def _prune_rate_windows(self) -> None:
         """Delete the windows of rate limit keys idle for a whole period, batch by
-        batch; return how many."""
+        batch."""
+        total = await self._delete_in_batches(QUERIES["limit_prune_windows"], self._batch)
+        if total:
+            self._log.info("pruned the windows of idle rate limit keys", keys=total)
+
+    async def _prune_archive(self) -> None:
+        """Delete archived jobs past ``archived`` seconds, batch by batch."""
+        await self._delete_in_batches(QUERIES["job_prune_archived"], self._archived, self._batch)
+
+    async def _delete_in_batches(self, query: str, *args: object) -> int:
+        """Run ``query`` (one batch under the retention lock, returning ``leader`` and
+        ``deleted``; its last argument is the batch size) until a batch comes back
+        short or another worker holds the lock; return how many rows it deleted."""
         total = 0
         while True:
             async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(QUERIES["limit_prune_windows"], self._batch)
+                row = await conn.fetchrow(query, *args)
             assert row is not None
             deleted: int = row["deleted"]
             total += deleted
             if not row["leader"] or deleted < self._batch:
-                break
-            await anyio.lowlevel.checkpoint()
-        if total:
-            self._log.info("pruned the windows of idle rate limit keys", keys=total)
-        return total
-
-    async def _prune_archive(self) -> None:
-        """Delete archived jobs past ``archived`` seconds, batch by batch."""
-        while True:
-            async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(
-                    QUERIES["job_prune_archived"], self._archived, self._batch
-                )
-            assert row is not None
-            if not row["leader"] or row["deleted"] < self._batch:
-                return
+                return total
             await anyio.lowlevel.checkpoint()
