@@ -487,8 +487,10 @@ class Claimer:
             # notify a worker that is not waiting, so a pause would leave their jobs
             # waiting for it.
             return [], False, False
+        took = time.monotonic() - began
         self._outage.succeeded()
         self._metrics.claims.inc()
+        self._metrics.claim_duration.observe(took)
         if rows and rows[-1]["id"] is None and rows[-1].get("needs_full"):
             # A rate limit or a priority above 0 is in play: the full claim weighs it,
             # now and for FULL_CLAIM_HOLD seconds. (The plain claim took nothing then;
@@ -496,7 +498,7 @@ class Claimer:
             self._full_until = time.monotonic() + FULL_CLAIM_HOLD
             if len(rows) == 1:
                 return await self._claim(want)
-        self._update_ahead(time.monotonic() - began)
+        self._update_ahead(took)
         jobs: list[Job] = []
         cut_short = more = False
         walked = 0

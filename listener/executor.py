@@ -51,7 +51,7 @@ from listener.context import JobContext, TenantConnections
 from listener.db import UndecodableJson
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
 from listener.joblog import JobLog
-from listener.jobs import Job, Outcome, Status, job_context
+from listener.jobs import CURRENT_JOB, Job, Outcome, Status, job_context
 from listener.progress import JobProgress, ProgressSink
 from listener.redact import redact
 from listener.registry import Handler, Registry
@@ -64,6 +64,37 @@ MAX_RESULT_BYTES = 1_048_576
 # What json.dumps(result, allow_nan=False) does, made once: json.dumps builds a new
 # encoder for every call with an option.
 RESULT_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
+def _make_result_encoder() -> Callable[[Any], str]:
+    """``RESULT_ENCODER.encode``, or where CPython's C encoder is there, the same
+    encoding made once: ``encode`` builds that encoder again at every call, which costs
+    more than encoding a small result. It checks no cycles (a cyclic result raises
+    RecursionError, as one nested too deep does) and gives the same text."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return RESULT_ENCODER.encode
+    chunks = make(
+        None,  # no cycle markers
+        RESULT_ENCODER.default,
+        json.encoder.encode_basestring_ascii,
+        None,  # no indent
+        RESULT_ENCODER.key_separator,
+        RESULT_ENCODER.item_separator,
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def encode(result: Any) -> str:
+        if isinstance(result, str):
+            return RESULT_ENCODER.encode(result)
+        return "".join(chunks(result, 0))
+
+    return encode
+
+
+encode_result_json = _make_result_encoder()
 
 
 def _describe(exc: BaseException, *, with_traceback: bool, base: bool = False) -> str:
@@ -96,7 +127,7 @@ def _encode_result(result: Any) -> tuple[str | None, str | None]:
     if result is None:
         return None, None
     try:
-        encoded = RESULT_ENCODER.encode(result)
+        encoded = encode_result_json(result)
     except (TypeError, ValueError) as exc:
         return None, f"the handler's result is not JSON: {exc}"
     except RecursionError:
@@ -165,11 +196,15 @@ class Executor:
         timeout (and records ``timed_out`` when it strikes); a cancellation from outside
         propagates."""
         job_log = self._job_log
-        with job_context(job):
+        # job_context(job), inlined: this runs for every job.
+        token = CURRENT_JOB.set(job)
+        try:
             job_log.started(job)
             started = time.monotonic()
             outcome = await self._run(job)
             job_log.ended(outcome, started)
+        finally:
+            CURRENT_JOB.reset(token)
         return outcome
 
     def timed_out(self, job: Job, started: float) -> Outcome:

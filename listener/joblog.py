@@ -108,7 +108,7 @@ class JobLog:
 
     def started(self, job: Job) -> None:
         """``job``'s handler starts now."""
-        if self._admit("job started"):
+        if self._hot.info_enabled and self._admit("job started"):
             wait = (job.started_at - job.run_at).total_seconds()
             self._hot.info("job started", wait_seconds=round(max(wait, 0.0), _DIGITS))
 
@@ -116,6 +116,8 @@ class JobLog:
         """The attempt that started at ``started`` (``time.monotonic()``) ended with
         ``outcome``."""
         label = outcome.label
+        if label == "succeeded" and not self._hot.info_enabled:
+            return  # the one line it would write is dropped: build nothing
         # The records the handler reported (ctx.add_records), on every end line that has
         # them; none when it reported nothing.
         records: dict[str, object] = {} if outcome.records is None else {"records": outcome.records}

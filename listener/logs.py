@@ -302,6 +302,13 @@ class HotLogger:
         self._name = name
         self._fallback = get_logger(name)
 
+    @property
+    def info_enabled(self) -> bool:
+        """False when an info line would be dropped (JSON lines at a higher level), so
+        a caller can skip building it; True otherwise (the pipeline decides)."""
+        hot = _hot
+        return hot is None or hot.levelno <= logging.INFO
+
     def info(self, event: str, **fields: Any) -> None:
         """Log ``event`` at info."""
         hot = _hot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -16,7 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import listener
 from listener.api import JobContext, Registry
-from listener.metrics import LATENCY_BUCKETS, Metrics, observe_many
+from listener.cli.bench.common import slowest_bucket
+from listener.errors import PgwakeError
+from listener.metrics import CLAIM_BUCKETS, LATENCY_BUCKETS, Metrics, observe_many
 from tests.support.cli import pgwake
 from tests.support.http import http_get
 from tests.support.paths import ROOT
@@ -441,3 +444,65 @@ async def test_records_build_info_and_process_series_over_http(
         row = await conn.fetchrow("SELECT id::text, pid FROM pgwake.workers")
         assert labels["worker_id"] == row["id"]
         assert 0 <= samples[heartbeat] < 30
+
+
+async def test_every_claim_is_timed_and_the_bench_reads_the_slowest(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """pgwake_claim_duration_seconds counts exactly the claim statements
+    (pgwake_claims_total) with their time; the bench's reading of it (the lowest bucket
+    that holds every claim) is a bound the slowest claim stays under."""
+    registry = Registry()
+
+    @registry.handler("tick")
+    async def tick(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind) "
+        "SELECT 't' || (i % 7), 'tick' FROM generate_series(1, 300) AS i"
+    )
+    async with running_worker(dsn, registry, claim_batch=20) as service:
+        port = service.http.port
+        assert port
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 300 FROM pgwake.jobs WHERE status = 'succeeded'"
+            )
+        )
+        status, text = await anyio.to_thread.run_sync(http_get, port, "/metrics")
+        assert status == 200
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith(("pgwake_claim_duration_seconds", "pgwake_claims_total"))
+        and "le" not in s.labels
+    }
+    claims = samples["pgwake_claims_total"]
+    assert claims >= 300 / 20  # claims of at most 20 jobs
+    assert samples["pgwake_claim_duration_seconds_count"] == claims
+    assert samples["pgwake_claim_duration_seconds_sum"] > 0
+    slowest = slowest_bucket(text, "pgwake_claim_duration_seconds")
+    assert slowest in CLAIM_BUCKETS  # not +Inf: no claim took 30 s
+    # Every claim is at most that long, and the average is under it.
+    assert samples["pgwake_claim_duration_seconds_sum"] / claims <= slowest
+
+
+def test_slowest_bucket_reads_the_lowest_bucket_holding_every_observation() -> None:
+    registry = CollectorRegistry()
+    histogram = Histogram("h_seconds", "h", buckets=CLAIM_BUCKETS, registry=registry)
+
+    def read() -> float:
+        return slowest_bucket(generate_latest(registry).decode(), "h_seconds")
+
+    assert read() == 0.0  # nothing observed
+    for value in (0.0004, 0.012, 0.003):
+        histogram.observe(value)
+    assert read() == 0.015
+    histogram.observe(0.05)  # on a bound: that bucket holds it
+    assert read() == 0.05
+    histogram.observe(31.0)
+    assert read() == math.inf
+    with pytest.raises(PgwakeError, match="no other_seconds"):
+        slowest_bucket(generate_latest(registry).decode(), "other_seconds")

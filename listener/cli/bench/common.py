@@ -17,10 +17,12 @@ import json
 import math
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, fields
@@ -194,3 +196,41 @@ async def wait_queue_empty(conn: asyncpg.Connection, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise PgwakeError(f"benchmark jobs did not finish within {timeout:.0f}s")
         await anyio.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (for a worker's metrics)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def scrape(port: int) -> str:
+    """The Prometheus text a worker serves on ``127.0.0.1:port``."""
+
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text: str = reply.read().decode()
+            return text
+
+    return await anyio.to_thread.run_sync(get)
+
+
+def slowest_bucket(metrics: str, histogram: str) -> float:
+    """The upper bound (seconds) of the lowest bucket of ``histogram`` (an unlabelled
+    histogram in the Prometheus text ``metrics``) that holds every observation: the
+    slowest one took no longer. ``math.inf`` when only +Inf holds them all; 0.0 when
+    nothing was observed."""
+    buckets: list[tuple[float, float]] = []
+    prefix = f'{histogram}_bucket{{le="'
+    for line in metrics.splitlines():
+        if line.startswith(prefix):
+            bound, _, count = line[len(prefix) :].partition('"} ')
+            buckets.append((float(bound), float(count)))
+    if not buckets:
+        raise PgwakeError(f"the worker's metrics have no {histogram}")
+    total = max(count for _, count in buckets)
+    if total == 0:
+        return 0.0
+    return min(bound for bound, count in buckets if count == total)
