@@ -27,7 +27,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from listener.metrics import LATENCY_BUCKETS, Metrics
+from listener.metrics import CLAIM_BUCKETS, LATENCY_BUCKETS, Metrics
 from tests.support.grafana_queries import DASHBOARDS, load_dashboard, panels, substitute
 
 # The buckets before issue 17, for the comparison.
@@ -128,11 +128,13 @@ def exported_buckets(seconds: Sequence[float]) -> dict[str, list[tuple[str, floa
     for family in text_string_to_metric_families(text):
         if family.type != "histogram":
             continue
-        exposed[family.name] = [
+        samples = [
             (sample.labels["le"], sample.value)
             for sample in family.samples
             if sample.name.endswith("_bucket") and sample.labels.get("kind") == KIND
         ]
+        if samples:  # the histograms by kind (not the claim duration)
+            exposed[family.name] = samples
     return exposed
 
 
@@ -168,6 +170,29 @@ def test_the_exported_buckets_are_the_declared_ones() -> None:
         assert [(float(le), count) for le, count in samples] == buckets_of(
             LATENCY_BUCKETS, seconds
         ), name
+
+
+def test_the_claim_duration_buckets_are_exported_and_close_where_claims_are() -> None:
+    """pgwake_claim_duration_seconds exports CLAIM_BUCKETS: increasing, with steps of at
+    most 3 x, and no step wider than 25 ms up to 100 ms (claims of a backlog take a
+    few to a few tens of milliseconds, and 50 ms is a bound)."""
+    bounds = list(CLAIM_BUCKETS)
+    assert bounds == sorted(set(bounds))
+    assert all(b / a <= 3 for a, b in itertools.pairwise(bounds))
+    assert all(b - a <= 0.025 + 1e-12 for a, b in itertools.pairwise(bounds) if b <= 0.1)
+    assert 0.05 in bounds
+    metrics = Metrics()
+    for value in (0.0004, 0.012, 0.05, 0.3, 40.0):
+        metrics.claim_duration.observe(value)
+    text = generate_latest(metrics.registry).decode()
+    (family,) = (
+        f for f in text_string_to_metric_families(text) if f.name == "pgwake_claim_duration_seconds"
+    )
+    samples = [s for s in family.samples if s.name.endswith("_bucket")]
+    assert [float(s.labels["le"]) for s in samples] == [*bounds, math.inf]
+    assert [(float(s.labels["le"]), s.value) for s in samples] == buckets_of(
+        bounds, [0.0004, 0.012, 0.05, 0.3, 40.0]
+    )
 
 
 def test_buckets_span_sub_millisecond_to_hours_with_bounded_steps() -> None:
