@@ -43,9 +43,13 @@ async def run(dsn: str, mode: str) -> None:
     conn = await db.connect(dsn)
     try:
         claimant = uuid.uuid4()
-        claim = await conn.prepare(BENCH_QUERIES["job_claim_raw"])
-        finish = await conn.prepare(BENCH_QUERIES["job_finish_raw"])
-        take = await conn.prepare(BENCH_QUERIES["job_take_raw"])
+        # Only the statements of this mode are prepared: the session is the one a queue
+        # that runs them would have.
+        if mode == "one-write":
+            take = await conn.prepare(BENCH_QUERIES["job_take_raw"])
+        else:
+            claim = await conn.prepare(BENCH_QUERIES["job_claim_raw"])
+            finish = await conn.prepare(BENCH_QUERIES["job_finish_raw"])
         print("ready", flush=True)  # the benchmark starts its producers now
         while not stop.is_set():
             if mode == "one-write":
