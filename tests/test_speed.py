@@ -117,8 +117,8 @@ async def test_lone_tenant_borrows_idle_slots_and_a_newcomer_starts_at_once(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
     """With the defaults (concurrency 32, tenant_concurrency 8), a tenant alone with a
-    backlog runs 28 jobs at once: the idle slots but a reserve of 4 (an eighth). A
-    tenant that comes while those 28 still run starts on a reserved slot at once, and
+    backlog runs 30 jobs at once: the idle slots but a reserve of 2 (a sixteenth). A
+    tenant that comes while those 30 still run starts on the reserved slots at once, and
     the lone tenant takes no new slot while the newcomer has jobs ready.
 
     Fails on 8feecbc: a lone tenant never ran more than tenant_concurrency (8) jobs."""
@@ -144,21 +144,21 @@ async def test_lone_tenant_borrows_idle_slots_and_a_newcomer_starts_at_once(
         async def lone_running() -> int:
             return running.get("lone", 0)
 
-        await eventually(lambda: _equals(lone_running, 28))
+        await eventually(lambda: _equals(lone_running, 30))
         await conn.execute(
             "INSERT INTO pgwake.jobs (tenant_id, kind) "
-            "SELECT 'newcomer', 'hold' FROM generate_series(1, 3)"
+            "SELECT 'newcomer', 'hold' FROM generate_series(1, 2)"
         )
 
         async def newcomer_done() -> bool:
             return await conn.fetchval(
-                "SELECT count(*) = 3 FROM pgwake.jobs "
+                "SELECT count(*) = 2 FROM pgwake.jobs "
                 "WHERE tenant_id = 'newcomer' AND status = 'succeeded'"
             )
 
         await eventually(newcomer_done)
-        # The lone tenant's jobs never finished, so it still runs its 28 and no more.
-        assert running["lone"] == 28
+        # The lone tenant's jobs never finished, so it still runs its 30 and no more.
+        assert running["lone"] == 30
         release.set()
         await eventually(
             lambda: conn.fetchval(
