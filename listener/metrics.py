@@ -77,32 +77,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometh
 # bounds, so those comparisons are exact. 40 bounds: 43 series per kind per histogram per
 # worker (with +Inf, _sum and _count), bounded by the kinds a worker handles, never by
 # tenants or jobs.
-# The buckets of the claim duration histogram: a claim of a backlog takes a few to a few
-# tens of milliseconds (a claim of 1,000 jobs about 15 ms on two cores), so the bounds are
-# close from 1 ms to 100 ms, where a regression (a statement planned for an empty table:
-# half a second and more per claim) or a slow server would show, then coarse. 18 bounds:
-# 21 series per worker, whatever the kinds, tenants and jobs.
-CLAIM_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.015,
-    0.02,
-    0.03,
-    0.04,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-
 LATENCY_BUCKETS = (
     # Under a second: 1-2.5-5 steps.
     0.0005,
@@ -149,6 +123,33 @@ LATENCY_BUCKETS = (
     10800.0,
     14400.0,
 )
+
+# The buckets of the claim duration histogram: a claim of a backlog takes a few to a few
+# tens of milliseconds (a claim of 1,000 jobs about 15 ms on two cores), so the bounds are
+# close from 1 ms to 100 ms, where a regression (a statement planned for an empty table:
+# half a second and more per claim) or a slow server would show, then coarse. 18 bounds:
+# 21 series per worker, whatever the kinds, tenants and jobs.
+CLAIM_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
 OTHER_TENANTS = "_other"
 # Jobs of kinds no registered worker has a handler for are counted under this kind.
 UNHANDLED_KIND = "_unhandled"
