@@ -39,7 +39,7 @@ from anyio.abc import TaskStatus
 
 from listener.children import insert_children
 from listener.db import is_transient
-from listener.executor import RESULT_ENCODER
+from listener.executor import encode_result_json
 from listener.jobs import Outcome, Status, storable_text
 from listener.kept_connection import KeptConnection
 from listener.logs import get_logger
@@ -192,7 +192,7 @@ def _result_json(outcome: Outcome) -> str | None:
     result that is not JSON (the batch is then split, and the job fails alone)."""
     if outcome.result_json is not None or outcome.result is None:
         return outcome.result_json
-    return RESULT_ENCODER.encode(outcome.result)
+    return encode_result_json(outcome.result)
 
 
 def _nulls_as_none(values: list[Any]) -> list[Any] | None:

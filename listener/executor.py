@@ -87,8 +87,6 @@ def _make_result_encoder() -> Callable[[Any], str]:
     )
 
     def encode(result: Any) -> str:
-        if isinstance(result, str):
-            return RESULT_ENCODER.encode(result)
         return "".join(chunks(result, 0))
 
     return encode

@@ -101,22 +101,23 @@ class Pruner:
     async def _prune_rate_windows(self) -> None:
         """Delete the windows of rate limit keys idle for a whole period, batch by
         batch."""
-        total = await self._delete_in_batches(QUERIES["limit_prune_windows"], self._batch)
+        total = await self._delete_in_batches(QUERIES["limit_prune_windows"])
         if total:
             self._log.info("pruned the windows of idle rate limit keys", keys=total)
 
     async def _prune_archive(self) -> None:
         """Delete archived jobs past ``archived`` seconds, batch by batch."""
-        await self._delete_in_batches(QUERIES["job_prune_archived"], self._archived, self._batch)
+        await self._delete_in_batches(QUERIES["job_prune_archived"], self._archived)
 
     async def _delete_in_batches(self, query: str, *args: object) -> int:
         """Run ``query`` (one batch under the retention lock, returning ``leader`` and
-        ``deleted``; its last argument is the batch size) until a batch comes back
-        short or another worker holds the lock; return how many rows it deleted."""
+        ``deleted``) with ``args`` and the batch size as its last argument, until a
+        batch comes back short or another worker holds the lock; return how many rows
+        it deleted."""
         total = 0
         while True:
             async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(query, *args)
+                row = await conn.fetchrow(query, *args, self._batch)
             assert row is not None
             deleted: int = row["deleted"]
             total += deleted

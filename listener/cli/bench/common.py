@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import anyio
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from listener import db
 from listener.cli.bench.queries import BENCH_QUERIES
@@ -222,12 +223,13 @@ def slowest_bucket(metrics: str, histogram: str) -> float:
     histogram in the Prometheus text ``metrics``) that holds every observation: the
     slowest one took no longer. ``math.inf`` when only +Inf holds them all; 0.0 when
     nothing was observed."""
-    buckets: list[tuple[float, float]] = []
-    prefix = f'{histogram}_bucket{{le="'
-    for line in metrics.splitlines():
-        if line.startswith(prefix):
-            bound, _, count = line[len(prefix) :].partition('"} ')
-            buckets.append((float(bound), float(count)))
+    buckets = [
+        (float(sample.labels["le"]), sample.value)
+        for family in text_string_to_metric_families(metrics)
+        if family.name == histogram
+        for sample in family.samples
+        if sample.name == f"{histogram}_bucket"
+    ]
     if not buckets:
         raise PgwakeError(f"the worker's metrics have no {histogram}")
     total = max(count for _, count in buckets)
