@@ -400,6 +400,10 @@ CREATE TRIGGER jobs_depends_on_before_insert
     EXECUTE FUNCTION pgwake.jobs_before_insert_dependencies();
 
 -- depends_on never changes after the insert (that is what keeps the graph acyclic).
+-- The trigger runs AFTER the update (0021): with a BEFORE UPDATE row trigger on the
+-- table, PostgreSQL locks every updated row for it, writing a lock record to the WAL
+-- for each job of each outcome write, though the trigger never fires for them. (The
+-- function keeps the name it was created with.)
 CREATE FUNCTION pgwake.jobs_before_update_of_depends_on() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
@@ -410,7 +414,7 @@ END;
 $$;
 
 CREATE TRIGGER jobs_depends_on_unchanging
-    BEFORE UPDATE OF depends_on ON pgwake.jobs
+    AFTER UPDATE OF depends_on ON pgwake.jobs
     FOR EACH ROW
     WHEN (OLD.depends_on IS DISTINCT FROM NEW.depends_on)
     EXECUTE FUNCTION pgwake.jobs_before_update_of_depends_on();

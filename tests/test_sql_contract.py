@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from datetime import timedelta
@@ -201,7 +202,10 @@ async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:
     dependencies (checked, and made waiting), jobs due later (marked scheduled) and
     jobs with a unique window (its end written). The one exception refuses an UPDATE
     that names depends_on (a column trigger: an UPDATE that does not name the column,
-    as none of pgwake's does, never fires it)."""
+    as none of pgwake's does, never fires it). It runs AFTER the update: a BEFORE UPDATE
+    row trigger of any kind has PostgreSQL lock every updated row first, a WAL record
+    per job of every outcome write (test_outcome_write_locks_no_row shows there is
+    none)."""
     triggers = {
         t["tgname"]: t
         for t in await conn.fetch(
@@ -210,8 +214,8 @@ async def test_no_trigger_on_update_or_delete(conn: asyncpg.Connection) -> None:
         )
     }
     unchanging = triggers.pop("jobs_depends_on_unchanging")
-    assert unchanging["tgtype"] & (1 | 2 | 4 | 8 | 16) == 1 | 2 | 16
-    assert "BEFORE UPDATE OF depends_on ON pgwake.jobs" in unchanging["def"]
+    assert unchanging["tgtype"] & (1 | 2 | 4 | 8 | 16) == 1 | 16
+    assert "AFTER UPDATE OF depends_on ON pgwake.jobs" in unchanging["def"]
     assert unchanging["attr"] != ""
     assert sorted(triggers) == [
         "jobs_depends_on_before_insert",
@@ -485,3 +489,48 @@ async def test_priority_never_starves_another_tenant(conn: asyncpg.Connection) -
     rows = await claim(conn, worker, 10, cursor="")
     assert lowly in [r["id"] for r in rows]
     assert [r["tenant_id"] for r in rows].count("urgent") == 5  # its even split of 10
+
+
+async def _outcome_write_wal_records(conn: asyncpg.Connection, jobs: int) -> int:
+    """WAL records written by one outcome write of ``jobs`` claimed jobs (succeeded)."""
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (kind) SELECT 'k' FROM generate_series(1, $1)", jobs
+    )
+    worker = await register(conn)
+    claimed = await claim(conn, worker, jobs)
+    assert len(claimed) == jobs
+    explained = await conn.fetchval(
+        "EXPLAIN (ANALYZE, WAL, FORMAT JSON) " + QUERIES["job_finish_many"],
+        worker,
+        [r["id"] for r in claimed],
+        [r["attempts"] for r in claimed],
+        ["succeeded"] * jobs,
+        [0] * jobs,
+        None,
+        None,
+        None,
+    )
+    (plan,) = json.loads(explained) if isinstance(explained, str) else explained
+    finished = "SELECT count(*) FROM pgwake.jobs WHERE claimed_by = $1 OR status = 'succeeded'"
+    assert await conn.fetchval(finished, worker) >= jobs
+    return int(plan["Plan"]["WAL Records"])
+
+
+async def test_outcome_write_locks_no_row(conn: asyncpg.Connection) -> None:
+    """An outcome write costs each job its new row version and index entries in the WAL,
+    and no lock record: nothing on pgwake.jobs runs BEFORE an UPDATE. (PostgreSQL locks
+    each updated row for such a trigger first, whatever its column list and WHEN clause,
+    a WAL record per job on the log every producer's commit waits for.) Measured against
+    the same write with no trigger on updates at all, in a transaction rolled back."""
+    jobs = 200
+    with_trigger = await _outcome_write_wal_records(conn, jobs)
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute("DROP TRIGGER jobs_depends_on_unchanging ON pgwake.jobs")
+        without = await _outcome_write_wal_records(conn, jobs)
+    finally:
+        await tx.rollback()
+    # A lock record per job would add `jobs`; index page splits and pruning vary a little.
+    assert abs(with_trigger - without) < jobs // 4, (with_trigger, without)
+    assert with_trigger >= 3 * jobs  # the row and two index entries, for each job
