@@ -74,8 +74,12 @@ class Completer:
 
     def submit(self, outcome: Outcome) -> None:
         """Queue an outcome for writing."""
-        self._buffer.append(outcome)
-        self._pending.set()
+        buffer = self._buffer
+        if not buffer:
+            # The run loop waits only with the buffer empty, and drains it before it
+            # waits again: the first outcome of a batch wakes it, the rest join it.
+            self._pending.set()
+        buffer.append(outcome)
 
     def when_stored(self, callback: Callable[[Sequence[Outcome]], None]) -> None:
         """Call ``callback`` with the outcomes of every batch once it is stored (or its

@@ -168,13 +168,24 @@ class UndecodableJson:
         return f"UndecodableJson({self.reason!r}, {len(self.text)} chars)"
 
 
-# The decoder json.loads itself uses; calling it directly costs no more than json.loads.
-_decode = json.JSONDecoder().decode
+# The decoder json.loads itself uses, and its scanner: the value at an offset and where
+# it ends. PostgreSQL writes jsonb with no whitespace around the value, so the scanner
+# alone decodes it (a fifth to a half of json.loads' cost, which matches whitespace
+# twice with a regular expression); anything else takes json.loads' own path.
+_DECODER = json.JSONDecoder()
+_decode = _DECODER.decode
+_scan = _DECODER.scan_once
 
 
 def decode_json(text: str) -> Any:
-    """Decode one json/jsonb value, or say why Python cannot (never raises). The cost
-    for a value that decodes is that of json.loads: the try is free until it raises."""
+    """Decode one json/jsonb value, or say why Python cannot (never raises): the value
+    json.loads gives, and for text it refuses, its reason."""
+    try:
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, RecursionError, ValueError):
+        pass  # json.loads' path below says why
     try:
         return _decode(text)
     except RecursionError:

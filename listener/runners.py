@@ -288,8 +288,11 @@ class Runners:
             me.job = job
             holders[job.id] = me
             me.started = started = time.monotonic()
-            me.deadline = started + job.timeout
-            if me.deadline < self._next_deadline:
+            me.deadline = deadline = started + job.timeout
+            if deadline < self._next_deadline:
+                # The watchdog looks again when it next runs; until then the later
+                # jobs of the batch need not tell it (it sees them all then).
+                self._next_deadline = deadline
                 self._deadlines_changed.set()
             outcome = await attempt(job)
             me.job = None
