@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import json.scanner
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -174,7 +175,7 @@ class UndecodableJson:
 # twice with a regular expression); anything else takes json.loads' own path.
 _DECODER = json.JSONDecoder()
 _decode = _DECODER.decode
-_scan = _DECODER.scan_once
+_scan = json.scanner.make_scanner(_DECODER)
 
 
 def decode_json(text: str) -> Any:
