@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import json.scanner
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -175,7 +174,8 @@ class UndecodableJson:
 # twice with a regular expression); anything else takes json.loads' own path.
 _DECODER = json.JSONDecoder()
 _decode = _DECODER.decode
-_scan = json.scanner.make_scanner(_DECODER)
+# (JSONDecoder sets scan_once on itself; typeshed does not declare it.)
+_scan: Callable[[str, int], tuple[Any, int]] = vars(_DECODER)["scan_once"]
 
 
 def decode_json(text: str) -> Any:
