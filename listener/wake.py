@@ -8,12 +8,16 @@ Invariants:
   timer, not a cancel scope, since the claim loop's pause between the claims of a
   stream ends by timing out hundreds of times a second, and a cancellation costs more
   than the rest of the wait.
+- ``pause(seconds, ignore)`` ends early only for a source other than ``ignore``, and
+  one set after an ignored one is not lost: the wake remembers, beside the first
+  source since the last wait, whether another came.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 
 def _release(waiter: asyncio.Future[None]) -> None:
@@ -24,22 +28,40 @@ def _release(waiter: asyncio.Future[None]) -> None:
 class Wake:
     """An auto-resetting event that remembers why it was set."""
 
-    __slots__ = ("_source", "_waiter")
+    __slots__ = ("_also", "_source", "_waiter")
 
     def __init__(self) -> None:
+        # The first source set since the last wait, and another one set after it.
         self._source: str | None = None
+        self._also: str | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def set(self, source: str) -> None:
         """Wake the waiter (or the next one) and say why."""
         if self._source is None:
             self._source = source
+        elif source != self._source:
+            self._also = source
         waiter = self._waiter
         if waiter is not None:
             _release(waiter)
 
     async def wait(self, timeout: float) -> str:
         """Wait until set or ``timeout`` seconds pass; return the source, or "poll"."""
+        source, _also = await self._wait(timeout)
+        return source or "poll"
+
+    async def pause(self, seconds: float, *, ignore: str) -> None:
+        """Wait ``seconds``, or until set with a source other than ``ignore``."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            source, also = await self._wait(left)
+            if source is not None and (source != ignore or also is not None):
+                return
+
+    async def _wait(self, timeout: float) -> tuple[str | None, str | None]:
+        """Wait until set or ``timeout`` seconds pass; the first source set since the
+        last wait and another set after it (None, None when it timed out)."""
         if self._source is None:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
@@ -50,8 +72,9 @@ class Wake:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
-        source, self._source = self._source, None
-        return source or "poll"
+        found = self._source, self._also
+        self._source = self._also = None
+        return found
 
 
 # The largest job id (pgwake.jobs.id is a bigint).

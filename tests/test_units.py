@@ -173,6 +173,42 @@ async def test_wake_remembers_a_set_without_a_waiter() -> None:
     assert await wake.wait(0.01) == "poll"
 
 
+async def test_a_pause_sits_out_the_ignored_source_only() -> None:
+    """The claim loop's pause in a stream: notifications do not end it, any other source
+    does, also one set after a notification, before or during the pause."""
+    wake = Wake()
+    ended: list[str] = []
+    async with anyio.create_task_group() as tg:
+
+        async def pause(name: str) -> None:
+            await wake.pause(60, ignore="notify")
+            ended.append(name)
+
+        tg.start_soon(pause, "first")
+        for _ in range(3):
+            await anyio.sleep(0.01)
+            wake.set("notify")
+        await anyio.sleep(0.01)
+        assert ended == []  # three notifications, and it still waits
+        wake.set("notify")
+        wake.set("slot")  # after a notification not yet seen: not lost
+        await anyio.sleep(0.01)
+        assert ended == ["first"]
+        # Set before the pause: a notification alone is sat out, anything else ends it.
+        wake.set("notify")
+        tg.start_soon(pause, "second")
+        await anyio.sleep(0.02)
+        assert ended == ["first"]
+        wake.set("reconnect")
+        await anyio.sleep(0.01)
+        assert ended == ["first", "second"]
+    wake.set("slot")
+    await wake.pause(60, ignore="notify")  # returns at once
+    with anyio.fail_after(5):
+        await wake.pause(0.01, ignore="notify")  # and ends when its time is up
+    assert await wake.wait(0.01) == "poll"  # nothing left behind
+
+
 async def test_wake_wakes_its_waiter_and_a_cancelled_wait_leaves_nothing_behind() -> None:
     wake = Wake()
     got: list[str] = []
