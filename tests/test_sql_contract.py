@@ -511,8 +511,8 @@ async def _outcome_write_wal_records(conn: asyncpg.Connection, jobs: int) -> int
         None,
     )
     (plan,) = json.loads(explained) if isinstance(explained, str) else explained
-    finished = "SELECT count(*) FROM pgwake.jobs WHERE claimed_by = $1 OR status = 'succeeded'"
-    assert await conn.fetchval(finished, worker) >= jobs
+    finished = "SELECT count(*) FROM pgwake.jobs WHERE id = ANY ($1) AND status = 'succeeded'"
+    assert await conn.fetchval(finished, [r["id"] for r in claimed]) == jobs
     return int(plan["Plan"]["WAL Records"])
 
 

@@ -256,16 +256,14 @@ async def test_a_short_timeout_after_long_ones_in_one_claim_is_kept(
 
     hour = [await insert(conn, "slow", timeout=timedelta(hours=1)) for _ in range(3)]
     short = await insert(conn, "slow", max_attempts=1, timeout=timedelta(milliseconds=200))
-    began = time.monotonic()
     async with running_worker(dsn, registry, poll_interval=3600, drain_timeout=0.1):
+        # Within 20 s, not the hour of the jobs before it.
         await eventually(lambda: status_of(conn, short, "failed"), timeout=20)
-        took = time.monotonic() - began
         assert sorted(started) == sorted([*hour, short])  # one claim, all running
         for job_id in hour:
             assert await status_of(conn, job_id, "running")
     row = await job_row(conn, short)
     assert row["last_error"] == "TimeoutError: job timed out after 0.2s"
-    assert took < 10, took  # not the hour of the jobs before it
 
 
 async def test_snooze_cancel_retry_outcomes(dsn: str, conn: asyncpg.Connection) -> None:
