@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+from listener.cli.bench.common import free_port
 
 with warnings.catch_warnings():
     # Importing it looks up a runtime directory and warns when XDG_RUNTIME_DIR is unset.
@@ -27,13 +28,6 @@ with warnings.catch_warnings():
 
 from tests.support import secret_watch
 from tests.support.waiting import eventually
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class PrivateServer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from listener.cli.bench.common import free_port
 
 
 def require_tool(name: str, package: str) -> str:
@@ -31,13 +32,6 @@ def require_tool(name: str, package: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{name} is missing; .ci/run installs the Debian package {package}")
     pytest.skip(f"{name} is missing (Debian package {package})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _open(request: str | urllib.request.Request) -> Any:
