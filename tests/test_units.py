@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,49 @@ async def test_a_pause_sits_out_the_ignored_source_only() -> None:
     with anyio.fail_after(5):
         await wake.pause(0.01, ignore="notify")  # and ends when its time is up
     assert await wake.wait(0.01) == "poll"  # nothing left behind
+
+
+class _MillisecondLoop(asyncio.SelectorEventLoop):
+    """A loop whose timers count whole milliseconds, as uvloop's (libuv's) do: the
+    fraction of a millisecond of a delay is dropped, so a timer fires early, and one of
+    less than a millisecond at the next turn of the loop."""
+
+    def call_later(self, delay: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        whole = math.floor(delay * 1000) / 1000
+        return super().call_later(whole, callback, *args, context=context)
+
+
+class _CountingWake(Wake):
+    """A wake that counts the waits its pauses make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    async def _wait(self, timeout: float) -> tuple[str | None, str | None]:
+        self.waits += 1
+        return await super()._wait(timeout)
+
+
+def test_a_pause_on_a_millisecond_clock_waits_once() -> None:
+    """A pause that nothing ends is one wait, however the loop's timers round: on
+    millisecond timers a pause woke early and waited out the rest with timers of 0 ms,
+    up to a hundred turns of the loop in one pause."""
+    loop = _MillisecondLoop()
+    wake = _CountingWake()
+
+    async def pauses() -> float:
+        began = time.monotonic()
+        for _ in range(40):
+            await wake.pause(0.0035, ignore="notify")
+        return time.monotonic() - began
+
+    try:
+        took = loop.run_until_complete(pauses())
+    finally:
+        loop.close()
+    assert wake.waits == 40
+    assert took >= 40 * 0.002  # and they still wait, to within the timers' millisecond
 
 
 async def test_wake_wakes_its_waiter_and_a_cancelled_wait_leaves_nothing_behind() -> None:
