@@ -140,7 +140,9 @@ async def test_a_stopped_metrics_leader_is_replaced_and_the_series_keep_moving(
         if stopped is not None:
             os.kill(stopped.pid, signal.SIGCONT)
         results = [stop_process(worker) for worker in workers]
-    outputs = "\n".join(output for _, output in results)
+        outputs = "\n".join(output for _, output in results)
+        # Shown by pytest when the test fails, also when a wait above timed out.
+        print(f"\nthe workers' logs:\n{outputs}")
     assert [code for code, _ in results] == [0, 0, 0], outputs
     assert "recovered jobs of lost workers" in outputs, outputs
     assert '"sessions_ended": 0' not in outputs, outputs
