@@ -95,7 +95,7 @@ class Settings(BaseModel):
         ge=1,
         le=10_000,
         description="Most jobs claimed in one statement (claims are sized by how long "
-        "jobs take, up to this).",
+        "jobs and claims take, up to this).",
     )
     poll_interval: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between claims when no NOTIFY arrives."
