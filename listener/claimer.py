@@ -103,8 +103,11 @@ SMOOTHING = 0.1
 # took 20 to 56 ms on 2 busy cores (pgwake bench warm-start); a job of another tenant
 # committed meanwhile waits for it, and so do the runners that have finished.
 CLAIM_BUDGET = 0.02
-# Rows a claim must return for its pace (seconds per row) to count: below it, the
-# claim's fixed cost (the statement, the tenant walk) would dominate.
+# Rows a claim must return for its pace (seconds per row) to count in full: below it,
+# the claim's fixed cost (the statement, the tenant walk) would dominate. A smaller
+# claim's pace is an upper bound of the real one, so it counts only where it is faster
+# than the running average: a pace made slow by one stalled claim is mended by the
+# claims of ``concurrency`` rows it still allows.
 PACE_MIN_ROWS = 64
 # Rows a claim may ask for before any large claim has shown the pace.
 FIRST_BUDGET_ROWS = 256
@@ -206,7 +209,8 @@ class Claimer:
         # Running averages of how long a claim takes and how long a job runs (seconds),
         # and the jobs claimed ahead of free slots that they give (see _free).
         self._claim_seconds, self._job_seconds, self._ahead = 0.0, math.inf, 0
-        # Running average of the seconds a large claim took per row (0.0: none yet).
+        # Running average of the seconds a claim took per row (0.0: none yet; see
+        # _update_pace).
         self._row_seconds = 0.0
 
     def _free(self) -> int:
@@ -248,10 +252,13 @@ class Claimer:
 
     def _update_pace(self, took: float, rows: int) -> None:
         """A claim returned ``rows`` jobs in ``took`` seconds: the running average of
-        seconds per row, from claims large enough to tell (``PACE_MIN_ROWS``)."""
-        if rows < PACE_MIN_ROWS:
+        seconds per row, from claims large enough to tell (``PACE_MIN_ROWS``); a
+        smaller claim (its fixed cost counted in) only where it shows a faster pace."""
+        if rows == 0:
             return
         per_row = took / rows
+        if rows < PACE_MIN_ROWS and not 0.0 < per_row < self._row_seconds:
+            return
         if self._row_seconds == 0.0:
             self._row_seconds = per_row
         else:

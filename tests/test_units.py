@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,15 @@ import pytest
 from pydantic import BaseModel
 
 from listener.api import JobContext, Registry
+from listener.claimer import CLAIM_BUDGET, FIRST_BUDGET_ROWS, Claimer
+from listener.completer import Completer
 from listener.config import load_settings
 from listener.db import is_transient
 from listener.errors import ConfigError
+from listener.executor import Executor
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_paced_rounds
+from listener.metrics import Metrics
 from listener.outage import OutageLog
 from listener.redact import redact
 from listener.retry import FIRST_RECONNECT_DELAY, Backoff, Reconnect
@@ -395,3 +400,61 @@ async def test_paced_rounds_wait_what_each_round_asks_and_ride_out_transient_err
     assert cleanups == [1]  # once, right after the failed round
     assert not outage.failing  # the rounds after it succeeded
     assert answers == []
+
+
+class _NoDoorbell:
+    """A doorbell for a claimer that never waits (claimer.Doorbell)."""
+
+    async def before_sleep(self) -> bool:
+        return False
+
+    def sleep_limit(self, poll_interval: float) -> float:
+        return poll_interval
+
+    async def busy(self) -> None:
+        return None
+
+
+def _claimer(concurrency: int, claim_batch: int) -> Claimer:
+    """A claimer that is never run: its sizing alone."""
+    return Claimer(
+        None,  # type: ignore[arg-type] # never reaches the database
+        uuid.uuid4(),
+        ["k"],
+        Executor(Registry(), Backoff(base=1.0)),
+        Completer.__new__(Completer),  # never given an outcome
+        Wake(),
+        _NoDoorbell(),
+        concurrency=concurrency,
+        tenant_concurrency=concurrency,
+        claim_batch=claim_batch,
+        poll_interval=5.0,
+        drain_timeout=1.0,
+        metrics=Metrics(),
+    )
+
+
+def test_claims_are_sized_by_the_pace_and_a_stalled_claim_does_not_cap_them_for_good() -> None:
+    """A claim asks for the rows the database claims in CLAIM_BUDGET at the pace of the
+    last claims: FIRST_BUDGET_ROWS before any, then as the pace says, at least
+    ``concurrency`` and at most ``claim_batch``. One claim that stalled (10 s for 256
+    rows) shrinks the claims to ``concurrency``; those count where they show a faster
+    pace, so the claims grow back to what the real pace allows (100 µs a row and 1 ms
+    a claim here), where a pace counted only from claims of 64 rows or more would have
+    kept them at 32 for good."""
+    claimer = _claimer(concurrency=32, claim_batch=1000)
+    claimer._ahead = 4000  # jobs that return at once: the runners want full claims
+    assert claimer._claim_size() == FIRST_BUDGET_ROWS
+    claimer._update_pace(0.0256, 256)  # 100 µs a row
+    assert claimer._claim_size() == int(CLAIM_BUDGET / 0.0001)
+    claimer._update_pace(10.0, 256)  # stalled
+    assert claimer._claim_size() == 32
+    for _ in range(100):
+        size = claimer._claim_size()
+        claimer._update_pace(0.001 + 0.0001 * size, size)  # 100 µs a row, 1 ms a claim
+    # Back to most of the 190 rows that take 20 ms (1 ms + 190 x 100 µs).
+    assert claimer._claim_size() >= 0.8 * (CLAIM_BUDGET - 0.001) / 0.0001
+    claimer._update_pace(0.0001, 1000)  # a fast database: claim_batch bounds it
+    for _ in range(60):
+        claimer._update_pace(0.0001 * claimer._claim_size() / 1000, claimer._claim_size())
+    assert claimer._claim_size() == 1000
