@@ -18,11 +18,11 @@ from pydantic import BaseModel
 
 from listener.api import JobContext, Registry
 from listener.claimer import CLAIM_BUDGET, FIRST_BUDGET_ROWS, Claimer
-from listener.completer import Completer
 from listener.config import load_settings
 from listener.db import is_transient
 from listener.errors import ConfigError
 from listener.executor import Executor
+from listener.jobs import Outcome
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_paced_rounds
 from listener.metrics import Metrics
@@ -402,6 +402,13 @@ async def test_paced_rounds_wait_what_each_round_asks_and_ride_out_transient_err
     assert answers == []
 
 
+class _NoOutcomes:
+    """An outcome sink for a claimer that runs no job (claimer.OutcomeSink)."""
+
+    def submit(self, outcome: Outcome) -> None:
+        raise AssertionError(f"no job runs here, yet an outcome came: {outcome}")
+
+
 class _NoDoorbell:
     """A doorbell for a claimer that never waits (claimer.Doorbell)."""
 
@@ -422,7 +429,7 @@ def _claimer(concurrency: int, claim_batch: int) -> Claimer:
         uuid.uuid4(),
         ["k"],
         Executor(Registry(), Backoff(base=1.0)),
-        Completer.__new__(Completer),  # never given an outcome
+        _NoOutcomes(),
         Wake(),
         _NoDoorbell(),
         concurrency=concurrency,
