@@ -175,6 +175,36 @@ async def _equals(read: Any, value: int) -> bool:
     return bool(await read() == value)
 
 
+async def drain_in_claims(conn: asyncpg.Connection, dsn: str, jobs: int) -> list[int]:
+    """Insert ``jobs`` jobs that return at once over 10 tenants, let a worker with the
+    default settings drain them, and return the sizes of its claims in order (a claim's
+    jobs share its transaction's ``started_at``)."""
+    registry = Registry()
+
+    @registry.handler("quick")
+    async def quick(payload: dict[str, Any], ctx: JobContext) -> None:
+        return None
+
+    async with running_worker(dsn, registry, poll_interval=3600):
+        await conn.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) "
+            "SELECT 'tenant-' || (i % 10), 'quick' FROM generate_series(1, $1::int) AS i",
+            jobs,
+        )
+        await conn.execute("ANALYZE pgwake.jobs")
+
+        async def drained() -> bool:
+            return await count_status(conn, "succeeded") == jobs
+
+        await eventually(drained, timeout=120)
+    return [
+        r["n"]
+        for r in await conn.fetch(
+            "SELECT count(*) AS n FROM pgwake.jobs GROUP BY started_at ORDER BY started_at"
+        )
+    ]
+
+
 async def test_backlog_of_short_jobs_is_drained_in_full_claims_with_defaults(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
@@ -194,29 +224,7 @@ async def test_backlog_of_short_jobs_is_drained_in_full_claims_with_defaults(
     jobs (about 40 claims in all), and the defaults drained at 0.7 x the widest
     settings' rate.
     """
-    registry = Registry()
-
-    @registry.handler("quick")
-    async def quick(payload: dict[str, Any], ctx: JobContext) -> None:
-        return None
-
-    async with running_worker(dsn, registry, poll_interval=3600):
-        await conn.execute(
-            "INSERT INTO pgwake.jobs (tenant_id, kind) "
-            "SELECT 'tenant-' || (i % 10), 'quick' FROM generate_series(1, 20000) AS i"
-        )
-        await conn.execute("ANALYZE pgwake.jobs")
-
-        async def drained() -> bool:
-            return await count_status(conn, "succeeded") == 20000
-
-        await eventually(drained, timeout=120)
-    sizes = [
-        r["n"]
-        for r in await conn.fetch(
-            "SELECT count(*) AS n FROM pgwake.jobs GROUP BY started_at ORDER BY started_at"
-        )
-    ]
+    sizes = await drain_in_claims(conn, dsn, 20000)
     small = [n for n in sizes if n <= 32]
     typical = statistics.median(sizes)
     # The behaviour it guards against made about 40 claims, half of them of 32 jobs or
@@ -235,12 +243,6 @@ async def test_claims_of_a_backlog_are_sized_by_the_time_they_take(
     show the pace (``FIRST_BUDGET_ROWS`` at most) each claim takes ``concurrency``
     rows (32) or fewer, where without the budget the claims of this backlog of jobs
     that return at once grew to ``claim_batch`` (1,000) and each took a second."""
-    registry = Registry()
-
-    @registry.handler("quick")
-    async def quick(payload: dict[str, Any], ctx: JobContext) -> None:
-        return None
-
     await conn.execute(
         """
         CREATE FUNCTION public.slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -250,21 +252,6 @@ async def test_claims_of_a_backlog_are_sized_by_the_time_they_take(
             EXECUTE FUNCTION public.slow_claim();
         """
     )
-    async with running_worker(dsn, registry, poll_interval=3600):
-        await conn.execute(
-            "INSERT INTO pgwake.jobs (tenant_id, kind) "
-            "SELECT 'tenant-' || (i % 10), 'quick' FROM generate_series(1, 1500) AS i"
-        )
-
-        async def drained() -> bool:
-            return await count_status(conn, "succeeded") == 1500
-
-        await eventually(drained, timeout=120)
-    sizes = [
-        r["n"]
-        for r in await conn.fetch(
-            "SELECT count(*) AS n FROM pgwake.jobs GROUP BY started_at ORDER BY started_at"
-        )
-    ]
+    sizes = await drain_in_claims(conn, dsn, 1500)
     assert max(sizes) <= FIRST_BUDGET_ROWS, sizes
     assert sorted(sizes)[-2] <= 32, sizes
