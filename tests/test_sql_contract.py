@@ -531,6 +531,8 @@ async def test_outcome_write_locks_no_row(conn: asyncpg.Connection) -> None:
         without = await _outcome_write_wal_records(conn, jobs)
     finally:
         await tx.rollback()
-    # A lock record per job would add `jobs`; index page splits and pruning vary a little.
-    assert abs(with_trigger - without) < jobs // 4, (with_trigger, without)
+    # A lock record per job would add `jobs` (973 against 768 records with the BEFORE
+    # trigger of 0020). Index page splits and pruning move either count by tens: the
+    # second write finds the first one's rows in the table (717 against 782 once).
+    assert with_trigger - without < jobs // 2, (with_trigger, without)
     assert with_trigger >= 3 * jobs  # the row and two index entries, for each job
