@@ -122,6 +122,14 @@ FULL_CLAIM_HOLD = 10.0
 REOPEN_MARGIN = 0.001
 
 
+def _running_average(average: float, sample: float) -> float:
+    """``average`` moved towards ``sample`` by ``SMOOTHING``; the sample itself when
+    ``average`` is 0.0 (no sample yet)."""
+    if average == 0.0:
+        return sample
+    return average + SMOOTHING * (sample - average)
+
+
 class Doorbell(Protocol):
     """What tells the database whether this worker waits to be woken (the listener)."""
 
@@ -259,19 +267,13 @@ class Claimer:
         per_row = took / rows
         if rows < PACE_MIN_ROWS and not 0.0 < per_row < self._row_seconds:
             return
-        if self._row_seconds == 0.0:
-            self._row_seconds = per_row
-        else:
-            self._row_seconds += SMOOTHING * (per_row - self._row_seconds)
+        self._row_seconds = _running_average(self._row_seconds, per_row)
 
     def _update_ahead(self, took: float) -> None:
         """Jobs to claim ahead of free slots, twice those the runners finish during one
         claim (see ``_free``), from the running averages (with a claim that took
         ``took`` seconds)."""
-        if self._claim_seconds == 0.0:
-            self._claim_seconds = took
-        else:
-            self._claim_seconds += SMOOTHING * (took - self._claim_seconds)
+        self._claim_seconds = _running_average(self._claim_seconds, took)
         if self._job_seconds == math.inf:
             self._ahead = 0
             return
