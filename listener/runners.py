@@ -11,6 +11,9 @@ Invariants:
   cap can bind (``tenant_concurrency`` equals ``concurrency``), jobs start in the order
   the claim returned them, which interleaves tenants already (``_Fifo``), and nothing
   is counted per tenant.
+- A runner lets the event loop turn once it has run jobs for ``RUN_SLICE`` seconds
+  without waiting, and the other runners park meanwhile, so no other task waits longer
+  than about that for a batch of jobs that never wait.
 - A runner keeps one cancel scope for as long as its jobs end on their own. Stopping one
   job (a cancel request, an abandon, or its timeout, which one watchdog task enforces
   for all runners) cancels the scope of the runner running it, which records why and
@@ -23,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter, deque
@@ -37,6 +41,12 @@ from listener.jobs import Job, Outcome
 from listener.logs import get_logger
 from listener.metrics import Metrics
 from listener.shares import TenantShares
+
+# Seconds a runner runs jobs that never wait before it lets the event loop turn once. A
+# claim of hundreds of jobs that return at once would otherwise hold the loop until the
+# last one ends: the next claim's reply, notifications and outcome writes would wait for
+# all of them, and the claim would look as slow as the batch (its pace sizes claims).
+RUN_SLICE = 0.002
 
 
 class JobEnds(Protocol):
@@ -200,6 +210,15 @@ class Runners:
         self._parked: list[anyio.Event] = []
         self._runners = 0
         self._waking = 0
+        # Runners letting the loop turn between jobs that never wait (at most one runs
+        # such jobs at a time). A runner that finds one parks instead of taking a job:
+        # woken because jobs were left waiting, it would run a slice of its own before
+        # the other tasks' next turn, and wake one more, up to ``concurrency`` slices.
+        self._slicing = 0
+        # Turns of the event loop since the runners began counting, and whether a tick
+        # to count the next one is scheduled (see _arm_tick).
+        self._turns = 0
+        self._tick_armed = False
         self._tasks: TaskGroup | None = None
         # The earliest deadline the watchdog waits for, and how to make it look again.
         self._next_deadline = math.inf
@@ -278,10 +297,15 @@ class Runners:
         """Run waiting jobs one after another; return when this runner's scope was
         cancelled during a job that still ended on its own (the scope is spent)."""
         holders, attempt, waiting = self._holders, self._executor.attempt, self._waiting
+        # When this runner's slice began, and the loop's turns then (see _arm_tick).
+        seen, turned = self._arm_tick(), time.monotonic()
         while True:
-            job = waiting.take()
+            job = None if self._slicing else waiting.take()
             if job is None:
+                # Nothing waits, or another runner only lets the loop turn between jobs
+                # that never wait and goes on with them: this one is not needed.
                 await self._park()
+                seen, turned = self._arm_tick(), time.monotonic()
                 continue
             if waiting:
                 self._wake_runner()
@@ -301,6 +325,29 @@ class Runners:
             self._ends.ended(job, outcome, started)
             if me.scope.cancel_called:
                 return
+            if started - turned >= RUN_SLICE:
+                if self._turns == seen:
+                    # Jobs have run for a slice and none waited: let the tasks that are
+                    # ready run, the runners among them park (see _slicing).
+                    self._slicing += 1
+                    try:
+                        await anyio.lowlevel.checkpoint()
+                    finally:
+                        self._slicing -= 1
+                seen, turned = self._arm_tick(), time.monotonic()
+
+    def _arm_tick(self) -> int:
+        """The loop's turns counted so far, with a tick scheduled to count the next:
+        a runner that sees the count change knows the loop has turned since (one of its
+        jobs waited), and needs not let it turn."""
+        if not self._tick_armed:
+            self._tick_armed = True
+            asyncio.get_running_loop().call_soon(self._tick)
+        return self._turns
+
+    def _tick(self) -> None:
+        self._tick_armed = False
+        self._turns += 1
 
     async def _park(self) -> None:
         """Wait until woken for more jobs."""

@@ -8,6 +8,7 @@ import math
 import random
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,15 @@ from listener.config import load_settings
 from listener.db import is_transient
 from listener.errors import ConfigError
 from listener.executor import Executor
-from listener.jobs import Outcome
+from listener.jobs import Job, Outcome
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_paced_rounds
 from listener.metrics import Metrics
 from listener.outage import OutageLog
 from listener.redact import redact
 from listener.retry import FIRST_RECONNECT_DELAY, Backoff, Reconnect
+from listener.runners import RUN_SLICE, Runners
+from listener.shares import TenantShares
 from listener.wake import Wake
 
 
@@ -285,7 +288,6 @@ async def test_wake_wakes_its_waiter_and_a_cancelled_wait_leaves_nothing_behind(
 
 
 async def test_executor_fails_unknown_kinds_and_configuration_errors_without_retry() -> None:
-    from datetime import UTC, datetime
 
     from listener.errors import ConfigurationError
     from listener.executor import Executor
@@ -400,6 +402,74 @@ async def test_paced_rounds_wait_what_each_round_asks_and_ride_out_transient_err
     assert cleanups == [1]  # once, right after the failed round
     assert not outage.failing  # the rounds after it succeeded
     assert answers == []
+
+
+class _Ends:
+    """Where the runners report how jobs ended (runners.JobEnds): kept in a list."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def ended(self, job: Job, outcome: Outcome, started: float) -> None:
+        self.outcomes.append(outcome)
+
+    def dropped(self, job: Job) -> None:
+        raise AssertionError(f"no job is dropped here, yet {job.id} was")
+
+
+async def test_jobs_that_never_wait_let_the_loop_turn_every_slice() -> None:
+    """A runner running jobs that never wait lets the event loop turn once per
+    RUN_SLICE: other tasks (the claim loop reading the next claim's reply, the
+    listener, the completer) wait about that long for a claim's batch, not for all of
+    it. 200 jobs of 0.5 ms each, none awaiting anything, hold the loop 100 ms in all;
+    a task that counts loop turns meanwhile gets about one a slice (without the slice:
+    none until the last job ended)."""
+    registry = Registry()
+
+    @registry.handler("spin")
+    async def spin(payload: dict[str, Any], ctx: JobContext) -> None:
+        until = time.perf_counter() + 0.0005
+        while time.perf_counter() < until:
+            pass
+
+    ends = _Ends()
+    runners = Runners(
+        Executor(registry, Backoff(base=1.0)),
+        TenantShares(concurrency=32, tenant_concurrency=32),
+        ends,
+        concurrency=32,
+        metrics=Metrics(),
+    )
+    now = datetime.now(UTC)
+    jobs = [
+        Job(
+            id=i,
+            tenant_id=f"t{i % 4}",
+            kind="spin",
+            payload={},
+            priority=0,
+            attempt=1,
+            max_attempts=1,
+            timeout=60.0,
+            created_at=now,
+            run_at=now,
+            started_at=now,
+        )
+        for i in range(200)
+    ]
+    turns = 0
+    async with anyio.create_task_group() as tg:
+        await tg.start(runners.run)
+        runners.add(jobs)
+        while len(ends.outcomes) < len(jobs):
+            await anyio.lowlevel.checkpoint()
+            turns += 1
+        tg.cancel_scope.cancel()
+    assert [o.status for o in ends.outcomes] == ["succeeded"] * len(jobs)
+    # 100 ms of jobs in slices of RUN_SLICE (2 ms): about 50 turns. (Had each runner
+    # woken for the jobs left waiting run a slice of its own, the count turned would
+    # have been one per up to 32 slices: 10.)
+    assert turns >= 0.1 / RUN_SLICE / 3, turns
 
 
 class _NoOutcomes:
