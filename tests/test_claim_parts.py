@@ -4,30 +4,11 @@ held jobs, the tenants' shares, the order in which runners start jobs."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
 
-from listener.jobs import Job
 from listener.ledger import Ledger
 from listener.runners import _Fifo, _Turns
 from listener.shares import TenantShares
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def job(job_id: int, tenant: str) -> Job:
-    return Job(
-        id=job_id,
-        tenant_id=tenant,
-        kind="k",
-        payload={},
-        priority=0,
-        attempt=1,
-        max_attempts=3,
-        timeout=60.0,
-        created_at=NOW,
-        run_at=NOW,
-        started_at=NOW,
-    )
+from tests.support.jobs import held_job as job
 
 
 def test_ledger_counts_a_job_from_claim_to_stored_outcome() -> None:

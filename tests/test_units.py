@@ -8,7 +8,6 @@ import math
 import random
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from listener.retry import FIRST_RECONNECT_DELAY, Backoff, Reconnect
 from listener.runners import RUN_SLICE, Runners
 from listener.shares import TenantShares
 from listener.wake import Wake
+from tests.support.jobs import held_job
 
 
 def test_settings_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
@@ -288,10 +288,8 @@ async def test_wake_wakes_its_waiter_and_a_cancelled_wait_leaves_nothing_behind(
 
 
 async def test_executor_fails_unknown_kinds_and_configuration_errors_without_retry() -> None:
-
     from listener.errors import ConfigurationError
     from listener.executor import Executor
-    from listener.jobs import Job
 
     registry = Registry()
 
@@ -299,23 +297,10 @@ async def test_executor_fails_unknown_kinds_and_configuration_errors_without_ret
     async def misconfigured(payload: dict[str, Any], ctx: JobContext) -> None:
         raise ConfigurationError("SMTP_HOST is not set")
 
-    now = datetime.now(UTC)
     executor = Executor(registry, Backoff(base=1.0))
 
     def job(kind: str) -> Job:
-        return Job(
-            id=1,
-            tenant_id="t",
-            kind=kind,
-            payload={},
-            priority=0,
-            attempt=1,
-            max_attempts=5,
-            timeout=10.0,
-            created_at=now,
-            run_at=now,
-            started_at=now,
-        )
+        return held_job(1, kind=kind, max_attempts=5, timeout=10.0)
 
     unknown = await executor.execute(job("nobody.handles"))
     assert (unknown.status, unknown.delay) == ("failed", None)
@@ -440,23 +425,7 @@ async def test_jobs_that_never_wait_let_the_loop_turn_every_slice() -> None:
         concurrency=32,
         metrics=Metrics(),
     )
-    now = datetime.now(UTC)
-    jobs = [
-        Job(
-            id=i,
-            tenant_id=f"t{i % 4}",
-            kind="spin",
-            payload={},
-            priority=0,
-            attempt=1,
-            max_attempts=1,
-            timeout=60.0,
-            created_at=now,
-            run_at=now,
-            started_at=now,
-        )
-        for i in range(200)
-    ]
+    jobs = [held_job(i, f"t{i % 4}", "spin") for i in range(200)]
     turns = 0
     async with anyio.create_task_group() as tg:
         await tg.start(runners.run)
