@@ -28,6 +28,7 @@ from listener.joblog import JobLog
 from listener.jobs import Job, Outcome, Status, job_context
 from listener.redact import MASK, redact, redact_value, register_dsn, register_secret
 from tests.support import secret_watch
+from tests.support.jobs import held_job
 from tests.support.paths import ROOT
 from tests.support.waiting import eventually
 from tests.support.workers import spawn_worker, stop_process
@@ -418,13 +419,9 @@ async def test_job_lines_beyond_the_budget_are_counted_not_written(
     """log_jobs_per_second: the first N info lines of a second are written, the rest
     counted in one line at the end of that second, outside any job's context; failures
     are never left out."""
-    now = datetime.now(UTC)
     job_log = JobLog(enabled=True, per_second=3)
     for i in range(10):
-        job = Job(
-            id=i, tenant_id="t", kind="k", payload={}, priority=0, attempt=1,
-            max_attempts=1, timeout=60.0, created_at=now, run_at=now, started_at=now,
-        )  # fmt: skip
+        job = held_job(i, max_attempts=1)
         with job_context(job):
             job_log.started(job)
             job_log.ended(Outcome(i, 1, Status.SUCCEEDED), time.monotonic())

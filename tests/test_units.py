@@ -289,7 +289,6 @@ async def test_wake_wakes_its_waiter_and_a_cancelled_wait_leaves_nothing_behind(
 
 async def test_executor_fails_unknown_kinds_and_configuration_errors_without_retry() -> None:
     from listener.errors import ConfigurationError
-    from listener.executor import Executor
 
     registry = Registry()
 
