@@ -107,6 +107,32 @@ def test_bench_retention_smoke(server_dsn: str) -> None:
     assert run["alone_p50_ms"] <= run["alone_p99_ms"]
 
 
+def test_bench_drain_with_payloads_stored_out_of_line(server_dsn: str) -> None:
+    """`--payload-bytes` gives every job of the drain a payload of that size as text
+    (stored out of line above 2 KB), and the run says so; a size out of range exits 2."""
+    done = pgwake(
+        "bench",
+        "drain",
+        "--repeat",
+        "1",
+        "--jobs",
+        "300",
+        "--payload-bytes",
+        "20000",
+        "--json",
+        dsn=server_dsn,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    ((drain,),) = [json.loads(done.stdout)["drain"]]
+    assert (drain["jobs"], drain["payload_bytes"]) == (300, 20000)
+    assert drain["jobs_per_s"] > 0
+    for bad in ("-1", "1000001", "lots"):
+        refused = pgwake("bench", "drain", "--payload-bytes", bad, dsn=server_dsn)
+        assert refused.returncode == 2, (bad, refused.stderr)
+        assert "--payload-bytes" in refused.stderr
+
+
 async def test_bench_throughput_latency_and_enqueue_smoke(server_dsn: str) -> None:
     """One small run of the workloads the performance targets are measured with, and
     the summary that checks them (the figures are not asserted: a test is no

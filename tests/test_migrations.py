@@ -17,15 +17,23 @@ from listener.migrate import check_schema, latest_version, load_migrations, migr
 from listener.paths import sql_dir
 from listener.queries import QUERIES, parse
 
-# A catalog snapshot that tells two schemas apart: columns, constraints, indexes,
+# A catalog snapshot that tells two schemas apart: columns (and their domains), domains,
+# constraints (of tables and of domains), indexes,
 # triggers, functions (bodies and options), table and view options, policies, views'
 # definitions, sequences, comments, grants, and the rows the schema inserts.
 CATALOG = """
 SELECT 'column' AS what, c.table_name || '.' || c.column_name AS name,
-       concat_ws(' ', c.data_type, c.is_nullable, c.column_default, c.is_identity) AS def
+       concat_ws(' ', c.data_type, c.domain_schema || '.' || c.domain_name, c.is_nullable,
+                 c.column_default, c.is_identity) AS def
   FROM information_schema.columns c WHERE c.table_schema = 'pgwake'
 UNION ALL
-SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+SELECT 'domain', t.typname,
+       concat_ws(' ', format_type(t.typbasetype, t.typtypmod), t.typnotnull::text,
+                 t.typdefault, coalesce(t.typacl::text, ''))
+  FROM pg_type t WHERE t.typnamespace = 'pgwake'::regnamespace AND t.typtype = 'd'
+UNION ALL
+SELECT 'constraint', coalesce(nullif(conrelid, 0)::regclass::text, contypid::regtype::text)
+                     || '.' || conname, pg_get_constraintdef(oid)
   FROM pg_constraint WHERE connamespace = 'pgwake'::regnamespace
 UNION ALL
 SELECT 'index', indexname, indexdef FROM pg_indexes WHERE schemaname = 'pgwake'
@@ -121,6 +129,7 @@ async def test_migrations_produce_exactly_schema_sql(
     # Every part of the snapshot finds something, so none of them compares nothing.
     kinds = {"column", "constraint", "index", "trigger", "function", "options", "policy"}
     kinds |= {"view", "function-body", "trigger-enabled", "sequence", "comment", "grant", "row"}
+    kinds |= {"domain"}
     assert kinds <= {r[0] for r in migrated}
     assert migrated == declared
 

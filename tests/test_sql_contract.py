@@ -112,6 +112,64 @@ async def test_null_kind_is_refused(conn: asyncpg.Connection) -> None:
         await conn.execute("INSERT INTO pgwake.jobs (payload) VALUES ('{}')")
 
 
+# A check that counts its calls, added beside the payload's and metadata's own checks.
+COUNTED_CHECKS = """
+CREATE SEQUENCE public.json_checks;
+CREATE FUNCTION public.counted(value jsonb) RETURNS boolean LANGUAGE sql VOLATILE
+    AS $$ SELECT nextval('public.json_checks') > 0 $$;
+ALTER DOMAIN pgwake.job_payload ADD CONSTRAINT counted_payload CHECK (public.counted(VALUE));
+ALTER DOMAIN pgwake.job_metadata ADD CONSTRAINT counted_metadata CHECK (public.counted(VALUE));
+"""
+
+
+async def test_payload_and_metadata_are_checked_when_written_never_when_a_job_runs(
+    conn: asyncpg.Connection,
+) -> None:
+    """The checks of payload and metadata, which read the whole value (a large payload
+    decompressed and printed as text), run for the values an INSERT writes and not for
+    the rows a claim or an outcome write updates (0022): they are the columns' domains'
+    constraints, and no constraint of the table reads those columns."""
+    table_checks_reading_json = await conn.fetch(
+        """SELECT c.conname FROM pg_constraint AS c
+             JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+            WHERE c.conrelid = 'pgwake.jobs'::regclass AND c.contype = 'c'
+              AND a.attname IN ('payload', 'metadata')"""
+    )
+    assert table_checks_reading_json == []
+    await conn.execute(COUNTED_CHECKS)
+    await conn.execute(
+        "INSERT INTO pgwake.jobs (tenant_id, kind, payload, metadata) "
+        "SELECT 't' || (i % 5), 'k', jsonb_build_object('blob', repeat('x', 100000)), "
+        "'{\"batch\": 1}' FROM generate_series(1, 50) AS i"
+    )
+    # A payload and a metadata value per row, each checked once.
+    assert await conn.fetchval("SELECT last_value FROM public.json_checks") == 100
+    worker = await register(conn)
+    jobs = await claim(conn, worker, 50)
+    assert len(jobs) == 50
+    assert all(len(job["payload"]["blob"]) == 100000 for job in jobs)
+    changed = await conn.fetch(
+        QUERIES["job_finish_many"],
+        worker,
+        [job["id"] for job in jobs],
+        [job["attempts"] for job in jobs],
+        ["succeeded"] * 50,
+        [0] * 50,
+        None,
+        ["{}"] * 50,
+        None,
+    )
+    assert len(changed) == 50
+    assert await conn.fetchval("SELECT last_value FROM public.json_checks") == 100
+    # A value an UPDATE writes is checked, and refused, as before (the counting check
+    # comes first by name, and a sequence does not roll back: it counts the refused one).
+    with pytest.raises(asyncpg.CheckViolationError) as refused:
+        await conn.execute("UPDATE pgwake.jobs SET payload = '[]' WHERE id = $1", jobs[0]["id"])
+    assert refused.value.constraint_name == "jobs_payload_must_be_json_object"
+    await conn.execute("UPDATE pgwake.jobs SET metadata = '{}' WHERE id = $1", jobs[0]["id"])
+    assert await conn.fetchval("SELECT last_value FROM public.json_checks") == 102
+
+
 async def notifications_of(
     dsn: str, conn: asyncpg.Connection, sql: str, *, waiting: bool
 ) -> list[tuple[str, str]]:

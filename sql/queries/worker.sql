@@ -423,7 +423,10 @@ claimed AS (
            attempts = j.attempts + 1,
            started_at = now()
      WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
-    RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+    -- payload as jsonb, the base type of its domain (pgwake.job_payload): the client
+    -- decodes it without looking the domain up (all four claims do the same).
+    RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
+              j.attempts, j.max_attempts,
               extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
               j.started_at
 ),
@@ -677,7 +680,8 @@ claimed AS (
            attempts = j.attempts + 1,
            started_at = now()
      WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
-    RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+    RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
+              j.attempts, j.max_attempts,
               extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
               j.started_at
 )
@@ -774,7 +778,8 @@ claimed AS (
                           AND p.priority > greatest(j.priority, 0)
                           AND p.kind = ANY ($2::text[]))
        AND EXISTS (SELECT 1 FROM me)
-    RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+    RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
+              j.attempts, j.max_attempts,
               extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
               j.started_at
 )
@@ -818,7 +823,8 @@ UPDATE pgwake.jobs AS j
        attempts = j.attempts + 1,
        started_at = now()
  WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))
-RETURNING j.id, j.tenant_id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts,
+RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
+          j.attempts, j.max_attempts,
           extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
           j.started_at;
 

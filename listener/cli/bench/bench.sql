@@ -62,6 +62,18 @@ INSERT INTO pgwake.jobs (tenant_id, kind)
 SELECT 'bench-t' || (g % $3::int), 'noop'
   FROM generate_series($1::int, $1::int + $2::int - 1) AS g;
 
+-- name: job_enqueue_spread_payload
+-- job_enqueue_spread with a payload of $4 bytes as text in each job: {"blob": text}, the
+-- text hex digits from md5 (they hardly compress, as real payloads of that size rarely
+-- do), the same for every job of the statement.
+-- $1 number of the first job, $2 how many jobs, $3 how many tenants, $4 payload bytes.
+INSERT INTO pgwake.jobs (tenant_id, kind, payload)
+SELECT 'bench-t' || (g % $3::int), 'noop',
+       jsonb_build_object('blob', (SELECT left(string_agg(md5(i::text), ''),
+                                               greatest($4::int - 12, 0))
+                                     FROM generate_series(0, $4::int / 32) AS i))
+  FROM generate_series($1::int, $1::int + $2::int - 1) AS g;
+
 -- name: tenant_limit_rate_spread
 -- Rate-limits $1 of the tenants of job_enqueue_spread, spread evenly over them, to $3
 -- jobs a second each.

@@ -63,6 +63,14 @@ def bench_cmd(
     drain_batch: Annotated[
         int, typer.Option(min=1, help="drain, scale: the workers' claim_batch.")
     ] = 1000,
+    payload_bytes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=1_000_000,
+            help="drain, scale: bytes of payload per job as text (0: {}).",
+        ),
+    ] = 0,
     processes: Annotated[
         list[int] | None,
         typer.Option(help="scale: numbers of worker processes (repeatable; default 1, 2, 4)."),
@@ -167,6 +175,7 @@ def bench_cmd(
                 claim_batch=drain_batch,
                 repeat=repeat,
                 processes=counts,
+                payload_bytes=payload_bytes,
             )
 
         runs: dict[str, Callable[[], Any]] = {

@@ -37,7 +37,8 @@ CEILING_MAX_BATCHES = 1000
 
 @dataclass(frozen=True, slots=True)
 class DrainRun:
-    """One drain of a backlog of no-op jobs."""
+    """One drain of a backlog of no-op jobs (payloads of ``payload_bytes`` as text, 0 for
+    ``{}``)."""
 
     processes: int
     jobs: int
@@ -46,6 +47,7 @@ class DrainRun:
     claim_batch: int
     seconds: float
     jobs_per_s: float
+    payload_bytes: int = 0
 
 
 async def drain_run(
@@ -56,6 +58,7 @@ async def drain_run(
     processes: int,
     concurrency: int,
     claim_batch: int,
+    payload_bytes: int = 0,
 ) -> DrainRun:
     """One drain with ``processes`` workers, each at ``concurrency`` (also per tenant)."""
     async with (
@@ -70,7 +73,12 @@ async def drain_run(
     ):
         conn = await db.connect(dsn)
         try:
-            await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, tenants)
+            if payload_bytes:
+                await conn.execute(
+                    BENCH_QUERIES["job_enqueue_spread_payload"], 0, jobs, tenants, payload_bytes
+                )
+            else:
+                await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, tenants)
             await wait_queue_empty(conn, timeout=600)
             seconds: float = await conn.fetchval(BENCH_QUERIES["job_measure_drain"])
         finally:
@@ -83,6 +91,7 @@ async def drain_run(
         claim_batch=claim_batch,
         seconds=round(seconds, 3),
         jobs_per_s=round(jobs / seconds),
+        payload_bytes=payload_bytes,
     )
 
 
@@ -95,6 +104,7 @@ async def drain(
     claim_batch: int,
     repeat: int,
     processes: Sequence[int] = (1,),
+    payload_bytes: int = 0,
 ) -> list[DrainRun]:
     """Drains with each number of ``processes``, ``repeat`` rounds (interleaved); one
     row per number of processes holding the medians."""
@@ -108,6 +118,7 @@ async def drain(
             processes=count,
             concurrency=concurrency,
             claim_batch=claim_batch,
+            payload_bytes=payload_bytes,
         ),
     )
 
@@ -117,12 +128,12 @@ def render_drain(runs: Sequence[DrainRun]) -> str:
     lines = [
         (
             f"{'processes':>9} {'jobs':>7} {'tenants':>7} {'concurrency':>11} {'batch':>5} "
-            f"{'seconds':>8} {'jobs/s':>8}"
+            f"{'payload':>8} {'seconds':>8} {'jobs/s':>8}"
         )
     ]
     lines += [
         f"{r.processes:>9} {r.jobs:>7} {r.tenants:>7} {r.concurrency:>11} {r.claim_batch:>5} "
-        f"{r.seconds:>8g} {r.jobs_per_s:>8g}"
+        f"{r.payload_bytes:>8} {r.seconds:>8g} {r.jobs_per_s:>8g}"
         for r in runs
     ]
     return "\n".join(lines)
