@@ -176,7 +176,8 @@ class Claimer:
         fifo: bool = False,
         notified: NotifiedJob | None = None,
     ) -> None:
-        self._db = KeptConnection(pool)
+        # Claims plan ordered index probes whatever the statistics say (see the query).
+        self._db = KeptConnection(pool, setup=QUERIES["worker_set_claim_session"])
         # The job the notifications name while this worker waits (filled by the
         # listener); its own, never filled, when none is given.
         self._notified = notified if notified is not None else NotifiedJob()

@@ -8,9 +8,10 @@ Invariants:
 - Given back to the pool after any error, so a broken connection is replaced at the
   next statement, and by ``release()`` when the loop ends (the pool cannot close while a
   connection is out).
-- The kept session has no state of its own: only single statements, or transactions
-  that end before ``transaction`` returns, run on it, and the locks they take are
-  transaction-scoped.
+- The kept session has no state of its own but what ``setup`` sets when it is borrowed
+  (run-time parameters, which the pool resets when it is given back): only single
+  statements, or transactions that end before ``transaction`` returns, run on it, and
+  the locks they take are transaction-scoped.
 """
 
 from __future__ import annotations
@@ -33,16 +34,29 @@ T = TypeVar("T")
 class KeptConnection:
     """Runs statements on one pool connection, kept between statements."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, setup: str | None = None) -> None:
+        """``setup``: a statement run on the connection each time it is borrowed."""
         self._pool = pool
+        self._setup = setup
         self._conn: Any = None
+
+    async def _borrow(self) -> Any:
+        """The kept connection, borrowed (and set up) if none is held."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._pool.acquire()
+            if self._setup is not None:
+                try:
+                    await conn.execute(self._setup)
+                except BaseException:
+                    await self.release()
+                    raise
+        return conn
 
     async def fetch(self, query: str, *args: object) -> list[Any]:
         """Run ``query`` and return its rows (the statement is prepared once per
         connection, by asyncpg's statement cache)."""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = await self._pool.acquire()
+        conn = await self._borrow()
         try:
             rows: list[Any] = await conn.fetch(query, *args)
         except BaseException:
@@ -53,9 +67,7 @@ class KeptConnection:
     async def transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``work(connection)`` in one transaction on the kept connection: committed
         when it returns, rolled back (and the connection given back) when it raises."""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = await self._pool.acquire()
+        conn = await self._borrow()
         try:
             async with transaction(conn):
                 return await work(conn)
