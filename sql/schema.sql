@@ -112,9 +112,9 @@ $$;
 
 -- The types of payload and metadata: JSON objects of bounded size. Their checks are the
 -- types' and not the table's, so they run when a value is written to the column (an
--- INSERT, or an UPDATE that sets it) and never when a claim, an outcome or a heartbeat
--- updates the row: PostgreSQL checks a table's constraints on every row an UPDATE writes,
--- and these two read the whole value, which for a large payload stored compressed out
+-- INSERT, or an UPDATE that sets it) and never when a claim, an outcome or a progress
+-- report updates the row: PostgreSQL checks a table's constraints on every row an
+-- UPDATE writes, and these read the whole value, which for a large payload stored out
 -- of line cost each claim and outcome write of 1,000 jobs of 100 KB a quarter of a
 -- second (0022). The constraints keep the names they had on the table. NOT VALID: as
 -- 0022 adds them to a table whose rows the table's constraints had checked already.
