@@ -30,7 +30,8 @@ Invariants:
   round trip per finished job.
 - While claims find jobs but are not full (a stream: producers inserting one job at a
   time), looks again every ``STREAM_PAUSE`` seconds (a freed slot of a tenant held to
-  its cap or a reconnect ends the pause early, a notification does not) with inserts
+  its cap, a reconnect, or an outcome write of this worker that released waiting jobs
+  or inserted child jobs ends the pause early, a notification does not) with inserts
   told not to notify (``Doorbell.busy``): a notifying commit holds a database-wide
   lock until it is on disk, so a NOTIFY per insert would make the producers commit one
   at a time, and a wake-up per insert would cost a claim per job. Only a claim that
@@ -90,11 +91,14 @@ from listener.wake import NotifiedJob, Wake
 # jobs are all of kinds this worker does not handle are not walked at all.
 MAX_PARTIAL_WALKS = 100
 # Seconds between two claims while claims find jobs but are not full (a stream of
-# single inserts): the start latency this adds is half of it on average. A longer pause
-# makes fewer, larger claims, but beside 8 producers on 2 quiet cores (pgwake bench
-# mixed) 10 ms left them 0.69-0.72 of their rate against 0.68 with 5 ms, for a start
-# p50 of 9.1-9.5 ms instead of 5.8: not worth it.
-STREAM_PAUSE = 0.005
+# single inserts): the start latency this adds is half of it on average, and each
+# claim and outcome write costs the worker about as much CPU again as a dozen jobs.
+# Beside 8 producers on 2 cores (pgwake bench mixed, alternating), 5 ms left them
+# 4,794-4,976 rows/s at a start p50 of 6.0 ms, the worker at 34-35 us of CPU a job;
+# 8 ms 5,146-5,221 at 7.9 ms, 29 us a job; 10 ms 5,176-5,185 at 9.3 ms (no worker:
+# 6,265-6,454). Past 8 ms the producers gain nothing more. Jobs that this worker's own
+# outcome writes make ready (dependents, children) do not wait for the pause.
+STREAM_PAUSE = 0.008
 # Weight of the newest sample in the running averages of claim durations.
 SMOOTHING = 0.1
 # Seconds one claim should take at most: a backlog of short jobs is claimed in batches

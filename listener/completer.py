@@ -25,6 +25,9 @@ Invariants:
 - ``run`` returns only after ``close()`` and once the buffer is empty (and then gives
   its connection back), so the service can put back held jobs knowing every finished
   outcome is stored.
+- A write that settled waiting jobs (their dependencies finished) or inserted child
+  jobs calls ``on_settled``: the claimer looks at once, rather than at the end of a
+  stream's pause, which a NOTIFY does not cut short.
 """
 
 from __future__ import annotations
@@ -58,12 +61,14 @@ class Completer:
         *,
         max_batch: int = 1000,
         on_scheduled: Callable[[], None] | None = None,
+        on_settled: Callable[[], None] | None = None,
         max_backoff: float = 2.0,
     ) -> None:
         self._db = KeptConnection(pool)
         self._worker_id = worker_id
         self._max_batch = max_batch
         self._on_scheduled = on_scheduled
+        self._on_settled = on_settled
         self._max_backoff = max_backoff
         self._buffer: list[Outcome] = []
         self._pending = anyio.Event()
@@ -138,7 +143,7 @@ class Completer:
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
         try:
-            await self._execute(batch)
+            settled = await self._execute(batch)
         except (asyncpg.PostgresError, ValueError, TypeError, RecursionError) as exc:
             # ValueError, TypeError, RecursionError: the client could not encode a value
             # of the batch (asyncpg raises them before anything is sent).
@@ -148,6 +153,8 @@ class Completer:
             return
         if self._on_scheduled is not None and any(o.status == Status.SCHEDULED for o in batch):
             self._on_scheduled()
+        if settled and self._on_settled is not None:
+            self._on_settled()
 
     async def _isolate(self, batch: Sequence[Outcome], exc: Exception) -> None:
         if len(batch) > 1:
@@ -163,19 +170,24 @@ class Completer:
         message = storable_text(redact(message))
         self._log.error("job outcome refused", job_id=outcome.job_id, error=message)
         failed = Outcome(outcome.job_id, outcome.attempt, Status.FAILED, error=message)
-        await self._execute([failed])
+        if await self._execute([failed]) and self._on_settled is not None:
+            self._on_settled()  # dependents that run anyway
 
-    async def _execute(self, batch: Sequence[Outcome]) -> None:
+    async def _execute(self, batch: Sequence[Outcome]) -> bool:
+        """Write ``batch``; True if that made jobs ready that were not (it settled
+        waiting jobs, or inserted children)."""
         children = [(o.job_id, c) for o in batch if o.children for c in o.children]
         if not children:
-            await self._db.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
-            return
+            rows = await self._db.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
+            return bool(rows) and rows[0]["settled"] > 0
 
-        async def finish_then_insert(conn: Any) -> None:
+        async def finish_then_insert(conn: Any) -> bool:
             stored = await conn.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
-            await insert_children(conn, {r["id"] for r in stored}, children)
+            inserted = await insert_children(conn, {r["id"] for r in stored}, children)
+            return inserted > 0 or (bool(stored) and stored[0]["settled"] > 0)
 
-        await self._db.transaction(finish_then_insert)
+        made_ready: bool = await self._db.transaction(finish_then_insert)
+        return made_ready
 
     def _finish_args(self, batch: Sequence[Outcome]) -> tuple[Any, ...]:
         return (

@@ -157,8 +157,9 @@ UNHANDLED_KIND = "_unhandled"
 OUTCOMES = (*FINISHED, "retried", "snoozed")
 # The scopes of rate limits (pgwake.rate_windows.scope).
 RATE_SCOPES = ("tenant", "kind", "kind_tenant")
-# "rate_limit": the moment a full rate limit window opened (claimer.py).
-WAKE_SOURCES = ("notify", "poll", "reconnect", "slot", "rate_limit")
+# "rate_limit": the moment a full rate limit window opened (claimer.py); "settled": this
+# worker's outcome write released waiting jobs or inserted child jobs (completer.py).
+WAKE_SOURCES = ("notify", "poll", "reconnect", "slot", "rate_limit", "settled")
 # Why a worker was lost: its process is gone (and no new worker started on its host
 # since), it restarted (gone, and a new worker started on the same host since its last
 # heartbeat), or it hung (alive, holding its lock, but silent past the timeout).

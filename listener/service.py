@@ -200,7 +200,10 @@ class Service:
             dsn, size=POOL_SIZE, session_settings=self.session_settings, min_size=0
         )
         self.completer = Completer(
-            pool, worker_id, on_scheduled=partial(self.promote_wake.set, "retry")
+            pool,
+            worker_id,
+            on_scheduled=partial(self.promote_wake.set, "retry"),
+            on_settled=partial(self.claim_wake.set, "settled"),
         )
         self.tenant_pools = TenantPools(
             max_connections=s.tenant_db_max_connections,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Sequence
 
 import anyio
 import anyio.from_thread
@@ -18,6 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from listener import db
+from listener.children import ChildJob
+from listener.completer import Completer
+from listener.jobs import Outcome, Status
 from listener.queries import QUERIES
 from tests.support.claims import claim, register
 from tests.support.cli import pgwake
@@ -426,3 +430,72 @@ async def test_a_dependency_failed_by_a_crashed_workers_put_back_cancels_its_dep
     rows = await conn.fetch(QUERIES["job_put_back_held"], worker, "crashed", True)
     assert [(r["id"], r["status"]) for r in rows] == [(a, "failed")]
     assert await statuses(conn, [final]) == ["cancelled"]
+
+
+async def test_outcome_writes_that_make_jobs_ready_wake_the_claimer(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The completer calls ``on_settled`` after a write that released a waiting job or
+    inserted a child job (the claimer then looks at once instead of at the end of a
+    stream's pause, which a NOTIFY does not end), and not after one that did neither."""
+    first, second = await chain(conn, 2)
+    alone = await insert(conn, [])
+    worker = await register(conn)
+    running = dict(
+        await conn.fetch(
+            "UPDATE pgwake.jobs SET status = 'running', claimed_by = $2, "
+            "attempts = attempts + 1, started_at = now() WHERE id = ANY ($1::bigint[]) "
+            "RETURNING id, attempts",
+            [first, alone],
+            worker,
+        )
+    )
+    child_id = await conn.fetchval("SELECT nextval('pgwake.jobs_id_seq')")
+    woken: list[int] = []
+    stored = anyio.Event()
+    pool = db.new_pool(dsn, size=2)
+    await db.open_pool(pool, dsn)
+    completer = Completer(pool, worker, on_settled=lambda: woken.append(len(written)))
+    written: list[list[int]] = []
+
+    def note(outcomes: Sequence[Outcome]) -> None:
+        written.append([o.job_id for o in outcomes])
+        stored.set()
+
+    completer.when_stored(note)
+
+    async def write(outcome: Outcome) -> None:
+        nonlocal stored
+        stored = anyio.Event()
+        completer.submit(outcome)
+        with anyio.fail_after(30):
+            await stored.wait()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(completer.run)
+            # Nothing waits for this job: no wake.
+            await write(Outcome(alone, running[alone], Status.SUCCEEDED))
+            assert woken == []
+            # Its success releases the second link: one wake, before the batch is
+            # reported stored.
+            await write(Outcome(first, running[first], Status.SUCCEEDED))
+            assert woken == [1]
+            assert await statuses(conn, [second]) == ["queued"]
+            # A success that enqueued a child: one wake.
+            attempt = await conn.fetchval(
+                "UPDATE pgwake.jobs SET status = 'running', claimed_by = $2, "
+                "attempts = attempts + 1, started_at = now() WHERE id = $1 RETURNING attempts",
+                second,
+                worker,
+            )
+            child = ChildJob(id=child_id, tenant_id="default", kind="k", payload={})
+            await write(Outcome(second, attempt, Status.SUCCEEDED, children=[child]))
+            assert woken == [1, 2]
+            assert await statuses(conn, [child_id]) == ["queued"]
+            # A fenced-off write (the job is no longer held) changes nothing: no wake.
+            await write(Outcome(first, running[first], Status.SUCCEEDED))
+            assert woken == [1, 2]
+            completer.close()
+    finally:
+        await pool.close()

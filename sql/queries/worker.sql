@@ -855,10 +855,13 @@ RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
 -- $7 result as JSON text (text[], read as jsonb), $8 error text (text[]; NULL keeps the
 -- previous error)
 -- $6, $7 and $8 may each be NULL instead of an array of NULLs (unnest pads them).
--- Returns the ids that were changed. When a finished job belongs to a tenant with a
--- fleet-wide cap, it also wakes every worker (one NOTIFY): a slot of that tenant is
--- free now, and whichever worker is idle may take it. The jobs that wait for the
--- finished ones are settled (released or cancelled) in the same statement.
+-- Returns the ids that were changed, each with how many waiting jobs the statement
+-- settled (released or cancelled; the same count on every row). When a finished job
+-- belongs to a tenant with a fleet-wide cap, it also wakes every worker (one NOTIFY): a
+-- slot of that tenant is free now, and whichever worker is idle may take it. The jobs
+-- that wait for the finished ones are settled in the same statement; the worker that
+-- wrote the outcomes claims at once when some were (a stream's pause between claims
+-- does not end for a NOTIFY, so a chain's next link would wait for it).
 WITH finished AS (
 UPDATE pgwake.jobs AS j
    SET status = u.status,
@@ -910,10 +913,11 @@ settled AS (
 )
 -- The conditions make sure the side-effect CTEs run (a SELECT CTE that is not
 -- referenced is never evaluated).
-SELECT f.id FROM finished AS f
+SELECT f.id, s.n AS settled
+  FROM finished AS f, settled AS s
  WHERE (SELECT count(*) FROM capped_slot_freed) >= 0
    AND (SELECT sent FROM events) >= 0
-   AND (SELECT n FROM settled) >= 0;
+   AND s.n >= 0;
 
 -- name: job_put_back_unknown
 -- Puts back jobs the database says this worker runs but the worker does not know of (a
