@@ -78,7 +78,7 @@ from listener.jobs import Job, Outcome
 from listener.kept_connection import KeptConnection
 from listener.ledger import Ledger
 from listener.logs import get_logger
-from listener.metrics import Metrics
+from listener.metrics import WAKE_SOURCES, Metrics
 from listener.outage import OutageLog
 from listener.queries import QUERIES
 from listener.runners import Runners
@@ -197,6 +197,13 @@ class Claimer:
         # fifo: the unfair global-order claim, only for comparison benchmarks.
         self._fifo = fifo
         self._metrics = metrics
+        # The labelled counters the wake-up path bumps, looked up once: a lookup by label
+        # costs more than the increment, and the path runs cold after every idle wait.
+        self._wakes = {source: metrics.wakes.labels(source) for source in WAKE_SOURCES}
+        self._notified_claims = {
+            result: metrics.notified_claims.labels(result)
+            for result in ("claimed", "taken", "passed")
+        }
         self.ledger = Ledger()
         self.shares = TenantShares(concurrency=concurrency, tenant_concurrency=tenant_concurrency)
         self.runners = Runners(
@@ -475,7 +482,8 @@ class Claimer:
                 source = "rate_limit"
         else:
             source = await self._wake.wait(limit)
-        self._metrics.wakes.labels(source).inc()
+        counter = self._wakes.get(source)
+        (counter or self._metrics.wakes.labels(source)).inc()
         return source
 
     async def _wait_for_slots(self, wanted: int, timeout: float | None) -> None:
@@ -613,11 +621,12 @@ class Claimer:
             return "passed"  # the full claim that follows meets the outage and reports it
         if len(rows) < 2:  # the summary row alone
             result = "passed" if rows and rows[-1]["queued"] else "taken"
-            self._metrics.notified_claims.labels(result).inc()
+            self._notified_claims[result].inc()
             return result
-        self._metrics.notified_claims.labels("claimed").inc()
+        self._notified_claims["claimed"].inc()
         job = Job.from_record(rows[0])
-        got = Counter({job.tenant_id: 1})
+        got: Counter[str] = Counter()
+        got[job.tenant_id] = 1
         # Held to its cap by this job: the first of its jobs to end asks for a claim.
         self._cap_held = self._held(got, counted, cap)
         # The worker was idle: no lone tenant borrows, and this says nothing of others.

@@ -12,8 +12,10 @@ Invariants:
 - ``known`` holds the id of every job in flight or unacked, and nothing else: the jobs
   the database may rightly say this worker runs. An id the database reports that is not
   known at two ``reconcile`` calls in a row is an orphan (a claim whose reply was lost).
-- ``idle`` is set exactly while nothing is in flight; ``wait_freed`` returns after any
-  change that frees a slot (a handler ended, a job dropped, outcomes stored).
+- ``wait_idle`` returns once nothing is in flight (at once if nothing is);
+  ``wait_freed`` returns after any change that frees a slot (a handler ended, a job
+  dropped, outcomes stored). The event ``wait_idle`` waits on is made only when someone
+  waits: an idle worker's claim by id, the wake-up's hot path, makes none.
 - Every method is synchronous and O(1) per job, so the claim loop and the runners can
   call it between two awaits without a task switch.
 """
@@ -41,16 +43,14 @@ class Ledger:
         # Unknown ids the database reported at the last reconcile: orphans if still
         # unknown at the next one.
         self._suspects: set[int] = set()
-        self._idle = anyio.Event()
-        self._idle.set()
+        # Made by wait_idle while jobs are in flight; set and dropped when the last ends.
+        self._idle: anyio.Event | None = None
         self._freed = anyio.Event()
 
     def add(self, jobs: Sequence[Job]) -> None:
         """Jobs a claim returned: in flight from now on."""
         if not jobs:
             return
-        if self.in_flight == 0:
-            self._idle = anyio.Event()
         self.in_flight += len(jobs)
         claimed, known = self.claimed, self.known
         for job in jobs:
@@ -80,8 +80,9 @@ class Ledger:
         else:
             self.claimed[tenant] = before - 1
         self._freed.set()
-        if self.in_flight == 0:
+        if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
+            self._idle = None
         return before
 
     def stored(self, job_ids: Iterable[int]) -> None:
@@ -110,4 +111,8 @@ class Ledger:
 
     async def wait_idle(self) -> None:
         """Wait until nothing is in flight."""
+        if self.in_flight == 0:
+            return
+        if self._idle is None:
+            self._idle = anyio.Event()
         await self._idle.wait()

@@ -174,6 +174,10 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     touched. Relies on the histogram child's bucket counters (prometheus-client keeps
     them as ``_upper_bounds``, ``_buckets`` and ``_sum``); without them it observes one
     by one."""
+    if len(values) == 1:
+        # One value (an idle worker's claim by id): the plain observe stops at its bucket.
+        histogram.observe(values[0])
+        return
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)

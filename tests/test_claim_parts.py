@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import anyio
+
 from listener.ledger import Ledger
 from listener.runners import _Fifo, _Turns
 from listener.shares import TenantShares
@@ -34,10 +36,23 @@ def test_ledger_counts_a_job_from_claim_to_stored_outcome() -> None:
 async def test_ledger_is_idle_exactly_while_nothing_is_in_flight() -> None:
     ledger = Ledger()
     await ledger.wait_idle()  # returns at once: nothing held
-    ledger.add([job(1, "a")])
-    assert not ledger._idle.is_set()
-    ledger.ended(job(1, "a"))
-    await ledger.wait_idle()
+    ledger.add([job(1, "a"), job(2, "b")])
+    idle: list[bool] = []
+
+    async def waiter() -> None:
+        await ledger.wait_idle()
+        idle.append(True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        assert idle == []  # two in flight
+        ledger.ended(job(1, "a"))
+        await anyio.wait_all_tasks_blocked()
+        assert idle == []  # one still in flight
+        ledger.dropped(job(2, "b"))
+    assert idle == [True]
+    await ledger.wait_idle()  # and again at once
     # A freed slot is remembered until waited for.
     await ledger.wait_freed()
 
