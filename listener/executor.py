@@ -255,7 +255,7 @@ class Executor:
         job, reporter = ctx.job, ctx.progress_reporter
         try:
             result = await handler.fn(payload, ctx)
-            if reporter is not None:
+            if reporter is not None and reporter.pending:
                 await reporter.flush()  # the last progress reported, before the outcome
         except Snooze as exc:
             return Outcome(

@@ -74,20 +74,28 @@ class Job:
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Job:
-        """Build from a row of the ``job_claim`` query."""
-        return cls(
-            id=row["id"],
-            tenant_id=row["tenant_id"],
-            kind=row["kind"],
-            payload=row["payload"],
-            priority=row["priority"],
-            attempt=row["attempts"],
-            max_attempts=row["max_attempts"],
-            timeout=row["timeout_seconds"],
-            created_at=row["created_at"],
-            run_at=row["run_at"],
-            started_at=row["started_at"],
-        )
+        """Build from a row of a claim statement, whose first columns are these fields
+        in this order (``CLAIM_COLUMNS``; tests/test_queries.py checks every claim): by
+        position, as this runs for every job claimed."""
+        return cls(*row[:CLAIMED_FIELDS])
+
+
+# The first columns of every claim statement's rows, in Job's field order (attempts is
+# Job.attempt, timeout_seconds Job.timeout).
+CLAIM_COLUMNS: Final = (
+    "id",
+    "tenant_id",
+    "kind",
+    "payload",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "timeout_seconds",
+    "created_at",
+    "run_at",
+    "started_at",
+)
+CLAIMED_FIELDS: Final = len(CLAIM_COLUMNS)
 
 
 def storable_text(text: str) -> str:

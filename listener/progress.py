@@ -145,6 +145,11 @@ class JobProgress:
         else:
             self._writer.hold(self)
 
+    @property
+    def pending(self) -> bool:
+        """True while a report waits to be written (``flush`` writes it)."""
+        return self._pending is not None
+
     async def flush(self) -> None:
         """Write the pending report, if any (the newest one, whoever calls)."""
         if self._pending is None:

@@ -4,11 +4,14 @@ and every name used by the code literally."""
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from listener.cli.bench.queries import BENCH_QUERIES
+from listener.jobs import CLAIM_COLUMNS, CLAIMED_FIELDS, Job
 from listener.queries import QUERIES, load, parse, query_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,3 +153,20 @@ def test_code_names_every_query_literally_in_its_own_mapping() -> None:
         bench |= set(re.findall(r'BENCH_QUERIES\["([a-z0-9_]+)"\]', text))
     assert runtime == set(QUERIES)
     assert bench == set(BENCH_QUERIES)
+
+
+@pytest.mark.parametrize(
+    "name", ["job_claim", "job_claim_plain", "job_claim_notified", "job_claim_fifo"]
+)
+async def test_every_claim_starts_its_rows_with_the_columns_of_a_job(
+    conn: asyncpg.Connection, name: str
+) -> None:
+    """Job.from_record reads a claimed row by position: every claim statement's first
+    columns are CLAIM_COLUMNS, in that order (and a Job built from a row gets them)."""
+    query = QUERIES[name] if name in QUERIES else BENCH_QUERIES[name]
+    statement = await conn.prepare(query)
+    names = [a.name for a in statement.get_attributes()]
+    assert tuple(names[:CLAIMED_FIELDS]) == CLAIM_COLUMNS, names
+    assert [f.name for f in fields(Job)] == [
+        {"attempts": "attempt", "timeout_seconds": "timeout"}.get(c, c) for c in CLAIM_COLUMNS
+    ]
