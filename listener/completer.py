@@ -143,7 +143,7 @@ class Completer:
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
         try:
-            settled = await self._execute(batch)
+            await self._execute(batch)
         except (asyncpg.PostgresError, ValueError, TypeError, RecursionError) as exc:
             # ValueError, TypeError, RecursionError: the client could not encode a value
             # of the batch (asyncpg raises them before anything is sent).
@@ -153,8 +153,6 @@ class Completer:
             return
         if self._on_scheduled is not None and any(o.status == Status.SCHEDULED for o in batch):
             self._on_scheduled()
-        if settled and self._on_settled is not None:
-            self._on_settled()
 
     async def _isolate(self, batch: Sequence[Outcome], exc: Exception) -> None:
         if len(batch) > 1:
@@ -170,24 +168,25 @@ class Completer:
         message = storable_text(redact(message))
         self._log.error("job outcome refused", job_id=outcome.job_id, error=message)
         failed = Outcome(outcome.job_id, outcome.attempt, Status.FAILED, error=message)
-        if await self._execute([failed]) and self._on_settled is not None:
-            self._on_settled()  # dependents that run anyway
+        await self._execute([failed])
 
-    async def _execute(self, batch: Sequence[Outcome]) -> bool:
-        """Write ``batch``; True if that made jobs ready that were not (it settled
-        waiting jobs, or inserted children)."""
+    async def _execute(self, batch: Sequence[Outcome]) -> None:
+        """Write ``batch``; once it is committed, call ``on_settled`` if that made jobs
+        ready (it settled waiting jobs, or inserted children)."""
         children = [(o.job_id, c) for o in batch if o.children for c in o.children]
         if not children:
             rows = await self._db.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
-            return bool(rows) and rows[0]["settled"] > 0
+            made_ready = _settled_any(rows)
+        else:
 
-        async def finish_then_insert(conn: Any) -> bool:
-            stored = await conn.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
-            inserted = await insert_children(conn, {r["id"] for r in stored}, children)
-            return inserted > 0 or (bool(stored) and stored[0]["settled"] > 0)
+            async def finish_then_insert(conn: Any) -> bool:
+                stored = await conn.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
+                inserted = await insert_children(conn, {r["id"] for r in stored}, children)
+                return inserted > 0 or _settled_any(stored)
 
-        made_ready: bool = await self._db.transaction(finish_then_insert)
-        return made_ready
+            made_ready = await self._db.transaction(finish_then_insert)
+        if made_ready and self._on_settled is not None:
+            self._on_settled()
 
     def _finish_args(self, batch: Sequence[Outcome]) -> tuple[Any, ...]:
         return (
@@ -200,6 +199,11 @@ class Completer:
             _nulls_as_none([_result_json(o) for o in batch]),
             _nulls_as_none([None if o.error is None else storable_text(o.error) for o in batch]),
         )
+
+
+def _settled_any(rows: Sequence[asyncpg.Record]) -> bool:
+    """Whether job_finish_many settled waiting jobs (each row carries the count)."""
+    return bool(rows) and rows[0]["settled"] > 0
 
 
 def _result_json(outcome: Outcome) -> str | None:
