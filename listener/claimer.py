@@ -600,7 +600,7 @@ class Claimer:
             whole = walked < want and walked <= len(got)
             self.shares.after_claim(got, counted, cap, self._cap_held, full=full, whole=whole)
         self._update_pace(took, len(jobs))
-        self._metrics.observe_claimed((job.kind, job.started_at, job.run_at) for job in jobs)
+        self._metrics.observe_claimed((job.kind, job.waited) for job in jobs)
         return jobs, cut_short, more
 
     async def _claim_notified(self, job_id: int) -> str:
@@ -631,7 +631,7 @@ class Claimer:
         self._cap_held = self._held(got, counted, cap)
         # The worker was idle: no lone tenant borrows, and this says nothing of others.
         self.shares.after_claim(got, counted, cap, self._cap_held, full=False, whole=False)
-        self._metrics.observe_claimed([(job.kind, job.started_at, job.run_at)])
+        self._metrics.observe_claimed([(job.kind, job.waited)])
         self._dispatch([job])
         return "claimed"
 

@@ -13,9 +13,8 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -24,7 +23,7 @@ from structlog.typing import FilteringBoundLogger
 from listener.children import Children, DependencyResult
 from listener.errors import ConfigurationError
 from listener.jobs import Job
-from listener.progress import JobProgress
+from listener.progress import JobProgress, ProgressSink
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -40,53 +39,91 @@ class TenantConnections(Protocol):
         ...
 
 
-@dataclass(slots=True)
-class RecordTally:
-    """The records one attempt reported: None until the first report."""
-
-    total: int | None = None
-
-    def add(self, count: int) -> None:
-        """Add ``count`` records (an int, 0 or more)."""
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"records must be an int, not {type(count).__name__}")
-        if count < 0:
-            raise ValueError(f"records must be 0 or more, not {count}")
-        self.total = (self.total or 0) + count
-
-
-@dataclass(frozen=True, slots=True)
 class JobContext:
-    """What a handler may know and use about the job it runs."""
+    """What a handler may know and use about the job it runs.
 
-    job: Job
-    log: FilteringBoundLogger
-    """structlog's logger: ``ctx.log.info("event", key=value)``, ``await
-    ctx.log.ainfo(...)``, ``ctx.log.bind(...)``; the job's fields come from
-    ``jobs.job_context``."""
-    databases: TenantConnections | None = None
-    progress_reporter: JobProgress | None = None
-    tally: RecordTally = field(default_factory=RecordTally)
-    dry_run: bool = False
-    """True under ``pgwake exec --dry-run``: the run is a rehearsal. ``ctx.tenant_db()``
-    connections are in a transaction rolled back at the end; a handler with effects
-    elsewhere (an e-mail, an API call) should skip them when this is set."""
-    children: Children | None = None
+    Read-only to the handler: its attributes have no setters. One is made for every job,
+    so making one costs little: an attempt's helpers (its progress reports, the jobs it
+    enqueues, the records it counts) are made on first use, and most handlers use none.
+    ``progress_reporter`` and ``children`` are those helpers, for the executor (None
+    while unused)."""
+
+    __slots__ = (
+        "_databases",
+        "_dry_run",
+        "_job",
+        "_log",
+        "_make_children",
+        "_progress_sink",
+        "_records",
+        "_reporter",
+        "_spawned",
+    )
+
+    def __init__(
+        self,
+        job: Job,
+        log: FilteringBoundLogger,
+        *,
+        databases: TenantConnections | None = None,
+        progress: ProgressSink | None = None,
+        dry_run: bool = False,
+        children: Callable[[Job], Children] | None = None,
+    ) -> None:
+        self._job = job
+        self._log = log
+        self._databases = databases
+        self._progress_sink = progress
+        self._dry_run = dry_run
+        self._make_children = children
+        self._records: int | None = None
+        self._reporter: JobProgress | None = None
+        self._spawned: Children | None = None
+
+    @property
+    def progress_reporter(self) -> JobProgress | None:
+        """This attempt's progress reports (None until the handler reports)."""
+        return self._reporter
+
+    @property
+    def children(self) -> Children | None:
+        """The jobs this attempt enqueued (None until the handler enqueues one or reads
+        its dependencies)."""
+        return self._spawned
+
+    @property
+    def job(self) -> Job:
+        """The claimed job."""
+        return self._job
+
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """structlog's logger: ``ctx.log.info("event", key=value)``, ``await
+        ctx.log.ainfo(...)``, ``ctx.log.bind(...)``; the job's fields come from
+        ``jobs.job_context``."""
+        return self._log
+
+    @property
+    def dry_run(self) -> bool:
+        """True under ``pgwake exec --dry-run``: the run is a rehearsal. ``ctx.tenant_db()``
+        connections are in a transaction rolled back at the end; a handler with effects
+        elsewhere (an e-mail, an API call) should skip them when this is set."""
+        return self._dry_run
 
     @property
     def tenant(self) -> str:
         """The tenant the job belongs to."""
-        return self.job.tenant_id
+        return self._job.tenant_id
 
     @property
     def attempt(self) -> int:
         """This attempt's number, 1 for the first run."""
-        return self.job.attempt
+        return self._job.attempt
 
     @property
     def is_last_attempt(self) -> bool:
         """True when a failure now fails the job for good."""
-        return self.job.attempt >= self.job.max_attempts
+        return self._job.attempt >= self._job.max_attempts
 
     def add_records(self, count: int = 1) -> None:
         """Report ``count`` more records processed by this attempt (call it once with the
@@ -95,12 +132,16 @@ class JobContext:
         (alert PgwakeJobProcessedNoRecords), and the job's end is logged with them.
         A handler that never calls it reports nothing (not zero). Refuses anything but
         an int of 0 or more (TypeError, ValueError)."""
-        self.tally.add(count)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"records must be an int, not {type(count).__name__}")
+        if count < 0:
+            raise ValueError(f"records must be 0 or more, not {count}")
+        self._records = (self._records or 0) + count
 
     @property
     def records(self) -> int | None:
         """The records this attempt has reported so far; None before the first report."""
-        return self.tally.total
+        return self._records
 
     async def progress(
         self, done: float, total: float | None = None, message: str | None = None
@@ -108,10 +149,13 @@ class JobContext:
         """Report progress: ``done`` out of ``total`` (None when unknown), with an
         optional message. Visible in ``jobs.progress``, ``pgwake jobs show`` and on
         ``pgwake_events``; written at most once a second (the last report always is)."""
-        if self.progress_reporter is None:
-            JobProgress.value(done, total, message)  # still refuse nonsense
-            return
-        await self.progress_reporter.report(done, total, message)
+        reporter = self._reporter
+        if reporter is None:
+            if self._progress_sink is None:
+                JobProgress.value(done, total, message)  # still refuse nonsense
+                return
+            reporter = self._reporter = JobProgress(self._job, self._progress_sink)
+        await reporter.report(done, total, message)
 
     def tenant_db(self) -> AbstractAsyncContextManager[PoolConnectionProxy]:
         """A connection to this tenant's own database::
@@ -122,9 +166,9 @@ class JobContext:
         Hold it only as long as needed, and never ask for a second one while holding one.
         A tenant without a database of its own fails the job (ConfigurationError).
         """
-        if self.databases is None:
+        if self._databases is None:
             raise ConfigurationError("this worker does not serve tenant databases")
-        return self.databases.connection(self.job.tenant_id)
+        return self._databases.connection(self._job.tenant_id)
 
     async def enqueue(
         self,
@@ -169,6 +213,9 @@ class JobContext:
         return await self._children().dependency_results()
 
     def _children(self) -> Children:
-        if self.children is None:
-            raise ConfigurationError("this worker cannot enqueue jobs or read dependencies")
-        return self.children
+        children = self._spawned
+        if children is None:
+            if self._make_children is None:
+                raise ConfigurationError("this worker cannot enqueue jobs or read dependencies")
+            children = self._spawned = self._make_children(self._job)
+        return children

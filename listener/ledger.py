@@ -45,7 +45,9 @@ class Ledger:
         self._suspects: set[int] = set()
         # Made by wait_idle while jobs are in flight; set and dropped when the last ends.
         self._idle: anyio.Event | None = None
-        self._freed = anyio.Event()
+        # Made by wait_freed; set and dropped at the next change that frees a slot (no
+        # event is touched per job while nobody waits).
+        self._freed: anyio.Event | None = None
 
     def add(self, jobs: Sequence[Job]) -> None:
         """Jobs a claim returned: in flight from now on."""
@@ -79,7 +81,7 @@ class Ledger:
             del self.claimed[tenant]
         else:
             self.claimed[tenant] = before - 1
-        self._freed.set()
+        self._set_freed()
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
             self._idle = None
@@ -93,7 +95,13 @@ class Ledger:
             known.discard(job_id)
             count += 1
         self.unacked -= count
-        self._freed.set()
+        self._set_freed()
+
+    def _set_freed(self) -> None:
+        freed = self._freed
+        if freed is not None:
+            freed.set()
+            self._freed = None
 
     def reconcile(self, held: Sequence[int]) -> list[int]:
         """Of the ids the database says this worker runs, those it has not known of at
@@ -105,9 +113,11 @@ class Ledger:
         return sorted(orphans)
 
     async def wait_freed(self) -> None:
-        """Wait for the next change that frees a slot."""
+        """Wait for the next change that frees a slot (one after this call: the caller
+        looks at the slots first)."""
+        if self._freed is None:
+            self._freed = anyio.Event()
         await self._freed.wait()
-        self._freed = anyio.Event()
 
     async def wait_idle(self) -> None:
         """Wait until nothing is in flight."""

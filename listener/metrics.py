@@ -43,7 +43,6 @@ import math
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
 
 from prometheus_client import (
     CollectorRegistry,
@@ -580,11 +579,12 @@ class Metrics:
         for status in FINISHED:
             self.jobs_pruned.labels(status)
 
-    def observe_claimed(self, jobs: Iterable[tuple[str, datetime, datetime]]) -> None:
-        """Jobs were claimed: (kind, started_at, run_at) of each."""
+    def observe_claimed(self, jobs: Iterable[tuple[str, float]]) -> None:
+        """Jobs were claimed: the kind of each, and the seconds it waited from when it
+        was due (never below 0)."""
         latencies: dict[str, list[float]] = {}
-        for kind, started_at, due_at in jobs:
-            latencies.setdefault(kind, []).append(max((started_at - due_at).total_seconds(), 0))
+        for kind, waited in jobs:
+            latencies.setdefault(kind, []).append(waited)
         for kind, values in latencies.items():
             if kind not in self._claimed:
                 self.register_kinds([kind])

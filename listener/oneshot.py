@@ -24,9 +24,9 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from listener.children import ChildJob, Children, DependencyResult
@@ -115,7 +115,7 @@ def new_job(
     priority: int = 0,
 ) -> Job:
     """A job that is in no table (id 0 unless given), started now."""
-    now = datetime.now(UTC)
+    now = time.time()
     return Job(
         id=job_id,
         tenant_id=tenant,
@@ -125,9 +125,9 @@ def new_job(
         attempt=attempt,
         max_attempts=max_attempts,
         timeout=timeout,
-        created_at=now,
-        run_at=now,
-        started_at=now,
+        created_epoch=now,
+        run_epoch=now,
+        started_epoch=now,
     )
 
 

@@ -53,8 +53,27 @@ async def test_ledger_is_idle_exactly_while_nothing_is_in_flight() -> None:
         ledger.dropped(job(2, "b"))
     assert idle == [True]
     await ledger.wait_idle()  # and again at once
-    # A freed slot is remembered until waited for.
-    await ledger.wait_freed()
+
+    # wait_freed waits for the next change that frees a slot: a job that ends, or
+    # outcomes stored (the caller looks at the free slots before it waits).
+    freed: list[str] = []
+
+    async def free_waiter(name: str) -> None:
+        await ledger.wait_freed()
+        freed.append(name)
+
+    ledger.add([job(3, "a")])
+    for name, free in (("ended", lambda: ledger.ended(job(3, "a"))), ("stored", None)):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(free_waiter, name)
+            await anyio.wait_all_tasks_blocked()
+            assert freed == ([] if name == "ended" else ["ended"])
+            if free is not None:
+                free()
+            else:
+                ledger.stored([3])
+    assert freed == ["ended", "stored"]
+    assert (ledger.known, ledger.unacked) == ({1}, 1)  # job 1's outcome is still unstored
 
 
 def test_ledger_calls_an_unknown_id_an_orphan_only_at_the_second_look() -> None:

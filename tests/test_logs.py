@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -382,10 +381,10 @@ def test_hot_lines_are_the_lines_the_pipeline_writes(captured: io.StringIO) -> N
     timestamp differs. A level above info drops them, and console mode sends them
     through the pipeline."""
     secret = "postgresql://app:hot-pw@db/x"
-    now = datetime.now(UTC)
+    now = time.time()
     job = Job(
         id=7, tenant_id="t1", kind=secret, payload={}, priority=0, attempt=2,
-        max_attempts=20, timeout=60.0, created_at=now, run_at=now, started_at=now,
+        max_attempts=20, timeout=60.0, created_epoch=now, run_epoch=now, started_epoch=now,
     )  # fmt: skip
     with structlog.contextvars.bound_contextvars(worker="w1"), job_context(job):
         logs.HotLogger("executor").info("job started", wait_seconds=0.5, password="plain")

@@ -4,15 +4,18 @@ and every name used by the code literally."""
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from listener.cli.bench.queries import BENCH_QUERIES
 from listener.jobs import CLAIM_COLUMNS, CLAIMED_FIELDS, Job
 from listener.queries import QUERIES, load, parse, query_files
+from tests.support.claims import claim, register
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_SQL = ROOT / "listener" / "cli" / "bench" / "bench.sql"
@@ -162,11 +165,57 @@ async def test_every_claim_starts_its_rows_with_the_columns_of_a_job(
     conn: asyncpg.Connection, name: str
 ) -> None:
     """Job.from_record reads a claimed row by position: every claim statement's first
-    columns are CLAIM_COLUMNS, in that order (and a Job built from a row gets them)."""
+    columns are CLAIM_COLUMNS, in that order (and a Job built from a row gets them),
+    the times as float8 seconds (Job's ``*_epoch`` fields)."""
     query = QUERIES[name] if name in QUERIES else BENCH_QUERIES[name]
     statement = await conn.prepare(query)
-    names = [a.name for a in statement.get_attributes()]
+    attributes = statement.get_attributes()
+    names = [a.name for a in attributes]
     assert tuple(names[:CLAIMED_FIELDS]) == CLAIM_COLUMNS, names
-    assert [f.name for f in fields(Job)] == [
+    assert list(Job._fields) == [
         {"attempts": "attempt", "timeout_seconds": "timeout"}.get(c, c) for c in CLAIM_COLUMNS
     ]
+    epochs = [a.type.name for a in attributes if a.name.endswith("_epoch")]
+    assert epochs == ["float8"] * 3, epochs
+
+
+# Times a job may be due at and be claimed now: from run_at's lowest allowed value (year
+# 1) to a second ago, with microseconds.
+_PAST = st.datetimes(
+    min_value=datetime(1, 1, 1, 0, 0, 1),
+    max_value=datetime(2026, 1, 1),
+).map(lambda d: d.replace(tzinfo=UTC))
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(run_at=_PAST)
+@example(run_at=datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC))
+@example(run_at=datetime(1697, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+@example(run_at=datetime(1970, 1, 1, tzinfo=UTC))
+@example(run_at=datetime(2025, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+async def test_a_claimed_job_gives_the_times_postgresql_stored(
+    conn: asyncpg.Connection, run_at: datetime
+) -> None:
+    """The claim returns a job's times as seconds since the epoch; the Job gives them back
+    as the datetimes PostgreSQL stored: to the microsecond within 272 years of 1970,
+    within 8 microseconds before that (run_at may be as early as year 1), and how long
+    the job waited as the difference."""
+    await conn.execute("DELETE FROM pgwake.jobs")
+    worker = await register(conn)
+    await conn.execute("INSERT INTO pgwake.jobs (kind, run_at) VALUES ('k', $1)", run_at)
+    (row,) = await claim(conn, worker, 10)
+    job = Job.from_record(row)
+    stored = await conn.fetchrow(
+        "SELECT created_at, run_at, started_at FROM pgwake.jobs WHERE id = $1", job.id
+    )
+    exact = run_at.year >= 1698
+    for name in ("created_at", "run_at", "started_at"):
+        got, want = getattr(job, name), stored[name]
+        if name != "run_at" or exact:
+            assert got == want, (name, got, want)
+        else:
+            assert abs(got - want) <= timedelta(microseconds=8), (name, got, want)
+    waited = (stored["started_at"] - stored["run_at"]).total_seconds()
+    assert job.waited == pytest.approx(waited, rel=1e-9, abs=1e-5)

@@ -312,6 +312,48 @@ async def test_executor_fails_unknown_kinds_and_configuration_errors_without_ret
     assert broken.error.startswith("ConfigurationError: SMTP_HOST is not set")
 
 
+async def test_a_handler_cannot_change_its_context_or_its_job() -> None:
+    """The context and the job are read-only to the handler: what it tries to change
+    raises, and the outcome keeps the job and attempt that were claimed (the fence of
+    the outcome write). Reports the handler makes still reach the outcome."""
+    registry = Registry()
+    refused: list[str] = []
+
+    @registry.handler("meddler")
+    async def meddler(payload: dict[str, Any], ctx: JobContext) -> None:
+        attempts: list[tuple[str, Any]] = [
+            ("job", held_job(99)),
+            ("log", None),
+            ("dry_run", True),
+            ("tenant", "other"),
+            ("attempt", 7),
+            ("records", 5),
+            ("progress_reporter", None),
+            ("children", None),
+            ("anything_new", 1),
+        ]
+        for name, value in attempts:
+            try:
+                setattr(ctx, name, value)
+            except AttributeError:
+                refused.append(name)
+        for name in ("id", "attempt", "tenant_id"):
+            try:
+                setattr(ctx.job, name, 0)
+            except AttributeError:
+                refused.append(f"job.{name}")
+        ctx.add_records(3)
+
+    outcome = await Executor(registry, Backoff(base=1.0)).execute(held_job(5, kind="meddler"))
+    assert refused == [
+        "job", "log", "dry_run", "tenant", "attempt", "records", "progress_reporter",
+        "children", "anything_new",
+        "job.id", "job.attempt", "job.tenant_id",
+    ]  # fmt: skip
+    assert (outcome.job_id, outcome.attempt, outcome.status) == (5, 1, "succeeded")
+    assert outcome.records == 3
+
+
 def test_settings_load_for_a_user_with_no_home(monkeypatch: pytest.MonkeyPatch) -> None:
     # A systemd DynamicUser on a host without nss-systemd: no $HOME, no passwd entry.
     import pwd

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -68,9 +69,9 @@ def _stored_job(row: Any) -> Job:
         attempt=max(row["attempts"], 1),
         max_attempts=row["max_attempts"],
         timeout=row["timeout_seconds"],
-        created_at=row["created_at"],
-        run_at=row["run_at"],
-        started_at=datetime.now(UTC),
+        created_epoch=row["created_at"].timestamp(),
+        run_epoch=row["run_at"].timestamp(),
+        started_epoch=time.time(),
     )
 
 

@@ -438,11 +438,15 @@ claimed AS (
            started_at = now()
      WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
     -- payload as jsonb, the base type of its domain (pgwake.job_payload): the client
-    -- decodes it without looking the domain up (all four claims do the same).
+    -- decodes it without looking the domain up; the times as seconds since the epoch
+    -- (float8), which the client decodes far faster than a timestamptz into a datetime
+    -- (all four claims do the same).
     RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
               j.attempts, j.max_attempts,
-              extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
-              j.started_at
+              extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
+              date_part('epoch', j.created_at) AS created_epoch,
+              date_part('epoch', j.run_at) AS run_epoch,
+              date_part('epoch', j.started_at) AS started_epoch
 ),
 -- The starts of this claim under each rate limit key they count against, recorded
 -- while its row is still locked; each call returns when its key opens again if the
@@ -696,8 +700,10 @@ claimed AS (
      WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
     RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
               j.attempts, j.max_attempts,
-              extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
-              j.started_at
+              extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
+              date_part('epoch', j.created_at) AS created_epoch,
+              date_part('epoch', j.run_at) AS run_epoch,
+              date_part('epoch', j.started_at) AS started_epoch
 )
 SELECT c.*, NULL::text AS walk_end, NULL::bigint AS walked, NULL::boolean AS more,
        NULL::float8 AS reopens_in, NULL::boolean AS needs_full
@@ -794,8 +800,10 @@ claimed AS (
        AND EXISTS (SELECT 1 FROM me)
     RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
               j.attempts, j.max_attempts,
-              extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
-              j.started_at
+              extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
+              date_part('epoch', j.created_at) AS created_epoch,
+              date_part('epoch', j.run_at) AS run_epoch,
+              date_part('epoch', j.started_at) AS started_epoch
 )
 SELECT c.*, NULL::boolean AS queued
   FROM claimed AS c
@@ -839,8 +847,10 @@ UPDATE pgwake.jobs AS j
  WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))
 RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
           j.attempts, j.max_attempts,
-          extract(epoch FROM j.timeout)::float8 AS timeout_seconds, j.created_at, j.run_at,
-          j.started_at;
+          extract(epoch FROM j.timeout)::float8 AS timeout_seconds,
+          date_part('epoch', j.created_at) AS created_epoch,
+          date_part('epoch', j.run_at) AS run_epoch,
+          date_part('epoch', j.started_at) AS started_epoch;
 
 -- name: job_finish_many
 -- Records the outcome of jobs this worker ran, in one statement. Fenced: a row changes

@@ -29,7 +29,7 @@ def held_job(
         attempt=1,
         max_attempts=max_attempts,
         timeout=timeout,
-        created_at=NOW,
-        run_at=NOW,
-        started_at=NOW,
+        created_epoch=NOW.timestamp(),
+        run_epoch=NOW.timestamp(),
+        started_epoch=NOW.timestamp(),
     )
