@@ -180,21 +180,30 @@ class Completer:
         else:
 
             async def finish_then_insert(conn: Any) -> bool:
-                stored = await conn.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
-                inserted = await insert_children(conn, {r["id"] for r in stored}, children)
-                return inserted > 0 or _settled_any(stored)
+                rows = await conn.fetch(QUERIES["job_finish_many"], *self._finish_args(batch))
+                stored = set(rows[0]["ids"] or ())
+                inserted = await insert_children(conn, stored, children)
+                return inserted > 0 or _settled_any(rows)
 
             made_ready = await self._db.transaction(finish_then_insert)
         if made_ready and self._on_settled is not None:
             self._on_settled()
 
     def _finish_args(self, batch: Sequence[Outcome]) -> tuple[Any, ...]:
+        if all(o.status is Status.SUCCEEDED and not o.refund for o in batch):
+            # The usual batch: the statement reads NULL as succeeded with nothing given
+            # back, and two arrays less cost the client a third of its encoding.
+            statuses: list[str] | None = None
+            refunds: list[int] | None = None
+        else:
+            statuses = [o.status for o in batch]
+            refunds = [o.refund for o in batch]
         return (
             self._worker_id,
             [o.job_id for o in batch],
             [o.attempt for o in batch],
-            [o.status for o in batch],
-            [o.refund for o in batch],
+            statuses,
+            refunds,
             _nulls_as_none([o.delay for o in batch]),
             _nulls_as_none([_result_json(o) for o in batch]),
             _nulls_as_none([None if o.error is None else storable_text(o.error) for o in batch]),
@@ -202,8 +211,8 @@ class Completer:
 
 
 def _settled_any(rows: Sequence[asyncpg.Record]) -> bool:
-    """Whether job_finish_many settled waiting jobs (each row carries the count)."""
-    return bool(rows) and rows[0]["settled"] > 0
+    """Whether job_finish_many (its one row) settled waiting jobs."""
+    return bool(rows) and (rows[0]["settled"] or 0) > 0
 
 
 def _result_json(outcome: Outcome) -> str | None:

@@ -148,7 +148,7 @@ async def test_payload_and_metadata_are_checked_when_written_never_when_a_job_ru
     jobs = await claim(conn, worker, 50)
     assert len(jobs) == 50
     assert all(len(job["payload"]["blob"]) == 100000 for job in jobs)
-    changed = await conn.fetch(
+    changed = await conn.fetchrow(
         QUERIES["job_finish_many"],
         worker,
         [job["id"] for job in jobs],
@@ -159,7 +159,8 @@ async def test_payload_and_metadata_are_checked_when_written_never_when_a_job_ru
         ["{}"] * 50,
         None,
     )
-    assert len(changed) == 50
+    assert changed is not None
+    assert sorted(changed["ids"]) == sorted(job["id"] for job in jobs)
     assert await conn.fetchval("SELECT last_value FROM public.json_checks") == 100
     # A value an UPDATE writes is checked, and refused, as before (the counting check
     # comes first by name, and a sequence does not roll back: it counts the refused one).
@@ -501,7 +502,7 @@ async def test_late_completion_from_a_worker_that_lost_the_job_changes_nothing(
     (second,) = await claim(conn, new, 1)
     assert second["attempts"] == 2
     finish = QUERIES["job_finish_many"]
-    late = await conn.fetch(
+    late = await conn.fetchrow(
         finish,
         old,
         [job_id],
@@ -512,12 +513,15 @@ async def test_late_completion_from_a_worker_that_lost_the_job_changes_nothing(
         ['{"stale": true}'],
         [None],
     )
-    assert late == []
+    # One row, naming no job: nothing changed (and nothing was settled).
+    assert late is not None
+    assert (late["ids"], late["settled"]) == (None, None)
     # Even with the right attempt number, another worker's id is refused.
-    assert (
-        await conn.fetch(finish, old, [job_id], [2], ["failed"], [0], [None], [None], ["zombie"])
-        == []
+    zombie = await conn.fetchrow(
+        finish, old, [job_id], [2], ["failed"], [0], [None], [None], ["zombie"]
     )
+    assert zombie is not None
+    assert zombie["ids"] is None
     row = await conn.fetchrow("SELECT * FROM pgwake.jobs WHERE id = $1", job_id)
     assert (row["status"], row["claimed_by"], row["result"], row["last_error"]) == (
         "running",
@@ -525,11 +529,19 @@ async def test_late_completion_from_a_worker_that_lost_the_job_changes_nothing(
         None,
         None,
     )
-    done = await conn.fetch(
-        finish, new, [job_id], [2], ["succeeded"], [0], [None], ['{"ok": 1}'], [None]
+    # A batch of successes may leave the statuses and attempts given back NULL (the
+    # completer does): succeeded, nothing given back.
+    done = await conn.fetchrow(finish, new, [job_id], [2], None, None, None, ['{"ok": 1}'], None)
+    assert done is not None
+    assert done["ids"] == [job_id]
+    row = await conn.fetchrow("SELECT * FROM pgwake.jobs WHERE id = $1", job_id)
+    assert (row["status"], row["attempts"], row["claimed_by"], row["result"]) == (
+        "succeeded",
+        2,
+        None,
+        {"ok": 1},
     )
-    assert [r["id"] for r in done] == [job_id]
-    assert await conn.fetchval("SELECT status FROM pgwake.jobs WHERE id=$1", job_id) == "succeeded"
+    assert row["finished_at"] is not None
 
 
 async def test_priority_never_starves_another_tenant(conn: asyncpg.Connection) -> None:

@@ -79,7 +79,7 @@ async def finish(conn: asyncpg.Connection, job_id: int, status: Status) -> None:
         [None],
         [None if status is Status.SUCCEEDED else "boom"],
     )
-    assert [r["id"] for r in done] == [job_id]
+    assert [r["ids"] for r in done] == [[job_id]]
 
 
 async def test_a_key_is_held_through_its_window_after_the_job_finished(

@@ -859,14 +859,16 @@ RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
 -- $1 worker id
 -- $2 job ids (bigint[])
 -- $3 the attempt each outcome belongs to (int[])
--- $4 new status: succeeded, failed, cancelled, queued or scheduled (text[])
--- $5 attempts to give back: 1 for a snooze or a put-back, else 0 (int[])
+-- $4 new status: succeeded, failed, cancelled, queued or scheduled (text[]; a NULL
+-- status is succeeded)
+-- $5 attempts to give back: 1 for a snooze or a put-back, else 0 (int[]; NULL is 0)
 -- $6 delay in seconds before the job runs again, NULL to keep run_at (float8[])
 -- $7 result as JSON text (text[], read as jsonb), $8 error text (text[]; NULL keeps the
 -- previous error)
--- $6, $7 and $8 may each be NULL instead of an array of NULLs (unnest pads them).
--- Returns the ids that were changed, each with how many waiting jobs the statement
--- settled (released or cancelled; the same count on every row). When a finished job
+-- $4 to $8 may each be NULL instead of an array of NULLs (unnest pads them): a batch
+-- of successes sends ids, attempts and results only.
+-- Returns one row: the ids that were changed (ids; NULL when none was) and how many
+-- waiting jobs the statement settled (released or cancelled). When a finished job
 -- belongs to a tenant with a fleet-wide cap, it also wakes every worker (one NOTIFY): a
 -- slot of that tenant is free now, and whichever worker is idle may take it. The jobs
 -- that wait for the finished ones are settled in the same statement; the worker that
@@ -874,11 +876,12 @@ RETURNING j.id, j.tenant_id, j.kind, j.payload::jsonb AS payload, j.priority,
 -- does not end for a NOTIFY, so a chain's next link would wait for it).
 WITH finished AS (
 UPDATE pgwake.jobs AS j
-   SET status = u.status,
-       attempts = greatest(j.attempts - u.refund, 0),
+   SET status = coalesce(u.status, 'succeeded'),
+       attempts = greatest(j.attempts - coalesce(u.refund, 0), 0),
        run_at = CASE WHEN u.delay IS NULL THEN j.run_at
                      ELSE now() + make_interval(secs => u.delay) END,
-       finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+       finished_at = CASE WHEN coalesce(u.status, 'succeeded')
+                               IN ('succeeded', 'failed', 'cancelled') THEN now() END,
        claimed_by = NULL,
        result = u.result::jsonb,
        last_error = coalesce(u.error, j.last_error)
@@ -922,8 +925,9 @@ settled AS (
       FROM finished AS f
 )
 -- The conditions make sure the side-effect CTEs run (a SELECT CTE that is not
--- referenced is never evaluated).
-SELECT f.id, s.n AS settled
+-- referenced is never evaluated). One row, whatever the batch: the client decodes one
+-- array instead of a row per job.
+SELECT array_agg(f.id) AS ids, max(s.n) AS settled
   FROM finished AS f, settled AS s
  WHERE (SELECT count(*) FROM capped_slot_freed) >= 0
    AND (SELECT sent FROM events) >= 0

@@ -60,7 +60,8 @@ async def finish(
         None,
         None if status == "succeeded" else [f"boom {i}" for i in ids],
     )
-    return sorted(r["id"] for r in done)
+    (row,) = done  # one row, whatever the batch
+    return sorted(row["ids"] or ())
 
 
 async def statuses(conn: asyncpg.Connection, ids: list[int]) -> list[str]:
