@@ -192,14 +192,32 @@ class Executor:
     async def attempt(self, job: Job) -> Outcome:
         """Run ``job`` once and return how it ended. The caller enforces the job's
         timeout (and records ``timed_out`` when it strikes); a cancellation from outside
-        propagates."""
+        propagates. One coroutine around the handler's (it runs for every job): what
+        comes before the handler and how its end maps to an outcome are plain calls."""
         job_log = self._job_log
         # job_context(job), inlined: this runs for every job.
         token = CURRENT_JOB.set(job)
         try:
             job_log.started(job)
             started = time.monotonic()
-            outcome = await self._run(job)
+            ready = self._prepare(job)
+            if isinstance(ready, Outcome):
+                outcome = ready
+            else:
+                handler, payload, ctx = ready
+                try:
+                    result = await handler.fn(payload, ctx)
+                    reporter = ctx.progress_reporter  # made if the handler reported
+                    if reporter is not None and reporter.pending:
+                        await reporter.flush()  # the last progress reported, before the outcome
+                except BaseException as exc:  # noqa: BLE001 - mapped to the job's outcome
+                    outcome = self._raised(job, exc)
+                else:
+                    outcome = _returned(job, result)
+                outcome.records = ctx.records
+                children = ctx.children
+                if outcome.status == Status.SUCCEEDED and children and children.enqueued:
+                    outcome.children = children.enqueued
             job_log.ended(outcome, started)
         finally:
             CURRENT_JOB.reset(token)
@@ -223,7 +241,10 @@ class Executor:
             self._job_log.ended(outcome, started)
         return outcome
 
-    async def _run(self, job: Job) -> Outcome:
+    def _prepare(self, job: Job) -> tuple[Handler, Any, JobContext] | Outcome:
+        """The handler, payload and context to run ``job`` with, or the failed outcome
+        of a job that cannot run (no handler for its kind, or a payload that is not
+        one)."""
         handler = self._registry.get(job.kind)
         if handler is None:
             error = ConfigurationError(f"no handler for kind {job.kind!r} in this worker")
@@ -241,47 +262,40 @@ class Executor:
             dry_run=self._dry_run,
             children=self._children,
         )
-        outcome = await self._call(handler, payload, ctx)
-        outcome.records = ctx.records
-        if outcome.status == Status.SUCCEEDED and ctx.children and ctx.children.enqueued:
-            outcome.children = ctx.children.enqueued
-        return outcome
+        return handler, payload, ctx
 
-    async def _call(  # noqa: PLR0911 - one return per outcome
-        self, handler: Handler, payload: Any, ctx: JobContext
-    ) -> Outcome:
-        """Run the handler and map how it ended to an outcome."""
-        job = ctx.job
-        try:
-            result = await handler.fn(payload, ctx)
-            reporter = ctx.progress_reporter  # made if the handler reported progress
-            if reporter is not None and reporter.pending:
-                await reporter.flush()  # the last progress reported, before the outcome
-        except Snooze as exc:
+    def _raised(self, job: Job, exc: BaseException) -> Outcome:
+        """The outcome of a handler that raised ``exc``; re-raises the cancellation the
+        worker itself asked for."""
+        if isinstance(exc, Snooze):
             return Outcome(
                 job.id, job.attempt, _requeue_status(exc.delay), refund=1, delay=exc.delay
             )
-        except Cancel as exc:
+        if isinstance(exc, Cancel):
             return Outcome(job.id, job.attempt, Status.CANCELLED, error=f"cancelled: {exc}")
-        except Retry as exc:
+        if isinstance(exc, Retry):
             return self._failure(job, _describe(exc, with_traceback=False), exc.delay)
-        except PermanentError as exc:
+        if isinstance(exc, PermanentError):
             return Outcome(
                 job.id, job.attempt, Status.FAILED, error=_describe(exc, with_traceback=True)
             )
-        except Exception as exc:  # noqa: BLE001 - any other exception is a job failure
+        if isinstance(exc, Exception):
             return self._failure(job, _describe(exc, with_traceback=True))
-        except BaseException as exc:
-            if _cancelled_by_worker(exc):
-                raise
-            # KeyboardInterrupt, SystemExit, GeneratorExit, a BaseException subclass of
-            # the handler's own: left to propagate, each would end the worker and put
-            # the job back for the next worker to die of.
-            return self._failure(job, _describe(exc, with_traceback=True, base=True))
-        encoded, problem = _encode_result(result)
-        if problem is not None:
-            return Outcome(job.id, job.attempt, Status.FAILED, error=problem)
-        return Outcome(job.id, job.attempt, Status.SUCCEEDED, result=result, result_json=encoded)
+        if _cancelled_by_worker(exc):
+            raise exc
+        # KeyboardInterrupt, SystemExit, GeneratorExit, a BaseException subclass of the
+        # handler's own: left to propagate, each would end the worker and put the job
+        # back for the next worker to die of.
+        return self._failure(job, _describe(exc, with_traceback=True, base=True))
+
+
+def _returned(job: Job, result: Any) -> Outcome:
+    """The outcome of a handler that returned ``result``: succeeded, or failed when the
+    result cannot be stored."""
+    encoded, problem = _encode_result(result)
+    if problem is not None:
+        return Outcome(job.id, job.attempt, Status.FAILED, error=problem)
+    return Outcome(job.id, job.attempt, Status.SUCCEEDED, result=result, result_json=encoded)
 
 
 def _parse_payload(handler: Handler, job: Job) -> tuple[Any, Outcome | None]:
