@@ -49,6 +49,10 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
+# The statuses of an attempt after which the job runs again (a module constant: a label
+# is read twice for every job, and an Enum's members cost a lookup each time).
+_AGAIN: Final = (Status.QUEUED, Status.SCHEDULED)
+
 # A job still to run (waiting for the jobs it depends on, waiting for its time, waiting
 # for a worker, or running)...
 ACTIVE: Final = (Status.WAITING, Status.SCHEDULED, Status.QUEUED, Status.RUNNING)
@@ -205,6 +209,7 @@ class Outcome:
     def label(self) -> str:
         """How the attempt ended, for logs and metrics: succeeded, failed or cancelled,
         or for a job that runs again, snoozed (attempt given back) or retried."""
-        if self.status in (Status.QUEUED, Status.SCHEDULED):
+        status = self.status
+        if status in _AGAIN:
             return "snoozed" if self.refund else "retried"
-        return self.status
+        return status
