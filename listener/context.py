@@ -43,10 +43,10 @@ class JobContext:
     """What a handler may know and use about the job it runs.
 
     Read-only to the handler: its attributes have no setters. One is made for every job,
-    so making one costs little: an attempt's helpers (its progress reports, the jobs it
-    enqueues, the records it counts) are made on first use, and most handlers use none.
-    ``progress_reporter`` and ``children`` are those helpers, for the executor (None
-    while unused)."""
+    so making one costs little: an attempt's helpers (its progress reports, and the jobs
+    it enqueues or whose results it reads) are made on first use, and most handlers use
+    neither. ``progress_reporter`` and ``children`` are those helpers, for the executor
+    (None while unused)."""
 
     __slots__ = (
         "_databases",
