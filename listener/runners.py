@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -88,7 +88,9 @@ class _Turns:
         # how many jobs of each tenant runners run.
         self._turn: deque[str] = deque()
         self._turn_set: set[str] = set()
-        self._started: Counter[str] = Counter()
+        # A plain dict, not a Counter: a tenant's count comes and goes with nearly every
+        # job that never waits, and a Counter's missing key and deletion are Python calls.
+        self._started: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         """True while a runner may start a job."""
@@ -103,7 +105,7 @@ class _Turns:
             if queue is None:
                 queue = ready[tenant] = deque()
             queue.append(job)
-            if tenant not in turn_set and started[tenant] < run_cap(tenant):
+            if tenant not in turn_set and started.get(tenant, 0) < run_cap(tenant):
                 turn.append(tenant)
                 turn_set.add(tenant)
 
@@ -116,7 +118,7 @@ class _Turns:
             queue = ready.get(tenant)
             if not queue:
                 continue
-            count = started[tenant]
+            count = started.get(tenant, 0)
             cap = run_cap(tenant)
             if count >= cap:
                 continue  # its cap shrank (it stopped borrowing): back when one ends
