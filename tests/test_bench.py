@@ -6,10 +6,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import asyncpg
 
+from listener.cli.bench.common import process_cpu_seconds
 from tests.support.cli import pgwake
+
+# Whether the kernel counts each process's CPU time in nanoseconds (clock ticks are too
+# coarse to see a tiny benchmark's worker spend anything).
+SCHEDSTAT = os.path.exists("/proc/self/schedstat")
 
 
 async def bench_databases(server_dsn: str) -> set[str]:
@@ -252,6 +258,28 @@ def test_raw_worker_refuses_bad_arguments() -> None:
     assert "s3cret-pw" not in done.stdout + done.stderr
 
 
+def test_process_cpu_seconds_counts_what_a_process_spent() -> None:
+    """The CPU reading ``mixed`` takes of its worker processes grows by what the process
+    spent (never more than the wall time it took, on one thread), and is None for a
+    process that does not exist."""
+    if not os.path.exists("/proc/self/stat"):
+        # Not Linux: no reading, rather than a wrong one.
+        assert process_cpu_seconds(os.getpid()) is None
+        return
+    began, wall = process_cpu_seconds(os.getpid()), time.monotonic()
+    spent = time.process_time()
+    while time.process_time() - spent < 0.1:
+        pass
+    after, took = process_cpu_seconds(os.getpid()), time.monotonic() - wall
+    assert began is not None
+    assert after is not None
+    # Clock ticks (the fallback) count in steps of 10 ms.
+    assert 0.08 <= after - began <= took + 0.02
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert process_cpu_seconds(gone.pid) is None
+
+
 def test_bench_unknown_workload() -> None:
     done = pgwake("bench", "nosuch")
     assert done.returncode == 2
@@ -332,6 +360,10 @@ async def test_bench_realistic_workloads_smoke(server_dsn: str) -> None:
         assert run["inserted"] > 0, name
         assert run["start_p50_ms"] <= run["start_p99_ms"], name
         assert run["share"] == round(run["rows_per_s"] / mixed["none"]["rows_per_s"], 3), name
+        if SCHEDSTAT:
+            # Each worker process spent CPU on the jobs while the producers ran.
+            assert run["worker_cpu_us_per_job"] > 0, name
+    assert mixed["none"]["worker_cpu_us_per_job"] is None
     (foreign,) = results["foreign-kinds"]
     assert foreign["tenants"] == 300
     assert foreign["jobs"] == 3

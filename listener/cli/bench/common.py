@@ -123,6 +123,26 @@ async def bench_database(server_dsn: str, *, fifo_index: bool = False) -> AsyncI
         await admin.close()
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """The CPU time (user and system) process ``pid`` has used so far, in seconds: from
+    ``/proc/<pid>/schedstat`` (nanoseconds) where the kernel keeps it, else from
+    ``/proc/<pid>/stat`` (clock ticks, 10 ms as a rule). None where there is no such
+    file (not Linux, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Fields after the command (in parentheses, which may hold spaces): utime and
+            # stime are the 12th and 13th.
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def child_env(dsn: str) -> dict[str, str]:
     """The environment of a benchmark's child process: the caller's without its
     ``PGWAKE_`` variables, and the database's DSN in ``PGWAKE_DSN`` (never on the

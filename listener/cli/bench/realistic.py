@@ -21,7 +21,10 @@ beside it, and tenants whose jobs it does not handle.
   beside the same producers' rate with no worker running, and beside the two raw-SQL
   reference workers of raw_worker.py (two writes per job, as a crash-safe queue must;
   one write, the bound of not writing claims), so that what the machine allows is
-  measured in the same rounds.
+  measured in the same rounds. Also each worker process's own CPU time per job
+  committed while the producers ran (its client side, not its database sessions'): a
+  steadier figure than the share, which the machine's noise moves by several points
+  from one run to the next.
 - ``foreign-kinds``: 10,000 tenants hold one job each of a kind the worker has no
   handler for; jobs of a handled kind are then committed one at a time, each in one of
   those tenants, while the worker (default settings) idles: their start latency.
@@ -52,6 +55,7 @@ from listener.cli.bench.common import (
     interleaved_medians,
     ms,
     percentile,
+    process_cpu_seconds,
     scrape,
     slowest_bucket,
     stop_processes,
@@ -288,7 +292,10 @@ class MixedRun:
     """Producers inserting single jobs, with a worker running them or none.
 
     ``share`` is the producers' rate as a share of their rate with no worker (the
-    medians of the same rounds); ``None`` for the run with no worker."""
+    medians of the same rounds); ``None`` for the run with no worker.
+    ``worker_cpu_us_per_job`` is the CPU time the worker process used while the
+    producers ran, in microseconds per job they committed (``None`` with no worker, or
+    where ``/proc`` cannot tell)."""
 
     worker: str
     producers: int
@@ -298,6 +305,7 @@ class MixedRun:
     start_p50_ms: float | None
     start_p99_ms: float | None
     share: float | None = None
+    worker_cpu_us_per_job: float | None = None
 
 
 async def _produce(dsn: str, *, producers: int, seconds: float) -> dict[int, float]:
@@ -324,11 +332,12 @@ async def _produce(dsn: str, *, producers: int, seconds: float) -> dict[int, flo
 
 
 @asynccontextmanager
-async def _running(dsn: str, worker: str) -> AsyncIterator[None]:
-    """The worker ``worker`` names, running on ``dsn`` for the duration."""
+async def _running(dsn: str, worker: str) -> AsyncIterator[int]:
+    """The worker ``worker`` names, running on ``dsn`` for the duration; gives its
+    process id."""
     if worker == "pgwake":
-        async with worker_processes(dsn, handlers=BENCH_HANDLERS):
-            yield
+        async with worker_processes(dsn, handlers=BENCH_HANDLERS) as (proc,):
+            yield proc.pid
         return
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; it runs on its own
         [sys.executable, "-m", "listener.cli.bench.raw_worker", worker],
@@ -341,7 +350,7 @@ async def _running(dsn: str, worker: str) -> AsyncIterator[None]:
         # do only once a pgwake worker is registered.
         if said is None or await anyio.to_thread.run_sync(said.readline) != b"ready\n":
             raise PgwakeError(f"the raw-SQL worker ({worker}) did not start")
-        yield
+        yield proc.pid
     finally:
         stop_processes([proc])
         if said is not None:
@@ -351,12 +360,17 @@ async def _running(dsn: str, worker: str) -> AsyncIterator[None]:
 async def mixed_run(server_dsn: str, worker: str, *, producers: int, seconds: float) -> MixedRun:
     """One run with ``worker`` (one of MIXED_WORKERS) running the producers' jobs."""
     waits: list[float] = []
+    cpu_per_job: float | None = None
     async with bench_database(server_dsn) as dsn:
         if worker == "none":
             committed = await _produce(dsn, producers=producers, seconds=seconds)
         else:
-            async with _running(dsn, worker):
+            async with _running(dsn, worker) as pid:
+                before = process_cpu_seconds(pid)
                 committed = await _produce(dsn, producers=producers, seconds=seconds)
+                after = process_cpu_seconds(pid)
+                if before is not None and after is not None and committed:
+                    cpu_per_job = round((after - before) / len(committed) * 1e6, 1)
                 conn = await db.connect(dsn)
                 try:
                     await wait_all_finished(conn, len(committed), timeout=600)
@@ -372,6 +386,7 @@ async def mixed_run(server_dsn: str, worker: str, *, producers: int, seconds: fl
         rows_per_s=round(len(committed) / seconds),
         start_p50_ms=ms(percentile(waits, 50)) if waits else None,
         start_p99_ms=ms(percentile(waits, 99)) if waits else None,
+        worker_cpu_us_per_job=cpu_per_job,
     )
 
 
@@ -397,12 +412,13 @@ def render_mixed(runs: Sequence[MixedRun]) -> str:
 
     head = (
         f"{'worker':<10} {'producers':>9} {'rows/s':>8} {'share':>6} "
-        f"{'start p50 ms':>12} {'p99 ms':>7}"
+        f"{'start p50 ms':>12} {'p99 ms':>7} {'worker cpu us/job':>17}"
     )
     lines = [head]
     lines += [
         f"{r.worker:<10} {r.producers:>9} {r.rows_per_s:>8g} {fmt(r.share):>6} "
-        f"{fmt(r.start_p50_ms):>12} {fmt(r.start_p99_ms):>7}"
+        f"{fmt(r.start_p50_ms):>12} {fmt(r.start_p99_ms):>7} "
+        f"{fmt(r.worker_cpu_us_per_job):>17}"
         for r in runs
     ]
     return "\n".join(lines)
