@@ -260,7 +260,7 @@ def test_raw_worker_refuses_bad_arguments() -> None:
 
 def test_process_cpu_seconds_counts_what_a_process_spent() -> None:
     """The CPU reading ``mixed`` takes of its worker processes grows by what the process
-    spent (never more than the wall time it took, on one thread), and is None for a
+    spent on its main thread (never more than the wall time it took), and is None for a
     process that does not exist."""
     if not os.path.exists("/proc/self/stat"):
         # Not Linux: no reading, rather than a wrong one.

@@ -124,10 +124,12 @@ async def bench_database(server_dsn: str, *, fifo_index: bool = False) -> AsyncI
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """The CPU time (user and system) process ``pid`` has used so far, in seconds: from
-    ``/proc/<pid>/schedstat`` (nanoseconds) where the kernel keeps it, else from
-    ``/proc/<pid>/stat`` (clock ticks, 10 ms as a rule). None where there is no such
-    file (not Linux, or the process is gone)."""
+    """The CPU time (user and system) process ``pid`` has used so far, in seconds: its
+    main thread's, from ``/proc/<pid>/schedstat`` (nanoseconds), where the kernel keeps
+    it; else the whole process's, from ``/proc/<pid>/stat`` (clock ticks, 10 ms as a
+    rule). The workers measured with it do their work on the main thread (the event
+    loop; the few helper threads idle). None where there is no such file (not Linux, or
+    the process is gone)."""
     try:
         with open(f"/proc/{pid}/schedstat") as f:
             return int(f.read().split()[0]) / 1e9
