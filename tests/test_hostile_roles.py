@@ -320,7 +320,7 @@ async def test_a_live_worker_whose_heartbeat_session_is_cut_is_not_declared_lost
     name = database_name(dsn)
     try:
         async with running_worker(
-            dsn, holding_registry(release, {}), heartbeat_interval=2.0, maintenance_interval=0.2
+            dsn, holding_registry(release, {}), heartbeat_interval=4.0, maintenance_interval=0.2
         ) as worker:
             ids = [
                 await conn.fetchval("INSERT INTO pgwake.jobs (kind) VALUES ('hold') RETURNING id")
@@ -354,26 +354,51 @@ async def test_a_live_worker_whose_heartbeat_session_is_cut_is_not_declared_lost
                 )
                 return pid
 
+            cut_pids: list[int] = []
+
             async def cut_right_after_a_beat() -> None:
                 async def cut() -> bool:
                     # The holder may be a session cut before that has not exited yet
                     # (the worker then beats without its lock until the next beat):
                     # only a live one can be terminated.
                     pid = await lock_holder_right_after_a_beat()
-                    return pid is not None and bool(
-                        await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
-                    )
+                    if pid is None or not await conn.fetchval(
+                        "SELECT pg_terminate_backend($1)", pid
+                    ):
+                        return False
+                    cut_pids.append(pid)
+                    return True
 
                 await eventually(cut, timeout=15, interval=0.01)
 
+            async def lock_held_by_a_new_session() -> bool:
+                pid: int | None = await conn.fetchval(
+                    "SELECT l.pid FROM pg_locks AS l JOIN pgwake.workers AS w "
+                    "ON l.objid = w.lock_key::oid WHERE l.locktype = 'advisory' "
+                    "AND l.classid = 1885828962::oid AND l.granted AND w.id = $1",
+                    worker.worker_id,
+                )
+                return pid is not None and pid not in cut_pids
+
             for _ in range(3):
                 await cut_right_after_a_beat()
-            await cut_right_after_a_beat()
+            # New connections are refused before the fourth cut, not after it: the
+            # worker reconnects its heartbeat session within milliseconds of a cut
+            # (8 ms in one run), and a reconnect that came first would keep beating.
+            # And only once a session the worker opened after the last cut holds the
+            # lock (not the cut one, still exiting): refused before that, the worker
+            # would have no session left to cut.
+            await eventually(lock_held_by_a_new_session, timeout=15, interval=0.01)
             await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
             try:
-                # One interval (the grace of 8feecbc) and several maintenance rounds
-                # past the beat; within the grace of one and a half (3 s).
-                await eventually(lambda: heartbeat_age_at_least(2.6), timeout=10, interval=0.01)
+                await cut_right_after_a_beat()
+                # One interval (4 s, the grace of 8feecbc) and three maintenance rounds
+                # past the beat, within the grace of one and a half (6 s). The worker
+                # retries at most a quarter of the interval apart (1 s), so it is back
+                # before the grace ends; with a 2 s interval the window after the
+                # refusal (0.4 s) was shorter than its retries (0.5 s) and it could miss
+                # it.
+                await eventually(lambda: heartbeat_age_at_least(4.6), timeout=15, interval=0.01)
             finally:
                 await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
