@@ -34,7 +34,7 @@ from tests.support.workers import spawn_worker, stop_process
 POLL = "300"
 
 
-async def enqueue_forever(dsn: str, stats: dict[str, int], kind: str = "sleep") -> None:
+async def enqueue_forever(dsn: str, stats: dict[str, int], kind: str) -> None:
     """A producer that keeps inserting short jobs of ``kind`` and rides out outages."""
     conn: asyncpg.Connection | None = None
     try:

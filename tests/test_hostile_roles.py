@@ -344,13 +344,17 @@ async def test_a_live_worker_whose_heartbeat_session_is_cut_is_not_declared_lost
             async def heartbeat_age_at_least(limit: float) -> bool:
                 return await heartbeat_age() >= limit
 
-            async def lock_holder_right_after_a_beat() -> int | None:
+            async def lock_holder(*, beat_within: float | None = None) -> int | None:
+                """The session holding the worker's liveness lock; with ``beat_within``,
+                only while the worker beat within that many seconds."""
                 pid: int | None = await conn.fetchval(
                     "SELECT l.pid FROM pg_locks AS l JOIN pgwake.workers AS w "
                     "ON l.objid = w.lock_key::oid WHERE l.locktype = 'advisory' "
                     "AND l.classid = 1885828962::oid AND l.granted AND w.id = $1 "
-                    "AND w.heartbeat_at > now() - interval '0.1 seconds'",
+                    "AND ($2::float8 IS NULL "
+                    "     OR w.heartbeat_at > now() - make_interval(secs => $2::float8))",
                     worker.worker_id,
+                    beat_within,
                 )
                 return pid
 
@@ -361,7 +365,7 @@ async def test_a_live_worker_whose_heartbeat_session_is_cut_is_not_declared_lost
                     # The holder may be a session cut before that has not exited yet
                     # (the worker then beats without its lock until the next beat):
                     # only a live one can be terminated.
-                    pid = await lock_holder_right_after_a_beat()
+                    pid = await lock_holder(beat_within=0.1)
                     if pid is None or not await conn.fetchval(
                         "SELECT pg_terminate_backend($1)", pid
                     ):
@@ -372,12 +376,7 @@ async def test_a_live_worker_whose_heartbeat_session_is_cut_is_not_declared_lost
                 await eventually(cut, timeout=15, interval=0.01)
 
             async def lock_held_by_a_new_session() -> bool:
-                pid: int | None = await conn.fetchval(
-                    "SELECT l.pid FROM pg_locks AS l JOIN pgwake.workers AS w "
-                    "ON l.objid = w.lock_key::oid WHERE l.locktype = 'advisory' "
-                    "AND l.classid = 1885828962::oid AND l.granted AND w.id = $1",
-                    worker.worker_id,
-                )
+                pid = await lock_holder()
                 return pid is not None and pid not in cut_pids
 
             for _ in range(3):

@@ -10,6 +10,7 @@ whose handler ran twice has two lines, whatever became of its outcomes.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any
 
 import anyio
@@ -33,11 +34,7 @@ async def logged_sleep(payload: dict[str, Any], ctx: JobContext) -> None:
     await anyio.sleep(float(payload.get("seconds", 0)))
 
 
-def runs_by_job(path: str) -> dict[int, int]:
+def runs_by_job(path: str) -> Counter[int]:
     """How many times each job's handler ran, from the file ``logged_sleep`` writes."""
-    runs: dict[int, int] = {}
     with open(path) as f:
-        for line in f:
-            job_id = int(line.split()[0])
-            runs[job_id] = runs.get(job_id, 0) + 1
-    return runs
+        return Counter(int(line.split()[0]) for line in f)
