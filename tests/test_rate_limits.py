@@ -363,7 +363,7 @@ async def test_jobs_at_the_default_priority_stay_out_of_the_priority_index(
     definition = await conn.fetchval(
         "SELECT pg_get_indexdef('pgwake.jobs_ready_priority_idx'::regclass)"
     )
-    assert "WHERE ((status = 'queued'::text) AND (priority <> 0))" in definition
+    assert "WHERE ((status = 'queued'::text) AND ((priority)::integer <> 0))" in definition
     before = await conn.fetchval(
         "SELECT pg_relation_size('pgwake.jobs_ready_priority_idx'::regclass)"
     )
