@@ -117,7 +117,7 @@ $$;
 -- row. PostgreSQL checks a table's constraints on every row an UPDATE writes, and
 -- reads and plans each again for every statement: for payload and metadata, whose
 -- checks read the whole value, that cost each claim and outcome write of 1,000 jobs of
--- 100 KB a quarter of a second (0022); for the nine others, about 37 microseconds of
+-- 100 KB a quarter of a second (0022); for the nine others, about 27 microseconds of
 -- server time per statement (0023). The constraints keep the names they had on the
 -- table. NOT VALID: as 0022 and 0023 add them to a table whose rows the table's
 -- constraints had checked already.
