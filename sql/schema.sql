@@ -111,10 +111,10 @@ $$;
 -- Table pgwake.jobs -------------------------------------------------------------------
 
 -- The types of payload, metadata, priority, run_at, max_attempts, timeout, attempts,
--- unique_for and depends_on: each carries the checks that read its column
--- alone, so they run when a value is written to the column (an INSERT, or an UPDATE
--- that sets it) and not whenever a claim, an outcome or a progress report writes the
--- row. PostgreSQL checks a table's constraints on every row an UPDATE writes, and
+-- unique_for and depends_on: each carries the checks that read its column alone, so
+-- they run when a value is written to the column (an INSERT, or an UPDATE that sets
+-- it) and not whenever a claim, an outcome or a progress report writes the row.
+-- PostgreSQL checks a table's constraints on every row an UPDATE writes, and
 -- reads and plans each again for every statement: for payload and metadata, whose
 -- checks read the whole value, that cost each claim and outcome write of 1,000 jobs of
 -- 100 KB a quarter of a second (0022); for the nine others, about 27 microseconds of
