@@ -1557,17 +1557,13 @@ SELECT j.kind,
        count(*) AS jobs,
        max(now() - j.run_at) FILTER (WHERE j.status = 'queued') AS oldest_queued_wait,
        min(j.run_at) FILTER (WHERE j.status = 'scheduled') AS next_scheduled_at
-  FROM (SELECT kind, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'waiting'
+  FROM (SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'waiting'
         UNION ALL
-        SELECT kind, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'scheduled'
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
         UNION ALL
-        SELECT kind, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'queued'
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'queued'
         UNION ALL
-        SELECT kind, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'running') AS j
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'running') AS j
  GROUP BY j.kind, j.status;
 
 -- The dead letters: failed jobs, newest first, with the first line of their error.
@@ -1596,16 +1592,12 @@ SELECT j.tenant_id,
        t.max_concurrency,
        coalesce(t.weight, 1) AS weight,
        count(*) FILTER (WHERE j.status = 'waiting') AS waiting
-  FROM (SELECT tenant_id, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'waiting'
+  FROM (SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'waiting'
         UNION ALL
-        SELECT tenant_id, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'scheduled'
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
         UNION ALL
-        SELECT tenant_id, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'queued'
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'queued'
         UNION ALL
-        SELECT tenant_id, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'running') AS j
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'running') AS j
   LEFT JOIN pgwake.tenants AS t ON t.tenant_id = j.tenant_id
  GROUP BY j.tenant_id, t.paused, t.max_concurrency, t.weight;

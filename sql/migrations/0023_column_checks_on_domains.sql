@@ -40,10 +40,13 @@
 -- jobs_ready_priority_idx, jobs_scheduled_idx, jobs_unique_window_idx,
 -- jobs_waiting_depends_on_idx), each reading the table once while the migration holds
 -- its lock, which holds up claims and inserts: `pgwake migrate` of a table of 1,000,000
--- jobs, 100,000 of them queued, took 1.1 s on PostgreSQL 15. The views keep their column types (their new definitions cast to them)
--- and are redefined around the change rather than dropped, so that the grants given to
--- roles stay. The triggers whose definitions name these columns are dropped and made
--- again, unchanged.
+-- jobs, 100,000 of them queued, took 1.1 s on PostgreSQL 15.
+--
+-- The views are redefined around the change rather than dropped, so that the grants
+-- given to roles stay, and keep their column types: queue_status and tenant_backlog
+-- come back unchanged (they return aggregates of run_at, of its base type), failed_jobs
+-- casts attempts and max_attempts, which it returns as they are. The triggers whose
+-- definitions name these columns are dropped and made again, unchanged.
 --
 -- Compatible with workers of 0022: asyncpg reads a domain as its base type, their
 -- statements compare these columns only with values of the base type, and what they
@@ -183,17 +186,13 @@ SELECT j.kind,
        count(*) AS jobs,
        max(now() - j.run_at) FILTER (WHERE j.status = 'queued') AS oldest_queued_wait,
        min(j.run_at) FILTER (WHERE j.status = 'scheduled') AS next_scheduled_at
-  FROM (SELECT kind, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'waiting'
+  FROM (SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'waiting'
         UNION ALL
-        SELECT kind, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'scheduled'
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
         UNION ALL
-        SELECT kind, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'queued'
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'queued'
         UNION ALL
-        SELECT kind, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'running') AS j
+        SELECT kind, status, run_at FROM pgwake.jobs WHERE status = 'running') AS j
  GROUP BY j.kind, j.status;
 
 CREATE OR REPLACE VIEW pgwake.failed_jobs WITH (security_invoker = true) AS
@@ -219,16 +218,12 @@ SELECT j.tenant_id,
        t.max_concurrency,
        coalesce(t.weight, 1) AS weight,
        count(*) FILTER (WHERE j.status = 'waiting') AS waiting
-  FROM (SELECT tenant_id, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'waiting'
+  FROM (SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'waiting'
         UNION ALL
-        SELECT tenant_id, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'scheduled'
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'scheduled'
         UNION ALL
-        SELECT tenant_id, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'queued'
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'queued'
         UNION ALL
-        SELECT tenant_id, status, run_at::timestamptz
-          FROM pgwake.jobs WHERE status = 'running') AS j
+        SELECT tenant_id, status, run_at FROM pgwake.jobs WHERE status = 'running') AS j
   LEFT JOIN pgwake.tenants AS t ON t.tenant_id = j.tenant_id
  GROUP BY j.tenant_id, t.paused, t.max_concurrency, t.weight;
