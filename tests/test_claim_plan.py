@@ -248,6 +248,99 @@ async def test_kept_connection_plans_stay_on_the_indexes_when_a_backlog_arrives(
         await pool.close()
 
 
+async def test_the_claim_session_runs_every_claim_on_its_generic_plan(dsn: str) -> None:
+    """The claim loop's session (worker_set_claim_session) never plans a claim for its
+    values: from the first claim on a table never analyzed, through an ANALYZE of a
+    table that has grown (what autovacuum does while a stream runs), to a burst of
+    100,000 jobs, every run of the three claim statements uses their one generic plan,
+    and that plan reads pgwake.jobs by ordered index probes and by ctid.
+
+    Fails without ``plan_cache_mode = force_generic_plan`` in that session: PostgreSQL
+    plans each statement's first five runs for their values (custom_plans 5), and once
+    a generic plan made after an ANALYZE costs more than those did, every run (3 ms a
+    claim beside 8 producers on two cores, as much as running it).
+    """
+    settings = load_settings({}, env={})
+    pool = await db.create_pool(dsn, size=2, session_settings=session_settings(settings))
+    admin = await db.connect(dsn)
+    claims = KeptConnection(pool, setup=QUERIES["worker_set_claim_session"])
+    worker = uuid.uuid4()
+    runs = dict.fromkeys(("job_claim", "job_claim_plain", "job_claim_notified"), 0)
+
+    async def claim(name: str, *args: object) -> list[int]:
+        rows = await claims.fetch(QUERIES[name], *args)
+        runs[name] += 1
+        return [r["id"] for r in rows if r["id"] is not None]
+
+    async def cycle(cursor: str) -> None:
+        """A few jobs inserted, claimed by each statement, and finished."""
+        await admin.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) "
+            "SELECT 'tenant' || lpad((i % 8)::text, 3, '0'), 'k' FROM generate_series(1, 6) AS i"
+        )
+        taken = await claim("job_claim", worker, ["k"], 3, 8, [], [], cursor)
+        taken += await claim("job_claim_plain", worker, ["k"], 3, 8, ["tenant001"], [2], cursor)
+        notified = await admin.fetchval("INSERT INTO pgwake.jobs (kind) VALUES ('k') RETURNING id")
+        taken += await claim("job_claim_notified", worker, ["k"], notified, [])
+        assert len(taken) == 7
+        await admin.execute(
+            "UPDATE pgwake.jobs SET status = 'succeeded', claimed_by = NULL, finished_at = now() "
+            "WHERE status IN ('queued', 'running')"
+        )
+
+    try:
+        await admin.execute(QUERIES["worker_register"], worker, "plan", 1, ["k"], 100, None)
+        for _ in range(10):
+            await cycle("")
+        # The table grows and is analyzed, as autovacuum does in a stream.
+        await admin.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind, status, finished_at) "
+            "SELECT 'tenant' || lpad((i % 8)::text, 3, '0'), 'k', 'succeeded', now() "
+            "FROM generate_series(1, 50000) AS i"
+        )
+        await admin.execute("ANALYZE pgwake.jobs")
+        for _ in range(10):
+            await cycle("tenant003")
+        await admin.execute(
+            "INSERT INTO pgwake.jobs (tenant_id, kind) "
+            "SELECT 'tenant' || lpad((i % 100)::text, 3, '0'), 'k' "
+            "FROM generate_series(1, 100000) AS i"
+        )
+        assert len(await claim("job_claim_plain", worker, ["k"], 100, 8, [], [], "tenant050")) == 100
+        conn = claims._conn  # the kept connection itself: its prepared statements
+        assert conn is not None
+        for name, count in runs.items():
+            row = await conn.fetchrow(
+                "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement = $1",
+                QUERIES[name],
+            )
+            assert row is not None, name
+            assert (row["generic_plans"], row["custom_plans"]) == (count, 0), (name, dict(row))
+            if name == "job_claim_notified":
+                continue
+            args = (worker, ["k"], 32, 8, [], [], "tenant050")
+            params = ", ".join(_literal(a) for a in args)
+            explained = await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) EXECUTE {row['name']}({params})"
+            )
+            scans = [
+                n
+                for n in nodes(explained[0]["Plan"])
+                if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]
+            ]
+            assert not [n for n in scans if n["Node Type"] in ("Seq Scan", "Bitmap Heap Scan")], (
+                name,
+                _outline(explained[0]["Plan"]),
+            )
+            assert "jobs_ready_idx" in {n.get("Index Name") for n in scans}, name
+            assert [n for n in scans if n["Node Type"] == "Tid Scan"], name
+    finally:
+        await claims.release()
+        await admin.close()
+        await pool.close()
+
+
 def _outline(plan: dict[str, Any], depth: int = 0) -> str:
     """A plan as indented lines of node type, relation and index (for failures)."""
     line = "  " * depth + " ".join(
