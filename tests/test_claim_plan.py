@@ -306,7 +306,8 @@ async def test_the_claim_session_runs_every_claim_on_its_generic_plan(dsn: str) 
             "SELECT 'tenant' || lpad((i % 100)::text, 3, '0'), 'k' "
             "FROM generate_series(1, 100000) AS i"
         )
-        assert len(await claim("job_claim_plain", worker, ["k"], 100, 8, [], [], "tenant050")) == 100
+        burst = await claim("job_claim_plain", worker, ["k"], 100, 8, [], [], "tenant050")
+        assert len(burst) == 100
         conn = claims._conn  # the kept connection itself: its prepared statements
         assert conn is not None
         for name, count in runs.items():
