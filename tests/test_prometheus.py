@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -42,7 +41,7 @@ from tests.support.grafana_queries import (
     panel_queries,
     variable_queries,
 )
-from tests.support.prometheus import get_json
+from tests.support.prometheus import free_port, get_json
 from tests.support.waiting import eventually
 from tests.support.workers import spawn_worker, stop_process, wait_ready
 
@@ -60,13 +59,6 @@ VARIABLES = {
 }
 # Two kinds picked, as Grafana writes a multi-value variable into a regex.
 PICKED_KINDS = {**VARIABLES, "kind": "(echo|sleep)"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def prometheus_binary() -> str:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import signal
 import socket
 import statistics
@@ -26,6 +27,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -222,11 +224,31 @@ async def wait_queue_empty(conn: asyncpg.Connection, timeout: float) -> None:
 
 
 def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now (for a worker's metrics)."""
+    """A TCP port of 127.0.0.1 that nothing listens on now (for a worker's metrics),
+    from below the kernel's range of ephemeral ports when one is free there. A port of
+    that range (what binding port 0 gives) may be taken, before the worker binds it, as
+    the local port of any outgoing connection, and the worker then stops at start
+    ("Address already in use")."""
+    low = _ephemeral_ports_start()
+    for port in random.sample(range(max(1024, low - 10_000), low), max(0, min(200, low - 1024))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
+
+
+def _ephemeral_ports_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default when unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 async def scrape(port: int) -> str:
