@@ -223,6 +223,10 @@ async def wait_queue_empty(conn: asyncpg.Connection, timeout: float) -> None:
         await anyio.sleep(0.02)
 
 
+# The ports free_port gave in this process: never given twice.
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on now (for a worker's metrics),
     from below the kernel's range of ephemeral ports when one is free there. A port of
@@ -231,12 +235,15 @@ def free_port() -> int:
     ("Address already in use")."""
     low = _ephemeral_ports_start()
     for port in random.sample(range(max(1024, low - 10_000), low), max(0, min(200, low - 1024))):
+        if port in _GIVEN:
+            continue  # free again, but perhaps not yet bound by whom it was given to
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _GIVEN.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         found: int = sock.getsockname()[1]
