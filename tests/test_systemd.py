@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -28,6 +27,7 @@ import asyncpg
 import pytest
 
 from listener import db
+from listener.cli.bench.common import free_port
 from listener.config import load_settings
 from listener.crypto import generate_key, load_keyring
 from listener.migrate import latest_version
@@ -169,13 +169,6 @@ def systemd(container: Container) -> Iterator[Container]:
         container.run("systemctl", "reset-failed", "pgwake*", check=False)
         container.run("sh", "-c", "rm -rf /etc/pgwake /etc/credstore /etc/systemd/system/pgwake*.d")
         container.run("systemctl", "daemon-reload")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def configure(container: Container, dsn: str, name: str = "pgwake", **settings: str) -> int:

@@ -234,7 +234,8 @@ def free_port() -> int:
     the local port of any outgoing connection, and the worker then stops at start
     ("Address already in use")."""
     low = _ephemeral_ports_start()
-    for port in random.sample(range(max(1024, low - 10_000), low), max(0, min(200, low - 1024))):
+    below = range(max(1024, low - 10_000), low)
+    for port in random.sample(below, min(200, len(below))):
         if port in _GIVEN:
             continue  # free again, but perhaps not yet bound by whom it was given to
         with socket.socket() as sock:
