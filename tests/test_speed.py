@@ -228,10 +228,12 @@ async def test_backlog_of_short_jobs_is_drained_in_full_claims_with_defaults(
     small = [n for n in sizes if n <= 32]
     typical = statistics.median(sizes)
     # The behaviour it guards against made about 40 claims, half of them of 32 jobs or
-    # fewer.
+    # fewer. The claims' sizes follow the pace the worker measures, which moves with
+    # the machine's load (from about 140 to 330 rows over one drain on a busy 2-core
+    # machine), so the count of claims is not held to the median's: the jobs are.
     assert typical > 4 * 32, sizes
-    assert len(sizes) <= 20000 / typical + 8, sizes
-    assert len(small) <= 4, sizes
+    assert sum(n for n in sizes if n > 4 * 32) >= 0.95 * 20000, sizes
+    assert len(small) <= 8, sizes
 
 
 async def test_claims_of_a_backlog_are_sized_by_the_time_they_take(
