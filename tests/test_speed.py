@@ -213,7 +213,8 @@ async def test_backlog_of_short_jobs_is_drained_in_full_claims_with_defaults(
     each claim is sent while the last one's jobs run and takes as many as they free, up
     to what the database claims in ``CLAIM_BUDGET`` (hundreds of jobs; ``claim_batch``,
     1,000, at most). Counted from the claims' own stamps (a claim's jobs share its
-    transaction's ``started_at``): claims of hundreds of jobs, and only a few of
+    transaction's ``started_at``): claims larger than ``concurrency`` (hundreds of jobs
+    on an idle machine, tens on a loaded one), and only a few of
     ``concurrency`` (32) or fewer (the two the worker makes before it knows how long
     jobs take, and a few cut short: a job slowed by a garbage collection makes the
     worker claim less ahead for a while).
@@ -229,11 +230,12 @@ async def test_backlog_of_short_jobs_is_drained_in_full_claims_with_defaults(
     typical = statistics.median(sizes)
     # The behaviour it guards against made about 40 claims, half of them of 32 jobs or
     # fewer. The claims' sizes follow the pace the worker measures, which moves with
-    # the machine's load (from about 140 to 330 rows over one drain on a busy 2-core
-    # machine), so the count of claims is not held to the median's: the jobs are.
-    assert typical > 4 * 32, sizes
-    assert sum(n for n in sizes if n > 4 * 32) >= 0.95 * 20000, sizes
+    # the machine's load (from about 70 to 330 rows over one drain on a busy 2-core
+    # machine: claims of 70 are the budget's size there, not the fault), so what is
+    # held is the claims of ``concurrency`` or fewer: a few, carrying a few jobs.
+    assert typical > 32, sizes
     assert len(small) <= 8, sizes
+    assert sum(small) <= 0.02 * 20000, sizes
 
 
 async def test_claims_of_a_backlog_are_sized_by_the_time_they_take(
