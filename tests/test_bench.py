@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
+from typing import Any
 
 import asyncpg
 
+from listener.cli.bench import realistic, summary
 from listener.cli.bench.common import process_cpu_seconds
 from tests.support.cli import pgwake
 
@@ -340,11 +343,23 @@ async def test_bench_realistic_workloads_smoke(server_dsn: str) -> None:
         "drain-tuned",
         "one-tenant",
         "one-tenant-all-slots",
+        "one-tenant-10ms",
+        "one-tenant-100ms",
         "small-beside-big",
         "idle-wake",
     }
     for name in ("drain", "drain-tuned", "one-tenant", "one-tenant-all-slots"):
         assert cases[name]["jobs_per_s"] > 0, name
+    for name, seconds in (
+        ("one-tenant", 0.001),
+        ("one-tenant-10ms", 0.01),
+        ("one-tenant-100ms", 0.1),
+    ):
+        # The lone tenant's drains, each also against what its 30 slots allow.
+        run = cases[name]
+        assert run["jobs"] == 200, name
+        assert run["of_ideal"] == round(run["jobs_per_s"] * seconds / 30, 3), name
+    assert cases["one-tenant-all-slots"]["of_ideal"] is None
     assert cases["small-beside-big"]["jobs"] == 3
     assert cases["idle-wake"]["jobs"] == 5
     assert cases["idle-wake"]["p50_ms"] <= cases["idle-wake"]["p99_ms"]
@@ -368,6 +383,23 @@ async def test_bench_realistic_workloads_smoke(server_dsn: str) -> None:
     assert foreign["tenants"] == 300
     assert foreign["jobs"] == 3
     assert foreign["p50_ms"] <= foreign["p99_ms"] <= foreign["max_ms"]
+    # The summary checks every target of these workloads.
+    targets = [c["target"] for c in results["summary"]]
+    for words in (
+        "warm-start: a worker started on an empty queue",
+        "warm-start: its slowest claim",
+        "defaults: drain of 10 tenants",
+        "defaults: one tenant's 1 ms jobs",
+        "defaults: one-tenant drains",
+        "defaults: one-tenant-10ms drains",
+        "defaults: one-tenant-100ms drains",
+        "defaults: a small tenant's p99",
+        "defaults: idle wake",
+        "mixed: start latency",
+        "mixed: the producers beside a worker",
+        "foreign-kinds: p99",
+    ):
+        assert sum(t.startswith(words) for t in targets) == 1, (words, targets)
     assert await bench_databases(server_dsn) <= before
 
 
@@ -397,3 +429,56 @@ def test_bench_workflow_and_chain_smoke(server_dsn: str) -> None:
     (chain,) = out["chain"]
     assert (chain["links"], chain["in_order"]) == (30, True)
     assert chain["median_ms"] >= 0
+
+
+def test_summary_holds_the_new_user_workloads_to_their_targets() -> None:
+    """Each target of warm-start, defaults, mixed and foreign-kinds reads met on a
+    figure just inside it and not met on one just outside (the ratios from the runs
+    given, not from anything stored)."""
+    warm = realistic.WarmStartRun("warm", 100, 100, 1.0, 800.0, 30.0, 50.0)
+    fresh = realistic.WarmStartRun("fresh", 100, 100, 1.0, 1000.0, 30.0, 50.0)
+
+    def defaults(rate: float, tuned: float, of_ideal: float, p99: float) -> list[Any]:
+        run = realistic.DefaultsRun
+        return [
+            run("drain", "defaults", 10, rate, None, None),
+            run("drain-tuned", "tuned", 10, tuned, None, None),
+            run("one-tenant-10ms", "defaults", 10, 2400.0, None, None, of_ideal),
+            run("small-beside-big", "defaults", 3, None, 2.0, p99),
+            run("idle-wake", "defaults", 5, None, 1.4, 4.9),
+        ]
+
+    def mixed(share: float, p50: float) -> list[Any]:
+        run = realistic.MixedRun
+        return [
+            run("none", 8, 10.0, 100, 10.0, None, None),
+            run("pgwake", 8, 10.0, 80, 8.0, p50, 50.0, share=share),
+            run("two-writes", 8, 10.0, 85, 8.5, 5.0, 9.0, share=0.85),
+        ]
+
+    foreign = [realistic.ForeignKindsRun(10, 3, 1.0, 19.9, 19.9)]
+    inside = summary.check(
+        {
+            "warm-start": [warm, fresh],
+            "defaults": defaults(800.0, 1000.0, 0.8, 19.9),
+            "mixed": mixed(0.8, 9.9),
+            "foreign-kinds": foreign,
+        }
+    )
+    assert len(inside) == 9, [c.target for c in inside]
+    assert all(c.met for c in inside), [c for c in inside if not c.met]
+    outside = summary.check(
+        {
+            "warm-start": [replace(warm, jobs_per_s=799.0, slowest_claim_ms=100.0), fresh],
+            "defaults": defaults(799.0, 1000.0, 0.799, 20.0),
+            "mixed": mixed(0.799, 10.0),
+            "foreign-kinds": [replace(foreign[0], p99_ms=20.0)],
+        }
+    )
+    assert [c.target for c in outside] == [c.target for c in inside]
+    # The idle wake was inside in both; every other target is missed.
+    assert [c.met for c in outside] == [False] * 5 + [True] + [False] * 3, outside
+    by_target = {c.target: c.measured for c in outside}
+    assert by_target[next(t for t in by_target if t.startswith("mixed: the producers"))] == (
+        "0.799 x; a raw two-write worker's 0.85"
+    )

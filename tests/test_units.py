@@ -22,7 +22,7 @@ from listener.config import load_settings
 from listener.db import is_transient
 from listener.errors import ConfigError
 from listener.executor import Executor
-from listener.jobs import Job, Outcome
+from listener.jobs import Job, Outcome, Status
 from listener.logs import get_logger
 from listener.maintenance.rounds import run_paced_rounds
 from listener.metrics import Metrics
@@ -519,6 +519,70 @@ def _claimer(concurrency: int, claim_batch: int) -> Claimer:
         drain_timeout=1.0,
         metrics=Metrics(),
     )
+
+
+class _KeptOutcomes:
+    """An outcome sink that keeps what it is given (claimer.OutcomeSink)."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def submit(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+
+def test_jobs_claimed_ahead_follow_the_average_job_and_stop_behind_a_slow_one() -> None:
+    """The jobs claimed ahead of free slots are twice those the runners finish during
+    one claim: ``concurrency`` x claim time / the average job's time. Here claims take
+    3 ms and jobs 1 ms, one in ten 2 ms (1.1 ms on average): about 2 x 87 ahead, where
+    sized by the longest recent job (2 ms) they were 2 x 48. One job longer than
+    ``concurrency`` claims take (0.2 s > 32 x 3 ms) stops them at once."""
+    sink = _KeptOutcomes()
+    claimer = Claimer(
+        None,  # type: ignore[arg-type] # never reaches the database
+        uuid.uuid4(),
+        ["k"],
+        Executor(Registry(), Backoff(base=1.0)),
+        sink,
+        Wake(),
+        _NoDoorbell(),
+        concurrency=32,
+        tenant_concurrency=32,
+        claim_batch=1000,
+        poll_interval=5.0,
+        drain_timeout=1.0,
+        metrics=Metrics(),
+    )
+    ids = itertools.count(1)
+
+    def run(seconds: float) -> None:
+        """A claimed job whose handler ran for ``seconds`` ends."""
+        job = held_job(next(ids))
+        claimer.ledger.add([job])
+        claimer.ended(job, Outcome(job.id, 1, Status.SUCCEEDED), time.monotonic() - seconds)
+
+    claimer._update_ahead(0.003)
+    assert claimer._ahead == 0  # no job has ended: nothing tells how many end per claim
+    for i in range(300):
+        run(0.002 if i % 10 == 9 else 0.001)
+    claimer._update_ahead(0.003)
+    # The average of the last jobs, with the timer's jitter: 1.0 to 1.25 ms.
+    assert 2 * int(32 * 0.003 / 0.00125) <= claimer._ahead <= 2 * int(32 * 0.003 / 0.001)
+    assert claimer._ahead > 2 * int(32 * 0.003 / 0.002)
+    run(0.2)
+    claimer._update_ahead(0.003)
+    assert claimer._ahead == 0
+    # They come back once the slow job has faded under 96 ms as the longest recent one
+    # (by 1% a job: after 73 jobs).
+    for _ in range(50):
+        run(0.001)
+    claimer._update_ahead(0.003)
+    assert claimer._ahead == 0
+    for _ in range(50):
+        run(0.001)
+    claimer._update_ahead(0.003)
+    assert claimer._ahead >= 2 * int(32 * 0.003 / 0.00125)
+    assert len(sink.outcomes) == 401
 
 
 def test_claims_are_sized_by_the_pace_and_a_stalled_claim_does_not_cap_them_for_good() -> None:

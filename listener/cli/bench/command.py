@@ -114,7 +114,12 @@ def bench_cmd(
         int, typer.Option(min=1, help="warm-start: no-op jobs of the burst (over 100 tenants).")
     ] = 100_000,
     single_jobs: Annotated[
-        int, typer.Option(min=1, help="defaults: jobs of 1 ms of the single-tenant drain.")
+        int,
+        typer.Option(
+            min=1,
+            help="defaults: jobs of 1 ms of the single-tenant drains (of 10 ms and 100 ms: "
+            "what 30 slots run in 1.5 s, at most this).",
+        ),
     ] = 5_000,
     mixed_producers: Annotated[
         int, typer.Option(min=1, help="mixed: connections inserting single jobs.")

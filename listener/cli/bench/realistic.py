@@ -12,7 +12,9 @@ beside it, and tenants whose jobs it does not handle.
   and for a ``fresh`` one started after the burst.
 - ``defaults``: no setting changed. The drain of 20,000 no-op jobs over 10 tenants (and
   the same with the tuned drain settings, the best any setting gives); one tenant's
-  backlog of 1 ms jobs (and the same with ``tenant_concurrency`` = ``concurrency``);
+  backlog of 1 ms jobs (and the same with ``tenant_concurrency`` = ``concurrency``),
+  and of 10 ms and 100 ms jobs, each also as a share of the rate the slots a lone
+  tenant may use allow (``of_ideal``: jobs/s x job duration / those slots);
   a small tenant's start latency while a big tenant's 20,000 jobs of 1 ms drain (as in
   ``fairness``); and the idle wake-up latency (as in ``latency``).
 - ``mixed``: 8 producers insert single jobs as fast as they can for some seconds while
@@ -66,7 +68,9 @@ from listener.cli.bench.common import (
 from listener.cli.bench.fairness import fairness_run
 from listener.cli.bench.latency import latency_run
 from listener.cli.bench.queries import BENCH_QUERIES
+from listener.config import Settings
 from listener.errors import PgwakeError
+from listener.shares import TenantShares
 
 TRICKLE_JOBS = 20
 TRICKLE_INTERVAL = 0.1
@@ -74,6 +78,24 @@ BURST_TENANTS = 100
 # The tuned settings of the drain benchmark: the best drain any settings give.
 TUNED: dict[str, int] = {"concurrency": 2000, "tenant_concurrency": 2000, "claim_batch": 1000}
 SLEEP_1MS = {"seconds": 0.001}
+# The lone-tenant drains of ``defaults``: each case's job duration (seconds). The 1 ms
+# case drains ``--single-jobs`` jobs; the longer ones as many as the slots a lone tenant
+# may use run in LONE_SECONDS at their ideal rate (4,500 of 10 ms, 450 of 100 ms), and
+# never more than ``--single-jobs``.
+LONE_SLEEPS = {"one-tenant": 0.001, "one-tenant-10ms": 0.01, "one-tenant-100ms": 0.1}
+LONE_SECONDS = 1.5
+
+
+def lone_tenant_slots() -> int:
+    """The slots a tenant alone with a backlog may use with the default settings:
+    ``tenant_concurrency`` plus what it borrows (30 of 32)."""
+    fields = Settings.model_fields
+    concurrency, tenant_concurrency = (
+        fields["concurrency"].default,
+        fields["tenant_concurrency"].default,
+    )
+    shares = TenantShares(concurrency=concurrency, tenant_concurrency=tenant_concurrency)
+    return int(tenant_concurrency + shares.lone_extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +179,8 @@ class DefaultsRun:
     jobs_per_s: float | None
     p50_ms: float | None
     p99_ms: float | None
+    # A lone tenant's drain with the defaults as a share of (its slots / job duration).
+    of_ideal: float | None = None
 
 
 async def _drain(
@@ -191,6 +215,8 @@ DEFAULTS_CASES = (
     "drain-tuned",
     "one-tenant",
     "one-tenant-all-slots",
+    "one-tenant-10ms",
+    "one-tenant-100ms",
     "small-beside-big",
     "idle-wake",
 )
@@ -213,13 +239,28 @@ async def defaults_run(
             server_dsn, jobs=jobs, tenants=10, kind="noop", payload={}, settings=tuned
         )
         return DefaultsRun(case, "tuned" if tuned else "defaults", jobs, rate, None, None)
-    if case in ("one-tenant", "one-tenant-all-slots"):
-        wide: dict[str, int] = {"tenant_concurrency": 32} if case == "one-tenant-all-slots" else {}
+    if case == "one-tenant-all-slots":
+        wide = {"tenant_concurrency": Settings.model_fields["concurrency"].default}
         rate = await _drain(
             server_dsn, jobs=single_jobs, tenants=1, kind="sleep", payload=SLEEP_1MS, settings=wide
         )
-        label = "tenant_concurrency=32" if wide else "defaults"
-        return DefaultsRun(case, label, single_jobs, rate, None, None)
+        return DefaultsRun(
+            case, f"tenant_concurrency={wide['tenant_concurrency']}", single_jobs, rate, None, None
+        )
+    if case in LONE_SLEEPS:
+        seconds = LONE_SLEEPS[case]
+        slots = lone_tenant_slots()
+        count = min(single_jobs, round(slots / seconds * LONE_SECONDS))
+        rate = await _drain(
+            server_dsn,
+            jobs=count,
+            tenants=1,
+            kind="sleep",
+            payload={"seconds": seconds},
+            settings={},
+        )
+        of_ideal = round(rate * seconds / slots, 3)
+        return DefaultsRun(case, "defaults", count, rate, None, None, of_ideal)
     if case == "small-beside-big":
         run = await fairness_run(
             server_dsn,
@@ -273,10 +314,14 @@ def render_defaults(runs: Sequence[DefaultsRun]) -> str:
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:g}"
 
-    lines = [f"{'case':<21} {'settings':<22} {'jobs':>6} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7}"]
+    head = (
+        f"{'case':<21} {'settings':<22} {'jobs':>6} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'of ideal':>8}"
+    )
+    lines = [head]
     lines += [
         f"{r.case:<21} {r.settings:<22} {r.jobs:>6} {fmt(r.jobs_per_s):>8} {fmt(r.p50_ms):>7} "
-        f"{fmt(r.p99_ms):>7}"
+        f"{fmt(r.p99_ms):>7} {fmt(r.of_ideal):>8}"
         for r in runs
     ]
     return "\n".join(lines)

@@ -22,6 +22,17 @@ ENQUEUE_TRIGGER_SHARE = 0.8
 ENQUEUE_BULK_ROWS_PER_S = 50_000
 ENQUEUE_API_SHARE = 0.8
 HISTORY_SLOWDOWN = 2.0
+# As a new user runs it (warm-start, defaults, mixed, foreign-kinds).
+WARM_SHARE_OF_FRESH = 0.8
+WARM_SLOWEST_CLAIM_MS = 50.0
+DEFAULTS_SHARE = 0.8
+SMALL_BESIDE_BIG_P99_MS = 20.0
+IDLE_WAKE_P50_MS = 1.5
+IDLE_WAKE_P99_MS = 5.0
+MIXED_P50_MS = 10.0
+MIXED_P99_MS = 100.0
+MIXED_SHARE = 0.8
+FOREIGN_KINDS_P99_MS = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +153,111 @@ def check(results: dict[str, Sequence[Any]]) -> list[Check]:
                 f"{HISTORY_SLOWDOWN:g} x an empty table",
                 f"{slowdown:.2f} x ({full.p50_ms:g} vs {empty.p50_ms:g} ms)",
                 slowdown <= HISTORY_SLOWDOWN,
+            )
+        )
+    checks += _as_new_users_run_it(results)
+    return checks
+
+
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def _as_new_users_run_it(results: dict[str, Sequence[Any]]) -> list[Check]:
+    """The targets of the workloads that run pgwake as a new user does."""
+    checks: list[Check] = []
+    warm = _by(results.get("warm-start", ()), "worker", "warm")
+    fresh = _by(results.get("warm-start", ()), "worker", "fresh")
+    if warm is not None and fresh is not None:
+        share = _ratio(warm.jobs_per_s, fresh.jobs_per_s)
+        checks.append(
+            Check(
+                f"warm-start: a worker started on an empty queue drains the burst at >= "
+                f"{WARM_SHARE_OF_FRESH:g} x a fresh one",
+                f"{share:.2f} x ({warm.jobs_per_s:g} vs {fresh.jobs_per_s:g} jobs/s)",
+                share >= WARM_SHARE_OF_FRESH,
+            )
+        )
+        checks.append(
+            Check(
+                f"warm-start: its slowest claim of the burst <= {WARM_SLOWEST_CLAIM_MS:g} ms "
+                "(the bound of the histogram bucket that holds it)",
+                f"<= {warm.slowest_claim_ms:g} ms",
+                warm.slowest_claim_ms <= WARM_SLOWEST_CLAIM_MS,
+            )
+        )
+    cases = {r.case: r for r in results.get("defaults", ())}
+    for case, best, what in (
+        ("drain", "drain-tuned", "drain of 10 tenants"),
+        ("one-tenant", "one-tenant-all-slots", "one tenant's 1 ms jobs"),
+    ):
+        if case in cases and best in cases:
+            mine, theirs = cases[case].jobs_per_s, cases[best].jobs_per_s
+            share = _ratio(mine, theirs)
+            checks.append(
+                Check(
+                    f"defaults: {what} >= {DEFAULTS_SHARE:g} x with {cases[best].settings}",
+                    f"{share:.2f} x ({mine:g} vs {theirs:g} jobs/s)",
+                    share >= DEFAULTS_SHARE,
+                )
+            )
+    checks.extend(
+        Check(
+            f"defaults: {run.case} drains at >= {DEFAULTS_SHARE:g} x "
+            "(slots a lone tenant may use) / job duration",
+            f"{run.of_ideal:.2f} x ({run.jobs_per_s:g} jobs/s)",
+            run.of_ideal >= DEFAULTS_SHARE,
+        )
+        for run in cases.values()
+        if run.of_ideal is not None
+    )
+    small = cases.get("small-beside-big")
+    if small is not None and small.p99_ms is not None:
+        checks.append(
+            Check(
+                f"defaults: a small tenant's p99 while a big one drains < "
+                f"{SMALL_BESIDE_BIG_P99_MS:g} ms",
+                f"{small.p99_ms:g} ms",
+                small.p99_ms < SMALL_BESIDE_BIG_P99_MS,
+            )
+        )
+    wake = cases.get("idle-wake")
+    if wake is not None and wake.p50_ms is not None and wake.p99_ms is not None:
+        checks.append(
+            Check(
+                f"defaults: idle wake p50 < {IDLE_WAKE_P50_MS:g} ms, p99 < {IDLE_WAKE_P99_MS:g} ms",
+                f"p50 {wake.p50_ms:g} ms, p99 {wake.p99_ms:g} ms",
+                wake.p50_ms < IDLE_WAKE_P50_MS and wake.p99_ms < IDLE_WAKE_P99_MS,
+            )
+        )
+    mixed = _by(results.get("mixed", ()), "worker", "pgwake")
+    if mixed is not None and mixed.start_p50_ms is not None and mixed.start_p99_ms is not None:
+        checks.append(
+            Check(
+                f"mixed: start latency p50 < {MIXED_P50_MS:g} ms, p99 < {MIXED_P99_MS:g} ms",
+                f"p50 {mixed.start_p50_ms:g} ms, p99 {mixed.start_p99_ms:g} ms",
+                mixed.start_p50_ms < MIXED_P50_MS and mixed.start_p99_ms < MIXED_P99_MS,
+            )
+        )
+    if mixed is not None and mixed.share is not None:
+        raw = _by(results.get("mixed", ()), "worker", "two-writes")
+        beside = (
+            "" if raw is None or raw.share is None else f"; a raw two-write worker's {raw.share:g}"
+        )
+        checks.append(
+            Check(
+                f"mixed: the producers beside a worker >= {MIXED_SHARE:g} x their rate alone",
+                f"{mixed.share:g} x{beside}",
+                mixed.share >= MIXED_SHARE,
+            )
+        )
+    foreign = next(iter(results.get("foreign-kinds", ())), None)
+    if foreign is not None:
+        checks.append(
+            Check(
+                f"foreign-kinds: p99 start latency < {FOREIGN_KINDS_P99_MS:g} ms",
+                f"{foreign.p99_ms:g} ms",
+                foreign.p99_ms < FOREIGN_KINDS_P99_MS,
             )
         )
     return checks
