@@ -11,9 +11,10 @@ from dataclasses import replace
 from typing import Any
 
 import asyncpg
+import pytest
 
 from listener.cli.bench import realistic, summary
-from listener.cli.bench.common import process_cpu_seconds
+from listener.cli.bench.common import mean_observed, process_cpu_seconds
 from tests.support.cli import pgwake
 
 # Whether the kernel counts each process's CPU time in nanoseconds (clock ticks are too
@@ -359,7 +360,11 @@ async def test_bench_realistic_workloads_smoke(server_dsn: str) -> None:
         run = cases[name]
         assert run["jobs"] == 200, name
         assert run["of_ideal"] == round(run["jobs_per_s"] * seconds / 30, 3), name
+        # Its jobs kept some of those slots busy (each ran about ``seconds``): at most
+        # all of them, with the drain's start and end rounded in the rate.
+        assert 0 < run["busy"] <= 1.5, name
     assert cases["one-tenant-all-slots"]["of_ideal"] is None
+    assert cases["one-tenant-all-slots"]["busy"] is None
     assert cases["small-beside-big"]["jobs"] == 3
     assert cases["idle-wake"]["jobs"] == 5
     assert cases["idle-wake"]["p50_ms"] <= cases["idle-wake"]["p99_ms"]
@@ -443,7 +448,7 @@ def test_summary_holds_the_new_user_workloads_to_their_targets() -> None:
         return [
             run("drain", "defaults", 10, rate, None, None),
             run("drain-tuned", "tuned", 10, tuned, None, None),
-            run("one-tenant-10ms", "defaults", 10, 2400.0, None, None, of_ideal),
+            run("one-tenant-10ms", "defaults", 10, 2400.0, None, None, of_ideal, 0.9),
             run("small-beside-big", "defaults", 3, None, 2.0, p99),
             run("idle-wake", "defaults", 5, None, 1.4, 4.9),
         ]
@@ -482,3 +487,18 @@ def test_summary_holds_the_new_user_workloads_to_their_targets() -> None:
     assert by_target[next(t for t in by_target if t.startswith("mixed: the producers"))] == (
         "0.799 x; a raw two-write worker's 0.85"
     )
+
+
+def test_mean_observed_reads_every_series_of_a_histogram() -> None:
+    """The mean over every label value of a histogram, from the Prometheus text."""
+    text = (
+        "# HELP d_seconds d\n# TYPE d_seconds histogram\n"
+        'd_seconds_bucket{kind="a",le="+Inf"} 2.0\nd_seconds_count{kind="a"} 2.0\n'
+        'd_seconds_sum{kind="a"} 0.004\n'
+        'd_seconds_bucket{kind="b",le="+Inf"} 3.0\nd_seconds_count{kind="b"} 3.0\n'
+        'd_seconds_sum{kind="b"} 0.011\n'
+        "# HELP other_seconds o\n# TYPE other_seconds histogram\n"
+        'other_seconds_bucket{le="+Inf"} 1.0\nother_seconds_count 1.0\nother_seconds_sum 9.0\n'
+    )
+    assert mean_observed(text, "d_seconds") == pytest.approx(0.003)
+    assert mean_observed(text, "missing_seconds") == 0.0

@@ -270,6 +270,20 @@ async def scrape(port: int) -> str:
     return await anyio.to_thread.run_sync(get)
 
 
+def mean_observed(metrics: str, histogram: str) -> float:
+    """The mean of every observation of ``histogram`` (in the Prometheus text
+    ``metrics``), over all its label values; 0.0 when nothing was observed."""
+    total = count = 0.0
+    for family in text_string_to_metric_families(metrics):
+        if family.name == histogram:
+            for sample in family.samples:
+                if sample.name == f"{histogram}_sum":
+                    total += sample.value
+                elif sample.name == f"{histogram}_count":
+                    count += sample.value
+    return total / count if count else 0.0
+
+
 def slowest_bucket(metrics: str, histogram: str) -> float:
     """The upper bound (seconds) of the lowest bucket of ``histogram`` (an unlabelled
     histogram in the Prometheus text ``metrics``) that holds every observation: the

@@ -14,7 +14,10 @@ beside it, and tenants whose jobs it does not handle.
   the same with the tuned drain settings, the best any setting gives); one tenant's
   backlog of 1 ms jobs (and the same with ``tenant_concurrency`` = ``concurrency``),
   and of 10 ms and 100 ms jobs, each also as a share of the rate the slots a lone
-  tenant may use allow (``of_ideal``: jobs/s x job duration / those slots);
+  tenant may use allow (``of_ideal``: jobs/s x the nominal job duration / those
+  slots) and as the share of those slots its jobs kept busy (``busy``: jobs/s x the
+  jobs' mean duration as the worker measured it / those slots; a sleep of 1 ms takes
+  longer on any event loop);
   a small tenant's start latency while a big tenant's 20,000 jobs of 1 ms drain (as in
   ``fairness``); and the idle wake-up latency (as in ``latency``).
 - ``mixed``: 8 producers insert single jobs as fast as they can for some seconds while
@@ -55,6 +58,7 @@ from listener.cli.bench.common import (
     child_env,
     free_port,
     interleaved_medians,
+    mean_observed,
     ms,
     percentile,
     process_cpu_seconds,
@@ -179,8 +183,10 @@ class DefaultsRun:
     jobs_per_s: float | None
     p50_ms: float | None
     p99_ms: float | None
-    # A lone tenant's drain with the defaults as a share of (its slots / job duration).
+    # A lone tenant's drain with the defaults as a share of (its slots / job duration),
+    # and the share of its slots its jobs kept busy (by their measured duration).
     of_ideal: float | None = None
+    busy: float | None = None
 
 
 async def _drain(
@@ -191,10 +197,15 @@ async def _drain(
     kind: str,
     payload: dict[str, float],
     settings: dict[str, int],
-) -> float:
+) -> tuple[float, float]:
     """Jobs/s of one worker draining ``jobs`` jobs over ``tenants`` tenants enqueued in
-    one statement once it is ready."""
-    async with bench_database(server_dsn) as dsn, worker_processes(dsn, 1, **settings):
+    one statement once it is ready, and the mean duration of those jobs (seconds, as
+    the worker measured them)."""
+    port = free_port()
+    async with (
+        bench_database(server_dsn) as dsn,
+        worker_processes(dsn, 1, metrics_addr=f"127.0.0.1:{port}", **settings),
+    ):
         conn = await db.connect(dsn)
         try:
             if tenants == 1:
@@ -205,9 +216,10 @@ async def _drain(
                 await conn.execute(BENCH_QUERIES["job_enqueue_spread"], 0, jobs, tenants)
             await wait_queue_empty(conn, timeout=1800)
             seconds: float = await conn.fetchval(BENCH_QUERIES["job_measure_drain"])
+            mean = mean_observed(await scrape(port), "pgwake_job_duration_seconds")
         finally:
             await conn.close()
-    return round(jobs / seconds)
+    return round(jobs / seconds), mean
 
 
 DEFAULTS_CASES = (
@@ -235,13 +247,13 @@ async def defaults_run(
     """One case of the ``defaults`` workload."""
     if case in ("drain", "drain-tuned"):
         tuned = TUNED if case == "drain-tuned" else {}
-        rate = await _drain(
+        rate, _ = await _drain(
             server_dsn, jobs=jobs, tenants=10, kind="noop", payload={}, settings=tuned
         )
         return DefaultsRun(case, "tuned" if tuned else "defaults", jobs, rate, None, None)
     if case == "one-tenant-all-slots":
         wide = {"tenant_concurrency": Settings.model_fields["concurrency"].default}
-        rate = await _drain(
+        rate, _ = await _drain(
             server_dsn, jobs=single_jobs, tenants=1, kind="sleep", payload=SLEEP_1MS, settings=wide
         )
         return DefaultsRun(
@@ -251,7 +263,7 @@ async def defaults_run(
         seconds = LONE_SLEEPS[case]
         slots = lone_tenant_slots()
         count = min(single_jobs, round(slots / seconds * LONE_SECONDS))
-        rate = await _drain(
+        rate, mean = await _drain(
             server_dsn,
             jobs=count,
             tenants=1,
@@ -260,7 +272,8 @@ async def defaults_run(
             settings={},
         )
         of_ideal = round(rate * seconds / slots, 3)
-        return DefaultsRun(case, "defaults", count, rate, None, None, of_ideal)
+        busy = round(rate * mean / slots, 3)
+        return DefaultsRun(case, "defaults", count, rate, None, None, of_ideal, busy)
     if case == "small-beside-big":
         run = await fairness_run(
             server_dsn,
@@ -316,12 +329,12 @@ def render_defaults(runs: Sequence[DefaultsRun]) -> str:
 
     head = (
         f"{'case':<21} {'settings':<22} {'jobs':>6} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'of ideal':>8}"
+        f"{'of ideal':>8} {'busy':>6}"
     )
     lines = [head]
     lines += [
         f"{r.case:<21} {r.settings:<22} {r.jobs:>6} {fmt(r.jobs_per_s):>8} {fmt(r.p50_ms):>7} "
-        f"{fmt(r.p99_ms):>7} {fmt(r.of_ideal):>8}"
+        f"{fmt(r.p99_ms):>7} {fmt(r.of_ideal):>8} {fmt(r.busy):>6}"
         for r in runs
     ]
     return "\n".join(lines)

@@ -205,7 +205,8 @@ def _as_new_users_run_it(results: dict[str, Sequence[Any]]) -> list[Check]:
         Check(
             f"defaults: {run.case} drains at >= {DEFAULTS_SHARE:g} x "
             "(slots a lone tenant may use) / job duration",
-            f"{run.of_ideal:.2f} x ({run.jobs_per_s:g} jobs/s)",
+            f"{run.of_ideal:.2f} x ({run.jobs_per_s:g} jobs/s; by the jobs' measured "
+            f"duration, {run.busy:.2f} of the slots busy)",
             run.of_ideal >= DEFAULTS_SHARE,
         )
         for run in cases.values()
