@@ -105,8 +105,11 @@ SMOOTHING = 0.1
 # of as many rows as the database claims in this time (at the pace of the last large
 # claims), at least ``concurrency``, at most ``claim_batch``. A claim of 1,000 rows
 # took 20 to 56 ms on 2 busy cores (pgwake bench warm-start); a job of another tenant
-# committed meanwhile waits for it, and so do the runners that have finished.
-CLAIM_BUDGET = 0.02
+# committed meanwhile waits for it, and for the next claim: up to twice this. With
+# 20 ms, once claims ahead were sized by the average job, a small tenant's job beside
+# a big tenant's 1 ms jobs waited up to 36 ms (p99 of three runs: 36, 17 and 7 ms;
+# with 10 ms: 5, 6 and 8 ms).
+CLAIM_BUDGET = 0.01
 # Rows a claim must return for its pace (seconds per row) to count in full: below it,
 # the claim's fixed cost (the statement, the tenant walk) would dominate. A smaller
 # claim's pace is an upper bound of the real one, so it counts only where it is faster

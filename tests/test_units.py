@@ -603,7 +603,7 @@ def test_claims_are_sized_by_the_pace_and_a_stalled_claim_does_not_cap_them_for_
     for _ in range(100):
         size = claimer._claim_size()
         claimer._update_pace(0.001 + 0.0001 * size, size)  # 100 µs a row, 1 ms a claim
-    # Back to most of the 190 rows that take 20 ms (1 ms + 190 x 100 µs).
+    # Back to most of the rows that take CLAIM_BUDGET (1 ms + rows x 100 µs).
     assert claimer._claim_size() >= 0.8 * (CLAIM_BUDGET - 0.001) / 0.0001
     claimer._update_pace(0.0001, 1000)  # a fast database: claim_batch bounds it
     for _ in range(60):
