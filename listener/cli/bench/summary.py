@@ -73,10 +73,8 @@ def check(results: dict[str, Sequence[Any]]) -> list[Check]:
     run = next(iter(results.get("latency", ())), None)
     if run is not None:
         checks.append(
-            Check(
-                f"latency, idle worker: p50 < {LATENCY_P50_MS:g} ms, p99 < {LATENCY_P99_MS:g} ms",
-                f"p50 {run.p50_ms:g} ms, p99 {run.p99_ms:g} ms",
-                run.p50_ms < LATENCY_P50_MS and run.p99_ms < LATENCY_P99_MS,
+            _latencies(
+                "latency, idle worker", run.p50_ms, run.p99_ms, LATENCY_P50_MS, LATENCY_P99_MS
             )
         )
     fair = _by(results.get("fairness", ()), "mode", "fair")
@@ -159,6 +157,15 @@ def check(results: dict[str, Sequence[Any]]) -> list[Check]:
     return checks
 
 
+def _latencies(what: str, p50: float, p99: float, p50_limit: float, p99_limit: float) -> Check:
+    """The check of a p50 and a p99 (ms), each under its limit."""
+    return Check(
+        f"{what}: p50 < {p50_limit:g} ms, p99 < {p99_limit:g} ms",
+        f"p50 {p50:g} ms, p99 {p99:g} ms",
+        p50 < p50_limit and p99 < p99_limit,
+    )
+
+
 def _ratio(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
@@ -225,19 +232,19 @@ def _as_new_users_run_it(results: dict[str, Sequence[Any]]) -> list[Check]:
     wake = cases.get("idle-wake")
     if wake is not None and wake.p50_ms is not None and wake.p99_ms is not None:
         checks.append(
-            Check(
-                f"defaults: idle wake p50 < {IDLE_WAKE_P50_MS:g} ms, p99 < {IDLE_WAKE_P99_MS:g} ms",
-                f"p50 {wake.p50_ms:g} ms, p99 {wake.p99_ms:g} ms",
-                wake.p50_ms < IDLE_WAKE_P50_MS and wake.p99_ms < IDLE_WAKE_P99_MS,
+            _latencies(
+                "defaults: idle wake", wake.p50_ms, wake.p99_ms, IDLE_WAKE_P50_MS, IDLE_WAKE_P99_MS
             )
         )
     mixed = _by(results.get("mixed", ()), "worker", "pgwake")
     if mixed is not None and mixed.start_p50_ms is not None and mixed.start_p99_ms is not None:
         checks.append(
-            Check(
-                f"mixed: start latency p50 < {MIXED_P50_MS:g} ms, p99 < {MIXED_P99_MS:g} ms",
-                f"p50 {mixed.start_p50_ms:g} ms, p99 {mixed.start_p99_ms:g} ms",
-                mixed.start_p50_ms < MIXED_P50_MS and mixed.start_p99_ms < MIXED_P99_MS,
+            _latencies(
+                "mixed: start latency",
+                mixed.start_p50_ms,
+                mixed.start_p99_ms,
+                MIXED_P50_MS,
+                MIXED_P99_MS,
             )
         )
     if mixed is not None and mixed.share is not None:
