@@ -245,10 +245,10 @@ class Claimer:
 
         ``_ahead`` pipelines the claims. Call *covered* the jobs the runners finish
         while one claim is on its way (concurrency x claim time / the average job's
-        time, at most claim_batch). The next claim is sent while the last one's jobs still run, and
-        it must bring as many as the runners finish before it returns: so twice
-        *covered* are claimed before their slots free. The runners do not idle while
-        a claim runs, and in a backlog every claim is a full one. (With only *covered*
+        time, at most claim_batch). The next claim is sent while the last one's jobs
+        still run, and it must bring as many as the runners finish before it returns:
+        so twice *covered* are claimed before their slots free. The runners do not idle
+        while a claim runs, and in a backlog every claim is a full one. (With only *covered*
         ahead, each full claim left room for no more than ``concurrency`` jobs, so it
         was followed by a round trip for that few: the default settings drained a
         backlog of short jobs at 0.7 x the rate of the widest ones.) Claimed jobs wait

@@ -90,16 +90,18 @@ LONE_SLEEPS = {"one-tenant": 0.001, "one-tenant-10ms": 0.01, "one-tenant-100ms":
 LONE_SECONDS = 1.5
 
 
+# The settings a new user runs with.
+DEFAULT_CONCURRENCY: int = Settings.model_fields["concurrency"].default
+DEFAULT_TENANT_CONCURRENCY: int = Settings.model_fields["tenant_concurrency"].default
+
+
 def lone_tenant_slots() -> int:
     """The slots a tenant alone with a backlog may use with the default settings:
     ``tenant_concurrency`` plus what it borrows (30 of 32)."""
-    fields = Settings.model_fields
-    concurrency, tenant_concurrency = (
-        fields["concurrency"].default,
-        fields["tenant_concurrency"].default,
+    shares = TenantShares(
+        concurrency=DEFAULT_CONCURRENCY, tenant_concurrency=DEFAULT_TENANT_CONCURRENCY
     )
-    shares = TenantShares(concurrency=concurrency, tenant_concurrency=tenant_concurrency)
-    return int(tenant_concurrency + shares.lone_extra)
+    return DEFAULT_TENANT_CONCURRENCY + shares.lone_extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +254,7 @@ async def defaults_run(
         )
         return DefaultsRun(case, "tuned" if tuned else "defaults", jobs, rate, None, None)
     if case == "one-tenant-all-slots":
-        wide = {"tenant_concurrency": Settings.model_fields["concurrency"].default}
+        wide = {"tenant_concurrency": DEFAULT_CONCURRENCY}
         rate, _ = await _drain(
             server_dsn, jobs=single_jobs, tenants=1, kind="sleep", payload=SLEEP_1MS, settings=wide
         )
